@@ -1,0 +1,26 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m detops verify
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-only
+
+lint: $(STAMP)
+	$(PY) -m ruff check detops reference tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo .hypothesis .benchmarks

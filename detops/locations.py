@@ -1,0 +1,99 @@
+"""FPN location coordinates: the image-space centre of every feature-map cell."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["get_fpn_location_coords"]
+
+_OP = "get_fpn_location_coords"
+
+
+def _level_hw(level: str, shape: object) -> tuple[int, int]:
+    if isinstance(shape, Tensor):
+        raise TypeError(
+            f"{_OP}: shape_per_fpn_level[{level!r}] must be a shape tuple (B, C, H, W) or (H, W), "
+            "got a Tensor (pass tensor.shape instead)"
+        )
+    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) not in (2, 4):
+        raise ValueError(
+            f"{_OP}: shape_per_fpn_level[{level!r}] must be (B, C, H, W) or (H, W), got {shape!r}"
+        )
+    height, width = shape[-2], shape[-1]
+    for dim_name, dim in (("H", height), ("W", width)):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise ValueError(
+                f"{_OP}: shape_per_fpn_level[{level!r}] must have a non-negative integer "
+                f"{dim_name}, got {shape!r}"
+            )
+    return int(height), int(width)
+
+
+def get_fpn_location_coords(
+    shape_per_fpn_level: Mapping[str, Sequence[int]],
+    strides_per_fpn_level: Mapping[str, int | float],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    *,
+    offset: float = 0.5,
+) -> dict[str, Tensor]:
+    """Image-space centres of the cells of every FPN level.
+
+    Cell ``(h, w)`` of a level with stride ``s`` maps to
+    ``(xc, yc) = (s * (w + offset), s * (h + offset))``. Rows are in row-major order,
+    ``k = h * W + w`` (y is the slow index), so row ``k`` lines up with row ``k`` of a head
+    output flattened by ``x.permute(0, 2, 3, 1).reshape(B, H * W, C)``.
+
+    Note:
+        A well-known course notebook check expects x as the slow index
+        (``[[4, 4], [4, 12], ...]``). That order pairs every location with the prediction of
+        its transposed cell and silently transposes the supervision; detops does not follow it.
+
+    Args:
+        shape_per_fpn_level (Mapping[str, tuple]): per level, ``(B, C, H, W)`` or ``(H, W)``.
+        strides_per_fpn_level (Mapping[str, number]): per level, the stride in pixels (> 0).
+            Must have the same level names as ``shape_per_fpn_level``.
+        dtype (torch.dtype): floating dtype of the result.
+        device (torch.device or str): device of the result.
+        offset (float): cell-relative position of the location; 0.5 is the cell centre.
+
+    Returns:
+        dict[str, Tensor[H*W, 2]]: ``(xc, yc)`` per level, in the order of
+        ``shape_per_fpn_level``. A level with ``H * W == 0`` gives a ``[0, 2]`` tensor.
+    """
+    if not isinstance(shape_per_fpn_level, Mapping):
+        raise TypeError(
+            f"{_OP}: shape_per_fpn_level must be a mapping from level name to shape, "
+            f"got {type(shape_per_fpn_level).__name__}"
+        )
+    if not isinstance(strides_per_fpn_level, Mapping):
+        raise TypeError(
+            f"{_OP}: strides_per_fpn_level must be a mapping from level name to stride, "
+            f"got {type(strides_per_fpn_level).__name__}"
+        )
+    missing = [level for level in shape_per_fpn_level if level not in strides_per_fpn_level]
+    if missing:
+        raise ValueError(
+            f"{_OP}: strides_per_fpn_level must name every level of shape_per_fpn_level "
+            f"({sorted(shape_per_fpn_level)}), got {sorted(strides_per_fpn_level)}"
+        )
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{_OP}: dtype must be a floating torch.dtype, got {dtype!r}")
+
+    coords = {}
+    for level, shape in shape_per_fpn_level.items():
+        height, width = _level_hw(level, shape)
+        stride = strides_per_fpn_level[level]
+        if isinstance(stride, bool) or not isinstance(stride, (int, float)) or not stride > 0:
+            raise ValueError(
+                f"{_OP}: strides_per_fpn_level[{level!r}] must be a positive number, got {stride!r}"
+            )
+        # Compute in float64 so large maps stay exact before the cast to ``dtype``.
+        ys = (torch.arange(height, dtype=torch.float64, device=device) + offset) * stride
+        xs = (torch.arange(width, dtype=torch.float64, device=device) + offset) * stride
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        coords[level] = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=-1).to(dtype)
+    return coords

@@ -1,0 +1,30 @@
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# quick: the default while developing. ci: what `make test` runs (more examples, no
+# deadline because the machine is shared, derandomized so CI is reproducible).
+settings.register_profile(
+    "quick", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
+
+CUDA_SKIP = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def pytest_generate_tests(metafunc):
+    """Every test that takes ``device`` runs on cpu, and on cuda when one is present."""
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "device", ["cpu", pytest.param("cuda", marks=[CUDA_SKIP, pytest.mark.cuda])]
+        )

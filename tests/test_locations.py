@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+
+import reference.locations as ref
+from detops import get_fpn_location_coords
+
+STRIDES = {"p3": 8, "p4": 16, "p5": 32}
+
+
+def test_known_values_224():
+    shapes = {level: (2, 64, 224 // s, 224 // s) for level, s in STRIDES.items()}
+    coords = get_fpn_location_coords(shapes, STRIDES)
+    assert [c.shape for c in coords.values()] == [(784, 2), (196, 2), (49, 2)]
+    # The hand-derived values: x moves fastest along the first row.
+    assert coords["p3"][:3].tolist() == [[4, 4], [12, 4], [20, 4]]
+    assert coords["p3"][28].tolist() == [4, 12]
+    assert coords["p5"][-1].tolist() == [6.5 * 32, 6.5 * 32]
+
+
+def test_rows_line_up_with_flattened_head_output():
+    height, width, stride = 3, 5, 8
+    coords = get_fpn_location_coords({"p3": (1, 2, height, width)}, {"p3": stride})["p3"]
+    # A feature map whose channels are the cell's own (w, h) indices.
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    feature = torch.stack((xs, ys)).unsqueeze(0).float()
+    flat = feature.permute(0, 2, 3, 1).reshape(1, height * width, 2)[0]
+    assert torch.equal(coords, stride * (flat + 0.5))
+
+
+def test_offset_and_odd_stride_and_hw_shapes():
+    coords = get_fpn_location_coords({"a": (2, 3)}, {"a": 7}, offset=0.0)["a"]
+    assert coords.tolist() == [[0, 0], [7, 0], [14, 0], [0, 7], [7, 7], [14, 7]]
+
+
+def test_dtype_device_and_empty_level(device):
+    coords = get_fpn_location_coords(
+        {"p3": (0, 4), "p4": (2, 2)}, {"p3": 8, "p4": 16}, dtype=torch.float64, device=device
+    )
+    assert coords["p3"].shape == (0, 2)
+    assert coords["p4"].dtype == torch.float64
+    assert coords["p4"].device.type == device
+
+
+def test_large_map_is_exact_in_float32():
+    coords = get_fpn_location_coords({"p": (1, 1, 3000, 3000)}, {"p": 8})["p"]
+    expected = ref.get_fpn_location_coords({"p": (3000, 3000)}, {"p": 8})["p"]
+    np.testing.assert_array_equal(coords.numpy(), expected)
+
+
+ERROR_INPUTS = [
+    (([(1, 2)], STRIDES), TypeError, r"get_fpn_location_coords: shape_per_fpn_level must be"),
+    (({"p3": (8, 8)}, [8]), TypeError, r"strides_per_fpn_level must be a mapping"),
+    (({"p3": (8, 8), "p9": (2, 2)}, STRIDES), ValueError, r"must name every level.*p9"),
+    (({"p3": (1, 8, 8)},), ValueError, r"shape_per_fpn_level\['p3'\] must be \(B, C, H, W\)"),
+    (({"p3": torch.zeros(1, 1, 2, 2)},), TypeError, r"got a Tensor"),
+    (({"p3": (2, -1)},), ValueError, r"non-negative integer W"),
+    (({"p3": (2, 2.5)},), ValueError, r"non-negative integer W"),
+]
+
+
+@pytest.mark.parametrize(("args", "error", "match"), ERROR_INPUTS)
+def test_error_inputs(args, error, match):
+    if len(args) == 1:
+        args = (args[0], STRIDES)
+    with pytest.raises(error, match=match):
+        get_fpn_location_coords(*args)
+
+
+def test_error_bad_stride_and_dtype():
+    with pytest.raises(ValueError, match=r"strides_per_fpn_level\['p3'\] must be a positive"):
+        get_fpn_location_coords({"p3": (2, 2)}, {"p3": 0})
+    with pytest.raises(TypeError, match=r"dtype must be a floating torch.dtype, got torch.int64"):
+        get_fpn_location_coords({"p3": (2, 2)}, {"p3": 8}, dtype=torch.int64)
