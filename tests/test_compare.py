@@ -41,7 +41,9 @@ def test_wrong_answers_fail(actual, expected):
 def test_tolerance_is_applied_relative_and_absolute():
     assert compare_trees(torch.tensor([1.0 + 5e-7]), np.array([1.0]), TOL).ok
     assert not compare_trees(torch.tensor([1.0 + 5e-6]), np.array([1.0]), TOL).ok
-    assert not compare_trees(torch.tensor([1.0 + 1e-12], dtype=torch.float64), np.array([1.0]), EXACT).ok
+    assert not compare_trees(
+        torch.tensor([1.0 + 1e-12], dtype=torch.float64), np.array([1.0]), EXACT
+    ).ok
 
 
 def test_error_figures_are_reported():

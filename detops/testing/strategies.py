@@ -113,8 +113,7 @@ def padded_gt_batch(
     rows = draw(st.integers(0, max_rows))
     images = []
     for _ in range(batch):
-        real = draw(gt_boxes(0, rows, n=None, num_classes=num_classes, **box_kwargs))
-        real = real[:rows]
+        real = draw(gt_boxes(0, rows, num_classes=num_classes, **box_kwargs))
         padded = np.full((rows, 5), -1.0)
         slots = draw(st.permutations(range(rows)))[: len(real)]
         padded[sorted(slots)] = real

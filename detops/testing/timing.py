@@ -25,13 +25,13 @@ def synchronized(fn: Callable[[], Any], device: torch.device | str) -> Callable[
     return run
 
 
-def median_seconds(
+def measure(
     fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, max_seconds: float = 10.0
-) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs.
+) -> list[float]:
+    """Wall times of up to ``repeats`` runs of ``fn`` after ``warmup`` runs.
 
     Stops early (with at least one timed run) once ``max_seconds`` have been spent, so a
-    slow peer cannot stall a quick run.
+    slow peer cannot stall a quick run. Wrap CUDA work with :func:`synchronized`.
     """
     for _ in range(warmup):
         fn()
@@ -43,7 +43,26 @@ def median_seconds(
         times.append(time.perf_counter() - start)
         if time.perf_counter() > budget_end:
             break
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(
+    fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, max_seconds: float = 10.0
+) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs (see
+    :func:`measure`)."""
+    return statistics.median(measure(fn, warmup=warmup, repeats=repeats, max_seconds=max_seconds))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def environment_info(device: torch.device | str) -> dict[str, str]:
@@ -61,6 +80,8 @@ def environment_info(device: torch.device | str) -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "numpy": numpy.__version__,
     }
+    info["cpu_model"] = _cpu_model()
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = str(torch.version.cuda)
     return info

@@ -1,5 +1,5 @@
 """Registry entries, one module per op family. Add a family here to register it."""
 
-from . import locations
+from . import boxes, locations, metrics
 
-FAMILIES = (locations,)
+FAMILIES = (locations, boxes, metrics)

@@ -1,0 +1,343 @@
+"""Box ops: pairwise IoU, clipping, the resize + center-crop box mapping and GT padding.
+
+Coordinate contract for every op here: boxes are ``(x1, y1, x2, y2)`` in absolute pixels of
+the image they belong to, and a box covers the pixels ``[x1, x2) x [y1, y2)`` (pixel ``i``
+spans ``[i, i + 1)``, so an image of width ``W`` spans ``[0, W]``). GT rows carry a fifth
+column, the class; a row whose class is -1 is padding (as in the FCOS target ops).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._checks import (
+    check_floating,
+    check_last_dim,
+    check_same_device,
+    check_size_pair,
+    check_tensor,
+    shape_str,
+)
+
+__all__ = [
+    "box_iou",
+    "clip_boxes_to_image",
+    "resize_and_center_crop_boxes",
+    "center_crop_boxes_to_original",
+    "pad_gt_boxes",
+    "resized_and_crop_geometry",
+]
+
+
+def _check_real(op: str, name: str, value: Tensor) -> None:
+    """Floating or integer dtypes (what torchvision's box ops accept); no bool or complex."""
+    if value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"{op}: {name} must have a floating or integer dtype, got {value.dtype}")
+
+
+def _upcast(value: Tensor) -> Tensor:
+    # As torchvision.ops: float16/bfloat16 -> float32, small integers -> int32, so products
+    # of coordinates neither overflow nor lose precision.
+    if value.is_floating_point():
+        return value if value.dtype in (torch.float32, torch.float64) else value.float()
+    return value if value.dtype in (torch.int32, torch.int64) else value.int()
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Intersection over union of every pair of boxes; a drop-in for ``torchvision.ops.box_iou``.
+
+    ``IoU = inter / union`` with ``inter = max(0, min(x2) - max(x1)) * max(0, min(y2) - max(y1))``
+    and ``union = area1 + area2 - inter``, ``area = (x2 - x1) * (y2 - y1)``.
+
+    Differences from torchvision (deliberate, pinned by tests):
+        * A pair whose union is 0 (two zero-area boxes, e.g. two points or two lines) gives 0;
+          torchvision gives NaN (0 / 0).
+        * float16/bfloat16 boxes are upcast to float32 before any arithmetic; torchvision
+          subtracts the corners in float16 and upcasts afterwards, so the two differ by
+          float16 rounding of the intersection's width and height. Both return float32.
+
+    NaN coordinates propagate to NaN IoU, as in torchvision (no check: the op never syncs).
+
+    Args:
+        boxes1 (Tensor[..., N, 4]): XYXY boxes with ``x1 <= x2`` and ``y1 <= y2`` (inverted
+            boxes give what the formula gives, as in torchvision). Floating or integer dtype.
+        boxes2 (Tensor[..., M, 4]): XYXY boxes, same dtype and device as ``boxes1``. Leading
+            dims broadcast against those of ``boxes1``.
+
+    Returns:
+        Tensor[..., N, M]: pairwise IoU. dtype as torchvision: float32/float64 inputs keep
+        their dtype; float16/bfloat16 and integer inputs give float32 (the default float
+        dtype), computed in float32 (floats) or exactly in int32/int64 (integers).
+    """
+    op = "box_iou"
+    for name, value in (("boxes1", boxes1), ("boxes2", boxes2)):
+        check_tensor(op, name, value)
+        _check_real(op, name, value)
+        if value.dim() < 2 or value.shape[-1] != 4:
+            raise ValueError(f"{op}: {name} must have shape [..., N, 4], got {shape_str(value)}")
+    if boxes1.dtype != boxes2.dtype:
+        raise TypeError(
+            f"{op}: boxes1 and boxes2 must have the same dtype, got {boxes1.dtype} and "
+            f"{boxes2.dtype}"
+        )
+    check_same_device(op, boxes1=boxes1, boxes2=boxes2)
+    try:
+        torch.broadcast_shapes(boxes1.shape[:-2], boxes2.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"{op}: the leading (batch) dims of boxes1 and boxes2 must broadcast, got "
+            f"{shape_str(boxes1)} and {shape_str(boxes2)}"
+        ) from None
+
+    b1 = _upcast(boxes1)
+    b2 = _upcast(boxes2)
+    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])  # [..., N]
+    area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])  # [..., M]
+    # One [..., N, M] plane per coordinate instead of torchvision's [..., N, M, 2] corner
+    # pairs; in-place updates keep the number of N*M temporaries at three.
+    x1a, y1a, x2a, y2a = (b1[..., :, None, k] for k in range(4))
+    x1b, y1b, x2b, y2b = (b2[..., None, :, k] for k in range(4))
+    inter = torch.minimum(x2a, x2b).sub_(torch.maximum(x1a, x1b)).clamp_(min=0)
+    height = torch.minimum(y2a, y2b).sub_(torch.maximum(y1a, y1b)).clamp_(min=0)
+    inter.mul_(height)
+    union = torch.add(area1[..., :, None], area2[..., None, :], out=height).sub_(inter)
+    # union == 0 only where both boxes have zero area, and then inter == 0 too: dividing
+    # by 1 there gives exactly 0 while NaN inputs still propagate.
+    union.masked_fill_(union == 0, 1)
+    if inter.is_floating_point():
+        return inter.div_(union)
+    return inter / union
+
+
+def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Clamp x to ``[0, width]`` and y to ``[0, height]``; a drop-in for torchvision's op.
+
+    On ``[..., 4]`` boxes it equals ``torchvision.ops.clip_boxes_to_image``. On ``[..., 5]``
+    GT rows ``(x1, y1, x2, y2, class)`` the class column is never changed and padding rows
+    (class == -1) are returned untouched. Boxes that end up with zero width or height are
+    kept (use :func:`resize_and_center_crop_boxes` for the dataset path that drops them).
+    NaN coordinates stay NaN. The input is not modified.
+
+    Args:
+        boxes (Tensor[..., 4] or Tensor[..., 5]): XYXY boxes or GT rows, floating or integer.
+        size (tuple[int, int]): ``(height, width)`` of the image, positive ints
+            (``image.shape[-2:]`` works).
+
+    Returns:
+        Tensor of the shape, dtype and device of ``boxes``.
+    """
+    op = "clip_boxes_to_image"
+    check_tensor(op, "boxes", boxes)
+    _check_real(op, "boxes", boxes)
+    check_last_dim(op, "boxes", boxes, (4, 5), "[..., 4] or [..., 5]")
+    height, width = check_size_pair(op, "size", size)
+    # torch.clamp takes no per-column scalar bounds; clamp x and y planes separately.
+    xy = boxes[..., :4].unflatten(-1, (2, 2))  # [..., 2 corners, (x, y)]
+    if not boxes.is_floating_point():  # e.g. uint8 boxes in a 640-px image
+        width, height = (min(v, torch.iinfo(boxes.dtype).max) for v in (width, height))
+    upper = torch.tensor((width, height), dtype=boxes.dtype, device=boxes.device)
+    zero = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
+    clipped = torch.minimum(torch.maximum(xy, zero), upper).flatten(-2)
+    if boxes.shape[-1] == 4:
+        return clipped
+    padding = (boxes[..., 4:5] == -1).expand_as(clipped)
+    clipped = torch.where(padding, boxes[..., :4], clipped)
+    return torch.cat((clipped, boxes[..., 4:5]), dim=-1)
+
+
+def _check_image_size(op: str, image_size: object) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, int):
+        raise TypeError(f"{op}: image_size must be a positive int, got {image_size!r}")
+    if image_size <= 0:
+        raise ValueError(f"{op}: image_size must be a positive int, got {image_size!r}")
+    return image_size
+
+
+def resized_and_crop_geometry(
+    original_size: tuple[int, int], image_size: int
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where ``Resize(image_size)`` + ``CenterCrop(image_size)`` put the pixels, torchvision's way.
+
+    The resized size is torchvision's integer one (``_compute_resized_output_size``): the
+    short side becomes ``image_size`` and the long side ``int(image_size * long / short)``
+    (truncated). The crop offset is ``int(round((resized - image_size) / 2.0))`` per axis,
+    with Python's round (half to even), as ``torchvision.transforms.functional.center_crop``.
+
+    Args:
+        original_size (tuple[int, int]): ``(height, width)`` of the original image.
+        image_size (int): the ``Resize``/``CenterCrop`` size.
+
+    Returns:
+        ``((resized_height, resized_width), (crop_top, crop_left))``.
+    """
+    op = "resized_and_crop_geometry"
+    height, width = check_size_pair(op, "original_size", original_size)
+    image_size = _check_image_size(op, image_size)
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = image_size, int(image_size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    top = int(round((new_h - image_size) / 2.0))
+    left = int(round((new_w - image_size) / 2.0))
+    return (new_h, new_w), (top, left)
+
+
+def _check_gt(op: str, name: str, value: Tensor, sizes: tuple[int, ...], pattern: str) -> None:
+    check_tensor(op, name, value)
+    check_floating(op, name, value)
+    if value.dim() < 2 or value.shape[-1] not in sizes:
+        raise ValueError(f"{op}: {name} must have shape {pattern}, got {shape_str(value)}")
+
+
+def resize_and_center_crop_boxes(
+    gt_boxes: Tensor, original_size: tuple[int, int], image_size: int
+) -> Tensor:
+    """Map GT boxes through ``Resize(image_size)`` then ``CenterCrop(image_size)``.
+
+    The box half of the seed dataset's image transform: boxes land where torchvision's
+    transforms put the pixels. With ``(new_h, new_w)`` and ``(top, left)`` from
+    :func:`resized_and_crop_geometry` (torchvision's integer resized size and its rounded
+    crop offset), ``sx = new_w / w`` and ``sy = new_h / h``::
+
+        x' = clamp(x * sx - left, 0, image_size)    y' = clamp(y * sy - top, 0, image_size)
+
+    Rows that are empty after clamping (``x1' >= x2'`` or ``y1' >= y2'``: zero area or
+    inverted, e.g. boxes outside the crop) become all -1, and padding rows (class == -1)
+    are all -1. Other rows keep their class. The arithmetic and the emptiness decision are
+    done in float64 on the input's device, then cast back to the input dtype.
+
+    Note:
+        The course code uses the float size ``h * image_size / w`` and floors the crop
+        offset (``(new - image_size) // 2``). Both differ from what torchvision does to the
+        pixels, so its boxes can sit up to about a pixel off the objects (e.g. 500x333 at
+        224: resized width 336.34 vs 336, scale off by 0.1%). It also keeps zero-width
+        boxes (it drops only ``x1 > x2``) and does not clamp ``x1`` from above.
+
+    Args:
+        gt_boxes (Tensor[..., N, 5]): ``(x1, y1, x2, y2, class)`` rows in original-image
+            pixels, floating dtype.
+        original_size (tuple[int, int]): ``(height, width)`` of the original image.
+        image_size (int): the ``Resize``/``CenterCrop`` size (positive).
+
+    Returns:
+        Tensor[..., N, 5]: rows in crop pixels (``[0, image_size]``), same dtype and device.
+    """
+    op = "resize_and_center_crop_boxes"
+    _check_gt(op, "gt_boxes", gt_boxes, (5,), "[..., N, 5]")
+    height, width = check_size_pair(op, "original_size", original_size)
+    image_size = _check_image_size(op, image_size)
+    (new_h, new_w), (top, left) = resized_and_crop_geometry((height, width), image_size)
+
+    boxes = gt_boxes.to(torch.float64)
+    kwargs = {"dtype": torch.float64, "device": gt_boxes.device}
+    scale = torch.tensor((new_w / width, new_h / height) * 2, **kwargs)
+    shift = torch.tensor((left, top) * 2, **kwargs)
+    xy = (boxes[..., :4] * scale - shift).clamp_(min=0, max=image_size)
+    drop = (xy[..., 0] >= xy[..., 2]) | (xy[..., 1] >= xy[..., 3]) | (boxes[..., 4] == -1)
+    out = torch.cat((xy, boxes[..., 4:5]), dim=-1).masked_fill_(drop[..., None], -1)
+    return out.to(gt_boxes.dtype)
+
+
+def center_crop_boxes_to_original(
+    boxes: Tensor, original_size: tuple[int, int], image_size: int
+) -> Tensor:
+    """Map boxes on the ``Resize`` + ``CenterCrop`` image back to the original image.
+
+    The inverse of :func:`resize_and_center_crop_boxes`, for evaluation and drawing
+    (predictions are made on the crop). With the geometry of
+    :func:`resized_and_crop_geometry`::
+
+        x = clamp((x' + left) * (w / new_w), 0, w)    y = clamp((y' + top) * (h / new_h), 0, h)
+
+    Rows are never dropped (row ``i`` still belongs to score ``i``); a box that was inside
+    the crop maps inside the image, and the clamp only trims boxes that stuck out of the
+    crop. For ``[..., 5]`` rows the class column is kept and padding rows (class == -1) are
+    returned untouched. Arithmetic in float64, cast back to the input dtype.
+
+    Args:
+        boxes (Tensor[..., 4] or Tensor[..., N, 5]): XYXY boxes (or GT-style rows) in crop
+            pixels, floating dtype.
+        original_size (tuple[int, int]): ``(height, width)`` of the original image.
+        image_size (int): the ``Resize``/``CenterCrop`` size (positive).
+
+    Returns:
+        Tensor of the shape, dtype and device of ``boxes``, in original-image pixels.
+    """
+    op = "center_crop_boxes_to_original"
+    check_tensor(op, "boxes", boxes)
+    check_floating(op, "boxes", boxes)
+    check_last_dim(op, "boxes", boxes, (4, 5), "[..., 4] or [..., 5]")
+    height, width = check_size_pair(op, "original_size", original_size)
+    image_size = _check_image_size(op, image_size)
+    (new_h, new_w), (top, left) = resized_and_crop_geometry((height, width), image_size)
+
+    wide = boxes.to(torch.float64)
+    kwargs = {"dtype": torch.float64, "device": boxes.device}
+    shift = torch.tensor((left, top) * 2, **kwargs)
+    scale = torch.tensor((width / new_w, height / new_h) * 2, **kwargs)
+    upper = torch.tensor((width, height) * 2, **kwargs)
+    xy = torch.minimum((wide[..., :4] + shift).mul_(scale).clamp_(min=0), upper)
+    if boxes.shape[-1] == 4:
+        return xy.to(boxes.dtype)
+    xy = torch.where(wide[..., 4:5] == -1, wide[..., :4], xy)
+    return torch.cat((xy, wide[..., 4:5]), dim=-1).to(boxes.dtype)
+
+
+def pad_gt_boxes(boxes_list: Sequence[Tensor], max_boxes: int | None = None) -> Tensor:
+    """Stack per-image GT rows into one batch, padding with all -1 rows.
+
+    Image ``b``'s rows go to ``out[b, :n_b]`` in their order; ``out[b, n_b:]`` is -1.
+
+    Args:
+        boxes_list (Sequence[Tensor[n_i, 5]]): per image, ``(x1, y1, x2, y2, class)`` rows
+            (``n_i`` may be 0). All of one dtype and on one device.
+        max_boxes (int, optional): rows per image (>= 0). ``None`` pads to the largest
+            ``n_i``.
+
+    Returns:
+        Tensor[B, max_boxes, 5] with the dtype and device of the inputs. An empty list gives
+        a ``[0, max_boxes or 0, 5]`` float32 CPU tensor (there is no input to follow).
+
+    Raises:
+        ValueError: if an image has more than ``max_boxes`` rows (naming the image index and
+            its count; the course dataset crashes there on a negative pad size), or if the
+            shapes or devices are wrong. TypeError: for non-tensors or mixed dtypes.
+    """
+    op = "pad_gt_boxes"
+    if isinstance(boxes_list, Tensor) or not isinstance(boxes_list, Sequence):
+        raise TypeError(
+            f"{op}: boxes_list must be a list of Tensor[n_i, 5], got {type(boxes_list).__name__}"
+        )
+    if max_boxes is not None and (
+        isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 0
+    ):
+        raise ValueError(f"{op}: max_boxes must be None or an int >= 0, got {max_boxes!r}")
+    for index, boxes in enumerate(boxes_list):
+        check_tensor(op, f"boxes_list[{index}]", boxes)
+        if boxes.dim() != 2 or boxes.shape[-1] != 5:
+            raise ValueError(
+                f"{op}: boxes_list[{index}] must have shape [n, 5], got {shape_str(boxes)}"
+            )
+        if boxes.dtype != boxes_list[0].dtype:
+            raise TypeError(
+                f"{op}: all boxes must have one dtype, got {boxes_list[0].dtype} at index 0 "
+                f"and {boxes.dtype} at index {index}"
+            )
+        if boxes.device != boxes_list[0].device:
+            raise ValueError(
+                f"{op}: all boxes must be on one device, got {boxes_list[0].device} at index 0 "
+                f"and {boxes.device} at index {index}"
+            )
+        if max_boxes is not None and boxes.shape[0] > max_boxes:
+            raise ValueError(
+                f"{op}: image {index} has {boxes.shape[0]} boxes, more than max_boxes={max_boxes}"
+            )
+    if len(boxes_list) == 0:
+        return torch.full((0, max_boxes or 0, 5), -1.0)
+    # pad_sequence copies in C++ (no per-image Python loop, no host sync).
+    out = torch.nn.utils.rnn.pad_sequence(list(boxes_list), batch_first=True, padding_value=-1)
+    if max_boxes is not None and out.shape[1] < max_boxes:
+        out = torch.nn.functional.pad(out, (0, 0, 0, max_boxes - out.shape[1]), value=-1)
+    return out

@@ -1,0 +1,126 @@
+"""``python -m detops bench``: time detops against its peers (the shared BENCHMARKS registry)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """\
+The cases are detops.testing.BENCHMARKS, the registry the pytest-benchmark suite
+(pytest benchmarks --benchmark-only) also runs. Per case: detops, the peer (torchvision, or
+the course code's loop where torchvision has no such op) and, at small sizes, the NumPy
+reference; medians after warm-up, CUDA synchronized inside the timed call.
+
+ratio = peer median / detops median: above 1 detops is faster. Timings on a shared machine
+are noisy; compare ratios from one run, not absolute times across runs.
+
+examples:
+  python -m detops bench --quick
+  python -m detops bench --device cuda --json bench_cuda.json --plot bench_cuda.png
+  python -m detops bench --op nms --op box_iou
+"""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark detops against torchvision / seed-style peers",
+        description="Time every benchmark case: detops, its peer and the reference, with a "
+        "table of medians and speed-up ratios, JSON and a bar chart.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only the cases marked quick, fewer repeats, a 75 s budget (under 2 min on 2 CPUs)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (default cpu); cuda needs a GPU"
+    )
+    parser.add_argument(
+        "--op", action="append", metavar="NAME", help="only this op's cases (repeatable)"
+    )
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument(
+        "--plot", metavar="PATH", help="write a bar chart PNG of the ratios (needs matplotlib)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per callable (default 10; quick 5)"
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="do not time the NumPy references"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from detops.bench import (
+        BenchSettings,
+        format_bench_table,
+        plot_ratios,
+        print_progress,
+        require_matplotlib,
+        run_benchmarks,
+        select_cases,
+    )
+    from detops.data._atomic import atomic_write_text
+    from detops.testing import BENCHMARKS
+
+    device = args.device
+    try:
+        device_type = torch.device(device).type
+    except RuntimeError:
+        print(f"detops bench: --device must be cpu or cuda, got {device!r}", file=sys.stderr)
+        return 2
+    if device_type not in ("cpu", "cuda"):
+        print(f"detops bench: --device must be cpu or cuda, got {device!r}", file=sys.stderr)
+        return 2
+    if device_type == "cuda" and not torch.cuda.is_available():
+        print(
+            "detops bench: --device cuda, but CUDA is not available here "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})",
+            file=sys.stderr,
+        )
+        return 2
+    if args.plot:
+        try:
+            require_matplotlib()
+        except ImportError as error:
+            print(f"detops bench: {error}", file=sys.stderr)
+            return 2
+    try:
+        cases = select_cases(BENCHMARKS, device, quick=args.quick, ops=args.op)
+    except ValueError as error:
+        print(f"detops bench: {error}", file=sys.stderr)
+        return 2
+    if not cases:
+        print(f"detops bench: no benchmark case runs on {device}", file=sys.stderr)
+        return 2
+    settings = BenchSettings.quick() if args.quick else BenchSettings()
+    if args.repeats is not None:
+        if args.repeats < 1:
+            print("detops bench: --repeats must be at least 1", file=sys.stderr)
+            return 2
+        settings = dataclasses.replace(settings, repeats=args.repeats)
+    report = run_benchmarks(
+        cases,
+        device,
+        settings=settings,
+        quick=args.quick,
+        reference=not args.no_reference,
+        progress=print_progress,
+    )
+    print(format_bench_table(report), flush=True)
+    if args.json:
+        atomic_write_text(args.json, report.to_json())
+        print(f"JSON written to {args.json}")
+    if args.plot:
+        plot_ratios(report, args.plot)
+        print(f"chart written to {args.plot}")
+    errors = [r for r in report.results if r.note.startswith("error:")]
+    return 1 if errors else 0

@@ -1,0 +1,185 @@
+"""``python -m detops demo``: everything detops does, in a few minutes, written to one folder.
+
+Run by ``make demo``. Writes (atomically, file by file) into ``--out`` (default ``demo/``):
+
+* ``verify_detops.txt/.json``: detops' ops against the NumPy references;
+* ``verify_torchvision.txt/.json``: torchvision's ops against the same references, with the
+  places it departs (NaN scores, zero-area IoU, the class-offset trick in float16, ...);
+* ``bench.txt/.json/.png``: the quick benchmark table and the chart of speed-ups;
+* ``train/``: a short training run on the synthetic set, its loss curve and mAP;
+* ``detections/``: annotated detection PNGs from that run;
+* ``index.txt``: where each result is.
+
+A step that fails is reported and the others still run; the exit status is 0 only when
+every step ran and detops' own verify passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+DEMO_EXAMPLES = 25
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run verify, bench, a short training run and detection pictures into one folder",
+        description="The whole tour in a few minutes on 2 CPU cores: verify tables for detops "
+        "and torchvision, the quick benchmark with its chart, a short synthetic training run "
+        "(loss curve, mAP) and annotated detection PNGs.",
+    )
+    parser.add_argument("--out", default="demo", help="output folder (default demo/)")
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=DEMO_EXAMPLES,
+        help=f"generated verify cases per op and dtype (default {DEMO_EXAMPLES})",
+    )
+    parser.add_argument(
+        "--train-iterations",
+        type=int,
+        default=None,
+        help="training iterations of the demo run (default: the train command's demo size)",
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["verify", "torchvision", "bench", "train"],
+        help="leave out a step (repeatable)",
+    )
+    parser.set_defaults(func=run)
+
+
+class _Tee(io.TextIOBase):
+    """Write to the console and keep a copy."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def getvalue(self) -> str:
+        return "".join(self.parts)
+
+
+def _run_cli(argv: list[str]) -> tuple[int, str]:
+    """Run ``python -m detops ARGV`` in-process; returns (status, what it printed)."""
+    from detops.cli import main
+
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse errors
+            code = int(exit_.code or 0)
+    return code, tee.getvalue()
+
+
+def _verify_step(out: Path, name: str, impl: str | None, examples: int) -> tuple[int, list[Path]]:
+    from detops.data._atomic import atomic_write_text
+
+    text_path, json_path = out / f"verify_{name}.txt", out / f"verify_{name}.json"
+    argv = ["verify", "--examples", str(examples), "--json", str(json_path)]
+    if impl:
+        argv += ["--impl", impl]
+    code, text = _run_cli(argv)
+    atomic_write_text(text_path, text)
+    return code, [text_path, json_path]
+
+
+def _bench_step(out: Path) -> tuple[int, list[Path]]:
+    from detops.data._atomic import atomic_write_text
+
+    paths = [out / "bench.txt", out / "bench.json", out / "bench.png"]
+    code, text = _run_cli(["bench", "--quick", "--json", str(paths[1]), "--plot", str(paths[2])])
+    atomic_write_text(paths[0], text)
+    return code, paths
+
+
+def _train_step(out: Path, iterations: int | None) -> tuple[int, list[Path]]:
+    from detops.commands import COMMAND_MODULES
+
+    if "train" not in COMMAND_MODULES:
+        raise RuntimeError("the train command is not available in this detops version")
+    from detops.commands import train as train_command
+
+    demo = getattr(train_command, "run_demo", None)
+    if demo is None:
+        raise RuntimeError("detops.commands.train has no run_demo(out, iterations)")
+    return demo(out, iterations=iterations)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps: list[tuple[str, str, Callable[[], tuple[int, list[Path]]]]] = []
+    if "verify" not in args.skip:
+        steps.append(
+            (
+                "verify detops",
+                "detops' ops against the NumPy references",
+                lambda: _verify_step(out, "detops", None, args.examples),
+            )
+        )
+    if "torchvision" not in args.skip:
+        steps.append(
+            (
+                "verify torchvision",
+                "torchvision.ops against the same references (FAIL rows are its departures)",
+                lambda: _verify_step(out, "torchvision", "torchvision", args.examples),
+            )
+        )
+    if "bench" not in args.skip:
+        steps.append(("bench --quick", "speed-ups over the peers", lambda: _bench_step(out)))
+    if "train" not in args.skip:
+        steps.append(
+            (
+                "train + detect",
+                "short synthetic training run: loss curve, mAP, annotated detections",
+                lambda: _train_step(out / "train", args.train_iterations),
+            )
+        )
+
+    summary: list[str] = []
+    ok = True
+    start = time.monotonic()
+    for title, what, step in steps:
+        print(f"\n=== demo: {title} ===", flush=True)
+        began = time.monotonic()
+        try:
+            code, paths = step()
+            status = "ok" if code == 0 else f"exit {code}"
+            if code != 0 and title != "verify torchvision":
+                ok = False
+        except Exception as exc:
+            traceback.print_exc()
+            status, paths, ok = f"failed: {type(exc).__name__}: {exc}", [], False
+        seconds = time.monotonic() - began
+        summary.append(f"{title} ({status}, {seconds:.0f} s): {what}")
+        summary += [f"    {path}" for path in paths if Path(path).exists()]
+
+    from detops.data._atomic import atomic_write_text
+
+    index = out / "index.txt"
+    lines = [f"detops demo, {time.monotonic() - start:.0f} s", *summary]
+    atomic_write_text(index, "\n".join(lines) + "\n")
+    print("\n=== demo: results ===")
+    print("\n".join(lines))
+    print(f"(this list: {index})")
+    return 0 if ok else 1

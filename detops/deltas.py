@@ -1,0 +1,171 @@
+"""FCOS box encoding: LTRB deltas between a location and its box, and centerness."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._checks import check_floating, check_same_device, check_tensor, shape_str
+
+__all__ = [
+    "fcos_get_deltas_from_locations",
+    "fcos_apply_deltas_to_locations",
+    "fcos_make_centerness_targets",
+]
+
+
+def _check_locations(op: str, locations: object, other: Tensor, other_name: str) -> Tensor:
+    """``locations`` is ``[L, 2]`` or ``[..., L, 2]`` with the leading dims of ``other``."""
+    check_tensor(op, "locations", locations)
+    if locations.dim() < 2 or locations.shape[-1] != 2:
+        raise ValueError(
+            f"{op}: locations must have shape [L, 2] or [..., L, 2], got {shape_str(locations)}"
+        )
+    check_floating(op, "locations", locations)
+    if locations.shape[-2] != other.shape[-2]:
+        raise ValueError(
+            f"{op}: locations and {other_name} must have the same number of locations L, got "
+            f"locations {shape_str(locations)} and {other_name} {shape_str(other)}"
+        )
+    if locations.dim() > 2 and locations.shape[:-2] != other.shape[:-2]:
+        raise ValueError(
+            f"{op}: locations must be [L, 2] or share the batch dims of {other_name}, got "
+            f"locations {shape_str(locations)} and {other_name} {shape_str(other)}"
+        )
+    check_same_device(op, locations=locations, **{other_name: other})
+    return locations
+
+
+def _signed_stride(op: str, stride: object, size: int, like: Tensor) -> Tensor:
+    """``[-s, -s, s, s]`` as ``[4]`` (number) or ``[L, 4]`` (per-location ``Tensor[L]``)."""
+    if isinstance(stride, Tensor):
+        if stride.dim() != 1 or stride.shape[0] != size:
+            raise ValueError(
+                f"{op}: stride must be a number or a Tensor[L] with L = {size}, got "
+                f"Tensor{shape_str(stride)}"
+            )
+        check_same_device(op, stride=stride, locations=like)
+        sign = torch.tensor([-1, -1, 1, 1], dtype=like.dtype, device=like.device)
+        return stride.unsqueeze(-1).to(like.dtype) * sign
+    if isinstance(stride, bool) or not isinstance(stride, (int, float)):
+        raise TypeError(
+            f"{op}: stride must be a positive number or a Tensor[L], got {type(stride).__name__}"
+        )
+    if not stride > 0 or math.isinf(stride):
+        raise ValueError(f"{op}: stride must be a positive finite number, got {stride!r}")
+    s = float(stride)
+    return torch.tensor([-s, -s, s, s], dtype=like.dtype, device=like.device)
+
+
+def _result_dtype(*tensors: object) -> torch.dtype:
+    dtype = None
+    for t in tensors:
+        if isinstance(t, Tensor) and t.is_floating_point():
+            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def fcos_get_deltas_from_locations(
+    locations: Tensor, gt_boxes: Tensor, stride: int | float | Tensor
+) -> Tensor:
+    """Encode each location's box as FCOS LTRB deltas in units of the stride.
+
+    ``(l, t, r, b) = (xc - x1, yc - y1, x2 - xc, y2 - yc) / stride``. A location inside its
+    box has four positive deltas; one outside has at least one negative delta (kept as is).
+
+    Args:
+        locations (Tensor[L, 2] or Tensor[..., L, 2]): ``(xc, yc)`` in absolute pixels;
+            ``[L, 2]`` is shared by every leading index of ``gt_boxes``.
+        gt_boxes (Tensor[..., L, 4] or Tensor[..., L, 5]): the box of every location, XYXY
+            absolute pixels (a class column is ignored), e.g. one level of
+            :func:`detops.fcos_match_locations_to_gt`. A background row is one whose four
+            coordinates are all exactly -1.
+        stride (number or Tensor[L]): the stride in pixels (> 0), or the stride of every
+            location when several levels are concatenated.
+
+    Returns:
+        Tensor[..., L, 4]: ``(l, t, r, b)``; background rows give ``(-1, -1, -1, -1)``.
+        Dtype is the promotion of the floating inputs (``locations``, ``gt_boxes``, a
+        floating ``stride`` tensor); device that of the inputs. Each delta is one IEEE
+        subtraction and one division: with a power-of-two stride and an exact difference
+        (e.g. integer coordinates), :func:`fcos_apply_deltas_to_locations` gives the box
+        back bit for bit.
+    """
+    op = "fcos_get_deltas_from_locations"
+    check_tensor(op, "gt_boxes", gt_boxes)
+    if gt_boxes.dim() < 2 or gt_boxes.shape[-1] not in (4, 5):
+        raise ValueError(
+            f"{op}: gt_boxes must have shape [..., L, 4] or [..., L, 5], got {shape_str(gt_boxes)}"
+        )
+    check_floating(op, "gt_boxes", gt_boxes)
+    _check_locations(op, locations, gt_boxes, "gt_boxes")
+    dtype = _result_dtype(locations, gt_boxes, stride)
+    boxes = gt_boxes[..., :4].to(dtype)
+    locations = locations.to(dtype)
+    denominator = _signed_stride(op, stride, boxes.shape[-2], locations)
+    # (x1 - xc) / -s equals (xc - x1) / s bit for bit (IEEE negation is exact).
+    deltas = (boxes - torch.cat((locations, locations), dim=-1)) / denominator
+    background = (boxes == -1).all(dim=-1, keepdim=True)
+    return deltas.masked_fill_(background, -1)
+
+
+def fcos_apply_deltas_to_locations(
+    deltas: Tensor, locations: Tensor, stride: int | float | Tensor
+) -> Tensor:
+    """Decode FCOS LTRB deltas at their locations into XYXY boxes.
+
+    ``(x1, y1, x2, y2) = (xc - l*s, yc - t*s, xc + r*s, yc + b*s)`` after clamping negative
+    deltas to 0, so a background row ``(-1, -1, -1, -1)`` decodes to the zero-size box
+    ``(xc, yc, xc, yc)``. Inverse of :func:`fcos_get_deltas_from_locations` for locations
+    inside their boxes.
+
+    Args:
+        deltas (Tensor[..., L, 4]): ``(l, t, r, b)`` in units of the stride.
+        locations (Tensor[L, 2] or Tensor[..., L, 2]): ``(xc, yc)`` in absolute pixels.
+        stride (number or Tensor[L]): stride in pixels (> 0), or per location.
+
+    Returns:
+        Tensor[..., L, 4]: XYXY boxes in absolute pixels. Dtype is the promotion of the
+        floating inputs, device that of the inputs. NaN deltas stay NaN.
+    """
+    op = "fcos_apply_deltas_to_locations"
+    check_tensor(op, "deltas", deltas)
+    if deltas.dim() < 2 or deltas.shape[-1] != 4:
+        raise ValueError(f"{op}: deltas must have shape [..., L, 4], got {shape_str(deltas)}")
+    check_floating(op, "deltas", deltas)
+    _check_locations(op, locations, deltas, "deltas")
+    dtype = _result_dtype(deltas, locations, stride)
+    locations = locations.to(dtype)
+    scale = _signed_stride(op, stride, deltas.shape[-2], locations)
+    # xc + (-s) * l equals xc - s * l bit for bit.
+    return deltas.to(dtype).clamp(min=0) * scale + torch.cat((locations, locations), dim=-1)
+
+
+def fcos_make_centerness_targets(deltas: Tensor) -> Tensor:
+    """FCOS centerness of LTRB deltas.
+
+    ``sqrt(min(l, r) * min(t, b) / (max(l, r) * max(t, b)))``, in [0, 1] for foreground.
+
+    Args:
+        deltas (Tensor[..., L, 4]): ``(l, t, r, b)``, e.g. from
+            :func:`fcos_get_deltas_from_locations`.
+
+    Returns:
+        Tensor[..., L]: the centerness, same dtype and device as ``deltas``. Background rows
+        (any delta negative, as the ``(-1, -1, -1, -1)`` rows of
+        :func:`fcos_get_deltas_from_locations`) give -1. A zero denominator (a location on
+        the edge of a zero-width or zero-height box) gives 0, never NaN. NaN stays NaN.
+    """
+    op = "fcos_make_centerness_targets"
+    check_tensor(op, "deltas", deltas)
+    if deltas.dim() < 1 or deltas.shape[-1] != 4:
+        raise ValueError(f"{op}: deltas must have shape [..., L, 4], got {shape_str(deltas)}")
+    check_floating(op, "deltas", deltas)
+    near = torch.minimum(deltas[..., :2], deltas[..., 2:])  # (min(l, r), min(t, b))
+    far = torch.maximum(deltas[..., :2], deltas[..., 2:])
+    numerator = near[..., 0] * near[..., 1]
+    denominator = far[..., 0] * far[..., 1]
+    centerness = torch.where(denominator == 0, 0, numerator / denominator).sqrt_()
+    return centerness.masked_fill_(near.amin(dim=-1) < 0, -1)

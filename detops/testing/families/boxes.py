@@ -1,0 +1,308 @@
+"""Registry entries for detops.boxes: IoU, clipping, resize + center-crop mapping, padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchvision
+from hypothesis import strategies as st
+
+import reference.boxes as ref
+from detops import boxes
+
+from ..compare import Tolerance
+from ..entry import BenchCase, BenchFunctions, OpEntry
+from ..strategies import Case, floats32, gt_boxes
+
+# IoU of float32 boxes (and of float16/bfloat16 boxes, which box_iou computes in float32):
+# each width/height/area carries a few float32 roundings, the ratio about ten.
+IOU_TOLERANCES = {
+    torch.float64: Tolerance(1e-12, 1e-12),
+    torch.float32: Tolerance(1e-6, 1e-5),
+    torch.float16: Tolerance(1e-6, 1e-5),
+    torch.bfloat16: Tolerance(1e-6, 1e-5),
+}
+# Ops that compute in float64 (or only clamp) and round once into the output dtype: the
+# error is one rounding, half a unit in the last place (float16's atol covers subnormals).
+ONE_ROUNDING = {
+    torch.float64: Tolerance(0.0, 0.0),
+    torch.float32: Tolerance(0.0, 2.0**-24),
+    torch.float16: Tolerance(2.0**-25, 2.0**-11),
+    torch.bfloat16: Tolerance(0.0, 2.0**-8),
+}
+
+
+@st.composite
+def boxes_with_degenerate(draw, min_n: int = 0, max_n: int = 10, *, n: int | None = None):
+    """``[N, 4]`` XYXY boxes, valid by construction (``x2 = x1 + w``, ``w >= 0``).
+
+    Mixes float32-exact coordinates, integer-valued ones (touching edges, equal boxes) and
+    zero-width, zero-height and point boxes (zero area; two of them have zero union).
+    """
+    count = n if n is not None else draw(st.integers(min_n, max_n))
+    integer = draw(st.booleans())
+    rows = []
+    for _ in range(count):
+        if integer:
+            x1, y1 = draw(st.integers(-20, 60)), draw(st.integers(-20, 60))
+            w, h = draw(st.integers(0, 40)), draw(st.integers(0, 40))
+        else:
+            x1, y1 = draw(floats32(-50.0, 300.0)), draw(floats32(-50.0, 300.0))
+            kind = draw(st.sampled_from(["box", "box", "box", "line", "point"]))
+            w = 0.0 if kind == "point" else draw(floats32(0.5, 200.0))
+            h = 0.0 if kind in ("line", "point") else draw(floats32(0.5, 200.0))
+        # x1 + w rounded to float32 stays >= x1, so the box stays valid.
+        rows.append((x1, y1, float(np.float32(x1 + w)), float(np.float32(y1 + h))))
+    return np.array(rows, dtype=np.float64).reshape(count, 4)
+
+
+@st.composite
+def box_iou_cases(draw):
+    layout = draw(st.sampled_from(["plain", "batched", "broadcast"]))
+    batch = draw(st.integers(1, 3))
+    n, m = draw(st.integers(0, 8)), draw(st.integers(0, 8))
+    if layout == "plain":
+        return Case((draw(boxes_with_degenerate(n=n)), draw(boxes_with_degenerate(n=m))))
+    second = np.stack([draw(boxes_with_degenerate(n=m)) for _ in range(batch)])
+    if layout == "broadcast":  # [N, 4] against [B, M, 4]
+        return Case((draw(boxes_with_degenerate(n=n)), second))
+    first = np.stack([draw(boxes_with_degenerate(n=n)) for _ in range(batch)])
+    return Case((first, second))
+
+
+@st.composite
+def gt_rows_with_padding(draw, max_rows: int = 6, *, batch: bool | None = None, **box_kwargs):
+    """``[N, 5]`` or ``[B, N, 5]`` GT rows; padding rows (all -1) at random positions."""
+    batched = draw(st.booleans()) if batch is None else batch
+    count = draw(st.integers(1, 3)) if batched else 1
+    rows = draw(st.integers(0, max_rows))
+    images = []
+    for _ in range(count):
+        real = draw(gt_boxes(0, rows, **box_kwargs))
+        padded = np.full((rows, 5), -1.0)
+        slots = sorted(draw(st.permutations(range(rows)))[: len(real)])
+        padded[slots] = real
+        images.append(padded)
+    stacked = np.stack(images).reshape(count, rows, 5)
+    return stacked if batched else stacked[0]
+
+
+sizes = st.integers(1, 700)
+image_sizes = st.one_of(st.sampled_from([224, 225, 7, 1]), st.integers(1, 300))
+
+
+@st.composite
+def clip_cases(draw):
+    height, width = draw(sizes), draw(sizes)
+    if draw(st.booleans()):
+        boxes_ = draw(gt_rows_with_padding(low=-100.0, high=750.0, max_size=300.0))
+    else:
+        boxes_ = draw(boxes_with_degenerate())
+        if draw(st.booleans()):
+            boxes_ = boxes_.reshape(1, *boxes_.shape)
+    return Case((boxes_, (height, width)))
+
+
+@st.composite
+def resize_cases(draw):
+    height, width = draw(sizes), draw(sizes)
+    image_size = draw(image_sizes)
+    longest = float(max(height, width))
+    gt = draw(
+        gt_rows_with_padding(
+            low=-20.0, high=longest + 20.0, min_size=0.5, max_size=max(longest / 2, 1.0)
+        )
+    )
+    return Case((gt, (height, width), image_size))
+
+
+@st.composite
+def inverse_cases(draw):
+    height, width = draw(sizes), draw(sizes)
+    image_size = draw(image_sizes)
+    box_kwargs = {"low": -10.0, "high": image_size + 10.0, "max_size": image_size + 20.0}
+    if draw(st.booleans()):
+        crop_boxes = draw(gt_rows_with_padding(**box_kwargs))
+    else:
+        crop_boxes = draw(gt_rows_with_padding(**box_kwargs))[..., :4]
+    return Case((crop_boxes, (height, width), image_size))
+
+
+@st.composite
+def pad_cases(draw):
+    images = draw(st.integers(0, 4))
+    boxes_list = [draw(gt_boxes(0, 6)) for _ in range(images)]
+    most = max((len(b) for b in boxes_list), default=0)
+    if draw(st.booleans()):
+        return Case((boxes_list,))
+    return Case((boxes_list,), {"max_boxes": most + draw(st.integers(0, 3))})
+
+
+ENTRIES = (
+    OpEntry(
+        name="box_iou",
+        op=boxes.box_iou,
+        reference=ref.box_iou,
+        strategy=box_iou_cases,
+        tolerances=IOU_TOLERANCES,
+    ),
+    OpEntry(
+        name="clip_boxes_to_image",
+        op=boxes.clip_boxes_to_image,
+        reference=ref.clip_boxes_to_image,
+        strategy=clip_cases,
+        tolerances=ONE_ROUNDING,
+    ),
+    OpEntry(
+        name="resize_and_center_crop_boxes",
+        op=boxes.resize_and_center_crop_boxes,
+        reference=ref.resize_and_center_crop_boxes,
+        strategy=resize_cases,
+        tolerances=ONE_ROUNDING,
+    ),
+    OpEntry(
+        name="center_crop_boxes_to_original",
+        op=boxes.center_crop_boxes_to_original,
+        reference=ref.center_crop_boxes_to_original,
+        strategy=inverse_cases,
+        tolerances=ONE_ROUNDING,
+    ),
+    OpEntry(
+        name="pad_gt_boxes",
+        op=boxes.pad_gt_boxes,
+        reference=ref.pad_gt_boxes,
+        strategy=pad_cases,
+        tolerances=ONE_ROUNDING,
+    ),
+)
+
+
+# ---------------------------------------------------------------------------- benchmarks
+
+
+def random_boxes(shape: tuple[int, ...], *, seed: int = 0, extent: float = 500.0) -> torch.Tensor:
+    """``[..., 4]`` valid XYXY float32 boxes, uniform corners, sides up to ``extent / 4``."""
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.rand(*shape, 2, generator=gen) * extent
+    wh = torch.rand(*shape, 2, generator=gen) * (extent / 4)
+    return torch.cat((xy, xy + wh), dim=-1)
+
+
+def _iou_setup(batch: int | None, n: int, with_reference: bool):
+    shape = (batch, n) if batch else (n,)
+
+    def setup(device):
+        b1 = random_boxes(shape, seed=1).to(device)
+        b2 = random_boxes(shape, seed=2).to(device)
+        if batch:
+            # torchvision users loop over images (its box_iou would broadcast, but the
+            # batched call is undocumented; the loop is what the course code does).
+            def peer():
+                return [torchvision.ops.box_iou(b1[i], b2[i]) for i in range(batch)]
+        else:
+
+            def peer():
+                return torchvision.ops.box_iou(b1, b2)
+
+        n1, n2 = b1.cpu().double().numpy(), b2.cpu().double().numpy()
+        return BenchFunctions(
+            detops=lambda: boxes.box_iou(b1, b2),
+            peer=peer,
+            reference=(lambda: ref.box_iou(n1, n2)) if with_reference else None,
+        )
+
+    return setup
+
+
+def _clip_setup(n: int):
+    def setup(device):
+        b = (random_boxes((n,), seed=3, extent=800.0) - 100.0).to(device)
+        size = (480, 640)
+        nb = b.cpu().double().numpy()
+        return BenchFunctions(
+            detops=lambda: boxes.clip_boxes_to_image(b, size),
+            peer=lambda: torchvision.ops.clip_boxes_to_image(b, size),
+            reference=(lambda: ref.clip_boxes_to_image(nb, size)) if n <= 1000 else None,
+        )
+
+    return setup
+
+
+def _seed_style_resize(gt: torch.Tensor, original_size, image_size: int) -> torch.Tensor:
+    # The course dataset's box transform (normalize, float resized size, floored offset).
+    original_height, original_width = original_size
+    gt = gt.clone()
+    norm = torch.tensor([original_width, original_height] * 2, dtype=gt.dtype)
+    gt[:, :4] /= norm
+    if original_height >= original_width:
+        new_width, new_height = image_size, original_height * image_size / original_width
+    else:
+        new_height, new_width = image_size, original_width * image_size / original_height
+    _x1 = (new_width - image_size) // 2
+    _y1 = (new_height - image_size) // 2
+    gt[:, 0] = torch.clamp(gt[:, 0] * new_width - _x1, min=0)
+    gt[:, 1] = torch.clamp(gt[:, 1] * new_height - _y1, min=0)
+    gt[:, 2] = torch.clamp(gt[:, 2] * new_width - _x1, max=image_size)
+    gt[:, 3] = torch.clamp(gt[:, 3] * new_height - _y1, max=image_size)
+    invalid = (gt[:, 0] > gt[:, 2]) | (gt[:, 1] > gt[:, 3])
+    gt[invalid] = -1
+    return gt
+
+
+def _resize_setup(device):
+    xyxy = random_boxes((40,), seed=4, extent=400.0)
+    gt = torch.cat((xyxy, torch.randint(0, 20, (40, 1)).float()), dim=-1)
+    original = (375, 500)
+    return BenchFunctions(
+        detops=lambda: boxes.resize_and_center_crop_boxes(gt, original, 224),
+        peer=lambda: _seed_style_resize(gt, original, 224),
+        reference=lambda: ref.resize_and_center_crop_boxes(gt.double().numpy(), original, 224),
+    )
+
+
+def _seed_style_pad(boxes_list, max_boxes):
+    # The course dataset: torch.cat with a -1 block per image, then the collate's stack.
+    return torch.stack(
+        [torch.cat([b, torch.zeros(max_boxes - len(b), 5).fill_(-1.0)]) for b in boxes_list]
+    )
+
+
+def _pad_setup(device):
+    gen = torch.Generator().manual_seed(5)
+    counts = torch.randint(0, 9, (16,), generator=gen).tolist()
+    boxes_list = [torch.rand(c, 5, generator=gen) * 200 for c in counts]
+    arrays = [b.double().numpy() for b in boxes_list]
+    return BenchFunctions(
+        detops=lambda: boxes.pad_gt_boxes(boxes_list, 40),
+        peer=lambda: _seed_style_pad(boxes_list, 40),
+        reference=lambda: ref.pad_gt_boxes(arrays, 40),
+    )
+
+
+BENCHMARKS = (
+    BenchCase("box_iou", "100x100", "torchvision.ops.box_iou", _iou_setup(None, 100, True)),
+    BenchCase("box_iou", "1000x1000", "torchvision.ops.box_iou", _iou_setup(None, 1000, False)),
+    BenchCase(
+        "box_iou",
+        "16x1000x1000",
+        "loop of torchvision.ops.box_iou per image",
+        _iou_setup(16, 1000, False),
+        quick=False,
+    ),
+    BenchCase(
+        "clip_boxes_to_image", "1000", "torchvision.ops.clip_boxes_to_image", _clip_setup(1000)
+    ),
+    BenchCase(
+        "clip_boxes_to_image", "100000", "torchvision.ops.clip_boxes_to_image", _clip_setup(100000)
+    ),
+    BenchCase(
+        "resize_and_center_crop_boxes",
+        "40 rows 375x500->224",
+        "seed-style dataset transform",
+        _resize_setup,
+        devices=("cpu",),
+    ),
+    BenchCase(
+        "pad_gt_boxes", "16 images to 40", "seed-style cat + stack", _pad_setup, devices=("cpu",)
+    ),
+)

@@ -1,0 +1,206 @@
+"""Registry entries for detops.metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+from torchvision.ops import box_iou
+
+import reference.metrics as ref
+from detops import metrics
+
+from ..compare import Tolerance
+from ..entry import BenchCase, BenchFunctions, OpEntry
+from ..strategies import Case
+
+# AP values are sums of fractions computed in float64 on both sides; the float32 result
+# is one rounding away.
+TOLERANCES = {
+    torch.float32: Tolerance(atol=1e-6, rtol=1e-6),
+    torch.float64: Tolerance(atol=1e-12, rtol=1e-12),
+}
+
+
+@st.composite
+def _grid_box(draw, near=None):
+    """A box on a half-pixel grid: IoU values are exact, thresholds are hit exactly."""
+    if near is not None and draw(st.booleans()):
+        jitter = draw(st.lists(st.integers(-3, 3), min_size=4, max_size=4))
+        x1, y1, x2, y2 = (float(v) + 0.5 * j for v, j in zip(near, jitter, strict=True))
+        return [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
+    x1 = draw(st.integers(0, 40)) * 0.5
+    y1 = draw(st.integers(0, 40)) * 0.5
+    w = draw(st.integers(1, 24)) * 0.5
+    h = draw(st.integers(1, 24)) * 0.5
+    return [x1, y1, x1 + w, y1 + h]
+
+
+@st.composite
+def map_cases(draw, max_images: int = 4, max_gt: int = 5, max_dets: int = 7):
+    """Random images of GT and detections: near-copies of GT (true positives and
+    duplicates), wrong classes, random boxes; scores tied or distinct."""
+    num_classes = draw(st.integers(1, 4))
+    num_images = draw(st.integers(0, max_images))
+    tied_scores = draw(st.booleans())
+    detections, ground_truths = [], []
+    for _ in range(num_images):
+        num_gt = draw(st.integers(0, max_gt))
+        gt_boxes = [draw(_grid_box()) for _ in range(num_gt)]
+        gt_labels = [draw(st.integers(0, num_classes - 1)) for _ in range(num_gt)]
+        num_det = draw(st.integers(0, max_dets))
+        det_boxes, det_labels, det_scores = [], [], []
+        for _ in range(num_det):
+            if num_gt and draw(st.booleans()):
+                j = draw(st.integers(0, num_gt - 1))
+                det_boxes.append(draw(_grid_box(near=gt_boxes[j])))
+                same = draw(st.integers(0, 3)) > 0
+                det_labels.append(gt_labels[j] if same else draw(st.integers(0, num_classes - 1)))
+            else:
+                det_boxes.append(draw(_grid_box()))
+                det_labels.append(draw(st.integers(0, num_classes - 1)))
+            if tied_scores:
+                det_scores.append(draw(st.sampled_from([0.25, 0.5, 0.75, 1.0])))
+            else:
+                det_scores.append(draw(st.integers(1, 10**6)) / 2**20)
+        detections.append(
+            {
+                "boxes": np.array(det_boxes, dtype=np.float64).reshape(-1, 4),
+                "labels": np.array(det_labels, dtype=np.int64),
+                "scores": np.array(det_scores, dtype=np.float64),
+            }
+        )
+        ground_truths.append(
+            {
+                "boxes": np.array(gt_boxes, dtype=np.float64).reshape(-1, 4),
+                "labels": np.array(gt_labels, dtype=np.int64),
+            }
+        )
+    kwargs = draw(
+        st.sampled_from(
+            [
+                {},
+                {"iou_threshold": 0.3},
+                {"iou_threshold": 0.75},
+                {"iou_threshold": 0.0},
+                {"iou_thresholds": metrics.COCO_IOU_THRESHOLDS},
+            ]
+        )
+    )
+    return Case((detections, ground_truths, num_classes), kwargs)
+
+
+ENTRIES = (
+    OpEntry(
+        name="mean_average_precision",
+        op=metrics.mean_average_precision,
+        reference=ref.mean_average_precision,
+        strategy=map_cases,
+        tolerances=TOLERANCES,
+    ),
+)
+
+
+def _devkit_style_map(detections, ground_truths, num_classes, iou_threshold=0.5):
+    """The VOC devkit's loop as course code writes it: per class, per detection, in Python."""
+    aps = []
+    for c in range(num_classes):
+        gt_per_image = [g["boxes"][g["labels"] == c] for g in ground_truths]
+        num_gt = sum(len(b) for b in gt_per_image)
+        if num_gt == 0:
+            continue
+        taken = [torch.zeros(len(b), dtype=torch.bool) for b in gt_per_image]
+        records = []
+        for image, det in enumerate(detections):
+            keep = det["labels"] == c
+            for box, score in zip(det["boxes"][keep], det["scores"][keep], strict=True):
+                records.append((score.item(), image, box))
+        records.sort(key=lambda r: -r[0])
+        tp = torch.zeros(len(records))
+        for k, (_, image, box) in enumerate(records):
+            gts = gt_per_image[image]
+            if len(gts) == 0:
+                continue
+            ious = box_iou(box[None], gts)[0]
+            best = int(ious.argmax())
+            if ious[best] >= iou_threshold and not taken[image][best]:
+                taken[image][best] = True
+                tp[k] = 1
+        cum_tp = torch.cumsum(tp, 0)
+        recall = cum_tp / num_gt
+        precision = cum_tp / torch.arange(1, len(records) + 1)
+        mrec = torch.cat([torch.tensor([0.0]), recall, torch.tensor([1.0])])
+        mpre = torch.cat([torch.tensor([0.0]), precision, torch.tensor([0.0])])
+        for i in range(len(mpre) - 2, -1, -1):
+            mpre[i] = torch.maximum(mpre[i], mpre[i + 1])
+        steps = torch.nonzero(mrec[1:] != mrec[:-1]).flatten()
+        aps.append(float(((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]).sum()))
+    return sum(aps) / len(aps)
+
+
+def _bench_inputs(num_images, num_classes, dets_per_image, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    detections, ground_truths = [], []
+    for _ in range(num_images):
+        num_gt = int(torch.randint(1, 5, (), generator=generator))
+        xy = torch.rand(num_gt, 2, generator=generator) * 400
+        wh = 20 + torch.rand(num_gt, 2, generator=generator) * 80
+        gt = torch.cat([xy, xy + wh], dim=1)
+        gt_labels = torch.randint(0, num_classes, (num_gt,), generator=generator)
+        source = torch.randint(0, num_gt, (dets_per_image,), generator=generator)
+        noise = torch.randn(dets_per_image, 4, generator=generator) * 12
+        boxes = gt[source] + noise
+        boxes = torch.cat([boxes[:, :2], torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)], 1)
+        flip = torch.rand(dets_per_image, generator=generator) < 0.3
+        labels = torch.where(
+            flip,
+            torch.randint(0, num_classes, (dets_per_image,), generator=generator),
+            gt_labels[source],
+        )
+        scores = torch.rand(dets_per_image, generator=generator)
+        detections.append({"boxes": boxes, "labels": labels, "scores": scores})
+        ground_truths.append({"boxes": gt, "labels": gt_labels})
+    return detections, ground_truths
+
+
+def _bench_setup(num_images, num_classes, dets_per_image, with_reference):
+    def setup(device):
+        dets, gts = _bench_inputs(num_images, num_classes, dets_per_image)
+        dets_d = [{k: v.to(device) for k, v in d.items()} for d in dets]
+        gts_d = [{k: v.to(device) for k, v in g.items()} for g in gts]
+        ref_dets = [
+            {k: v.double().numpy() if v.is_floating_point() else v.numpy() for k, v in d.items()}
+            for d in dets
+        ]
+        ref_gts = [
+            {k: v.double().numpy() if v.is_floating_point() else v.numpy() for k, v in g.items()}
+            for g in gts
+        ]
+        return BenchFunctions(
+            detops=lambda: metrics.mean_average_precision(dets_d, gts_d, num_classes),
+            peer=lambda: _devkit_style_map(dets, gts, num_classes),
+            reference=(lambda: ref.mean_average_precision(ref_dets, ref_gts, num_classes))
+            if with_reference
+            else None,
+        )
+
+    return setup
+
+
+BENCHMARKS = (
+    BenchCase(
+        "mean_average_precision",
+        "100 images x 20 dets, 20 classes",
+        "VOC-devkit-style Python loop",
+        _bench_setup(100, 20, 20, with_reference=True),
+        devices=("cpu",),
+    ),
+    BenchCase(
+        "mean_average_precision",
+        "2500 images x 100 dets, 20 classes",
+        "VOC-devkit-style Python loop",
+        _bench_setup(2500, 20, 100, with_reference=False),
+        quick=False,
+        devices=("cpu",),
+    ),
+)

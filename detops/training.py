@@ -1,0 +1,610 @@
+"""Training and evaluation loops for detectors built from detops modules.
+
+The recipe is the course seed's (SGD, momentum 0.9, weight decay 1e-4, MultiStepLR dropping
+the rate 10x at 60% and 90% of the run), with what the seed lacks:
+
+- :func:`seed_everything` seeds python, numpy, torch and CUDA (optionally deterministic cuDNN);
+- checkpoints are written atomically (temporary file + ``os.replace``) and hold everything a
+  run needs to continue *exactly* as if it had not stopped: model (with the loss normalizer
+  buffer), optimizer, scheduler, iteration, loss history, the RNG states and the position in
+  the data loader;
+- a tqdm bar shows the running losses, and a loss-curve PNG is written at the end.
+
+A model given to :func:`train_detector` is any ``nn.Module`` whose training-mode
+``forward(images, gt_boxes)`` returns a dict of scalar losses (summed for the backward pass),
+such as :class:`detops.nn.FCOS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "TrainResult",
+    "capture_rng_state",
+    "evaluate_detector",
+    "load_checkpoint",
+    "plot_loss_curve",
+    "restore_rng_state",
+    "save_checkpoint",
+    "seed_everything",
+    "split_batch",
+    "train_detector",
+]
+
+_CHECKPOINT_FORMAT = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Seeding and RNG state
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    """Seed python's ``random``, NumPy's global RNG, torch (CPU) and every CUDA device.
+
+    Args:
+        seed (int): a non-negative seed.
+        deterministic (bool): also make cuDNN pick deterministic kernels
+            (``cudnn.deterministic = True``, ``cudnn.benchmark = False``). Slower on GPU; no
+            effect on CPU runs, which are deterministic for a fixed thread count anyway.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed_everything: seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)  # lazy: a no-op without CUDA
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The states of python's, NumPy's, torch's and CUDA's global RNGs.
+
+    The result holds only tensors, ints, floats, strings, lists and tuples, so it is stored in
+    a checkpoint that ``torch.load(weights_only=True)`` can read.
+    """
+    np_state = np.random.get_state(legacy=False)
+    version, py_state, gauss = random.getstate()
+    return {
+        "python": (version, list(py_state), gauss),
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the RNG states returned by :func:`capture_rng_state`."""
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": np_state["bit_generator"],
+            "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _loader_generators(loader: Iterable) -> list[torch.Generator]:
+    """The explicit generators a DataLoader draws its shuffling and worker seeds from."""
+    found = []
+    for owner in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+    generator = getattr(inner, "generator", None)
+    if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+        found.append(generator)
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
+    """Write ``state`` with ``torch.save``, atomically.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsynced, and the
+    file is renamed over ``path`` with ``os.replace``: a reader (or a run killed mid-write)
+    sees either the old checkpoint or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(dict(state), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`train_detector` (``torch.load(weights_only=True)``)."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(
+            f"load_checkpoint: {os.fspath(path)!r} must hold a dict with a 'model' state_dict, "
+            f"got {type(state).__name__}"
+        )
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+
+
+def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
+    """``(images [B, 3, H, W], gt_boxes [B, N, 5])`` from a detection batch.
+
+    Accepts the course dataset's ``(paths, images, gt_boxes)`` tuples, ``(images, gt_boxes)``
+    pairs and dicts with ``"image"``/``"images"`` and ``"gt_boxes"`` keys.
+    """
+    if isinstance(batch, Mapping):
+        images = batch.get("images", batch.get("image"))
+        boxes = batch.get("gt_boxes")
+    elif isinstance(batch, Sequence) and len(batch) in (2, 3):
+        images, boxes = batch[-2], batch[-1]
+    else:
+        images = boxes = None
+    if not isinstance(images, Tensor) or not isinstance(boxes, Tensor):
+        raise TypeError(
+            "split_batch: a batch must be (images, gt_boxes), (paths, images, gt_boxes) or a "
+            f"dict with 'images' and 'gt_boxes' tensors, got {type(batch).__name__}"
+        )
+    return images, boxes
+
+
+# --------------------------------------------------------------------------------------------
+# Loss curve
+
+
+def plot_loss_curve(
+    history: Mapping[str, Sequence[float]], path: str | os.PathLike[str], *, title: str = ""
+) -> Path | None:
+    """Plot per-iteration losses (raw, faint; moving average, solid) to a PNG, log-scale y.
+
+    Returns the path, or None (with a warning) when matplotlib is not installed.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # matplotlib is the optional "plot" extra
+        warnings.warn("plot_loss_curve: matplotlib is not installed; no loss curve written",
+                      stacklevel=2)
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure = Figure(figsize=(7, 4.2), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    for index, (name, values) in enumerate(history.items()):
+        values = np.asarray(values, dtype=np.float64)
+        if values.size == 0:
+            continue
+        steps = np.arange(1, values.size + 1)
+        color = f"C{index}"
+        window = max(1, min(50, values.size // 20))
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        axes.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+        axes.plot(steps[window - 1 :], smooth, color=color, linewidth=1.6, label=name)
+    axes.set_yscale("log")
+    axes.set_xlabel("iteration")
+    axes.set_ylabel("loss")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(loc="upper right")
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        figure.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_detector` did.
+
+    Attributes:
+        iterations: iterations completed in total (including those before a resume).
+        history: per-iteration values of every loss and of ``"total"``.
+        lr_history: the learning rate each iteration's step used.
+        resumed_from: the iteration the run resumed from (0 for a fresh run).
+        seconds: wall time of this call.
+        checkpoint_path / loss_curve_path: where they were written (None if not).
+    """
+
+    iterations: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+    lr_history: list[float] = field(default_factory=list)
+    resumed_from: int = 0
+    seconds: float = 0.0
+    checkpoint_path: Path | None = None
+    loss_curve_path: Path | None = None
+
+
+class _BatchStream:
+    """Endless batches from ``loader``, epoch after epoch, with a resumable position.
+
+    At the start of each epoch it records the RNG states the loader draws its shuffle and
+    worker seeds from; replaying those states and skipping the batches already used puts a
+    new iterator exactly where the old one was.
+    """
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader = loader
+        self.epoch = 0
+        self.batches_into_epoch = 0
+        self.epoch_rng: dict[str, Any] | None = None
+        self._iterator: Iterator | None = None
+
+    def _start_epoch(self) -> None:
+        self.epoch_rng = {
+            "global": capture_rng_state(),
+            "loader": [g.get_state() for g in _loader_generators(self.loader)],
+        }
+        self._iterator = iter(self.loader)
+        self.batches_into_epoch = 0
+
+    def next(self) -> Any:
+        if self._iterator is None:
+            self._start_epoch()
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            if self.batches_into_epoch == 0:
+                raise ValueError("train_detector: loader yielded no batches") from None
+            self.epoch += 1
+            self._start_epoch()
+            batch = next(self._iterator)
+        self.batches_into_epoch += 1
+        return batch
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batches_into_epoch": self.batches_into_epoch,
+            "epoch_rng": self.epoch_rng,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Re-create the iterator of the checkpoint's epoch and skip its used batches.
+
+        The skipped batches are loaded and dropped (a DataLoader cannot seek); the caller
+        restores the global RNG states afterwards.
+        """
+        self.epoch = int(state["epoch"])
+        if state["epoch_rng"] is None:
+            return
+        restore_rng_state(state["epoch_rng"]["global"])
+        generators = _loader_generators(self.loader)
+        for generator, saved in zip(generators, state["epoch_rng"]["loader"], strict=False):
+            generator.set_state(saved)
+        self.epoch_rng = state["epoch_rng"]
+        self._iterator = iter(self.loader)
+        self.batches_into_epoch = 0
+        for _ in range(int(state["batches_into_epoch"])):
+            next(self._iterator)
+            self.batches_into_epoch += 1
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    iterations: int,
+    milestones: Sequence[float],
+    gamma: float,
+    warmup_iterations: int,
+    warmup_factor: float,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    steps = sorted({max(1, int(round(m * iterations))) for m in milestones})
+    main = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=steps, gamma=gamma)
+    if warmup_iterations <= 0:
+        return main
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=warmup_factor, end_factor=1.0, total_iters=warmup_iterations
+    )
+    return torch.optim.lr_scheduler.ChainedScheduler([warmup, main], optimizer=optimizer)
+
+
+def _module_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def train_detector(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    iterations: int,
+    lr: float = 5e-3,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    milestones: Sequence[float] = (0.6, 0.9),
+    lr_gamma: float = 0.1,
+    warmup_iterations: int = 0,
+    warmup_factor: float = 1e-3,
+    clip_grad_norm: float | None = None,
+    device: str | torch.device | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = True,
+    loss_curve_path: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    extra_state: Mapping[str, Any] | None = None,
+    on_iteration: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``iterations`` SGD steps on batches drawn endlessly from ``loader``.
+
+    Each step: ``losses = model(images, gt_boxes)`` (a dict of scalars), backward on their
+    sum, optional gradient-norm clipping, ``optimizer.step()``, ``scheduler.step()``.
+    Optimizer: SGD (``lr``, ``momentum``, ``weight_decay``) over parameters that require
+    grad. Schedule: optional linear warmup from ``warmup_factor * lr`` over
+    ``warmup_iterations`` steps, times a MultiStepLR that multiplies the rate by ``lr_gamma``
+    after ``milestones`` (fractions of ``iterations``; the seed's 60% and 90%).
+
+    Checkpoints (when ``checkpoint_path`` is given) are written atomically every
+    ``checkpoint_every`` iterations, at the end, and when the run is interrupted by
+    ``KeyboardInterrupt``. With ``resume=True`` an existing checkpoint at that path is loaded
+    first and training continues from its iteration: the model, the optimizer's momentum,
+    the scheduler, the loss history, the loader's position within its epoch (shuffle order
+    included) and the RNG states all come back, so the remaining iterations produce the
+    same losses as an uninterrupted run (given the same loader, seed and thread count).
+
+    Args:
+        model: training-mode ``forward(images, gt_boxes) -> dict[str, Tensor]``.
+        loader: an iterable of batches (see :func:`split_batch`), re-iterated per epoch.
+        iterations: total number of optimizer steps of the run (> 0).
+        lr, momentum, weight_decay: SGD settings.
+        milestones: fractions of ``iterations`` where the rate drops by ``lr_gamma``.
+        warmup_iterations, warmup_factor: linear warmup (0 disables it).
+        clip_grad_norm: clip the global gradient norm to this value (None: no clipping).
+        device: where to train; default the model's device. The model is moved there.
+        checkpoint_path, checkpoint_every, resume: see above.
+        loss_curve_path: write a PNG of the loss history there at the end (needs matplotlib).
+        progress: show a tqdm bar with the running (EMA) losses.
+        extra_state: stored as ``checkpoint["extra"]`` (e.g. the model's constructor
+            arguments and class names, for ``python -m detops detect``).
+        on_iteration: called as ``on_iteration(iteration, losses)`` after each step, with
+            the 1-based iteration and the float losses (including ``"total"``).
+
+    Returns:
+        TrainResult.
+
+    Raises:
+        FloatingPointError: a loss became NaN or infinite (the message names the iteration).
+        ValueError: bad arguments, or a checkpoint from a run with a different ``iterations``.
+    """
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations <= 0:
+        raise ValueError(f"train_detector: iterations must be a positive int, got {iterations!r}")
+    if not lr > 0:
+        raise ValueError(f"train_detector: lr must be > 0, got {lr!r}")
+    if checkpoint_every <= 0:
+        raise ValueError(f"train_detector: checkpoint_every must be > 0, got {checkpoint_every}")
+    if clip_grad_norm is not None and not clip_grad_norm > 0:
+        raise ValueError(f"train_detector: clip_grad_norm must be > 0, got {clip_grad_norm!r}")
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    device = torch.device(device) if device is not None else _module_device(model)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    scheduler = _make_scheduler(
+        optimizer, iterations, milestones, lr_gamma, warmup_iterations, warmup_factor
+    )
+    stream = _BatchStream(loader)
+    history: dict[str, list[float]] = {}
+    lr_history: list[float] = []
+    start = 0
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+
+    if resume and checkpoint_path is not None and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        if state.get("total_iterations") != iterations:
+            raise ValueError(
+                f"train_detector: checkpoint {str(checkpoint_path)!r} belongs to a run of "
+                f"{state.get('total_iterations')} iterations, got iterations={iterations}; "
+                "pass the same iterations to resume, or resume=False to start over"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = {k: list(v) for k, v in state["history"].items()}
+        lr_history = list(state["lr_history"])
+        start = int(state["iteration"])
+        stream.restore(state["loader"])
+        restore_rng_state(state["rng"])
+
+    def write_checkpoint(iteration: int) -> None:
+        if checkpoint_path is None:
+            return
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "format": _CHECKPOINT_FORMAT,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "iteration": iteration,
+                "total_iterations": iterations,
+                "history": history,
+                "lr_history": lr_history,
+                "loader": stream.state(),
+                "rng": capture_rng_state(),
+                "extra": dict(extra_state or {}),
+            },
+        )
+
+    model.train()
+    running: dict[str, float] = {}
+    bar = tqdm(
+        total=iterations, initial=start, disable=not progress, dynamic_ncols=True, desc="train"
+    )
+    iteration = start
+    try:
+        while iteration < iterations:
+            images, gt_boxes = split_batch(stream.next())
+            images = images.to(device, non_blocking=True)
+            gt_boxes = gt_boxes.to(device, non_blocking=True)
+            losses = model(images, gt_boxes)
+            total = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+            lr_history.append(float(optimizer.param_groups[0]["lr"]))
+            optimizer.step()
+            scheduler.step()
+            iteration += 1
+
+            values = {name: float(loss.detach()) for name, loss in losses.items()}
+            values["total"] = float(total.detach())
+            if not all(math.isfinite(v) for v in values.values()):
+                raise FloatingPointError(
+                    f"train_detector: non-finite loss at iteration {iteration}: {values}. "
+                    "Try a lower lr, a longer warmup or clip_grad_norm."
+                )
+            for name, value in values.items():
+                history.setdefault(name, []).append(value)
+                running[name] = value if name not in running else 0.9 * running[name] + 0.1 * value
+            bar.set_postfix(
+                {k.removeprefix("loss_"): f"{v:.3f}" for k, v in running.items()}
+                | {"lr": f"{optimizer.param_groups[0]['lr']:.2g}"},
+                refresh=False,
+            )
+            bar.update(1)
+            if on_iteration is not None:
+                on_iteration(iteration, values)
+            if iteration % checkpoint_every == 0 and iteration < iterations:
+                write_checkpoint(iteration)
+    except KeyboardInterrupt:
+        if iteration > start:
+            write_checkpoint(iteration)
+        raise
+    finally:
+        bar.close()
+    if iteration > start or (checkpoint_path is not None and not checkpoint_path.exists()):
+        write_checkpoint(iteration)
+
+    curve = None
+    if loss_curve_path is not None:
+        curve = plot_loss_curve(history, loss_curve_path, title=f"{iterations} iterations")
+    return TrainResult(
+        iterations=iteration,
+        history=history,
+        lr_history=lr_history,
+        resumed_from=start,
+        seconds=time.perf_counter() - started,
+        checkpoint_path=checkpoint_path,
+        loss_curve_path=curve,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def predict_detections(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    score_thresh: float | None = None,
+    nms_thresh: float | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
+    """Run an eval-mode detector over ``loader``; return per-image detections and GT dicts.
+
+    The model's eval-mode ``forward(images, test_score_thresh=..., test_nms_thresh=...)``
+    must return one dict per image with ``boxes``, ``labels`` and ``scores`` (as
+    :class:`detops.nn.FCOS` does). Both lists are on the CPU.
+    """
+    from .metrics import gt_dicts_from_padded
+
+    device = torch.device(device) if device is not None else _module_device(model)
+    was_training = model.training
+    model.eval()
+    detections: list[dict[str, Tensor]] = []
+    ground_truths: list[dict[str, Tensor]] = []
+    try:
+        for batch in loader:
+            images, gt_boxes = split_batch(batch)
+            outputs = model(
+                images.to(device), test_score_thresh=score_thresh, test_nms_thresh=nms_thresh
+            )
+            detections += [{k: v.cpu() for k, v in out.items()} for out in outputs]
+            ground_truths += gt_dicts_from_padded(gt_boxes.cpu())
+    finally:
+        model.train(was_training)
+    return detections, ground_truths
+
+
+def evaluate_detector(
+    model: nn.Module,
+    loader: Iterable,
+    num_classes: int,
+    *,
+    score_thresh: float | None = None,
+    nms_thresh: float | None = None,
+    iou_threshold: float = 0.5,
+    device: str | torch.device | None = None,
+) -> dict[str, Tensor]:
+    """mAP of an eval-mode detector over ``loader`` (see :func:`detops.metrics.mean_average_precision`).
+
+    Returns the metric's dict (``map``, ``ap_per_class``, ``map_per_threshold``).
+    """
+    from .metrics import mean_average_precision
+
+    detections, ground_truths = predict_detections(
+        model, loader, score_thresh=score_thresh, nms_thresh=nms_thresh, device=device
+    )
+    return mean_average_precision(detections, ground_truths, num_classes, iou_threshold)

@@ -1,0 +1,497 @@
+"""Op-specific tests for detops.boxes: torchvision equality, pinned differences, errors."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from hypothesis import given
+from hypothesis import strategies as st
+
+import reference.boxes as ref
+from detops import (
+    box_iou,
+    center_crop_boxes_to_original,
+    clip_boxes_to_image,
+    pad_gt_boxes,
+    resize_and_center_crop_boxes,
+)
+from detops.boxes import resized_and_crop_geometry
+from detops.testing.families.boxes import boxes_with_degenerate, random_boxes
+
+tv_box_iou = torchvision.ops.box_iou
+tv_clip = torchvision.ops.clip_boxes_to_image
+
+
+def _integer_valued_boxes(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.randint(-20, 60, (n, 2), generator=gen)
+    wh = torch.randint(1, 30, (n, 2), generator=gen)
+    return torch.cat((xy, xy + wh), dim=-1)
+
+
+# ------------------------------------------------------------------------------ box_iou
+
+
+@pytest.mark.parametrize("n", [0, 1, 10, 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_iou_equals_torchvision(n, dtype, device):
+    b1 = random_boxes((n,), seed=n).to(device, dtype)
+    b2 = random_boxes((max(n // 2, 1),), seed=n + 1).to(device, dtype)
+    expected = tv_box_iou(b1, b2)
+    actual = box_iou(b1, b2)
+    assert actual.dtype == expected.dtype and actual.device == expected.device
+    assert actual.shape == (n, max(n // 2, 1))
+    assert torch.equal(actual, expected), (actual - expected).abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.int32])
+def test_box_iou_integer_valued_boxes_equal_torchvision(dtype, device):
+    # Integer corners: shared edges and identical boxes, IoU exactly 0 or 1 in places.
+    b1 = _integer_valued_boxes(300, seed=1).to(device, dtype)
+    b2 = torch.cat((b1[:50], _integer_valued_boxes(100, seed=2).to(device, dtype)))
+    expected = tv_box_iou(b1, b2)
+    actual = box_iou(b1, b2)
+    assert actual.dtype == expected.dtype == torch.float32
+    assert torch.equal(actual, expected)
+    assert torch.all(torch.diagonal(actual[:50, :50]) == 1)
+
+
+def test_box_iou_batched_equals_per_image_and_torchvision(device):
+    b1 = random_boxes((4, 30), seed=3).to(device)
+    b2 = random_boxes((4, 20), seed=4).to(device)
+    actual = box_iou(b1, b2)
+    assert actual.shape == (4, 30, 20)
+    for i in range(4):
+        assert torch.equal(actual[i], tv_box_iou(b1[i], b2[i]))
+    assert torch.equal(actual, tv_box_iou(b1, b2))
+    # Leading dims broadcast: [N, 4] against [B, M, 4].
+    assert torch.equal(box_iou(b1[0], b2), torch.stack([tv_box_iou(b1[0], b) for b in b2]))
+
+
+def test_box_iou_zero_union_is_zero_where_torchvision_gives_nan(device):
+    points = torch.tensor([[5.0, 5, 5, 5], [1, 2, 1, 2]], device=device)  # zero area
+    line = torch.tensor([[0.0, 3, 10, 3]], device=device)  # zero height
+    real = torch.tensor([[0.0, 0, 10, 10]], device=device)
+    boxes = torch.cat((points, line, real))
+    ours = box_iou(boxes, boxes)
+    theirs = tv_box_iou(boxes, boxes)
+    zero_union = torch.ones(4, 4, dtype=torch.bool, device=device)
+    zero_union[3, :] = zero_union[:, 3] = False  # pairs with the real box have union 100
+    # The documented difference: 0/0 is 0 in detops, NaN in torchvision.
+    assert torch.all(ours[zero_union] == 0)
+    assert torch.all(torch.isnan(theirs[zero_union]))
+    assert torch.equal(ours[~zero_union], theirs[~zero_union])
+    assert ours[3, 3] == 1 and ours[3, 0] == 0  # a point inside a box has IoU 0
+
+
+def test_box_iou_nan_propagates():
+    boxes = torch.tensor([[0.0, 0, 2, 2], [float("nan"), 0, 2, 2]])
+    out = box_iou(boxes, boxes)
+    assert torch.isnan(out[1]).all() and torch.isnan(out[:, 1]).all()
+    assert out[0, 0] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_box_iou_half_precision_is_computed_in_float32(dtype, device):
+    b1 = random_boxes((200,), seed=5).to(device, dtype)
+    b2 = random_boxes((100,), seed=6).to(device, dtype)
+    actual = box_iou(b1, b2)
+    assert actual.dtype == tv_box_iou(b1, b2).dtype == torch.float32
+    # Exactly the float32 computation on the (already rounded) half-precision corners.
+    assert torch.equal(actual, box_iou(b1.float(), b2.float()))
+    # torchvision subtracts corners in half precision first: close, not equal in general.
+    # Rounding to bfloat16 can collapse small boxes to zero area: NaN there, 0 here.
+    theirs = tv_box_iou(b1, b2)
+    defined = ~torch.isnan(theirs)
+    torch.testing.assert_close(actual[defined], theirs[defined], atol=2e-2, rtol=0)
+    assert torch.all(actual[~defined] == 0)
+
+
+def test_box_iou_float16_corner_difference_pinned():
+    # 2047 - 0.5 = 2046.5 is not a float16 number (spacing 1 above 1024): torchvision's
+    # width becomes 2046 (ties to even), detops keeps 2046.5 by upcasting first.
+    a = torch.tensor([[0.5, 0.0, 2047.0, 1.0]], dtype=torch.float16)
+    b = torch.tensor([[0.0, 0.0, 2048.0, 1.0]], dtype=torch.float16)
+    # By hand: inter = 2046.5 * 1, union = 2046.5 + 2048 - 2046.5 -> 2046.5 / 2048.
+    assert box_iou(a, b).item() == pytest.approx(2046.5 / 2048, abs=0, rel=1e-7)
+    # torchvision: areas are upcast (exact), inter = 2046: 2046 / (2046.5 + 2048 - 2046).
+    assert tv_box_iou(a, b).item() == pytest.approx(2046 / 2048.5, abs=0, rel=1e-7)
+
+
+@given(boxes_with_degenerate(0, 6), boxes_with_degenerate(0, 6))
+def test_box_iou_laws(a, b):
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    iou = box_iou(ta, tb)
+    assert torch.equal(iou, box_iou(tb, ta).T)  # symmetric
+    assert torch.all((iou >= 0) & (iou <= 1 + 1e-12)), iou
+    area = (ta[:, 2] - ta[:, 0]) * (ta[:, 3] - ta[:, 1])
+    self_iou = torch.diagonal(box_iou(ta, ta))
+    assert torch.equal(self_iou, (area > 0).to(self_iou.dtype))  # 1, or 0 for zero area
+
+
+def test_box_iou_does_not_mutate_inputs():
+    b1, b2 = random_boxes((10,), seed=7), random_boxes((12,), seed=8)
+    c1, c2 = b1.clone(), b2.clone()
+    box_iou(b1, b2)
+    assert torch.equal(b1, c1) and torch.equal(b2, c2)
+
+
+BOXES = torch.zeros(3, 4)
+BOX_IOU_ERRORS = [
+    (
+        (BOXES[:, :3], BOXES),
+        ValueError,
+        r"box_iou: boxes1 must have shape \[\.\.\., N, 4\], got \[3, 3\]",
+    ),
+    (
+        (BOXES, torch.zeros(4)),
+        ValueError,
+        r"box_iou: boxes2 must have shape \[\.\.\., N, 4\], got \[4\]",
+    ),
+    ((BOXES, BOXES.double()), TypeError, r"same dtype, got torch.float32 and torch.float64"),
+    ((BOXES.bool(), BOXES.bool()), TypeError, r"boxes1 must have a floating or integer dtype"),
+    ((BOXES.tolist(), BOXES), TypeError, r"box_iou: boxes1 must be a torch.Tensor, got list"),
+    ((torch.zeros(2, 3, 4), torch.zeros(3, 3, 4)), ValueError, r"leading \(batch\) dims"),
+    ((BOXES, BOXES.to("meta")), ValueError, r"one device, got boxes1 on cpu, boxes2 on meta"),
+]
+
+
+@pytest.mark.parametrize(("args", "error", "match"), BOX_IOU_ERRORS)
+def test_box_iou_error_inputs(args, error, match):
+    with pytest.raises(error, match=match):
+        box_iou(*args)
+
+
+# -------------------------------------------------------------------- clip_boxes_to_image
+
+
+@pytest.mark.parametrize("n", [0, 1, 10, 1000])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64]
+)
+def test_clip_equals_torchvision(n, dtype, device):
+    boxes = (random_boxes((n,), seed=n, extent=900.0) - 200).to(device, dtype)
+    for size in [(301, 517), (480, 640), (1, 1), torch.Size([224, 224])]:
+        actual = clip_boxes_to_image(boxes, size)
+        assert actual.dtype == dtype and actual.device == boxes.device
+        assert torch.equal(actual, tv_clip(boxes, size)), size
+
+
+def test_clip_batched_and_integer_valued_equal_torchvision():
+    boxes = _integer_valued_boxes(1000, seed=9).float().reshape(10, 100, 4) * 5
+    assert torch.equal(clip_boxes_to_image(boxes, (100, 150)), tv_clip(boxes, (100, 150)))
+
+
+def test_clip_gt_rows_keep_class_and_padding():
+    gt = torch.tensor(
+        [
+            [-5.0, 10, 700, 40, 3],  # clipped in x
+            [-1.0, -1, -1, -1, -1],  # padding: untouched
+            [10.0, -3, 20, 900, 0],  # clipped in y
+            [-7.0, -7, -2, -2, -1],  # class -1 marks padding whatever the corners
+        ]
+    )
+    before = gt.clone()
+    out = clip_boxes_to_image(gt, (480, 640))
+    expected = torch.tensor(
+        [[0.0, 10, 640, 40, 3], [-1, -1, -1, -1, -1], [10, 0, 20, 480, 0], [-7, -7, -2, -2, -1]]
+    )
+    assert torch.equal(out, expected)
+    assert torch.equal(gt, before)  # not mutated
+    # The coordinates of real rows are what torchvision gives for the [..., 4] part.
+    assert torch.equal(out[[0, 2], :4], tv_clip(gt[[0, 2], :4], (480, 640)))
+
+
+def test_clip_uint8_boxes_with_a_large_image():
+    # torchvision raises here (640 does not fit uint8); the clamp is a no-op above 255.
+    boxes = torch.tensor([[0, 10, 250, 255]], dtype=torch.uint8)
+    assert torch.equal(clip_boxes_to_image(boxes, (480, 640)), boxes)
+    assert torch.equal(clip_boxes_to_image(boxes, (100, 200)), tv_clip(boxes, (100, 200)))
+
+
+CLIP_ERRORS = [
+    (
+        (BOXES, (0, 10)),
+        ValueError,
+        r"clip_boxes_to_image: size must be a positive \(height, width\) pair, got \(0, 10\)",
+    ),
+    ((BOXES, (-3, 10)), ValueError, r"size must be a positive"),
+    ((BOXES, (10,)), TypeError, r"size must be a \(height, width\) pair of ints, got \(10,\)"),
+    ((BOXES, (10.0, 5)), TypeError, r"pair of ints"),
+    ((BOXES, 224), TypeError, r"pair of ints, got 224"),
+    (
+        (torch.zeros(3, 6), (10, 10)),
+        ValueError,
+        r"boxes must have shape \[\.\.\., 4\] or \[\.\.\., 5\], got \[3, 6\]",
+    ),
+    ((BOXES.bool(), (10, 10)), TypeError, r"floating or integer dtype, got torch.bool"),
+    ((np.zeros((3, 4)), (10, 10)), TypeError, r"boxes must be a torch.Tensor, got ndarray"),
+]
+
+
+@pytest.mark.parametrize(("args", "error", "match"), CLIP_ERRORS)
+def test_clip_error_inputs(args, error, match):
+    with pytest.raises(error, match=match):
+        clip_boxes_to_image(*args)
+
+
+# --------------------------------------------------- resize_and_center_crop_boxes (+ inverse)
+
+
+def test_geometry_matches_reference_on_a_grid_of_sizes():
+    for height in range(1, 90, 7):
+        for width in range(1, 700, 13):
+            for image_size in (1, 32, 224, 225):
+                got = resized_and_crop_geometry((height, width), image_size)
+                assert got == ref.resized_and_crop_geometry((height, width), image_size)
+
+
+def test_geometry_hand_values():
+    # 333x500 at 224: short side 333 -> 224, long 224*500/333 = 336.34 -> 336; left (336-224)/2.
+    assert resized_and_crop_geometry((333, 500), 224) == ((224, 336), (0, 56))
+    # 224x227: resized width 227, offset round(1.5) = 2 (the course code floors it to 1).
+    assert resized_and_crop_geometry((224, 227), 224) == ((224, 227), (0, 2))
+    # 229x224: offset round(2.5) = 2, Python rounds halves to even.
+    assert resized_and_crop_geometry((229, 224), 224) == ((229, 224), (2, 0))
+
+
+def test_resize_hand_values():
+    gt = torch.tensor(
+        [
+            [150.0, 100, 300, 200, 7],  # inside
+            [0.0, 0, 50, 333, 3],  # left of the crop (x < 56 / 0.672 = 83.3): dropped
+            [-1.0, -1, -1, -1, -1],  # padding
+            [400.0, 10, 500, 60, 1],  # cut by the right edge of the crop
+            [83.0, 50, 90, 80, 2],  # x1' = 83*0.672 - 56 = -0.224 -> 0
+        ]
+    )
+    out = resize_and_center_crop_boxes(gt, (333, 500), 224)
+    sx, sy = 336 / 500, 224 / 333  # 0.672 and 0.6727
+    expected = torch.tensor(
+        [
+            [150 * sx - 56, 100 * sy, 300 * sx - 56, 200 * sy, 7],
+            [-1, -1, -1, -1, -1],
+            [-1, -1, -1, -1, -1],
+            [400 * sx - 56, 10 * sy, 224, 60 * sy, 1],
+            [0, 50 * sy, 90 * sx - 56, 80 * sy, 2],
+        ]
+    )
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_resize_zero_area_after_clamp_is_dropped():
+    # 448x600 at 224: resized 224x300, scale 0.5 exactly, crop from column 38, so the crop's
+    # left edge is x = 76 and its bottom edge y = 448 in original pixels.
+    gt = torch.tensor(
+        [
+            [10.0, 10, 76, 20, 5],  # ends on the crop's left edge: x1' = x2' = 0
+            [100.0, 10, 100, 20, 5],  # zero width already
+            [100.0, 448, 120, 460, 5],  # below the crop: y1' = y2' = 224
+            [76.0, 10, 78, 20, 5],  # one pixel wide at the edge: kept
+        ]
+    )
+    out = resize_and_center_crop_boxes(gt, (448, 600), 224)
+    assert torch.all(out[:3] == -1)
+    assert torch.equal(out[3], torch.tensor([0.0, 5, 1, 10, 5]))
+
+
+def test_resize_batched_equals_per_image_and_keeps_dtype_device(device):
+    gt = torch.cat((random_boxes((3, 8), seed=10), torch.randint(0, 20, (3, 8, 1))), dim=-1)
+    gt[1, 2:5] = -1
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        batch = gt.to(device, dtype)
+        before = batch.clone()
+        out = resize_and_center_crop_boxes(batch, (375, 500), 224)
+        assert out.dtype == dtype and out.device == batch.device and out.shape == batch.shape
+        for i in range(3):
+            assert torch.equal(out[i], resize_and_center_crop_boxes(batch[i], (375, 500), 224))
+        assert torch.equal(batch, before)
+        assert torch.all(out[1, 2:5] == -1)
+
+
+def test_resize_differs_from_the_course_code():
+    # The course dataset: float resized size and a floored crop offset.
+    def course(x, w, h, image_size):
+        new_w = w * image_size / h if w > h else image_size
+        return x * new_w / w - (new_w - image_size) // 2
+
+    # 224x227: torchvision crops from column 2, the course code from column 1.
+    ours = resize_and_center_crop_boxes(torch.tensor([[100.0, 0, 120, 10, 0]]), (224, 227), 224)
+    assert ours[0, 0] == 98 and course(100.0, 227, 224, 224) == 99
+    # 333x500: resized width 336 (torchvision) vs 336.34 (course), 0.27 px apart at x=400.
+    ours = resize_and_center_crop_boxes(torch.tensor([[400.0, 0, 420, 10, 0]]), (333, 500), 224)
+    assert ours[0, 0].item() == pytest.approx(400 * 0.672 - 56, abs=1e-4)
+    assert abs(course(400.0, 500, 333, 224) - ours[0, 0].item()) > 0.25
+
+
+@given(
+    st.integers(1, 700),
+    st.integers(1, 700),
+    st.sampled_from([1, 32, 224, 225]),
+    boxes_with_degenerate(1, 6),
+)
+def test_inverse_round_trips_boxes_inside_the_crop(height, width, image_size, unit):
+    # Place boxes inside the crop region in crop pixels, map back, then forward again.
+    crop = torch.from_numpy(unit).clamp(0, 1e9) % image_size
+    crop = torch.cat(
+        (torch.minimum(crop[:, :2], crop[:, 2:]), torch.maximum(crop[:, :2], crop[:, 2:])), -1
+    )
+    rows = torch.cat((crop, torch.full((len(crop), 1), 4.0, dtype=crop.dtype)), dim=-1)
+    original = center_crop_boxes_to_original(rows, (height, width), image_size)
+    assert torch.all(original[:, [0, 2]] <= width) and torch.all(original[:, [1, 3]] <= height)
+    back = resize_and_center_crop_boxes(original, (height, width), image_size)
+    keep = (crop[:, 2] > crop[:, 0]) & (crop[:, 3] > crop[:, 1])
+    torch.testing.assert_close(back[keep], rows[keep], atol=1e-9, rtol=1e-12)
+    assert torch.all(back[~keep] == -1)
+
+
+def test_inverse_keeps_rows_class_padding_and_clamps_to_the_image():
+    rows = torch.tensor([[0.0, 0, 224, 224, 3], [-1, -1, -1, -1, -1], [-10, 5, 300, 20, 1]])
+    out = center_crop_boxes_to_original(rows, (333, 500), 224)
+    # The whole crop maps to columns 56/0.672 = 83.33 .. 280/0.672 = 416.67, all rows.
+    torch.testing.assert_close(out[0], torch.tensor([56 / 0.672, 0, 280 / 0.672, 333, 3]))
+    assert torch.equal(out[1], rows[1])
+    torch.testing.assert_close(
+        out[2], torch.tensor([46 / 0.672, 5 * 333 / 224, 500, 20 * 333 / 224, 1])
+    )
+    assert torch.equal(center_crop_boxes_to_original(rows[:, :4], (333, 500), 224)[0], out[0, :4])
+
+
+RESIZE_ERRORS = [
+    (
+        (torch.zeros(3, 4), (10, 10), 8),
+        ValueError,
+        r"resize_and_center_crop_boxes: gt_boxes must have shape \[\.\.\., N, 5\], got \[3, 4\]",
+    ),
+    (
+        (torch.zeros(5), (10, 10), 8),
+        ValueError,
+        r"gt_boxes must have shape \[\.\.\., N, 5\], got \[5\]",
+    ),
+    (
+        (torch.zeros(3, 5, dtype=torch.int64), (10, 10), 8),
+        TypeError,
+        r"gt_boxes must have a floating dtype",
+    ),
+    (
+        (torch.zeros(3, 5), (0, 10), 8),
+        ValueError,
+        r"original_size must be a positive \(height, width\) pair",
+    ),
+    (
+        (torch.zeros(3, 5), (10,), 8),
+        TypeError,
+        r"original_size must be a \(height, width\) pair of ints",
+    ),
+    ((torch.zeros(3, 5), (10, 10), 0), ValueError, r"image_size must be a positive int, got 0"),
+    ((torch.zeros(3, 5), (10, 10), 2.5), TypeError, r"image_size must be a positive int, got 2.5"),
+    (
+        (torch.zeros(3, 5), (10, 10), True),
+        TypeError,
+        r"image_size must be a positive int, got True",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "error", "match"), RESIZE_ERRORS)
+def test_resize_error_inputs(args, error, match):
+    with pytest.raises(error, match=match):
+        resize_and_center_crop_boxes(*args)
+
+
+INVERSE_ERRORS = [
+    (
+        (torch.zeros(3, 3), (10, 10), 8),
+        ValueError,
+        r"center_crop_boxes_to_original: boxes must have shape \[\.\.\., 4\] or \[\.\.\., 5\]",
+    ),
+    (
+        (torch.zeros(3, 4, dtype=torch.int32), (10, 10), 8),
+        TypeError,
+        r"boxes must have a floating dtype",
+    ),
+    ((torch.zeros(3, 4), (10, -2), 8), ValueError, r"original_size must be a positive"),
+    ((torch.zeros(3, 4), (10, 10), -1), ValueError, r"image_size must be a positive int, got -1"),
+]
+
+
+@pytest.mark.parametrize(("args", "error", "match"), INVERSE_ERRORS)
+def test_inverse_error_inputs(args, error, match):
+    with pytest.raises(error, match=match):
+        center_crop_boxes_to_original(*args)
+
+
+# --------------------------------------------------------------------------- pad_gt_boxes
+
+
+def test_pad_hand_values():
+    a = torch.tensor([[1.0, 2, 3, 4, 5]])
+    b = torch.zeros(0, 5)
+    c = torch.tensor([[6.0, 7, 8, 9, 0], [10, 11, 12, 13, 1]])
+    out = pad_gt_boxes([a, b, c])
+    expected = torch.full((3, 2, 5), -1.0)
+    expected[0, 0] = a[0]
+    expected[2] = c
+    assert torch.equal(out, expected)
+    assert torch.equal(pad_gt_boxes([a, b, c], 4)[:, :2], expected)
+    assert torch.all(pad_gt_boxes([a, b, c], 4)[:, 2:] == -1)
+
+
+def test_pad_too_many_boxes_names_image_and_count():
+    boxes = [torch.zeros(3, 5), torch.zeros(41, 5)]
+    with pytest.raises(
+        ValueError, match=r"pad_gt_boxes: image 1 has 41 boxes, more than max_boxes=40"
+    ):
+        pad_gt_boxes(boxes, 40)
+
+
+def test_pad_empty_inputs():
+    assert pad_gt_boxes([]).shape == (0, 0, 5)
+    assert pad_gt_boxes([], 40).shape == (0, 40, 5)
+    assert pad_gt_boxes([torch.zeros(0, 5), torch.zeros(0, 5)]).shape == (2, 0, 5)
+    out = pad_gt_boxes([torch.zeros(0, 5)], 3)
+    assert out.shape == (1, 3, 5) and torch.all(out == -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.int64])
+def test_pad_follows_dtype_and_device(dtype, device):
+    boxes = [
+        torch.ones(2, 5, dtype=dtype, device=device),
+        torch.ones(1, 5, dtype=dtype, device=device),
+    ]
+    out = pad_gt_boxes(boxes, 3)
+    assert out.dtype == dtype and out.device == boxes[0].device
+    assert out.shape == (2, 3, 5) and out.sum().item() == 15 - 15  # 15 ones, 15 minus ones
+
+
+PAD_ERRORS = [
+    (
+        (torch.zeros(2, 3, 5),),
+        TypeError,
+        r"pad_gt_boxes: boxes_list must be a list of Tensor\[n_i, 5\], got Tensor",
+    ),
+    (([torch.zeros(3, 4)],), ValueError, r"boxes_list\[0\] must have shape \[n, 5\], got \[3, 4\]"),
+    (
+        ([torch.zeros(1, 5), np.zeros((1, 5))],),
+        TypeError,
+        r"boxes_list\[1\] must be a torch.Tensor, got ndarray",
+    ),
+    (
+        ([torch.zeros(1, 5), torch.zeros(1, 5, dtype=torch.float64)],),
+        TypeError,
+        r"one dtype, got torch.float32 at index 0 and torch.float64 at index 1",
+    ),
+    (
+        ([torch.zeros(1, 5), torch.zeros(1, 5, device="meta")],),
+        ValueError,
+        r"one device, got cpu at index 0 and meta at index 1",
+    ),
+    (([torch.zeros(1, 5)], -1), ValueError, r"max_boxes must be None or an int >= 0, got -1"),
+    (([torch.zeros(1, 5)], 2.0), ValueError, r"max_boxes must be None or an int >= 0, got 2.0"),
+]
+
+
+@pytest.mark.parametrize(("args", "error", "match"), PAD_ERRORS)
+def test_pad_error_inputs(args, error, match):
+    with pytest.raises(error, match=match):
+        pad_gt_boxes(*args)

@@ -1,0 +1,252 @@
+"""train_detector, seeding, checkpoints and the loss curve.
+
+The loop mechanics run on a toy detector (a few hundred parameters, dropout and a shuffled
+loader, so RNG and data order both matter); the FCOS runs (overfitting four synthetic
+images, resuming) use a tiny image size and channel count.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from detops.training import (
+    capture_rng_state,
+    load_checkpoint,
+    plot_loss_curve,
+    restore_rng_state,
+    save_checkpoint,
+    seed_everything,
+    split_batch,
+    train_detector,
+)
+
+
+class ToyDetector(nn.Module):
+    """forward(images, gt_boxes) -> two losses; dropout makes the loss depend on torch's RNG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(3 * 4 * 4, 4))
+        self.register_buffer("steps", torch.tensor(0.0))
+
+    def forward(self, images, gt_boxes):
+        self.steps += 1
+        pred = self.net(images)
+        target = gt_boxes[:, 0, :4]
+        return {"loss_a": (pred - target).abs().mean(), "loss_b": 0.1 * pred.pow(2).mean()}
+
+
+def toy_loader(seed: int = 0, batch_size: int = 3) -> DataLoader:
+    gen = torch.Generator().manual_seed(123)
+    images = torch.randn(10, 3, 4, 4, generator=gen)
+    boxes = torch.rand(10, 2, 5, generator=gen)
+    return DataLoader(
+        TensorDataset(images, boxes),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def run_toy(tmp_path, iterations, *, ckpt=None, every=100, resume=True, **kwargs):
+    seed_everything(0)
+    model = ToyDetector()
+    result = train_detector(
+        model,
+        toy_loader(),
+        iterations=iterations,
+        lr=0.05,
+        checkpoint_path=ckpt,
+        checkpoint_every=every,
+        resume=resume,
+        progress=False,
+        **kwargs,
+    )
+    return model, result
+
+
+def test_seed_everything_makes_every_rng_repeat():
+    def draws():
+        return (random.random(), float(np.random.rand()), float(torch.rand(())))
+
+    seed_everything(7)
+    first = draws()
+    seed_everything(7)
+    assert draws() == first
+    seed_everything(8)
+    assert draws() != first
+
+
+def test_seed_everything_rejects_bad_seed():
+    with pytest.raises(ValueError, match="seed_everything: seed must be a non-negative int"):
+        seed_everything(-1)
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    seed_everything(3)
+    state = capture_rng_state()
+    expected = (random.random(), float(np.random.randn()), float(torch.randn(())))
+    save_checkpoint(tmp_path / "rng.pt", {"model": {}, "rng": state})
+    loaded = load_checkpoint(tmp_path / "rng.pt")["rng"]
+    random.random(), np.random.randn(), torch.randn(())  # move every RNG on
+    restore_rng_state(loaded)
+    assert (random.random(), float(np.random.randn()), float(torch.randn(()))) == expected
+
+
+def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}})
+
+    def failing_save(obj, handle, *args, **kwargs):
+        handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(2)}})
+    # The old checkpoint is intact and no temporary file is left behind.
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_load_checkpoint_rejects_a_file_without_model(tmp_path):
+    torch.save({"weights": 1}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="load_checkpoint: .* must hold a dict with a 'model'"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_split_batch_accepts_the_three_layouts():
+    images, boxes = torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 5)
+    for batch in [(images, boxes), (["a", "b"], images, boxes), {"images": images, "gt_boxes": boxes}]:
+        got = split_batch(batch)
+        assert got[0] is images and got[1] is boxes
+    with pytest.raises(TypeError, match="split_batch: a batch must be"):
+        split_batch(images)
+
+
+def test_schedule_drops_the_rate_10x_at_60_and_90_percent(tmp_path):
+    _, result = run_toy(tmp_path, 10)
+    # Milestones round(0.6 * 10) = 6 and round(0.9 * 10) = 9 steps.
+    assert result.lr_history == pytest.approx([0.05] * 6 + [0.005] * 3 + [0.0005])
+    assert len(result.history["total"]) == 10
+
+
+def test_warmup_ramps_linearly_then_the_milestones_apply(tmp_path):
+    _, result = run_toy(tmp_path, 10, warmup_iterations=2, warmup_factor=0.5)
+    # Factor 0.5 -> 0.75 -> 1 over two steps, then x0.1 after steps 6 and 9.
+    expected = [0.025, 0.0375] + [0.05] * 4 + [0.005] * 3 + [0.0005]
+    assert result.lr_history == pytest.approx(expected)
+
+
+def test_gradient_clipping_bounds_the_step(tmp_path):
+    def moved(**kwargs):
+        seed_everything(0)
+        model = ToyDetector()
+        before = [p.detach().clone() for p in model.parameters()]
+        train_detector(
+            model, toy_loader(), iterations=3, lr=0.05, weight_decay=0.0, progress=False, **kwargs
+        )
+        return max((p - b).abs().max().item() for p, b in zip(model.parameters(), before))
+
+    # Three SGD steps of a gradient clipped to norm 1e-6 move no weight by more than
+    # lr * 1e-6 * (1 + 1.9 + 2.71) (momentum 0.9) < 1e-6; unclipped steps move them by > 1e-3.
+    assert moved(clip_grad_norm=1e-6) < 1e-6
+    assert moved() > 1e-3
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
+    _, full = run_toy(tmp_path, 9)
+
+    # Interrupted run: the loop dies (like a killed process) right after iteration 5, whose
+    # checkpoint was written at iteration 4 (checkpoint_every=2): iteration 5 is redone.
+    class Killed(Exception):
+        pass
+
+    def die(iteration, values):
+        if iteration == 5:
+            raise Killed
+
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(Killed):
+        run_toy(tmp_path, 9, ckpt=ckpt, every=2, on_iteration=die)
+    assert load_checkpoint(ckpt)["iteration"] == 4
+
+    seed_everything(999)  # a fresh process would start with other RNG states
+    model = ToyDetector()
+    resumed = train_detector(
+        model, toy_loader(), iterations=9, lr=0.05, checkpoint_path=ckpt, progress=False
+    )
+    assert resumed.resumed_from == 4
+    # Epochs of 4 batches: the resume point sits inside the second epoch's shuffle.
+    assert resumed.history["total"] == full.history["total"]
+    assert load_checkpoint(ckpt)["iteration"] == 9
+
+
+def test_keyboard_interrupt_writes_a_checkpoint(tmp_path):
+    def interrupt(iteration, values):
+        if iteration == 3:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run_toy(tmp_path, 9, ckpt=ckpt, every=100, on_iteration=interrupt)
+    assert load_checkpoint(ckpt)["iteration"] == 3
+
+
+def test_resume_with_other_iterations_is_refused(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    run_toy(tmp_path, 3, ckpt=ckpt)
+    with pytest.raises(ValueError, match="belongs to a run of 3 iterations, got iterations=5"):
+        run_toy(tmp_path, 5, ckpt=ckpt)
+    _, fresh = run_toy(tmp_path, 5, ckpt=ckpt, resume=False)
+    assert fresh.resumed_from == 0 and len(fresh.history["total"]) == 5
+
+
+def test_checkpoint_holds_everything_a_resume_needs(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    model, _ = run_toy(tmp_path, 4, ckpt=ckpt, extra_state={"num_classes": 4})
+    state = load_checkpoint(ckpt)
+    assert {"model", "optimizer", "scheduler", "iteration", "rng", "loader", "history"} <= set(
+        state
+    )
+    assert state["extra"] == {"num_classes": 4}
+    assert torch.equal(state["model"]["steps"], torch.tensor(4.0))  # buffers are in it
+    assert state["optimizer"]["state"], "SGD momentum buffers must be saved"
+    assert state["scheduler"]["last_epoch"] == 4
+
+
+def test_non_finite_loss_names_the_iteration(tmp_path):
+    class Exploding(ToyDetector):
+        def forward(self, images, gt_boxes):
+            losses = super().forward(images, gt_boxes)
+            if self.steps >= 2:
+                losses["loss_a"] = losses["loss_a"] * float("inf")
+            return losses
+
+    with pytest.raises(FloatingPointError, match="non-finite loss at iteration 2"):
+        train_detector(Exploding(), toy_loader(), iterations=5, progress=False)
+
+
+def test_bad_arguments_are_rejected():
+    for kwargs, message in [
+        ({"iterations": 0}, "iterations must be a positive int"),
+        ({"iterations": 2, "lr": 0.0}, "lr must be > 0"),
+        ({"iterations": 2, "clip_grad_norm": -1.0}, "clip_grad_norm must be > 0"),
+    ]:
+        with pytest.raises(ValueError, match=f"train_detector: {message}"):
+            train_detector(ToyDetector(), toy_loader(), progress=False, **kwargs)
+
+
+def test_loss_curve_png(tmp_path):
+    path = plot_loss_curve(
+        {"loss_cls": [1.0, 0.5, 0.25], "total": [2.0, 1.0, 0.5]}, tmp_path / "c" / "loss.png"
+    )
+    assert path == tmp_path / "c" / "loss.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in path.parent.iterdir()] == ["loss.png"]
