@@ -14,7 +14,7 @@ test: $(STAMP)
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m detops verify
+	$(PY) -m detops demo --out demo
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only

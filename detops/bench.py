@@ -39,7 +39,8 @@ __all__ = [
 @dataclass(frozen=True)
 class BenchSettings:
     """How hard to time. ``budget_seconds`` caps the whole run: once spent, the remaining
-    cases get one timed run each and no reference."""
+    cases get one timed run each and no reference; after ``stop_seconds`` the remaining
+    cases are skipped (listed in the notes)."""
 
     warmup: int = 2
     repeats: int = 10
@@ -47,6 +48,7 @@ class BenchSettings:
     reference_warmup: int = 1
     reference_repeats: int = 3
     budget_seconds: float = math.inf
+    stop_seconds: float = math.inf
 
     @classmethod
     def quick(cls) -> BenchSettings:
@@ -58,6 +60,7 @@ class BenchSettings:
             reference_warmup=0,
             reference_repeats=1,
             budget_seconds=75.0,
+            stop_seconds=100.0,
         )
 
 
@@ -118,8 +121,9 @@ class BenchReport:
             }
             results.append(item)
         settings = asdict(self.settings)
-        if not math.isfinite(settings["budget_seconds"]):
-            settings["budget_seconds"] = None
+        for key in ("budget_seconds", "stop_seconds"):
+            if not math.isfinite(settings[key]):
+                settings[key] = None
         return {
             "device": self.device,
             "quick": self.quick,
@@ -171,6 +175,10 @@ def run_benchmarks(
     results = []
     for index, case in enumerate(cases, 1):
         result = BenchResult(case.op, case.size, str(device), case.peer)
+        if time.monotonic() - start > settings.stop_seconds:
+            result.note = "skipped: time budget spent"
+            results.append(result)
+            continue
         over_budget = time.monotonic() - start > settings.budget_seconds
         warmup = 0 if over_budget else settings.warmup
         repeats = 1 if over_budget else settings.repeats

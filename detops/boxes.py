@@ -8,6 +8,7 @@ column, the class; a row whose class is -1 is padding (as in the FCOS target ops
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -85,31 +86,83 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         )
     check_same_device(op, boxes1=boxes1, boxes2=boxes2)
     try:
-        torch.broadcast_shapes(boxes1.shape[:-2], boxes2.shape[:-2])
+        batch = torch.broadcast_shapes(boxes1.shape[:-2], boxes2.shape[:-2])
     except RuntimeError:
         raise ValueError(
             f"{op}: the leading (batch) dims of boxes1 and boxes2 must broadcast, got "
             f"{shape_str(boxes1)} and {shape_str(boxes2)}"
         ) from None
 
-    b1 = _upcast(boxes1)
-    b2 = _upcast(boxes2)
-    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])  # [..., N]
-    area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])  # [..., M]
-    # One [..., N, M] plane per coordinate instead of torchvision's [..., N, M, 2] corner
-    # pairs; in-place updates keep the number of N*M temporaries at three.
+    n, m = boxes1.shape[-2], boxes2.shape[-2]
+    flat = math.prod(batch)
+    b1 = _upcast(boxes1).expand(*batch, n, 4).reshape(flat, n, 4)
+    b2 = _upcast(boxes2).expand(*batch, m, 4).reshape(flat, m, 4)
+    if not b1.is_floating_point():
+        return _box_iou_integer(b1, b2).reshape(*batch, n, m)
+    return _box_iou_float(b1, b2).reshape(*batch, n, m)
+
+
+# Pairs per block on CPU (measured on the 2-core dev machine, 1000x1000: 2**12 pays the
+# per-op overhead 250 times, 2**20 falls out of cache; 2**16..2**17 was fastest).
+_IOU_BLOCK = 1 << 17
+
+
+def _area(boxes: Tensor) -> Tensor:
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def _box_iou_integer(b1: Tensor, b2: Tensor) -> Tensor:
+    # Exact integer products as in torchvision; the true division gives the default float.
     x1a, y1a, x2a, y2a = (b1[..., :, None, k] for k in range(4))
     x1b, y1b, x2b, y2b = (b2[..., None, :, k] for k in range(4))
     inter = torch.minimum(x2a, x2b).sub_(torch.maximum(x1a, x1b)).clamp_(min=0)
-    height = torch.minimum(y2a, y2b).sub_(torch.maximum(y1a, y1b)).clamp_(min=0)
-    inter.mul_(height)
-    union = torch.add(area1[..., :, None], area2[..., None, :], out=height).sub_(inter)
-    # union == 0 only where both boxes have zero area, and then inter == 0 too: dividing
-    # by 1 there gives exactly 0 while NaN inputs still propagate.
-    union.masked_fill_(union == 0, 1)
-    if inter.is_floating_point():
-        return inter.div_(union)
+    inter.mul_(torch.minimum(y2a, y2b).sub_(torch.maximum(y1a, y1b)).clamp_(min=0))
+    union = (_area(b1)[..., :, None] + _area(b2)[..., None, :]).sub_(inter)
+    union.masked_fill_(union == 0, 1)  # union 0 means both areas 0, so inter is 0 too
     return inter / union
+
+
+def _box_iou_float(b1: Tensor, b2: Tensor) -> Tensor:
+    """``[B, N, 4] x [B, M, 4] -> [B, N, M]`` for float32/float64 boxes."""
+    batch, n, m = b1.shape[0], b1.shape[1], b2.shape[1]
+    out = torch.empty((batch, n, m), dtype=b1.dtype, device=b1.device)
+    if out.numel() == 0:
+        return out
+    # A zero-area box gets area +inf: a pair with it has inter == 0 (its width or height is
+    # 0, so the overlap's is too), and 0 / inf == 0 where torchvision computes 0 / 0 for two
+    # zero-area boxes. Other pairs are untouched, and NaN areas stay NaN. O(N + M) work.
+    area1 = _area(b1)
+    area1 = area1.masked_fill(area1 == 0, float("inf"))
+    area2 = _area(b2)
+    area2 = area2.masked_fill(area2 == 0, float("inf"))
+    # Contiguous coordinate planes [4, B, N]: the pairwise ops read unit-stride rows.
+    p1 = b1.permute(2, 0, 1).contiguous()
+    p2 = b2.permute(2, 0, 1).contiguous()
+    # CPU: cache-sized blocks of up to _IOU_BLOCK pairs (whole images, or at least one row;
+    # a loop over blocks, never over boxes) instead of full-size temporaries that fall out
+    # of cache. CUDA: one block.
+    block = _IOU_BLOCK if out.device.type == "cpu" else out.numel()
+    rows = min(n, max(1, block // m))
+    images = max(1, block // (n * m)) if rows == n else 1
+    size = images * rows * m
+    buffers = torch.empty((2, size), dtype=out.dtype, device=out.device)
+    for b0 in range(0, batch, images):
+        b1_ = min(batch, b0 + images)
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            o = out[b0:b1_, r0:r1]
+            t = buffers[0, : o.numel()].view(o.shape)
+            u = buffers[1, : o.numel()].view(o.shape)
+            a = p1[:, b0:b1_, r0:r1, None]  # [4, b, r, 1]
+            c = p2[:, b0:b1_, None, :]  # [4, b, 1, M]
+            # torchvision's arithmetic, operation for operation, so results are identical.
+            torch.minimum(a[2], c[2], out=o).sub_(torch.maximum(a[0], c[0], out=t))
+            o.clamp_(min=0)
+            torch.minimum(a[3], c[3], out=t).sub_(torch.maximum(a[1], c[1], out=u))
+            o.mul_(t.clamp_(min=0))
+            torch.add(area1[b0:b1_, r0:r1, None], area2[b0:b1_, None, :], out=t).sub_(o)
+            o.div_(t)
+    return out
 
 
 def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import torch
 from torch import Tensor
@@ -38,8 +39,11 @@ def _check_locations(op: str, locations: object, other: Tensor, other_name: str)
     return locations
 
 
-def _signed_stride(op: str, stride: object, size: int, like: Tensor) -> Tensor:
-    """``[-s, -s, s, s]`` as ``[4]`` (number) or ``[L, 4]`` (per-location ``Tensor[L]``)."""
+def _signed_stride(
+    op: str, stride: object, size: int, like: Tensor, dtype: torch.dtype
+) -> Tensor:
+    """``[-s, -s, s, s]`` for every location, as a contiguous ``[L, 4]`` (so that the
+    elementwise ops with ``[..., L, 4]`` operands run over one flat dimension)."""
     if isinstance(stride, Tensor):
         if stride.dim() != 1 or stride.shape[0] != size:
             raise ValueError(
@@ -47,8 +51,8 @@ def _signed_stride(op: str, stride: object, size: int, like: Tensor) -> Tensor:
                 f"Tensor{shape_str(stride)}"
             )
         check_same_device(op, stride=stride, locations=like)
-        sign = torch.tensor([-1, -1, 1, 1], dtype=like.dtype, device=like.device)
-        return stride.unsqueeze(-1).to(like.dtype) * sign
+        sign = torch.tensor([-1, -1, 1, 1], dtype=dtype, device=like.device)
+        return stride.unsqueeze(-1).to(dtype) * sign
     if isinstance(stride, bool) or not isinstance(stride, (int, float)):
         raise TypeError(
             f"{op}: stride must be a positive number or a Tensor[L], got {type(stride).__name__}"
@@ -56,7 +60,7 @@ def _signed_stride(op: str, stride: object, size: int, like: Tensor) -> Tensor:
     if not stride > 0 or math.isinf(stride):
         raise ValueError(f"{op}: stride must be a positive finite number, got {stride!r}")
     s = float(stride)
-    return torch.tensor([-s, -s, s, s], dtype=like.dtype, device=like.device)
+    return torch.tensor([-s, -s, s, s], dtype=dtype, device=like.device).repeat(size, 1)
 
 
 def _result_dtype(*tensors: object) -> torch.dtype:
@@ -65,6 +69,24 @@ def _result_dtype(*tensors: object) -> torch.dtype:
         if isinstance(t, Tensor) and t.is_floating_point():
             dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
     return dtype
+
+
+# A row of four -1s seen as one wider element: (view dtype, value) per row dtype.
+_HALF = struct.unpack("<d", struct.pack("<ff", -1.0, -1.0))[0]
+_MINUS_ONE_ROWS = {
+    torch.float32: (torch.complex128, complex(_HALF, _HALF)),  # 16 bytes
+    torch.float16: (torch.int64, struct.unpack("<q", struct.pack("<4e", *[-1.0] * 4))[0]),
+    torch.bfloat16: (torch.int64, struct.unpack("<q", struct.pack("<4H", *[0xBF80] * 4))[0]),
+}
+
+
+def _wide_rows(rows: Tensor) -> tuple[Tensor, complex | int] | None:
+    """Contiguous ``[..., 4]`` rows viewed as one element per row, with the value of a row
+    of four -1s in that view; None when no dtype is as wide as a row (float64)."""
+    wide = _MINUS_ONE_ROWS.get(rows.dtype)
+    if wide is None:
+        return None
+    return rows.view(wide[0]), wide[1]
 
 
 def fcos_get_deltas_from_locations(
@@ -102,12 +124,21 @@ def fcos_get_deltas_from_locations(
     check_floating(op, "gt_boxes", gt_boxes)
     _check_locations(op, locations, gt_boxes, "gt_boxes")
     dtype = _result_dtype(locations, gt_boxes, stride)
-    boxes = gt_boxes[..., :4].to(dtype)
+    denominator = _signed_stride(op, stride, gt_boxes.shape[-2], locations, dtype)
+    # A fresh contiguous copy of the coordinates: tested for background, then turned into
+    # the deltas in place. (x1 - xc) / -s equals (xc - x1) / s bit for bit.
+    deltas = gt_boxes[..., :4].to(dtype, copy=True, memory_format=torch.contiguous_format)
+    wide = _wide_rows(deltas)
+    if wide is not None:
+        rows, minus_ones = wide
+        background = rows == minus_ones  # [..., L, 1]
+    else:
+        background = (deltas == -1).all(dim=-1, keepdim=True)
     locations = locations.to(dtype)
-    denominator = _signed_stride(op, stride, boxes.shape[-2], locations)
-    # (x1 - xc) / -s equals (xc - x1) / s bit for bit (IEEE negation is exact).
-    deltas = (boxes - torch.cat((locations, locations), dim=-1)) / denominator
-    background = (boxes == -1).all(dim=-1, keepdim=True)
+    deltas.sub_(torch.cat((locations, locations), dim=-1)).div_(denominator)
+    if wide is not None:
+        rows.masked_fill_(background, minus_ones)
+        return deltas
     return deltas.masked_fill_(background, -1)
 
 
@@ -138,7 +169,7 @@ def fcos_apply_deltas_to_locations(
     _check_locations(op, locations, deltas, "deltas")
     dtype = _result_dtype(deltas, locations, stride)
     locations = locations.to(dtype)
-    scale = _signed_stride(op, stride, deltas.shape[-2], locations)
+    scale = _signed_stride(op, stride, deltas.shape[-2], locations, dtype)
     # xc + (-s) * l equals xc - s * l bit for bit.
     return deltas.to(dtype).clamp(min=0) * scale + torch.cat((locations, locations), dim=-1)
 
@@ -163,9 +194,8 @@ def fcos_make_centerness_targets(deltas: Tensor) -> Tensor:
     if deltas.dim() < 1 or deltas.shape[-1] != 4:
         raise ValueError(f"{op}: deltas must have shape [..., L, 4], got {shape_str(deltas)}")
     check_floating(op, "deltas", deltas)
-    near = torch.minimum(deltas[..., :2], deltas[..., 2:])  # (min(l, r), min(t, b))
-    far = torch.maximum(deltas[..., :2], deltas[..., 2:])
-    numerator = near[..., 0] * near[..., 1]
-    denominator = far[..., 0] * far[..., 1]
-    centerness = torch.where(denominator == 0, 0, numerator / denominator).sqrt_()
-    return centerness.masked_fill_(near.amin(dim=-1) < 0, -1)
+    left, top, right, bottom = deltas.unbind(-1)
+    near_x, near_y = torch.minimum(left, right), torch.minimum(top, bottom)
+    denominator = torch.maximum(left, right).mul_(torch.maximum(top, bottom))
+    centerness = torch.where(denominator == 0, 0, (near_x * near_y).div_(denominator))
+    return centerness.sqrt_().masked_fill_(torch.minimum(near_x, near_y) < 0, -1)

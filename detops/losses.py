@@ -20,7 +20,9 @@ where torchvision's autograd gradient is NaN.
 
 from __future__ import annotations
 
+import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -76,18 +78,25 @@ _BUFFER_NAMES = ("e", "l", "n", "p", "q", "w", "x", "t")
 class _Buffers:
     """Chunk-sized scratch tensors, reused by every chunk of one call."""
 
-    def __init__(self, size: int, dtype: torch.dtype, device: torch.device, gamma: float):
+    def __init__(
+        self, size: int, dtype: torch.dtype, device: torch.device, alpha: float, gamma: float
+    ):
         for name in _BUFFER_NAMES:
             setattr(self, name, torch.empty(size, dtype=dtype, device=device))
-        # A tensor exponent keeps pow on the serial kernel (a float 0.5 becomes VML sqrt).
-        self.gamma = torch.tensor(gamma, dtype=dtype, device=device)
+        # 0-d constants: a Python scalar argument costs a hidden conversion per call, and a
+        # tensor exponent keeps pow on the serial kernel (a float 0.5 becomes VML sqrt).
+        const = {"dtype": dtype, "device": device}
+        self.gamma = torch.tensor(gamma, **const)
+        self.neg_weight = torch.tensor(1.0 - alpha if alpha >= 0 else 1.0, **const)
+        self.alpha_slope = 2.0 * alpha - 1.0
 
     def cut(self, m: int) -> _Buffers:
         """Views of the first ``m`` elements (the last, shorter chunk)."""
         short = object.__new__(_Buffers)
         for name in _BUFFER_NAMES:
             setattr(short, name, getattr(self, name)[:m])
-        short.gamma = self.gamma
+        short.gamma, short.neg_weight = self.gamma, self.neg_weight
+        short.alpha_slope = self.alpha_slope
         return short
 
 
@@ -132,7 +141,7 @@ def _dense_chunk(x: Tensor, t: Tensor, b: _Buffers, alpha: float, gamma: float, 
         b.p.sub_(t).add_(b.e, alpha=gamma)
     _pow_into(b.q, b.q, gamma, b.gamma)
     if alpha >= 0:
-        torch.mul(t, 2.0 * alpha - 1.0, out=b.w).add_(1.0 - alpha)  # a_t
+        torch.add(b.neg_weight, t, alpha=b.alpha_slope, out=b.w)  # a_t = 1 - a + (2a - 1) t
         b.q.mul_(b.w)
 
 
@@ -142,15 +151,48 @@ def _negative_chunk(x: Tensor, b: _Buffers, alpha: float, gamma: float, grad: bo
     torch.sigmoid(x, out=b.p)
     _pow_into(b.p, b.q, gamma, b.gamma)
     if alpha >= 0:
-        b.q.mul_(1.0 - alpha)
+        b.q.mul_(b.neg_weight)
     if grad:
         torch.neg(x, out=b.n).sigmoid_()
         b.n.mul_(b.l)  # ce * r, r = 1 - p at t = 0
         b.p.add_(b.n, alpha=gamma)
 
 
-def _run_chunks(x_flat, t_flat, alpha, gamma, reduction, want_grad):
-    """Drive the chunk kernels over flat contiguous inputs.
+def _chunk_size(device: torch.device, n: int) -> int:
+    # On CUDA a chunk is a few launches' worth of work, not a cache's worth: large chunks
+    # keep the kernel count low while the buffers stay well under the input size.
+    size = _CHUNK if device.type == "cpu" else 1 << 21
+    return min(size, max(n, 1))
+
+
+def _run_tasks(device: torch.device, n_tasks: int, make_worker) -> None:
+    """Run ``worker(i)`` for ``i < n_tasks``; ``make_worker()`` builds one worker (with its
+    own buffers) per thread.
+
+    On CPU, Python threads share the tasks (ATen releases the GIL inside each op), one per
+    intra-op thread torch may use, when there are enough tasks to share. Tasks are pulled
+    from a shared counter (``next`` is atomic under the GIL), so a descheduled thread does
+    not hold back a fixed share of the work.
+    """
+    workers = 1 if device.type != "cpu" else max(1, min(torch.get_num_threads(), n_tasks // 8))
+    counter = itertools.count()
+
+    def loop() -> None:
+        worker = make_worker()
+        with torch.no_grad():  # worker threads do not inherit the caller's grad mode
+            while (i := next(counter)) < n_tasks:
+                worker(i)
+
+    if workers == 1:
+        loop()
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="detops-focal") as pool:
+        for future in [pool.submit(loop) for _ in range(workers)]:
+            future.result()
+
+
+def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad):
+    """Loss and gradient over flat contiguous inputs, chunk by chunk.
 
     ``t_flat`` is None for the all-negative pass of the class-id form. Returns the loss
     (``[n]`` in the input dtype for ``none``, else a float64 0-d sum) and the gradient of
@@ -160,132 +202,180 @@ def _run_chunks(x_flat, t_flat, alpha, gamma, reduction, want_grad):
     dtype = x_flat.dtype
     cdt = _compute_dtype(dtype)
     device = x_flat.device
-    size = min(_CHUNK, max(n, 1))
-    bufs = _Buffers(size, cdt, device, gamma)
+    size = _chunk_size(device, n)
+    n_chunks = -(-n // size)
     loss = torch.empty(n, dtype=dtype, device=device) if reduction == "none" else None
     grad = torch.empty(n, dtype=dtype, device=device) if want_grad else None
-    sums = []
+    sums: dict[int, Tensor] = {}
     convert_x = dtype != cdt
     convert_t = t_flat is not None and t_flat.dtype != cdt
-    for start in range(0, n, size):
-        stop = min(start + size, n)
-        b = bufs if stop - start == size else bufs.cut(stop - start)
-        xs = x_flat[start:stop]
-        if convert_x:
-            xs = b.x.copy_(xs)
-        if t_flat is None:
-            _negative_chunk(xs, b, alpha, gamma, want_grad)
-        else:
-            ts = t_flat[start:stop]
-            if convert_t:
-                ts = b.t.copy_(ts)
-            _dense_chunk(xs, ts, b, alpha, gamma, want_grad)
-        if loss is not None:
-            torch.mul(b.l, b.q, out=loss[start:stop])
-        else:
-            sums.append(torch.mul(b.l, b.q, out=b.e).sum())
-        if grad is not None:
-            torch.mul(b.p, b.q, out=grad[start:stop])
+
+    def make_worker():
+        bufs = _Buffers(size, cdt, device, alpha, gamma)
+
+        def worker(i: int) -> None:
+            start = i * size
+            stop = min(start + size, n)
+            b = bufs if stop - start == size else bufs.cut(stop - start)
+            xs = x_flat[start:stop]
+            if convert_x:
+                xs = b.x.copy_(xs)
+            if t_flat is None:
+                _negative_chunk(xs, b, alpha, gamma, want_grad)
+            else:
+                ts = t_flat[start:stop]
+                if convert_t:
+                    ts = b.t.copy_(ts)
+                _dense_chunk(xs, ts, b, alpha, gamma, want_grad)
+            if loss is not None:
+                torch.mul(b.l, b.q, out=loss[start:stop])
+            else:
+                sums[i] = torch.mul(b.l, b.q, out=b.e).sum()
+            if grad is not None:
+                torch.mul(b.p, b.q, out=grad[start:stop])
+
+        return worker
+
+    _run_tasks(device, n_chunks, make_worker)
     if loss is None:
+        # Chunk sums in chunk order, so the result does not depend on thread timing.
         loss = (
-            torch.stack(sums).sum(dtype=torch.float64)
-            if sums
+            torch.stack([sums[i] for i in range(n_chunks)]).sum(dtype=torch.float64)
+            if n_chunks
             else torch.zeros((), dtype=torch.float64, device=device)
         )
     return loss, grad
 
 
-def _class_id_rows(x2d: Tensor, ids: Tensor, alpha: float, gamma: float):
-    """Per row of ``x2d`` (``[R, C]``): its logit at the row's class and the loss/gradient
-    there as a positive (t = 1) and as a negative (t = 0), in the compute dtype.
-
-    Rows whose id lies outside [0, C) are marked invalid (background).
-    """
-    num_classes = x2d.shape[1]
-    valid = (ids >= 0) & (ids < num_classes)
-    index = torch.where(valid, ids, torch.zeros_like(ids)).unsqueeze(1)
-    xg = x2d.gather(1, index).squeeze(1).to(_compute_dtype(x2d.dtype))
+def _positive_rows(xg: Tensor, alpha: float, gamma: float, gamma_t: Tensor, want_grad: bool):
+    """At logits ``xg`` (compute dtype): loss and gradient as a positive (t = 1), and the
+    loss as a negative (t = 0), which the all-negative pass already counted."""
+    threshold = _softplus_threshold(xg.dtype)
     p = torch.sigmoid(xg)
     pn = torch.sigmoid(-xg)
-    threshold = _softplus_threshold(xg.dtype)
     ce_pos = torch.nn.functional.softplus(-xg, threshold=threshold)  # ce at t = 1
-    ce_neg = torch.nn.functional.softplus(xg, threshold=threshold)  # ce at t = 0
     w_pos = alpha if alpha >= 0 else 1.0
     w_neg = 1.0 - alpha if alpha >= 0 else 1.0
-    gamma_t = torch.tensor(gamma, dtype=xg.dtype, device=xg.device)
     qg_pos = torch.empty_like(pn)
-    qg_neg = torch.empty_like(p)
     _pow_into(pn, qg_pos, gamma, gamma_t)
+    loss_pos = ce_pos * qg_pos * w_pos
+    qg_neg = torch.empty_like(p)
     _pow_into(p, qg_neg, gamma, gamma_t)
-    loss_pos = w_pos * ce_pos * qg_pos
-    loss_neg = w_neg * ce_neg * qg_neg
-    # t = 1: (p - 1) + gamma * ce * r * (-1) with r = p;  t = 0: p + gamma * ce * r, r = 1 - p.
-    grad_pos = -w_pos * qg_pos * (pn + gamma * ce_pos * p)
-    grad_neg = w_neg * qg_neg * (p + gamma * ce_neg * pn)
-    return valid, index, loss_pos, loss_neg, grad_pos, grad_neg
+    loss_neg = torch.nn.functional.softplus(xg, threshold=threshold) * qg_neg * w_neg
+    # t = 1: (p - 1) - gamma * ce * r with r = p, i.e. -((1 - p) + gamma * ce * p).
+    grad_pos = qg_pos * (pn + gamma * ce_pos * p) * (-w_pos) if want_grad else None
+    return loss_pos, loss_neg, grad_pos
 
 
-def _focal_forward(inputs, targets, class_ids, alpha, gamma, reduction, want_grad):
-    """Loss (reduced as asked, in ``inputs.dtype``) and d(sum of elementwise loss)/d inputs."""
+def _class_id_fixup(x2d, ids, loss, grad, alpha, gamma):
+    """Turn the all-negative result into the one-hot result, in blocks of rows.
+
+    Row ``r`` with a class id in ``[0, C)`` gets the positive loss/gradient at that class.
+    Background rows scatter back the value already there (no host sync to skip them).
+    ``loss`` is the ``[R * C]`` elementwise loss, or the float64 0-d sum to correct.
+    Returns the corrected loss.
+    """
+    rows, num_classes = x2d.shape
+    device = x2d.device
+    block = _CHUNK if device.type == "cpu" else max(rows, 1)
+    n_blocks = -(-rows // block)
+    loss2d = loss.view(rows, num_classes) if loss.dim() else None
+    grad2d = grad.view(rows, num_classes) if grad is not None else None
+    corrections: dict[int, Tensor] = {}
+    cdt = _compute_dtype(x2d.dtype)
+
+    def make_worker():
+        gamma_t = torch.tensor(gamma, dtype=cdt, device=device)
+
+        def worker(i: int) -> None:
+            r0, r1 = i * block, min((i + 1) * block, rows)
+            block_ids = ids[r0:r1]
+            valid = (block_ids >= 0) & (block_ids < num_classes)
+            index = torch.where(valid, block_ids, 0).unsqueeze(1)
+            xg = x2d[r0:r1].gather(1, index).squeeze(1).to(cdt)
+            loss_pos, loss_neg, grad_pos = _positive_rows(
+                xg, alpha, gamma, gamma_t, grad2d is not None
+            )
+            if loss2d is not None:
+                out = loss2d[r0:r1]
+                kept = out.gather(1, index).squeeze(1)
+                out.scatter_(1, index, torch.where(valid, loss_pos.to(out.dtype), kept)[:, None])
+            else:
+                corrections[i] = torch.where(valid, loss_pos - loss_neg, 0.0).sum(dtype=torch.float64)
+            if grad2d is not None:
+                out = grad2d[r0:r1]
+                kept = out.gather(1, index).squeeze(1)
+                out.scatter_(1, index, torch.where(valid, grad_pos.to(out.dtype), kept)[:, None])
+
+        return worker
+
+    _run_tasks(device, n_blocks, make_worker)
+    if loss2d is None and n_blocks:
+        loss = loss + torch.stack([corrections[i] for i in range(n_blocks)]).sum()
+    return loss
+
+
+def _focal_forward(inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype):
+    """Loss (reduced as asked; ``none`` in ``inputs.dtype``, a reduction in ``out_dtype``)
+    and d(sum of elementwise loss)/d inputs."""
     x = inputs.contiguous()
     x_flat = x.reshape(-1)
     if class_ids is None:
         t_flat = targets.contiguous().reshape(-1)
-        loss, grad = _run_chunks(x_flat, t_flat, alpha, gamma, reduction, want_grad)
+        loss, grad = _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad)
     else:
-        loss, grad = _run_chunks(x_flat, None, alpha, gamma, reduction, want_grad)
-        num_classes = x.shape[-1] if x.dim() > 0 else 0
+        loss, grad = _focal_dense_pass(x_flat, None, alpha, gamma, reduction, want_grad)
+        num_classes = x.shape[-1]
         if num_classes > 0 and x_flat.numel() > 0:
             x2d = x_flat.view(-1, num_classes)
-            valid, index, loss_pos, loss_neg, grad_pos, grad_neg = _class_id_rows(
-                x2d, class_ids.reshape(-1), alpha, gamma
-            )
-            if reduction == "none":
-                loss2d = loss.view(-1, num_classes)
-                kept = loss2d.gather(1, index).squeeze(1)
-                new = torch.where(valid, loss_pos.to(loss.dtype), kept)
-                loss2d.scatter_(1, index, new.unsqueeze(1))
-            else:
-                correction = torch.where(valid, loss_pos - loss_neg, torch.zeros_like(loss_pos))
-                loss = loss + correction.sum(dtype=torch.float64)
-            if grad is not None:
-                grad2d = grad.view(-1, num_classes)
-                kept = grad2d.gather(1, index).squeeze(1)
-                new = torch.where(valid, grad_pos.to(grad.dtype), kept)
-                grad2d.scatter_(1, index, new.unsqueeze(1))
-            del grad_neg
+            ids = class_ids.reshape(-1)
+            loss = _class_id_fixup(x2d, ids, loss, grad, alpha, gamma)
     n = x_flat.numel()
     if reduction == "none":
         loss = loss.view(x.shape)
     elif reduction == "mean":
-        loss = (loss / n if n > 0 else loss * 0.0).to(inputs.dtype)
+        loss = (loss / n if n > 0 else loss * 0.0).to(out_dtype)
     else:
-        loss = loss.to(inputs.dtype)
+        loss = loss.to(out_dtype)
     if grad is not None:
         grad = grad.view(x.shape)
     return loss, grad
 
 
 class _SigmoidFocalLoss(torch.autograd.Function):
-    """Forward computes loss and gradient together; backward only scales the gradient."""
+    """Forward computes loss and gradient together; backward only scales the gradient.
+
+    The saved gradient is scaled in place and handed to autograd: no second input-sized
+    allocation (and its page faults) in backward. A second backward through the same
+    graph (``retain_graph=True``) therefore raises instead of using a stale gradient.
+    """
 
     @staticmethod
-    def forward(ctx, inputs, targets, class_ids, alpha, gamma, reduction):
+    def forward(ctx, inputs, targets, class_ids, alpha, gamma, reduction, op, out_dtype):
         want_grad = bool(ctx.needs_input_grad[0])
-        loss, grad = _focal_forward(inputs, targets, class_ids, alpha, gamma, reduction, want_grad)
+        loss, grad = _focal_forward(
+            inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype
+        )
         ctx.reduction = reduction
         ctx.numel = inputs.numel()
-        if want_grad:
-            ctx.save_for_backward(grad)
+        ctx.op = op
+        ctx.grad = grad
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
+        grad = ctx.grad
+        if grad is None:
+            raise RuntimeError(
+                f"{ctx.op}: backward ran twice through one forward (retain_graph=True); "
+                "its saved gradient is scaled in place, so recompute the loss to backprop again"
+            )
+        ctx.grad = None
         if ctx.reduction == "mean":
             grad_output = grad_output / max(ctx.numel, 1)
-        return grad * grad_output, None, None, None, None, None
+        grad.mul_(grad_output)
+        return grad, None, None, None, None, None, None, None
 
 
 def _check_common(op: str, inputs: object, alpha, gamma, reduction):
@@ -360,7 +450,9 @@ def sigmoid_focal_loss(
             f"{op}: targets must not require grad (no gradient flows to targets), "
             "got a tensor with requires_grad=True; pass targets.detach()"
         )
-    return _SigmoidFocalLoss.apply(inputs, targets, None, alpha, gamma, reduction)
+    return _SigmoidFocalLoss.apply(
+        inputs, targets, None, alpha, gamma, reduction, op, inputs.dtype
+    )
 
 
 def sigmoid_focal_loss_from_class_ids(
@@ -393,11 +485,15 @@ def sigmoid_focal_loss_from_class_ids(
     class_ids = check_tensor(op, "class_ids", class_ids)
     if class_ids.is_floating_point() or class_ids.is_complex() or class_ids.dtype == torch.bool:
         raise TypeError(f"{op}: class_ids must have an integer dtype, got {class_ids.dtype}")
-    if inputs.dim() == 0 or class_ids.shape != inputs.shape[:-1]:
+    if inputs.dim() == 0:
+        raise ValueError(f"{op}: inputs must have shape [..., C], got {shape_str(inputs)}")
+    if class_ids.shape != inputs.shape[:-1]:
+        expected = "[" + ", ".join(str(s) for s in inputs.shape[:-1]) + "]"
         raise ValueError(
-            f"{op}: class_ids must have shape inputs.shape[:-1] "
-            f"({shape_str(inputs)[:-1].rsplit(',', 1)[0] if inputs.dim() else '[]'}]), "
+            f"{op}: class_ids must have shape inputs.shape[:-1] = {expected}, "
             f"got {shape_str(class_ids)}"
         )
     check_same_device(op, inputs=inputs, class_ids=class_ids)
-    return _SigmoidFocalLoss.apply(inputs, None, class_ids.long(), alpha, gamma, reduction)
+    return _SigmoidFocalLoss.apply(
+        inputs, None, class_ids.long(), alpha, gamma, reduction, op, inputs.dtype
+    )

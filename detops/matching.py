@@ -3,25 +3,25 @@
 How the work is kept small (the contract is in the docstring of
 :func:`fcos_match_locations_to_gt`; this is only how it is met quickly):
 
-* Every test is a comparison of a location coordinate with a per-box, per-level bound
-  computed once in float64: ``x - x1 > 0`` is ``x > x1``, ``x2 - x < high`` is
-  ``x > x2 - high``, ``|x - cx| < r*s`` is ``cx - r*s < x < cx + r*s``, and ``m > low``
-  fails exactly when the location lies in the closed rectangle
-  ``[x2 - low, x1 + low] x [y2 - low, y1 + low]``. The location test is then separable in x
-  and y.
-* Boxes are sorted per image and level by ``(impossible, area, index)``, so the winner of a
-  location is the *first* candidate in that order. Padding rows, degenerate boxes and boxes
-  that cannot fit a level's size range sort last and, on CPU, are cut off (see Note in the
-  op's docstring).
-* The first candidate is found with one ``amax`` over a packed key: candidate ``j`` of
-  ``nl`` carries the weight ``nl - j`` (``uint8`` while ``nl < 256``), a non-candidate 0.
+* Every test compares a location coordinate with a per-box, per-level bound formed once
+  in float64: ``x - x1 > 0`` is ``x > x1``, ``x2 - x < high`` is ``x > x2 - high``,
+  ``|x - cx| < r*s`` is ``cx - r*s < x < cx + r*s``, and ``m > low`` fails exactly when
+  the location lies in the closed box ``[x2 - low, x1 + low] x [y2 - low, y1 + low]``.
+  So "candidate" is ``X(x) * Y(y) * (1 - Xin(x) * Yin(y))``: separable in x and y.
+* Real boxes are sorted per image by ``(area, index)``; padding rows sort last and are
+  cut off (on CPU, at the largest real-box count of the batch). The winner of a location
+  is its first candidate in that order.
+* Sorted box ``j`` of ``K`` carries the weight ``2**(K - 1 - j)``, so ``0.5`` plus the
+  sum of the weights of a location's candidates is an exact float64 whose exponent field
+  names the winner (``2**-1``: no candidate). Boxes go in groups of at most 52 so the
+  sums stay exact.
 * On CPU, a level whose locations form a row-major grid (what
   :func:`detops.get_fpn_location_coords` returns) tests its ``W`` x-values and ``H``
-  y-values once per box, and builds the ``[B, nl, H, W]`` key with one broadcast ``&``
-  (two more for the lower size bound). Other location sets use dense comparisons.
-* The key is built in chunks of at most ``_CHUNK_ELEMENTS`` elements (rows of the grid,
-  or slices of locations, and blocks of images), so the working set stays cache-sized on
-  CPU and bounded on CUDA at any scale.
+  y-values against every box once, and that sum for all ``H * W`` locations is one batched
+  matrix product ``[B, H, K] @ [B, K, W]`` (a second one subtracts the inner box). The
+  working set is ``O(B * K * (H + W))``, not ``O(B * K * H * W)``.
+* Other location sets, and every level on CUDA (where no host read is wanted), test
+  locations densely in chunks of at most ``_CHUNK_ELEMENTS`` (box, location) pairs.
 """
 
 from __future__ import annotations
@@ -228,30 +228,9 @@ def fcos_match_locations_to_gt(
     return matched
 
 
-def _grid_shape(loc: Tensor) -> tuple[int, int] | None:
-    """``(H, W)`` when ``loc[h*W + w] == (xs[w], ys[h])`` for every cell, else None.
-
-    Reads one integer and two booleans back from the tensor (CPU only).
-    """
-    count = loc.shape[0]
-    y = loc[:, 1]
-    width = int((y != y[0]).view(torch.uint8).argmax()) or count
-    if count % width:
-        return None
-    height = count // width
-    grid = loc.view(height, width, 2)
-    if torch.equal(grid[..., 0], grid[:1, :, 0].expand(height, width)) and torch.equal(
-        grid[..., 1], grid[:, :1, 1].expand(height, width)
-    ):
-        return height, width
-    return None
-
-
-def _key_dtype(count: int) -> tuple[torch.dtype, int]:
-    """The smallest integer dtype holding weights ``1..count``, and its all-ones value."""
-    if count < 1 << 8:
-        return torch.uint8, 255
-    return (torch.int16 if count < 1 << 15 else torch.int32), -1
+# Boxes per weight group: a sum of distinct powers of two below 2**52, plus 0.5, is exact
+# in float64 and has the leading bit of the sum (or 2**-1 when the sum is 0).
+_GROUP = 52
 
 
 def _match(
@@ -269,165 +248,188 @@ def _match(
     names = list(locations)
     batch, count, _ = gt.shape
     device = gt.device
-    levels = len(names)
     f64 = torch.float64
-    top_left, bottom_right = gt[..., :4].to(f64).reshape(batch, count, 2, 2).unbind(2)
-    consts = [[ranges[n][0] for n in names], [ranges[n][1] for n in names]]
+    # Padding rows become NaN boxes: NaN area (sorted last), and no location is inside.
+    corners = torch.where(gt[..., 4:] != -1, gt[..., :4].to(f64), math.nan)  # [B, N, 4]
+    area = (corners[..., 2:] - corners[..., :2]).prod(-1)  # [B, N], the ordering key
+    order = torch.sort(area, dim=-1, stable=True).indices  # by (area, index), NaN last
+    if compact:  # the most real (non-NaN-area) boxes in one image: the rest never match
+        kept = int((area == area).sum(-1).amax()) if batch * count else 0
+    else:
+        kept = count if batch else 0
+    if kept == 0:
+        return {name: gt.new_full((batch, loc.shape[0], 5), -1) for name, loc in locations.items()}
+    order = order[:, :kept, None]
+    boxes = torch.gather(corners, 1, order.expand(batch, kept, 4))  # sorted, float64
+    rows = torch.gather(gt, 1, order.expand(batch, kept, 5))  # sorted, as given
+    # Row b * (kept + 1) + j of ``table`` is sorted box j of image b; j = kept is -1s.
+    table = torch.cat((rows, gt.new_full((batch, 1, 5), -1)), dim=1).view(-1, 5)
+    groups = [(a, min(a + _GROUP, kept)) for a in range(0, kept, _GROUP)]
+
+    # Bounds per level, axis (x, y), image and box: a location is a candidate when
+    # lower < coordinate < upper on both axes, and not inner_lo <= coordinate <= inner_hi
+    # on both axes (where all four distances are <= low, i.e. m <= low).
+    consts = [[ranges[n][1] for n in names], [ranges[n][0] for n in names]]
     if radius is not None:
         consts.append([radius * strides[n] for n in names])
-    consts = torch.tensor(consts, dtype=f64, device=device).view(len(consts), levels, 1, 1, 1)
-    low, high = consts[0], consts[1]
-    # Per level, image, box and axis (x, y): a location is a candidate when
-    # lower < coordinate < upper on both axes, and not inner_lo <= coordinate <= inner_hi on
-    # both axes (that closed box is where all four distances are <= low, i.e. m <= low).
-    lower = torch.maximum(top_left, bottom_right - high)  # [Lv, B, N, 2]
-    upper = torch.minimum(bottom_right, top_left + high)
+    consts = torch.tensor(consts, dtype=f64, device=device).view(-1, len(names), 1, 1, 1)
+    edges = boxes.permute(2, 0, 1).contiguous()  # [4, B, kept]: x1, y1, x2, y2
+    top_left, bottom_right = edges[:2], edges[2:]
+    lower = torch.maximum(top_left, bottom_right - consts[0])  # [Lv, 2, B, kept]
+    upper = torch.minimum(bottom_right, top_left + consts[0])
     if radius is not None:
         centre = (top_left + bottom_right) * 0.5
         lower = torch.maximum(lower, centre - consts[2])
         upper = torch.minimum(upper, centre + consts[2])
-    inner_lo, inner_hi = bottom_right - low, top_left + low
-    covered = ((inner_lo <= lower) & (inner_hi >= upper)).all(-1)
-    possible = (lower < upper).all(-1) & ~covered & (gt[..., 4] != -1)  # [Lv, B, N]
-    area = (bottom_right - top_left).prod(-1)  # [B, N]
-    # Candidates first, by (area, index): the stable sort keeps the lower index on ties.
-    order = torch.sort(torch.where(possible, area, math.nan), dim=-1, stable=True).indices
-    if compact and batch:
-        kept = possible.sum(-1).amax(-1).tolist()  # boxes that can match, per level
-    else:
-        kept = [count if batch else 0] * levels
-    width = max(kept, default=0)
-    result = {}
-    if width == 0:
-        for name in names:
-            result[name] = gt.new_full((batch, locations[name].shape[0], 5), -1)
-        return result
-    order = order[..., :width]
-    bounds = torch.cat((lower, upper, inner_lo, inner_hi), dim=-1)  # [Lv, B, N, 8]
-    bounds = torch.gather(bounds, 2, order.unsqueeze(-1).expand(levels, batch, width, 8))
-    key_dtype, all_ones = _key_dtype(width)
-    # Candidate j of level i carries the weight kept[i] - j; the axis-1 part is a mask.
-    weights = [[[n - j if j < n else 0, all_ones] for j in range(width)] for n in kept]
-    weights = torch.tensor(weights, dtype=key_dtype, device=device).view(levels, 1, width, 2, 1)
-    # lookup[i, b, k]: row of ``table`` for key k; key 0 (no candidate) -> the -1 row.
-    pick = [[width] + [n - k if k <= n else width for k in range(1, width + 1)] for n in kept]
-    pick = torch.tensor(pick, device=device).unsqueeze(1).expand(levels, batch, width + 1)
-    sentinel = order.new_full((levels, batch, 1), count)
-    lookup = torch.gather(torch.cat((order, sentinel), dim=-1), 2, pick)
-    lookup = lookup + torch.arange(batch, device=device).view(1, batch, 1) * (count + 1)
-    table = torch.cat((gt, gt.new_full((batch, 1, 5), -1)), dim=1).reshape(-1, 5)
+    inner_lo, inner_hi = bottom_right - consts[1], top_left + consts[1]
+    bounds = (lower, upper, inner_lo, inner_hi)
 
-    grids = {}
-    if detect_grid:
-        for i, name in enumerate(names):
-            if kept[i] and locations[name].shape[0]:
-                grid = _grid_shape(locations[name])
-                if grid is not None:
-                    grids[name] = grid
+    grids, flat = _grid_shapes(locations) if detect_grid else ({}, None)
     if grids:
-        axis_key, axis_out, spans = _grid_axis_tests(
-            {name: locations[name] for name in grids}, grids, bounds, weights, key_dtype
-        )
+        bits = _grid_axis_bits(locations, flat, grids, bounds, groups)
+    result = {}
     for i, name in enumerate(names):
         loc = locations[name]
-        size, nl = loc.shape[0], kept[i]
-        if nl == 0 or size == 0:
-            result[name] = gt.new_full((batch, size, 5), -1)
+        size = loc.shape[0]
+        if size == 0:
+            result[name] = gt.new_full((batch, 0, 5), -1)
             continue
-        skip_inner = ranges[name][0] <= 0  # m > low <= 0 holds for every inside location
+        inner = ranges[name][0] > 0  # m > low <= 0 holds for every inside location
         if name in grids:
-            (height, w_cols), (h_rows) = spans[name]
-            x_key = axis_key[i, :, :nl, 0, w_cols].unsqueeze(2)  # [B, nl, 1, W]
-            y_mask = axis_key[i, :, :nl, 1, h_rows].unsqueeze(3)  # [B, nl, H, 1]
-            outside = None
-            if not skip_inner:
-                outside = (
-                    axis_out[i, :, :nl, 0, w_cols].unsqueeze(2),
-                    axis_out[i, :, :nl, 1, h_rows].unsqueeze(3),
-                )
-            key = _grid_key(x_key, y_mask, outside, chunk_elements)
+            sums = _grid_sums(bits, i, grids[name], groups, inner)  # [B, H, W] per group
         else:
-            level_weights = weights[i, :, :nl, 0]  # [1, nl, 1]
-            key = _dense_key(bounds[i, :, :nl], loc, level_weights, skip_inner, chunk_elements)
-        rows = torch.gather(lookup[i], 1, key.view(batch, size).long())
-        result[name] = table.index_select(0, rows.view(-1)).view(batch, size, 5)
+            level_bounds = tuple(b[i] for b in bounds)
+            sums = _dense_sums(level_bounds, loc, groups, inner, chunk_elements)  # [B, L]
+        picked = _decode(sums, groups, batch, kept, device)  # rows of ``table``
+        result[name] = torch.embedding(table, picked).view(batch, size, 5)
     return result
 
 
-def _grid_axis_tests(locations, grids, bounds, weights, key_dtype):
-    """Per-axis tests of every grid level at once, on the grid's x and y values.
+def _weights(groups: list[tuple[int, int]], device: torch.device) -> list[float]:
+    """Sorted box j of the group ``[a, b)`` weighs ``2**(b - 1 - j)``."""
+    return [2.0 ** (b - 1 - j) for a, b in groups for j in range(a, b)]
 
-    Returns ``axis_key [Lv, B, nmax, 2, C]`` (x: the candidate weight where
-    ``lower < x < upper``; y: all ones where ``lower < y < upper``), ``axis_out`` (all ones
-    where the coordinate lies outside the closed inner interval) and, per level, the column
-    slices of its x values and y values.
+
+def _decode(sums: list[Tensor], groups, batch: int, kept: int, device) -> Tensor:
+    """Rows of ``table`` from each group's ``0.5 + weight sum``.
+
+    The biased float64 exponent of ``0.5 + sum`` is ``1022 + e`` where ``e`` is the bit
+    length of the integer sum: in group ``[a, b)`` its leading bit comes from box
+    ``b - e``, and ``e == 0`` means no candidate in that group. The first group with a
+    candidate wins; the last group's ``e == 0`` lands on row ``kept``, the -1 row.
     """
-    xs, ys, spans = [], [], {}
-    x_end = y_end = 0
+    shape = (batch,) + (1,) * (sums[0].dim() - 1)
+    base = torch.arange(0, batch * (kept + 1), kept + 1, device=device).view(shape)
+    exponents = [total.view(torch.int64) >> 52 for total in sums]  # 1022 + e
+    picked = torch.sub(base + (groups[-1][1] + 1022), exponents[-1])
+    for (_, end), exponent in zip(reversed(groups[:-1]), reversed(exponents[:-1]), strict=True):
+        picked = torch.where(exponent > 1022, base + (end + 1022) - exponent, picked)
+    return picked
+
+
+def _grid_shapes(locations: Mapping[str, Tensor]) -> tuple[dict[str, tuple[int, int]], Tensor]:
+    """``(H, W)`` of every level whose rows are ``(xs[k % W], ys[k // W])``, and all
+    locations concatenated as a flat float64 tensor ``[x0, y0, x1, y1, ...]``.
+
+    One pass over all levels: the positions where y changes between consecutive rows must
+    be exactly the row starts, and every row's x values must equal the first row's. Reads
+    the change positions and one boolean per grid level back from the tensors (CPU only).
+    """
+    sizes = [loc.shape[0] for loc in locations.values()]
+    flat = torch.cat(list(locations.values())).to(torch.float64).view(-1)
+    if not any(sizes):
+        return {}, flat
+    ys = flat[1::2]
+    changes = torch.nonzero(ys[1:] != ys[:-1]).view(-1).tolist()  # row k starts at c + 1
+    grids = {}
+    start = position = 0
+    for name, size in zip(locations, sizes, strict=True):
+        end = start + size
+        starts = []
+        while position < len(changes) and changes[position] + 1 < end:
+            starts.append(changes[position] + 1 - start)
+            position += 1
+        if position < len(changes) and changes[position] + 1 == end:
+            position += 1  # the step from this level to the next one
+        width = starts[0] if starts else size
+        if size and starts == list(range(width, size, width)) and size % width == 0:
+            height = size // width
+            # x of rows 1..H-1 equals x of rows 0..H-2 (each row equals the first).
+            later = flat.as_strided((height - 1, width), (2 * width, 2), 2 * (start + width))
+            earlier = flat.as_strided((height - 1, width), (2 * width, 2), 2 * start)
+            if torch.equal(later, earlier):
+                grids[name] = (height, width)
+        start = end
+    return grids, flat
+
+
+def _grid_axis_bits(locations, flat, grids, bounds, groups) -> Tensor:
+    """Per-axis tests of every grid level at once, as weighted float64 factors.
+
+    Level i's x-values sit in ``coords[i, 0, :W]`` and its y-values in ``coords[i, 1, :H]``
+    (padded to the longest). Returns ``bits [Lv, 2 (axis), C, 2 (variant), B, kept]``:
+    variant 0 is ``X * weight`` on the x axis and ``Y`` on the y axis; variant 1 is
+    ``X * Xin * weight`` and ``-(Y * Yin)``, so that per level
+    ``Y0 @ X0 + Y1 @ X1 = sum_j weight_j * X * Y * (1 - Xin * Yin)``.
+    """
+    span = max(max(grid) for grid in grids.values())
+    index = []
+    start = 0
     for name, loc in locations.items():
-        height, width = grids[name]
-        xs.append(loc[:width, 0])
-        ys.append(loc[::width, 1])
-        spans[name] = ((height, slice(x_end, x_end + width)), slice(y_end, y_end + height))
-        x_end, y_end = x_end + width, y_end + height
-    columns = max(x_end, y_end)
-    first = next(iter(locations.values()))
-    xs.append(first.new_full((columns - x_end,), math.nan))
-    ys.append(first.new_full((columns - y_end,), math.nan))
-    coords = torch.cat(xs + ys).to(torch.float64).view(2, columns)
-    b = bounds.unsqueeze(-1)  # [Lv, B, nmax, 8, 1]
-    inside = (coords > b[..., 0:2, :]) & (coords < b[..., 2:4, :])
-    axis_key = torch.where(inside, weights, 0)
-    outside = (coords < b[..., 4:6, :]) | (coords > b[..., 6:8, :])
-    axis_out = outside.to(key_dtype).neg_()
-    return axis_key, axis_out, spans
+        height, width = grids.get(name, (0, 0))
+        index.extend(range(2 * start, 2 * (start + width), 2))
+        index.extend([0] * (span - width))  # padding columns are never read
+        index.extend(range(2 * start + 1, 2 * (start + height * width), 2 * width))
+        index.extend([0] * (span - height))
+        start += loc.shape[0]
+    levels = len(locations)
+    coords = flat.index_select(0, torch.tensor(index, device=flat.device))
+    coords = coords.view(levels, 2, span, 1)
+    lower, upper, inner_lo, inner_hi = (b.view(levels, 2, 1, -1) for b in bounds)
+    inside = (coords > lower) & (coords < upper)  # [Lv, 2, C, B * kept]
+    inner = (coords >= inner_lo) & (coords <= inner_hi)
+    bits = torch.stack((inside, inside & inner), dim=3)  # [Lv, 2, C, 2, B * kept]
+    batch, kept = bounds[0].shape[-2:]
+    weights = _weights(groups, flat.device)
+    factors = [[weights, weights], [[1.0] * kept, [-1.0] * kept]]
+    factors = torch.tensor(factors, dtype=torch.float64, device=flat.device)
+    return bits.view(levels, 2, span, 2, batch, kept) * factors.view(2, 1, 2, 1, kept)
 
 
-def _grid_key(
-    x_key: Tensor,
-    y_mask: Tensor,
-    outside: tuple[Tensor, Tensor] | None,
-    chunk_elements: int,
-) -> Tensor:
-    """Packed key ``[B, H * W]`` of a grid level from its per-axis parts."""
-    batch, nl, _, width = x_key.shape
-    height = y_mask.shape[2]
-    per_row = nl * width  # key elements of one image row
-    images = min(batch, max(1, chunk_elements // max(1, per_row)))
-    rows = min(height, max(1, chunk_elements // max(1, images * per_row)))
-    if images == batch and rows == height:
-        return _grid_chunk(x_key, y_mask, outside).view(batch, -1)
-    key = torch.empty(batch, height, width, dtype=x_key.dtype, device=x_key.device)
-    for b0 in range(0, batch, images):
-        sl = slice(b0, b0 + images)
-        for r0 in range(0, height, rows):
-            rs = slice(r0, r0 + rows)
-            part = None if outside is None else (outside[0][sl], outside[1][sl, :, rs])
-            key[sl, rs] = _grid_chunk(x_key[sl], y_mask[sl, :, rs], part)
-    return key.view(batch, -1)
+def _grid_sums(bits: Tensor, level: int, grid, groups, inner: bool) -> list[Tensor]:
+    """``0.5 + weight sum`` ``[B, H, W]`` of each group at a grid level."""
+    height, width = grid
+    _, _, _, _, batch, kept = bits.shape
+    s_level, s_axis, s_col, s_variant, s_batch, _ = bits.stride()
+    half = bits.new_full((1, 1, 1), 0.5)
+    sums = []
+    for a, b in groups:
+        n = b - a
+        total = half
+        for variant in (0, 1) if inner else (0,):
+            offset = bits.storage_offset() + level * s_level + variant * s_variant + a
+            # y factors [B, H, n] (row-major) and x factors [B, n, W] (column-major)
+            y = bits.as_strided((batch, height, n), (s_batch, s_col, 1), offset + s_axis)
+            x = bits.as_strided((batch, n, width), (s_batch, 1, s_col), offset)
+            total = torch.baddbmm(total, y, x) if total is half else total.baddbmm_(y, x)
+        sums.append(total)
+    return sums
 
 
-def _grid_chunk(x_key: Tensor, y_mask: Tensor, outside: tuple[Tensor, Tensor] | None) -> Tensor:
-    key = x_key & y_mask  # [b, nl, h, W]
-    if outside is not None:
-        key &= outside[0] | outside[1]
-    return key.amax(1)
-
-
-def _dense_key(
-    bounds: Tensor, loc: Tensor, weights: Tensor, skip_inner: bool, chunk_elements: int
-) -> Tensor:
-    """Packed key ``[B, L]`` for arbitrary locations (and every level on CUDA)."""
-    batch, nl, _ = bounds.shape
-    size = loc.shape[0]
+def _dense_sums(
+    bounds: tuple[Tensor, ...], loc: Tensor, groups, inner: bool, chunk: int
+) -> list[Tensor]:
+    """``0.5 + weight sum`` ``[B, L]`` of each group, for any locations."""
+    lower, upper, inner_lo, inner_hi = (b.permute(1, 2, 0).unsqueeze(2) for b in bounds)
+    batch, kept = lower.shape[:2]  # bounds now [B, kept, 1, 2]
+    weights = torch.tensor(_weights(groups, loc.device), dtype=torch.float64, device=loc.device)
     xy = loc.to(torch.float64)
-    b = bounds.unsqueeze(-1)  # [B, nl, 8, 1]
-    step = max(1, chunk_elements // max(1, batch * nl))
-    parts = []
-    for s0 in range(0, size, step):
-        xs, ys = xy[s0 : s0 + step, 0], xy[s0 : s0 + step, 1]
-        ok = (xs > b[:, :, 0]) & (xs < b[:, :, 2]) & (ys > b[:, :, 1]) & (ys < b[:, :, 3])
-        if not skip_inner:
-            ok &= (xs < b[:, :, 4]) | (xs > b[:, :, 6]) | (ys < b[:, :, 5]) | (ys > b[:, :, 7])
-        parts.append(torch.where(ok, weights, 0).amax(1))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    step = max(1, chunk // max(1, batch * kept))
+    sums = []
+    for s0 in range(0, xy.shape[0], step):
+        part = xy[s0 : s0 + step]  # [l, 2]
+        candidate = ((part > lower) & (part < upper)).all(-1)  # [B, kept, l]
+        if inner:
+            candidate &= ((part < inner_lo) | (part > inner_hi)).any(-1)
+        sums.append([weights[a:b] @ candidate[:, a:b].to(torch.float64) for a, b in groups])
+    return [torch.cat([part[g] for part in sums], dim=-1).add_(0.5) for g in range(len(groups))]

@@ -58,15 +58,26 @@ def _check_image_dict(
 
 
 def _owner_index(counts: Tensor) -> Tensor:
-    """``repeat_interleave(arange(len(counts)), counts)`` through ``searchsorted``.
+    """``repeat_interleave(arange(len(counts)), counts)`` without a parallel region.
 
-    ``torch.repeat_interleave`` parallelizes with a tiny grain on the CPU and costs
-    milliseconds per call on a busy machine; this costs microseconds. Reads the total
-    back to size the output (one sync).
+    Marks where each group starts (groups that start at the same place, the empty ones,
+    stack up there), and a cumulative sum numbers the positions by the last group started.
+    ``torch.repeat_interleave`` and ``torch.searchsorted`` run CPU parallel regions with a
+    tiny grain, which cost milliseconds each on a busy machine; ``index_add_`` on a 1-D
+    tensor and ``cumsum`` do not. Reads the total back to size the output (one sync).
     """
     ends = torch.cumsum(counts, 0)
     total = int(ends[-1]) if counts.numel() else 0
-    return torch.searchsorted(ends, torch.arange(total, device=counts.device), right=True)
+    starts = (ends - counts).clamp(max=total)
+    marks = torch.zeros(total + 1, dtype=counts.dtype, device=counts.device)
+    marks.index_add_(0, starts, torch.ones_like(starts))
+    return torch.cumsum(marks[:total], 0) - 1
+
+
+def _group_starts(keys: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Per key value in ``[0, size)``: where its run starts in ``sort(keys)`` and its count."""
+    counts = torch.bincount(keys, minlength=size)
+    return torch.cumsum(counts, 0) - counts, counts
 
 
 def _pair_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -202,7 +213,7 @@ def mean_average_precision(
     def cat(items, key, dtype, width=None):
         if not items:
             return torch.zeros((0, width) if width else (0,), dtype=dtype, device=device)
-        return torch.cat([item[key].to(dtype) for item in items])
+        return torch.cat([item[key] for item in items]).to(dtype)
 
     det_boxes = cat(dets, "boxes", f64, 4)
     det_labels = cat(dets, "labels", i64)
@@ -240,13 +251,13 @@ def mean_average_precision(
     num_thr = thr.shape[0]
     gt_per_class = torch.bincount(gt_labels, minlength=num_classes).to(f64)
 
-    # 1. Candidate (detection, GT) pairs: same image and same class, found by sorting the
-    #    GT on the key image * C + class and looking each detection's key up.
+    # 1. Candidate (detection, GT) pairs: same image and same class. The GT are sorted on
+    #    the key image * C + class; a detection's candidates are the run of its own key.
     det_key = det_image * num_classes + det_labels
-    gt_key_sorted, gt_order = torch.sort(gt_image * num_classes + gt_labels, stable=True)
-    start = torch.searchsorted(gt_key_sorted, det_key, right=False)
-    stop = torch.searchsorted(gt_key_sorted, det_key, right=True)
-    counts = stop - start
+    gt_key = gt_image * num_classes + gt_labels
+    gt_order = torch.sort(gt_key, stable=True).indices
+    key_start, key_count = _group_starts(gt_key, max(num_images, 1) * num_classes)
+    start, counts = key_start[det_key], key_count[det_key]
     pair_det = _owner_index(counts)
     first_pair = torch.cumsum(counts, 0) - counts
     within = torch.arange(pair_det.shape[0], device=device) - first_pair[pair_det]
@@ -278,7 +289,7 @@ def mean_average_precision(
     tp = claims & (first_claim[claim_key] == position)  # [T, D]
 
     # 5. Precision at every detection, within its class.
-    class_start = torch.searchsorted(labels_s, labels_s, right=False)
+    class_start = _group_starts(labels_s, num_classes)[0][labels_s]
     cum_tp = torch.cumsum(tp.to(f64), dim=1)
     before = cum_tp - tp.to(f64)  # TPs strictly before each position
     cum_tp_class = cum_tp - before[:, class_start]

@@ -207,8 +207,9 @@ def plot_loss_curve(
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:  # matplotlib is the optional "plot" extra
-        warnings.warn("plot_loss_curve: matplotlib is not installed; no loss curve written",
-                      stacklevel=2)
+        warnings.warn(
+            "plot_loss_curve: matplotlib is not installed; no loss curve written", stacklevel=2
+        )
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -598,7 +599,9 @@ def evaluate_detector(
     iou_threshold: float = 0.5,
     device: str | torch.device | None = None,
 ) -> dict[str, Tensor]:
-    """mAP of an eval-mode detector over ``loader`` (see :func:`detops.metrics.mean_average_precision`).
+    """mAP of an eval-mode detector over ``loader``.
+
+    See :func:`detops.metrics.mean_average_precision`.
 
     Returns the metric's dict (``map``, ``ap_per_class``, ``map_per_threshold``).
     """

@@ -72,7 +72,7 @@ DEFAULT_TIMEOUT = 10.0
 USER_DTYPES = (torch.float32, torch.float64)
 # After the first failure, shrinking stops after this many seconds (the smallest failing
 # input found so far is reported).
-SHRINK_SECONDS = 20.0
+SHRINK_SECONDS = 10.0
 
 PASSING = ("PASS", "MISSING", "SKIPPED")
 
@@ -551,18 +551,37 @@ def _evaluate(
     )
 
 
-def _add_hints(failure: Failure, hints: Iterable, probe: Probe | None = None) -> None:
+def _refuted(hint, passed: Sequence[HintContext]) -> bool:
+    if hint.refuted_by is None:
+        return False
+    for context in passed:
+        try:
+            if hint.refuted_by(context):
+                return True
+        except Exception:  # a hint detector must never break the report
+            continue
+    return False
+
+
+def _add_hints(
+    failure: Failure,
+    hints: Iterable,
+    probe: Probe | None = None,
+    passed: Sequence[HintContext] = (),
+) -> None:
     """The first known mistake that explains the failure (hints are ordered from single
-    mistakes to combinations), else the probe's known departure."""
+    mistakes to combinations) and is not refuted by an input the function got right (the
+    ``passed`` probes), else the probe's known departure."""
     context = failure.context
     if context is not None:
         for hint in hints:
             try:
-                if hint.matches(context):
-                    failure.hints.append(hint.text)
-                    break
+                found = hint.matches(context)
             except Exception:  # a hint detector must never break the report
                 continue
+            if found and not _refuted(hint, passed):
+                failure.hints.append(hint.text)
+                break
     if not failure.hints and probe is not None and probe.departure:
         if failure.kind in probe.departure_kinds:
             failure.hints.append(probe.departure)
@@ -600,7 +619,8 @@ def _search(
         if state["stop"] is not None and time.monotonic() > state["stop"]:
             raise _Stop()
         failure, max_abs, max_rel = _evaluate(check, case, dtype, tol)
-        state["cases"] += 1
+        if state["stop"] is None:  # count cases up to the first failure, not the shrinking
+            state["cases"] += 1
         if failure is None:
             state["abs"] = max(state["abs"], max_abs)
             state["rel"] = max(state["rel"], max_rel)
@@ -652,17 +672,22 @@ def _run_function(
     dtypes: Sequence[torch.dtype],
     probes: Sequence[Probe],
     probe_run: Callable[[Case, torch.dtype], Any] | None,
+    probe_hints: tuple,
     guard: GuardedCall | None,
     examples: int,
     seed: int,
     shrink_seconds: float,
 ) -> FunctionReport:
+    """Probes (through ``probe_run``, seed-shaped cases, ``probe_hints``), then hypothesis
+    search per dtype (through ``check.run``, registry-shaped cases, ``check.hints``)."""
     report = FunctionReport(name, "PASS", dtypes=[_dtype_name(d) for d in dtypes])
     start = time.monotonic()
     failures: list[Failure] = []
+    probe_failures: list[tuple[Failure, Probe]] = []
+    passed: list[HintContext] = []
     # Probes first: small, hand-made, aimed at known departures.
     if probe_run is not None:
-        probe_check = _Check(check.entry, probe_run, check.names, check.hints)
+        probe_check = _Check(check.entry, probe_run, check.names, probe_hints)
         for probe in probes:
             if guard is not None and guard.hung:
                 break
@@ -677,8 +702,19 @@ def _run_function(
                 ProbeResult(probe.label, _dtype_name(probe.dtype), "FAIL" if failure else "PASS")
             )
             if failure is not None:
-                _add_hints(failure, check.hints, probe)
+                probe_failures.append((failure, probe))
                 failures.append(failure)
+            elif probe_hints:
+                ref_case = check.entry.reference_inputs(case, probe.dtype)
+                try:
+                    expected = check.entry.reference(*ref_case.args, **ref_case.kwargs)
+                except Exception:
+                    continue
+                passed.append(
+                    HintContext(case, ref_case, probe.dtype, "pass", expected, expected, tol)
+                )
+        for failure, probe in probe_failures:
+            _add_hints(failure, probe_hints, probe, passed)
     # Then generated cases per dtype, shrunk to the smallest failing input.
     for dtype in dtypes:
         if guard is not None and guard.hung:
@@ -693,7 +729,7 @@ def _run_function(
             report.verdict = "ERROR"
             report.note = error
         if failure is not None:
-            _add_hints(failure, check.hints)
+            _add_hints(failure, check.hints, passed=passed if check.hints else ())
             failures.append(failure)
     report.failures = _dedupe(failures)
     if report.failures:
@@ -745,7 +781,6 @@ def _verify_registry(
         probe_run = None
         if spec is not None:
             op_guard = GuardedCall(entry.op, entry.name, timeout)
-            check.hints = spec.hints
             probe_run = lambda case, dtype, spec=spec, g=op_guard: spec.call(g, case, dtype, device)  # noqa: E731
         report = _run_function(
             entry.name,
@@ -754,6 +789,7 @@ def _verify_registry(
             entry.dtypes,
             spec.probes if spec else (),
             probe_run,
+            spec.hints if spec else (),
             guard,
             examples,
             seed,
@@ -813,6 +849,7 @@ def _verify_functions(
             run_dtypes,
             spec.probes,
             run,
+            spec.hints,
             guard,
             examples,
             seed,

@@ -14,13 +14,14 @@ Typical use with a dataset item and a model's detections::
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
-from torchvision.io import encode_png
 from torchvision.utils import draw_bounding_boxes
 
 from ._checks import check_tensor, shape_str
@@ -100,10 +101,12 @@ def _boxes(op: str, name: str, boxes: Tensor, height: int, width: int) -> Tensor
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"{op}: {name} must have shape [N, 4], got {shape_str(boxes)}")
     boxes = boxes.detach().cpu().to(torch.float32)
-    if bool(boxes.isnan().any()) or bool(
-        ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any()
-    ):
-        raise ValueError(f"{op}: {name} must be XYXY with x1 <= x2, y1 <= y2 and no NaN")
+    bad = boxes.isnan().any(dim=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if bool(bad.any()):
+        raise ValueError(
+            f"{op}: {name} must be XYXY boxes with x1 <= x2, y1 <= y2 and no NaN, got "
+            f"{int(bad.sum())} row(s) that are not (first: {boxes[bad][0].tolist()})"
+        )
     limits = torch.tensor([width, height, width, height], dtype=torch.float32)
     return torch.minimum(boxes.clamp(min=0), limits - 1)
 
@@ -209,8 +212,10 @@ def save_png(image: Tensor, path: str | os.PathLike[str]) -> Path:
         image (Tensor[3, H, W] or [1, H, W]): uint8, or float in [0, 1].
         path: the destination (parent folders are created).
     """
-    encoded = encode_png(_as_uint8("save_png", image).contiguous())
-    return atomic_write_bytes(path, encoded.numpy().tobytes())
+    pixels = _as_uint8("save_png", image).permute(1, 2, 0).contiguous().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def save_detections_png(path: str | os.PathLike[str], image: Tensor, **kwargs) -> Path:

@@ -89,6 +89,9 @@ def test_over_budget_cases_get_one_run_and_no_reference():
     assert calls == ["detops", "peer"]
     assert report.results[1].reference is None
     assert "time budget" in report.results[1].note
+    stopped = run_benchmarks([_case(calls=calls)], "cpu", settings=BenchSettings(stop_seconds=-1))
+    assert stopped.results[0].note == "skipped: time budget spent"
+    assert stopped.results[0].ratio is None and calls == ["detops", "peer"]
 
 
 def test_cli_bench_writes_table_json_and_chart(tmp_path, capsys):

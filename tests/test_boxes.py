@@ -7,6 +7,7 @@ import torchvision
 from hypothesis import given
 from hypothesis import strategies as st
 
+import detops.boxes as boxes_module
 import reference.boxes as ref
 from detops import (
     box_iou,
@@ -66,6 +67,20 @@ def test_box_iou_batched_equals_per_image_and_torchvision(device):
     assert torch.equal(actual, tv_box_iou(b1, b2))
     # Leading dims broadcast: [N, 4] against [B, M, 4].
     assert torch.equal(box_iou(b1[0], b2), torch.stack([tv_box_iou(b1[0], b) for b in b2]))
+
+
+@pytest.mark.parametrize("block", [1, 5, 16, 35, 64, 10**6])
+def test_box_iou_blocking_is_invisible(block, monkeypatch):
+    # Small blocks split images into row ranges, or group several whole images.
+    monkeypatch.setattr(boxes_module, "_IOU_BLOCK", block)
+    cases = [((3, 7), (3, 5)), ((7,), (4, 9)), ((2, 1, 6), (1, 3, 4)), ((5,), (1,))]
+    for seed, (shape1, shape2) in enumerate(cases):
+        b1, b2 = random_boxes(shape1, seed=seed), random_boxes(shape2, seed=seed + 50)
+        b1[..., 0, 2] = b1[..., 0, 0]  # a zero-area box in every image
+        expected = tv_box_iou(b1, b2)
+        actual = box_iou(b1, b2)
+        assert actual.shape == expected.shape
+        assert torch.equal(actual, expected), (block, shape1, shape2)
 
 
 def test_box_iou_zero_union_is_zero_where_torchvision_gives_nan(device):

@@ -114,7 +114,7 @@ ROBUSTNESS_CASES = [
     ("wrong_mutating", "clip_boxes_to_image", "mutated", "modified its input `boxes` in place"),
     ("wrong_dtype", "box_iou", "output", "has dtype float64, expected float32"),
     ("wrong_device", "get_fpn_location_coords", "output", "is on device meta, expected cpu"),
-    ("wrong_shape", "fcos_make_centerness_targets", "output", "has shape [2, 1], expected [2]"),
+    ("wrong_shape", "fcos_make_centerness_targets", "output", "has shape [3, 1], expected [3]"),
 ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-COMMAND_MODULES = ("verify", "bench", "demo")
+COMMAND_MODULES = ("verify", "bench", "demo", "train", "detect")
 
 
 def load_command_modules():

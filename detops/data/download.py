@@ -279,6 +279,11 @@ def safe_extract_tar(
         members = tar.getmembers()
         problems = []
         for member in members:
+            if member.name.startswith(("/", "\\")) or os.path.isabs(member.name):
+                # The data filter would strip the slash; an absolute name has no place in
+                # a dataset archive, so it is refused outright.
+                problems.append(f"{member.name!r} (absolute path)")
+                continue
             try:
                 tarfile.data_filter(member, dest_real)
             except tarfile.FilterError as err:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ _NAME = "DetectorBackboneWithFPN"
 
 #: What ``weights`` may be: nothing (random init), a local state_dict file, or a torchvision
 #: weights enum (or its name, e.g. ``"IMAGENET1K_V2"``) to download.
-BackboneWeights = Union[None, str, os.PathLike, RegNet_X_400MF_Weights]
+BackboneWeights = str | os.PathLike | RegNet_X_400MF_Weights | None
 
 # trunk node -> (name, channels, stride). Channel counts checked against torchvision 0.29's
 # regnet_x_400mf: block2 64, block3 160, block4 400 (the course seed's 64/128/256 are wrong).

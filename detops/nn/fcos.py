@@ -99,7 +99,9 @@ class FCOS(nn.Module):
         if bool(torch.isnan(gt_boxes).any()):
             raise ValueError(f"{_NAME}: gt_boxes must not contain NaN, got NaN entries")
         real = gt_boxes[..., 4] != -1
-        inverted = real & ((gt_boxes[..., 2] < gt_boxes[..., 0]) | (gt_boxes[..., 3] < gt_boxes[..., 1]))
+        inverted = real & (
+            (gt_boxes[..., 2] < gt_boxes[..., 0]) | (gt_boxes[..., 3] < gt_boxes[..., 1])
+        )
         if bool(inverted.any()):
             where = inverted.nonzero()[0].tolist()
             raise ValueError(
@@ -151,8 +153,13 @@ class FCOS(nn.Module):
         )
         if not self.training:
             return self._detections(
-                images, locations, pred_cls_logits, pred_boxreg_deltas, pred_ctr_logits,
-                test_score_thresh, test_nms_thresh,
+                images,
+                locations,
+                pred_cls_logits,
+                pred_boxreg_deltas,
+                pred_ctr_logits,
+                test_score_thresh,
+                test_nms_thresh,
             )
 
         matched_boxes = fcos_match_locations_to_gt(

@@ -87,5 +87,3 @@ class FCOSPredictionNetwork(nn.Module):
             boxreg_deltas[level] = _flatten(self.pred_box(box_feature))
             centerness_logits[level] = _flatten(self.pred_ctr(box_feature))
         return class_logits, boxreg_deltas, centerness_logits
-
-

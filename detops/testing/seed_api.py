@@ -87,10 +87,13 @@ class HintContext:
 
 @dataclass(frozen=True)
 class Hint:
-    """A known mistake. ``matches(context)`` decides whether a failure is that mistake."""
+    """A known mistake. ``matches(context)`` decides whether a failure is that mistake;
+    ``refuted_by(context)``, given an input the function got right, says whether the mistake
+    would have got it wrong (then the function does not make this mistake)."""
 
     text: str
     matches: Callable[[HintContext], bool]
+    refuted_by: Callable[[HintContext], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -259,7 +262,10 @@ def mistake_hint(text: str, mistake: Callable[[Case, torch.dtype], Any]) -> Hint
             wrong, ctx.expected, ctx.tolerance
         )
 
-    return Hint(text, matches)
+    def refuted_by(ctx: HintContext) -> bool:
+        return not _agree(mistake(ctx.ref_case, ctx.dtype), ctx.expected, ctx.tolerance)
+
+    return Hint(text, matches, refuted_by)
 
 
 def masked_hint(text: str, mask: Callable[[Case], np.ndarray]) -> Hint:
@@ -387,7 +393,8 @@ def _prepare_matching(case: Case) -> Case | None:
 
 def _call_matching(fn, case: Case, dtype: torch.dtype, device: str):
     locations, strides, gt = case_to_torch(case.args, dtype, device)
-    images = [gt] if gt.dim() == 2 else list(gt.reshape(-1, *gt.shape[-2:]))
+    count = int(np.prod(gt.shape[:-2], dtype=np.int64))
+    images = [gt] if gt.dim() == 2 else list(gt.reshape(count, *gt.shape[-2:]))
     outputs = []
     for index, image_gt in enumerate(images):
         out = fn(dict(locations), dict(strides), image_gt.clone())
@@ -414,7 +421,8 @@ def _call_matching(fn, case: Case, dtype: torch.dtype, device: str):
         return outputs[0]
     lead = gt.shape[:-2]
     return {
-        level: torch.stack([o[level] for o in outputs]).reshape(*lead, -1, 5) for level in locations
+        level: torch.stack([o[level] for o in outputs]).reshape(*lead, locs.shape[0], 5)
+        for level, locs in locations.items()
     }
 
 
@@ -456,9 +464,10 @@ def _match_image(locs, gt, low, high, *, inclusive: bool, tie: str, np_dtype) ->
 def _matching_mistake(*, inclusive: bool = False, tie: str = "min"):
     def mistake(ref_case: Case, dtype: torch.dtype):
         locations, strides, gt = ref_case.args[:3]
-        bounds = _default_bounds(strides)
+        bounds = _default_bounds({level: strides[level] for level in locations})
         np_dtype = {torch.float16: np.float16, torch.float64: np.float64}.get(dtype, np.float32)
-        images = gt.reshape(-1, *gt.shape[-2:]) if gt.ndim > 2 else gt[None]
+        count = int(np.prod(gt.shape[:-2], dtype=np.int64))
+        images = gt.reshape(count, *gt.shape[-2:]) if gt.ndim > 2 else gt[None]
         result = {}
         for level, locs in locations.items():
             low, high = bounds[level]
@@ -467,7 +476,9 @@ def _matching_mistake(*, inclusive: bool = False, tie: str = "min"):
                 for g in images
             ]
             stacked = np.stack(per_image)
-            result[level] = stacked[0] if gt.ndim == 2 else stacked.reshape(*gt.shape[:-2], -1, 5)
+            result[level] = (
+                stacked[0] if gt.ndim == 2 else stacked.reshape(*gt.shape[:-2], len(locs), 5)
+            )
         return result
 
     return mistake
@@ -996,6 +1007,14 @@ FOCAL = SeedSpec(
         mistake_hint(
             "alpha weights the wrong class: alpha_t = alpha * t + (1 - alpha) * (1 - t)",
             _focal_swapped_alpha,
+        ),
+        input_hint(
+            "the mean over an empty input is NaN (0 / 0): it must be 0",
+            ("mismatch",),
+            lambda c: (
+                _focal_args(c)["reduction"] == "mean"
+                and np.asarray(_focal_args(c)["inputs"]).size == 0
+            ),
         ),
     ),
     probes=(

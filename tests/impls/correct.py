@@ -26,7 +26,7 @@ def get_fpn_location_coords(
 
 
 def fcos_match_locations_to_gt(locations_per_fpn_level, strides_per_fpn_level, gt_boxes):
-    order = sorted(strides_per_fpn_level, key=lambda level: strides_per_fpn_level[level])
+    order = sorted(locations_per_fpn_level, key=lambda level: strides_per_fpn_level[level])
     gt = gt_boxes.to(torch.float64)
     matched = {}
     for level, centers in locations_per_fpn_level.items():

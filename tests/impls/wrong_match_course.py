@@ -6,7 +6,7 @@ import torch
 
 
 def fcos_match_locations_to_gt(locations_per_fpn_level, strides_per_fpn_level, gt_boxes):
-    order = sorted(strides_per_fpn_level, key=lambda level: strides_per_fpn_level[level])
+    order = sorted(locations_per_fpn_level, key=lambda level: strides_per_fpn_level[level])
     matched_gt_boxes = {}
     for level_name, centers in locations_per_fpn_level.items():
         stride = strides_per_fpn_level[level_name]

@@ -23,12 +23,13 @@ IOU_TOLERANCES = {
     torch.bfloat16: Tolerance(1e-6, 1e-5),
 }
 # Ops that compute in float64 (or only clamp) and round once into the output dtype: the
-# error is one rounding, half a unit in the last place (float16's atol covers subnormals).
+# error is one rounding: half a unit in the last place, relative for normal numbers and
+# absolute (half the subnormal spacing, the atol) below the normal range.
 ONE_ROUNDING = {
     torch.float64: Tolerance(0.0, 0.0),
-    torch.float32: Tolerance(0.0, 2.0**-24),
+    torch.float32: Tolerance(2.0**-150, 2.0**-24),
     torch.float16: Tolerance(2.0**-25, 2.0**-11),
-    torch.bfloat16: Tolerance(0.0, 2.0**-8),
+    torch.bfloat16: Tolerance(2.0**-134, 2.0**-8),
 }
 
 

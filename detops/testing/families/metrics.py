@@ -197,9 +197,9 @@ BENCHMARKS = (
     ),
     BenchCase(
         "mean_average_precision",
-        "2500 images x 100 dets, 20 classes",
+        "500 images x 50 dets, 20 classes",
         "VOC-devkit-style Python loop",
-        _bench_setup(2500, 20, 100, with_reference=False),
+        _bench_setup(500, 20, 50, with_reference=False),
         quick=False,
         devices=("cpu",),
     ),

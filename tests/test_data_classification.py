@@ -1,0 +1,221 @@
+import os
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.datasets import ImageFolder
+
+from detops.data import (
+    LabelFileDataset,
+    PerImageLabelDataset,
+    folder_per_class_dataset,
+    is_image_file,
+)
+
+
+def write_image(path, color=(10, 20, 30), size=(5, 4)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}[path.suffix.lower().lstrip(".")]
+    Image.new("RGB", size, color).save(path, format=fmt)
+    return path
+
+
+# --- folder per class (torchvision's ImageFolder on the seed's layout) ---------------------
+
+
+def test_folder_per_class_on_seed_layout_with_uppercase_extension(tmp_path):
+    # The seed's layout: dataset/cat/cat1.jpg, cat2.jpg; dataset/dog/dog1.jpg, dog2.jpg.
+    # The seed's own loader checks endswith(('.jpg', '.png')) and drops DOG2.JPG.
+    write_image(tmp_path / "cat" / "cat2.jpg")
+    write_image(tmp_path / "cat" / "cat1.jpg")
+    write_image(tmp_path / "dog" / "dog1.png")
+    write_image(tmp_path / "dog" / "DOG2.JPG")
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    dataset = folder_per_class_dataset(tmp_path)
+    assert isinstance(dataset, ImageFolder)
+    assert dataset.classes == ["cat", "dog"]
+    names = [(os.path.relpath(p, tmp_path), label) for p, label in dataset.samples]
+    assert names == [
+        ("cat/cat1.jpg", 0),
+        ("cat/cat2.jpg", 0),
+        ("dog/DOG2.JPG", 1),
+        ("dog/dog1.png", 1),
+    ]
+    image, label = dataset[2]
+    assert image.size == (5, 4) and label == 1
+
+
+def test_folder_per_class_loose_images_raise(tmp_path):
+    write_image(tmp_path / "cat" / "a.jpg")
+    write_image(tmp_path / "stray.PNG")
+    with pytest.raises(
+        ValueError, match=r"folder_per_class_dataset: .*directly in it: \[stray.PNG\]"
+    ):
+        folder_per_class_dataset(tmp_path)
+
+
+def test_folder_per_class_empty_class_raises(tmp_path):
+    write_image(tmp_path / "cat" / "a.jpg")
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(FileNotFoundError, match="dog"):
+        folder_per_class_dataset(tmp_path)
+
+
+def test_folder_per_class_missing_root(tmp_path):
+    with pytest.raises(ValueError, match=r"root must be an existing directory"):
+        folder_per_class_dataset(tmp_path / "nope")
+
+
+def test_is_image_file_case_insensitive():
+    assert is_image_file("A.JPG") and is_image_file("b.Jpeg") and is_image_file("c.png")
+    assert not is_image_file("d.txt") and not is_image_file("jpg")
+
+
+# --- labels.txt ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def label_file_layout(tmp_path):
+    images = tmp_path / "images"
+    write_image(images / "002.jpg", (200, 0, 0))
+    write_image(images / "001.JPG", (0, 200, 0))
+    write_image(images / "sub" / "003.png", (0, 0, 200))
+    return images, tmp_path / "labels.txt"
+
+
+def test_label_file_space_and_comma_separators_sorted(label_file_layout):
+    images, labels = label_file_layout
+    labels.write_text("002.jpg 1\n\n# a comment\n001.JPG,0\nsub/003.png , 2\n")
+    dataset = LabelFileDataset(images, labels)
+    rel = [(os.path.relpath(p, images), y) for p, y in dataset.samples]
+    assert rel == [("001.JPG", 0), ("002.jpg", 1), ("sub/003.png", 2)]
+    assert dataset.targets == [0, 1, 2]
+    image, label = dataset[1]
+    assert image.getpixel((0, 0))[0] > 150 and label == 1
+
+
+def test_label_file_transforms(label_file_layout):
+    images, labels = label_file_layout
+    labels.write_text("001.JPG 0\n002.jpg 1\nsub/003.png 2\n")
+    dataset = LabelFileDataset(
+        images, labels, transform=lambda im: im.size, target_transform=lambda y: y * 10
+    )
+    assert dataset[2] == ((5, 4), 20)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("001.JPG 0\n002.jpg\n", r"labels.txt:2: expected 'filename label'"),
+        ("001.JPG 0\n002.jpg 1 7\n", r"labels.txt:2: expected 'filename label'"),
+        ("001.JPG zero\n", r"labels.txt:1: expected 'filename label'"),
+        ("\n\n001.JPG -1\n", r"labels.txt:3: expected 'filename label'"),
+        ("001.JPG 0\nnotes.txt 1\n", r"labels.txt:2: filename must have an image extension"),
+        ("001.JPG 0\n001.JPG 1\n", r"labels.txt:2: '001.JPG' is listed twice \(first on line 1\)"),
+        ("../001.JPG 0\n", r"labels.txt:1: image path must stay inside"),
+        ("/etc/001.jpg 0\n", r"labels.txt:1: image path must stay inside"),
+        ("sub/../../x.jpg 0\n", r"labels.txt:1: image path must stay inside"),
+    ],
+)
+def test_label_file_errors(label_file_layout, content, match):
+    images, labels = label_file_layout
+    labels.write_text(content)
+    with pytest.raises(ValueError, match=r"LabelFileDataset: .*" + match):
+        LabelFileDataset(images, labels)
+
+
+def test_label_file_missing_and_unlabeled_images_are_listed(label_file_layout):
+    images, labels = label_file_layout
+    labels.write_text("001.JPG 0\n004.jpg 1\n005.png 1\n")
+    with pytest.raises(ValueError) as info:
+        LabelFileDataset(images, labels)
+    message = str(info.value)
+    assert "labels for missing images [004.jpg, 005.png]" in message
+    assert "images without a label [002.jpg, sub/003.png]" in message
+
+
+def test_label_file_symlink_escape(label_file_layout, tmp_path):
+    images, labels = label_file_layout
+    outside = write_image(tmp_path / "outside" / "secret.jpg")
+    os.symlink(outside, images / "link.jpg")
+    labels.write_text("001.JPG 0\n002.jpg 1\nsub/003.png 2\nlink.jpg 0\n")
+    with pytest.raises(ValueError, match=r"LabelFileDataset: .*(resolves outside|outside)"):
+        LabelFileDataset(images, labels)
+
+
+# --- one label file per image -------------------------------------------------------------
+
+
+@pytest.fixture
+def per_image_layout(tmp_path):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    write_image(images / "b.png")
+    write_image(images / "a.JPG")
+    write_image(images / "c" / "d.jpeg")
+    labels.mkdir()
+    (labels / "c").mkdir()
+    return images, labels
+
+
+def test_per_image_single_label(per_image_layout):
+    images, labels = per_image_layout
+    (labels / "a.txt").write_text("3\n")
+    (labels / "b.txt").write_text("  0  \n\n")
+    (labels / "c" / "d.txt").write_text("1")
+    (labels / "README.md").write_text("ignored: not a .txt file")
+    dataset = PerImageLabelDataset(images, labels)
+    rel = [(os.path.relpath(p, images), y) for p, y in dataset.samples]
+    assert rel == [("a.JPG", 3), ("b.png", 0), ("c/d.jpeg", 1)]
+    assert dataset[0][1] == 3
+
+
+def test_per_image_multi_label(per_image_layout):
+    images, labels = per_image_layout
+    (labels / "a.txt").write_text("1 0 1\n")
+    (labels / "b.txt").write_text("0,1,0")
+    (labels / "c" / "d.txt").write_text("0 0 0")
+    dataset = PerImageLabelDataset(images, labels, multi_label=True)
+    assert dataset.num_labels == 3
+    _, target = dataset[0]
+    assert target.dtype == torch.int64 and target.tolist() == [1, 0, 1]
+    assert dataset[1][1].tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("multi", "content", "match"),
+    [
+        (False, "1 0 1\n", r"a.txt:1: expected a single non-negative integer label"),
+        (False, "x\n", r"a.txt:1: expected a single non-negative integer label"),
+        (False, "", r"a.txt:1: expected one line of labels, got an empty file"),
+        (False, "1\n\n2\n", r"a.txt:3: expected one line of labels, got a second"),
+        (True, "1 2 0\n", r"a.txt:1: expected a multi-hot vector of 0/1 values"),
+        (True, "1 0\n", r"multi-hot label vectors must all have the same length"),
+    ],
+)
+def test_per_image_malformed(per_image_layout, multi, content, match):
+    images, labels = per_image_layout
+    (labels / "a.txt").write_text(content)
+    (labels / "b.txt").write_text("0 1 0" if multi else "0")
+    (labels / "c" / "d.txt").write_text("1 1 1" if multi else "1")
+    with pytest.raises(ValueError, match=r"PerImageLabelDataset: .*" + match):
+        PerImageLabelDataset(images, labels, multi_label=multi)
+
+
+def test_per_image_missing_and_orphan_labels_are_listed(per_image_layout):
+    images, labels = per_image_layout
+    (labels / "a.txt").write_text("0")
+    (labels / "zzz.txt").write_text("0")
+    with pytest.raises(ValueError) as info:
+        PerImageLabelDataset(images, labels)
+    message = str(info.value)
+    assert "images without a label file [b.png, c/d.jpeg]" in message
+    assert "label files without an image [zzz.txt]" in message
+
+
+def test_per_image_same_stem_raises(per_image_layout):
+    images, labels = per_image_layout
+    write_image(images / "a.png")
+    for name in ("a", "b", "c/d"):
+        (labels / f"{name}.txt").write_text("0")
+    with pytest.raises(ValueError, match=r"images sharing a stem .*a.JPG / a.png"):
+        PerImageLabelDataset(images, labels)
