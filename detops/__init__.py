@@ -11,17 +11,31 @@ from .boxes import (
     pad_gt_boxes,
     resize_and_center_crop_boxes,
 )
+from .deltas import (
+    fcos_apply_deltas_to_locations,
+    fcos_get_deltas_from_locations,
+    fcos_make_centerness_targets,
+)
 from .locations import get_fpn_location_coords
+from .matching import fcos_match_locations_to_gt
 from .metrics import mean_average_precision
+from .nms import batched_nms_per_image, class_spec_nms, nms
 
 __version__ = "0.1.0"
 
 __all__ = [
     "get_fpn_location_coords",
+    "fcos_match_locations_to_gt",
+    "fcos_get_deltas_from_locations",
+    "fcos_apply_deltas_to_locations",
+    "fcos_make_centerness_targets",
     "box_iou",
     "clip_boxes_to_image",
     "resize_and_center_crop_boxes",
     "center_crop_boxes_to_original",
     "pad_gt_boxes",
     "mean_average_precision",
+    "nms",
+    "class_spec_nms",
+    "batched_nms_per_image",
 ]

@@ -61,6 +61,8 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
           float16 rounding of the intersection's width and height. Both return float32.
 
     NaN coordinates propagate to NaN IoU, as in torchvision (no check: the op never syncs).
+    On CPU the pairs are computed in cache-sized blocks (see ``_IOU_BLOCK``), bit for bit
+    the same arithmetic as torchvision's.
 
     Args:
         boxes1 (Tensor[..., N, 4]): XYXY boxes with ``x1 <= x2`` and ``y1 <= y2`` (inverted
@@ -102,9 +104,13 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return _box_iou_float(b1, b2).reshape(*batch, n, m)
 
 
-# Pairs per block on CPU (measured on the 2-core dev machine, 1000x1000: 2**12 pays the
-# per-op overhead 250 times, 2**20 falls out of cache; 2**16..2**17 was fastest).
-_IOU_BLOCK = 1 << 17
+# Pairs per block on CPU. Three float32 temporaries of 2**15 pairs (128 KiB each) stay in
+# a core's L2, and an op on at most 2**15 elements (torch's parallel grain size) runs
+# inline on the calling thread: no thread-pool handoff per op. With bigger blocks each of
+# the ~12 ops per block waits for every pool thread, which on a loaded machine costs ms per
+# op (measured on the shared 2-core machine: 1000x1000 took 35 ms at 2**15, 99 ms at 2**17,
+# torchvision 99 ms). The price: one core per call on an idle many-core CPU.
+_IOU_BLOCK = 1 << 15
 
 
 def _area(boxes: Tensor) -> Tensor:
@@ -147,20 +153,20 @@ def _box_iou_float(b1: Tensor, b2: Tensor) -> Tensor:
     size = images * rows * m
     buffers = torch.empty((2, size), dtype=out.dtype, device=out.device)
     for b0 in range(0, batch, images):
-        b1_ = min(batch, b0 + images)
+        b_end = min(batch, b0 + images)
         for r0 in range(0, n, rows):
-            r1 = min(n, r0 + rows)
-            o = out[b0:b1_, r0:r1]
+            r_end = min(n, r0 + rows)
+            o = out[b0:b_end, r0:r_end]
             t = buffers[0, : o.numel()].view(o.shape)
             u = buffers[1, : o.numel()].view(o.shape)
-            a = p1[:, b0:b1_, r0:r1, None]  # [4, b, r, 1]
-            c = p2[:, b0:b1_, None, :]  # [4, b, 1, M]
+            a = p1[:, b0:b_end, r0:r_end, None]  # [4, b, r, 1]
+            c = p2[:, b0:b_end, None, :]  # [4, b, 1, M]
             # torchvision's arithmetic, operation for operation, so results are identical.
             torch.minimum(a[2], c[2], out=o).sub_(torch.maximum(a[0], c[0], out=t))
             o.clamp_(min=0)
             torch.minimum(a[3], c[3], out=t).sub_(torch.maximum(a[1], c[1], out=u))
             o.mul_(t.clamp_(min=0))
-            torch.add(area1[b0:b1_, r0:r1, None], area2[b0:b1_, None, :], out=t).sub_(o)
+            torch.add(area1[b0:b_end, r0:r_end, None], area2[b0:b_end, None, :], out=t).sub_(o)
             o.div_(t)
     return out
 
@@ -187,18 +193,20 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     _check_real(op, "boxes", boxes)
     check_last_dim(op, "boxes", boxes, (4, 5), "[..., 4] or [..., 5]")
     height, width = check_size_pair(op, "size", size)
-    # torch.clamp takes no per-column scalar bounds; clamp x and y planes separately.
-    xy = boxes[..., :4].unflatten(-1, (2, 2))  # [..., 2 corners, (x, y)]
-    if not boxes.is_floating_point():  # e.g. uint8 boxes in a 640-px image
-        width, height = (min(v, torch.iinfo(boxes.dtype).max) for v in (width, height))
-    upper = torch.tensor((width, height), dtype=boxes.dtype, device=boxes.device)
-    zero = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
-    clipped = torch.minimum(torch.maximum(xy, zero), upper).flatten(-2)
+    # One clamp with per-column bounds; the class column's bounds are the dtype's extremes
+    # (+-inf for floats), which leave it unchanged.
+    if boxes.is_floating_point():
+        low, high = float("-inf"), float("inf")
+    else:  # e.g. uint8 boxes in a 640-px image: bounds saturate at the dtype's range
+        low, high = torch.iinfo(boxes.dtype).min, torch.iinfo(boxes.dtype).max
+        width, height = min(width, high), min(height, high)
+    lower = (0, 0, 0, 0, low)[: boxes.shape[-1]]
+    upper = (width, height, width, height, high)[: boxes.shape[-1]]
+    kwargs = {"dtype": boxes.dtype, "device": boxes.device}
+    clipped = torch.clamp(boxes, torch.tensor(lower, **kwargs), torch.tensor(upper, **kwargs))
     if boxes.shape[-1] == 4:
         return clipped
-    padding = (boxes[..., 4:5] == -1).expand_as(clipped)
-    clipped = torch.where(padding, boxes[..., :4], clipped)
-    return torch.cat((clipped, boxes[..., 4:5]), dim=-1)
+    return torch.where(boxes[..., 4:5] == -1, boxes, clipped)
 
 
 def _check_image_size(op: str, image_size: object) -> int:
@@ -250,9 +258,12 @@ def resize_and_center_crop_boxes(
     """Map GT boxes through ``Resize(image_size)`` then ``CenterCrop(image_size)``.
 
     The box half of the seed dataset's image transform: boxes land where torchvision's
-    transforms put the pixels. With ``(new_h, new_w)`` and ``(top, left)`` from
-    :func:`resized_and_crop_geometry` (torchvision's integer resized size and its rounded
-    crop offset), ``sx = new_w / w`` and ``sy = new_h / h``::
+    transforms put the pixels (a box covers the pixels ``[x1, x2) x [y1, y2)``; the pixel
+    tests in ``tests/test_box_transforms_pixels.py`` check it on drawn rectangles).
+
+    With ``(new_h, new_w)`` and ``(top, left)`` from :func:`resized_and_crop_geometry`
+    (torchvision's integer resized size and its rounded crop offset), ``sx = new_w / w``
+    and ``sy = new_h / h``::
 
         x' = clamp(x * sx - left, 0, image_size)    y' = clamp(y * sy - top, 0, image_size)
 
@@ -264,9 +275,11 @@ def resize_and_center_crop_boxes(
     Note:
         The course code uses the float size ``h * image_size / w`` and floors the crop
         offset (``(new - image_size) // 2``). Both differ from what torchvision does to the
-        pixels, so its boxes can sit up to about a pixel off the objects (e.g. 500x333 at
-        224: resized width 336.34 vs 336, scale off by 0.1%). It also keeps zero-width
-        boxes (it drops only ``x1 > x2``) and does not clamp ``x1`` from above.
+        pixels, so its boxes can sit up to about a pixel off the objects: a 224x227 (HxW)
+        image is cropped from column round(1.5) = 2, the course code shifts by 1; a 333x500
+        image is resized to width 336, the course code scales to 336.34 (0.27 px at
+        x = 400). It also keeps zero-width boxes (it drops only ``x1 > x2``) and does not
+        clamp ``x1`` from above.
 
     Args:
         gt_boxes (Tensor[..., N, 5]): ``(x1, y1, x2, y2, class)`` rows in original-image
@@ -299,8 +312,8 @@ def center_crop_boxes_to_original(
     """Map boxes on the ``Resize`` + ``CenterCrop`` image back to the original image.
 
     The inverse of :func:`resize_and_center_crop_boxes`, for evaluation and drawing
-    (predictions are made on the crop). With the geometry of
-    :func:`resized_and_crop_geometry`::
+    (predictions are made on the crop); same pixel convention, ``[x1, x2) x [y1, y2)``.
+    With the geometry of :func:`resized_and_crop_geometry`::
 
         x = clamp((x' + left) * (w / new_w), 0, w)    y = clamp((y' + top) * (h / new_h), 0, h)
 

@@ -29,9 +29,11 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._checks import check_floating, check_same_device, check_tensor, shape_str
+from .deltas import fcos_make_centerness_targets
 
 __all__ = [
     "sigmoid_focal_loss",
+    "sigmoid_focal_loss_grad",
     "sigmoid_focal_loss_from_class_ids",
     "fcos_loss",
 ]
@@ -191,18 +193,76 @@ def _run_tasks(device: torch.device, n_tasks: int, make_worker) -> None:
             future.result()
 
 
-def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad):
+class _PositiveRows:
+    """The class-id form's positives: per row of ``[R, C]`` logits, the column of its class
+    and the loss and gradient there as a positive (t = 1), computed once in blocks of rows.
+
+    Rows whose id lies outside ``[0, C)`` are background (``valid`` False); they write back
+    the value already in place, so no host sync is needed to skip them.
+    """
+
+    def __init__(self, x2d: Tensor, ids: Tensor, alpha, gamma, loss_dtype, want_grad: bool):
+        rows, num_classes = x2d.shape
+        device = x2d.device
+        cdt = _compute_dtype(x2d.dtype)
+        self.valid = torch.empty(rows, dtype=torch.bool, device=device)
+        self.index = torch.empty(rows, 1, dtype=torch.int64, device=device)
+        self.loss = torch.empty(rows, dtype=loss_dtype, device=device)
+        self.grad = torch.empty(rows, dtype=x2d.dtype, device=device) if want_grad else None
+        block = _CHUNK if device.type == "cpu" else max(rows, 1)
+        w_pos = alpha if alpha >= 0 else 1.0
+
+        def make_worker():
+            gamma_t = torch.tensor(gamma, dtype=cdt, device=device)
+
+            def worker(i: int) -> None:
+                r0, r1 = i * block, min((i + 1) * block, rows)
+                block_ids = ids[r0:r1]
+                valid = torch.logical_and(block_ids >= 0, block_ids < num_classes)
+                self.valid[r0:r1] = valid
+                index = self.index[r0:r1]
+                index[:, 0] = torch.where(valid, block_ids, 0)
+                xg = x2d[r0:r1].gather(1, index).squeeze(1).to(cdt)
+                # t = 1: ce = softplus(-x), q = 1 - p, r = p, so
+                # loss = a ce (1-p)**gamma, grad = -a (1-p)**gamma ((1 - p) + gamma ce p).
+                pn = torch.sigmoid(-xg)
+                ce = torch.nn.functional.softplus(-xg, threshold=_softplus_threshold(cdt))
+                qg = torch.empty_like(pn)
+                _pow_into(pn, qg, gamma, gamma_t)
+                self.loss[r0:r1] = ce * qg * w_pos
+                if self.grad is not None:
+                    grad = qg * (pn + gamma * ce * torch.sigmoid(xg)) * (-w_pos)
+                    self.grad[r0:r1] = grad
+
+            return worker
+
+        _run_tasks(device, -(-rows // block), make_worker)
+
+    def write(self, dst: Tensor, values: Tensor, r0: int, r1: int) -> None:
+        """Overwrite the positive entries of rows ``[r0, r1)`` of ``dst`` (``[r1-r0, C]``)."""
+        index = self.index[r0:r1]
+        kept = dst.gather(1, index)
+        dst.scatter_(1, index, torch.where(self.valid[r0:r1, None], values[r0:r1, None], kept))
+
+
+def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad, positives=None):
     """Loss and gradient over flat contiguous inputs, chunk by chunk.
 
-    ``t_flat`` is None for the all-negative pass of the class-id form. Returns the loss
-    (``[n]`` in the input dtype for ``none``, else a float64 0-d sum) and the gradient of
-    the *summed* loss (``[n]`` in the input dtype) or None.
+    ``t_flat`` is None for the class-id form: every element is a negative except the
+    entries of ``positives`` (a :class:`_PositiveRows`), which are written over each chunk
+    before it is stored or summed (so the sum never subtracts a value it counted). Returns
+    the loss (``[n]`` in the input dtype for ``none``, else a float64 0-d sum) and the
+    gradient of the *summed* loss (``[n]`` in the input dtype) or None.
     """
     n = x_flat.numel()
     dtype = x_flat.dtype
     cdt = _compute_dtype(dtype)
     device = x_flat.device
     size = _chunk_size(device, n)
+    num_classes = 1
+    if positives is not None:  # chunks of whole rows
+        num_classes = n // positives.valid.numel()
+        size = max(size // num_classes, 1) * num_classes
     n_chunks = -(-n // size)
     loss = torch.empty(n, dtype=dtype, device=device) if reduction == "none" else None
     grad = torch.empty(n, dtype=dtype, device=device) if want_grad else None
@@ -227,12 +287,16 @@ def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad):
                 if convert_t:
                     ts = b.t.copy_(ts)
                 _dense_chunk(xs, ts, b, alpha, gamma, want_grad)
-            if loss is not None:
-                torch.mul(b.l, b.q, out=loss[start:stop])
-            else:
-                sums[i] = torch.mul(b.l, b.q, out=b.e).sum()
+            chunk_loss = torch.mul(b.l, b.q, out=b.e if loss is None else loss[start:stop])
+            if positives is not None:
+                r0, r1 = start // num_classes, stop // num_classes
+                positives.write(chunk_loss.view(-1, num_classes), positives.loss, r0, r1)
+            if loss is None:
+                sums[i] = chunk_loss.sum()
             if grad is not None:
-                torch.mul(b.p, b.q, out=grad[start:stop])
+                chunk_grad = torch.mul(b.p, b.q, out=grad[start:stop])
+                if positives is not None:
+                    positives.write(chunk_grad.view(-1, num_classes), positives.grad, r0, r1)
 
         return worker
 
@@ -247,90 +311,24 @@ def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad):
     return loss, grad
 
 
-def _positive_rows(xg: Tensor, alpha: float, gamma: float, gamma_t: Tensor, want_grad: bool):
-    """At logits ``xg`` (compute dtype): loss and gradient as a positive (t = 1), and the
-    loss as a negative (t = 0), which the all-negative pass already counted."""
-    threshold = _softplus_threshold(xg.dtype)
-    p = torch.sigmoid(xg)
-    pn = torch.sigmoid(-xg)
-    ce_pos = torch.nn.functional.softplus(-xg, threshold=threshold)  # ce at t = 1
-    w_pos = alpha if alpha >= 0 else 1.0
-    w_neg = 1.0 - alpha if alpha >= 0 else 1.0
-    qg_pos = torch.empty_like(pn)
-    _pow_into(pn, qg_pos, gamma, gamma_t)
-    loss_pos = ce_pos * qg_pos * w_pos
-    qg_neg = torch.empty_like(p)
-    _pow_into(p, qg_neg, gamma, gamma_t)
-    loss_neg = torch.nn.functional.softplus(xg, threshold=threshold) * qg_neg * w_neg
-    # t = 1: (p - 1) - gamma * ce * r with r = p, i.e. -((1 - p) + gamma * ce * p).
-    grad_pos = qg_pos * (pn + gamma * ce_pos * p) * (-w_pos) if want_grad else None
-    return loss_pos, loss_neg, grad_pos
-
-
-def _class_id_fixup(x2d, ids, loss, grad, alpha, gamma):
-    """Turn the all-negative result into the one-hot result, in blocks of rows.
-
-    Row ``r`` with a class id in ``[0, C)`` gets the positive loss/gradient at that class.
-    Background rows scatter back the value already there (no host sync to skip them).
-    ``loss`` is the ``[R * C]`` elementwise loss, or the float64 0-d sum to correct.
-    Returns the corrected loss.
-    """
-    rows, num_classes = x2d.shape
-    device = x2d.device
-    block = _CHUNK if device.type == "cpu" else max(rows, 1)
-    n_blocks = -(-rows // block)
-    loss2d = loss.view(rows, num_classes) if loss.dim() else None
-    grad2d = grad.view(rows, num_classes) if grad is not None else None
-    corrections: dict[int, Tensor] = {}
-    cdt = _compute_dtype(x2d.dtype)
-
-    def make_worker():
-        gamma_t = torch.tensor(gamma, dtype=cdt, device=device)
-
-        def worker(i: int) -> None:
-            r0, r1 = i * block, min((i + 1) * block, rows)
-            block_ids = ids[r0:r1]
-            valid = (block_ids >= 0) & (block_ids < num_classes)
-            index = torch.where(valid, block_ids, 0).unsqueeze(1)
-            xg = x2d[r0:r1].gather(1, index).squeeze(1).to(cdt)
-            loss_pos, loss_neg, grad_pos = _positive_rows(
-                xg, alpha, gamma, gamma_t, grad2d is not None
-            )
-            if loss2d is not None:
-                out = loss2d[r0:r1]
-                kept = out.gather(1, index).squeeze(1)
-                out.scatter_(1, index, torch.where(valid, loss_pos.to(out.dtype), kept)[:, None])
-            else:
-                corrections[i] = torch.where(valid, loss_pos - loss_neg, 0.0).sum(dtype=torch.float64)
-            if grad2d is not None:
-                out = grad2d[r0:r1]
-                kept = out.gather(1, index).squeeze(1)
-                out.scatter_(1, index, torch.where(valid, grad_pos.to(out.dtype), kept)[:, None])
-
-        return worker
-
-    _run_tasks(device, n_blocks, make_worker)
-    if loss2d is None and n_blocks:
-        loss = loss + torch.stack([corrections[i] for i in range(n_blocks)]).sum()
-    return loss
-
-
 def _focal_forward(inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype):
     """Loss (reduced as asked; ``none`` in ``inputs.dtype``, a reduction in ``out_dtype``)
     and d(sum of elementwise loss)/d inputs."""
     x = inputs.contiguous()
     x_flat = x.reshape(-1)
+    n = x_flat.numel()
     if class_ids is None:
         t_flat = targets.contiguous().reshape(-1)
         loss, grad = _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad)
     else:
-        loss, grad = _focal_dense_pass(x_flat, None, alpha, gamma, reduction, want_grad)
-        num_classes = x.shape[-1]
-        if num_classes > 0 and x_flat.numel() > 0:
-            x2d = x_flat.view(-1, num_classes)
-            ids = class_ids.reshape(-1)
-            loss = _class_id_fixup(x2d, ids, loss, grad, alpha, gamma)
-    n = x_flat.numel()
+        positives = None
+        if n > 0:
+            x2d = x_flat.view(-1, x.shape[-1])
+            loss_dtype = x.dtype if reduction == "none" else _compute_dtype(x.dtype)
+            positives = _PositiveRows(
+                x2d, class_ids.reshape(-1), alpha, gamma, loss_dtype, want_grad
+            )
+        loss, grad = _focal_dense_pass(x_flat, None, alpha, gamma, reduction, want_grad, positives)
     if reduction == "none":
         loss = loss.view(x.shape)
     elif reduction == "mean":
@@ -435,7 +433,10 @@ def sigmoid_focal_loss(
         First derivatives only: the backward is ``once_differentiable`` (double backward
         raises). Reductions accumulate per-chunk sums in float64.
     """
-    op = "sigmoid_focal_loss"
+    return _dense_focal("sigmoid_focal_loss", inputs, targets, alpha, gamma, reduction)
+
+
+def _dense_focal(op: str, inputs, targets, alpha, gamma, reduction) -> Tensor:
     inputs, alpha, gamma, reduction = _check_common(op, inputs, alpha, gamma, reduction)
     targets = check_tensor(op, "targets", targets)
     check_floating(op, "targets", targets)
@@ -450,9 +451,36 @@ def sigmoid_focal_loss(
             f"{op}: targets must not require grad (no gradient flows to targets), "
             "got a tensor with requires_grad=True; pass targets.detach()"
         )
-    return _SigmoidFocalLoss.apply(
-        inputs, targets, None, alpha, gamma, reduction, op, inputs.dtype
-    )
+    return _SigmoidFocalLoss.apply(inputs, targets, None, alpha, gamma, reduction, op, inputs.dtype)
+
+
+def sigmoid_focal_loss_grad(
+    inputs: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "none",
+) -> Tensor:
+    """The gradient of :func:`sigmoid_focal_loss` w.r.t. ``inputs``, through its autograd
+    backward with ``grad_output`` all ones: of ``loss.sum()`` for ``none`` and ``sum``, of
+    the mean for ``mean``.
+
+    In closed form (module docstring notation), element ``i`` is
+    ``a_t * q**gamma * ((p - t) + gamma * ce * r * (1 - 2t))`` (divided by N for
+    ``mean``); finite for every finite logit and every ``gamma >= 0``. Arguments, errors and
+    dtypes as :func:`sigmoid_focal_loss`; ``inputs`` need not require grad.
+
+    Returns:
+        Tensor: shape, dtype and device of ``inputs``.
+    """
+    op = "sigmoid_focal_loss_grad"
+    check_tensor(op, "inputs", inputs)
+    with torch.enable_grad():
+        x = inputs.detach().requires_grad_()
+        t = targets.detach() if isinstance(targets, Tensor) else targets
+        loss = _dense_focal(op, x, t, alpha, gamma, reduction)
+        (grad,) = torch.autograd.grad(loss, x, torch.ones_like(loss))
+    return grad
 
 
 def sigmoid_focal_loss_from_class_ids(
@@ -497,3 +525,156 @@ def sigmoid_focal_loss_from_class_ids(
     return _SigmoidFocalLoss.apply(
         inputs, None, class_ids.long(), alpha, gamma, reduction, op, inputs.dtype
     )
+
+
+def _check_normalizer(op: str, normalizer: object) -> float | Tensor:
+    if isinstance(normalizer, Tensor):
+        if normalizer.dim() != 0:
+            raise ValueError(
+                f"{op}: normalizer must be a float or a 0-d tensor, got a tensor of shape "
+                f"{shape_str(normalizer)}"
+            )
+        check_floating(op, "normalizer", normalizer)
+        return normalizer.detach()
+    if isinstance(normalizer, bool) or not isinstance(normalizer, (int, float)):
+        raise TypeError(
+            f"{op}: normalizer must be a float or a 0-d tensor, got {type(normalizer).__name__}"
+        )
+    if not (normalizer > 0 and math.isfinite(normalizer)):
+        raise ValueError(f"{op}: normalizer must be a positive finite number, got {normalizer}")
+    return float(normalizer)
+
+
+def fcos_loss(
+    pred_cls_logits: Tensor,
+    pred_boxreg_deltas: Tensor,
+    pred_ctr_logits: Tensor,
+    matched_gt_boxes: Tensor,
+    matched_gt_deltas: Tensor,
+    normalizer: float | Tensor,
+    *,
+    momentum: float = 0.9,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """The FCOS training loss of the course code, as a stateless, vectorized function.
+
+    All inputs have the FPN levels concatenated along ``L`` (the order does not matter as
+    long as all five agree). Location ``(b, l)`` is *positive* when its matched class
+    ``matched_gt_boxes[b, l, 4]`` is not -1. With ``B`` images:
+
+    * ``new_normalizer = momentum * normalizer + (1 - momentum) * num_positive / B``
+      (the EMA of positives per image that the course module kept as state);
+    * ``loss_cls``: the sum of :func:`sigmoid_focal_loss` (alpha 0.25, gamma 2) against the
+      one-hot of the matched class (background rows all zero). The one-hot is never built:
+      :func:`sigmoid_focal_loss_from_class_ids` takes the class ids;
+    * ``loss_box``: the sum of ``0.25 * |pred_boxreg_deltas - matched_gt_deltas|`` over
+      the elements where ``matched_gt_deltas >= 0`` (background rows are all -1);
+    * ``loss_ctr``: the sum of ``binary_cross_entropy_with_logits(pred_ctr_logits, c)``
+      with ``c = fcos_make_centerness_targets(matched_gt_deltas)``, over the locations
+      where ``c >= 0`` (background gives -1);
+    * each loss is its sum divided by ``new_normalizer * B``. If that is 0 (only with
+      ``momentum = 0`` and no positive, or a zero tensor normalizer) the sums are divided
+      by 1 instead, as FCOS's ``max(num_pos, 1)``, so the losses stay finite. With no
+      positive at all, ``loss_box`` and ``loss_ctr`` are 0 and ``loss_cls`` is the
+      all-negative focal loss.
+
+    No Python loop over images or locations and no host synchronization: the normalizer
+    stays a tensor (a float ``normalizer`` is turned into one).
+
+    Args:
+        pred_cls_logits (Tensor[B, L, C]): class logits, floating.
+        pred_boxreg_deltas (Tensor[B, L, 4]): predicted LTRB deltas (in strides).
+        pred_ctr_logits (Tensor[B, L, 1]): centerness logits.
+        matched_gt_boxes (Tensor[B, L, 5]): ``(x1, y1, x2, y2, class)`` matched to every
+            location (:func:`detops.fcos_match_locations_to_gt`); only the class column is
+            read. Classes of positive rows must lie in ``[0, C)``; other negative classes
+            are background for ``loss_cls`` but count as positive in the normalizer (as in
+            the course code, which tests ``!= -1``).
+        matched_gt_deltas (Tensor[B, L, 4]): GT deltas of every location
+            (:func:`detops.fcos_get_deltas_from_locations`), -1 rows for background.
+        normalizer (float or Tensor[]): the running normalizer (> 0 for a float).
+        momentum (float): EMA momentum in [0, 1].
+
+    Returns:
+        (dict, Tensor): ``{"loss_cls", "loss_box", "loss_ctr"}`` 0-d tensors and the new
+        normalizer (0-d, detached). Losses are in the dtype of ``pred_cls_logits``
+        promoted to at least float32 (float16/bfloat16 predictions give float32 losses,
+        as autocast does); the normalizer in that dtype promoted with a tensor
+        ``normalizer``'s. Device: that of the predictions. Gradients flow to the three
+        predictions only.
+    """
+    op = "fcos_loss"
+    named = {
+        "pred_cls_logits": pred_cls_logits,
+        "pred_boxreg_deltas": pred_boxreg_deltas,
+        "pred_ctr_logits": pred_ctr_logits,
+        "matched_gt_boxes": matched_gt_boxes,
+        "matched_gt_deltas": matched_gt_deltas,
+    }
+    patterns = {
+        "pred_cls_logits": "[B, L, C]",
+        "pred_boxreg_deltas": "[B, L, 4]",
+        "pred_ctr_logits": "[B, L, 1]",
+        "matched_gt_boxes": "[B, L, 5]",
+        "matched_gt_deltas": "[B, L, 4]",
+    }
+    last = {"pred_boxreg_deltas": 4, "pred_ctr_logits": 1, "matched_gt_boxes": 5}
+    last["matched_gt_deltas"] = 4
+    for name, value in named.items():
+        check_tensor(op, name, value)
+        check_floating(op, name, value)
+        if value.dim() != 3 or (name in last and value.shape[-1] != last[name]):
+            raise ValueError(
+                f"{op}: {name} must have shape {patterns[name]}, got {shape_str(value)}"
+            )
+    batch, num_loc = pred_cls_logits.shape[:2]
+    for name, value in named.items():
+        if value.shape[:2] != (batch, num_loc):
+            raise ValueError(
+                f"{op}: {name} must have shape {patterns[name]} with B, L = {batch}, {num_loc} "
+                f"(from pred_cls_logits), got {shape_str(value)}"
+            )
+    check_same_device(op, **named)
+    normalizer = _check_normalizer(op, normalizer)
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"{op}: momentum must be a float in [0, 1], got {type(momentum).__name__}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{op}: momentum must lie in [0, 1], got {momentum}")
+
+    device = pred_cls_logits.device
+    loss_dtype = torch.promote_types(pred_cls_logits.dtype, torch.float32)
+    norm_dtype = loss_dtype
+    if isinstance(normalizer, Tensor):
+        norm_dtype = torch.promote_types(norm_dtype, normalizer.dtype)
+        old = normalizer.to(device=device, dtype=norm_dtype)
+    else:
+        old = torch.tensor(normalizer, dtype=norm_dtype, device=device)
+
+    classes = matched_gt_boxes[..., 4].detach()
+    num_pos = (classes != -1).sum()
+    new_normalizer = momentum * old + (1.0 - momentum) * (num_pos.to(norm_dtype) / batch)
+    denominator = new_normalizer * batch
+    denominator = torch.where(denominator == 0, 1.0, denominator).to(loss_dtype)
+
+    class_ids = classes.to(torch.int64)
+    class_ids = torch.where(classes < 0, -1, class_ids)  # e.g. -0.5 would truncate to 0
+    loss_cls = _SigmoidFocalLoss.apply(
+        pred_cls_logits, None, class_ids, 0.25, 2.0, "sum", op, loss_dtype
+    )
+
+    gt_deltas = matched_gt_deltas.detach().to(loss_dtype)
+    box_error = (pred_boxreg_deltas.to(loss_dtype) - gt_deltas).abs()
+    loss_box = 0.25 * torch.where(gt_deltas < 0, 0.0, box_error).sum()
+
+    centerness = fcos_make_centerness_targets(gt_deltas)
+    loss_ctr = torch.nn.functional.binary_cross_entropy_with_logits(
+        pred_ctr_logits[..., 0].to(loss_dtype),
+        centerness.clamp(min=0),
+        weight=(centerness >= 0).to(loss_dtype),
+        reduction="sum",
+    )
+    losses = {
+        "loss_cls": loss_cls / denominator,
+        "loss_box": loss_box / denominator,
+        "loss_ctr": loss_ctr / denominator,
+    }
+    return losses, new_normalizer.detach()

@@ -26,6 +26,7 @@ How the work is kept small (the contract is in the docstring of
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -233,6 +234,15 @@ def fcos_match_locations_to_gt(
 _GROUP = 52
 
 
+@functools.lru_cache(maxsize=128)
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small tensor of Python numbers, built once per (values, dtype, device).
+
+    Callers never modify it in place.
+    """
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def _match(
     locations: Mapping[str, Tensor],
     strides: dict[str, float],
@@ -246,35 +256,36 @@ def _match(
 ) -> dict[str, Tensor]:
     """The batched op on ``gt [B, N, 5]``; ``compact``/``detect_grid`` read from the host."""
     names = list(locations)
+    sizes = [locations[n].shape[0] for n in names]
     batch, count, _ = gt.shape
     device = gt.device
     f64 = torch.float64
+    real = gt[..., 4:] != -1  # [B, N, 1]
     # Padding rows become NaN boxes: NaN area (sorted last), and no location is inside.
-    corners = torch.where(gt[..., 4:] != -1, gt[..., :4].to(f64), math.nan)  # [B, N, 4]
+    corners = torch.where(real, gt[..., :4].to(f64), math.nan)  # [B, N, 4]
     area = (corners[..., 2:] - corners[..., :2]).prod(-1)  # [B, N], the ordering key
     order = torch.sort(area, dim=-1, stable=True).indices  # by (area, index), NaN last
-    if compact:  # the most real (non-NaN-area) boxes in one image: the rest never match
-        kept = int((area == area).sum(-1).amax()) if batch * count else 0
+    if compact:  # the most real boxes in one image; later sorted rows never match
+        kept = int(real.sum(1).amax()) if batch * count else 0
     else:
         kept = count if batch else 0
     if kept == 0:
-        return {name: gt.new_full((batch, loc.shape[0], 5), -1) for name, loc in locations.items()}
-    order = order[:, :kept, None]
-    boxes = torch.gather(corners, 1, order.expand(batch, kept, 4))  # sorted, float64
-    rows = torch.gather(gt, 1, order.expand(batch, kept, 5))  # sorted, as given
+        return {name: gt.new_full((batch, size, 5), -1) for name, size in zip(names, sizes)}
+    order = order[:, :kept]
+    edges = torch.gather(corners.permute(2, 0, 1), 2, order.expand(4, batch, kept))
+    rows = torch.gather(gt, 1, order.unsqueeze(-1).expand(batch, kept, 5))
     # Row b * (kept + 1) + j of ``table`` is sorted box j of image b; j = kept is -1s.
     table = torch.cat((rows, gt.new_full((batch, 1, 5), -1)), dim=1).view(-1, 5)
-    groups = [(a, min(a + _GROUP, kept)) for a in range(0, kept, _GROUP)]
+    groups = tuple((a, min(a + _GROUP, kept)) for a in range(0, kept, _GROUP))
 
     # Bounds per level, axis (x, y), image and box: a location is a candidate when
     # lower < coordinate < upper on both axes, and not inner_lo <= coordinate <= inner_hi
-    # on both axes (where all four distances are <= low, i.e. m <= low).
-    consts = [[ranges[n][1] for n in names], [ranges[n][0] for n in names]]
+    # on both axes (there all four distances are <= low, i.e. m <= low).
+    consts = [tuple(ranges[n][1] for n in names), tuple(ranges[n][0] for n in names)]
     if radius is not None:
-        consts.append([radius * strides[n] for n in names])
-    consts = torch.tensor(consts, dtype=f64, device=device).view(-1, len(names), 1, 1, 1)
-    edges = boxes.permute(2, 0, 1).contiguous()  # [4, B, kept]: x1, y1, x2, y2
-    top_left, bottom_right = edges[:2], edges[2:]
+        consts.append(tuple(radius * strides[n] for n in names))
+    consts = _constant(tuple(consts), f64, device).view(-1, len(names), 1, 1, 1)
+    top_left, bottom_right = edges[:2], edges[2:]  # [2, B, kept]
     lower = torch.maximum(top_left, bottom_right - consts[0])  # [Lv, 2, B, kept]
     upper = torch.minimum(bottom_right, top_left + consts[0])
     if radius is not None:
@@ -284,33 +295,51 @@ def _match(
     inner_lo, inner_hi = bottom_right - consts[1], top_left + consts[1]
     bounds = (lower, upper, inner_lo, inner_hi)
 
-    grids, flat = _grid_shapes(locations) if detect_grid else ({}, None)
+    # ``sums[g]``: 0.5 + the weight sum of group g at every location, level-major:
+    # level i fills the contiguous block [B * start_i, B * (start_i + L_i)) as [B, L_i].
+    total = batch * sum(sizes)
+    sums = [corners.new_empty(total) for _ in groups]
+    shapes, coords = _grid_shapes(locations, sizes) if detect_grid else (None, None)
+    grids = {name: shape for name, shape in zip(names, shapes or (), strict=False) if shape}
     if grids:
-        bits = _grid_axis_bits(locations, flat, grids, bounds, groups)
-    result = {}
+        bits = _grid_axis_bits(coords, bounds, groups)
+    start = 0
     for i, name in enumerate(names):
-        loc = locations[name]
-        size = loc.shape[0]
-        if size == 0:
-            result[name] = gt.new_full((batch, 0, 5), -1)
+        block = slice(batch * start, batch * (start + sizes[i]))
+        start += sizes[i]
+        if sizes[i] == 0:
             continue
         inner = ranges[name][0] > 0  # m > low <= 0 holds for every inside location
         if name in grids:
-            sums = _grid_sums(bits, i, grids[name], groups, inner)  # [B, H, W] per group
+            _grid_sums(bits, i, grids[name], groups, inner, [t[block] for t in sums])
         else:
             level_bounds = tuple(b[i] for b in bounds)
-            sums = _dense_sums(level_bounds, loc, groups, inner, chunk_elements)  # [B, L]
-        picked = _decode(sums, groups, batch, kept, device)  # rows of ``table``
-        result[name] = torch.embedding(table, picked).view(batch, size, 5)
+            parts = _dense_sums(level_bounds, locations[name], groups, inner, chunk_elements)
+            for target, part in zip(sums, parts, strict=True):
+                target[block] = part.view(-1)
+    picked = _decode(sums, groups, batch, kept, tuple(sizes), device)
+    matched = torch.embedding(table, picked)  # [B * sum(L), 5], level-major
+    result = {}
+    start = 0
+    for name, size in zip(names, sizes, strict=True):
+        result[name] = matched.as_strided((batch, size, 5), (size * 5, 5, 1), batch * start * 5)
+        start += size
     return result
 
 
-def _weights(groups: list[tuple[int, int]], device: torch.device) -> list[float]:
+def _weights(groups: tuple[tuple[int, int], ...]) -> list[float]:
     """Sorted box j of the group ``[a, b)`` weighs ``2**(b - 1 - j)``."""
     return [2.0 ** (b - 1 - j) for a, b in groups for j in range(a, b)]
 
 
-def _decode(sums: list[Tensor], groups, batch: int, kept: int, device) -> Tensor:
+@functools.lru_cache(maxsize=16)
+def _row_base(batch: int, kept: int, sizes: tuple, device: torch.device) -> Tensor:
+    """``b * (kept + 1)`` for every level-major location of image b (``[B * sum(L)]``)."""
+    image = torch.arange(batch, device=device) * (kept + 1)
+    return torch.cat([image.repeat_interleave(size) for size in sizes])
+
+
+def _decode(sums: list[Tensor], groups, batch: int, kept: int, sizes: tuple, device) -> Tensor:
     """Rows of ``table`` from each group's ``0.5 + weight sum``.
 
     The biased float64 exponent of ``0.5 + sum`` is ``1022 + e`` where ``e`` is the bit
@@ -318,32 +347,62 @@ def _decode(sums: list[Tensor], groups, batch: int, kept: int, device) -> Tensor
     ``b - e``, and ``e == 0`` means no candidate in that group. The first group with a
     candidate wins; the last group's ``e == 0`` lands on row ``kept``, the -1 row.
     """
-    shape = (batch,) + (1,) * (sums[0].dim() - 1)
-    base = torch.arange(0, batch * (kept + 1), kept + 1, device=device).view(shape)
+    base = _row_base(batch, kept, sizes, device)
     exponents = [total.view(torch.int64) >> 52 for total in sums]  # 1022 + e
-    picked = torch.sub(base + (groups[-1][1] + 1022), exponents[-1])
+    picked = (base + (groups[-1][1] + 1022)).sub_(exponents[-1])
     for (_, end), exponent in zip(reversed(groups[:-1]), reversed(exponents[:-1]), strict=True):
         picked = torch.where(exponent > 1022, base + (end + 1022) - exponent, picked)
     return picked
 
 
-def _grid_shapes(locations: Mapping[str, Tensor]) -> tuple[dict[str, tuple[int, int]], Tensor]:
-    """``(H, W)`` of every level whose rows are ``(xs[k % W], ys[k // W])``, and all
-    locations concatenated as a flat float64 tensor ``[x0, y0, x1, y1, ...]``.
+@functools.lru_cache(maxsize=16)
+def _grid_index(sizes: tuple, shapes: tuple, device: torch.device) -> tuple[Tensor, Tensor, int]:
+    """Index tensors into the flat ``[x0, y0, x1, y1, ...]`` locations of all levels.
 
-    One pass over all levels: the positions where y changes between consecutive rows must
-    be exactly the row starts, and every row's x values must equal the first row's. Reads
-    the change positions and one boolean per grid level back from the tensors (CPU only).
+    ``coords``: per level, its grid x-values, then its grid y-values, each padded to
+    ``span`` entries (a non-grid level's are all padding). ``rebuild``: for every flat
+    entry, where its value sits in ``cat(flat[coords], flat)`` if the levels are the grids
+    ``shapes`` describe (a non-grid level's entries point at themselves in ``flat``).
     """
-    sizes = [loc.shape[0] for loc in locations.values()]
-    flat = torch.cat(list(locations.values())).to(torch.float64).view(-1)
+    span = max(max(shape) for shape in shapes if shape)
+    coords, rebuild = [], []
+    start = 0
+    past = 2 * span * len(sizes)
+    for level, (size, shape) in enumerate(zip(sizes, shapes, strict=True)):
+        if not shape:
+            coords.extend([0] * (2 * span))  # padding columns are never read
+            rebuild.extend(range(past + 2 * start, past + 2 * (start + size)))
+            start += size
+            continue
+        height, width = shape
+        coords.extend(range(2 * start, 2 * (start + width), 2))
+        coords.extend([0] * (span - width))
+        coords.extend(range(2 * start + 1, 2 * (start + height * width), 2 * width))
+        coords.extend([0] * (span - height))
+        base = 2 * span * level
+        for k in range(size):
+            rebuild.extend((base + k % width, base + span + k // width))
+        start += size
+    return torch.tensor(coords, device=device), torch.tensor(rebuild, device=device), span
+
+
+def _grid_shapes(locations: Mapping[str, Tensor], sizes: list[int]) -> tuple[list, Tensor]:
+    """Per level, ``(H, W)`` if its rows are ``(xs[k % W], ys[k // W])`` (else None), and
+    every grid level's x-values and y-values as ``[Lv, 2, span]`` float64 (or None).
+
+    The positions where y changes between consecutive rows give each level's row length;
+    one comparison of all locations with the grids rebuilt from their first row and first
+    column then confirms every level at once. Reads the change positions and one boolean
+    back from the tensors (CPU only).
+    """
+    shapes = [None] * len(sizes)
     if not any(sizes):
-        return {}, flat
+        return shapes, None
+    flat = torch.cat(list(locations.values())).to(torch.float64).view(-1)
     ys = flat[1::2]
     changes = torch.nonzero(ys[1:] != ys[:-1]).view(-1).tolist()  # row k starts at c + 1
-    grids = {}
     start = position = 0
-    for name, size in zip(locations, sizes, strict=True):
+    for level, size in enumerate(sizes):
         end = start + size
         starts = []
         while position < len(changes) and changes[position] + 1 < end:
@@ -353,67 +412,85 @@ def _grid_shapes(locations: Mapping[str, Tensor]) -> tuple[dict[str, tuple[int, 
             position += 1  # the step from this level to the next one
         width = starts[0] if starts else size
         if size and starts == list(range(width, size, width)) and size % width == 0:
-            height = size // width
-            # x of rows 1..H-1 equals x of rows 0..H-2 (each row equals the first).
+            shapes[level] = (size // width, width)
+        start = end
+    if not any(shapes):
+        return shapes, None
+    index, rebuild, span = _grid_index(tuple(sizes), tuple(shapes), flat.device)
+    coords = flat.index_select(0, index)
+    if not torch.equal(torch.cat((coords, flat)).index_select(0, rebuild), flat):
+        shapes = _verify_each(flat, sizes, shapes)  # some level is not a grid: find it
+        if not any(shapes):
+            return shapes, None
+        index, _, span = _grid_index(tuple(sizes), tuple(shapes), flat.device)
+        coords = flat.index_select(0, index)
+    return shapes, coords.view(len(sizes), 2, span)
+
+
+def _verify_each(flat: Tensor, sizes: list[int], shapes: list) -> list:
+    """Keep the shapes whose rows all equal their first row."""
+    start = 0
+    kept = []
+    for size, shape in zip(sizes, shapes, strict=True):
+        if shape:
+            height, width = shape
             later = flat.as_strided((height - 1, width), (2 * width, 2), 2 * (start + width))
             earlier = flat.as_strided((height - 1, width), (2 * width, 2), 2 * start)
-            if torch.equal(later, earlier):
-                grids[name] = (height, width)
-        start = end
-    return grids, flat
+            shape = shape if torch.equal(later, earlier) else None
+        kept.append(shape)
+        start += size
+    return kept
 
 
-def _grid_axis_bits(locations, flat, grids, bounds, groups) -> Tensor:
+def _grid_axis_bits(coords: Tensor, bounds, groups) -> Tensor:
     """Per-axis tests of every grid level at once, as weighted float64 factors.
 
-    Level i's x-values sit in ``coords[i, 0, :W]`` and its y-values in ``coords[i, 1, :H]``
-    (padded to the longest). Returns ``bits [Lv, 2 (axis), C, 2 (variant), B, kept]``:
-    variant 0 is ``X * weight`` on the x axis and ``Y`` on the y axis; variant 1 is
-    ``X * Xin * weight`` and ``-(Y * Yin)``, so that per level
-    ``Y0 @ X0 + Y1 @ X1 = sum_j weight_j * X * Y * (1 - Xin * Yin)``.
+    ``coords [Lv, 2, C]`` holds level i's x-values in ``coords[i, 0, :W]`` and its
+    y-values in ``coords[i, 1, :H]``. Returns ``bits [Lv, 2 (axis), C, 2 (variant), B,
+    kept]``: variant 0 is ``X * weight`` on the x axis and ``Y`` on the y axis; variant 1
+    is ``X * Xin * weight`` and ``-(Y * Yin)``, so that per level
+    ``Y0 @ X0 + Y1 @ X1 = sum_j weight_j * X * Y * (1 - Xin * Yin)``. Boxes are the
+    innermost dimension (``B * kept`` long) so the elementwise kernels run long rows.
     """
-    span = max(max(grid) for grid in grids.values())
-    index = []
-    start = 0
-    for name, loc in locations.items():
-        height, width = grids.get(name, (0, 0))
-        index.extend(range(2 * start, 2 * (start + width), 2))
-        index.extend([0] * (span - width))  # padding columns are never read
-        index.extend(range(2 * start + 1, 2 * (start + height * width), 2 * width))
-        index.extend([0] * (span - height))
-        start += loc.shape[0]
-    levels = len(locations)
-    coords = flat.index_select(0, torch.tensor(index, device=flat.device))
-    coords = coords.view(levels, 2, span, 1)
-    lower, upper, inner_lo, inner_hi = (b.view(levels, 2, 1, -1) for b in bounds)
+    levels, _, batch, kept = bounds[0].shape
+    span = coords.shape[-1]
+    coords = coords.unsqueeze(-1)
+    lower, upper, inner_lo, inner_hi = (b.view(levels, 2, 1, batch * kept) for b in bounds)
     inside = (coords > lower) & (coords < upper)  # [Lv, 2, C, B * kept]
-    inner = (coords >= inner_lo) & (coords <= inner_hi)
-    bits = torch.stack((inside, inside & inner), dim=3)  # [Lv, 2, C, 2, B * kept]
-    batch, kept = bounds[0].shape[-2:]
-    weights = _weights(groups, flat.device)
-    factors = [[weights, weights], [[1.0] * kept, [-1.0] * kept]]
-    factors = torch.tensor(factors, dtype=torch.float64, device=flat.device)
-    return bits.view(levels, 2, span, 2, batch, kept) * factors.view(2, 1, 2, 1, kept)
+    inner = inside & (coords >= inner_lo) & (coords <= inner_hi)
+    factors = _factors(groups, batch, coords.device)  # [2 (variant), 2 (axis), 1, B * kept]
+    bits = coords.new_empty(levels, 2, span, 2, batch * kept)
+    torch.mul(inside, factors[0], out=bits[:, :, :, 0])
+    torch.mul(inner, factors[1], out=bits[:, :, :, 1])
+    return bits.view(levels, 2, span, 2, batch, kept)
 
 
-def _grid_sums(bits: Tensor, level: int, grid, groups, inner: bool) -> list[Tensor]:
-    """``0.5 + weight sum`` ``[B, H, W]`` of each group at a grid level."""
+@functools.lru_cache(maxsize=16)
+def _factors(groups: tuple, batch: int, device: torch.device) -> Tensor:
+    """Per variant and axis, the factor of every (image, box) column (see ``bits``)."""
+    weights = torch.tensor(_weights(groups), dtype=torch.float64, device=device)
+    ones = torch.ones_like(weights)
+    factors = torch.stack((torch.stack((weights, ones)), torch.stack((weights, -ones))))
+    return factors.repeat(1, 1, batch).unsqueeze(2)  # [2, 2, 1, B * kept]
+
+
+def _grid_sums(bits: Tensor, level: int, grid, groups, inner: bool, targets) -> None:
+    """Write ``0.5 + weight sum`` of each group at a grid level into ``targets`` [B*H*W]."""
     height, width = grid
     _, _, _, _, batch, kept = bits.shape
     s_level, s_axis, s_col, s_variant, s_batch, _ = bits.stride()
-    half = bits.new_full((1, 1, 1), 0.5)
-    sums = []
-    for a, b in groups:
-        n = b - a
-        total = half
+    half = _constant(((0.5,),), torch.float64, bits.device).view(1, 1, 1)
+    for (a, b), target in zip(groups, targets, strict=True):
+        out = target.view(batch, height, width)
         for variant in (0, 1) if inner else (0,):
-            offset = bits.storage_offset() + level * s_level + variant * s_variant + a
-            # y factors [B, H, n] (row-major) and x factors [B, n, W] (column-major)
-            y = bits.as_strided((batch, height, n), (s_batch, s_col, 1), offset + s_axis)
-            x = bits.as_strided((batch, n, width), (s_batch, 1, s_col), offset)
-            total = torch.baddbmm(total, y, x) if total is half else total.baddbmm_(y, x)
-        sums.append(total)
-    return sums
+            # y factors [B, H, n] (row-major), x factors [B, n, W] (column-major)
+            shift = bits.storage_offset() + level * s_level + variant * s_variant + a
+            y = bits.as_strided((batch, height, b - a), (s_batch, s_col, 1), shift + s_axis)
+            x = bits.as_strided((batch, b - a, width), (s_batch, 1, s_col), shift)
+            if variant == 0:
+                torch.baddbmm(half, y, x, out=out)
+            else:
+                out.baddbmm_(y, x)
 
 
 def _dense_sums(
@@ -422,7 +499,7 @@ def _dense_sums(
     """``0.5 + weight sum`` ``[B, L]`` of each group, for any locations."""
     lower, upper, inner_lo, inner_hi = (b.permute(1, 2, 0).unsqueeze(2) for b in bounds)
     batch, kept = lower.shape[:2]  # bounds now [B, kept, 1, 2]
-    weights = torch.tensor(_weights(groups, loc.device), dtype=torch.float64, device=loc.device)
+    weights = _constant(tuple(_weights(groups)), torch.float64, loc.device)
     xy = loc.to(torch.float64)
     step = max(1, chunk // max(1, batch * kept))
     sums = []

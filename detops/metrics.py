@@ -115,7 +115,10 @@ def mean_average_precision(
        positive if that IoU is ``>= t`` and no higher-scored detection took that GT
        already; otherwise it is a false positive (so duplicates are false positives, and
        a detection is not re-assigned to its second-best GT, unlike COCO's matcher).
-       Each GT is matched at most once.
+       Each GT is matched at most once. Among equal scores the input order (image, then
+       row) decides which detection takes a GT; step 3 makes the AP independent of it.
+       One consequence of the VOC rule: of two identical GT boxes of one class in one
+       image, only the first can be matched.
     3. Precision and recall are taken after each distinct score, so detections with equal
        scores enter together and the result does not depend on their order (nor on the
        order of images). Recall counts every GT of the class, including those in images
@@ -127,8 +130,10 @@ def mean_average_precision(
     out of the mean (its detections are not penalized anywhere). The mean over an IoU
     range (``iou_thresholds``) is the mean of the per-threshold means.
 
-    IoU is computed in float64; a pair whose union is 0 has IoU 0. A box with ``x2 < x1``
-    or ``y2 < y1`` has zero area.
+    IoU is computed in float64, only for (detection, GT) pairs of the same image and
+    class; a pair whose union is 0 has IoU 0. Memory is linear in the detections, the GT,
+    those pairs, and ``num_images * num_classes``. A box with ``x2 < x1`` or ``y2 < y1``
+    has zero area.
 
     Args:
         detections (list[dict]): per image, ``boxes [K, 4]`` (float), ``labels [K]``
@@ -257,25 +262,28 @@ def mean_average_precision(
     gt_key = gt_image * num_classes + gt_labels
     gt_order = torch.sort(gt_key, stable=True).indices
     key_start, key_count = _group_starts(gt_key, max(num_images, 1) * num_classes)
-    start, counts = key_start[det_key], key_count[det_key]
+    start, counts = key_start.index_select(0, det_key), key_count.index_select(0, det_key)
     pair_det = _owner_index(counts)
     first_pair = torch.cumsum(counts, 0) - counts
-    within = torch.arange(pair_det.shape[0], device=device) - first_pair[pair_det]
-    pair_gt = gt_order[start[pair_det] + within]
-    iou = _pair_iou(det_boxes[pair_det], gt_boxes[pair_gt])
+    within = torch.arange(pair_det.shape[0], device=device) - first_pair.index_select(0, pair_det)
+    pair_gt = gt_order.index_select(0, start.index_select(0, pair_det) + within)
+    iou = _pair_iou(det_boxes.index_select(0, pair_det), gt_boxes.index_select(0, pair_gt))
 
     # 2. Each detection's best GT: highest IoU, lowest GT index among ties.
     best_iou = torch.full((num_dets,), -1.0, dtype=f64, device=device)
     best_iou = best_iou.scatter_reduce(0, pair_det, iou, "amax", include_self=True)
-    is_best = iou == best_iou[pair_det]
+    is_best = iou == best_iou.index_select(0, pair_det)
     best_gt = torch.full((num_dets,), num_gts, dtype=i64, device=device)
-    best_gt = best_gt.scatter_reduce(0, pair_det[is_best], pair_gt[is_best], "amin")
+    best_gt = best_gt.scatter_reduce(
+        0, pair_det, torch.where(is_best, pair_gt, num_gts), "amin", include_self=True
+    )
 
     # 3. Sort by class, then score descending (stable: ties keep input order).
     by_score = torch.sort(det_scores, descending=True, stable=True).indices
-    order = by_score[torch.sort(det_labels[by_score], stable=True).indices]
-    labels_s, scores_s = det_labels[order], det_scores[order]
-    best_iou_s, best_gt_s = best_iou[order], best_gt[order]
+    by_label = torch.sort(det_labels.index_select(0, by_score), stable=True).indices
+    order = by_score.index_select(0, by_label)
+    labels_s, scores_s = det_labels.index_select(0, order), det_scores.index_select(0, order)
+    best_iou_s, best_gt_s = best_iou.index_select(0, order), best_gt.index_select(0, order)
     position = torch.arange(num_dets, device=device)
 
     # 4. True positives: the first detection (in sorted order) that claims a GT with
@@ -283,16 +291,15 @@ def mean_average_precision(
     claims = best_iou_s.unsqueeze(0) >= thr.unsqueeze(1)  # [T, D]
     claim_key = torch.arange(num_thr, device=device).unsqueeze(1) * (num_gts + 1) + best_gt_s
     first_claim = torch.full((num_thr * (num_gts + 1),), num_dets, dtype=i64, device=device)
-    first_claim = first_claim.scatter_reduce(
-        0, claim_key[claims], position.expand(num_thr, -1)[claims], "amin"
-    )
-    tp = claims & (first_claim[claim_key] == position)  # [T, D]
+    claimant = torch.where(claims, position, num_dets).reshape(-1)
+    first_claim = first_claim.scatter_reduce(0, claim_key.reshape(-1), claimant, "amin")
+    tp = claims & (first_claim.index_select(0, claim_key.reshape(-1)).view_as(claims) == position)
 
     # 5. Precision at every detection, within its class.
-    class_start = _group_starts(labels_s, num_classes)[0][labels_s]
+    class_start = _group_starts(labels_s, num_classes)[0].index_select(0, labels_s)
     cum_tp = torch.cumsum(tp.to(f64), dim=1)
     before = cum_tp - tp.to(f64)  # TPs strictly before each position
-    cum_tp_class = cum_tp - before[:, class_start]
+    cum_tp_class = cum_tp - before.index_select(1, class_start)
     precision = cum_tp_class / (position - class_start + 1).to(f64)
 
     # 6. Curve points only at the last detection of each (class, score) group; envelope

@@ -60,7 +60,7 @@ from ._checks import (
 
 __all__ = ["nms", "class_spec_nms", "batched_nms_per_image"]
 
-_CPU_TILE = 32768  # torch's intra-op grain size: smaller elementwise ops stay single-threaded
+_CPU_TILE = 1 << 18  # IoU values per tile (measured best among 2**14 .. 2**20)
 _CUDA_TILE = 1 << 22
 _SUB = 16  # tile columns are scanned in groups of 16 (max over a group, then the members)
 _FLUSH = 2048  # candidate groups gathered before they are turned into edges
@@ -221,22 +221,32 @@ def _self_join(
         return False
     if total == 0:
         return True
+    # Tile (r0, k0) holds T[k, i] = IoU(row r0 + i, row r0 + i + 1 + k0 + k) for
+    # i < rows, k < width: a skewed (as_strided) view of the sorted rows, rows innermost
+    # so that every operand is read contiguously. Windows vary, so a tile spans the
+    # longest window among its rows; rows are sized so that tiles hold about `budget`.
     rows = 1024
-    while rows > 8 and rows * (1.5 * total / m + _SUB) > budget:
+    while rows > 64 and rows * (1.5 * total / m + _SUB) > budget:
         rows //= 2
     tiles = -(-m // rows)
     plan = torch.nn.functional.pad(window, (0, tiles * rows - m)).view(tiles, rows)
     plan = plan.amax(1).tolist()
 
-    # Columns in sorted order, padded with boxes at +inf (IoU 0 with everything), so the
-    # skewed views below (row r sees columns r+1, r+2, ...) may run past the end.
-    pad = rows + _SUB
-    cols = torch.cat((b[pos], prep.area[pos, None]), 1)
-    cols = torch.cat((cols, cols.new_tensor([[math.inf] * 4 + [1.0]]).expand(pad, 5)))
-    cx1, cy1, cx2, cy2, carea = cols.t().contiguous().unbind(0)
+    # Rows (x2, y2, -x1, -y1, area): one minimum gives min(x2), min(y2), -max(x1),
+    # -max(y1), and overlap = min(x2) + (-max(x1)), exactly as min(x2) - max(x1).
+    # Padded with far-out inverted boxes (overlap negative and finite: IoU 0 with
+    # everything) so that tiles may run past the end.
+    length = m + rows + _SUB
+    big = torch.finfo(b.dtype).max / 4
+    sb = b[pos]
+    cols = torch.cat((sb[:, 2:4], -sb[:, 0:2], prep.area[pos, None]), 1)
+    cols = torch.cat((cols, cols.new_tensor([[-big] * 4 + [1.0]]).expand(rows + _SUB, 5)))
+    cols = cols.t().contiguous()
     thr = _threshold_in(threshold, b.dtype)
-    bufs = torch.empty(3, budget + rows * _SUB, dtype=b.dtype, device=dev).unbind(0)
-    found: list[tuple[Tensor, Tensor, int, int, int]] = []
+    chunk = max(_SUB, (budget // rows) // _SUB * _SUB)
+    buffer = torch.empty(6 * rows * chunk, dtype=b.dtype, device=dev)
+    views: dict[int, tuple[Tensor, ...]] = {}
+    found: list[tuple[Tensor, Tensor, int, int]] = []
     pending = 0
 
     def flush() -> None:
@@ -245,9 +255,10 @@ def _self_join(
         meta = torch.tensor([f[2:] for f in found], device=dev).repeat_interleave(counts, 0)
         cand = torch.cat([f[0] for f in found])
         k, member = torch.cat([f[1] for f in found]).nonzero(as_tuple=True)
-        row0, col0, groups_per_row = meta[k].unbind(1)
-        r = cand[k, 0] + row0
-        c = r + 1 + col0 + member * groups_per_row + cand[k, 1]
+        group, row = cand[k].unbind(1)
+        row0, col0 = meta[k].unbind(1)
+        r = row0 + row
+        c = r + 1 + col0 + group * _SUB + member
         valid = c < end[r]
         i, j = pos[r[valid]], pos[c[valid]]
         if pair_filter is not None:
@@ -258,32 +269,39 @@ def _self_join(
 
     for tile in range(tiles):
         r0 = tile * rows
-        nrows = min(rows, m - r0)
+        row_bounds = cols.as_strided((4, 1, rows), (length, 0, 1), r0)
+        row_area = cols.as_strided((1, rows), (0, 1), 4 * length + r0)
         span = plan[tile]
-        rx1, ry1, rx2, ry2, rarea = (v[r0 : r0 + nrows, None] for v in (cx1, cy1, cx2, cy2, carea))
-        chunk = max(_SUB, (budget // nrows) // _SUB * _SUB)
         for k0 in range(0, span, chunk):
-            groups_per_row = -(-min(chunk, span - k0) // _SUB)
-            width = groups_per_row * _SUB
-            shape, offset = (nrows, width), r0 + 1 + k0
-            c1, d1, c2, d2, ca = (
-                v.as_strided(shape, (1, 1), v.storage_offset() + offset)
-                for v in (cx1, cy1, cx2, cy2, carea)
+            width = -(-min(chunk, span - k0) // _SUB) * _SUB
+            if width not in views:
+                size = width * rows
+                bounds = buffer[: 4 * size].view(4, width, rows)
+                inter = buffer[4 * size : 5 * size].view(width, rows)
+                union = buffer[5 * size : 6 * size].view(width, rows)
+                views[width] = (
+                    bounds,
+                    bounds[0:2],
+                    bounds[2:4],
+                    inter,
+                    union,
+                    inter.view(width // _SUB, _SUB, rows),
+                )
+            bounds, overlap, neg_low, inter, union, grouped = views[width]
+            offset = r0 + 1 + k0
+            torch.minimum(
+                row_bounds, cols.as_strided((4, width, rows), (length, 1, 1), offset), out=bounds
             )
-            w, h, tmp = (buf[: nrows * width].view(shape) for buf in bufs)
-            torch.minimum(rx2, c2, out=w)
-            torch.maximum(rx1, c1, out=tmp)
-            w.sub_(tmp).clamp_(min=0)
-            torch.minimum(ry2, d2, out=h)
-            torch.maximum(ry1, d1, out=tmp)
-            h.sub_(tmp).clamp_(min=0)
-            inter = w.mul_(h)
-            union = torch.add(rarea, ca, out=h).sub_(inter)
-            iou = inter.div_(union).view(nrows, _SUB, groups_per_row)
-            cand = (iou.amax(1) > thr).nonzero()
+            overlap.add_(neg_low).clamp_(min=0)  # min(x2) - max(x1), min(y2) - max(y1)
+            torch.prod(overlap, 0, out=inter)
+            col_area = cols.as_strided((width, rows), (1, 1), 4 * length + offset)
+            torch.add(row_area, col_area, out=union).sub_(inter)
+            inter.div_(union)  # the IoU
+            cand = (grouped.amax(1) > thr).nonzero()
             if cand.shape[0] == 0:
                 continue
-            found.append((cand, iou[cand[:, 0], :, cand[:, 1]] > thr, r0, k0, groups_per_row))
+            hits = grouped.transpose(1, 2)[cand[:, 0], cand[:, 1]] > thr
+            found.append((cand, hits, r0, k0))
             pending += cand.shape[0]
             if pending >= _FLUSH:
                 flush()

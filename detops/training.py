@@ -449,7 +449,8 @@ def train_detector(
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
 
     if resume and checkpoint_path is not None and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, map_location=device)
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+        state = load_checkpoint(checkpoint_path, map_location="cpu")
         if state.get("total_iterations") != iterations:
             raise ValueError(
                 f"train_detector: checkpoint {str(checkpoint_path)!r} belongs to a run of "
@@ -491,6 +492,7 @@ def train_detector(
         total=iterations, initial=start, disable=not progress, dynamic_ncols=True, desc="train"
     )
     iteration = start
+    stepping = False  # True from the optimizer step until its iteration is fully recorded
     try:
         while iteration < iterations:
             images, gt_boxes = split_batch(stream.next())
@@ -498,22 +500,22 @@ def train_detector(
             gt_boxes = gt_boxes.to(device, non_blocking=True)
             losses = model(images, gt_boxes)
             total = sum(losses.values())
+            values = {name: float(loss.detach()) for name, loss in losses.items()}
+            values["total"] = float(total.detach())
+            if not all(math.isfinite(v) for v in values.values()):  # before it reaches weights
+                raise FloatingPointError(
+                    f"train_detector: non-finite loss at iteration {iteration + 1}: {values}. "
+                    "Try a lower lr, a longer warmup or clip_grad_norm."
+                )
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             if clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+            stepping = True
             lr_history.append(float(optimizer.param_groups[0]["lr"]))
             optimizer.step()
             scheduler.step()
             iteration += 1
-
-            values = {name: float(loss.detach()) for name, loss in losses.items()}
-            values["total"] = float(total.detach())
-            if not all(math.isfinite(v) for v in values.values()):
-                raise FloatingPointError(
-                    f"train_detector: non-finite loss at iteration {iteration}: {values}. "
-                    "Try a lower lr, a longer warmup or clip_grad_norm."
-                )
             for name, value in values.items():
                 history.setdefault(name, []).append(value)
                 running[name] = value if name not in running else 0.9 * running[name] + 0.1 * value
@@ -523,12 +525,15 @@ def train_detector(
                 refresh=False,
             )
             bar.update(1)
+            stepping = False
             if on_iteration is not None:
                 on_iteration(iteration, values)
             if iteration % checkpoint_every == 0 and iteration < iterations:
                 write_checkpoint(iteration)
     except KeyboardInterrupt:
-        if iteration > start:
+        # Save only a consistent state: an interrupt between the optimizer step and the
+        # end of its bookkeeping leaves the last periodic checkpoint as the resume point.
+        if iteration > start and not stepping:
             write_checkpoint(iteration)
         raise
     finally:
@@ -566,8 +571,9 @@ def predict_detections(
     """Run an eval-mode detector over ``loader``; return per-image detections and GT dicts.
 
     The model's eval-mode ``forward(images, test_score_thresh=..., test_nms_thresh=...)``
-    must return one dict per image with ``boxes``, ``labels`` and ``scores`` (as
-    :class:`detops.nn.FCOS` does). Both lists are on the CPU.
+    must return either an object with ``.as_dicts()`` (:class:`detops.nn.FCOS` returns
+    :class:`~detops.inference.FCOSDetections`) or one dict per image with ``boxes``,
+    ``labels`` and ``scores``. Both lists are on the CPU.
     """
     from .metrics import gt_dicts_from_padded
 
@@ -582,6 +588,8 @@ def predict_detections(
             outputs = model(
                 images.to(device), test_score_thresh=score_thresh, test_nms_thresh=nms_thresh
             )
+            if hasattr(outputs, "as_dicts"):
+                outputs = outputs.as_dicts()
             detections += [{k: v.cpu() for k, v in out.items()} for out in outputs]
             ground_truths += gt_dicts_from_padded(gt_boxes.cpu())
     finally:

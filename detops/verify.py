@@ -563,6 +563,36 @@ def _refuted(hint, passed: Sequence[HintContext]) -> bool:
     return False
 
 
+def _evaluate_refusal(check: _Check, case: Case, dtype: torch.dtype, probe: str) -> Failure | None:
+    """For an input outside the contract: pass when the function raises."""
+    dname = _dtype_name(dtype)
+    text = format_case(case, check.names)
+    try:
+        actual = check.run(case, dtype)
+    except CallFailure as failure:
+        if failure.kind == "raised":
+            return None
+        return Failure(failure.kind, failure.message, dname, text, probe=probe)
+    except Exception as exc:
+        return Failure(
+            "output",
+            f"the result could not be used: {_exception_line(exc)}",
+            dname,
+            text,
+            probe=probe,
+        )
+    return Failure(
+        "accepted",
+        "this input is outside the contract and must be refused with an exception "
+        "(detops raises ValueError), but the function returned a result",
+        dname,
+        text,
+        expected="raises ValueError",
+        actual=format_value(actual),
+        probe=probe,
+    )
+
+
 def _add_hints(
     failure: Failure,
     hints: Iterable,
@@ -591,8 +621,9 @@ class _Found(Exception):
     pass
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """Ends the search at once: hypothesis lets BaseExceptions (like KeyboardInterrupt)
+    through instead of treating them as a new failure to shrink."""
 
 
 def _search(
@@ -697,14 +728,17 @@ def _run_function(
             except Exception as exc:  # pragma: no cover - probes are static data
                 report.note = f"probe '{probe.label}' could not be built: {exc}"
                 continue
-            failure, _, _ = _evaluate(probe_check, case, probe.dtype, tol, probe=probe.label)
+            if probe.refuse:
+                failure = _evaluate_refusal(probe_check, case, probe.dtype, probe.label)
+            else:
+                failure, _, _ = _evaluate(probe_check, case, probe.dtype, tol, probe=probe.label)
             report.probes.append(
                 ProbeResult(probe.label, _dtype_name(probe.dtype), "FAIL" if failure else "PASS")
             )
             if failure is not None:
                 probe_failures.append((failure, probe))
                 failures.append(failure)
-            elif probe_hints:
+            elif probe_hints and not probe.refuse:
                 ref_case = check.entry.reference_inputs(case, probe.dtype)
                 try:
                     expected = check.entry.reference(*ref_case.args, **ref_case.kwargs)

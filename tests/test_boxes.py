@@ -510,3 +510,14 @@ PAD_ERRORS = [
 def test_pad_error_inputs(args, error, match):
     with pytest.raises(error, match=match):
         pad_gt_boxes(*args)
+
+
+def test_every_op_follows_a_non_cpu_device():
+    # The meta device runs shapes only; it takes the non-CPU paths (box_iou's single block).
+    meta = {"device": "meta"}
+    assert box_iou(torch.zeros(3, 7, 4, **meta), torch.zeros(5, 4, **meta)).shape == (3, 7, 5)
+    assert box_iou(torch.zeros(3, 7, 4, **meta), torch.zeros(5, 4, **meta)).is_meta
+    assert clip_boxes_to_image(torch.zeros(3, 5, **meta), (4, 4)).is_meta
+    assert resize_and_center_crop_boxes(torch.zeros(2, 3, 5, **meta), (4, 4), 3).is_meta
+    assert center_crop_boxes_to_original(torch.zeros(2, 3, 4, **meta), (4, 4), 3).is_meta
+    assert pad_gt_boxes([torch.zeros(2, 5, **meta)], 3).shape == (1, 3, 5)

@@ -219,3 +219,19 @@ def test_per_image_same_stem_raises(per_image_layout):
         (labels / f"{name}.txt").write_text("0")
     with pytest.raises(ValueError, match=r"images sharing a stem .*a.JPG / a.png"):
         PerImageLabelDataset(images, labels)
+
+
+def test_symlinked_folders_followed_inside_refused_outside_no_loop(tmp_path):
+    images = tmp_path / "images"
+    write_image(images / "real" / "a.jpg")
+    os.symlink(images / "real", images / "alias")  # inside: followed (ImageFolder does too)
+    os.symlink(images, images / "real" / "loop")  # back to a visited folder: not a loop
+    labels = tmp_path / "labels.txt"
+    labels.write_text("real/a.jpg 0\nalias/a.jpg 1\n")
+    dataset = LabelFileDataset(images, labels)
+    assert [os.path.relpath(p, images) for p, _ in dataset.samples] == ["alias/a.jpg", "real/a.jpg"]
+
+    write_image(tmp_path / "outside" / "b.jpg")
+    os.symlink(tmp_path / "outside", images / "out")
+    with pytest.raises(ValueError, match=r"links pointing outside: \[out/\]"):
+        LabelFileDataset(images, labels)

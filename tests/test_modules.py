@@ -14,7 +14,7 @@ import torch
 from torchvision.models import RegNet_X_400MF_Weights, regnet_x_400mf
 
 from detops.deltas import fcos_get_deltas_from_locations
-from detops.inference import fcos_inference
+from detops.inference import FCOSDetections, fcos_inference
 from detops.locations import get_fpn_location_coords
 from detops.losses import fcos_loss
 from detops.matching import fcos_match_locations_to_gt
@@ -245,21 +245,10 @@ def test_eval_forward_is_exactly_fcos_inference(tiny_fcos):
         cls, box, ctr = model.pred_net(feats)
         locations = get_fpn_location_coords({k: v.shape for k, v in feats.items()}, STRIDES)
         expected = fcos_inference(locations, STRIDES, cls, box, ctr, (64, 64), 0.2, 0.6)
-    assert isinstance(detections, list) and len(detections) == 2
-    assert sum(len(d["scores"]) for d in detections) > 0
-    _assert_same_detections(detections, expected)
-
-
-def _assert_same_detections(got, expected):
-    if isinstance(expected, (list, tuple)) and expected and isinstance(expected[0], dict):
-        expected_dicts = expected
-    else:  # padded tensors + counts: compare through the module's own conversion
-        expected_dicts = FCOS._as_dicts(expected)
-    assert len(got) == len(expected_dicts)
-    for mine, theirs in zip(got, expected_dicts, strict=True):
-        assert set(mine) >= {"boxes", "labels", "scores"}
-        for key in ("boxes", "labels", "scores"):
-            assert torch.equal(mine[key], theirs[key]), key
+    assert isinstance(detections, FCOSDetections)
+    assert int(detections.counts.sum()) > 0 and detections.boxes.shape[0] == 2
+    for name in FCOSDetections._fields:
+        assert torch.equal(getattr(detections, name), getattr(expected, name)), name
 
 
 def test_eval_default_thresholds_are_the_seeds(tiny_fcos):

@@ -285,7 +285,9 @@ def synthetic_four(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fcos_and_init():
     torch.manual_seed(0)
-    model = FCOS(num_classes=4, fpn_channels=16, stem_channels=[16, 16])
+    # One 32-channel stem conv: with N(0, 0.01) init, narrow two-conv stems pass back so
+    # little gradient that a random-init head needs many more steps to start learning.
+    model = FCOS(num_classes=4, fpn_channels=32, stem_channels=[32])
     return model, {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -311,10 +313,13 @@ def test_fcos_overfits_four_images(synthetic_four, fcos_and_init):
     assert positives > 0
     model.loss_normalizer.fill_(positives)
     seed_everything(0)
-    result = train_detector(model, loader, iterations=30, lr=0.01, milestones=(), progress=False)
+    result = train_detector(
+        model, loader, iterations=40, lr=0.02, milestones=(), clip_grad_norm=10.0, progress=False
+    )
     total = result.history["total"]
-    first, last = sum(total[:3]) / 3, sum(total[-3:]) / 3
-    assert last <= 0.5 * first, f"loss went from {first:.3f} to {last:.3f} in 30 iterations"
+    # Means over five steps: single steps of a random-init net on 4 images can spike.
+    first, last = sum(total[:5]) / 5, sum(total[-5:]) / 5
+    assert last <= 0.5 * first, f"loss went from {first:.3f} to {last:.3f} in 40 iterations"
 
 
 def test_fcos_resume_gives_the_identical_next_loss(synthetic_four, fcos_and_init, tmp_path):

@@ -257,14 +257,17 @@ def test_probes_pass_for_detops_and_the_correct_implementation(spec):
         pytest.skip(f"registry entry {spec.entry_name!r} has not landed")
     entry = _entry(spec.entry_name)
     target = load_target(str(IMPLS / "correct.py"))
-    from detops.verify import _Check, _evaluate, _tolerance
+    from detops.verify import _Check, _evaluate, _evaluate_refusal, _tolerance
 
     for label, fn in (("detops", entry.op), ("correct.py", target.functions[spec.name])):
         guard = GuardedCall(fn, spec.name, 10.0)
         check = _Check(entry, lambda c, d, g=guard: spec.call(g, c, d, "cpu"), [], spec.hints)
         for probe in spec.probes:
             tol = _tolerance(entry, probe.dtype, probe.tolerance)
-            failure, _, _ = _evaluate(check, probe.case(), probe.dtype, tol)
+            if probe.refuse:
+                failure = _evaluate_refusal(check, probe.case(), probe.dtype, probe.label)
+            else:
+                failure, _, _ = _evaluate(check, probe.case(), probe.dtype, tol)
             assert failure is None, (label, probe.label, failure)
 
 

@@ -71,6 +71,9 @@ def run_detect(args: argparse.Namespace) -> int:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
+    missing = [path for path in args.images if not Path(path).is_file()]
+    if missing:
+        raise SystemExit(f"detops detect: no such image file(s): {', '.join(missing)}")
     state = load_checkpoint(args.checkpoint, map_location="cpu")
     extra = state.get("extra") or {}
     if "model" not in extra:
@@ -92,9 +95,7 @@ def run_detect(args: argparse.Namespace) -> int:
         ]
     )
     output = Path(args.output_dir)
-    missing = [path for path in args.images if not Path(path).is_file()]
-    if missing:
-        raise SystemExit(f"detops detect: no such image file(s): {', '.join(missing)}")
+    written: set[Path] = set()
     for path in args.images:
         with Image.open(path) as handle:
             picture = handle.convert("RGB")
@@ -104,9 +105,12 @@ def run_detect(args: argparse.Namespace) -> int:
                 transform(picture).unsqueeze(0).to(device),
                 test_score_thresh=args.score_thresh,
                 test_nms_thresh=args.nms_thresh,
-            )
+            ).as_dicts()
         boxes = center_crop_boxes_to_original(found["boxes"].cpu().float(), size, image_size)
         target = output / f"{Path(path).stem}.png"
+        if target in written:  # two inputs with one name: a.jpg and a.png, or dir1/a dir2/a
+            target = output / f"{Path(path).stem}_{len(written)}.png"
+        written.add(target)
         save_detections_png(
             target,
             pil_to_tensor(picture),

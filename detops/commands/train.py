@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -108,7 +108,7 @@ def add_parser(subparsers) -> None:
 
     optim = parser.add_argument_group("optimization")
     optim.add_argument(
-        "--iterations", type=int, default=600, help="SGD steps in total (default: 600)"
+        "--iterations", type=int, default=250, help="SGD steps in total (default: 250)"
     )
     optim.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
     optim.add_argument("--lr", type=float, default=0.02, help="peak learning rate (default: 0.02)")
@@ -119,8 +119,8 @@ def add_parser(subparsers) -> None:
     optim.add_argument(
         "--warmup-iterations",
         type=int,
-        default=50,
-        help="linear lr warmup steps from 0.001 x lr (default: 50; 0 disables)",
+        default=30,
+        help="linear lr warmup steps from 0.001 x lr (default: 30; 0 disables)",
     )
     optim.add_argument(
         "--clip-grad-norm",
@@ -292,11 +292,12 @@ def run_train(args: argparse.Namespace) -> int:
         device=device,
     )
     finished = time.perf_counter()
-    ap = metrics["ap_per_class"].tolist()
+    # NaN (a class, or every class, without GT in the val split) is written as null.
+    ap = [None if math.isnan(a) else a for a in metrics["ap_per_class"].tolist()]
+    map_50 = float(metrics["map"])
     report = {
-        "command": "python -m detops "
-        + " ".join(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:]),
-        "map_50": float(metrics["map"]),
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "map_50": None if math.isnan(map_50) else map_50,
         "ap_per_class": dict(zip(class_names, ap, strict=True)),
         "iterations": result.iterations,
         "resumed_from": result.resumed_from,
@@ -313,9 +314,13 @@ def run_train(args: argparse.Namespace) -> int:
     tmp = output / ".metrics.json.tmp"
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     os.replace(tmp, output / "metrics.json")
+
+    def fmt(value: float | None, digits: int) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
     print(
-        f"val mAP@0.5 = {report['map_50']:.4f}  ("
-        + ", ".join(f"{n} {a:.3f}" for n, a in report["ap_per_class"].items())
+        f"val mAP@0.5 = {fmt(report['map_50'], 4)}  ("
+        + ", ".join(f"{n} {fmt(a, 3)}" for n, a in report["ap_per_class"].items())
         + f")\ntrain {report['train_seconds']} s, eval {report['eval_seconds']} s; "
         f"wrote {output / 'checkpoint.pt'}, {report['loss_curve']}, {output / 'metrics.json'}",
         flush=True,

@@ -79,22 +79,34 @@ def _is_inside(root_real: str, path: str | os.PathLike[str]) -> bool:
 def _scan(op: str, root: Path, keep: Callable[[str], bool]) -> list[str]:
     """Sorted POSIX paths relative to ``root`` of the files ``keep`` accepts (recursive).
 
-    Raises when a kept file resolves (through a symlink) outside ``root``.
+    Symlinked folders are followed (as ImageFolder does) unless they lead to one of their
+    own ancestors (a loop). Raises when a kept file or a followed folder resolves outside ``root``.
     """
     root_real = os.path.realpath(root)
     found = []
     escaping = []
-    for folder, dirs, files in os.walk(root):
+    for folder, dirs, files in os.walk(root, followlinks=True):
         dirs.sort()
+        folder_real = os.path.realpath(folder)
+        rel_folder = PurePosixPath(Path(folder).relative_to(root).as_posix())
+        if not _is_inside(root_real, folder_real):
+            escaping.append(f"{rel_folder}/")
+            dirs[:] = []
+            continue
+        if folder != str(root):
+            parent_real = os.path.realpath(os.path.dirname(folder))
+            if os.path.commonpath([folder_real, parent_real]) == folder_real:
+                dirs[:] = []  # a link to an ancestor: following it would never end
+                continue
         for name in files:
             if not keep(name):
                 continue
             full = os.path.join(folder, name)
-            rel = PurePosixPath(Path(full).relative_to(root).as_posix())
+            rel = str(rel_folder / name)
             if not _is_inside(root_real, full):
-                escaping.append(str(rel))
+                escaping.append(rel)
                 continue
-            found.append(str(rel))
+            found.append(rel)
     if escaping:
         raise ValueError(
             f"{op}: files must stay inside {str(root)!r}, got links pointing outside: "

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .._checks import shape_str
 from ..deltas import fcos_get_deltas_from_locations
-from ..inference import fcos_inference
+from ..inference import FCOSDetections, fcos_inference
 from ..locations import get_fpn_location_coords
 from ..losses import fcos_loss
 from ..matching import fcos_match_locations_to_gt
@@ -123,7 +123,7 @@ class FCOS(nn.Module):
         gt_boxes: Tensor | None = None,
         test_score_thresh: float | None = None,
         test_nms_thresh: float | None = None,
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+    ) -> dict[str, Tensor] | FCOSDetections:
         """Losses in training mode, detections in eval mode.
 
         Args:
@@ -137,9 +137,11 @@ class FCOS(nn.Module):
 
         Returns:
             Training: ``{"loss_cls", "loss_box", "loss_ctr"}`` scalars (the normalizer buffer
-            is updated). Eval: one dict per image with ``boxes [K, 4]`` (XYXY, absolute
-            pixels, clipped to the image), ``labels [K]`` (int64) and ``scores [K]``, sorted
-            by decreasing score, ready for :func:`detops.metrics.mean_average_precision`.
+            is updated). Eval: :class:`~detops.inference.FCOSDetections`, the padded
+            per-image ``boxes [B, K, 4]`` (XYXY, absolute pixels, clipped to the image),
+            ``classes [B, K]``, ``scores [B, K]`` (descending) and ``counts [B]``;
+            ``.as_dicts()`` gives the per-image ``boxes``/``labels``/``scores`` dicts that
+            :func:`detops.metrics.mean_average_precision` reads.
         """
         self._check_inputs(images, gt_boxes)
         strides = self.backbone.fpn_strides
@@ -191,7 +193,7 @@ class FCOS(nn.Module):
         pred_ctr_logits: dict[str, Tensor],
         score_thresh: float | None,
         nms_thresh: float | None,
-    ) -> list[dict[str, Tensor]]:
+    ) -> FCOSDetections:
         return fcos_inference(
             locations,
             self.backbone.fpn_strides,

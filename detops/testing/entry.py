@@ -31,6 +31,17 @@ def case_to_torch(value, dtype: torch.dtype, device: torch.device | str):
     return value
 
 
+def _tensors_to_numpy(value):
+    """Tensors to NumPy (floats as float64); Python scalars and strings stay as they are."""
+    if isinstance(value, torch.Tensor):
+        return to_numpy_tree(value)
+    if isinstance(value, dict):
+        return {k: _tensors_to_numpy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_tensors_to_numpy(v) for v in value)
+    return value
+
+
 @dataclass(frozen=True)
 class OpEntry:
     """One fast op, its NumPy reference, the inputs to try and how to compare.
@@ -64,8 +75,9 @@ class OpEntry:
 
     def reference_inputs(self, case: Case, dtype: torch.dtype) -> Case:
         """The case as the reference sees it: the values the op sees, in float64."""
-        as_torch = case_to_torch(case, dtype, "cpu")
-        return Case(to_numpy_tree(as_torch.args), to_numpy_tree(as_torch.kwargs))
+        args = case_to_torch(case.args, dtype, "cpu")
+        kwargs = case_to_torch(case.kwargs, dtype, "cpu")
+        return Case(_tensors_to_numpy(args), _tensors_to_numpy(kwargs))
 
     def run_op(self, case: Case, dtype: torch.dtype, device: torch.device | str):
         args = case_to_torch(case.args, dtype, device)

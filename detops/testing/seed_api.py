@@ -102,7 +102,8 @@ class Probe:
 
     ``departure`` is printed when the probe fails in one of ``departure_kinds`` ways and no
     mistake hint explains it. ``tolerance`` is used for a dtype the registry entry has no
-    tolerance for.
+    tolerance for. ``refuse`` marks an input outside the contract (NaN scores): the function
+    must raise (any exception), whatever the reference would compute.
     """
 
     label: str
@@ -111,6 +112,7 @@ class Probe:
     departure: str = ""
     tolerance: Tolerance | None = None
     departure_kinds: tuple[str, ...] = ("mismatch", "accepted")
+    refuse: bool = False
 
 
 @dataclass(frozen=True)
@@ -901,6 +903,7 @@ NMS = SeedSpec(
             "a NaN score is refused",
             _nms_probe([[0, 0, 10, 10], [1, 1, 11, 11]], [np.nan, 0.9], 0.5),
             departure=_NAN_DEPARTURE,
+            refuse=True,
         ),
         Probe(
             "float16 boxes",
@@ -976,7 +979,7 @@ def _focal_swapped_alpha(ref_case: Case, dtype: torch.dtype):
     x = np.asarray(a["inputs"], dtype=np.float64)
     t = np.asarray(a["targets"], dtype=np.float64)
     alpha, gamma = float(a["alpha"]), float(a["gamma"])
-    p = 1.0 / (1.0 + np.exp(-x))
+    p = np.exp(-np.logaddexp(0.0, -x))  # sigmoid without overflow
     ce = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
     p_t = p * t + (1 - p) * (1 - t)
     loss = ce * (1 - p_t) ** gamma

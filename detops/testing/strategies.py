@@ -22,6 +22,8 @@ __all__ = [
     "fpn_strides",
     "fpn_shapes",
     "summarize_case",
+    "fpn_locations",
+    "ltrb_deltas",
 ]
 
 
@@ -149,3 +151,43 @@ def fpn_shapes(draw, strides: dict[str, int], max_image: int = 96) -> dict[str, 
     return {
         level: (-(-height // stride), -(-width // stride)) for level, stride in strides.items()
     }
+
+
+@st.composite
+def fpn_locations(
+    draw, strides: dict[str, int], max_image: int = 64, offset: float | None = None
+) -> dict[str, np.ndarray]:
+    """Row-major grid locations ``[H*W, 2]`` per level, as get_fpn_location_coords makes
+    them: ``(s * (w + offset), s * (h + offset))`` for an image of random size. The offset
+    is 0.5 or 0 (integer-valued coordinates) unless given."""
+    shapes = draw(fpn_shapes(strides, max_image))
+    if offset is None:
+        offset = draw(st.sampled_from([0.5, 0.0]))
+    result = {}
+    for level, (height, width) in shapes.items():
+        stride = strides[level]
+        ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+        coords = np.stack(((xs.ravel() + offset) * stride, (ys.ravel() + offset) * stride), 1)
+        result[level] = coords.astype(np.float64).reshape(height * width, 2)
+    return result
+
+
+@st.composite
+def ltrb_deltas(draw, count: int, *, max_value: float = 64.0, background: bool = True):
+    """``[count, 4]`` FCOS deltas: positive rows, rows with exact zeros, and (with
+    ``background``) rows of four -1s and rows with one negative delta. Values are
+    float32-exact and either 0 or at least 1/64, so float32 products do not underflow."""
+    kinds = ["positive", "zeros"] + (["background", "negative"] if background else [])
+    rows = []
+    for _ in range(count):
+        kind = draw(st.sampled_from(kinds))
+        row = [draw(floats32(1.0 / 64, max_value)) for _ in range(4)]
+        if kind == "zeros":
+            for i in draw(st.sets(st.integers(0, 3), min_size=1)):
+                row[i] = 0.0
+        elif kind == "background":
+            row = [-1.0] * 4
+        elif kind == "negative":
+            row[draw(st.integers(0, 3))] = -draw(floats32(1.0 / 64, max_value))
+        rows.append(row)
+    return np.array(rows, dtype=np.float64).reshape(count, 4)

@@ -1,5 +1,5 @@
 """Registry entries, one module per op family. Add a family here to register it."""
 
-from . import boxes, locations, metrics
+from . import boxes, locations, losses, metrics, nms, targets
 
-FAMILIES = (locations, boxes, metrics)
+FAMILIES = (locations, boxes, metrics, losses, targets, nms)

@@ -163,19 +163,19 @@ def _bench_inputs(num_images, num_classes, dets_per_image, seed=0):
     return detections, ground_truths
 
 
+def _numpy_images(images):
+    return [
+        {k: v.double().numpy() if v.is_floating_point() else v.numpy() for k, v in item.items()}
+        for item in images
+    ]
+
+
 def _bench_setup(num_images, num_classes, dets_per_image, with_reference):
     def setup(device):
         dets, gts = _bench_inputs(num_images, num_classes, dets_per_image)
         dets_d = [{k: v.to(device) for k, v in d.items()} for d in dets]
         gts_d = [{k: v.to(device) for k, v in g.items()} for g in gts]
-        ref_dets = [
-            {k: v.double().numpy() if v.is_floating_point() else v.numpy() for k, v in d.items()}
-            for d in dets
-        ]
-        ref_gts = [
-            {k: v.double().numpy() if v.is_floating_point() else v.numpy() for k, v in g.items()}
-            for g in gts
-        ]
+        ref_dets, ref_gts = _numpy_images(dets), _numpy_images(gts)
         return BenchFunctions(
             detops=lambda: metrics.mean_average_precision(dets_d, gts_d, num_classes),
             peer=lambda: _devkit_style_map(dets, gts, num_classes),
