@@ -39,9 +39,7 @@ def _check_locations(op: str, locations: object, other: Tensor, other_name: str)
     return locations
 
 
-def _signed_stride(
-    op: str, stride: object, size: int, like: Tensor, dtype: torch.dtype
-) -> Tensor:
+def _signed_stride(op: str, stride: object, size: int, like: Tensor, dtype: torch.dtype) -> Tensor:
     """``[-s, -s, s, s]`` for every location, as a contiguous ``[L, 4]`` (so that the
     elementwise ops with ``[..., L, 4]`` operands run over one flat dimension)."""
     if isinstance(stride, Tensor):

@@ -343,9 +343,12 @@ def _focal_forward(inputs, targets, class_ids, alpha, gamma, reduction, want_gra
 class _SigmoidFocalLoss(torch.autograd.Function):
     """Forward computes loss and gradient together; backward only scales the gradient.
 
-    The saved gradient is scaled in place and handed to autograd: no second input-sized
-    allocation (and its page faults) in backward. A second backward through the same
-    graph (``retain_graph=True``) therefore raises instead of using a stale gradient.
+    The first backward scales the saved gradient in place and hands it to autograd: no
+    second input-sized allocation (and its page faults). A later backward through the same
+    graph (``retain_graph=True``, ``gradcheck``) recomputes the gradient from the saved
+    inputs. Saving ``inputs`` keeps a reference, not a copy: peak memory equals that of an
+    out-of-place backward (saved gradient + a new one) while the logits would otherwise be
+    freed, and is lower when the caller holds them anyway.
     """
 
     @staticmethod
@@ -354,24 +357,24 @@ class _SigmoidFocalLoss(torch.autograd.Function):
         loss, grad = _focal_forward(
             inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype
         )
-        ctx.reduction = reduction
-        ctx.numel = inputs.numel()
-        ctx.op = op
+        ctx.options = (alpha, gamma, reduction)
         ctx.grad = grad
+        if want_grad:
+            ctx.save_for_backward(inputs, targets, class_ids)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        grad = ctx.grad
-        if grad is None:
-            raise RuntimeError(
-                f"{ctx.op}: backward ran twice through one forward (retain_graph=True); "
-                "its saved gradient is scaled in place, so recompute the loss to backprop again"
+        alpha, gamma, reduction = ctx.options
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:  # a second backward: recompute (the first one consumed it)
+            inputs, targets, class_ids = ctx.saved_tensors
+            _, grad = _focal_forward(
+                inputs, targets, class_ids, alpha, gamma, "sum", True, inputs.dtype
             )
-        ctx.grad = None
-        if ctx.reduction == "mean":
-            grad_output = grad_output / max(ctx.numel, 1)
+        if reduction == "mean":
+            grad_output = grad_output / max(grad.numel(), 1)
         grad.mul_(grad_output)
         return grad, None, None, None, None, None, None, None
 

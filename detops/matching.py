@@ -270,7 +270,7 @@ def _match(
     else:
         kept = count if batch else 0
     if kept == 0:
-        return {name: gt.new_full((batch, size, 5), -1) for name, size in zip(names, sizes)}
+        return {name: gt.new_full((batch, n, 5), -1) for name, n in zip(names, sizes, strict=True)}
     order = order[:, :kept]
     edges = torch.gather(corners.permute(2, 0, 1), 2, order.expand(4, batch, kept))
     rows = torch.gather(gt, 1, order.unsqueeze(-1).expand(batch, kept, 5))

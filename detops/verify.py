@@ -70,11 +70,10 @@ DEFAULT_TIMEOUT = 10.0
 # Generated cases for user functions run in these dtypes (the seed works in float32);
 # other dtypes (float16) are covered by probes.
 USER_DTYPES = (torch.float32, torch.float64)
-# After the first failure, shrinking stops after this many seconds (the smallest failing
-# input found so far is reported).
-SHRINK_SECONDS = 10.0
-
-PASSING = ("PASS", "MISSING", "SKIPPED")
+# After the first failure, shrinking stops after this many drawn candidates or seconds,
+# whichever comes first (the smallest failing input found so far is reported).
+SHRINK_SECONDS = 20.0
+SHRINK_DRAWS = 1000
 
 
 class TargetError(Exception):
@@ -420,6 +419,63 @@ def format_value(value: Any, limit: int = 64) -> str:
     return repr(value)
 
 
+def _leaf_views(actual, expected, tol: Tolerance, limit: int) -> tuple[str, str]:
+    a, e = np.asarray(actual), np.asarray(expected)
+    if a.shape != e.shape or e.size <= limit or e.ndim == 0:
+        return format_value(e, limit), format_value(a, limit)
+    af, ef = a.astype(np.float64), e.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isclose(af, ef, atol=tol.atol, rtol=tol.rtol, equal_nan=True)
+    if not bad.any():
+        return format_value(e, limit), format_value(a, limit)
+    width = e.shape[-1] if e.ndim >= 2 else 1
+    rows = np.flatnonzero(bad.reshape(-1, width).any(axis=-1))
+    lead = e.shape[:-1] if e.ndim >= 2 else e.shape
+    shown = rows[:4]
+    views = []
+    for array in (e, a):
+        flat = array.reshape(-1, width)
+        parts = []
+        for row in shown:
+            index = tuple(int(i) for i in np.unravel_index(row, lead))
+            body = np.array2string(flat[row], precision=8, separator=", ")
+            parts.append(f"[{', '.join(map(str, index))}] {body}")
+        more = f" (+{len(rows) - len(shown)} more)" if len(rows) > len(shown) else ""
+        unit = "rows" if e.ndim >= 2 else "values"
+        views.append(
+            f"array{list(e.shape)} {array.dtype}, {len(rows)} of {flat.shape[0]} {unit} "
+            f"differ: " + "; ".join(parts) + more
+        )
+    return views[0], views[1]
+
+
+def diff_views(actual, expected, tol: Tolerance, limit: int = 64) -> tuple[str, str]:
+    """``(expected, actual)`` texts; for large outputs only the rows that differ."""
+    a, e = to_numpy_tree(actual), to_numpy_tree(expected)
+    if isinstance(e, Mapping) and isinstance(a, Mapping) and list(a) == list(e):
+        pairs = [(k, *diff_views(a[k], e[k], tol, limit)) for k in e]
+        differ = [p for p in pairs if p[1] != p[2]] or pairs
+        same = "" if len(differ) == len(pairs) else ", other entries equal"
+        return (
+            "{" + ", ".join(f"{k!r}: {x}" for k, x, _ in differ) + same + "}",
+            "{" + ", ".join(f"{k!r}: {y}" for k, _, y in differ) + same + "}",
+        )
+    if (
+        isinstance(e, (list, tuple))
+        and isinstance(a, (list, tuple))
+        and len(a) == len(e)
+        and not isinstance(e, np.ndarray)
+    ):
+        pairs = [diff_views(x, y, tol, limit) for y, x in zip(e, a, strict=True)]
+        return (
+            "(" + ", ".join(p[0] for p in pairs) + ")",
+            "(" + ", ".join(p[1] for p in pairs) + ")",
+        )
+    if isinstance(e, (Mapping, list, tuple)) or isinstance(a, (Mapping, list, tuple)):
+        return format_value(e, limit), format_value(a, limit)
+    return _leaf_views(a, e, tol, limit)
+
+
 def _parameter_names(fn: Callable[..., Any]) -> list[str]:
     try:
         return [
@@ -534,14 +590,18 @@ def _evaluate(
     if result.ok:
         return None, result.max_abs_error, result.max_rel_error
     context = HintContext(case, ref_case, dtype, "mismatch", actual, expected, tol)
+    try:
+        expected_text, actual_text = diff_views(actual, expected, tol)
+    except Exception:  # a view is a convenience; never let it break the report
+        expected_text, actual_text = format_value(expected), format_value(actual)
     return (
         Failure(
             "mismatch",
             "the output differs from the reference",
             dname,
             text,
-            expected=format_value(expected),
-            actual=format_value(actual),
+            expected=expected_text,
+            actual=actual_text,
             detail=result.message,
             probe=probe,
             context=context,
@@ -627,11 +687,32 @@ class _Stop(BaseException):
 
 
 def _search(
-    check: _Check, strategy, dtype: torch.dtype, examples: int, seed: int, shrink_seconds: float
+    check: _Check,
+    strategy,
+    dtype: torch.dtype,
+    examples: int,
+    seed: int,
+    shrink: tuple[float, int],
 ) -> tuple[Failure | None, int, float, float, str]:
-    """Hypothesis search with shrinking. Returns (failure, cases, max abs, max rel, error)."""
+    """Hypothesis search with shrinking. Returns (failure, cases, max abs, max rel, error).
+
+    Shrinking stops after ``shrink = (seconds, draws)``, whichever comes first; the draw
+    count keeps the result reproducible for a seed, the time limit bounds slow draws."""
     tol = _tolerance(check.entry, dtype, None)
-    state: dict[str, Any] = {"cases": 0, "abs": 0.0, "rel": 0.0, "last": None, "stop": None}
+    shrink_seconds, shrink_draws = shrink
+    state: dict[str, Any] = {
+        "cases": 0,
+        "abs": 0.0,
+        "rel": 0.0,
+        "last": None,
+        "stop": None,
+        "draws": 0,
+    }
+
+    def exhausted() -> bool:
+        return state["stop"] is not None and (
+            time.monotonic() > state["stop"] or state["draws"] > shrink_draws
+        )
 
     @hypothesis.seed(seed)
     @settings(
@@ -645,9 +726,18 @@ def _search(
         verbosity=Verbosity.quiet,
         print_blob=False,
     )
-    @given(case=strategy)
+    def tick(case):
+        # Shrinking also spends time drawing candidates that never reach ``run``: count and
+        # check the budget on every drawn case.
+        if state["stop"] is not None:
+            state["draws"] += 1
+        if exhausted():
+            raise _Stop()
+        return case
+
+    @given(case=strategy.map(tick))
     def run(case):
-        if state["stop"] is not None and time.monotonic() > state["stop"]:
+        if exhausted():
             raise _Stop()
         failure, max_abs, max_rel = _evaluate(check, case, dtype, tol)
         if state["stop"] is None:  # count cases up to the first failure, not the shrinking
@@ -707,7 +797,7 @@ def _run_function(
     guard: GuardedCall | None,
     examples: int,
     seed: int,
-    shrink_seconds: float,
+    shrink: tuple[float, int],
 ) -> FunctionReport:
     """Probes (through ``probe_run``, seed-shaped cases, ``probe_hints``), then hypothesis
     search per dtype (through ``check.run``, registry-shaped cases, ``check.hints``)."""
@@ -754,7 +844,7 @@ def _run_function(
         if guard is not None and guard.hung:
             break
         failure, cases, max_abs, max_rel, error = _search(
-            check, strategy_for(), dtype, examples, seed, shrink_seconds
+            check, strategy_for(), dtype, examples, seed, shrink
         )
         report.cases += cases
         report.max_abs_error = max(report.max_abs_error, max_abs)
@@ -793,7 +883,7 @@ def _verify_registry(
     seed: int,
     timeout: float,
     device: str,
-    shrink_seconds: float,
+    shrink: tuple[float, int],
 ) -> list[FunctionReport]:
     entries = list(REGISTRY)
     if names:
@@ -827,7 +917,7 @@ def _verify_registry(
             guard,
             examples,
             seed,
-            shrink_seconds,
+            shrink,
         )
         report.origin = f"{entry.op.__module__}.{entry.op.__name__}"
         reports.append(report)
@@ -841,7 +931,7 @@ def _verify_functions(
     seed: int,
     timeout: float,
     device: str,
-    shrink_seconds: float,
+    shrink: tuple[float, int],
     dtypes: Sequence[torch.dtype] | None,
 ) -> list[FunctionReport]:
     assert target.functions is not None
@@ -887,7 +977,7 @@ def _verify_functions(
             guard,
             examples,
             seed,
-            shrink_seconds,
+            shrink,
         )
         report.origin = target.origins.get(name, "")
         reports.append(report)
@@ -903,6 +993,7 @@ def verify(
     timeout: float = DEFAULT_TIMEOUT,
     device: str = "cpu",
     shrink_seconds: float = SHRINK_SECONDS,
+    shrink_draws: int = SHRINK_DRAWS,
     dtypes: Sequence[torch.dtype] | None = None,
 ) -> VerifyReport:
     """Check ``target`` and return the report (nothing is printed).
@@ -915,7 +1006,8 @@ def verify(
         seed: hypothesis seed; the same seed gives the same cases.
         timeout: per-call time limit in seconds for the function under test.
         device: where the inputs live.
-        shrink_seconds: how long to keep shrinking after the first failure per dtype.
+        shrink_seconds, shrink_draws: shrinking after the first failure (per dtype) stops
+            after this many seconds or drawn candidates, whichever comes first.
         dtypes: dtypes of the generated cases for a target with functions (default
             float32 and float64, where the registry entry has tolerances for them).
     """
@@ -924,11 +1016,12 @@ def verify(
     start = time.monotonic()
     if target.functions is None:
         mode = "registry"
-        functions = _verify_registry(names, examples, seed, timeout, device, shrink_seconds)
+        shrink = (shrink_seconds, shrink_draws)
+        functions = _verify_registry(names, examples, seed, timeout, device, shrink)
     else:
         mode = "functions"
         functions = _verify_functions(
-            target, names, examples, seed, timeout, device, shrink_seconds, dtypes
+            target, names, examples, seed, timeout, device, (shrink_seconds, shrink_draws), dtypes
         )
     return VerifyReport(
         target=target.label,

@@ -274,6 +274,7 @@ def test_normalizer_is_a_buffer_that_round_trips_through_state_dict(tiny_fcos):
     "row, message",
     [
         ([float("nan"), 0.0, 10.0, 10.0, 1.0], "must not contain NaN"),
+        ([0.0, 0.0, float("inf"), 10.0, 1.0], "must not contain NaN or inf"),
         ([20.0, 0.0, 10.0, 10.0, 1.0], "inverted box"),
         ([0.0, 20.0, 10.0, 10.0, 1.0], "inverted box"),
         ([0.0, 0.0, 10.0, 10.0, 4.0], r"classes must be integers in \[0, 4\)"),

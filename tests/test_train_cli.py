@@ -12,6 +12,8 @@ from PIL import Image
 from detops.cli import build_parser, main
 from detops.training import load_checkpoint
 
+pytestmark = pytest.mark.slow
+
 TINY = [
     "--num-train", "4", "--num-val", "2", "--image-size", "64", "--batch-size", "2",
     "--iterations", "2", "--fpn-channels", "8", "--stem-channels", "8",

@@ -297,6 +297,7 @@ def fresh(fcos_and_init) -> FCOS:
     return model.train()
 
 
+@pytest.mark.slow
 def test_fcos_overfits_four_images(synthetic_four, fcos_and_init):
     model = fresh(fcos_and_init)
     loader = DataLoader(synthetic_four, batch_size=4, shuffle=False)

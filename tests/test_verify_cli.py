@@ -23,7 +23,13 @@ from detops.verify import GuardedCall, load_target, verify
 
 IMPLS = Path(__file__).parent / "impls"
 ENTRY_NAMES = {entry.name for entry in REGISTRY}
-FAST = {"examples": 10, "shrink_seconds": 1.0, "timeout": 5.0, "dtypes": (torch.float32,)}
+FAST = {
+    "examples": 10,
+    "shrink_seconds": 30.0,
+    "shrink_draws": 150,
+    "timeout": 5.0,
+    "dtypes": (torch.float32,),
+}
 
 
 def needs_entry(name: str):

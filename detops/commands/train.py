@@ -22,7 +22,7 @@ arguments resumes from it exactly), loss_curve.png and metrics.json.
 _EPILOG = """\
 examples:
   python -m detops train --data synthetic
-  python -m detops train --data synthetic --image-size 96 --iterations 400 --output-dir runs/s
+  python -m detops train --data synthetic --threads 1 --output-dir runs/synthetic
   python -m detops train --data ~/voc2007 --image-size 224 --iterations 9000 --device cuda \\
       --backbone-weights IMAGENET1K_V2
   python -m detops detect --checkpoint runs/train/checkpoint.pt photo.jpg
@@ -68,9 +68,9 @@ def add_parser(subparsers) -> None:
     data.add_argument(
         "--image-size",
         type=int,
-        default=96,
+        default=64,
         help="square input side in pixels: Resize + CenterCrop; also the synthetic images' "
-        "size (default: 96)",
+        "size (default: 64)",
     )
     data.add_argument(
         "--max-boxes", type=int, default=40, help="GT rows per image after padding (default: 40)"
@@ -87,9 +87,10 @@ def add_parser(subparsers) -> None:
         "--stem-channels",
         type=int,
         nargs="+",
-        default=[64, 64],
+        default=[64],
         metavar="C",
-        help="channels of each head stem conv, one number per conv (default: 64 64)",
+        help="channels of each head stem conv, one number per conv; '256 256 256 256' is "
+        "the FCOS paper's head (default: 64, one conv)",
     )
     model.add_argument(
         "--backbone-weights",
@@ -108,7 +109,7 @@ def add_parser(subparsers) -> None:
 
     optim = parser.add_argument_group("optimization")
     optim.add_argument(
-        "--iterations", type=int, default=250, help="SGD steps in total (default: 250)"
+        "--iterations", type=int, default=300, help="SGD steps in total (default: 300)"
     )
     optim.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
     optim.add_argument("--lr", type=float, default=0.02, help="peak learning rate (default: 0.02)")

@@ -96,8 +96,10 @@ class FCOS(nn.Module):
                 f"{_NAME}: gt_boxes must have shape [B, N, 5] with B = {images.shape[0]} "
                 f"(the images' batch), got {shape_str(gt_boxes)}"
             )
-        if bool(torch.isnan(gt_boxes).any()):
-            raise ValueError(f"{_NAME}: gt_boxes must not contain NaN, got NaN entries")
+        if not bool(torch.isfinite(gt_boxes).all()):
+            raise ValueError(
+                f"{_NAME}: gt_boxes must not contain NaN or inf, got non-finite entries"
+            )
         real = gt_boxes[..., 4] != -1
         inverted = real & (
             (gt_boxes[..., 2] < gt_boxes[..., 0]) | (gt_boxes[..., 3] < gt_boxes[..., 1])
@@ -129,7 +131,7 @@ class FCOS(nn.Module):
         Args:
             images (Tensor[B, 3, H, W]): normalized images.
             gt_boxes (Tensor[B, N, 5]): training only; ``(x1, y1, x2, y2, class)`` rows in
-                absolute pixels of ``images``, padding rows all -1. NaN, an inverted box
+                absolute pixels of ``images``, padding rows all -1. NaN or inf, an inverted box
                 (``x2 < x1`` or ``y2 < y1``) or a class outside ``[0, num_classes)`` raises
                 ``ValueError`` before any computation.
             test_score_thresh, test_nms_thresh (float, optional): eval only; default to the

@@ -108,10 +108,10 @@ def nms(boxes, scores, iou_threshold=0.5):
     if torch.isnan(scores).any() or torch.isnan(boxes).any():
         raise ValueError("nms: NaN in boxes or scores")
     order = torch.sort(scores.to(torch.float64), descending=True, stable=True).indices
-    iou = box_iou(boxes.to(torch.float64), boxes.to(torch.float64))
+    iou = box_iou(boxes.to(torch.float64), boxes.to(torch.float64)).tolist()
     keep = []
     for i in order.tolist():
-        if all(iou[i, k] <= iou_threshold for k in keep):
+        if all(iou[i][k] <= iou_threshold for k in keep):
             keep.append(i)
     return torch.tensor(keep, dtype=torch.int64, device=boxes.device)
 

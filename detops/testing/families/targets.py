@@ -378,62 +378,89 @@ def _numpy(value):
 
 
 def _bench(kind, height, width, strides, rows, real, with_reference):
+    """``setup(device)`` for one benchmark: detops, the seed-style peer and (at the small
+    size) the NumPy reference of op ``kind``, on the same inputs."""
+
     def setup(device):
         locations, gt, flat_locations, flat_strides = benchmark_inputs(
             height, width, strides, rows, real, device
         )
-        args = (locations, strides, gt)
-        reference = None
+        # The deltas/centerness benchmarks start from matched boxes (built here, untimed).
+        matched = matching.fcos_match_locations_to_gt(locations, strides, gt)
+        boxes = torch.cat(list(matched.values()), dim=1)
+        ltrb = deltas.fcos_get_deltas_from_locations(flat_locations, boxes, flat_strides)
+        levels = [(locations[k], matched[k], strides[k]) for k in matched]
+        seed_ltrb = [[seed_style_deltas(loc, m[b], s) for loc, m, s in levels] for b in range(16)]
+        np_locations, np_gt = _numpy(locations), _numpy(gt)
+        np_flat = (_numpy(flat_locations), _numpy(flat_strides))
+
         if kind == "match":
-            detops_fn = lambda: matching.fcos_match_locations_to_gt(*args)  # noqa: E731
-            peer = lambda: [seed_style_match(locations, strides, image) for image in gt]  # noqa: E731
-            if with_reference:
-                np_args = (_numpy(locations), strides, _numpy(gt))
-                reference = lambda: ref_matching.fcos_match_locations_to_gt(*np_args)  # noqa: E731
+
+            def ours():
+                return matching.fcos_match_locations_to_gt(locations, strides, gt)
+
+            def peer():
+                return [seed_style_match(locations, strides, image) for image in gt]
+
+            def ref():
+                return ref_matching.fcos_match_locations_to_gt(np_locations, strides, np_gt)
+
         elif kind == "targets":
-            full = (*args, flat_locations, flat_strides)
-            detops_fn = lambda: detops_targets(*full)  # noqa: E731
-            peer = lambda: seed_style_targets(*args)  # noqa: E731
-            if with_reference:
-                np_full = (_numpy(locations), strides, _numpy(gt), _numpy(flat_locations))
-                np_full += (_numpy(flat_strides),)
-                reference = lambda: reference_targets(*np_full)  # noqa: E731
+
+            def ours():
+                return detops_targets(locations, strides, gt, flat_locations, flat_strides)
+
+            def peer():
+                return seed_style_targets(locations, strides, gt)
+
+            def ref():
+                return reference_targets(np_locations, strides, np_gt, *np_flat)
+
+        elif kind == "deltas":
+
+            def ours():
+                return deltas.fcos_get_deltas_from_locations(flat_locations, boxes, flat_strides)
+
+            def peer():
+                return [
+                    [seed_style_deltas(loc, m[b], s) for loc, m, s in levels] for b in range(16)
+                ]
+
+            np_boxes = _numpy(boxes)
+
+            def ref():
+                return ref_deltas.fcos_get_deltas_from_locations(np_flat[0], np_boxes, np_flat[1])
+
+        elif kind == "apply":
+
+            def ours():
+                return deltas.fcos_apply_deltas_to_locations(ltrb, flat_locations, flat_strides)
+
+            def peer():
+                return [
+                    [seed_style_apply(d, loc, s) for d, (loc, _, s) in zip(ds, levels, strict=True)]
+                    for ds in seed_ltrb
+                ]
+
+            np_ltrb = _numpy(ltrb)
+
+            def ref():
+                return ref_deltas.fcos_apply_deltas_to_locations(np_ltrb, *np_flat)
+
         else:
-            matched = matching.fcos_match_locations_to_gt(*args)
-            boxes = torch.cat(list(matched.values()), dim=1)
-            level_deltas = deltas.fcos_get_deltas_from_locations(flat_locations, boxes, flat_strides)
-            per_level = [(locations[k], matched[k], strides[k]) for k in matched]
-            seed_deltas = [
-                [seed_style_deltas(loc, m[b], s) for loc, m, s in per_level] for b in range(len(gt))
-            ]
-            if kind == "deltas":
-                detops_fn = lambda: deltas.fcos_get_deltas_from_locations(  # noqa: E731
-                    flat_locations, boxes, flat_strides
-                )
-                peer = lambda: [  # noqa: E731
-                    [seed_style_deltas(loc, m[b], s) for loc, m, s in per_level]
-                    for b in range(len(gt))
-                ]
-                np_args = (_numpy(flat_locations), _numpy(boxes), _numpy(flat_strides))
-                ref_fn = ref_deltas.fcos_get_deltas_from_locations
-            elif kind == "apply":
-                detops_fn = lambda: deltas.fcos_apply_deltas_to_locations(  # noqa: E731
-                    level_deltas, flat_locations, flat_strides
-                )
-                peer = lambda: [  # noqa: E731
-                    [seed_style_apply(d, loc, s) for d, (loc, _, s) in zip(ds, per_level)]
-                    for ds in seed_deltas
-                ]
-                np_args = (_numpy(level_deltas), _numpy(flat_locations), _numpy(flat_strides))
-                ref_fn = ref_deltas.fcos_apply_deltas_to_locations
-            else:
-                detops_fn = lambda: deltas.fcos_make_centerness_targets(level_deltas)  # noqa: E731
-                peer = lambda: [[seed_style_centerness(d) for d in ds] for ds in seed_deltas]  # noqa: E731
-                np_args = (_numpy(level_deltas),)
-                ref_fn = ref_deltas.fcos_make_centerness_targets
-            if with_reference:
-                reference = lambda: ref_fn(*np_args)  # noqa: E731
-        return BenchFunctions(detops=detops_fn, peer=peer, reference=reference)
+
+            def ours():
+                return deltas.fcos_make_centerness_targets(ltrb)
+
+            def peer():
+                return [[seed_style_centerness(d) for d in ds] for ds in seed_ltrb]
+
+            np_ltrb = _numpy(ltrb)
+
+            def ref():
+                return ref_deltas.fcos_make_centerness_targets(np_ltrb)
+
+        return BenchFunctions(detops=ours, peer=peer, reference=ref if with_reference else None)
 
     return setup
 
