@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 
@@ -49,16 +50,20 @@ def _signed_stride(op: str, stride: object, size: int, like: Tensor, dtype: torc
                 f"Tensor{shape_str(stride)}"
             )
         check_same_device(op, stride=stride, locations=like)
-        sign = torch.tensor([-1, -1, 1, 1], dtype=dtype, device=like.device)
-        return stride.unsqueeze(-1).to(dtype) * sign
+        return stride.unsqueeze(-1) * _sign(dtype, like.device)
     if isinstance(stride, bool) or not isinstance(stride, (int, float)):
         raise TypeError(
             f"{op}: stride must be a positive number or a Tensor[L], got {type(stride).__name__}"
         )
     if not stride > 0 or math.isinf(stride):
         raise ValueError(f"{op}: stride must be a positive finite number, got {stride!r}")
-    s = float(stride)
-    return torch.tensor([-s, -s, s, s], dtype=dtype, device=like.device).repeat(size, 1)
+    return _sign(dtype, like.device).mul(float(stride)).repeat(size, 1)
+
+
+@functools.lru_cache(maxsize=32)
+def _sign(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[-1, -1, 1, 1]`` (never modified in place)."""
+    return torch.tensor([-1, -1, 1, 1], dtype=dtype, device=device)
 
 
 def _result_dtype(*tensors: object) -> torch.dtype:
@@ -132,7 +137,8 @@ def fcos_get_deltas_from_locations(
         background = rows == minus_ones  # [..., L, 1]
     else:
         background = (deltas == -1).all(dim=-1, keepdim=True)
-    locations = locations.to(dtype)
+    if locations.dtype != dtype:
+        locations = locations.to(dtype)
     deltas.sub_(torch.cat((locations, locations), dim=-1)).div_(denominator)
     if wide is not None:
         rows.masked_fill_(background, minus_ones)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -284,25 +285,34 @@ def _match(
     consts = [tuple(ranges[n][1] for n in names), tuple(ranges[n][0] for n in names)]
     if radius is not None:
         consts.append(tuple(radius * strides[n] for n in names))
-    consts = _constant(tuple(consts), f64, device).view(-1, len(names), 1, 1, 1)
+    high, low, *reach = (
+        _constant(tuple(consts), f64, device).view(-1, len(names), 1, 1, 1).unbind(0)
+    )
     top_left, bottom_right = edges[:2], edges[2:]  # [2, B, kept]
-    lower = torch.maximum(top_left, bottom_right - consts[0])  # [Lv, 2, B, kept]
-    upper = torch.minimum(bottom_right, top_left + consts[0])
+    lower = torch.maximum(top_left, bottom_right - high)  # [Lv, 2, B, kept]
+    upper = torch.minimum(bottom_right, top_left + high)
     if radius is not None:
         centre = (top_left + bottom_right) * 0.5
-        lower = torch.maximum(lower, centre - consts[2])
-        upper = torch.minimum(upper, centre + consts[2])
-    inner_lo, inner_hi = bottom_right - consts[1], top_left + consts[1]
+        lower = torch.maximum(lower, centre - reach[0])
+        upper = torch.minimum(upper, centre + reach[0])
+    inner_lo, inner_hi = bottom_right - low, top_left + low
     bounds = (lower, upper, inner_lo, inner_hi)
 
     # ``sums[g]``: 0.5 + the weight sum of group g at every location, level-major:
     # level i fills the contiguous block [B * start_i, B * (start_i + L_i)) as [B, L_i].
     total = batch * sum(sizes)
     sums = [corners.new_empty(total) for _ in groups]
-    shapes, coords = _grid_shapes(locations, sizes) if detect_grid else (None, None)
+    shapes, index, coords = _grid_shapes(locations, sizes) if detect_grid else (None, None, None)
     grids = {name: shape for name, shape in zip(names, shapes or (), strict=False) if shape}
     if grids:
-        bits = _grid_axis_bits(coords, bounds, groups)
+        # Rows of bits from the first grid level that tests the inner box onwards (all
+        # later grid levels must test it too, as with the default ranges in stride order).
+        needs = [i for i, n in enumerate(names) if shapes[i] and ranges[n][0] > 0]
+        later = [i for i, n in enumerate(names) if shapes[i] and i > (needs or [0])[0]]
+        first_inner = None
+        if needs:
+            first_inner = index.rows[needs[0]][0] if set(later) <= set(needs) else 0
+        bits = _grid_axis_bits(coords, index, tuple(shapes), bounds, groups, first_inner)
     start = 0
     for i, name in enumerate(names):
         block = slice(batch * start, batch * (start + sizes[i]))
@@ -311,7 +321,8 @@ def _match(
             continue
         inner = ranges[name][0] > 0  # m > low <= 0 holds for every inside location
         if name in grids:
-            _grid_sums(bits, i, grids[name], groups, inner, [t[block] for t in sums])
+            targets = [t[block] for t in sums]
+            _grid_sums(bits, index.rows[i], grids[name], groups, inner, targets)
         else:
             level_bounds = tuple(b[i] for b in bounds)
             parts = _dense_sums(level_bounds, locations[name], groups, inner, chunk_elements)
@@ -355,50 +366,90 @@ def _decode(sums: list[Tensor], groups, batch: int, kept: int, sizes: tuple, dev
     return picked
 
 
-@functools.lru_cache(maxsize=16)
-def _grid_index(sizes: tuple, shapes: tuple, device: torch.device) -> tuple[Tensor, Tensor, int]:
-    """Index tensors into the flat ``[x0, y0, x1, y1, ...]`` locations of all levels.
+class _GridIndex(NamedTuple):
+    coords: Tensor  # [S]: flat indices of every grid level's x-values, then its y-values
+    owner: Tensor  # [S]: row (2 * level + axis) of the bounds each coordinate is tested with
+    rebuild: Tensor  # [2 * sum(L)]: each flat entry's position in cat(flat[coords], flat)
+    rows: dict  # level -> (first x row, first y row) in ``coords``
 
-    ``coords``: per level, its grid x-values, then its grid y-values, each padded to
-    ``span`` entries (a non-grid level's are all padding). ``rebuild``: for every flat
-    entry, where its value sits in ``cat(flat[coords], flat)`` if the levels are the grids
-    ``shapes`` describe (a non-grid level's entries point at themselves in ``flat``).
+
+@functools.lru_cache(maxsize=16)
+def _grid_index(sizes: tuple, shapes: tuple, device: torch.device) -> _GridIndex:
+    """Index tensors for the grid levels ``shapes`` (``(H, W)`` or None per level).
+
+    ``flat`` is all locations as ``[x0, y0, x1, y1, ...]``. ``rebuild`` maps every entry
+    of a grid level to its grid x-value or y-value (and every entry of another level to
+    itself), so ``cat(flat[coords], flat)[rebuild] == flat`` exactly when the grid levels
+    are the grids ``shapes`` says.
     """
-    span = max(max(shape) for shape in shapes if shape)
-    coords, rebuild = [], []
+    coords, owner, rebuild, rows = [], [], [], {}
+    total = sum(h + w for h, w in (shape for shape in shapes if shape))
     start = 0
-    past = 2 * span * len(sizes)
     for level, (size, shape) in enumerate(zip(sizes, shapes, strict=True)):
         if not shape:
-            coords.extend([0] * (2 * span))  # padding columns are never read
-            rebuild.extend(range(past + 2 * start, past + 2 * (start + size)))
+            rebuild.extend(range(total + 2 * start, total + 2 * (start + size)))
             start += size
             continue
         height, width = shape
+        x_row = len(coords)
         coords.extend(range(2 * start, 2 * (start + width), 2))
-        coords.extend([0] * (span - width))
-        coords.extend(range(2 * start + 1, 2 * (start + height * width), 2 * width))
-        coords.extend([0] * (span - height))
-        base = 2 * span * level
+        y_row = len(coords)
+        coords.extend(range(2 * start + 1, 2 * (start + size), 2 * width))
+        owner.extend([2 * level] * width + [2 * level + 1] * height)
         for k in range(size):
-            rebuild.extend((base + k % width, base + span + k // width))
+            rebuild.extend((x_row + k % width, y_row + k // width))
+        rows[level] = (x_row, y_row)
         start += size
-    return torch.tensor(coords, device=device), torch.tensor(rebuild, device=device), span
+
+    def as_tensor(values):
+        return torch.tensor(values, dtype=torch.int64, device=device)
+
+    return _GridIndex(as_tensor(coords), as_tensor(owner), as_tensor(rebuild), rows)
 
 
-def _grid_shapes(locations: Mapping[str, Tensor], sizes: list[int]) -> tuple[list, Tensor]:
-    """Per level, ``(H, W)`` if its rows are ``(xs[k % W], ys[k // W])`` (else None), and
-    every grid level's x-values and y-values as ``[Lv, 2, span]`` float64 (or None).
+# The grid shapes last found for a tuple of level sizes: a hint, always verified.
+_SHAPE_HINTS: dict[tuple, tuple] = {}
 
-    The positions where y changes between consecutive rows give each level's row length;
-    one comparison of all locations with the grids rebuilt from their first row and first
-    column then confirms every level at once. Reads the change positions and one boolean
-    back from the tensors (CPU only).
+
+def _grid_shapes(locations: Mapping[str, Tensor], sizes: list[int]):
+    """Per level, ``(H, W)`` if its rows are ``(xs[k % W], ys[k // W])`` (else None); with
+    the grid index and the grid levels' x-values and y-values (float64), or None.
+
+    Candidate shapes come from the last call with the same level sizes, or else from the
+    positions where y changes between consecutive rows. One comparison of all locations
+    with the grids rebuilt from their first row and first column then confirms every
+    level at once (a failed hint falls back to the search). Reads at most the change
+    positions and two booleans back from the tensors (CPU only).
     """
-    shapes = [None] * len(sizes)
     if not any(sizes):
-        return shapes, None
+        return [None] * len(sizes), None, None
     flat = torch.cat(list(locations.values())).to(torch.float64).view(-1)
+    key = tuple(sizes)
+    hint = _SHAPE_HINTS.get(key)
+    if hint is not None:
+        index = _grid_index(key, hint, flat.device)
+        coords = flat.index_select(0, index.coords)
+        if torch.equal(torch.cat((coords, flat)).index_select(0, index.rebuild), flat):
+            return list(hint), index, coords
+    shapes = _search_shapes(flat, sizes)
+    if any(shapes):
+        index = _grid_index(key, tuple(shapes), flat.device)
+        coords = flat.index_select(0, index.coords)
+        if not torch.equal(torch.cat((coords, flat)).index_select(0, index.rebuild), flat):
+            shapes = _verify_each(flat, sizes, shapes)  # some level is not a grid: find it
+    if len(_SHAPE_HINTS) > 64:
+        _SHAPE_HINTS.clear()
+    _SHAPE_HINTS[key] = tuple(shapes)
+    if not any(shapes):
+        return shapes, None, None
+    index = _grid_index(key, tuple(shapes), flat.device)
+    return shapes, index, flat.index_select(0, index.coords)
+
+
+def _search_shapes(flat: Tensor, sizes: list[int]) -> list:
+    """Candidate ``(H, W)`` per level from the positions where y changes: a level is a
+    candidate grid when its rows start exactly every W locations."""
+    shapes = [None] * len(sizes)
     ys = flat[1::2]
     changes = torch.nonzero(ys[1:] != ys[:-1]).view(-1).tolist()  # row k starts at c + 1
     start = position = 0
@@ -414,17 +465,7 @@ def _grid_shapes(locations: Mapping[str, Tensor], sizes: list[int]) -> tuple[lis
         if size and starts == list(range(width, size, width)) and size % width == 0:
             shapes[level] = (size // width, width)
         start = end
-    if not any(shapes):
-        return shapes, None
-    index, rebuild, span = _grid_index(tuple(sizes), tuple(shapes), flat.device)
-    coords = flat.index_select(0, index)
-    if not torch.equal(torch.cat((coords, flat)).index_select(0, rebuild), flat):
-        shapes = _verify_each(flat, sizes, shapes)  # some level is not a grid: find it
-        if not any(shapes):
-            return shapes, None
-        index, _, span = _grid_index(tuple(sizes), tuple(shapes), flat.device)
-        coords = flat.index_select(0, index)
-    return shapes, coords.view(len(sizes), 2, span)
+    return shapes
 
 
 def _verify_each(flat: Tensor, sizes: list[int], shapes: list) -> list:
@@ -442,51 +483,65 @@ def _verify_each(flat: Tensor, sizes: list[int], shapes: list) -> list:
     return kept
 
 
-def _grid_axis_bits(coords: Tensor, bounds, groups) -> Tensor:
+def _grid_axis_bits(
+    coords: Tensor, index: _GridIndex, shapes: tuple, bounds, groups, first_inner: int | None
+) -> Tensor:
     """Per-axis tests of every grid level at once, as weighted float64 factors.
 
-    ``coords [Lv, 2, C]`` holds level i's x-values in ``coords[i, 0, :W]`` and its
-    y-values in ``coords[i, 1, :H]``. Returns ``bits [Lv, 2 (axis), C, 2 (variant), B,
-    kept]``: variant 0 is ``X * weight`` on the x axis and ``Y`` on the y axis; variant 1
-    is ``X * Xin * weight`` and ``-(Y * Yin)``, so that per level
-    ``Y0 @ X0 + Y1 @ X1 = sum_j weight_j * X * Y * (1 - Xin * Yin)``. Boxes are the
-    innermost dimension (``B * kept`` long) so the elementwise kernels run long rows.
+    Row r of the result tests coordinate ``coords[r]`` (an x-value or a y-value of some
+    grid level) against every image and box: ``bits [S, 2 (variant), B, kept]``. On x rows
+    variant 0 is ``X * weight`` and variant 1 ``X * Xin * weight``; on y rows variant 0 is
+    ``Y`` and variant 1 ``-(Y * Yin)``, so that per level
+    ``Y0 @ X0 + Y1 @ X1 = sum_j weight_j * X * Y * (1 - Xin * Yin)``. Image and box are
+    the innermost dimensions (``B * kept`` long) so the elementwise kernels run long rows.
     """
     levels, _, batch, kept = bounds[0].shape
-    span = coords.shape[-1]
-    coords = coords.unsqueeze(-1)
-    lower, upper, inner_lo, inner_hi = (b.view(levels, 2, 1, batch * kept) for b in bounds)
-    inside = (coords > lower) & (coords < upper)  # [Lv, 2, C, B * kept]
-    inner = inside & (coords >= inner_lo) & (coords <= inner_hi)
-    factors = _factors(groups, batch, coords.device)  # [2 (variant), 2 (axis), 1, B * kept]
-    bits = coords.new_empty(levels, 2, span, 2, batch * kept)
-    torch.mul(inside, factors[0], out=bits[:, :, :, 0])
-    torch.mul(inner, factors[1], out=bits[:, :, :, 1])
-    return bits.view(levels, 2, span, 2, batch, kept)
+    per_row = torch.stack(bounds, dim=2).view(levels * 2, 4, batch * kept)
+    lower, upper, inner_lo, inner_hi = per_row.index_select(0, index.owner).unbind(1)
+    coords = coords.unsqueeze(1)  # [S, 1]
+    inside = (coords > lower) & (coords < upper)  # [S, B * kept]
+    factors = _factors(shapes, groups, batch, coords.device)  # [2, S, B * kept]
+    bits = coords.new_empty(len(coords), 2, batch * kept)
+    # (uint8 views: the bool-times-float kernel is several times slower on CPU)
+    torch.mul(inside.view(torch.uint8), factors[0], out=bits[:, 0])
+    if first_inner is not None:  # variant 1 only on the rows of levels that read it
+        rows = slice(first_inner, None)
+        inner = inside[rows] & (coords[rows] >= inner_lo[rows]) & (coords[rows] <= inner_hi[rows])
+        torch.mul(inner.view(torch.uint8), factors[1, rows], out=bits[rows, 1])
+    return bits.view(len(coords), 2, batch, kept)
 
 
 @functools.lru_cache(maxsize=16)
-def _factors(groups: tuple, batch: int, device: torch.device) -> Tensor:
-    """Per variant and axis, the factor of every (image, box) column (see ``bits``)."""
-    weights = torch.tensor(_weights(groups), dtype=torch.float64, device=device)
+def _factors(shapes: tuple, groups: tuple, batch: int, device: torch.device) -> Tensor:
+    """``[2 (variant), S, B * kept]``: the factor of every (image, box) column on every
+    row of ``bits`` (x rows: the box weight; y rows: 1, and -1 for variant 1)."""
+    weights = torch.tensor(_weights(groups), dtype=torch.float64, device=device).repeat(batch)
+    is_x = torch.tensor(
+        [
+            x
+            for height, width in (s for s in shapes if s)
+            for x in [True] * width + [False] * height
+        ],
+        device=device,
+    ).unsqueeze(1)
     ones = torch.ones_like(weights)
-    factors = torch.stack((torch.stack((weights, ones)), torch.stack((weights, -ones))))
-    return factors.repeat(1, 1, batch).unsqueeze(2)  # [2, 2, 1, B * kept]
+    return torch.stack((torch.where(is_x, weights, ones), torch.where(is_x, weights, -ones)))
 
 
-def _grid_sums(bits: Tensor, level: int, grid, groups, inner: bool, targets) -> None:
+def _grid_sums(bits: Tensor, first_rows, grid, groups, inner: bool, targets) -> None:
     """Write ``0.5 + weight sum`` of each group at a grid level into ``targets`` [B*H*W]."""
     height, width = grid
-    _, _, _, _, batch, kept = bits.shape
-    s_level, s_axis, s_col, s_variant, s_batch, _ = bits.stride()
-    half = _constant(((0.5,),), torch.float64, bits.device).view(1, 1, 1)
+    x_row, y_row = first_rows
+    _, _, batch, kept = bits.shape
+    s_row, s_variant, s_batch, _ = bits.stride()
+    half = _constant((((0.5,),),), torch.float64, bits.device)  # [1, 1, 1]
     for (a, b), target in zip(groups, targets, strict=True):
         out = target.view(batch, height, width)
         for variant in (0, 1) if inner else (0,):
             # y factors [B, H, n] (row-major), x factors [B, n, W] (column-major)
-            shift = bits.storage_offset() + level * s_level + variant * s_variant + a
-            y = bits.as_strided((batch, height, b - a), (s_batch, s_col, 1), shift + s_axis)
-            x = bits.as_strided((batch, b - a, width), (s_batch, 1, s_col), shift)
+            shift = bits.storage_offset() + variant * s_variant + a
+            y = bits.as_strided((batch, height, b - a), (s_batch, s_row, 1), shift + y_row * s_row)
+            x = bits.as_strided((batch, b - a, width), (s_batch, 1, s_row), shift + x_row * s_row)
             if variant == 0:
                 torch.baddbmm(half, y, x, out=out)
             else:

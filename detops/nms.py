@@ -107,6 +107,10 @@ def _check_class_ids(op: str, class_ids: object, scores: Tensor, pattern: str) -
 def _check_common(op: str, boxes: Tensor, scores: Tensor, iou_threshold: object, **more) -> None:
     check_same_device(op, boxes=boxes, scores=scores, **more)
     check_unit_interval(op, "iou_threshold", iou_threshold)
+
+
+def _check_finite_input(op: str, boxes: Tensor, scores: Tensor) -> None:
+    """NaN checks (one host sync each); run inside ``_one_intraop_thread``."""
     check_no_nan(op, "boxes", boxes)
     check_no_nan(op, "scores", scores)
 
@@ -181,23 +185,26 @@ class _Prepared:
     def __init__(self, b: Tensor, area: Tensor, threshold: float):
         self.b, self.area, self.m = b, area, b.shape[0]
         dev = b.device
-        x1, self.y1, x2, y2 = b.to(torch.float64).unbind(1)
+        self.x1, self.y1, x2, self.y2 = b.to(torch.float64).unbind(1)
         self.t = t = threshold * (1.0 - _MARGIN)
-        self.x_sorted, x_order = torch.sort(x1, stable=True)
-        self.x_rank = torch.empty_like(x_order)
-        self.x_rank[x_order] = torch.arange(self.m, device=dev)
+        self.x_sorted, self.x_order = torch.sort(self.x1, stable=True)
+        self.x_rank = torch.empty_like(self.x_order)
+        self.x_rank[self.x_order] = torch.arange(self.m, device=dev)
         # Interval IoU > t needs x1_j <= x2_i - t * w_i for x1_i <= x1_j: round outwards.
         inf = torch.tensor(math.inf, dtype=torch.float64, device=dev)
-        upper = torch.nextafter(x2 - t * (x2 - x1), inf)
+        upper = torch.nextafter(x2 - t * (x2 - self.x1), inf)
         self.n_upper = torch.searchsorted(self.x_sorted, upper, right=True)
-        self.hmax, self.ymin, self.ymax = torch.stack(
-            ((y2 - self.y1).max(), self.y1.min(), self.y1.max())
-        ).tolist()
+
+    def y_stats(self) -> tuple[float, float, float]:
+        """Tallest height, lowest and highest y1."""
+        stats = torch.stack(((self.y2 - self.y1).max(), self.y1.min(), self.y1.max()))
+        hmax, ymin, ymax = stats.tolist()
+        return hmax, ymin, ymax
 
 
 def _self_join(
     prep: _Prepared,
-    gid: Tensor,
+    gid: Tensor | None,
     threshold: float,
     out: list[tuple[Tensor, Tensor]],
     pair_filter=None,
@@ -205,17 +212,20 @@ def _self_join(
 ) -> bool:
     """Append the pairs of equal ``gid`` whose IoU is ``> threshold`` (once per pair).
 
-    Boxes are sorted by ``(gid, x1)``; box ``i`` is tested against the boxes after it in
+    Boxes are sorted by ``(gid, x1)`` (by ``x1`` when ``gid`` is None); box ``i`` is tested against the boxes after it in
     its group up to ``x1 <= x2_i - t * w_i``. Returns False, doing nothing, when that
     window holds more than ``max_pairs`` pairs in all.
     """
     m, b, dev = prep.m, prep.b, prep.b.device
     budget = _CUDA_TILE if dev.type == "cuda" else _CPU_TILE
-    stride = m + 1
-    keys, pos = torch.sort(gid * stride + prep.x_rank)
-    end = torch.searchsorted(keys, gid * stride + prep.n_upper)[pos]
-    ar = torch.arange(m, device=dev)
-    window = end - ar - 1  # >= 0: a box is inside its own window
+    if gid is None:
+        pos = prep.x_order
+        end = prep.n_upper[pos]
+    else:
+        stride = m + 1
+        keys, pos = torch.sort(gid * stride + prep.x_rank)
+        end = torch.searchsorted(keys, gid * stride + prep.n_upper)[pos]
+    window = end - torch.arange(1, m + 1, device=dev)  # >= 0: a box is in its own window
     total = float(window.sum())
     if total > max_pairs:
         return False
@@ -320,49 +330,72 @@ def _suppression_pairs(
     m, dev = b.shape[0], b.device
     budget = _CUDA_TILE if dev.type == "cuda" else _CPU_TILE
     prep = _Prepared(b, area, threshold)
-    base = groups if groups is not None else torch.zeros(m, dtype=torch.int64, device=dev)
     out: list[tuple[Tensor, Tensor]] = []
-
     # y-bins pay off when boxes spread over many box heights. Boxes with IoU > t start
     # less than (1 - t) * (taller height) = h apart in y; with bins of height 2h on two
     # grids offset by h, every such pair shares a bin of one grid (counted on grid 0 when
-    # it shares a grid-0 bin, else on grid 1).
-    bin_height = (1.0 - prep.t) * prep.hmax * (1.0 + 1e-6)
-    span = prep.ymax - prep.ymin
+    # it shares a grid-0 bin, else on grid 1). Tried only when the plain x-windows hold
+    # many pairs.
     max_bins = min(_MAX_BINS, (1 << 62) // (num_groups * (m + 1)) - 2)
-    binned = bin_height > 0 and max_bins >= 8 and 8 * bin_height < span
-    if binned and not _self_join(prep, base, threshold, out, max_pairs=16 * budget):
-        if span / bin_height > max_bins:
-            bin_height = span / (max_bins - 1)  # coarser bins stay conservative
-        u = (prep.y1 - prep.ymin) / bin_height
-        bin0 = torch.floor(u / 2).to(torch.int64)
-        bin1 = torch.floor((u + 1) / 2).to(torch.int64)
+    if max_bins < 8 or _self_join(prep, groups, threshold, out, max_pairs=16 * budget):
+        return _concat_pairs(out, dev)
+    hmax, ymin, ymax = prep.y_stats()
+    bin_height = (1.0 - prep.t) * hmax * (1.0 + 1e-6)
+    span = ymax - ymin
+    if not (bin_height > 0 and 8 * bin_height < span):
+        _self_join(prep, groups, threshold, out)
+        return _concat_pairs(out, dev)
+    if span / bin_height > max_bins:
+        bin_height = span / (max_bins - 1)  # coarser bins stay conservative
+    u = (prep.y1 - ymin) / bin_height
+    bin0 = torch.floor(u / 2).to(torch.int64)
+    bin1 = torch.floor((u + 1) / 2).to(torch.int64)
+    if groups is not None:
         nb = int(bin1.max()) + 2
-        _self_join(prep, base * nb + bin0, threshold, out)
-        _self_join(prep, base * nb + bin1, threshold, out, lambda i, j: bin0[i] != bin0[j])
-    elif not binned:
-        _self_join(prep, base, threshold, out)
+        bin0, bin1 = groups * nb + bin0, groups * nb + bin1
+    _self_join(prep, bin0, threshold, out)
+    _self_join(prep, bin1, threshold, out, lambda i, j: bin0[i] != bin0[j])
+    return _concat_pairs(out, dev)
+
+
+def _concat_pairs(out: list[tuple[Tensor, Tensor]], dev: torch.device) -> tuple[Tensor, Tensor]:
     if not out:
         empty = torch.empty(0, dtype=torch.int64, device=dev)
         return empty, empty
+    if len(out) == 1:
+        return out[0]
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+
+def _resolve_block(alive: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+    """Greedy result inside one block: the fixed point of ``kept = alive & ~(some kept
+    src has an edge to it)``, reached by iterating (rounds: longest chain + 1)."""
+    kept = alive
+    while True:
+        nxt = alive.clone()
+        nxt[dst[kept[src]]] = False
+        if torch.equal(nxt, kept):
+            return kept
+        kept = nxt
 
 
 def _greedy_keep(src: Tensor, dst: Tensor, n: int) -> Tensor:
     """Greedy suppression over edges ``src -> dst`` (score ranks, ``src < dst``).
 
     Returns a bool mask over ranks: rank ``r`` is kept when no kept rank ``< r`` has an
-    edge to it.
+    edge to it. Ranks are resolved in blocks of ``_BLOCK``, in order.
     """
     dev = src.device
-    keep = torch.ones(n, dtype=torch.bool, device=dev)
+    everything = torch.ones(n, dtype=torch.bool, device=dev)
     if src.numel() == 0:
-        return keep
+        return everything
+    if n <= _BLOCK:
+        return _resolve_block(everything, src, dst)
     src, order = torch.sort(src)
     dst = dst[order]
+    keep = everything
     suppressed = torch.zeros(n, dtype=torch.bool, device=dev)
-    starts = torch.arange(0, n + _BLOCK, _BLOCK, device=dev)
-    bounds = torch.searchsorted(src, starts).tolist()
+    bounds = torch.searchsorted(src, torch.arange(0, n + _BLOCK, _BLOCK, device=dev)).tolist()
     for block, a in enumerate(range(0, n, _BLOCK)):
         z = min(a + _BLOCK, n)
         e0, e1 = bounds[block], bounds[block + 1]
@@ -375,14 +408,7 @@ def _greedy_keep(src: Tensor, dst: Tensor, n: int) -> Tensor:
         inner = d < z
         si, di = s[inner], d[inner] - a
         live = alive[si] & alive[di]
-        si, di = si[live], di[live]
-        kept = alive
-        while si.numel():
-            nxt = alive.clone()
-            nxt[di[kept[si]]] = False
-            if torch.equal(nxt, kept):
-                break
-            kept = nxt
+        kept = _resolve_block(alive, si[live], di[live]) if bool(live.any()) else alive
         keep[a:z] = kept
         outer = ~inner
         suppressed[d[outer][kept[s[outer]]]] = True
@@ -398,18 +424,24 @@ def _nms_kept(boxes: Tensor, scores: Tensor, groups: Tensor | None, threshold: f
     x1, y1, x2, y2 = b.unbind(1)
     width, height = x2 - x1, y2 - y1
     area = width * height
-    proper = (width > 0) & (height > 0) & (area > 0) & (area < math.inf)
-    idx = proper.nonzero().squeeze(1)
-    if idx.numel() < 2:
-        return order
-    num_groups = 1
-    sub_groups = None
-    if groups is not None:
-        sub_groups, num_groups = _dense_groups(groups[idx])
-    i, j = _suppression_pairs(b[idx], area[idx], sub_groups, num_groups, threshold)
+    # Boxes of zero, negative or non-finite area have IoU 0 with everything: no edges.
+    proper = (torch.minimum(width, height) > 0) & (area > 0) & (area < math.inf)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(n, device=dev)
-    ri, rj = rank[idx[i]], rank[idx[j]]
+    sub_groups, num_groups = None, 1
+    if bool(proper.all()):
+        if groups is not None:
+            sub_groups, num_groups = _dense_groups(groups)
+        i, j = _suppression_pairs(b, area, sub_groups, num_groups, threshold)
+        ri, rj = rank[i], rank[j]
+    else:
+        idx = proper.nonzero().squeeze(1)
+        if idx.numel() < 2:
+            return order
+        if groups is not None:
+            sub_groups, num_groups = _dense_groups(groups[idx])
+        i, j = _suppression_pairs(b[idx], area[idx], sub_groups, num_groups, threshold)
+        ri, rj = rank[idx[i]], rank[idx[j]]
     keep = _greedy_keep(torch.minimum(ri, rj), torch.maximum(ri, rj), n)
     return order[keep]
 
@@ -452,9 +484,10 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     op = "nms"
     _check_boxes_scores(op, boxes, scores, batched=False)
     _check_common(op, boxes, scores, iou_threshold)
-    if boxes.shape[0] == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
     with torch.no_grad(), _one_intraop_thread(boxes.device):
+        _check_finite_input(op, boxes, scores)
+        if boxes.shape[0] == 0:
+            return torch.empty(0, dtype=torch.int64, device=boxes.device)
         return _nms_kept(boxes, scores.detach(), None, float(iou_threshold))
 
 
@@ -486,10 +519,12 @@ def class_spec_nms(
     _check_boxes_scores(op, boxes, scores, batched=False)
     _check_class_ids(op, class_ids, scores, "[N]")
     _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
-    if boxes.shape[0] == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
     with torch.no_grad(), _one_intraop_thread(boxes.device):
-        return _nms_kept(boxes, scores.detach(), class_ids.to(torch.int64), float(iou_threshold))
+        _check_finite_input(op, boxes, scores)
+        if boxes.shape[0] == 0:
+            return torch.empty(0, dtype=torch.int64, device=boxes.device)
+        classes = class_ids.to(torch.int64)
+        return _nms_kept(boxes, scores.detach(), classes, float(iou_threshold))
 
 
 def batched_nms_per_image(
@@ -540,6 +575,7 @@ def batched_nms_per_image(
     num_images, n = scores.shape
     dev = boxes.device
     with torch.no_grad(), _one_intraop_thread(dev):
+        _check_finite_input(op, boxes, scores)
         flat_scores = scores.detach().reshape(-1)
         cand = (flat_scores > -math.inf).nonzero().squeeze(1)
         if cand.numel() == 0 or max_detections == 0:

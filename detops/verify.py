@@ -714,6 +714,15 @@ def _search(
             time.monotonic() > state["stop"] or state["draws"] > shrink_draws
         )
 
+    def tick(case):
+        # Shrinking also spends time drawing candidates that never reach ``run``: count and
+        # check the budget on every drawn case.
+        if state["stop"] is not None:
+            state["draws"] += 1
+        if exhausted():
+            raise _Stop()
+        return case
+
     @hypothesis.seed(seed)
     @settings(
         max_examples=examples,
@@ -726,15 +735,6 @@ def _search(
         verbosity=Verbosity.quiet,
         print_blob=False,
     )
-    def tick(case):
-        # Shrinking also spends time drawing candidates that never reach ``run``: count and
-        # check the budget on every drawn case.
-        if state["stop"] is not None:
-            state["draws"] += 1
-        if exhausted():
-            raise _Stop()
-        return case
-
     @given(case=strategy.map(tick))
     def run(case):
         if exhausted():

@@ -113,3 +113,62 @@ def sigmoid_focal_loss_from_class_ids(inputs, class_ids, alpha=0.25, gamma=2.0, 
     """The focal loss against the one-hot of ``class_ids`` (ids outside [0, C): all zero)."""
     x = np.asarray(inputs, dtype=np.float64)
     return sigmoid_focal_loss(x, _one_hot(class_ids, x.shape[-1]), alpha, gamma, reduction)
+
+
+def _bce_with_logits(x: float, c: float) -> float:
+    """-(c log sigmoid(x) + (1 - c) log(1 - sigmoid(x)))."""
+    return c * _softplus(-x) + (1.0 - c) * _softplus(x)
+
+
+def fcos_loss(
+    pred_cls_logits,
+    pred_boxreg_deltas,
+    pred_ctr_logits,
+    matched_gt_boxes,
+    matched_gt_deltas,
+    normalizer,
+    *,
+    momentum=0.9,
+):
+    """The FCOS loss of the contract, one location at a time.
+
+    Positive location: matched class != -1. new normalizer = momentum * normalizer +
+    (1 - momentum) * positives / B. loss_cls: focal loss (0.25, 2) summed against the
+    one-hot of the class (a class outside [0, C) gives an all-zero row); loss_box:
+    0.25 |pred - gt| summed where gt >= 0; loss_ctr: BCE with logits against the centerness
+    of the gt deltas, summed where it is >= 0. Each divided by new * B (by 1 if that is 0).
+    """
+    from .deltas import fcos_make_centerness_targets
+
+    cls = np.asarray(pred_cls_logits, dtype=np.float64)
+    box = np.asarray(pred_boxreg_deltas, dtype=np.float64)
+    ctr = np.asarray(pred_ctr_logits, dtype=np.float64)
+    gt_boxes = np.asarray(matched_gt_boxes, dtype=np.float64)
+    gt_deltas = np.asarray(matched_gt_deltas, dtype=np.float64)
+    batch, num_loc, num_classes = cls.shape
+    positives = sum(1 for b in range(batch) for i in range(num_loc) if gt_boxes[b, i, 4] != -1)
+    new = momentum * float(normalizer) + (1.0 - momentum) * positives / batch
+    denominator = new * batch if new * batch != 0 else 1.0
+    targets = np.zeros(cls.shape)
+    for b in range(batch):
+        for i in range(num_loc):
+            c = gt_boxes[b, i, 4]
+            if c >= 0 and int(c) < num_classes:
+                targets[b, i, int(c)] = 1.0
+    loss_cls = float(sigmoid_focal_loss(cls, targets, 0.25, 2.0, "sum"))
+    loss_box = 0.0
+    loss_ctr = 0.0
+    centerness = fcos_make_centerness_targets(gt_deltas)
+    for b in range(batch):
+        for i in range(num_loc):
+            for k in range(4):
+                if gt_deltas[b, i, k] >= 0:
+                    loss_box += 0.25 * abs(box[b, i, k] - gt_deltas[b, i, k])
+            if centerness[b, i] >= 0:
+                loss_ctr += _bce_with_logits(ctr[b, i, 0], centerness[b, i])
+    losses = {
+        "loss_cls": np.asarray(loss_cls / denominator),
+        "loss_box": np.asarray(loss_box / denominator),
+        "loss_ctr": np.asarray(loss_ctr / denominator),
+    }
+    return losses, np.asarray(new)

@@ -25,7 +25,7 @@ IMPLS = Path(__file__).parent / "impls"
 ENTRY_NAMES = {entry.name for entry in REGISTRY}
 FAST = {
     "examples": 10,
-    "shrink_seconds": 30.0,
+    "shrink_seconds": 2.0,
     "shrink_draws": 150,
     "timeout": 5.0,
     "dtypes": (torch.float32,),

@@ -161,13 +161,16 @@ def class_nms_cases(draw, max_n: int = 40):
 @st.composite
 def batched_nms_cases(draw, max_batch: int = 3, max_n: int = 16):
     batch, n = draw(st.integers(0, max_batch)), draw(st.integers(0, max_n))
-    boxes = np.stack([draw(nms_boxes(n)) for _ in range(batch)]).reshape(batch, n, 4)
-    scores = np.stack([draw(distinct_scores(n)) for _ in range(batch)]).reshape(batch, n)
+    boxes = np.array([draw(nms_boxes(n)) for _ in range(batch)], dtype=np.float64)
+    boxes = boxes.reshape(batch, n, 4)
+    scores = np.array([draw(distinct_scores(n)) for _ in range(batch)], dtype=np.float64)
+    scores = scores.reshape(batch, n)
     padding = np.array(draw(st.lists(st.booleans(), min_size=batch * n, max_size=batch * n)))
     scores[padding.reshape(batch, n)] = -np.inf  # padding candidates
     class_ids = None
     if draw(st.booleans()):
-        class_ids = np.stack([_class_ids(draw, n) for _ in range(batch)]).reshape(batch, n)
+        class_ids = np.array([_class_ids(draw, n) for _ in range(batch)], dtype=np.int64)
+        class_ids = class_ids.reshape(batch, n)
     ious = np.concatenate([_ious_in_every_dtype(image) for image in boxes] + [np.zeros(0)])
     threshold = _threshold(draw, ious)
     limit = draw(st.sampled_from([None, None, 0, 1, 3, 100]))

@@ -1,0 +1,300 @@
+"""sigmoid_focal_loss (dense and class-id forms): torchvision parity, gradients, numerics.
+
+The comparison against the NumPy reference on hypothesis inputs is in
+tests/test_against_reference.py (registry entries in detops/testing/families/losses.py);
+this file pins torchvision parity, autograd, the known peer failures and the error table.
+"""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import reference.losses as ref
+from detops.losses import (
+    sigmoid_focal_loss,
+    sigmoid_focal_loss_from_class_ids,
+    sigmoid_focal_loss_grad,
+)
+from detops.testing.compare import assert_trees_close
+from detops.testing.families.losses import FOCAL_TOLERANCES
+
+ALPHAS = [-1.0, 0.0, 0.25, 1.0]
+GAMMAS = [0.0, 0.5, 2.0]
+REDUCTIONS = ["none", "mean", "sum"]
+
+
+def _inputs(shape, dtype, device, seed=0, soft=False, scale=3.0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+    if soft:
+        t = torch.rand(shape, generator=gen, dtype=torch.float64).to(dtype)
+    else:
+        t = (torch.rand(shape, generator=gen) < 0.3).to(dtype)
+    return x.to(device), t.to(device)
+
+
+def _value_and_grad(fn, x, *args, **kwargs):
+    leaf = x.detach().clone().requires_grad_()
+    loss = fn(leaf, *args, **kwargs)
+    gen = torch.Generator().manual_seed(7)
+    weight = torch.rand(loss.shape, generator=gen, dtype=torch.float64).to(loss)
+    (grad,) = torch.autograd.grad((loss * weight).sum(), leaf)
+    return loss.detach(), grad
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("gamma", GAMMAS)
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_torchvision_forward_and_autograd(alpha, gamma, reduction, dtype, device):
+    # |x| <= ~12 keeps torchvision's own gradient finite (its NaN is pinned below).
+    x, t = _inputs((4, 37, 5), dtype, device)
+    ours = _value_and_grad(sigmoid_focal_loss, x, t, alpha, gamma, reduction)
+    theirs = _value_and_grad(torchvision.ops.sigmoid_focal_loss, x, t, alpha, gamma, reduction)
+    assert ours[0].dtype == theirs[0].dtype == dtype
+    assert ours[0].shape == theirs[0].shape
+    assert_trees_close(ours, theirs, FOCAL_TOLERANCES[dtype], f"{alpha=} {gamma=} {reduction=}")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_matches_torchvision_with_soft_targets(reduction, device):
+    x, t = _inputs((3, 50, 4), torch.float64, device, seed=1, soft=True)
+    for alpha, gamma in [(0.25, 2.0), (-1.0, 0.5), (0.7, 1.3)]:
+        ours = _value_and_grad(sigmoid_focal_loss, x, t, alpha, gamma, reduction)
+        theirs = _value_and_grad(torchvision.ops.sigmoid_focal_loss, x, t, alpha, gamma, reduction)
+        assert_trees_close(ours, theirs, FOCAL_TOLERANCES[torch.float64], f"{alpha=} {gamma=}")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_class_id_form_equals_dense_one_hot(reduction, dtype, device):
+    gen = torch.Generator().manual_seed(3)
+    x, _ = _inputs((3, 41, 6), dtype, device, seed=3)
+    ids = torch.randint(-1, 6, (3, 41), generator=gen).to(device)  # -1: background
+    one_hot = torch.zeros_like(x)
+    rows = ids >= 0
+    one_hot[rows, ids[rows]] = 1.0
+    for alpha, gamma in [(0.25, 2.0), (-1.0, 0.0), (1.0, 0.5)]:
+        ours = _value_and_grad(sigmoid_focal_loss_from_class_ids, x, ids, alpha, gamma, reduction)
+        theirs = _value_and_grad(
+            torchvision.ops.sigmoid_focal_loss, x, one_hot, alpha, gamma, reduction
+        )
+        assert_trees_close(ours, theirs, FOCAL_TOLERANCES[dtype], f"{alpha=} {gamma=}")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradcheck_float64(reduction):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    hard = (torch.rand(2, 3, 4, generator=gen) < 0.4).double()
+    soft = torch.rand(2, 3, 4, generator=gen, dtype=torch.float64)
+    ids = torch.randint(-1, 4, (2, 3), generator=gen)
+    for alpha, gamma in [(0.25, 2.0), (-1.0, 0.5), (1.0, 0.0), (0.4, 1.7)]:
+        for t in (hard, soft):
+            assert torch.autograd.gradcheck(
+                lambda v, t=t, a=alpha, g=gamma: sigmoid_focal_loss(v, t, a, g, reduction), (x,)
+            )
+        assert torch.autograd.gradcheck(
+            lambda v, a=alpha, g=gamma: sigmoid_focal_loss_from_class_ids(v, ids, a, g, reduction),
+            (x,),
+        )
+
+
+def test_second_backward_recomputes_the_same_gradient():
+    x, t = _inputs((5, 9), torch.float32, "cpu")
+    leaf = x.requires_grad_()
+    loss = sigmoid_focal_loss(leaf, t, reduction="mean")
+    (first,) = torch.autograd.grad(loss, leaf, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, leaf)
+    assert torch.equal(first, second)
+    assert first.abs().sum() > 0
+
+
+def test_no_second_derivative():
+    # The backward is once_differentiable: a gradient taken with create_graph=True carries
+    # no graph, so differentiating it again fails loudly instead of giving a wrong Hessian.
+    x, t = _inputs((3, 4), torch.float64, "cpu")
+    leaf = x.requires_grad_()
+    loss = sigmoid_focal_loss(leaf, t, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, leaf, create_graph=True)
+    assert not grad.requires_grad
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        grad.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("gamma", [0.0, 0.1, 0.5, 2.0, 3.5])
+def test_finite_at_saturated_logits(dtype, gamma, device):
+    # Every finite logit up to |x| = 1e4, both targets, every gamma >= 0 (0 < gamma < 1
+    # included). The expected values are the reference's on the same (rounded) inputs.
+    x = torch.tensor([1e4, -1e4, 100.0, -100.0, 30.0, -30.0, 9.39, -9.39, 0.0], dtype=dtype)
+    x = torch.cat([x, x])
+    t = torch.cat([torch.ones(9), torch.zeros(9)]).to(dtype)
+    loss = sigmoid_focal_loss(x.to(device), t.to(device), 0.25, gamma)
+    grad = sigmoid_focal_loss_grad(x.to(device), t.to(device), 0.25, gamma)
+    assert loss.dtype == grad.dtype == dtype
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    x64, t64 = x.double().numpy(), t.double().numpy()
+    expected = (ref.sigmoid_focal_loss(x64, t64, 0.25, gamma),
+                ref.sigmoid_focal_loss_grad(x64, t64, 0.25, gamma))  # fmt: skip
+    assert_trees_close((loss, grad), expected, FOCAL_TOLERANCES[dtype], f"{dtype} {gamma=}")
+
+
+def test_torchvision_gradient_nan_for_gamma_below_one_is_fixed():
+    # Known peer bug: d/dx (1 - p_t)**gamma = gamma (1 - p_t)**(gamma - 1) * ... is
+    # 0 * inf = NaN once 1 - p_t rounds to 0 (t = 1, x = 20 in float32, gamma = 0.5).
+    x = torch.tensor([20.0, -20.0])
+    t = torch.tensor([1.0, 0.0])
+    leaf = x.clone().requires_grad_()
+    torchvision.ops.sigmoid_focal_loss(leaf, t, gamma=0.5).sum().backward()
+    assert torch.isnan(leaf.grad).all()  # the peer fails here ...
+    ours = sigmoid_focal_loss_grad(x, t, gamma=0.5)
+    # ... the true gradient is -a (1-p)**gamma ((1-p) + gamma ce p) ~ -0.25 e^{-10} < 1e-5.
+    assert torch.isfinite(ours).all()
+    assert ours[0] < 0 < ours[1] and ours.abs().max() < 1e-5
+
+
+def test_fp16_logit_9_39_is_finite():
+    # mmcv's fp16 kernel returns NaN at logit 9.39; detops computes half inputs in float32.
+    x = torch.tensor([9.39, -9.39, 9.39, -9.39], dtype=torch.float16)
+    t = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float16)
+    loss = sigmoid_focal_loss(x, t)
+    grad = sigmoid_focal_loss_grad(x, t)
+    assert loss.dtype == torch.float16 and torch.isfinite(loss).all()
+    assert torch.isfinite(grad).all()
+    expected = ref.sigmoid_focal_loss(x.double().numpy(), t.double().numpy())
+    assert_trees_close(loss, expected, FOCAL_TOLERANCES[torch.float16])
+
+
+def test_mean_over_empty_input_is_zero_with_a_gradient_path(device):
+    x = torch.zeros(0, 3, device=device, requires_grad=True)
+    t = torch.zeros(0, 3, device=device)
+    assert torch.isnan(torchvision.ops.sigmoid_focal_loss(x, t, reduction="mean"))  # peer
+    loss = sigmoid_focal_loss(x, t, reduction="mean")
+    assert loss.shape == () and loss.item() == 0.0
+    assert loss.requires_grad
+    loss.backward()
+    assert x.grad is not None and x.grad.shape == (0, 3)
+    assert sigmoid_focal_loss(x, t, reduction="sum").item() == 0.0
+    assert sigmoid_focal_loss(x, t).shape == (0, 3)
+    empty_ids = torch.zeros(0, dtype=torch.long, device=device)
+    assert sigmoid_focal_loss_from_class_ids(x, empty_ids, reduction="mean").item() == 0.0
+
+
+def test_hand_computed_values():
+    # x = 0: p = 1/2, ce = log 2, 1 - p_t = 1/2. With alpha = 0.25, gamma = 2:
+    # t = 1: 0.25 * log 2 / 4; t = 0: 0.75 * log 2 / 4. Gradient at t = 1:
+    # a q^g ((p - t) + g ce r (1 - 2t)) = 0.25/4 * (-1/2 - 2 log 2 * 1/2) = -(1 + 2 log 2)/32.
+    x = torch.zeros(2, dtype=torch.float64)
+    t = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    loss = sigmoid_focal_loss(x, t)
+    grad = sigmoid_focal_loss_grad(x, t)
+    expected_loss = [0.25 * math.log(2) / 4, 0.75 * math.log(2) / 4]
+    expected_grad = [-(1 + 2 * math.log(2)) / 32, 3 * (1 + 2 * math.log(2)) / 32]
+    np.testing.assert_allclose(loss.numpy(), expected_loss, rtol=1e-15)
+    np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-15)
+
+
+def test_large_input_crosses_chunks_and_threads(device):
+    # More than 8 chunks of 32768 elements: the worker threads and the last short chunk.
+    x, t = _inputs((9, 32768 + 5), torch.float32, device, seed=5)
+    for reduction in REDUCTIONS:
+        ours = _value_and_grad(sigmoid_focal_loss, x, t, 0.25, 2.0, reduction)
+        theirs = _value_and_grad(torchvision.ops.sigmoid_focal_loss, x, t, 0.25, 2.0, reduction)
+        assert_trees_close(ours, theirs, FOCAL_TOLERANCES[torch.float32], reduction)
+
+
+def test_inputs_are_not_modified_and_layout_is_free():
+    x, t = _inputs((6, 5), torch.float32, "cpu")
+    xt, tt = x.t(), t.t()  # non-contiguous
+    before = (xt.clone(), tt.clone())
+    loss = sigmoid_focal_loss(xt, tt)
+    assert torch.equal(xt, before[0]) and torch.equal(tt, before[1])
+    assert torch.equal(loss, sigmoid_focal_loss(xt.contiguous(), tt.contiguous()))
+
+
+def test_no_grad_forward_and_mixed_target_dtype():
+    x, t = _inputs((4, 7), torch.float32, "cpu")
+    with torch.no_grad():
+        plain = sigmoid_focal_loss(x.requires_grad_(), t)
+    assert not plain.requires_grad
+    mixed = sigmoid_focal_loss(x.detach(), t.double())
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+
+
+def test_peak_memory_below_three_times_the_input():
+    # Forward + backward in a fresh process; resident-set peak above the inputs.
+    code = (
+        "import resource, torch\n"
+        "from detops.losses import sigmoid_focal_loss\n"
+        "x = torch.randn(16, 8192, 8).mul_(3).requires_grad_()\n"
+        "t = (torch.rand(16, 8192, 8) < 0.01).float()\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "loss = sigmoid_focal_loss(x, t, reduction='none')\n"
+        "loss.sum().backward()\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print((peak - base) * 1024 / (x.numel() * 4))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)  # fmt: skip
+    ratio = float(result.stdout.strip())
+    # 'none' keeps the loss (1x) and the gradient (1x); torchvision peaks near 10x.
+    assert ratio < 3.0, f"peak extra memory {ratio:.2f}x the input size"
+
+
+ERROR_INPUTS = [
+    # (callable, args, kwargs, exception, message regex)
+    (sigmoid_focal_loss, ([1.0], torch.zeros(1)), {}, TypeError,
+     r"sigmoid_focal_loss: inputs must be a torch.Tensor, got list"),
+    (sigmoid_focal_loss, (torch.zeros(2, dtype=torch.long), torch.zeros(2)), {}, TypeError,
+     r"sigmoid_focal_loss: inputs must have a floating dtype.*got torch.int64"),
+    (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2, dtype=torch.long)), {}, TypeError,
+     r"sigmoid_focal_loss: targets must have a floating dtype.*got torch.int64"),
+    (sigmoid_focal_loss, (torch.zeros(2, 3), torch.zeros(3, 2)), {}, ValueError,
+     r"sigmoid_focal_loss: targets must have the shape of inputs \[2, 3\], got \[3, 2\]"),
+    (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2)), {"alpha": 1.5}, ValueError,
+     r"alpha must lie in \[0, 1\] or be -1.*got 1.5"),
+    (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2)), {"alpha": -0.5}, ValueError,
+     r"alpha must lie in \[0, 1\] or be -1.*got -0.5"),
+    (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2)), {"alpha": "a"}, TypeError,
+     r"alpha must be a float, got str"),
+    (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2)), {"gamma": -1.0}, ValueError,
+     r"gamma must be a finite number >= 0, got -1.0"),
+    (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2)), {"gamma": math.inf}, ValueError,
+     r"gamma must be a finite number >= 0, got inf"),
+    (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2)), {"reduction": "avg"}, ValueError,
+     r"reduction must be one of 'none', 'mean', 'sum', got 'avg'"),
+    (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2, requires_grad=True)), {}, ValueError,
+     r"targets must not require grad.*detach"),
+    (sigmoid_focal_loss_from_class_ids, (torch.zeros(2, 3), torch.zeros(2)), {}, TypeError,
+     r"sigmoid_focal_loss_from_class_ids: class_ids must have an integer dtype, got torch.float"),
+    (sigmoid_focal_loss_from_class_ids, (torch.zeros(2, 3), torch.zeros(3, dtype=torch.long)),
+     {}, ValueError, r"class_ids must have shape inputs.shape\[:-1\] = \[2\], got \[3\]"),
+    (sigmoid_focal_loss_from_class_ids, (torch.zeros(()), torch.zeros((), dtype=torch.long)),
+     {}, ValueError, r"inputs must have shape \[..., C\], got \[\]"),
+    (sigmoid_focal_loss_from_class_ids, (torch.zeros(2, 3), torch.zeros(2, dtype=torch.bool)),
+     {}, TypeError, r"class_ids must have an integer dtype, got torch.bool"),
+    (sigmoid_focal_loss_grad, (torch.zeros(2), torch.zeros(2)), {"reduction": "x"}, ValueError,
+     r"sigmoid_focal_loss_grad: reduction must be one of"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fn", "args", "kwargs", "error", "match"), ERROR_INPUTS)
+def test_error_inputs(fn, args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fn(*args, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_error_devices():
+    with pytest.raises(ValueError, match=r"sigmoid_focal_loss: all tensors must be on one device"):
+        sigmoid_focal_loss(torch.zeros(2), torch.zeros(2, device="cuda"))
+    with pytest.raises(ValueError, match=r"from_class_ids: all tensors must be on one device"):
+        sigmoid_focal_loss_from_class_ids(
+            torch.zeros(2, 3), torch.zeros(2, dtype=torch.long, device="cuda")
+        )
