@@ -16,7 +16,14 @@ from .deltas import (
     fcos_get_deltas_from_locations,
     fcos_make_centerness_targets,
 )
+from .inference import FCOSDetections, fcos_inference
 from .locations import get_fpn_location_coords
+from .losses import (
+    fcos_loss,
+    sigmoid_focal_loss,
+    sigmoid_focal_loss_from_class_ids,
+    sigmoid_focal_loss_grad,
+)
 from .matching import fcos_match_locations_to_gt
 from .metrics import mean_average_precision
 from .nms import batched_nms_per_image, class_spec_nms, nms
@@ -38,4 +45,10 @@ __all__ = [
     "nms",
     "class_spec_nms",
     "batched_nms_per_image",
+    "sigmoid_focal_loss",
+    "sigmoid_focal_loss_from_class_ids",
+    "sigmoid_focal_loss_grad",
+    "fcos_loss",
+    "fcos_inference",
+    "FCOSDetections",
 ]

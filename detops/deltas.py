@@ -61,6 +61,12 @@ def _signed_stride(op: str, stride: object, size: int, like: Tensor, dtype: torc
 
 
 @functools.lru_cache(maxsize=32)
+def _first_four(device: torch.device) -> Tensor:
+    """``[0, 1, 2, 3]``: the coordinate columns (never modified in place)."""
+    return torch.arange(4, device=device)
+
+
+@functools.lru_cache(maxsize=32)
 def _sign(dtype: torch.dtype, device: torch.device) -> Tensor:
     """``[-1, -1, 1, 1]`` (never modified in place)."""
     return torch.tensor([-1, -1, 1, 1], dtype=dtype, device=device)
@@ -130,7 +136,9 @@ def fcos_get_deltas_from_locations(
     denominator = _signed_stride(op, stride, gt_boxes.shape[-2], locations, dtype)
     # A fresh contiguous copy of the coordinates: tested for background, then turned into
     # the deltas in place. (x1 - xc) / -s equals (xc - x1) / s bit for bit.
-    deltas = gt_boxes[..., :4].to(dtype, copy=True, memory_format=torch.contiguous_format)
+    deltas = gt_boxes.index_select(-1, _first_four(gt_boxes.device))  # a new tensor
+    if deltas.dtype != dtype:
+        deltas = deltas.to(dtype)
     wide = _wide_rows(deltas)
     if wide is not None:
         rows, minus_ones = wide

@@ -210,7 +210,9 @@ def fcos_inference(
     and cut to the first ``max_detections``.
 
     Image ``b`` of the result equals the course code's per-image ``inference`` (which
-    handles B = 1 only) on image ``b``. No Python loop runs over images or locations (one
+    handles B = 1 only) on image ``b``, up to the last bit of a score (vectorized
+    ``sigmoid``/``sqrt`` round by lane position, which depends on the batch shape); at
+    B = 1 it is bit for bit the course loop. No Python loop runs over images or locations (one
     runs over levels); the NMS reads its candidate count back from the device (see
     :func:`detops.batched_nms_per_image`), since output sizes depend on the data. Inputs are
     never modified (the course code's ``sigmoid_`` was in place).

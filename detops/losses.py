@@ -87,9 +87,9 @@ class _Buffers:
             setattr(self, name, torch.empty(size, dtype=dtype, device=device))
         # 0-d constants: a Python scalar argument costs a hidden conversion per call, and a
         # tensor exponent keeps pow on the serial kernel (a float 0.5 becomes VML sqrt).
-        const = {"dtype": dtype, "device": device}
-        self.gamma = torch.tensor(gamma, **const)
-        self.neg_weight = torch.tensor(1.0 - alpha if alpha >= 0 else 1.0, **const)
+        # They stay on the CPU: CUDA ops take CPU 0-d tensors as scalars (no copy, no sync).
+        self.gamma = torch.tensor(gamma, dtype=dtype)
+        self.neg_weight = torch.tensor(1.0 - alpha if alpha >= 0 else 1.0, dtype=dtype)
         self.alpha_slope = 2.0 * alpha - 1.0
 
     def cut(self, m: int) -> _Buffers:
@@ -213,7 +213,7 @@ class _PositiveRows:
         w_pos = alpha if alpha >= 0 else 1.0
 
         def make_worker():
-            gamma_t = torch.tensor(gamma, dtype=cdt, device=device)
+            gamma_t = torch.tensor(gamma, dtype=cdt)  # CPU 0-d: a scalar to CUDA ops too
 
             def worker(i: int) -> None:
                 r0, r1 = i * block, min((i + 1) * block, rows)
@@ -650,11 +650,11 @@ def fcos_loss(
         norm_dtype = torch.promote_types(norm_dtype, normalizer.dtype)
         old = normalizer.to(device=device, dtype=norm_dtype)
     else:
-        old = torch.tensor(normalizer, dtype=norm_dtype, device=device)
+        old = normalizer  # a Python float stays a kernel argument: no host-to-device copy
 
     classes = matched_gt_boxes[..., 4].detach()
     num_pos = (classes != -1).sum()
-    new_normalizer = momentum * old + (1.0 - momentum) * (num_pos.to(norm_dtype) / batch)
+    new_normalizer = num_pos.to(norm_dtype) * ((1.0 - momentum) / batch) + momentum * old
     denominator = new_normalizer * batch
     denominator = torch.where(denominator == 0, 1.0, denominator).to(loss_dtype)
 

@@ -40,8 +40,8 @@ __all__ = ["fcos_match_locations_to_gt", "default_size_ranges"]
 
 _OP = "fcos_match_locations_to_gt"
 
-# Elements of one [images, boxes, rows, columns] chunk of the packed key, per device type.
-_CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 24}
+# (box, location) pairs tested at once by the dense path, per device type.
+_CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 22}
 
 
 def default_size_ranges(strides_per_fpn_level: Mapping[str, float]) -> dict[str, tuple]:
@@ -181,7 +181,8 @@ def fcos_match_locations_to_gt(
             ``locations_per_fpn_level`` (positive, finite).
         gt_boxes (Tensor[N, 5] or Tensor[B, N, 5]): rows ``(x1, y1, x2, y2, class)``, XYXY
             absolute pixels, floating dtype. Rows with class -1 are padding and may sit
-            anywhere. Degenerate boxes (``x2 <= x1`` or ``y2 <= y1``) contain no location.
+            anywhere. Degenerate boxes (``x2 <= x1`` or ``y2 <= y1``) and boxes with a NaN
+            coordinate contain no location.
         size_ranges (Mapping[str, (low, high)], optional): per-level bounds on ``m``,
             ``low <= high``; only names of ``locations_per_fpn_level``.
         center_sampling_radius (float, optional): the radius ``r`` in strides; None (the
@@ -192,15 +193,19 @@ def fcos_match_locations_to_gt(
         ``locations_per_fpn_level``, the matched GT row of every location (an exact copy of
         that row, class included), or a row of -1 where no box matches. Dtype and device
         are those of ``gt_boxes``. ``N = 0``, all-padding GT or an empty level give rows of
-        -1 (or an empty tensor). A batched call equals stacking the per-image calls.
+        -1 (or an empty tensor). A batched call equals stacking the per-image calls. The
+        levels' tensors are contiguous views into one buffer.
 
     Note:
-        No Python loop runs over images, boxes or locations; one runs over levels and over
-        chunks of a bounded working set (about ``2**18`` one-byte elements on CPU). On CPU
-        the op reads a few integers back from the tensors it computes (how many boxes can
-        match each level, and whether a level's locations form a grid) to skip padding rows
-        and impossible boxes; on CPU this is not a device synchronisation. On CUDA it never
-        synchronises: it works over all ``N`` rows with dense comparisons.
+        No Python loop runs over images, boxes or locations (one runs over levels, and
+        over groups of 52 boxes when an image has more). Cost and memory: on CPU, padding
+        rows are cut off at the largest real-box count K of the batch, and a level whose
+        locations form a row-major grid (as :func:`detops.get_fpn_location_coords` makes
+        them) costs ``O(B * K * (H + W))`` memory and one ``[B, H, K] @ [B, K, W]``
+        product; other levels are tested in chunks of ``2**18`` (box, location) pairs.
+        To do this the op reads a few integers back on CPU (K, and where the locations'
+        y changes); there is no device to synchronise with there. On CUDA it reads
+        nothing back: it keeps all ``N`` rows and tests every level in chunks.
     """
     _validate(
         locations_per_fpn_level,
@@ -321,8 +326,12 @@ def _match(
             continue
         inner = ranges[name][0] > 0  # m > low <= 0 holds for every inside location
         if name in grids:
-            targets = [t[block] for t in sums]
-            _grid_sums(bits, index.rows[i], grids[name], groups, inner, targets)
+            height, width = grids[name]
+            targets = [
+                t.as_strided((batch, height, width), (height * width, width, 1), block.start)
+                for t in sums
+            ]
+            _grid_sums(bits, index.rows[i], groups, inner, targets)
         else:
             level_bounds = tuple(b[i] for b in bounds)
             parts = _dense_sums(level_bounds, locations[name], groups, inner, chunk_elements)
@@ -344,9 +353,10 @@ def _weights(groups: tuple[tuple[int, int], ...]) -> list[float]:
 
 
 @functools.lru_cache(maxsize=16)
-def _row_base(batch: int, kept: int, sizes: tuple, device: torch.device) -> Tensor:
-    """``b * (kept + 1)`` for every level-major location of image b (``[B * sum(L)]``)."""
-    image = torch.arange(batch, device=device) * (kept + 1)
+def _row_base(batch: int, kept: int, sizes: tuple, shift: int, device: torch.device) -> Tensor:
+    """``b * (kept + 1) + shift`` for every level-major location of image b
+    (``[B * sum(L)]``; never modified in place)."""
+    image = torch.arange(batch, device=device) * (kept + 1) + shift
     return torch.cat([image.repeat_interleave(size) for size in sizes])
 
 
@@ -358,18 +368,18 @@ def _decode(sums: list[Tensor], groups, batch: int, kept: int, sizes: tuple, dev
     ``b - e``, and ``e == 0`` means no candidate in that group. The first group with a
     candidate wins; the last group's ``e == 0`` lands on row ``kept``, the -1 row.
     """
-    base = _row_base(batch, kept, sizes, device)
     exponents = [total.view(torch.int64) >> 52 for total in sums]  # 1022 + e
-    picked = (base + (groups[-1][1] + 1022)).sub_(exponents[-1])
+    picked = _row_base(batch, kept, sizes, groups[-1][1] + 1022, device) - exponents[-1]
     for (_, end), exponent in zip(reversed(groups[:-1]), reversed(exponents[:-1]), strict=True):
-        picked = torch.where(exponent > 1022, base + (end + 1022) - exponent, picked)
+        base = _row_base(batch, kept, sizes, end + 1022, device)
+        picked = torch.where(exponent > 1022, base - exponent, picked)
     return picked
 
 
 class _GridIndex(NamedTuple):
     coords: Tensor  # [S]: flat indices of every grid level's x-values, then its y-values
     owner: Tensor  # [S]: row (2 * level + axis) of the bounds each coordinate is tested with
-    rebuild: Tensor  # [2 * sum(L)]: each flat entry's position in cat(flat[coords], flat)
+    rebuild: Tensor  # [2 * sum(L)]: for each flat entry, the flat entry it must equal
     rows: dict  # level -> (first x row, first y row) in ``coords``
 
 
@@ -378,16 +388,15 @@ def _grid_index(sizes: tuple, shapes: tuple, device: torch.device) -> _GridIndex
     """Index tensors for the grid levels ``shapes`` (``(H, W)`` or None per level).
 
     ``flat`` is all locations as ``[x0, y0, x1, y1, ...]``. ``rebuild`` maps every entry
-    of a grid level to its grid x-value or y-value (and every entry of another level to
-    itself), so ``cat(flat[coords], flat)[rebuild] == flat`` exactly when the grid levels
-    are the grids ``shapes`` says.
+    of a grid level to the entry of its grid's first row (x) or first column (y), and every
+    entry of another level to itself, so ``flat[rebuild] == flat`` exactly when the grid
+    levels are the grids ``shapes`` says.
     """
     coords, owner, rebuild, rows = [], [], [], {}
-    total = sum(h + w for h, w in (shape for shape in shapes if shape))
     start = 0
     for level, (size, shape) in enumerate(zip(sizes, shapes, strict=True)):
         if not shape:
-            rebuild.extend(range(total + 2 * start, total + 2 * (start + size)))
+            rebuild.extend(range(2 * start, 2 * (start + size)))
             start += size
             continue
         height, width = shape
@@ -397,7 +406,7 @@ def _grid_index(sizes: tuple, shapes: tuple, device: torch.device) -> _GridIndex
         coords.extend(range(2 * start + 1, 2 * (start + size), 2 * width))
         owner.extend([2 * level] * width + [2 * level + 1] * height)
         for k in range(size):
-            rebuild.extend((x_row + k % width, y_row + k // width))
+            rebuild.extend((coords[x_row + k % width], coords[y_row + k // width]))
         rows[level] = (x_row, y_row)
         start += size
 
@@ -426,16 +435,14 @@ def _grid_shapes(locations: Mapping[str, Tensor], sizes: list[int]):
     flat = torch.cat(list(locations.values())).to(torch.float64).view(-1)
     key = tuple(sizes)
     hint = _SHAPE_HINTS.get(key)
-    if hint is not None:
+    if hint is not None and any(hint):
         index = _grid_index(key, hint, flat.device)
-        coords = flat.index_select(0, index.coords)
-        if torch.equal(torch.cat((coords, flat)).index_select(0, index.rebuild), flat):
-            return list(hint), index, coords
+        if torch.equal(flat.index_select(0, index.rebuild), flat):
+            return list(hint), index, flat.index_select(0, index.coords)
     shapes = _search_shapes(flat, sizes)
     if any(shapes):
         index = _grid_index(key, tuple(shapes), flat.device)
-        coords = flat.index_select(0, index.coords)
-        if not torch.equal(torch.cat((coords, flat)).index_select(0, index.rebuild), flat):
+        if not torch.equal(flat.index_select(0, index.rebuild), flat):
             shapes = _verify_each(flat, sizes, shapes)  # some level is not a grid: find it
     if len(_SHAPE_HINTS) > 64:
         _SHAPE_HINTS.clear()
@@ -489,7 +496,7 @@ def _grid_axis_bits(
     """Per-axis tests of every grid level at once, as weighted float64 factors.
 
     Row r of the result tests coordinate ``coords[r]`` (an x-value or a y-value of some
-    grid level) against every image and box: ``bits [S, 2 (variant), B, kept]``. On x rows
+    grid level) against every image and box: ``bits [2 (variant), S, B, kept]``. On x rows
     variant 0 is ``X * weight`` and variant 1 ``X * Xin * weight``; on y rows variant 0 is
     ``Y`` and variant 1 ``-(Y * Yin)``, so that per level
     ``Y0 @ X0 + Y1 @ X1 = sum_j weight_j * X * Y * (1 - Xin * Yin)``. Image and box are
@@ -501,14 +508,14 @@ def _grid_axis_bits(
     coords = coords.unsqueeze(1)  # [S, 1]
     inside = (coords > lower) & (coords < upper)  # [S, B * kept]
     factors = _factors(shapes, groups, batch, coords.device)  # [2, S, B * kept]
-    bits = coords.new_empty(len(coords), 2, batch * kept)
+    bits = coords.new_empty(2, len(coords), batch * kept)
     # (uint8 views: the bool-times-float kernel is several times slower on CPU)
-    torch.mul(inside.view(torch.uint8), factors[0], out=bits[:, 0])
+    torch.mul(inside.view(torch.uint8), factors[0], out=bits[0])
     if first_inner is not None:  # variant 1 only on the rows of levels that read it
         rows = slice(first_inner, None)
         inner = inside[rows] & (coords[rows] >= inner_lo[rows]) & (coords[rows] <= inner_hi[rows])
-        torch.mul(inner.view(torch.uint8), factors[1, rows], out=bits[rows, 1])
-    return bits.view(len(coords), 2, batch, kept)
+        torch.mul(inner.view(torch.uint8), factors[1, rows], out=bits[1, rows])
+    return bits.view(2, len(coords), batch, kept)
 
 
 @functools.lru_cache(maxsize=16)
@@ -528,15 +535,14 @@ def _factors(shapes: tuple, groups: tuple, batch: int, device: torch.device) -> 
     return torch.stack((torch.where(is_x, weights, ones), torch.where(is_x, weights, -ones)))
 
 
-def _grid_sums(bits: Tensor, first_rows, grid, groups, inner: bool, targets) -> None:
-    """Write ``0.5 + weight sum`` of each group at a grid level into ``targets`` [B*H*W]."""
-    height, width = grid
+def _grid_sums(bits: Tensor, first_rows, groups, inner: bool, targets) -> None:
+    """Write ``0.5 + weight sum`` of each group at a grid level into ``targets [B, H, W]``."""
     x_row, y_row = first_rows
     _, _, batch, kept = bits.shape
-    s_row, s_variant, s_batch, _ = bits.stride()
+    s_variant, s_row, s_batch, _ = bits.stride()
     half = _constant((((0.5,),),), torch.float64, bits.device)  # [1, 1, 1]
-    for (a, b), target in zip(groups, targets, strict=True):
-        out = target.view(batch, height, width)
+    for (a, b), out in zip(groups, targets, strict=True):
+        height, width = out.shape[1:]
         for variant in (0, 1) if inner else (0,):
             # y factors [B, H, n] (row-major), x factors [B, n, W] (column-major)
             shift = bits.storage_offset() + variant * s_variant + a

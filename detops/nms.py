@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -66,6 +67,7 @@ _SUB = 16  # tile columns are scanned in groups of 16 (max over a group, then th
 _FLUSH = 2048  # candidate groups gathered before they are turned into edges
 _MARGIN = 1e-3  # relative slack on the threshold in the (conservative) window bounds
 _BLOCK = 1024  # boxes (in score order) per block of the greedy resolution
+_ROUNDS = 24  # rounds over all boxes at once before the greedy resolution goes by blocks
 _MAX_BINS = 1 << 16
 
 
@@ -110,9 +112,10 @@ def _check_common(op: str, boxes: Tensor, scores: Tensor, iou_threshold: object,
 
 
 def _check_finite_input(op: str, boxes: Tensor, scores: Tensor) -> None:
-    """NaN checks (one host sync each); run inside ``_one_intraop_thread``."""
-    check_no_nan(op, "boxes", boxes)
-    check_no_nan(op, "scores", scores)
+    """NaN checks (one host sync); run inside ``_one_intraop_thread``."""
+    if bool(torch.isnan(boxes).any() | torch.isnan(scores).any()):
+        check_no_nan(op, "boxes", boxes)
+        check_no_nan(op, "scores", scores)
 
 
 # ----------------------------------------------------------------------------------------
@@ -161,70 +164,131 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _threshold_in(threshold: float, dtype: torch.dtype) -> float:
     """The largest ``dtype`` value ``t <= threshold``: for ``x`` in ``dtype``,
     ``x > t`` exactly when ``x > threshold`` (torchvision compares in float64)."""
+    threshold = float(threshold)
     if dtype == torch.float64:
-        return float(threshold)
-    t = torch.tensor(threshold, dtype=torch.float64).to(dtype)
-    if float(t) > threshold:
-        t = torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype))
-    return float(t)
+        return threshold
+    (t,) = struct.unpack("f", struct.pack("f", threshold))  # nearest float32 (0 <= t <= 1)
+    if t > threshold:  # one float32 step down
+        (bits,) = struct.unpack("I", struct.pack("f", t))
+        (t,) = struct.unpack("f", struct.pack("I", bits - 1))
+    return t
 
 
-def _dense_groups(groups: Tensor) -> tuple[Tensor, int]:
-    """Map integer group labels to ``0..G-1`` (order kept); returns labels and ``G``."""
-    n = groups.numel()
+def _dense_groups(groups: Tensor) -> Tensor:
+    """Integer group labels mapped to ``0 <= label < numel`` (equal stays equal)."""
+    if groups.numel() == 0:
+        return groups
     low, high = (int(v) for v in torch.stack((groups.min(), groups.max())).tolist())
-    if high - low < n:
-        return groups - low, high - low + 1
-    _, inverse = torch.unique(groups, return_inverse=True)
-    return inverse, int(inverse.max()) + 1
+    if high - low < groups.numel():
+        return groups - low
+    return torch.unique(groups, return_inverse=True)[1]
 
 
 class _Prepared:
-    """Per-call float64 views of the boxes shared by the self-join passes."""
+    """Per-call views shared by the self-join passes over a batch ``[B, N]`` of images.
 
-    def __init__(self, b: Tensor, area: Tensor, threshold: float):
-        self.b, self.area, self.m = b, area, b.shape[0]
-        dev = b.device
-        self.x1, self.y1, x2, self.y2 = b.to(torch.float64).unbind(1)
-        self.t = t = threshold * (1.0 - _MARGIN)
-        self.x_sorted, self.x_order = torch.sort(self.x1, stable=True)
-        self.x_rank = torch.empty_like(self.x_order)
-        self.x_rank[self.x_order] = torch.arange(self.m, device=dev)
-        # Interval IoU > t needs x1_j <= x2_i - t * w_i for x1_i <= x1_j: round outwards.
-        inf = torch.tensor(math.inf, dtype=torch.float64, device=dev)
-        upper = torch.nextafter(x2 - t * (x2 - self.x1), inf)
-        self.n_upper = torch.searchsorted(self.x_sorted, upper, right=True)
+    Improper boxes (``proper`` False: zero, negative or non-finite area, or padding) are
+    replaced by a far-out inverted box (IoU 0 with everything, no inf - inf), put in a
+    group of their own after all others and given empty windows.
+    """
+
+    def __init__(self, b: Tensor, area: Tensor, proper: Tensor, threshold: float):
+        self.batch, self.n = proper.shape
+        self.m = self.batch * self.n
+        self.all_proper = bool(proper.all())
+        self.proper = proper
+        big = torch.finfo(b.dtype).max / 4
+        if not self.all_proper:
+            far = b.new_tensor([big, big, -big, -big])
+            b = torch.where(proper[..., None], b, far)
+            area = torch.where(proper, area, 1.0)
+        self.b, self.area, self.big = b, area, big
+        self.x1, self.y1, self.x2, self.y2 = b.to(torch.float64).unbind(-1)
+        self.t = threshold * (1.0 - _MARGIN)
+        self._x_windows: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def x_windows(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Per image: the order by x1, the rank by x1, and the number of boxes with
+        ``x1 <= x2_i - t * w_i`` (interval IoU > t needs that for ``x1_i <= x1_j``),
+        rounded outwards; empty for improper boxes."""
+        if self._x_windows is None:
+            dev, t = self.b.device, self.t
+            x_sorted, x_order = torch.sort(self.x1, dim=-1, stable=True)
+            ar = torch.arange(self.n, device=dev).expand(self.batch, self.n)
+            x_rank = torch.empty_like(x_order).scatter_(-1, x_order, ar)
+            inf = torch.tensor(math.inf, dtype=torch.float64, device=dev)
+            upper = torch.nextafter(self.x2 - t * (self.x2 - self.x1), inf)
+            n_upper = torch.searchsorted(x_sorted, upper, right=True)
+            if not self.all_proper:
+                n_upper = torch.where(self.proper, n_upper, x_rank + 1)
+            self._x_windows = x_order, x_rank, n_upper
+        return self._x_windows
 
     def y_stats(self) -> tuple[float, float, float]:
-        """Tallest height, lowest and highest y1."""
-        stats = torch.stack(((self.y2 - self.y1).max(), self.y1.min(), self.y1.max()))
-        hmax, ymin, ymax = stats.tolist()
+        """Tallest height, lowest and highest y1 of the proper boxes."""
+        y1, height = self.y1[self.proper], (self.y2 - self.y1)[self.proper]
+        hmax, ymin, ymax = torch.stack((height.max(), y1.min(), y1.max())).tolist()
         return hmax, ymin, ymax
 
 
-def _self_join(
+def _group_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per image, boxes sorted by group; the window of a box is the rest of its group."""
+    batch, n, dev = prep.batch, prep.n, prep.b.device
+    num_groups = 1 if gid is None else int(gid.max()) + 2
+    if gid is None:
+        gid = torch.zeros(batch, n, dtype=torch.int64, device=dev)
+    if not prep.all_proper:
+        gid = torch.where(prep.proper, gid, num_groups - 1)  # improper boxes last
+    gid_sorted, pos = torch.sort(gid, dim=-1, stable=True)
+    flat = gid_sorted + torch.arange(0, batch * num_groups, num_groups, device=dev)[:, None]
+    counts = torch.bincount(flat.reshape(-1), minlength=batch * num_groups)
+    end = torch.cumsum(counts, 0)[flat]
+    if not prep.all_proper:  # improper boxes: empty windows
+        proper = prep.proper.gather(-1, pos)
+        end = torch.where(proper, end, torch.arange(1, batch * n + 1, device=dev).view(batch, n))
+    return _flat_positions(prep, pos), end.reshape(-1)
+
+
+def _x_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per image, boxes sorted by ``(gid, x1)``; the window of box ``i`` is the boxes
+    after it in its group with ``x1 <= x2_i - t * w_i``."""
+    batch, n, dev = prep.batch, prep.n, prep.b.device
+    x_order, x_rank, n_upper = prep.x_windows()
+    if gid is None:
+        pos = x_order
+        end = n_upper.gather(-1, pos)
+    else:
+        if not prep.all_proper:
+            gid = torch.where(prep.proper, gid, int(gid.max()) + 1)  # improper boxes last
+        stride = n + 1
+        keys, pos = torch.sort(gid * stride + x_rank, dim=-1)
+        end = torch.searchsorted(keys, gid * stride + n_upper).gather(-1, pos)
+    if batch > 1:
+        end = end + torch.arange(0, batch * n, n, device=dev)[:, None]
+    return _flat_positions(prep, pos), end.reshape(-1)
+
+
+def _flat_positions(prep: _Prepared, pos: Tensor) -> Tensor:
+    """Per-image positions [B, N] as flat indices: image b holds b * N .. b * N + N - 1."""
+    if prep.batch > 1:
+        pos = pos + torch.arange(0, prep.m, prep.n, device=pos.device)[:, None]
+    return pos.reshape(-1)
+
+
+def _tile_pairs(
     prep: _Prepared,
-    gid: Tensor | None,
+    pos: Tensor,
+    end: Tensor,
     threshold: float,
     out: list[tuple[Tensor, Tensor]],
     pair_filter=None,
     max_pairs: float = math.inf,
 ) -> bool:
-    """Append the pairs of equal ``gid`` whose IoU is ``> threshold`` (once per pair).
-
-    Boxes are sorted by ``(gid, x1)`` (by ``x1`` when ``gid`` is None); box ``i`` is tested against the boxes after it in
-    its group up to ``x1 <= x2_i - t * w_i``. Returns False, doing nothing, when that
-    window holds more than ``max_pairs`` pairs in all.
-    """
-    m, b, dev = prep.m, prep.b, prep.b.device
+    """Append the pairs ``(pos[p], pos[q])``, ``p < q < end[p]``, whose IoU is
+    ``> threshold``, as flat indices. Returns False, doing nothing, when the windows hold
+    more than ``max_pairs`` pairs."""
+    m, dev = prep.m, prep.b.device
     budget = _CUDA_TILE if dev.type == "cuda" else _CPU_TILE
-    if gid is None:
-        pos = prep.x_order
-        end = prep.n_upper[pos]
-    else:
-        stride = m + 1
-        keys, pos = torch.sort(gid * stride + prep.x_rank)
-        end = torch.searchsorted(keys, gid * stride + prep.n_upper)[pos]
     window = end - torch.arange(1, m + 1, device=dev)  # >= 0: a box is in its own window
     total = float(window.sum())
     if total > max_pairs:
@@ -235,8 +299,8 @@ def _self_join(
     # i < rows, k < width: a skewed (as_strided) view of the sorted rows, rows innermost
     # so that every operand is read contiguously. Windows vary, so a tile spans the
     # longest window among its rows; rows are sized so that tiles hold about `budget`.
-    rows = 1024
-    while rows > 64 and rows * (1.5 * total / m + _SUB) > budget:
+    rows = 8192
+    while rows > 64 and (rows > 2 * m or rows * (1.5 * total / m + _SUB) > budget):
         rows //= 2
     tiles = -(-m // rows)
     plan = torch.nn.functional.pad(window, (0, tiles * rows - m)).view(tiles, rows)
@@ -244,17 +308,15 @@ def _self_join(
 
     # Rows (x2, y2, -x1, -y1, area): one minimum gives min(x2), min(y2), -max(x1),
     # -max(y1), and overlap = min(x2) + (-max(x1)), exactly as min(x2) - max(x1).
-    # Padded with far-out inverted boxes (overlap negative and finite: IoU 0 with
-    # everything) so that tiles may run past the end.
+    # Padded with far-out inverted boxes so that tiles may run past the end.
     length = m + rows + _SUB
-    big = torch.finfo(b.dtype).max / 4
-    sb = b[pos]
-    cols = torch.cat((sb[:, 2:4], -sb[:, 0:2], prep.area[pos, None]), 1)
-    cols = torch.cat((cols, cols.new_tensor([[-big] * 4 + [1.0]]).expand(rows + _SUB, 5)))
-    cols = cols.t().contiguous()
-    thr = _threshold_in(threshold, b.dtype)
-    chunk = max(_SUB, (budget // rows) // _SUB * _SUB)
-    buffer = torch.empty(6 * rows * chunk, dtype=b.dtype, device=dev)
+    sb = prep.b.reshape(m, 4)[pos]
+    cols = torch.cat((sb[:, 2:4], -sb[:, 0:2], prep.area.reshape(m, 1)[pos]), 1)
+    pad = cols.new_tensor([[-prep.big] * 4 + [1.0]]).expand(rows + _SUB, 5)
+    cols = torch.cat((cols, pad)).t().contiguous()
+    thr = _threshold_in(threshold, cols.dtype)
+    chunk = max(_SUB, min((budget // rows) // _SUB, -(-max(plan) // _SUB)) * _SUB)
+    buffer = torch.empty(6 * rows * chunk, dtype=cols.dtype, device=dev)
     views: dict[int, tuple[Tensor, ...]] = {}
     found: list[tuple[Tensor, Tensor, int, int]] = []
     pending = 0
@@ -289,19 +351,12 @@ def _self_join(
                 bounds = buffer[: 4 * size].view(4, width, rows)
                 inter = buffer[4 * size : 5 * size].view(width, rows)
                 union = buffer[5 * size : 6 * size].view(width, rows)
-                views[width] = (
-                    bounds,
-                    bounds[0:2],
-                    bounds[2:4],
-                    inter,
-                    union,
-                    inter.view(width // _SUB, _SUB, rows),
-                )
+                grouped = inter.view(width // _SUB, _SUB, rows)
+                views[width] = (bounds, bounds[0:2], bounds[2:4], inter, union, grouped)
             bounds, overlap, neg_low, inter, union, grouped = views[width]
             offset = r0 + 1 + k0
-            torch.minimum(
-                row_bounds, cols.as_strided((4, width, rows), (length, 1, 1), offset), out=bounds
-            )
+            skew = cols.as_strided((4, width, rows), (length, 1, 1), offset)
+            torch.minimum(row_bounds, skew, out=bounds)
             overlap.add_(neg_low).clamp_(min=0)  # min(x2) - max(x1), min(y2) - max(y1)
             torch.prod(overlap, 0, out=inter)
             col_area = cols.as_strided((width, rows), (1, 1), 4 * length + offset)
@@ -321,40 +376,56 @@ def _self_join(
 
 
 def _suppression_pairs(
-    b: Tensor, area: Tensor, groups: Tensor | None, num_groups: int, threshold: float
+    b: Tensor, area: Tensor, proper: Tensor, groups: Tensor | None, threshold: float
 ) -> tuple[Tensor, Tensor]:
-    """All pairs ``(i, j)``, ``i != j``, of one group whose IoU is ``> threshold``, once each.
+    """All pairs of proper boxes of one image and one group whose IoU is ``> threshold``,
+    once each, as flat indices ``image * N + box``.
 
-    ``b`` holds boxes of positive finite area only, in the computation dtype.
+    ``b`` [B, N, 4] and ``area`` [B, N] are in the computation dtype; ``groups`` [B, N]
+    holds dense group ids (or None).
     """
-    m, dev = b.shape[0], b.device
+    batch, n = proper.shape
+    m, dev = batch * n, b.device
     budget = _CUDA_TILE if dev.type == "cuda" else _CPU_TILE
-    prep = _Prepared(b, area, threshold)
+    prep = _Prepared(b, area, proper, threshold)
     out: list[tuple[Tensor, Tensor]] = []
-    # y-bins pay off when boxes spread over many box heights. Boxes with IoU > t start
-    # less than (1 - t) * (taller height) = h apart in y; with bins of height 2h on two
-    # grids offset by h, every such pair shares a bin of one grid (counted on grid 0 when
-    # it shares a grid-0 bin, else on grid 1). Tried only when the plain x-windows hold
-    # many pairs.
-    max_bins = min(_MAX_BINS, (1 << 62) // (num_groups * (m + 1)) - 2)
-    if max_bins < 8 or _self_join(prep, groups, threshold, out, max_pairs=16 * budget):
+    # Small groups: test every pair of a group (no x-sort, no searches).
+    if groups is None:
+        sizes = proper.sum(-1)
+    else:
+        num_groups = int(groups.max()) + 1
+        image = torch.arange(0, batch * num_groups, num_groups, device=dev)[:, None]
+        sizes = torch.bincount((groups + image)[proper], minlength=batch * num_groups)
+    if float((sizes * (sizes - 1)).sum()) <= 2 * budget:
+        _tile_pairs(prep, *_group_windows(prep, groups), threshold, out)
+        return _concat_pairs(out, dev)
+    # Otherwise x-windows, and y-bins when they pay off: boxes with IoU > t start less
+    # than (1 - t) * (taller height) = h apart in y; with bins of height 2h on two grids
+    # offset by h, every such pair shares a bin of one grid (counted on grid 0 when it
+    # shares a grid-0 bin, else on grid 1). Tried only when the x-windows hold many pairs.
+    num_groups = 1 if groups is None else int(groups.max()) + 2
+    max_bins = min(_MAX_BINS, (1 << 62) // (num_groups * (n + 1)) - 2)
+    windows = _x_windows(prep, groups)
+    if max_bins < 8 or _tile_pairs(prep, *windows, threshold, out, max_pairs=16 * budget):
         return _concat_pairs(out, dev)
     hmax, ymin, ymax = prep.y_stats()
     bin_height = (1.0 - prep.t) * hmax * (1.0 + 1e-6)
     span = ymax - ymin
     if not (bin_height > 0 and 8 * bin_height < span):
-        _self_join(prep, groups, threshold, out)
+        _tile_pairs(prep, *windows, threshold, out)
         return _concat_pairs(out, dev)
     if span / bin_height > max_bins:
         bin_height = span / (max_bins - 1)  # coarser bins stay conservative
-    u = (prep.y1 - ymin) / bin_height
+    u = ((prep.y1 - ymin) / bin_height).clamp_(0, max_bins)  # improper boxes: anywhere
     bin0 = torch.floor(u / 2).to(torch.int64)
     bin1 = torch.floor((u + 1) / 2).to(torch.int64)
     if groups is not None:
-        nb = int(bin1.max()) + 2
+        nb = max_bins // 2 + 2
         bin0, bin1 = groups * nb + bin0, groups * nb + bin1
-    _self_join(prep, bin0, threshold, out)
-    _self_join(prep, bin1, threshold, out, lambda i, j: bin0[i] != bin0[j])
+    flat0 = bin0.reshape(m)
+    _tile_pairs(prep, *_x_windows(prep, bin0), threshold, out)
+    pair_filter = lambda i, j: flat0[i] != flat0[j]  # noqa: E731
+    _tile_pairs(prep, *_x_windows(prep, bin1), threshold, out, pair_filter)
     return _concat_pairs(out, dev)
 
 
@@ -367,30 +438,38 @@ def _concat_pairs(out: list[tuple[Tensor, Tensor]], dev: torch.device) -> tuple[
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
-def _resolve_block(alive: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+def _resolve_block(
+    alive: Tensor, src: Tensor, dst: Tensor, max_rounds: int | None = None
+) -> Tensor | None:
     """Greedy result inside one block: the fixed point of ``kept = alive & ~(some kept
-    src has an edge to it)``, reached by iterating (rounds: longest chain + 1)."""
+    src has an edge to it)``, reached by iterating (rounds: longest chain + 1). None when
+    ``max_rounds`` rounds do not reach it."""
     kept = alive
-    while True:
+    rounds = 0
+    while max_rounds is None or rounds < max_rounds:
         nxt = alive.clone()
         nxt[dst[kept[src]]] = False
         if torch.equal(nxt, kept):
             return kept
         kept = nxt
+        rounds += 1
+    return None
 
 
 def _greedy_keep(src: Tensor, dst: Tensor, n: int) -> Tensor:
     """Greedy suppression over edges ``src -> dst`` (score ranks, ``src < dst``).
 
     Returns a bool mask over ranks: rank ``r`` is kept when no kept rank ``< r`` has an
-    edge to it. Ranks are resolved in blocks of ``_BLOCK``, in order.
+    edge to it. First all ranks at once for a few rounds (enough unless suppression
+    chains are long); otherwise in blocks of ``_BLOCK`` ranks, in order.
     """
     dev = src.device
     everything = torch.ones(n, dtype=torch.bool, device=dev)
     if src.numel() == 0:
         return everything
-    if n <= _BLOCK:
-        return _resolve_block(everything, src, dst)
+    kept = _resolve_block(everything, src, dst, None if n <= _BLOCK else _ROUNDS)
+    if kept is not None:
+        return kept
     src, order = torch.sort(src)
     dst = dst[order]
     keep = everything
@@ -415,35 +494,80 @@ def _greedy_keep(src: Tensor, dst: Tensor, n: int) -> Tensor:
     return keep
 
 
-def _nms_kept(boxes: Tensor, scores: Tensor, groups: Tensor | None, threshold: float) -> Tensor:
-    """Indices of the kept boxes, by descending score, ties by index (validated inputs)."""
-    n = boxes.shape[0]
+def _dense_kept(
+    b: Tensor, area: Tensor, proper: Tensor, groups: Tensor | None, order: Tensor, thr: float
+) -> Tensor:
+    """Small inputs: every pair of an image at once. Returns ``kept`` [B, N] by rank."""
+    batch, n = proper.shape
+    dev = b.device
+    ranked = b.gather(1, order[..., None].expand(batch, n, 4))
+    area = area.gather(1, order)
+    # (x2, y2, -x1, -y1) by rank, [4, B, N]: one minimum over all pairs gives min(x2),
+    # min(y2), -max(x1), -max(y1); overlap = min(x2) + (-max(x1)) = min(x2) - max(x1).
+    bounds = torch.cat((ranked[..., 2:4], -ranked[..., 0:2]), -1).permute(2, 0, 1)
+    low_high = torch.minimum(bounds[..., :, None], bounds[..., None, :])
+    overlap = low_high[0:2].add_(low_high[2:4]).clamp_(min=0)
+    inter = overlap[0] * overlap[1]
+    iou = inter.div_((area[..., :, None] + area[..., None, :]).sub_(inter))
+    # edge[b, i, j]: rank i (higher score) would suppress rank j.
+    edge = iou > thr
+    edge &= torch.ones(n, n, dtype=torch.bool, device=dev).triu_(1)
+    ok = proper.gather(1, order)
+    edge &= ok[..., :, None] & ok[..., None, :]
+    if groups is not None:
+        g = groups.gather(1, order)
+        edge &= g[..., :, None] == g[..., None, :]
+    everything = torch.ones(batch, n, dtype=torch.bool, device=dev)
+    kept = everything
+    while True:  # the greedy fixed point, as in _resolve_block
+        nxt = ~(edge & kept[..., :, None]).any(-2)
+        if torch.equal(nxt, kept):
+            return kept
+        kept = nxt
+
+
+def _nms_core(
+    boxes: Tensor, scores: Tensor, groups: Tensor | None, threshold: float, padded: bool
+) -> tuple[Tensor, Tensor]:
+    """Greedy NMS on every image of ``boxes`` [B, N, 4] (validated inputs).
+
+    Returns ``order`` [B, N], the boxes of each image by descending score (ties: lower
+    index first), and ``kept`` [B, N] bool, whether ``order[b, r]`` is kept. With
+    ``padded``, candidates scored -inf take no part and are not kept.
+    """
+    batch, n = scores.shape
     dev = boxes.device
-    order = torch.sort(scores, descending=True, stable=True).indices
+    threshold = float(threshold)
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     b = boxes.detach().to(_compute_dtype(boxes.dtype))
-    x1, y1, x2, y2 = b.unbind(1)
+    x1, y1, x2, y2 = b.unbind(-1)
     width, height = x2 - x1, y2 - y1
     area = width * height
     # Boxes of zero, negative or non-finite area have IoU 0 with everything: no edges.
     proper = (torch.minimum(width, height) > 0) & (area > 0) & (area < math.inf)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(n, device=dev)
-    sub_groups, num_groups = None, 1
-    if bool(proper.all()):
-        if groups is not None:
-            sub_groups, num_groups = _dense_groups(groups)
-        i, j = _suppression_pairs(b, area, sub_groups, num_groups, threshold)
-        ri, rj = rank[i], rank[j]
-    else:
-        idx = proper.nonzero().squeeze(1)
-        if idx.numel() < 2:
-            return order
-        if groups is not None:
-            sub_groups, num_groups = _dense_groups(groups[idx])
-        i, j = _suppression_pairs(b[idx], area[idx], sub_groups, num_groups, threshold)
-        ri, rj = rank[idx[i]], rank[idx[j]]
-    keep = _greedy_keep(torch.minimum(ri, rj), torch.maximum(ri, rj), n)
-    return order[keep]
+    if padded:
+        valid = scores > -math.inf
+        proper &= valid
+    budget = _CUDA_TILE if dev.type == "cuda" else _CPU_TILE
+    if batch * n * n <= budget // 2:
+        kept = _dense_kept(b, area, proper, groups, order, _threshold_in(threshold, b.dtype))
+        return order, (kept & valid.gather(-1, order)) if padded else kept
+    if groups is not None:
+        groups = _dense_groups(groups)
+    i, j = _suppression_pairs(b, area, proper, groups, threshold)
+    # Priority of a box: its rank in its image, images interleaved (pairs never cross
+    # images, so this order is each image's score order).
+    ar = torch.arange(0, batch * n, batch, device=dev).expand(batch, n)
+    priority = torch.empty_like(order).scatter_(-1, order, ar)
+    if batch > 1:
+        priority += torch.arange(batch, device=dev)[:, None]
+    priority = priority.reshape(-1)
+    pi, pj = priority[i], priority[j]
+    kept = _greedy_keep(torch.minimum(pi, pj), torch.maximum(pi, pj), batch * n)
+    kept = kept.view(n, batch).t()
+    if padded:
+        kept = kept & valid.gather(-1, order)
+    return order, kept
 
 
 # ----------------------------------------------------------------------------------------
@@ -488,7 +612,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         _check_finite_input(op, boxes, scores)
         if boxes.shape[0] == 0:
             return torch.empty(0, dtype=torch.int64, device=boxes.device)
-        return _nms_kept(boxes, scores.detach(), None, float(iou_threshold))
+        order, kept = _nms_core(boxes[None], scores.detach()[None], None, iou_threshold, False)
+        return order[0][kept[0]]
 
 
 def class_spec_nms(
@@ -523,8 +648,9 @@ def class_spec_nms(
         _check_finite_input(op, boxes, scores)
         if boxes.shape[0] == 0:
             return torch.empty(0, dtype=torch.int64, device=boxes.device)
-        classes = class_ids.to(torch.int64)
-        return _nms_kept(boxes, scores.detach(), classes, float(iou_threshold))
+        classes = class_ids.to(torch.int64)[None]
+        order, kept = _nms_core(boxes[None], scores.detach()[None], classes, iou_threshold, False)
+        return order[0][kept[0]]
 
 
 def batched_nms_per_image(
@@ -576,28 +702,18 @@ def batched_nms_per_image(
     dev = boxes.device
     with torch.no_grad(), _one_intraop_thread(dev):
         _check_finite_input(op, boxes, scores)
-        flat_scores = scores.detach().reshape(-1)
-        cand = (flat_scores > -math.inf).nonzero().squeeze(1)
-        if cand.numel() == 0 or max_detections == 0:
+        if scores.numel() == 0 or max_detections == 0:
             return torch.full((num_images, 0), -1, dtype=torch.int64, device=dev)
-        image = torch.div(cand, n, rounding_mode="floor")
-        if class_ids is None:
-            groups = image
-        else:
-            classes, num_classes = _dense_groups(class_ids.reshape(-1)[cand].to(torch.int64))
-            groups = image * num_classes + classes
-        kept = cand[
-            _nms_kept(boxes.reshape(-1, 4)[cand], flat_scores[cand], groups, float(iou_threshold))
-        ]
-        kept_image, by_image = torch.sort(torch.div(kept, n, rounding_mode="floor"), stable=True)
-        kept_index = kept[by_image] - kept_image * n
-        counts = torch.bincount(kept_image, minlength=num_images)
-        starts = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(kept.numel(), device=dev) - starts[kept_image]
-        width = int(counts.max())
+        classes = None
+        if class_ids is not None:
+            classes = class_ids.to(torch.int64)
+        order, kept = _nms_core(boxes, scores.detach(), classes, iou_threshold, True)
+        # Row b: the kept boxes of image b in score order, then -1.
+        slot = torch.cumsum(kept, dim=-1) - 1
+        width = int(slot[:, -1].max()) + 1
         if max_detections is not None:
             width = min(width, max_detections)
-        out = torch.full((num_images, width), -1, dtype=torch.int64, device=dev)
-        fits = slot < width
-        out[kept_image[fits], slot[fits]] = kept_index[fits]
-        return out
+        out = torch.full((num_images, width + 1), -1, dtype=torch.int64, device=dev)
+        slot = torch.where(kept & (slot < width), slot, width)  # the rest to a spare column
+        out.scatter_(-1, slot, torch.where(kept, order, -1))
+        return out[:, :width]

@@ -72,7 +72,7 @@ DEFAULT_TIMEOUT = 10.0
 USER_DTYPES = (torch.float32, torch.float64)
 # After the first failure, shrinking stops after this many drawn candidates or seconds,
 # whichever comes first (the smallest failing input found so far is reported).
-SHRINK_SECONDS = 20.0
+SHRINK_SECONDS = 10.0
 SHRINK_DRAWS = 1000
 
 
@@ -143,6 +143,9 @@ def _import_module(spec: str):
         try:
             sys.modules[name] = module
             module_spec.loader.exec_module(module)
+        except KeyboardInterrupt:
+            sys.modules.pop(name, None)
+            raise
         except BaseException as exc:  # a user's module may even call sys.exit
             sys.modules.pop(name, None)
             raise TargetError(f"--impl {spec}: importing it raised {_exception_line(exc)}") from exc
@@ -154,6 +157,8 @@ def _import_module(spec: str):
         sys.path.insert(0, os.getcwd())
     try:
         return importlib.import_module(spec)
+    except KeyboardInterrupt:
+        raise
     except BaseException as exc:
         raise TargetError(f"--impl {spec}: importing it raised {_exception_line(exc)}") from exc
 
@@ -773,7 +778,11 @@ def _dedupe(failures: list[Failure]) -> list[Failure]:
             (
                 k
                 for k in kept
-                if k.kind == failure.kind and k.reason == failure.reason and k.kind != "mismatch"
+                if k.kind == failure.kind
+                and (
+                    (k.reason == failure.reason and k.kind != "mismatch")
+                    or (k.hints and k.hints[:1] == failure.hints[:1])
+                )
             ),
             None,
         )

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from .deltas import fcos_make_centerness_targets
+
 
 def _softplus(z: float) -> float:
     """log(1 + exp(z)) without overflow."""
@@ -138,8 +140,6 @@ def fcos_loss(
     0.25 |pred - gt| summed where gt >= 0; loss_ctr: BCE with logits against the centerness
     of the gt deltas, summed where it is >= 0. Each divided by new * B (by 1 if that is 0).
     """
-    from .deltas import fcos_make_centerness_targets
-
     cls = np.asarray(pred_cls_logits, dtype=np.float64)
     box = np.asarray(pred_boxreg_deltas, dtype=np.float64)
     ctr = np.asarray(pred_ctr_logits, dtype=np.float64)

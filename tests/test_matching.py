@@ -11,7 +11,7 @@ import reference.matching as ref
 from detops import fcos_match_locations_to_gt, get_fpn_location_coords
 from detops.testing.compare import EXACT, assert_trees_close
 from detops.testing.entry import case_to_torch
-from detops.testing.families.targets import match_cases
+from detops.testing.families.targets import benchmark_inputs, match_cases
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 NO_ROW = [-1.0] * 5
@@ -264,6 +264,19 @@ def test_every_path_equals_the_reference(case, chunk):
         if gt.dim() == 2:
             out = {k: v[0] for k, v in out.items()}
         assert_trees_close(out, expected, EXACT, f"compact={compact} grid={grid} chunk={chunk}")
+
+
+@pytest.mark.parametrize("radius", [None, 1.5])
+def test_a4_benchmark_batch_matches_the_reference(radius):
+    """The benchmark's A4 batch (16 images, 40 rows, 4..12 real boxes) at full size."""
+    locations, gt, _, _ = benchmark_inputs(224, 224, STRIDES, 40, (4, 12))
+    out = fcos_match_locations_to_gt(locations, STRIDES, gt, center_sampling_radius=radius)
+    np_locations = {k: v.numpy() for k, v in locations.items()}
+    expected = ref.fcos_match_locations_to_gt(
+        np_locations, STRIDES, gt.numpy(), center_sampling_radius=radius
+    )
+    assert_trees_close(out, expected, EXACT, f"A4 batch, radius {radius}")
+    assert sum(int((v[..., 4] >= 0).sum()) for v in out.values()) > 100
 
 
 def test_many_boxes_use_several_weight_groups():

@@ -165,7 +165,9 @@ def batched_nms_cases(draw, max_batch: int = 3, max_n: int = 16):
     boxes = boxes.reshape(batch, n, 4)
     scores = np.array([draw(distinct_scores(n)) for _ in range(batch)], dtype=np.float64)
     scores = scores.reshape(batch, n)
-    padding = np.array(draw(st.lists(st.booleans(), min_size=batch * n, max_size=batch * n)))
+    padding = np.array(
+        draw(st.lists(st.booleans(), min_size=batch * n, max_size=batch * n)), dtype=bool
+    )
     scores[padding.reshape(batch, n)] = -np.inf  # padding candidates
     class_ids = None
     if draw(st.booleans()):
