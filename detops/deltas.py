@@ -105,6 +105,8 @@ def fcos_get_deltas_from_locations(
 
     ``(l, t, r, b) = (xc - x1, yc - y1, x2 - xc, y2 - yc) / stride``. A location inside its
     box has four positive deltas; one outside has at least one negative delta (kept as is).
+    A location exactly on the left or top edge gets ``l`` or ``t`` equal to ``-0.0`` (the
+    op divides ``x1 - xc`` by ``-stride``); it compares equal to 0 and decodes exactly.
 
     Args:
         locations (Tensor[L, 2] or Tensor[..., L, 2]): ``(xc, yc)`` in absolute pixels;
@@ -209,5 +211,5 @@ def fcos_make_centerness_targets(deltas: Tensor) -> Tensor:
     left, top, right, bottom = deltas.unbind(-1)
     near_x, near_y = torch.minimum(left, right), torch.minimum(top, bottom)
     denominator = torch.maximum(left, right).mul_(torch.maximum(top, bottom))
-    centerness = torch.where(denominator == 0, 0, (near_x * near_y).div_(denominator))
-    return centerness.sqrt_().masked_fill_(torch.minimum(near_x, near_y) < 0, -1)
+    centerness = torch.where(denominator == 0, 0, (near_x * near_y).div_(denominator)).sqrt_()
+    return torch.where(torch.minimum(near_x, near_y) < 0, -1, centerness)

@@ -30,6 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from ._checks import check_floating, check_same_device, check_tensor, shape_str
 from .deltas import fcos_make_centerness_targets
+from .nms import _one_intraop_thread  # the shared "one intra-op thread" scope (see there)
 
 __all__ = [
     "sigmoid_focal_loss",
@@ -167,16 +168,18 @@ def _chunk_size(device: torch.device, n: int) -> int:
     return min(size, max(n, 1))
 
 
-def _run_tasks(device: torch.device, n_tasks: int, make_worker) -> None:
+def _run_tasks(device: torch.device, n_tasks: int, make_worker, threads: int | None = None):
     """Run ``worker(i)`` for ``i < n_tasks``; ``make_worker()`` builds one worker (with its
     own buffers) per thread.
 
     On CPU, Python threads share the tasks (ATen releases the GIL inside each op), one per
-    intra-op thread torch may use, when there are enough tasks to share. Tasks are pulled
+    intra-op thread torch may use (``threads``, default ``torch.get_num_threads()``), when
+    there are enough tasks to share. Tasks are pulled
     from a shared counter (``next`` is atomic under the GIL), so a descheduled thread does
     not hold back a fixed share of the work.
     """
-    workers = 1 if device.type != "cpu" else max(1, min(torch.get_num_threads(), n_tasks // 8))
+    threads = torch.get_num_threads() if threads is None else threads
+    workers = 1 if device.type != "cpu" else max(1, min(threads, n_tasks // 8))
     counter = itertools.count()
 
     def loop() -> None:
@@ -201,7 +204,7 @@ class _PositiveRows:
     the value already in place, so no host sync is needed to skip them.
     """
 
-    def __init__(self, x2d: Tensor, ids: Tensor, alpha, gamma, loss_dtype, want_grad: bool):
+    def __init__(self, x2d: Tensor, ids: Tensor, alpha, gamma, loss_dtype, want_grad, threads):
         rows, num_classes = x2d.shape
         device = x2d.device
         cdt = _compute_dtype(x2d.dtype)
@@ -236,7 +239,7 @@ class _PositiveRows:
 
             return worker
 
-        _run_tasks(device, -(-rows // block), make_worker)
+        _run_tasks(device, -(-rows // block), make_worker, threads)
 
     def write(self, dst: Tensor, values: Tensor, r0: int, r1: int) -> None:
         """Overwrite the positive entries of rows ``[r0, r1)`` of ``dst`` (``[r1-r0, C]``)."""
@@ -245,7 +248,9 @@ class _PositiveRows:
         dst.scatter_(1, index, torch.where(self.valid[r0:r1, None], values[r0:r1, None], kept))
 
 
-def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad, positives=None):
+def _focal_dense_pass(
+    x_flat, t_flat, alpha, gamma, reduction, want_grad, positives=None, threads=None
+):
     """Loss and gradient over flat contiguous inputs, chunk by chunk.
 
     ``t_flat`` is None for the class-id form: every element is a negative except the
@@ -300,7 +305,7 @@ def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad, positi
 
         return worker
 
-    _run_tasks(device, n_chunks, make_worker)
+    _run_tasks(device, n_chunks, make_worker, threads)
     if loss is None:
         # Chunk sums in chunk order, so the result does not depend on thread timing.
         loss = (
@@ -311,24 +316,30 @@ def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad, positi
     return loss, grad
 
 
-def _focal_forward(inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype):
+def _focal_forward(
+    inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype, threads=None
+):
     """Loss (reduced as asked; ``none`` in ``inputs.dtype``, a reduction in ``out_dtype``)
-    and d(sum of elementwise loss)/d inputs."""
+    and d(sum of elementwise loss)/d inputs. ``threads``: see :func:`_run_tasks`."""
     x = inputs.contiguous()
     x_flat = x.reshape(-1)
     n = x_flat.numel()
     if class_ids is None:
         t_flat = targets.contiguous().reshape(-1)
-        loss, grad = _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad)
+        loss, grad = _focal_dense_pass(
+            x_flat, t_flat, alpha, gamma, reduction, want_grad, threads=threads
+        )
     else:
         positives = None
         if n > 0:
             x2d = x_flat.view(-1, x.shape[-1])
             loss_dtype = x.dtype if reduction == "none" else _compute_dtype(x.dtype)
             positives = _PositiveRows(
-                x2d, class_ids.reshape(-1), alpha, gamma, loss_dtype, want_grad
+                x2d, class_ids.reshape(-1), alpha, gamma, loss_dtype, want_grad, threads
             )
-        loss, grad = _focal_dense_pass(x_flat, None, alpha, gamma, reduction, want_grad, positives)
+        loss, grad = _focal_dense_pass(
+            x_flat, None, alpha, gamma, reduction, want_grad, positives, threads
+        )
     if reduction == "none":
         loss = loss.view(x.shape)
     elif reduction == "mean":
@@ -581,7 +592,11 @@ def fcos_loss(
       all-negative focal loss.
 
     No Python loop over images or locations and no host synchronization: the normalizer
-    stays a tensor (a float ``normalizer`` is turned into one).
+    stays a tensor (a float ``normalizer`` is turned into one). The three sums and their
+    closed-form gradients are computed in the forward pass; backward scales them. On CPU,
+    forward and backward run on one intra-op thread (``torch.set_num_threads(1)`` while
+    inside, restored on exit, as :func:`detops.nms` does; the focal part still shares its
+    chunks among Python threads): its small ops are faster without OpenMP hand-offs.
 
     Args:
         pred_cls_logits (Tensor[B, L, C]): class logits, floating.
@@ -652,32 +667,85 @@ def fcos_loss(
     else:
         old = normalizer  # a Python float stays a kernel argument: no host-to-device copy
 
-    classes = matched_gt_boxes[..., 4].detach()
-    num_pos = (classes != -1).sum()
-    new_normalizer = num_pos.to(norm_dtype) * ((1.0 - momentum) / batch) + momentum * old
-    denominator = new_normalizer * batch
-    denominator = torch.where(denominator == 0, 1.0, denominator).to(loss_dtype)
-
-    class_ids = classes.to(torch.int64)
-    class_ids = torch.where(classes < 0, -1, class_ids)  # e.g. -0.5 would truncate to 0
-    loss_cls = _SigmoidFocalLoss.apply(
-        pred_cls_logits, None, class_ids, 0.25, 2.0, "sum", op, loss_dtype
-    )
-
-    gt_deltas = matched_gt_deltas.detach().to(loss_dtype)
-    box_error = (pred_boxreg_deltas.to(loss_dtype) - gt_deltas).abs()
-    loss_box = 0.25 * torch.where(gt_deltas < 0, 0.0, box_error).sum()
-
-    centerness = fcos_make_centerness_targets(gt_deltas)
-    loss_ctr = torch.nn.functional.binary_cross_entropy_with_logits(
-        pred_ctr_logits[..., 0].to(loss_dtype),
-        centerness.clamp(min=0),
-        weight=(centerness >= 0).to(loss_dtype),
-        reduction="sum",
-    )
-    losses = {
-        "loss_cls": loss_cls / denominator,
-        "loss_box": loss_box / denominator,
-        "loss_ctr": loss_ctr / denominator,
-    }
+    threads = torch.get_num_threads()
+    with _one_intraop_thread(device):
+        classes = matched_gt_boxes[..., 4].detach()
+        num_pos = (classes != -1).sum()
+        new_normalizer = num_pos.to(norm_dtype) * ((1.0 - momentum) / batch) + momentum * old
+        denominator = new_normalizer * batch
+        denominator = torch.where(denominator == 0, 1.0, denominator).to(loss_dtype)
+        class_ids = torch.where(classes < 0, -1, classes.to(torch.int64))  # -0.5 is not 0
+        loss_cls, loss_box, loss_ctr = _FCOSLossSums.apply(
+            pred_cls_logits,
+            pred_boxreg_deltas,
+            pred_ctr_logits,
+            class_ids,
+            matched_gt_deltas.detach(),
+            loss_dtype,
+            threads,
+        )
+        losses = {
+            "loss_cls": loss_cls / denominator,
+            "loss_box": loss_box / denominator,
+            "loss_ctr": loss_ctr / denominator,
+        }
     return losses, new_normalizer.detach()
+
+
+def _fcos_loss_sums(cls, box, ctr, class_ids, gt_deltas, loss_dtype, threads, needs_grad):
+    """The three loss sums (0-d, ``loss_dtype``) and their gradients w.r.t. the three
+    predictions (in the predictions' dtypes; None where not needed)."""
+    loss_cls, grad_cls = _focal_forward(
+        cls, None, class_ids, 0.25, 2.0, "sum", needs_grad[0], loss_dtype, threads
+    )
+    gt = gt_deltas.to(loss_dtype)
+    inside = (gt >= 0).to(loss_dtype)  # background rows (and deltas < 0) count 0
+    diff = box.detach().to(loss_dtype) - gt
+    loss_box = diff.abs().mul_(inside).sum().mul_(0.25)
+    grad_box = None
+    if needs_grad[1]:  # d|d|/dd = sign(d), 0 at d = 0 (as autograd's abs)
+        grad_box = diff.sign_().mul_(inside).mul_(0.25).to(box.dtype)
+    centerness = fcos_make_centerness_targets(gt)
+    weight = (centerness >= 0).to(loss_dtype)
+    target = centerness.clamp_(min=0)
+    logits = ctr.detach()[..., 0].to(loss_dtype)
+    loss_ctr = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target, weight=weight, reduction="sum"
+    )
+    grad_ctr = None
+    if needs_grad[2]:  # d BCE / dx = sigmoid(x) - c
+        grad_ctr = logits.sigmoid().sub_(target).mul_(weight).unsqueeze(-1).to(ctr.dtype)
+    return (loss_cls, loss_box, loss_ctr), (grad_cls, grad_box, grad_ctr)
+
+
+class _FCOSLossSums(torch.autograd.Function):
+    """Forward computes the three sums and their closed-form gradients on one intra-op
+    thread; backward scales the gradients in place (also on one thread), so no part of the
+    loss opens an OpenMP parallel region. A second backward recomputes, as
+    :class:`_SigmoidFocalLoss` does."""
+
+    @staticmethod
+    def forward(ctx, cls, box, ctr, class_ids, gt_deltas, loss_dtype, threads):
+        needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
+        sums, grads = _fcos_loss_sums(
+            cls, box, ctr, class_ids, gt_deltas, loss_dtype, threads, needs
+        )
+        ctx.grads = grads
+        ctx.options = (loss_dtype, threads, needs)
+        if any(needs):
+            ctx.save_for_backward(cls, box, ctr, class_ids, gt_deltas)
+        return sums
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_cls, grad_box, grad_ctr):
+        loss_dtype, threads, needs = ctx.options
+        grads, ctx.grads = ctx.grads, None
+        inputs = ctx.saved_tensors
+        with _one_intraop_thread(inputs[0].device):
+            if grads is None:  # a second backward through the same graph
+                _, grads = _fcos_loss_sums(*inputs, loss_dtype, threads, needs)
+            for grad, scale in zip(grads, (grad_cls, grad_box, grad_ctr), strict=True):
+                if grad is not None:
+                    grad.mul_(scale)
+        return (*grads, None, None, None, None)

@@ -501,6 +501,8 @@ def _grid_axis_bits(
     ``Y`` and variant 1 ``-(Y * Yin)``, so that per level
     ``Y0 @ X0 + Y1 @ X1 = sum_j weight_j * X * Y * (1 - Xin * Yin)``. Image and box are
     the innermost dimensions (``B * kept`` long) so the elementwise kernels run long rows.
+    Variant 1 is filled from row ``first_inner`` on (None: nowhere); levels that test no
+    inner box never read it.
     """
     levels, _, batch, kept = bounds[0].shape
     per_row = torch.stack(bounds, dim=2).view(levels * 2, 4, batch * kept)

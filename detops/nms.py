@@ -69,6 +69,9 @@ _MARGIN = 1e-3  # relative slack on the threshold in the (conservative) window b
 _BLOCK = 1024  # boxes (in score order) per block of the greedy resolution
 _ROUNDS = 24  # rounds over all boxes at once before the greedy resolution goes by blocks
 _MAX_BINS = 1 << 16
+_EXPLICIT_COST = 4.0  # cost of a listed pair, in IoU values of a dense tile
+_TILE_COST = 30000  # fixed cost of a dense tile (about 20 torch calls), in IoU values
+_DENSE = 2  # inputs with B * N * N <= budget / _DENSE take the all-pairs path
 
 
 # ----------------------------------------------------------------------------------------
@@ -303,8 +306,14 @@ def _tile_pairs(
     while rows > 64 and (rows > 2 * m or rows * (1.5 * total / m + _SUB) > budget):
         rows //= 2
     tiles = -(-m // rows)
-    plan = torch.nn.functional.pad(window, (0, tiles * rows - m)).view(tiles, rows)
-    plan = plan.amax(1).tolist()
+    per_tile = torch.nn.functional.pad(window, (0, tiles * rows - m)).view(tiles, rows)
+    plan, sums = torch.stack((per_tile.amax(1), per_tile.sum(1))).tolist()
+    # Tiles whose rows have short windows but a long one among them would be mostly
+    # waste: their pairs are listed one by one instead (gathers cost more per pair).
+    explicit = [
+        sums[t] * _EXPLICIT_COST < rows * -(-plan[t] // _SUB) * _SUB + _TILE_COST
+        for t in range(tiles)
+    ]
 
     # Rows (x2, y2, -x1, -y1, area): one minimum gives min(x2), min(y2), -max(x1),
     # -max(y1), and overlap = min(x2) + (-max(x1)), exactly as min(x2) - max(x1).
@@ -315,6 +324,13 @@ def _tile_pairs(
     pad = cols.new_tensor([[-prep.big] * 4 + [1.0]]).expand(rows + _SUB, 5)
     cols = torch.cat((cols, pad)).t().contiguous()
     thr = _threshold_in(threshold, cols.dtype)
+    if any(explicit):
+        rows_listed = torch.tensor(explicit, device=dev).repeat_interleave(rows)[:m]
+        counts = torch.where(rows_listed, window, 0)
+        listed = int(sum(s for s, e in zip(sums, explicit, strict=True) if e))
+        _listed_pairs(cols, counts, listed, thr, pos, out, pair_filter)
+        if all(explicit):
+            return True
     chunk = max(_SUB, min((budget // rows) // _SUB, -(-max(plan) // _SUB)) * _SUB)
     buffer = torch.empty(6 * rows * chunk, dtype=cols.dtype, device=dev)
     views: dict[int, tuple[Tensor, ...]] = {}
@@ -340,6 +356,8 @@ def _tile_pairs(
         found, pending = [], 0
 
     for tile in range(tiles):
+        if explicit[tile] or plan[tile] == 0:
+            continue
         r0 = tile * rows
         row_bounds = cols.as_strided((4, 1, rows), (length, 0, 1), r0)
         row_area = cols.as_strided((1, rows), (0, 1), 4 * length + r0)
@@ -373,6 +391,43 @@ def _tile_pairs(
     if found:
         flush()
     return True
+
+
+def _listed_pairs(
+    cols: Tensor, counts: Tensor, total: int, thr: float, pos: Tensor, out, pair_filter
+) -> None:
+    """The pairs ``(p, p + 1 + k)``, ``k < counts[p]``, listed one by one (gathers)."""
+    dev = cols.device
+    budget = _CUDA_TILE if dev.type == "cuda" else _CPU_TILE
+    m = counts.numel()
+    ranges = [(0, m, total)]
+    if total > budget:  # row ranges holding about `budget` pairs each
+        ends = torch.cumsum(counts, 0)
+        marks = torch.arange(budget, total, budget, device=dev)
+        cuts = torch.searchsorted(ends, marks).tolist()
+        bounds = [0, *cuts, m]
+        sizes = torch.diff(ends[[b - 1 for b in bounds[1:]]], prepend=ends.new_zeros(1)).tolist()
+        ranges = list(zip(bounds[:-1], bounds[1:], sizes, strict=True))
+    for a, z, size in ranges:
+        if size == 0:
+            continue
+        cnt = counts[a:z]
+        r = torch.arange(a, z, device=dev).repeat_interleave(cnt, output_size=size)
+        # Pair q of row p is column p + 1 + (q - first pair of p).
+        shift = torch.arange(a + 1, z + 1, device=dev) - (torch.cumsum(cnt, 0) - cnt)
+        c = torch.arange(size, device=dev) + shift.repeat_interleave(cnt, output_size=size)
+        row, col = cols.index_select(1, r), cols.index_select(1, c)  # faster than cols[:, r]
+        low_high = torch.minimum(row[0:4], col[0:4])
+        overlap = low_high[0:2].add_(low_high[2:4]).clamp_(min=0)
+        inter = overlap[0] * overlap[1]
+        iou = inter.div_((row[4] + col[4]).sub_(inter))
+        hit = (iou > thr).nonzero().squeeze(1)
+        i = pos.index_select(0, r.index_select(0, hit))
+        j = pos.index_select(0, c.index_select(0, hit))
+        if pair_filter is not None:
+            keep = pair_filter(i, j)
+            i, j = i[keep], j[keep]
+        out.append((i, j))
 
 
 def _suppression_pairs(
@@ -494,36 +549,62 @@ def _greedy_keep(src: Tensor, dst: Tensor, n: int) -> Tensor:
     return keep
 
 
-def _dense_kept(
-    b: Tensor, area: Tensor, proper: Tensor, groups: Tensor | None, order: Tensor, thr: float
-) -> Tensor:
-    """Small inputs: every pair of an image at once. Returns ``kept`` [B, N] by rank."""
+def _grouped_dense_kept(
+    b: Tensor, area: Tensor, proper: Tensor, cell: Tensor, order: Tensor, thr: float
+) -> Tensor | None:
+    """Greedy NMS with every pair of a group at once, for small groups.
+
+    ``cell`` [B, N] holds dense ids of (image, class) groups. The boxes of each group
+    are laid out by rank in a row of a [G, S] table (S: the largest group); the IoU of
+    all pairs of a row, a triangular "suppresses" matrix, and the greedy fixed point
+    by matrix products. Returns ``kept`` [B, N] by rank, or None when G * S * S is too
+    large for this path.
+    """
     batch, n = proper.shape
-    dev = b.device
-    ranked = b.gather(1, order[..., None].expand(batch, n, 4))
-    area = area.gather(1, order)
-    # (x2, y2, -x1, -y1) by rank, [4, B, N]: one minimum over all pairs gives min(x2),
-    # min(y2), -max(x1), -max(y1); overlap = min(x2) + (-max(x1)) = min(x2) - max(x1).
-    bounds = torch.cat((ranked[..., 2:4], -ranked[..., 0:2]), -1).permute(2, 0, 1)
+    m, dev = batch * n, b.device
+    budget = _CUDA_TILE if dev.type == "cuda" else _CPU_TILE
+    cell = cell.reshape(m)
+    counts = torch.bincount(cell)
+    groups, size = counts.numel(), int(counts.max())
+    if groups * size * size > budget // _DENSE:
+        return None
+    ar = torch.arange(n, device=dev).expand(batch, n)
+    rank = torch.empty_like(order).scatter_(-1, order, ar).reshape(m)
+    key, pos = torch.sort(cell * n + rank)
+    starts = torch.cumsum(counts, 0) - counts
+    owner = torch.div(key, n, rounding_mode="floor")
+    slot = torch.arange(m, device=dev) - starts.index_select(0, owner)
+    table = torch.full((groups, size), m, dtype=torch.int64, device=dev)
+    table[owner, slot] = pos
+    # Row m of the padded arrays: an improper stand-in for empty slots.
+    flat = torch.cat((b.reshape(m, 4), b.new_zeros(1, 4)))
+    index = table.reshape(-1)
+    ranked = flat.index_select(0, index).view(groups, size, 4)
+    ranked_area = torch.cat((area.reshape(m), area.new_zeros(1))).index_select(0, index)
+    ranked_area = ranked_area.view(groups, size)
+    ok = torch.cat((proper.reshape(m), proper.new_zeros(1))).index_select(0, index)
+    ok = ok.view(groups, size)
+    # (x2, y2, -x1, -y1), [4, G, S]: one minimum over all pairs gives min(x2), min(y2),
+    # -max(x1), -max(y1); overlap = min(x2) + (-max(x1)) = min(x2) - max(x1).
+    bounds = torch.cat((ranked[..., 2:4], -ranked[..., 0:2]), -1).permute(2, 0, 1).contiguous()
     low_high = torch.minimum(bounds[..., :, None], bounds[..., None, :])
     overlap = low_high[0:2].add_(low_high[2:4]).clamp_(min=0)
     inter = overlap[0] * overlap[1]
-    iou = inter.div_((area[..., :, None] + area[..., None, :]).sub_(inter))
-    # edge[b, i, j]: rank i (higher score) would suppress rank j.
+    iou = inter.div_((ranked_area[..., :, None] + ranked_area[..., None, :]).sub_(inter))
+    # edge[g, i, j]: slot i (higher score) would suppress slot j.
     edge = iou > thr
-    edge &= torch.ones(n, n, dtype=torch.bool, device=dev).triu_(1)
-    ok = proper.gather(1, order)
+    edge &= torch.ones(size, size, dtype=torch.bool, device=dev).triu_(1)
     edge &= ok[..., :, None] & ok[..., None, :]
-    if groups is not None:
-        g = groups.gather(1, order)
-        edge &= g[..., :, None] == g[..., None, :]
-    everything = torch.ones(batch, n, dtype=torch.bool, device=dev)
-    kept = everything
-    while True:  # the greedy fixed point, as in _resolve_block
-        nxt = ~(edge & kept[..., :, None]).any(-2)
+    edge = edge.to(b.dtype)
+    kept = torch.ones(groups, 1, size, dtype=b.dtype, device=dev)
+    while True:  # the greedy fixed point, as in _resolve_block, by matrix products
+        nxt = (torch.bmm(kept, edge) == 0).to(b.dtype)
         if torch.equal(nxt, kept):
-            return kept
+            break
         kept = nxt
+    kept_flat = torch.zeros(m + 1, dtype=torch.bool, device=dev)
+    kept_flat[table[kept[:, 0] > 0]] = True
+    return kept_flat[:m].view(batch, n).gather(-1, order)
 
 
 def _nms_core(
@@ -548,12 +629,14 @@ def _nms_core(
     if padded:
         valid = scores > -math.inf
         proper &= valid
-    budget = _CUDA_TILE if dev.type == "cuda" else _CPU_TILE
-    if batch * n * n <= budget // 2:
-        kept = _dense_kept(b, area, proper, groups, order, _threshold_in(threshold, b.dtype))
-        return order, (kept & valid.gather(-1, order)) if padded else kept
     if groups is not None:
         groups = _dense_groups(groups)
+    image = torch.arange(batch, device=dev)[:, None]
+    cell = image.expand(batch, n) if groups is None else _dense_groups(groups * batch + image)
+    thr = _threshold_in(threshold, b.dtype)
+    kept = _grouped_dense_kept(b, area, proper, cell, order, thr)
+    if kept is not None:
+        return order, (kept & valid.gather(-1, order)) if padded else kept
     i, j = _suppression_pairs(b, area, proper, groups, threshold)
     # Priority of a box: its rank in its image, images interleaved (pairs never cross
     # images, so this order is each image's score order).

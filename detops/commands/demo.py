@@ -146,6 +146,10 @@ def _train_step(out: Path, iterations: int) -> tuple[int, list[Path]]:
             str(iterations),
             "--output-dir",
             str(train_dir),
+            # One thread: on a busy 2-core machine two OpenMP threads spin against other
+            # processes and ran 10x slower (measured); on an idle one the cost is small.
+            "--threads",
+            "1",
         ]
     )
     from detops.data._atomic import atomic_write_text
