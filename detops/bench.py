@@ -243,7 +243,7 @@ def format_bench_table(report: BenchReport) -> str:
                 r.size,
                 r.device,
                 format_seconds(r.detops.median if r.detops else None),
-                r.peer,
+                r.peer if len(r.peer) <= 48 else r.peer[:45] + "...",
                 format_seconds(r.peer_timing.median if r.peer_timing else None),
                 "-" if ratio is None else f"{ratio:.2f}x",
                 format_seconds(r.reference.median if r.reference else None),

@@ -69,9 +69,10 @@ _MARGIN = 1e-3  # relative slack on the threshold in the (conservative) window b
 _BLOCK = 1024  # boxes (in score order) per block of the greedy resolution
 _ROUNDS = 24  # rounds over all boxes at once before the greedy resolution goes by blocks
 _MAX_BINS = 1 << 16
+_BUCKET_MAX = 64  # x1 buckets holding more boxes fall back to exact x-windows
 _EXPLICIT_COST = 4.0  # cost of a listed pair, in IoU values of a dense tile
 _TILE_COST = 30000  # fixed cost of a dense tile (about 20 torch calls), in IoU values
-_DENSE = 2  # inputs with B * N * N <= budget / _DENSE take the all-pairs path
+_DENSE = 16  # groups with G * S * S <= budget / _DENSE take the all-pairs path
 
 
 # ----------------------------------------------------------------------------------------
@@ -195,18 +196,15 @@ class _Prepared:
     group of their own after all others and given empty windows.
     """
 
-    def __init__(self, b: Tensor, area: Tensor, proper: Tensor, threshold: float):
+    def __init__(self, planes: Tensor, proper: Tensor, threshold: float):
         self.batch, self.n = proper.shape
         self.m = self.batch * self.n
         self.all_proper = bool(proper.all())
         self.proper = proper
-        big = torch.finfo(b.dtype).max / 4
-        if not self.all_proper:
-            far = b.new_tensor([big, big, -big, -big])
-            b = torch.where(proper[..., None], b, far)
-            area = torch.where(proper, area, 1.0)
-        self.b, self.area, self.big = b, area, big
-        self.x1, self.y1, self.x2, self.y2 = b.to(torch.float64).unbind(-1)
+        self.planes = planes.reshape(5, self.m)  # (x2, y2, -x1, -y1, area), see _planes
+        self.device, self.dtype = planes.device, planes.dtype
+        x2, y2, neg_x1, neg_y1 = planes[:4].to(torch.float64).unbind(0)
+        self.x1, self.y1, self.x2, self.y2 = -neg_x1, -neg_y1, x2, y2
         self.t = threshold * (1.0 - _MARGIN)
         self._x_windows: tuple[Tensor, Tensor, Tensor] | None = None
 
@@ -215,7 +213,7 @@ class _Prepared:
         ``x1 <= x2_i - t * w_i`` (interval IoU > t needs that for ``x1_i <= x1_j``),
         rounded outwards; empty for improper boxes."""
         if self._x_windows is None:
-            dev, t = self.b.device, self.t
+            dev, t = self.device, self.t
             x_sorted, x_order = torch.sort(self.x1, dim=-1, stable=True)
             ar = torch.arange(self.n, device=dev).expand(self.batch, self.n)
             x_rank = torch.empty_like(x_order).scatter_(-1, x_order, ar)
@@ -234,28 +232,56 @@ class _Prepared:
         return hmax, ymin, ymax
 
 
-def _group_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Per image, boxes sorted by group; the window of a box is the rest of its group."""
-    batch, n, dev = prep.batch, prep.n, prep.b.device
-    num_groups = 1 if gid is None else int(gid.max()) + 2
-    if gid is None:
-        gid = torch.zeros(batch, n, dtype=torch.int64, device=dev)
-    if not prep.all_proper:
-        gid = torch.where(prep.proper, gid, num_groups - 1)  # improper boxes last
-    gid_sorted, pos = torch.sort(gid, dim=-1, stable=True)
-    flat = gid_sorted + torch.arange(0, batch * num_groups, num_groups, device=dev)[:, None]
-    counts = torch.bincount(flat.reshape(-1), minlength=batch * num_groups)
-    end = torch.cumsum(counts, 0)[flat]
-    if not prep.all_proper:  # improper boxes: empty windows
-        proper = prep.proper.gather(-1, pos)
-        end = torch.where(proper, end, torch.arange(1, batch * n + 1, device=dev).view(batch, n))
-    return _flat_positions(prep, pos), end.reshape(-1)
-
-
 def _x_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor]:
     """Per image, boxes sorted by ``(gid, x1)``; the window of box ``i`` is the boxes
-    after it in its group with ``x1 <= x2_i - t * w_i``."""
-    batch, n, dev = prep.batch, prep.n, prep.b.device
+    after it in its group with ``x1 <= x2_i - t * w_i``. Uses x1 buckets (one integer
+    sort, no searches) unless they are crowded."""
+    bucketed = _bucket_windows(prep, gid)
+    if bucketed is not None:
+        return bucketed
+    return _exact_x_windows(prep, gid)
+
+
+def _bucket_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor] | None:
+    """Like the exact x-windows, with x1 and x2 - t * w rounded outwards to buckets of
+    x (about two per box of a group): box i's window holds the boxes after it in its
+    group whose bucket is at most that of x2_i - t * w_i, a superset. Sorting by (group,
+    bucket) takes one integer sort and the window ends come from cumulative counts.
+    None when a bucket holds more than ``_BUCKET_MAX`` boxes (crowded or far-apart x)."""
+    batch, m, dev = prep.batch, prep.m, prep.device
+    proper = prep.proper
+    inf = torch.tensor(math.inf, dtype=torch.float64, device=dev)
+    upper = torch.nextafter(prep.x2 - prep.t * (prep.x2 - prep.x1), inf)
+    top = torch.zeros((), dtype=torch.float64, device=dev) if gid is None else gid.max()
+    stats = (torch.where(proper, prep.x1, inf).min(), torch.where(proper, upper, -inf).max())
+    low, high, top = torch.stack((*stats, top.to(torch.float64))).tolist()
+    groups = int(top) + 1
+    buckets = max(1, min(1 << 20, -(-2 * m // (batch * groups))))
+    width = (high - low) / buckets
+    if not (math.isfinite(width) and width > 0):
+        return None
+    bucket_x1 = ((prep.x1 - low) / width).floor_().clamp_(0, buckets - 1).to(torch.int64)
+    bucket_up = ((upper - low) / width).floor_().clamp_(0, buckets - 1).to(torch.int64)
+    base = 0 if gid is None else gid * buckets
+    stride = groups * buckets + 1  # keys per image; the last one for improper boxes
+    cell = base + bucket_x1
+    if not prep.all_proper:
+        cell = torch.where(proper, cell, stride - 1)
+    flat = cell + torch.arange(0, batch * stride, stride, device=dev)[:, None]
+    counts = torch.bincount(flat.reshape(-1), minlength=batch * stride)
+    if int(counts.max()) > _BUCKET_MAX:
+        return None
+    ends = torch.cumsum(counts, 0)
+    _, pos = torch.sort(cell, dim=-1, stable=True)
+    end = ends[flat - cell + base + bucket_up]  # end of the bucket of x2_i - t * w_i
+    if not prep.all_proper:  # improper boxes: empty windows (they sort last in an image)
+        end = torch.where(proper, end, ends[flat])
+    return _flat_positions(prep, pos), end.gather(-1, pos).reshape(-1)
+
+
+def _exact_x_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Exact x-windows: x-sort and binary searches."""
+    batch, n, dev = prep.batch, prep.n, prep.device
     x_order, x_rank, n_upper = prep.x_windows()
     if gid is None:
         pos = x_order
@@ -290,7 +316,7 @@ def _tile_pairs(
     """Append the pairs ``(pos[p], pos[q])``, ``p < q < end[p]``, whose IoU is
     ``> threshold``, as flat indices. Returns False, doing nothing, when the windows hold
     more than ``max_pairs`` pairs."""
-    m, dev = prep.m, prep.b.device
+    m, dev = prep.m, prep.device
     budget = _CUDA_TILE if dev.type == "cuda" else _CPU_TILE
     window = end - torch.arange(1, m + 1, device=dev)  # >= 0: a box is in its own window
     total = float(window.sum())
@@ -319,10 +345,8 @@ def _tile_pairs(
     # -max(y1), and overlap = min(x2) + (-max(x1)), exactly as min(x2) - max(x1).
     # Padded with far-out inverted boxes so that tiles may run past the end.
     length = m + rows + _SUB
-    sb = prep.b.reshape(m, 4)[pos]
-    cols = torch.cat((sb[:, 2:4], -sb[:, 0:2], prep.area.reshape(m, 1)[pos]), 1)
-    pad = cols.new_tensor([[-prep.big] * 4 + [1.0]]).expand(rows + _SUB, 5)
-    cols = torch.cat((cols, pad)).t().contiguous()
+    pad = _far_planes(prep.dtype, prep.device, rows + _SUB)
+    cols = torch.cat((prep.planes.index_select(1, pos), pad), 1)
     thr = _threshold_in(threshold, cols.dtype)
     if any(explicit):
         rows_listed = torch.tensor(explicit, device=dev).repeat_interleave(rows)[:m]
@@ -431,30 +455,20 @@ def _listed_pairs(
 
 
 def _suppression_pairs(
-    b: Tensor, area: Tensor, proper: Tensor, groups: Tensor | None, threshold: float
+    planes: Tensor, proper: Tensor, groups: Tensor | None, threshold: float
 ) -> tuple[Tensor, Tensor]:
     """All pairs of proper boxes of one image and one group whose IoU is ``> threshold``,
     once each, as flat indices ``image * N + box``.
 
-    ``b`` [B, N, 4] and ``area`` [B, N] are in the computation dtype; ``groups`` [B, N]
-    holds dense group ids (or None).
+    ``planes`` [5, B, N] (see ``_planes``) are in the computation dtype; ``groups``
+    [B, N] holds dense group ids (or None).
     """
     batch, n = proper.shape
-    m, dev = batch * n, b.device
+    m, dev = batch * n, planes.device
     budget = _CUDA_TILE if dev.type == "cuda" else _CPU_TILE
-    prep = _Prepared(b, area, proper, threshold)
+    prep = _Prepared(planes, proper, threshold)
     out: list[tuple[Tensor, Tensor]] = []
-    # Small groups: test every pair of a group (no x-sort, no searches).
-    if groups is None:
-        sizes = proper.sum(-1)
-    else:
-        num_groups = int(groups.max()) + 1
-        image = torch.arange(0, batch * num_groups, num_groups, device=dev)[:, None]
-        sizes = torch.bincount((groups + image)[proper], minlength=batch * num_groups)
-    if float((sizes * (sizes - 1)).sum()) <= 2 * budget:
-        _tile_pairs(prep, *_group_windows(prep, groups), threshold, out)
-        return _concat_pairs(out, dev)
-    # Otherwise x-windows, and y-bins when they pay off: boxes with IoU > t start less
+    # x-windows, and y-bins when they pay off: boxes with IoU > t start less
     # than (1 - t) * (taller height) = h apart in y; with bins of height 2h on two grids
     # offset by h, every such pair shares a bin of one grid (counted on grid 0 when it
     # shares a grid-0 bin, else on grid 1). Tried only when the x-windows hold many pairs.
@@ -475,7 +489,7 @@ def _suppression_pairs(
     bin0 = torch.floor(u / 2).to(torch.int64)
     bin1 = torch.floor((u + 1) / 2).to(torch.int64)
     if groups is not None:
-        nb = max_bins // 2 + 2
+        nb = int(bin1.max()) + 1
         bin0, bin1 = groups * nb + bin0, groups * nb + bin1
     flat0 = bin0.reshape(m)
     _tile_pairs(prep, *_x_windows(prep, bin0), threshold, out)
@@ -550,7 +564,7 @@ def _greedy_keep(src: Tensor, dst: Tensor, n: int) -> Tensor:
 
 
 def _grouped_dense_kept(
-    b: Tensor, area: Tensor, proper: Tensor, cell: Tensor, order: Tensor, thr: float
+    planes: Tensor, proper: Tensor, cell: Tensor, order: Tensor, thr: float
 ) -> Tensor | None:
     """Greedy NMS with every pair of a group at once, for small groups.
 
@@ -561,7 +575,7 @@ def _grouped_dense_kept(
     large for this path.
     """
     batch, n = proper.shape
-    m, dev = batch * n, b.device
+    m, dev = batch * n, planes.device
     budget = _CUDA_TILE if dev.type == "cuda" else _CPU_TILE
     cell = cell.reshape(m)
     counts = torch.bincount(cell)
@@ -576,35 +590,45 @@ def _grouped_dense_kept(
     slot = torch.arange(m, device=dev) - starts.index_select(0, owner)
     table = torch.full((groups, size), m, dtype=torch.int64, device=dev)
     table[owner, slot] = pos
-    # Row m of the padded arrays: an improper stand-in for empty slots.
-    flat = torch.cat((b.reshape(m, 4), b.new_zeros(1, 4)))
-    index = table.reshape(-1)
-    ranked = flat.index_select(0, index).view(groups, size, 4)
-    ranked_area = torch.cat((area.reshape(m), area.new_zeros(1))).index_select(0, index)
-    ranked_area = ranked_area.view(groups, size)
-    ok = torch.cat((proper.reshape(m), proper.new_zeros(1))).index_select(0, index)
-    ok = ok.view(groups, size)
-    # (x2, y2, -x1, -y1), [4, G, S]: one minimum over all pairs gives min(x2), min(y2),
-    # -max(x1), -max(y1); overlap = min(x2) + (-max(x1)) = min(x2) - max(x1).
-    bounds = torch.cat((ranked[..., 2:4], -ranked[..., 0:2]), -1).permute(2, 0, 1).contiguous()
-    low_high = torch.minimum(bounds[..., :, None], bounds[..., None, :])
+    # Per slot (x2, y2, -x1, -y1, area); empty slots point past the end, to a far-out
+    # inverted box (IoU 0 with everything), as improper boxes already are.
+    rows = torch.cat((planes.reshape(5, m), _far_planes(planes.dtype, dev, 1)), 1)
+    rows = rows.index_select(1, table.reshape(-1))
+    # All pairs (i, j), i < j, of a group: slot i (higher score) may suppress slot j.
+    slots = torch.triu_indices(size, size, 1, device=dev)
+    slots = slots[:, None, :] + torch.arange(0, groups * size, size, device=dev)[:, None]
+    first, second = slots.reshape(2, -1)
+    a, c = rows.index_select(1, first), rows.index_select(1, second)
+    low_high = torch.minimum(a[0:4], c[0:4])  # min(x2), min(y2), -max(x1), -max(y1)
     overlap = low_high[0:2].add_(low_high[2:4]).clamp_(min=0)
     inter = overlap[0] * overlap[1]
-    iou = inter.div_((ranked_area[..., :, None] + ranked_area[..., None, :]).sub_(inter))
-    # edge[g, i, j]: slot i (higher score) would suppress slot j.
-    edge = iou > thr
-    edge &= torch.ones(size, size, dtype=torch.bool, device=dev).triu_(1)
-    edge &= ok[..., :, None] & ok[..., None, :]
-    edge = edge.to(b.dtype)
-    kept = torch.ones(groups, 1, size, dtype=b.dtype, device=dev)
-    while True:  # the greedy fixed point, as in _resolve_block, by matrix products
-        nxt = (torch.bmm(kept, edge) == 0).to(b.dtype)
-        if torch.equal(nxt, kept):
-            break
-        kept = nxt
+    iou = inter.div_((a[4] + c[4]).sub_(inter))
+    pair = (iou > thr).nonzero().squeeze(1)
+    src, dst = first.index_select(0, pair), second.index_select(0, pair)
+    kept_slots = _greedy_keep(src, dst, groups * size)
     kept_flat = torch.zeros(m + 1, dtype=torch.bool, device=dev)
-    kept_flat[table[kept[:, 0] > 0]] = True
+    kept_flat[table.reshape(-1)[kept_slots]] = True
     return kept_flat[:m].view(batch, n).gather(-1, order)
+
+
+def _far_planes(dtype: torch.dtype, device: torch.device, count: int) -> Tensor:
+    """``count`` stand-in boxes as planes: inverted and far out (x1 = y1 = big,
+    x2 = y2 = -big, area 1), so that their overlap with anything is negative and finite:
+    IoU 0 with everything, never NaN."""
+    big = torch.finfo(dtype).max / 4
+    return torch.tensor([-big] * 4 + [1.0], dtype=dtype, device=device)[:, None].expand(5, count)
+
+
+def _planes(b: Tensor, area: Tensor, proper: Tensor) -> Tensor:
+    """Boxes as contiguous planes [5, B, N]: (x2, y2, -x1, -y1, area). One minimum of two
+    such columns gives min(x2), min(y2), -max(x1), -max(y1), and the overlap
+    min(x2) + (-max(x1)) equals min(x2) - max(x1) exactly. Improper boxes become the
+    far-out stand-in of ``_far_planes``."""
+    x1, y1, x2, y2 = b.unbind(-1)
+    planes = torch.stack((x2, y2, -x1, -y1, area))
+    if not bool(proper.all()):
+        planes = torch.where(proper, planes, _far_planes(b.dtype, b.device, 1)[..., None])
+    return planes
 
 
 def _nms_core(
@@ -634,10 +658,11 @@ def _nms_core(
     image = torch.arange(batch, device=dev)[:, None]
     cell = image.expand(batch, n) if groups is None else _dense_groups(groups * batch + image)
     thr = _threshold_in(threshold, b.dtype)
-    kept = _grouped_dense_kept(b, area, proper, cell, order, thr)
+    planes = _planes(b, area, proper)
+    kept = _grouped_dense_kept(planes, proper, cell, order, thr)
     if kept is not None:
         return order, (kept & valid.gather(-1, order)) if padded else kept
-    i, j = _suppression_pairs(b, area, proper, groups, threshold)
+    i, j = _suppression_pairs(planes, proper, groups, threshold)
     # Priority of a box: its rank in its image, images interleaved (pairs never cross
     # images, so this order is each image's score order).
     ar = torch.arange(0, batch * n, batch, device=dev).expand(batch, n)

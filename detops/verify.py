@@ -76,6 +76,14 @@ SHRINK_SECONDS = 10.0
 SHRINK_DRAWS = 1000
 
 
+_KIND_WORDS = {
+    "timeout": "hangs (time limit)",
+    "mutated": "mutates its input",
+    "accepted": "accepts an input it must refuse",
+    "mismatch": "",
+}
+
+
 class TargetError(Exception):
     """The target could not be loaded (bad path, import error, nothing to check)."""
 
@@ -333,6 +341,7 @@ class Failure:
     detail: str = ""
     probe: str = ""
     hints: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # the hints in a few words
     also: list[str] = field(default_factory=list)
     context: HintContext | None = field(default=None, repr=False, compare=False)
 
@@ -360,16 +369,16 @@ class FunctionReport:
 
     @property
     def summary(self) -> str:
-        """A one-line explanation for the table."""
+        """A one-line explanation for the table: the known mistakes or departures found,
+        in a few words each, else what went wrong."""
         if self.note:
             return self.note
-        if not self.failures:
-            return ""
-        first = self.failures[0]
-        text = first.hints[0] if first.hints else first.reason
-        where = f"probe '{first.probe}'" if first.probe else f"{first.dtype} case"
-        more = f" (+{len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
-        return f"{where}: {text}{more}"
+        parts: list[str] = []
+        for failure in self.failures:
+            for part in failure.tags or [_KIND_WORDS.get(failure.kind) or failure.reason]:
+                if part not in parts:
+                    parts.append(part)
+        return "; ".join(parts)
 
 
 @dataclass
@@ -676,10 +685,14 @@ def _add_hints(
                 continue
             if found and not _refuted(hint, passed):
                 failure.hints.append(hint.text)
+                if hint.short:
+                    failure.tags.append(hint.short)
                 break
     if not failure.hints and probe is not None and probe.departure:
         if failure.kind in probe.departure_kinds:
             failure.hints.append(probe.departure)
+            if probe.tag:
+                failure.tags.append(probe.tag)
 
 
 class _Found(Exception):

@@ -94,6 +94,7 @@ class Hint:
     text: str
     matches: Callable[[HintContext], bool]
     refuted_by: Callable[[HintContext], bool] | None = None
+    short: str = ""  # a few words for the summary table
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Probe:
     tolerance: Tolerance | None = None
     departure_kinds: tuple[str, ...] = ("mismatch", "accepted")
     refuse: bool = False
+    tag: str = ""  # the departure in a few words, for the summary table
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ def _agree(actual: Any, expected: Any, tol: Tolerance) -> bool:
     return compare_trees(actual, expected, tol).ok
 
 
-def mistake_hint(text: str, mistake: Callable[[Case, torch.dtype], Any]) -> Hint:
+def mistake_hint(text: str, mistake: Callable[[Case, torch.dtype], Any], short: str = "") -> Hint:
     """A hint that applies when the output equals ``mistake(ref_case, dtype)``, the
     reference with the mistake made on purpose."""
 
@@ -267,10 +269,10 @@ def mistake_hint(text: str, mistake: Callable[[Case, torch.dtype], Any]) -> Hint
     def refuted_by(ctx: HintContext) -> bool:
         return not _agree(mistake(ctx.ref_case, ctx.dtype), ctx.expected, ctx.tolerance)
 
-    return Hint(text, matches, refuted_by)
+    return Hint(text, matches, refuted_by, short)
 
 
-def masked_hint(text: str, mask: Callable[[Case], np.ndarray]) -> Hint:
+def masked_hint(text: str, mask: Callable[[Case], np.ndarray], short: str = "") -> Hint:
     """A hint for "right everywhere except on the rows ``mask(ref_case)`` selects": the
     output equals the reference off the mask and differs on it."""
 
@@ -289,17 +291,19 @@ def masked_hint(text: str, mask: Callable[[Case], np.ndarray]) -> Hint:
         on_ok = _agree(np.where(rows, actual, 0.0), np.where(rows, expected, 0.0), ctx.tolerance)
         return off_ok and not on_ok
 
-    return Hint(text, matches)
+    return Hint(text, matches, None, short)
 
 
-def input_hint(text: str, kinds: tuple[str, ...], predicate: Callable[[Case], bool]) -> Hint:
+def input_hint(
+    text: str, kinds: tuple[str, ...], predicate: Callable[[Case], bool], short: str = ""
+) -> Hint:
     """A hint for a failure of one of ``kinds`` (e.g. ``raised``) on inputs where
     ``predicate(ref_case)`` holds, such as an image without GT boxes."""
 
     def matches(ctx: HintContext) -> bool:
         return ctx.kind in kinds and bool(predicate(ctx.ref_case))
 
-    return Hint(text, matches)
+    return Hint(text, matches, None, short)
 
 
 # --------------------------------------------------------------------------------------
@@ -366,11 +370,20 @@ LOCATIONS = SeedSpec(
     entry_name="get_fpn_location_coords",
     prepare=_prepare_locations,
     hints=(
-        mistake_hint(_HINT_TRANSPOSED, _locations_mistake(transposed=True, floor_half=False)),
-        mistake_hint(_HINT_STRIDE_FLOOR, _locations_mistake(transposed=False, floor_half=True)),
+        mistake_hint(
+            _HINT_TRANSPOSED,
+            _locations_mistake(transposed=True, floor_half=False),
+            "transposed location order",
+        ),
+        mistake_hint(
+            _HINT_STRIDE_FLOOR,
+            _locations_mistake(transposed=False, floor_half=True),
+            "stride // 2 offsets",
+        ),
         mistake_hint(
             _HINT_TRANSPOSED + "; and " + _HINT_STRIDE_FLOOR,
             _locations_mistake(transposed=True, floor_half=True),
+            "transposed order + stride // 2 offsets",
         ),
     ),
     probes=(
@@ -524,12 +537,13 @@ MATCHING = SeedSpec(
     entry_name="fcos_match_locations_to_gt",
     prepare=_prepare_matching,
     hints=(
-        mistake_hint(_HINT_INCLUSIVE, _matching_mistake(inclusive=True)),
-        mistake_hint(_HINT_MAX_AREA, _matching_mistake(tie="max")),
-        mistake_hint(_HINT_F32_TRICK, _matching_mistake(tie="f32")),
+        mistake_hint(_HINT_INCLUSIVE, _matching_mistake(inclusive=True), "inclusive size bounds"),
+        mistake_hint(_HINT_MAX_AREA, _matching_mistake(tie="max"), "max-area tie-break"),
+        mistake_hint(_HINT_F32_TRICK, _matching_mistake(tie="f32"), "1e8 - area float32 trick"),
         mistake_hint(
             _HINT_INCLUSIVE + "; and " + _HINT_MAX_AREA,
             _matching_mistake(inclusive=True, tie="max"),
+            "inclusive bounds + max-area tie-break",
         ),
         input_hint(
             _HINT_EMPTY_GT,
@@ -538,6 +552,7 @@ MATCHING = SeedSpec(
                 np.asarray(c.args[2]).shape[-2] == 0
                 or bool((np.asarray(c.args[2])[..., 4] == -1).all())
             ),
+            "fails without GT boxes",
         ),
     ),
     probes=(
@@ -673,9 +688,13 @@ DELTAS = SeedSpec(
     entry_name="fcos_get_deltas_from_locations",
     hints=(
         masked_hint(
-            "background rows (GT all -1) must give deltas (-1, -1, -1, -1)", _background_gt
+            "background rows (GT all -1) must give deltas (-1, -1, -1, -1)",
+            _background_gt,
+            "background deltas not -1",
         ),
-        mistake_hint("the deltas are not divided by the stride", _deltas_unscaled),
+        mistake_hint(
+            "the deltas are not divided by the stride", _deltas_unscaled, "not divided by stride"
+        ),
     ),
     probes=(
         Probe(
@@ -703,7 +722,7 @@ APPLY_DELTAS = SeedSpec(
     "-> Tensor[L, 4]",
     call=_call_apply_deltas,
     entry_name="fcos_apply_deltas_to_locations",
-    hints=(mistake_hint(_HINT_UNCLAMPED, _apply_unclamped),),
+    hints=(mistake_hint(_HINT_UNCLAMPED, _apply_unclamped, "deltas not clamped"),),
     probes=(
         Probe(
             "background deltas (-1, -1, -1, -1) decode to a zero-size box",
@@ -728,10 +747,12 @@ CENTERNESS = SeedSpec(
         masked_hint(
             "the centerness of background locations (deltas -1) must be -1",
             _centerness_background,
+            "background centerness not -1",
         ),
         mistake_hint(
             "0 / 0 gives NaN: a zero denominator (location on a box edge) must give 0",
             _centerness_unguarded,
+            "NaN at zero denominator",
         ),
     ),
     probes=(
@@ -887,7 +908,7 @@ NMS = SeedSpec(
     signature="nms(boxes[N, 4], scores[N], iou_threshold=0.5) -> Tensor[K] int64",
     call=_call_direct(_check_indices),
     entry_name="nms",
-    hints=(mistake_hint(_HINT_NMS_GE, _nms_ge),),
+    hints=(mistake_hint(_HINT_NMS_GE, _nms_ge, ">= instead of >"),),
     probes=(
         Probe(
             "IoU exactly at the threshold (0.5) is kept",
@@ -898,11 +919,13 @@ NMS = SeedSpec(
             "tied scores keep index order",
             _nms_probe([[0, 0, 1, 1], [2, 0, 3, 1], [4, 0, 5, 1]], [0.5, 0.5, 0.5], 0.5),
             departure=_TIE_DEPARTURE,
+            tag="score ties out of index order",
         ),
         Probe(
             "a NaN score is refused",
             _nms_probe([[0, 0, 10, 10], [1, 1, 11, 11]], [np.nan, 0.9], 0.5),
             departure=_NAN_DEPARTURE,
+            tag="NaN score kept",
             refuse=True,
         ),
         Probe(
@@ -910,6 +933,7 @@ NMS = SeedSpec(
             _nms_probe([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], [0.9, 0.8, 0.7], 0.5),
             dtype=torch.float16,
             departure=_HALF_DEPARTURE,
+            tag="float16 refused",
             departure_kinds=("mismatch", "raised"),
             tolerance=Tolerance(0.0, 0.0),
         ),
@@ -924,14 +948,15 @@ CLASS_NMS = SeedSpec(
     call=_call_direct(_check_indices),
     entry_name="class_spec_nms",
     hints=(
-        mistake_hint(_HINT_OFFSET, _offset_trick),
-        mistake_hint(_HINT_NMS_GE, _class_nms_ge),
+        mistake_hint(_HINT_OFFSET, _offset_trick, "class-offset trick"),
+        mistake_hint(_HINT_NMS_GE, _class_nms_ge, ">= instead of >"),
     ),
     probes=(
         Probe(
             "negative coordinates (max coordinate -1: the class offset is 0)",
             _nms_probe([[-10, -10, -1, -1], [-10, -10, -1, -1]], [0.9, 0.8], 0.5, [0, 1]),
             departure=_HINT_OFFSET,
+            tag="class-offset trick",
         ),
         Probe(
             "float16 boxes with 20 classes (offsets up to 20 * 1001 lose precision)",
@@ -944,6 +969,7 @@ CLASS_NMS = SeedSpec(
                 [0, 19, 19],
             ),
             dtype=torch.float16,
+            tag="float16 refused or offset trick",
             departure="float16 boxes with class offsets are refused (torchvision's CPU kernel "
             "has no float16 NMS) or rounded onto each other by the offset trick",
             departure_kinds=("mismatch", "raised"),
@@ -1010,6 +1036,7 @@ FOCAL = SeedSpec(
         mistake_hint(
             "alpha weights the wrong class: alpha_t = alpha * t + (1 - alpha) * (1 - t)",
             _focal_swapped_alpha,
+            "alpha on the wrong class",
         ),
         input_hint(
             "the mean over an empty input is NaN (0 / 0): it must be 0",
@@ -1018,6 +1045,7 @@ FOCAL = SeedSpec(
                 _focal_args(c)["reduction"] == "mean"
                 and np.asarray(_focal_args(c)["inputs"]).size == 0
             ),
+            "NaN mean of empty input",
         ),
     ),
     probes=(
@@ -1025,16 +1053,19 @@ FOCAL = SeedSpec(
             "mean over an empty input is 0",
             _focal_probe(np.zeros((0, 3)), np.zeros((0, 3)), reduction="mean"),
             departure="the mean over an empty input is NaN (0 / 0); detops returns 0",
+            tag="NaN mean of empty input",
         ),
         Probe(
             "saturated logits +-1e4",
             _focal_probe([[1e4, -1e4, 1e4, -1e4]], [[1.0, 0.0, 0.0, 1.0]]),
             departure="the loss is not finite at saturated logits",
+            tag="not finite at saturated logits",
         ),
         Probe(
             "gamma 0.5 at saturated logits",
             _focal_probe([[30.0, -30.0]], [[1.0, 0.0]], gamma=0.5),
             departure="the loss is not finite at saturated logits with gamma < 1",
+            tag="not finite for gamma < 1",
         ),
     ),
 )
@@ -1114,14 +1145,20 @@ BOX_IOU = SeedSpec(
         masked_hint(
             "a pair whose union is 0 (two zero-area boxes) gives NaN (0 / 0): it must give 0",
             _iou_union_zero,
+            "NaN IoU for zero union",
         ),
-        mistake_hint("areas use the legacy +1 pixel convention (x2 - x1 + 1)", _iou_plus_one),
+        mistake_hint(
+            "areas use the legacy +1 pixel convention (x2 - x1 + 1)",
+            _iou_plus_one,
+            "+1 pixel areas",
+        ),
     ),
     probes=(
         Probe(
             "zero-area boxes (union 0)",
             _iou_probe([[5, 5, 5, 5], [0, 0, 2, 2]], [[5, 5, 5, 5], [3, 3, 3, 9]]),
             departure="a pair with zero union gives NaN (torchvision); detops gives 0",
+            tag="NaN IoU for zero union",
         ),
     ),
 )
@@ -1167,6 +1204,7 @@ CLIP = SeedSpec(
             "size is read as (width, height): it is (height, width); x is clamped to "
             "[0, width], y to [0, height]",
             _clip_swapped,
+            "(width, height) swapped",
         ),
     ),
     probes=(
