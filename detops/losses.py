@@ -382,16 +382,16 @@ class _SigmoidFocalLoss(torch.autograd.Function):
     def backward(ctx, grad_output):
         alpha, gamma, reduction = ctx.options
         grad, ctx.grad = ctx.grad, None
-        if grad is None:  # a second backward: recompute (the first one consumed it)
-            inputs, targets, class_ids = ctx.saved_tensors
-            threads = torch.get_num_threads()
-            with _one_intraop_thread(inputs.device):
+        threads = torch.get_num_threads()
+        with _one_intraop_thread(grad_output.device):
+            if grad is None:  # a second backward: recompute (the first one consumed it)
+                inputs, targets, class_ids = ctx.saved_tensors
                 _, grad = _focal_forward(
                     inputs, targets, class_ids, alpha, gamma, "sum", True, inputs.dtype, threads
                 )
-        if reduction == "mean":
-            grad_output = grad_output / max(grad.numel(), 1)
-        grad.mul_(grad_output)
+            if reduction == "mean":
+                grad_output = grad_output / max(grad.numel(), 1)
+            grad.mul_(grad_output)  # one serial pass: an OpenMP hand-off can cost more
         return grad, None, None, None, None, None, None, None
 
 

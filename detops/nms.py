@@ -10,33 +10,41 @@ iou_threshold`` is made as torchvision makes it, against the threshold as a floa
 A box with zero, negative or non-finite area has IoU 0 with everything: it never
 suppresses and is never suppressed.
 
-How it is fast (CPU): greedy NMS is quadratic if every kept box is compared with every
-later box, as torchvision's CPU kernel does in a scalar loop. Here the pairs that can
-reach the threshold are found first, exactly and without a Python loop over boxes:
+How it is fast: torchvision's CPU kernel compares every kept box with every later box in
+a scalar loop, O(N^2). Here the pairs that can reach the threshold are found first, with
+vectorized torch ops and no Python loop over boxes, then the greedy order is resolved on
+that sparse graph.
 
-1. IoU is at most the IoU of the boxes' x-intervals and of their y-intervals. So boxes
-   with IoU above ``t`` start within ``(1 - t) * height`` of each other in y and their
-   x-intervals nearly coincide. Boxes are binned by ``y1`` (bin height ``(1 - t)`` times
-   the tallest box) and sorted by ``x1`` inside each (class, bin); each box then needs
-   only a contiguous window of its own bin and one of the next bin.
-2. Windows are evaluated as dense, cache-sized tiles with the exact IoU formula above.
-   Pairs above the threshold become the edges of a sparse "suppresses" graph.
-3. Greedy suppression over that graph: boxes in score order, in blocks; inside a block the
-   greedy result is the fixed point of ``keep = alive & ~any(kept higher-scored
-   neighbour)``, reached by iterating (as many rounds as the longest chain of
-   suppressions inside the block); the block's kept boxes then suppress their later
-   neighbours.
+1. Candidate pairs. IoU is at most the IoU of the two x-intervals (and of the two
+   y-intervals), so a pair above ``t`` needs ``x1_i <= x1_j <= x2_i - t * w_i`` (for
+   ``x1_i <= x1_j``). Per image and group (class), boxes are sorted by x1 and each box
+   gets a contiguous window of later boxes up to that bound: through buckets of x (one
+   integer sort and cumulative counts; the window is a slight superset) or, when the
+   buckets are crowded, an exact x-sort and binary searches. When the windows hold many
+   pairs (thousands of boxes spread over many box heights), boxes are also binned in y
+   (a pair above ``t`` starts less than ``(1 - t)`` times the taller height apart in y):
+   bins of twice that height on two grids offset by half a bin, so every pair shares a
+   bin of one grid; the two grids are two passes, a pair counted on grid 1 only when it
+   does not share a grid-0 bin. Images and classes are simply parts of the sort key:
+   boxes of different groups are never compared, with no coordinate offsets (the
+   ``boxes + class_id * (max + 1)`` trick of the course code and of torchvision's
+   ``batched_nms`` loses exactness with negative or huge coordinates and in float16).
+   The bounds carry a relative margin of 1e-3 on ``t`` and are rounded outwards, far
+   more than the float32 rounding of the IoU (about 1e-6): no pair that the exact formula
+   puts above the threshold is skipped.
+2. IoU of the candidates, with the exact formula, in cache-sized dense tiles (a skewed
+   ``as_strided`` view: row ``i`` against rows ``i + 1, i + 2, ...``) where windows are
+   long and even, or pair by pair (gathers) where they are short or uneven. Groups that
+   are all tiny (few boxes per class) take every pair of a group at once instead.
+3. Greedy resolution over the pairs above the threshold (edges from the higher-scored
+   box): the greedy result is the fixed point of ``kept = ~(some kept higher-scored
+   neighbour)``, reached by iterating, as many rounds as the longest chain of
+   suppressions. A few rounds over all boxes at once; if chains are longer than that,
+   in blocks of ranks, in score order.
 
-The window bounds carry a relative margin of 1e-3 on the threshold, far more than the
-float32 rounding of the IoU (about 1e-6), so no pair that the exact formula puts above the
-threshold is skipped. Classes (and images, in :func:`batched_nms_per_image`) are separate
-groups of the sort: boxes of different groups are never compared, with no coordinate
-offsets (the ``boxes + class_id * (max + 1)`` trick loses exactness with negative or huge
-coordinates and in float16).
-
-Tiles on CPU hold at most 32768 elements: torch runs elementwise ops that small on one
-thread, inside the L2 cache, so the op does not depend on (or suffer from) intra-op
-thread scheduling on a busy machine.
+Every step is a handful of tensor ops; their number, not arithmetic, bounds the speed
+below a few hundred boxes, where torchvision's single kernel call is faster. On CPU the
+op runs on one intra-op thread (see ``_one_intraop_thread``).
 """
 
 from __future__ import annotations
@@ -61,9 +69,9 @@ from ._checks import (
 
 __all__ = ["nms", "class_spec_nms", "batched_nms_per_image"]
 
-_CPU_TILE = 1 << 18  # IoU values per tile (measured best among 2**14 .. 2**20)
+_CPU_TILE = 1 << 18  # IoU values per dense tile (measured best among 2**14 .. 2**20)
 _CUDA_TILE = 1 << 22
-_SUB = 16  # tile columns are scanned in groups of 16 (max over a group, then the members)
+_SUB = 16  # tile rows are scanned in groups of 16 (max over a group, then the members)
 _FLUSH = 2048  # candidate groups gathered before they are turned into edges
 _MARGIN = 1e-3  # relative slack on the threshold in the (conservative) window bounds
 _BLOCK = 1024  # boxes (in score order) per block of the greedy resolution
@@ -136,11 +144,12 @@ _threads_saved = 1
 def _one_intraop_thread(device: torch.device) -> Iterator[None]:
     """Run the many small CPU ops of one call on one intra-op thread, then restore.
 
-    Every tile is below torch's parallel grain, but searchsorted, indexing and sorting
-    parallelize at much smaller sizes, and on a loaded machine each OpenMP hand-off can
-    stall for milliseconds (measured: 12x slower at 1000 boxes with 2 threads on a busy
-    2-core machine). ``torch.set_num_threads`` is process-wide: it is set to 1 while any
-    call is inside, and restored when the last one leaves.
+    The op is a sequence of many small tensor ops (sorts, searches, gathers of a few
+    thousand elements). Threads pay off little at those sizes, and on a loaded machine
+    each OpenMP hand-off can stall for milliseconds (measured: 12x slower at 1000 boxes
+    with 2 threads on a busy 2-core machine; torchvision's CPU kernel is single-threaded
+    too). ``torch.set_num_threads`` is process-wide: it is set to 1 while any call is
+    inside, and restored when the last one leaves.
     """
     global _threads_users, _threads_saved
     if device.type != "cpu":
@@ -252,7 +261,7 @@ def _bucket_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor
     proper = prep.proper
     inf = torch.tensor(math.inf, dtype=torch.float64, device=dev)
     upper = torch.nextafter(prep.x2 - prep.t * (prep.x2 - prep.x1), inf)
-    top = torch.zeros((), dtype=torch.float64, device=dev) if gid is None else gid.max()
+    top = torch.zeros((), device=dev) if gid is None else torch.where(proper, gid, 0).max()
     stats = (torch.where(proper, prep.x1, inf).min(), torch.where(proper, upper, -inf).max())
     low, high, top = torch.stack((*stats, top.to(torch.float64))).tolist()
     groups = int(top) + 1
@@ -269,14 +278,16 @@ def _bucket_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor
         cell = torch.where(proper, cell, stride - 1)
     flat = cell + torch.arange(0, batch * stride, stride, device=dev)[:, None]
     counts = torch.bincount(flat.reshape(-1), minlength=batch * stride)
-    if int(counts.max()) > _BUCKET_MAX:
+    if int(counts.view(batch, stride)[:, :-1].max()) > _BUCKET_MAX:
         return None
     ends = torch.cumsum(counts, 0)
     _, pos = torch.sort(cell, dim=-1, stable=True)
-    end = ends[flat - cell + base + bucket_up]  # end of the bucket of x2_i - t * w_i
-    if not prep.all_proper:  # improper boxes: empty windows (they sort last in an image)
-        end = torch.where(proper, end, ends[flat])
-    return _flat_positions(prep, pos), end.gather(-1, pos).reshape(-1)
+    end = torch.take(ends, flat - cell + base + bucket_up)  # end of x2_i - t * w_i's bucket
+    end = end.gather(-1, pos)
+    if not prep.all_proper:  # improper boxes (sorted last in an image): empty windows
+        own = torch.arange(1, m + 1, device=dev).view(batch, -1)
+        end = torch.where(proper.gather(-1, pos), end, own)
+    return _flat_positions(prep, pos), end.reshape(-1)
 
 
 def _exact_x_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -324,6 +335,11 @@ def _tile_pairs(
         return False
     if total == 0:
         return True
+    thr = _threshold_in(threshold, prep.dtype)
+    if total * _EXPLICIT_COST <= _TILE_COST:  # too few pairs for even one dense tile
+        cols = torch.cat((prep.planes.index_select(1, pos), _far_planes(prep.dtype, dev, 1)), 1)
+        _listed_pairs(cols, window, int(total), thr, pos, out, pair_filter)
+        return True
     # Tile (r0, k0) holds T[k, i] = IoU(row r0 + i, row r0 + i + 1 + k0 + k) for
     # i < rows, k < width: a skewed (as_strided) view of the sorted rows, rows innermost
     # so that every operand is read contiguously. Windows vary, so a tile spans the
@@ -347,7 +363,6 @@ def _tile_pairs(
     length = m + rows + _SUB
     pad = _far_planes(prep.dtype, prep.device, rows + _SUB)
     cols = torch.cat((prep.planes.index_select(1, pos), pad), 1)
-    thr = _threshold_in(threshold, cols.dtype)
     if any(explicit):
         rows_listed = torch.tensor(explicit, device=dev).repeat_interleave(rows)[:m]
         counts = torch.where(rows_listed, window, 0)
@@ -426,11 +441,12 @@ def _listed_pairs(
     m = counts.numel()
     ranges = [(0, m, total)]
     if total > budget:  # row ranges holding about `budget` pairs each
-        ends = torch.cumsum(counts, 0)
+        before = torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0)))  # pairs in rows < p
         marks = torch.arange(budget, total, budget, device=dev)
-        cuts = torch.searchsorted(ends, marks).tolist()
-        bounds = [0, *cuts, m]
-        sizes = torch.diff(ends[[b - 1 for b in bounds[1:]]], prepend=ends.new_zeros(1)).tolist()
+        cuts = (torch.searchsorted(before, marks) + 1).clamp_(max=m).unique().tolist()
+        bounds = [0, *(cut for cut in cuts if 0 < cut < m), m]
+        at = before.index_select(0, torch.tensor(bounds, device=dev))
+        sizes = (at[1:] - at[:-1]).tolist()
         ranges = list(zip(bounds[:-1], bounds[1:], sizes, strict=True))
     for a, z, size in ranges:
         if size == 0:
@@ -485,11 +501,11 @@ def _suppression_pairs(
         return _concat_pairs(out, dev)
     if span / bin_height > max_bins:
         bin_height = span / (max_bins - 1)  # coarser bins stay conservative
-    u = ((prep.y1 - ymin) / bin_height).clamp_(0, max_bins)  # improper boxes: anywhere
+    u = torch.where(proper, (prep.y1 - ymin) / bin_height, 0.0).clamp_(0, max_bins)
     bin0 = torch.floor(u / 2).to(torch.int64)
     bin1 = torch.floor((u + 1) / 2).to(torch.int64)
     if groups is not None:
-        nb = int(bin1.max()) + 1
+        nb = int(bin1.max()) + 1  # improper boxes sit in bin 0 (they get no windows)
         bin0, bin1 = groups * nb + bin0, groups * nb + bin1
     flat0 = bin0.reshape(m)
     _tile_pairs(prep, *_x_windows(prep, bin0), threshold, out)
@@ -516,8 +532,7 @@ def _resolve_block(
     kept = alive
     rounds = 0
     while max_rounds is None or rounds < max_rounds:
-        nxt = alive.clone()
-        nxt[dst[kept[src]]] = False
+        nxt = alive.clone().index_fill_(0, dst.masked_select(kept.index_select(0, src)), False)
         if torch.equal(nxt, kept):
             return kept
         kept = nxt
@@ -655,8 +670,12 @@ def _nms_core(
         proper &= valid
     if groups is not None:
         groups = _dense_groups(groups)
-    image = torch.arange(batch, device=dev)[:, None]
-    cell = image.expand(batch, n) if groups is None else _dense_groups(groups * batch + image)
+    if groups is None:
+        cell = torch.arange(batch, device=dev)[:, None].expand(batch, n)
+    elif batch == 1:
+        cell = groups
+    else:
+        cell = _dense_groups(groups * batch + torch.arange(batch, device=dev)[:, None])
     thr = _threshold_in(threshold, b.dtype)
     planes = _planes(b, area, proper)
     kept = _grouped_dense_kept(planes, proper, cell, order, thr)
@@ -670,7 +689,7 @@ def _nms_core(
     if batch > 1:
         priority += torch.arange(batch, device=dev)[:, None]
     priority = priority.reshape(-1)
-    pi, pj = priority[i], priority[j]
+    pi, pj = priority.index_select(0, i), priority.index_select(0, j)
     kept = _greedy_keep(torch.minimum(pi, pj), torch.maximum(pi, pj), batch * n)
     kept = kept.view(n, batch).t()
     if padded:

@@ -917,6 +917,9 @@ def _verify_registry(
     specs = _specs_by_entry()
     reports = []
     for entry in entries:
+        if torch.device(device).type == "cuda" and not entry.cuda:
+            reports.append(FunctionReport(entry.name, "SKIPPED", note="no CUDA path"))
+            continue
         guard = GuardedCall(entry.run_op, entry.name, timeout)
         check = _Check(
             entry,

@@ -15,6 +15,7 @@ import torch
 import torchvision
 
 import reference.losses as ref
+from detops import losses
 from detops.losses import (
     sigmoid_focal_loss,
     sigmoid_focal_loss_from_class_ids,
@@ -201,12 +202,30 @@ def test_hand_computed_values():
 
 
 def test_large_input_crosses_chunks_and_threads(device):
-    # More than 8 chunks of 32768 elements: the worker threads and the last short chunk.
-    x, t = _inputs((9, 32768 + 5), torch.float32, device, seed=5)
+    # At least 16 CPU chunks (two worker threads share them), a row-aligned class-id
+    # chunking and a last, shorter chunk.
+    shape = (16 * losses._CHUNK // 128 + 3, 128)
+    x, t = _inputs(shape, torch.float32, device, seed=5)
+    ids = torch.randint(-1, 128, shape[:1], generator=torch.Generator().manual_seed(5))
+    one_hot = torch.zeros(shape)
+    one_hot[ids >= 0, ids[ids >= 0]] = 1.0
+    ids, one_hot = ids.to(device), one_hot.to(device)
     for reduction in REDUCTIONS:
         ours = _value_and_grad(sigmoid_focal_loss, x, t, 0.25, 2.0, reduction)
         theirs = _value_and_grad(torchvision.ops.sigmoid_focal_loss, x, t, 0.25, 2.0, reduction)
         assert_trees_close(ours, theirs, FOCAL_TOLERANCES[torch.float32], reduction)
+        ours = _value_and_grad(sigmoid_focal_loss_from_class_ids, x, ids, 0.25, 2.0, reduction)
+        theirs = _value_and_grad(
+            torchvision.ops.sigmoid_focal_loss, x, one_hot, 0.25, 2.0, reduction
+        )
+        assert_trees_close(ours, theirs, FOCAL_TOLERANCES[torch.float32], f"ids {reduction}")
+
+
+def test_intra_op_threads_are_restored():
+    x, t = _inputs((4, 5), torch.float32, "cpu")
+    before = torch.get_num_threads()
+    sigmoid_focal_loss(x.requires_grad_(), t, reduction="sum").backward()
+    assert torch.get_num_threads() == before
 
 
 def test_inputs_are_not_modified_and_layout_is_free():

@@ -4,6 +4,8 @@ The property tests against the NumPy reference live in tests/test_against_refere
 (registry entries in detops/testing/families/nms.py).
 """
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from torchvision.ops.boxes import _batched_nms_coordinate_trick, _batched_nms_va
 
 import reference.nms as ref
 from detops import batched_nms_per_image, class_spec_nms, nms
+from detops.testing import REGISTRY
 from detops.testing.families.nms import (
     class_nms_cases,
     distinct_scores,
@@ -316,6 +319,60 @@ def test_long_suppression_chain_across_blocks():
     expected = torchvision.ops.nms(boxes, scores, 0.7)
     assert expected.tolist() == list(range(0, 2500, 2))
     assert torch.equal(nms(boxes, scores, 0.7), expected)
+
+
+# Each internal path of detops.nms forced on (module constants), against torchvision.
+INTERNAL_PATHS = {
+    "exact x-windows": {"_BUCKET_MAX": -1},
+    "y-bins": {"_CPU_TILE": 1 << 10},
+    "greedy by blocks": {"_ROUNDS": 0, "_BLOCK": 64},
+    "all pairs of each group": {"_DENSE": 1e-9},
+    "pairs listed one by one": {"_EXPLICIT_COST": 1e-3},
+    "dense tiles only": {"_EXPLICIT_COST": 1e9, "_TILE_COST": 0},
+}
+
+
+@pytest.mark.parametrize("settings_", INTERNAL_PATHS.values(), ids=INTERNAL_PATHS.keys())
+def test_every_internal_path_equals_torchvision(settings_, monkeypatch):
+    module = sys.modules["detops.nms"]  # detops.nms the attribute is the function
+    for name, value in settings_.items():
+        monkeypatch.setattr(module, name, value)
+    for n in (300, 2000):
+        boxes, scores, classes = random_boxes(n, seed=n)
+        boxes[::7] = boxes[::7, [2, 3, 0, 1]]  # some inverted boxes
+        for threshold in (0.3, 0.7):
+            assert torch.equal(
+                nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold)
+            )
+            expected = _batched_nms_vanilla(boxes, scores, classes, threshold)
+            got = class_spec_nms(boxes, scores, classes, threshold)
+            assert got.tolist() == by_score_then_index(expected, scores)
+        drop = torch.rand(3, n, generator=torch.Generator().manual_seed(n)) < 0.3
+        padded = torch.where(drop, float("-inf"), scores.expand(3, n))
+        batched = batched_nms_per_image(boxes.expand(3, n, 4), padded, classes.expand(3, n), 0.5)
+        for b in range(3):
+            valid = (padded[b] > float("-inf")).nonzero().squeeze(1)
+            row = valid[class_spec_nms(boxes[valid], padded[b, valid], classes[valid], 0.5)]
+            assert batched[b][batched[b] >= 0].tolist() == row.tolist()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [e for e in REGISTRY if e.op in (nms, class_spec_nms, batched_nms_per_image)],
+    ids=lambda e: e.name,
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_windowed_path_matches_reference(entry, dtype):
+    # Registry inputs are small enough for the all-pairs path; switch it off so that the
+    # windows, tiles and greedy resolution meet the reference on them too.
+    @settings(max_examples=30)
+    @given(case=entry.strategy())
+    def check(case):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys.modules["detops.nms"], "_DENSE", float("inf"))
+            entry.assert_matches(case, dtype, "cpu")
+
+    check()
 
 
 def test_batched_nms_per_image_equals_a_loop_of_batched_nms():

@@ -28,7 +28,7 @@ from pathlib import Path
 
 DEMO_EXAMPLES = 25
 # The demo's training run: small enough for a few minutes on 2 CPU cores.
-DEMO_ITERATIONS = 300
+DEMO_ITERATIONS = 200
 DEMO_TRAIN_IMAGES = 256
 DEMO_VAL_IMAGES = 64
 DEMO_IMAGE_SIZE = 96
