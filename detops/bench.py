@@ -222,6 +222,10 @@ def run_benchmarks(
     )
 
 
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def format_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -243,7 +247,7 @@ def format_bench_table(report: BenchReport) -> str:
                 r.size,
                 r.device,
                 format_seconds(r.detops.median if r.detops else None),
-                r.peer if len(r.peer) <= 48 else r.peer[:45] + "...",
+                _short(r.peer, 48),
                 format_seconds(r.peer_timing.median if r.peer_timing else None),
                 "-" if ratio is None else f"{ratio:.2f}x",
                 format_seconds(r.reference.median if r.reference else None),
@@ -300,10 +304,10 @@ def plot_ratios(report: BenchReport, path: str | Path) -> Path:
 
     plt = require_matplotlib()
     rows = [r for r in report.results if r.ratio is not None]
-    labels = [f"{r.op}\n{r.size} (vs {r.peer})" for r in rows]
+    labels = [f"{r.op} | {r.size}\nvs {_short(r.peer, 40)}" for r in rows]
     ratios = [r.ratio for r in rows]
     height = max(2.5, 0.55 * len(rows) + 1.5)
-    fig, ax = plt.subplots(figsize=(10, height))
+    fig, ax = plt.subplots(figsize=(11, height))
     colors = ["#2a9d8f" if ratio >= 1 else "#e76f51" for ratio in ratios]
     positions = list(range(len(rows)))[::-1]
     ax.barh(positions, ratios, color=colors)
@@ -314,7 +318,7 @@ def plot_ratios(report: BenchReport, path: str | Path) -> Path:
         ax.text(ratio, y, f" {ratio:.2f}x", va="center", fontsize=8)
     env = report.environment
     machine = env.get("gpu") or env.get("cpu_model", "?")
-    ax.set_xlabel("speed-up of detops over the peer (peer median / detops median, log scale)")
+    ax.set_xlabel("speed-up over the peer: peer median / detops median (log scale)")
     ax.set_title(f"detops bench on {report.device}: {machine}", fontsize=10)
     if rows:
         low, high = min(ratios), max(ratios)

@@ -619,9 +619,10 @@ def fcos_loss(
         pred_ctr_logits (Tensor[B, L, 1]): centerness logits.
         matched_gt_boxes (Tensor[B, L, 5]): ``(x1, y1, x2, y2, class)`` matched to every
             location (:func:`detops.fcos_match_locations_to_gt`); only the class column is
-            read. Classes of positive rows must lie in ``[0, C)``; other negative classes
-            are background for ``loss_cls`` but count as positive in the normalizer (as in
-            the course code, which tests ``!= -1``).
+            read, truncated to an integer. Classes of positive rows must lie in
+            ``[0, C)``; a class ``>= C`` or a negative one other than -1 is background for
+            ``loss_cls`` (not rejected: that would need a host sync) but counts as positive
+            in the normalizer (as in the course code, which tests ``!= -1``).
         matched_gt_deltas (Tensor[B, L, 4]): GT deltas of every location
             (:func:`detops.fcos_get_deltas_from_locations`), -1 rows for background.
         normalizer (float or Tensor[]): the running normalizer (> 0 for a float).
@@ -633,7 +634,8 @@ def fcos_loss(
         promoted to at least float32 (float16/bfloat16 predictions give float32 losses,
         as autocast does); the normalizer in that dtype promoted with a tensor
         ``normalizer``'s. Device: that of the predictions. Gradients flow to the three
-        predictions only.
+        predictions only (first derivatives; a second backward through the same graph
+        recomputes them).
     """
     op = "fcos_loss"
     named = {

@@ -261,7 +261,9 @@ def _bucket_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor
     proper = prep.proper
     inf = torch.tensor(math.inf, dtype=torch.float64, device=dev)
     upper = torch.nextafter(prep.x2 - prep.t * (prep.x2 - prep.x1), inf)
-    top = torch.zeros((), device=dev) if gid is None else torch.where(proper, gid, 0).max()
+    if gid is not None and not prep.all_proper:
+        gid = torch.where(proper, gid, 0)  # improper boxes get a cell of their own below
+    top = torch.zeros((), device=dev) if gid is None else gid.max()
     stats = (torch.where(proper, prep.x1, inf).min(), torch.where(proper, upper, -inf).max())
     low, high, top = torch.stack((*stats, top.to(torch.float64))).tolist()
     groups = int(top) + 1
@@ -717,9 +719,11 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         * float16/bfloat16 work on every device (computed in float32, which holds their
           values exactly); torchvision's CPU kernel refuses them.
 
-    Synchronizes with the host (the output length depends on the data): once for the NaN
-    checks, when planning the tiles, at every tile (``nonzero``) and at every round of
-    the greedy resolution. Inputs are never modified.
+    Synchronizes with the host (the output length depends on the data): for the NaN
+    check, for a few sizes and maxima that choose the path and plan the tiles, at every
+    ``nonzero`` (once per tile or batch of listed pairs) and once per round of the greedy
+    resolution. On CPU it runs on one intra-op thread (restored afterwards). Inputs are
+    never modified.
 
     Args:
         boxes (Tensor[N, 4]): XYXY, absolute pixels, floating dtype. Boxes with zero,

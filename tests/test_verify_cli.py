@@ -24,8 +24,8 @@ from detops.verify import GuardedCall, load_target, verify
 IMPLS = Path(__file__).parent / "impls"
 ENTRY_NAMES = {entry.name for entry in REGISTRY}
 FAST = {
-    "examples": 10,
-    "shrink_seconds": 2.0,
+    "examples": 6,
+    "shrink_seconds": 1.0,
     "shrink_draws": 150,
     "timeout": 5.0,
     "dtypes": (torch.float32,),
@@ -68,6 +68,14 @@ def test_correct_implementation_passes():
         else:
             assert result.verdict == "SKIPPED", result.name
     assert report.passed
+
+
+def test_detops_exports_pass_through_the_seed_adapters():
+    # detops' own ops take the per-image calls too: the adapters and probes are consistent.
+    report = verify(load_target("detops"), **{**FAST, "examples": 3})
+    assert [f.verdict for f in report.functions] == ["PASS"] * len(sa.SEED_NAMES), [
+        (f.name, f.summary) for f in report.functions if f.verdict != "PASS"
+    ]
 
 
 # --- one wrong implementation per known mistake: FAIL with the matching hint ----------------
