@@ -552,9 +552,7 @@ def _evaluate(
     except Exception as exc:  # the contract refuses this input (e.g. NaN scores)
         expected, refused = None, exc
     try:
-        actual = check.run(case, dtype)
-        if entry.prepare_output is not None:
-            actual = entry.prepare_output(actual)
+        actual = check.run(case, dtype)  # OpEntry.run_op already applies prepare_output
     except CallFailure as failure:
         if refused is not None and failure.kind == "raised":
             return None, 0.0, 0.0  # both refuse the input
