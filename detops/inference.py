@@ -18,9 +18,10 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
+from ._threads import one_intraop_thread
 from .boxes import clip_boxes_to_image
 from .deltas import fcos_apply_deltas_to_locations
-from .nms import _one_intraop_thread, batched_nms_per_image  # the scope: see detops.nms
+from .nms import batched_nms_per_image
 
 __all__ = ["FCOSDetections", "fcos_inference"]
 
@@ -256,7 +257,7 @@ def fcos_inference(
     boxes_per_level, scores_per_level, classes_per_level = [], [], []
     device = next(iter(pred_cls_logits.values())).device
     # Many small ops: on one intra-op thread they beat OpenMP hand-offs on a busy CPU.
-    with torch.no_grad(), _one_intraop_thread(device):
+    with torch.no_grad(), one_intraop_thread(device):
         for level, locations in locations_per_fpn_level.items():
             cls = pred_cls_logits[level].detach()
             ctr = pred_ctr_logits[level].detach()

@@ -29,8 +29,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._checks import check_floating, check_same_device, check_tensor, shape_str
+from ._threads import one_intraop_thread
 from .deltas import fcos_make_centerness_targets
-from .nms import _one_intraop_thread  # the shared "one intra-op thread" scope (see there)
 
 __all__ = [
     "sigmoid_focal_loss",
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 # Elements per chunk (float32 buffers: 8 x 256 KiB, inside L2/L3), so the ~25 ops per chunk
-# do not touch DRAM. The forward runs inside ``_one_intraop_thread``: every ATen op is
+# do not touch DRAM. The forward runs inside ``one_intraop_thread``: every ATen op is
 # serial (no OpenMP fork/join per op, which on a loaded machine costs milliseconds each),
 # and the chunks are shared among Python threads instead (ATen releases the GIL in each
 # op). Measured on the 2-core dev machine at 16 x 20267 x 80, one thread: 32768-element
@@ -367,7 +367,7 @@ class _SigmoidFocalLoss(torch.autograd.Function):
     def forward(ctx, inputs, targets, class_ids, alpha, gamma, reduction, op, out_dtype):
         want_grad = bool(ctx.needs_input_grad[0])
         threads = torch.get_num_threads()  # Python threads share the chunks instead
-        with _one_intraop_thread(inputs.device):
+        with one_intraop_thread(inputs.device):
             loss, grad = _focal_forward(
                 inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype, threads
             )
@@ -383,7 +383,7 @@ class _SigmoidFocalLoss(torch.autograd.Function):
         alpha, gamma, reduction = ctx.options
         grad, ctx.grad = ctx.grad, None
         threads = torch.get_num_threads()
-        with _one_intraop_thread(grad_output.device):
+        with one_intraop_thread(grad_output.device):
             if grad is None:  # a second backward: recompute (the first one consumed it)
                 inputs, targets, class_ids = ctx.saved_tensors
                 _, grad = _focal_forward(
@@ -685,7 +685,7 @@ def fcos_loss(
         old = normalizer  # a Python float stays a kernel argument: no host-to-device copy
 
     threads = torch.get_num_threads()
-    with _one_intraop_thread(device):
+    with one_intraop_thread(device):
         classes = matched_gt_boxes[..., 4].detach()
         num_pos = (classes != -1).sum()
         new_normalizer = num_pos.to(norm_dtype) * ((1.0 - momentum) / batch) + momentum * old
@@ -759,7 +759,7 @@ class _FCOSLossSums(torch.autograd.Function):
         loss_dtype, threads, needs = ctx.options
         grads, ctx.grads = ctx.grads, None
         inputs = ctx.saved_tensors
-        with _one_intraop_thread(inputs[0].device):
+        with one_intraop_thread(inputs[0].device):
             if grads is None:  # a second backward through the same graph
                 _, grads = _fcos_loss_sums(*inputs, loss_dtype, threads, needs)
             for grad, scale in zip(grads, (grad_cls, grad_box, grad_ctr), strict=True):

@@ -44,16 +44,13 @@ that sparse graph.
 
 Every step is a handful of tensor ops; their number, not arithmetic, bounds the speed
 below a few hundred boxes, where torchvision's single kernel call is faster. On CPU the
-op runs on one intra-op thread (see ``_one_intraop_thread``).
+op runs on one intra-op thread (see ``one_intraop_thread``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import struct
-import threading
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -66,6 +63,7 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
+from ._threads import one_intraop_thread
 
 __all__ = ["nms", "class_spec_nms", "batched_nms_per_image"]
 
@@ -124,7 +122,7 @@ def _check_common(op: str, boxes: Tensor, scores: Tensor, iou_threshold: object,
 
 
 def _check_finite_input(op: str, boxes: Tensor, scores: Tensor) -> None:
-    """NaN checks (one host sync); run inside ``_one_intraop_thread``."""
+    """NaN checks (one host sync); run inside ``one_intraop_thread``."""
     if bool(torch.isnan(boxes).any() | torch.isnan(scores).any()):
         check_no_nan(op, "boxes", boxes)
         check_no_nan(op, "scores", scores)
@@ -133,41 +131,6 @@ def _check_finite_input(op: str, boxes: Tensor, scores: Tensor) -> None:
 # ----------------------------------------------------------------------------------------
 # machinery
 # ----------------------------------------------------------------------------------------
-
-
-_threads_lock = threading.Lock()
-_threads_users = 0
-_threads_saved = 1
-
-
-@contextlib.contextmanager
-def _one_intraop_thread(device: torch.device) -> Iterator[None]:
-    """Run the many small CPU ops of one call on one intra-op thread, then restore.
-
-    The op is a sequence of many small tensor ops (sorts, searches, gathers of a few
-    thousand elements). Threads pay off little at those sizes, and on a loaded machine
-    each OpenMP hand-off can stall for milliseconds (measured: 12x slower at 1000 boxes
-    with 2 threads on a busy 2-core machine; torchvision's CPU kernel is single-threaded
-    too). ``torch.set_num_threads`` is process-wide: it is set to 1 while any call is
-    inside, and restored when the last one leaves.
-    """
-    global _threads_users, _threads_saved
-    if device.type != "cpu":
-        yield
-        return
-    with _threads_lock:
-        if _threads_users == 0:
-            _threads_saved = torch.get_num_threads()
-            if _threads_saved > 1:
-                torch.set_num_threads(1)
-        _threads_users += 1
-    try:
-        yield
-    finally:
-        with _threads_lock:
-            _threads_users -= 1
-            if _threads_users == 0 and _threads_saved > 1:
-                torch.set_num_threads(_threads_saved)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -739,7 +702,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     op = "nms"
     _check_boxes_scores(op, boxes, scores, batched=False)
     _check_common(op, boxes, scores, iou_threshold)
-    with torch.no_grad(), _one_intraop_thread(boxes.device):
+    with torch.no_grad(), one_intraop_thread(boxes.device):
         _check_finite_input(op, boxes, scores)
         if boxes.shape[0] == 0:
             return torch.empty(0, dtype=torch.int64, device=boxes.device)
@@ -775,7 +738,7 @@ def class_spec_nms(
     _check_boxes_scores(op, boxes, scores, batched=False)
     _check_class_ids(op, class_ids, scores, "[N]")
     _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
-    with torch.no_grad(), _one_intraop_thread(boxes.device):
+    with torch.no_grad(), one_intraop_thread(boxes.device):
         _check_finite_input(op, boxes, scores)
         if boxes.shape[0] == 0:
             return torch.empty(0, dtype=torch.int64, device=boxes.device)
@@ -831,7 +794,7 @@ def batched_nms_per_image(
     _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
     num_images, n = scores.shape
     dev = boxes.device
-    with torch.no_grad(), _one_intraop_thread(dev):
+    with torch.no_grad(), one_intraop_thread(dev):
         _check_finite_input(op, boxes, scores)
         if scores.numel() == 0 or max_detections == 0:
             return torch.full((num_images, 0), -1, dtype=torch.int64, device=dev)
