@@ -53,6 +53,13 @@ def is_image_file(name: str | os.PathLike[str]) -> bool:
     return str(name).lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _raise_if_disagree(prefix: str, problems: dict[str, list[str]]) -> None:
+    """Raise one ValueError listing every non-empty group of mismatched names."""
+    parts = [f"{what} {_listing(names)}" for what, names in problems.items() if names]
+    if parts:
+        raise ValueError(f"{prefix}: " + "; ".join(parts))
+
+
 def _listing(items: Iterable[str]) -> str:
     items = list(items)
     shown = ", ".join(items[:_LIST_LIMIT])
@@ -244,16 +251,10 @@ class LabelFileDataset(Dataset):
         on_disk = set(_scan(op, self.image_dir, is_image_file))
         missing = sorted(set(labels) - on_disk)
         unlabeled = sorted(on_disk - set(labels))
-        if missing or unlabeled:
-            problems = []
-            if missing:
-                problems.append(f"labels for missing images {_listing(missing)}")
-            if unlabeled:
-                problems.append(f"images without a label {_listing(unlabeled)}")
-            raise ValueError(
-                f"{op}: {self.label_file} and {str(self.image_dir)!r} disagree: "
-                + "; ".join(problems)
-            )
+        _raise_if_disagree(
+            f"{op}: {self.label_file} and {str(self.image_dir)!r} disagree",
+            {"labels for missing images": missing, "images without a label": unlabeled},
+        )
         self.samples: list[tuple[str, int]] = [
             (str(self.image_dir / name), labels[name]) for name in sorted(labels)
         ]
@@ -336,16 +337,10 @@ class PerImageLabelDataset(Dataset):
         label_by_stem = {str(PurePosixPath(rel).with_suffix("")): rel for rel in label_files}
         unlabeled = sorted(by_stem[s] for s in set(by_stem) - set(label_by_stem))
         orphans = sorted(label_by_stem[s] for s in set(label_by_stem) - set(by_stem))
-        if unlabeled or orphans:
-            problems = []
-            if unlabeled:
-                problems.append(f"images without a label file {_listing(unlabeled)}")
-            if orphans:
-                problems.append(f"label files without an image {_listing(orphans)}")
-            raise ValueError(
-                f"{op}: {str(self.image_dir)!r} and {str(self.label_dir)!r} disagree: "
-                + "; ".join(problems)
-            )
+        _raise_if_disagree(
+            f"{op}: {str(self.image_dir)!r} and {str(self.label_dir)!r} disagree",
+            {"images without a label file": unlabeled, "label files without an image": orphans},
+        )
 
         self.samples: list[tuple[str, Any]] = []
         lengths: dict[int, str] = {}
