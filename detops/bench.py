@@ -30,7 +30,6 @@ __all__ = [
     "BenchSettings",
     "format_bench_table",
     "plot_ratios",
-    "require_matplotlib",
     "run_benchmarks",
     "select_cases",
 ]
@@ -283,31 +282,20 @@ def format_bench_table(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
-def require_matplotlib():
-    """Import matplotlib with the Agg backend, or raise ImportError saying how to get it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError(
-            "the bar chart needs matplotlib, an optional extra: pip install 'detops[plot]' "
-            "(or run without --plot)"
-        ) from exc
-    return plt
-
-
 def plot_ratios(report: BenchReport, path: str | Path) -> Path:
     """A horizontal bar chart of the ratios (log scale, 1x marked), written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     from .data._atomic import atomic_path
 
-    plt = require_matplotlib()
     rows = [r for r in report.results if r.ratio is not None]
     labels = [f"{r.op} | {r.size}\nvs {_short(r.peer, 40)}" for r in rows]
     ratios = [r.ratio for r in rows]
     height = max(2.5, 0.55 * len(rows) + 1.5)
-    fig, ax = plt.subplots(figsize=(11, height))
+    fig = Figure(figsize=(11, height))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
     colors = ["#2a9d8f" if ratio >= 1 else "#e76f51" for ratio in ratios]
     positions = list(range(len(rows)))[::-1]
     ax.barh(positions, ratios, color=colors)
@@ -326,7 +314,6 @@ def plot_ratios(report: BenchReport, path: str | Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
     return Path(path)
 
 

@@ -23,7 +23,6 @@ import os
 import random
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,19 +197,14 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
 
 def plot_loss_curve(
     history: Mapping[str, Sequence[float]], path: str | os.PathLike[str], *, title: str = ""
-) -> Path | None:
+) -> Path:
     """Plot per-iteration losses (raw, faint; moving average, solid) to a PNG, log-scale y.
 
-    Returns the path, or None (with a warning) when matplotlib is not installed.
+    Returns the path.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:  # matplotlib is the optional "plot" extra
-        warnings.warn(
-            "plot_loss_curve: matplotlib is not installed; no loss curve written", stacklevel=2
-        )
-        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure = Figure(figsize=(7, 4.2), dpi=110)
@@ -410,7 +404,7 @@ def train_detector(
         clip_grad_norm: clip the global gradient norm to this value (None: no clipping).
         device: where to train; default the model's device. The model is moved there.
         checkpoint_path, checkpoint_every, resume: see above.
-        loss_curve_path: write a PNG of the loss history there at the end (needs matplotlib).
+        loss_curve_path: write a PNG of the loss history there at the end.
         progress: show a tqdm bar with the running (EMA) losses.
         extra_state: stored as ``checkpoint["extra"]`` (e.g. the model's constructor
             arguments and class names, for ``python -m detops detect``).

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import COMMANDS
+
 EPILOG = """\
 The cases are detops.testing.BENCHMARKS, the registry the pytest-benchmark suite
 (pytest benchmarks --benchmark-only) also runs. Per case: detops, the peer (torchvision, or
@@ -24,7 +26,7 @@ examples:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="benchmark detops against torchvision / seed-style peers",
+        help=COMMANDS["bench"],
         description="Time every benchmark case: detops, its peer and the reference, with a "
         "table of medians and speed-up ratios, JSON and a bar chart.",
         epilog=EPILOG,
@@ -43,7 +45,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument(
-        "--plot", metavar="PATH", help="write a bar chart PNG of the ratios (needs matplotlib)"
+        "--plot", metavar="PATH", help="write a bar chart PNG of the ratios"
     )
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed runs per callable (default 10; quick 5)"
@@ -64,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
         format_bench_table,
         plot_ratios,
         print_progress,
-        require_matplotlib,
         run_benchmarks,
         select_cases,
     )
@@ -87,12 +88,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.plot:
-        try:
-            require_matplotlib()
-        except ImportError as error:
-            print(f"detops bench: {error}", file=sys.stderr)
-            return 2
     try:
         cases = select_cases(BENCHMARKS, device, quick=args.quick, ops=args.op)
     except ValueError as error:

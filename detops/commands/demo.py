@@ -26,6 +26,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from . import COMMANDS
+
 DEMO_EXAMPLES = 25
 # The demo's training run: small enough for a few minutes on 2 CPU cores.
 DEMO_ITERATIONS = 200
@@ -38,7 +40,7 @@ DEMO_DETECTION_IMAGES = 6
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run verify, bench, a short training run and detection pictures into one folder",
+        help=COMMANDS["demo"],
         description="The whole tour in a few minutes on 2 CPU cores: verify tables for detops "
         "and torchvision, the quick benchmark with its chart, a short synthetic training run "
         "(loss curve, mAP) and annotated detection PNGs.",
@@ -123,9 +125,7 @@ def _train_step(out: Path, iterations: int) -> tuple[int, list[Path]]:
     """``detops train`` on a small synthetic set, then ``detops detect`` on val images."""
     import json
 
-    from detops.commands import COMMAND_MODULES
-
-    missing = [name for name in ("train", "detect") if name not in COMMAND_MODULES]
+    missing = [name for name in ("train", "detect") if name not in COMMANDS]
     if missing:
         raise RuntimeError(f"this detops version has no {' / '.join(missing)} command")
     data_dir, train_dir, detections = out / "data", out / "train", out / "detections"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import COMMANDS
+
 _DESCRIPTION = """\
 Run an FCOS checkpoint written by `python -m detops train` on images and write one PNG per
 image with the detected boxes, class names and scores drawn on the original picture.
@@ -18,7 +20,7 @@ so objects cut off by the centre crop are not detected.
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "detect",
-        help="run a trained checkpoint on images and write annotated PNGs",
+        help=COMMANDS["detect"],
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+from . import COMMANDS
+
 _DESCRIPTION = """\
 Train the FCOS detector (RegNetX-400MF + FPN, detops ops) and report mAP@0.5 on the val split.
 
@@ -32,7 +34,7 @@ examples:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train FCOS on the synthetic set or a VOC-format folder, report val mAP",
+        help=COMMANDS["train"],
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detops.testing.seed_api import SEED_NAMES
+from detops._seed_names import SEED_NAMES
+
+from . import COMMANDS
 
 EPILOG = f"""\
 targets:
@@ -31,7 +33,7 @@ exit status: 0 when every checked function passes (MISSING and SKIPPED do not co
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "verify",
-        help="check ops (detops' or yours) against the NumPy references",
+        help=COMMANDS["verify"],
         description="Check functions against detops' NumPy references on hand-made probes and "
         "hypothesis-generated inputs, shrinking any failure to the smallest failing input.",
         epilog=EPILOG,

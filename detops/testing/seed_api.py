@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._seed_names import SEED_NAMES
 from .compare import Tolerance, compare_trees, to_numpy_tree
 from .entry import case_to_torch
 from .strategies import Case
@@ -46,21 +47,6 @@ __all__ = [
     "SeedSpec",
     "spec_by_name",
 ]
-
-# The public names of the course code, in the order of the FCOS pipeline.
-SEED_NAMES = (
-    "get_fpn_location_coords",
-    "fcos_match_locations_to_gt",
-    "fcos_get_deltas_from_locations",
-    "fcos_apply_deltas_to_locations",
-    "fcos_make_centerness_targets",
-    "nms",
-    "class_spec_nms",
-    "sigmoid_focal_loss",
-    "box_iou",
-    "clip_boxes_to_image",
-)
-
 
 class CallFailure(Exception):
     """The function under test misbehaved: ``kind`` is one of ``raised``, ``timeout``,
