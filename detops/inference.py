@@ -18,7 +18,6 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
-from ._threads import one_intraop_thread
 from .boxes import clip_boxes_to_image
 from .deltas import fcos_apply_deltas_to_locations
 from .nms import batched_nms_per_image
@@ -216,9 +215,7 @@ def fcos_inference(
     B = 1 it is bit for bit the course loop. No Python loop runs over images or locations (one
     runs over levels); the NMS reads its candidate count back from the device (see
     :func:`detops.batched_nms_per_image`), since output sizes depend on the data. Inputs are
-    never modified (the course code's ``sigmoid_`` was in place). On CPU the call runs on
-    one intra-op thread (``torch.set_num_threads(1)`` while inside, restored on exit, as
-    :func:`detops.nms` does): its many small ops are faster without OpenMP hand-offs.
+    never modified (the course code's ``sigmoid_`` was in place).
 
     Args:
         locations_per_fpn_level (Mapping[str, Tensor[HW, 2]]): ``(xc, yc)`` per level,
@@ -255,9 +252,7 @@ def fcos_inference(
     max_det = _check_optional_count("max_detections", max_detections)
 
     boxes_per_level, scores_per_level, classes_per_level = [], [], []
-    device = next(iter(pred_cls_logits.values())).device
-    # Many small ops: on one intra-op thread they beat OpenMP hand-offs on a busy CPU.
-    with torch.no_grad(), one_intraop_thread(device):
+    with torch.no_grad():
         for level, locations in locations_per_fpn_level.items():
             cls = pred_cls_logits[level].detach()
             ctr = pred_ctr_logits[level].detach()

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -29,7 +31,6 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._checks import check_floating, check_same_device, check_tensor, shape_str
-from ._threads import one_intraop_thread
 from .deltas import fcos_make_centerness_targets
 
 __all__ = [
@@ -39,17 +40,16 @@ __all__ = [
     "fcos_loss",
 ]
 
-# Elements per chunk (float32 buffers: 8 x 256 KiB, inside L2/L3), so the ~25 ops per chunk
-# do not touch DRAM. The forward runs inside ``one_intraop_thread``: every ATen op is
-# serial (no OpenMP fork/join per op, which on a loaded machine costs milliseconds each),
-# and the chunks are shared among Python threads instead (ATen releases the GIL in each
-# op). Measured on the 2-core dev machine at 16 x 20267 x 80, one thread: 32768-element
-# chunks 455 ms, 65536: 370 ms, 131072: 366 ms, 262144: 404 ms (forward + backward).
-# Outside that scope (CUDA) a chunk is 2**21 elements. The kernels use softplus, sigmoid,
-# pow with a tensor exponent and arithmetic (no exp/log/sqrt, whose VML path has a 2048
-# grain, and no BLAS dot), so they stay serial even when called with more threads.
-_CHUNK = 65536
+# Elements per chunk on CPU: just under ATen's parallel grain (32768 elements), so every op
+# on a chunk runs serially in the calling thread without touching torch's thread settings
+# (no OpenMP fork/join per op, which on a loaded machine can cost milliseconds each), and
+# the float32 buffers (8 x 128 KiB) stay in L2. The chunks are shared among Python threads
+# instead (ATen releases the GIL in each op). Reductions and VML ops have the same or a
+# larger grain; no exp/log/sqrt (VML grain 2048) or BLAS call is made on a chunk.
+# On CUDA a chunk is 2**21 elements.
+_CHUNK = 32768 - 64
 
+_REDUCTIONS = ("none", "mean", "sum")
 _REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -169,32 +169,49 @@ def _chunk_size(device: torch.device, n: int) -> int:
     return min(size, max(n, 1))
 
 
-def _run_tasks(device: torch.device, n_tasks: int, make_worker, threads: int | None = None):
+_POOL_LOCK = threading.Lock()
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _shared_pool() -> ThreadPoolExecutor:
+    """One pool for the whole process, created on first use and reused: ``os.cpu_count()``
+    worker threads at most, named ``detops-chunks``."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="detops-chunks")
+        return _POOL
+
+
+def _run_tasks(device: torch.device, n_tasks: int, make_worker) -> None:
     """Run ``worker(i)`` for ``i < n_tasks``; ``make_worker()`` builds one worker (with its
     own buffers) per thread.
 
-    On CPU, Python threads share the tasks (ATen releases the GIL inside each op), one per
-    intra-op thread torch may use (``threads``, default ``torch.get_num_threads()``), when
-    there are enough tasks to share. Tasks are pulled
-    from a shared counter (``next`` is atomic under the GIL), so a descheduled thread does
-    not hold back a fixed share of the work.
+    On CPU, when there are enough tasks to share, up to ``torch.get_num_threads()`` (read,
+    never set) threads share them: the calling thread and
+    helpers from :func:`_shared_pool`. Tasks are pulled from a shared counter (``next`` is
+    atomic under the GIL), so the caller finishes the work alone if the pool is busy (with
+    other callers' tasks), and a descheduled thread does not hold back a fixed share.
     """
-    threads = torch.get_num_threads() if threads is None else threads
+    threads = torch.get_num_threads()
     workers = 1 if device.type != "cpu" else max(1, min(threads, n_tasks // 8))
     counter = itertools.count()
 
     def loop() -> None:
         worker = make_worker()
-        with torch.no_grad():  # worker threads do not inherit the caller's grad mode
+        with torch.no_grad():  # pool threads do not inherit the caller's grad mode
             while (i := next(counter)) < n_tasks:
                 worker(i)
 
     if workers == 1:
         loop()
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="detops-focal") as pool:
-        for future in [pool.submit(loop) for _ in range(workers)]:
-            future.result()
+    helpers = [_shared_pool().submit(loop) for _ in range(workers - 1)]
+    try:
+        loop()
+    finally:
+        for helper in helpers:
+            helper.result()
 
 
 class _PositiveRows:
@@ -205,7 +222,7 @@ class _PositiveRows:
     the value already in place, so no host sync is needed to skip them.
     """
 
-    def __init__(self, x2d: Tensor, ids: Tensor, alpha, gamma, loss_dtype, want_grad, threads):
+    def __init__(self, x2d: Tensor, ids: Tensor, alpha, gamma, loss_dtype, want_grad):
         rows, num_classes = x2d.shape
         device = x2d.device
         cdt = _compute_dtype(x2d.dtype)
@@ -240,7 +257,7 @@ class _PositiveRows:
 
             return worker
 
-        _run_tasks(device, -(-rows // block), make_worker, threads)
+        _run_tasks(device, -(-rows // block), make_worker)
 
     def write(self, dst: Tensor, values: Tensor, r0: int, r1: int) -> None:
         """Overwrite the positive entries of rows ``[r0, r1)`` of ``dst`` (``[r1-r0, C]``)."""
@@ -249,9 +266,7 @@ class _PositiveRows:
         dst.scatter_(1, index, torch.where(self.valid[r0:r1, None], values[r0:r1, None], kept))
 
 
-def _focal_dense_pass(
-    x_flat, t_flat, alpha, gamma, reduction, want_grad, positives=None, threads=None
-):
+def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad, positives=None):
     """Loss and gradient over flat contiguous inputs, chunk by chunk.
 
     ``t_flat`` is None for the class-id form: every element is a negative except the
@@ -306,7 +321,7 @@ def _focal_dense_pass(
 
         return worker
 
-    _run_tasks(device, n_chunks, make_worker, threads)
+    _run_tasks(device, n_chunks, make_worker)
     if loss is None:
         # Chunk sums in chunk order, so the result does not depend on thread timing.
         loss = (
@@ -317,30 +332,24 @@ def _focal_dense_pass(
     return loss, grad
 
 
-def _focal_forward(
-    inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype, threads=None
-):
+def _focal_forward(inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype):
     """Loss (reduced as asked; ``none`` in ``inputs.dtype``, a reduction in ``out_dtype``)
-    and d(sum of elementwise loss)/d inputs. ``threads``: see :func:`_run_tasks`."""
+    and d(sum of elementwise loss)/d inputs."""
     x = inputs.contiguous()
     x_flat = x.reshape(-1)
     n = x_flat.numel()
     if class_ids is None:
         t_flat = targets.contiguous().reshape(-1)
-        loss, grad = _focal_dense_pass(
-            x_flat, t_flat, alpha, gamma, reduction, want_grad, threads=threads
-        )
+        loss, grad = _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad)
     else:
         positives = None
         if n > 0:
             x2d = x_flat.view(-1, x.shape[-1])
             loss_dtype = x.dtype if reduction == "none" else _compute_dtype(x.dtype)
             positives = _PositiveRows(
-                x2d, class_ids.reshape(-1), alpha, gamma, loss_dtype, want_grad, threads
+                x2d, class_ids.reshape(-1), alpha, gamma, loss_dtype, want_grad
             )
-        loss, grad = _focal_dense_pass(
-            x_flat, None, alpha, gamma, reduction, want_grad, positives, threads
-        )
+        loss, grad = _focal_dense_pass(x_flat, None, alpha, gamma, reduction, want_grad, positives)
     if reduction == "none":
         loss = loss.view(x.shape)
     elif reduction == "mean":
@@ -366,11 +375,9 @@ class _SigmoidFocalLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs, targets, class_ids, alpha, gamma, reduction, op, out_dtype):
         want_grad = bool(ctx.needs_input_grad[0])
-        threads = torch.get_num_threads()  # Python threads share the chunks instead
-        with one_intraop_thread(inputs.device):
-            loss, grad = _focal_forward(
-                inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype, threads
-            )
+        loss, grad = _focal_forward(
+            inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype
+        )
         ctx.options = (alpha, gamma, reduction)
         ctx.grad = grad
         if want_grad:
@@ -382,16 +389,14 @@ class _SigmoidFocalLoss(torch.autograd.Function):
     def backward(ctx, grad_output):
         alpha, gamma, reduction = ctx.options
         grad, ctx.grad = ctx.grad, None
-        threads = torch.get_num_threads()
-        with one_intraop_thread(grad_output.device):
-            if grad is None:  # a second backward: recompute (the first one consumed it)
-                inputs, targets, class_ids = ctx.saved_tensors
-                _, grad = _focal_forward(
-                    inputs, targets, class_ids, alpha, gamma, "sum", True, inputs.dtype, threads
-                )
-            if reduction == "mean":
-                grad_output = grad_output / max(grad.numel(), 1)
-            grad.mul_(grad_output)  # one serial pass: an OpenMP hand-off can cost more
+        if grad is None:  # a second backward: recompute (the first one consumed it)
+            inputs, targets, class_ids = ctx.saved_tensors
+            _, grad = _focal_forward(
+                inputs, targets, class_ids, alpha, gamma, "sum", True, inputs.dtype
+            )
+        if reduction == "mean":
+            grad_output = grad_output / max(grad.numel(), 1)
+        grad.mul_(grad_output)
         return grad, None, None, None, None, None, None, None
 
 
@@ -416,10 +421,10 @@ def sigmoid_focal_loss(
     notation); ``alpha = -1`` turns the ``a_t`` weighting off.
 
     The forward pass computes the loss and, when ``inputs`` requires grad, the closed-form
-    gradient in one fused sweep over cache-sized chunks. On CPU the chunks are shared among
-    up to ``torch.get_num_threads()`` Python threads while ATen runs on one intra-op thread
-    (``torch.set_num_threads(1)`` inside the call, restored on exit, as :func:`detops.nms`
-    does), which avoids an OpenMP hand-off per small op. That gradient (one tensor the size of
+    gradient in one fused sweep over cache-sized chunks. On CPU every chunk is smaller than
+    ATen's parallel grain, so its ops run serially in one thread, and the chunks are shared
+    among up to ``torch.get_num_threads()`` threads (the caller and a process-wide pool made
+    once); torch's thread settings are read, never changed. That gradient (one tensor the size of
     ``inputs``) is kept for backward, which scales it by ``grad_output`` in place and hands
     it over; a second backward through the same graph (``retain_graph=True``,
     ``gradcheck``) recomputes it from the saved ``inputs`` (a reference, not a copy). Peak
@@ -608,10 +613,9 @@ def fcos_loss(
 
     No Python loop over images or locations and no host synchronization: the normalizer
     stays a tensor (a float ``normalizer`` is turned into one). The three sums and their
-    closed-form gradients are computed in the forward pass; backward scales them. On CPU,
-    forward and backward run on one intra-op thread (``torch.set_num_threads(1)`` while
-    inside, restored on exit, as :func:`detops.nms` does; the focal part still shares its
-    chunks among Python threads): its small ops are faster without OpenMP hand-offs.
+    closed-form gradients are computed in the forward pass; backward scales them. The focal
+    part shares its chunks among threads as :func:`sigmoid_focal_loss` does; torch's thread
+    settings are never changed.
 
     Args:
         pred_cls_logits (Tensor[B, L, C]): class logits, floating.
@@ -684,36 +688,33 @@ def fcos_loss(
     else:
         old = normalizer  # a Python float stays a kernel argument: no host-to-device copy
 
-    threads = torch.get_num_threads()
-    with one_intraop_thread(device):
-        classes = matched_gt_boxes[..., 4].detach()
-        num_pos = (classes != -1).sum()
-        new_normalizer = num_pos.to(norm_dtype) * ((1.0 - momentum) / batch) + momentum * old
-        denominator = new_normalizer * batch
-        denominator = torch.where(denominator == 0, 1.0, denominator).to(loss_dtype)
-        class_ids = torch.where(classes < 0, -1, classes.to(torch.int64))  # -0.5 is not 0
-        loss_cls, loss_box, loss_ctr = _FCOSLossSums.apply(
-            pred_cls_logits,
-            pred_boxreg_deltas,
-            pred_ctr_logits,
-            class_ids,
-            matched_gt_deltas.detach(),
-            loss_dtype,
-            threads,
-        )
-        losses = {
-            "loss_cls": loss_cls / denominator,
-            "loss_box": loss_box / denominator,
-            "loss_ctr": loss_ctr / denominator,
-        }
+    classes = matched_gt_boxes[..., 4].detach()
+    num_pos = (classes != -1).sum()
+    new_normalizer = num_pos.to(norm_dtype) * ((1.0 - momentum) / batch) + momentum * old
+    denominator = new_normalizer * batch
+    denominator = torch.where(denominator == 0, 1.0, denominator).to(loss_dtype)
+    class_ids = torch.where(classes < 0, -1, classes.to(torch.int64))  # -0.5 is not 0
+    loss_cls, loss_box, loss_ctr = _FCOSLossSums.apply(
+        pred_cls_logits,
+        pred_boxreg_deltas,
+        pred_ctr_logits,
+        class_ids,
+        matched_gt_deltas.detach(),
+        loss_dtype,
+    )
+    losses = {
+        "loss_cls": loss_cls / denominator,
+        "loss_box": loss_box / denominator,
+        "loss_ctr": loss_ctr / denominator,
+    }
     return losses, new_normalizer.detach()
 
 
-def _fcos_loss_sums(cls, box, ctr, class_ids, gt_deltas, loss_dtype, threads, needs_grad):
+def _fcos_loss_sums(cls, box, ctr, class_ids, gt_deltas, loss_dtype, needs_grad):
     """The three loss sums (0-d, ``loss_dtype``) and their gradients w.r.t. the three
     predictions (in the predictions' dtypes; None where not needed)."""
     loss_cls, grad_cls = _focal_forward(
-        cls, None, class_ids, 0.25, 2.0, "sum", needs_grad[0], loss_dtype, threads
+        cls, None, class_ids, 0.25, 2.0, "sum", needs_grad[0], loss_dtype
     )
     gt = gt_deltas.to(loss_dtype)
     inside = (gt >= 0).to(loss_dtype)  # background rows (and deltas < 0) count 0
@@ -736,19 +737,15 @@ def _fcos_loss_sums(cls, box, ctr, class_ids, gt_deltas, loss_dtype, threads, ne
 
 
 class _FCOSLossSums(torch.autograd.Function):
-    """Forward computes the three sums and their closed-form gradients on one intra-op
-    thread; backward scales the gradients in place (also on one thread), so no part of the
-    loss opens an OpenMP parallel region. A second backward recomputes, as
-    :class:`_SigmoidFocalLoss` does."""
+    """Forward computes the three sums and their closed-form gradients; backward scales the
+    gradients in place. A second backward recomputes, as :class:`_SigmoidFocalLoss` does."""
 
     @staticmethod
-    def forward(ctx, cls, box, ctr, class_ids, gt_deltas, loss_dtype, threads):
+    def forward(ctx, cls, box, ctr, class_ids, gt_deltas, loss_dtype):
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
-        sums, grads = _fcos_loss_sums(
-            cls, box, ctr, class_ids, gt_deltas, loss_dtype, threads, needs
-        )
+        sums, grads = _fcos_loss_sums(cls, box, ctr, class_ids, gt_deltas, loss_dtype, needs)
         ctx.grads = grads
-        ctx.options = (loss_dtype, threads, needs)
+        ctx.options = (loss_dtype, needs)
         if any(needs):
             ctx.save_for_backward(cls, box, ctr, class_ids, gt_deltas)
         return sums
@@ -756,13 +753,12 @@ class _FCOSLossSums(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_cls, grad_box, grad_ctr):
-        loss_dtype, threads, needs = ctx.options
+        loss_dtype, needs = ctx.options
         grads, ctx.grads = ctx.grads, None
         inputs = ctx.saved_tensors
-        with one_intraop_thread(inputs[0].device):
-            if grads is None:  # a second backward through the same graph
-                _, grads = _fcos_loss_sums(*inputs, loss_dtype, threads, needs)
-            for grad, scale in zip(grads, (grad_cls, grad_box, grad_ctr), strict=True):
-                if grad is not None:
-                    grad.mul_(scale)
-        return (*grads, None, None, None, None)
+        if grads is None:  # a second backward through the same graph
+            _, grads = _fcos_loss_sums(*inputs, loss_dtype, needs)
+        for grad, scale in zip(grads, (grad_cls, grad_box, grad_ctr), strict=True):
+            if grad is not None:
+                grad.mul_(scale)
+        return (*grads, None, None, None)

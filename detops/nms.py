@@ -43,8 +43,9 @@ that sparse graph.
    in blocks of ranks, in score order.
 
 Every step is a handful of tensor ops; their number, not arithmetic, bounds the speed
-below a few hundred boxes, where torchvision's single kernel call is faster. On CPU the
-op runs on one intra-op thread (see ``one_intraop_thread``).
+below a few hundred boxes, where torchvision's single kernel call is faster. The op never
+changes torch's thread settings: its small tensor ops stay under ATen's parallel grain and
+run serially by themselves, the large dense tiles may use torch's intra-op threads.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
-from ._threads import one_intraop_thread
 
 __all__ = ["nms", "class_spec_nms", "batched_nms_per_image"]
 
@@ -122,7 +122,7 @@ def _check_common(op: str, boxes: Tensor, scores: Tensor, iou_threshold: object,
 
 
 def _check_finite_input(op: str, boxes: Tensor, scores: Tensor) -> None:
-    """NaN checks (one host sync); run inside ``one_intraop_thread``."""
+    """NaN checks (one host sync)."""
     if bool(torch.isnan(boxes).any() | torch.isnan(scores).any()):
         check_no_nan(op, "boxes", boxes)
         check_no_nan(op, "scores", scores)
@@ -702,7 +702,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     op = "nms"
     _check_boxes_scores(op, boxes, scores, batched=False)
     _check_common(op, boxes, scores, iou_threshold)
-    with torch.no_grad(), one_intraop_thread(boxes.device):
+    with torch.no_grad():
         _check_finite_input(op, boxes, scores)
         if boxes.shape[0] == 0:
             return torch.empty(0, dtype=torch.int64, device=boxes.device)
@@ -738,7 +738,7 @@ def class_spec_nms(
     _check_boxes_scores(op, boxes, scores, batched=False)
     _check_class_ids(op, class_ids, scores, "[N]")
     _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
-    with torch.no_grad(), one_intraop_thread(boxes.device):
+    with torch.no_grad():
         _check_finite_input(op, boxes, scores)
         if boxes.shape[0] == 0:
             return torch.empty(0, dtype=torch.int64, device=boxes.device)
@@ -794,7 +794,7 @@ def batched_nms_per_image(
     _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
     num_images, n = scores.shape
     dev = boxes.device
-    with torch.no_grad(), one_intraop_thread(dev):
+    with torch.no_grad():
         _check_finite_input(op, boxes, scores)
         if scores.numel() == 0 or max_detections == 0:
             return torch.full((num_images, 0), -1, dtype=torch.int64, device=dev)

@@ -221,13 +221,6 @@ def test_large_input_crosses_chunks_and_threads(device):
         assert_trees_close(ours, theirs, FOCAL_TOLERANCES[torch.float32], f"ids {reduction}")
 
 
-def test_intra_op_threads_are_restored():
-    x, t = _inputs((4, 5), torch.float32, "cpu")
-    before = torch.get_num_threads()
-    sigmoid_focal_loss(x.requires_grad_(), t, reduction="sum").backward()
-    assert torch.get_num_threads() == before
-
-
 def test_inputs_are_not_modified_and_layout_is_free():
     x, t = _inputs((6, 5), torch.float32, "cpu")
     xt, tt = x.t(), t.t()  # non-contiguous

@@ -44,9 +44,7 @@ def add_parser(subparsers) -> None:
         "--op", action="append", metavar="NAME", help="only this op's cases (repeatable)"
     )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    parser.add_argument(
-        "--plot", metavar="PATH", help="write a bar chart PNG of the ratios"
-    )
+    parser.add_argument("--plot", metavar="PATH", help="write a bar chart PNG of the ratios")
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed runs per callable (default 10; quick 5)"
     )
