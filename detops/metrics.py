@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_tensor, shape_str
+from ._serial import owner_index
 
 __all__ = ["COCO_IOU_THRESHOLDS", "mean_average_precision", "gt_dicts_from_padded"]
 
@@ -55,23 +56,6 @@ def _check_image_dict(
                 f"{op}: {where}['scores'] must have a floating dtype, got {scores.dtype}"
             )
     return out
-
-
-def _owner_index(counts: Tensor) -> Tensor:
-    """``repeat_interleave(arange(len(counts)), counts)`` without a parallel region.
-
-    Marks where each group starts (groups that start at the same place, the empty ones,
-    stack up there), and a cumulative sum numbers the positions by the last group started.
-    ``torch.repeat_interleave`` and ``torch.searchsorted`` run CPU parallel regions with a
-    tiny grain, which cost milliseconds each on a busy machine; ``index_add_`` on a 1-D
-    tensor and ``cumsum`` do not. Reads the total back to size the output (one sync).
-    """
-    ends = torch.cumsum(counts, 0)
-    total = int(ends[-1]) if counts.numel() else 0
-    starts = (ends - counts).clamp(max=total)
-    marks = torch.zeros(total + 1, dtype=counts.dtype, device=counts.device)
-    marks.index_add_(0, starts, torch.ones_like(starts))
-    return torch.cumsum(marks[:total], 0) - 1
 
 
 def _group_starts(keys: Tensor, size: int) -> tuple[Tensor, Tensor]:
@@ -224,11 +208,11 @@ def mean_average_precision(
     det_labels = cat(dets, "labels", i64)
     det_scores = cat(dets, "scores", f64)
     det_counts = torch.tensor([d["boxes"].shape[0] for d in dets], dtype=i64, device=device)
-    det_image = _owner_index(det_counts)
+    det_image = owner_index(det_counts)
     gt_boxes = cat(gts, "boxes", f64, 4)
     gt_labels = cat(gts, "labels", i64)
     gt_counts = torch.tensor([g["boxes"].shape[0] for g in gts], dtype=i64, device=device)
-    gt_image = _owner_index(gt_counts)
+    gt_image = owner_index(gt_counts)
 
     # Validation: one sync for all checks.
     bad = torch.stack(
@@ -263,7 +247,7 @@ def mean_average_precision(
     gt_order = torch.sort(gt_key, stable=True).indices
     key_start, key_count = _group_starts(gt_key, max(num_images, 1) * num_classes)
     start, counts = key_start.index_select(0, det_key), key_count.index_select(0, det_key)
-    pair_det = _owner_index(counts)
+    pair_det = owner_index(counts)
     first_pair = torch.cumsum(counts, 0) - counts
     within = torch.arange(pair_det.shape[0], device=device) - first_pair.index_select(0, pair_det)
     pair_gt = gt_order.index_select(0, start.index_select(0, pair_det) + within)

@@ -64,6 +64,7 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
+from ._serial import owner_index, searchsorted, take
 
 __all__ = ["nms", "class_spec_nms", "batched_nms_per_image"]
 
@@ -191,7 +192,7 @@ class _Prepared:
             x_rank = torch.empty_like(x_order).scatter_(-1, x_order, ar)
             inf = torch.tensor(math.inf, dtype=torch.float64, device=dev)
             upper = torch.nextafter(self.x2 - t * (self.x2 - self.x1), inf)
-            n_upper = torch.searchsorted(x_sorted, upper, right=True)
+            n_upper = searchsorted(x_sorted, upper, right=True)
             if not self.all_proper:
                 n_upper = torch.where(self.proper, n_upper, x_rank + 1)
             self._x_windows = x_order, x_rank, n_upper
@@ -247,7 +248,7 @@ def _bucket_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor
         return None
     ends = torch.cumsum(counts, 0)
     _, pos = torch.sort(cell, dim=-1, stable=True)
-    end = torch.take(ends, flat - cell + base + bucket_up)  # end of x2_i - t * w_i's bucket
+    end = take(ends, flat - cell + base + bucket_up)  # end of x2_i - t * w_i's bucket
     end = end.gather(-1, pos)
     if not prep.all_proper:  # improper boxes (sorted last in an image): empty windows
         own = torch.arange(1, m + 1, device=dev).view(batch, -1)
@@ -267,7 +268,7 @@ def _exact_x_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tenso
             gid = torch.where(prep.proper, gid, int(gid.max()) + 1)  # improper boxes last
         stride = n + 1
         keys, pos = torch.sort(gid * stride + x_rank, dim=-1)
-        end = torch.searchsorted(keys, gid * stride + n_upper).gather(-1, pos)
+        end = searchsorted(keys, gid * stride + n_upper).gather(-1, pos)
     if batch > 1:
         end = end + torch.arange(0, batch * n, n, device=dev)[:, None]
     return _flat_positions(prep, pos), end.reshape(-1)
@@ -329,7 +330,7 @@ def _tile_pairs(
     pad = _far_planes(prep.dtype, prep.device, rows + _SUB)
     cols = torch.cat((prep.planes.index_select(1, pos), pad), 1)
     if any(explicit):
-        rows_listed = torch.tensor(explicit, device=dev).repeat_interleave(rows)[:m]
+        rows_listed = torch.tensor(explicit, device=dev)[:, None].expand(-1, rows).reshape(-1)[:m]
         counts = torch.where(rows_listed, window, 0)
         listed = int(sum(s for s, e in zip(sums, explicit, strict=True) if e))
         _listed_pairs(cols, counts, listed, thr, pos, out, pair_filter)
@@ -343,8 +344,9 @@ def _tile_pairs(
 
     def flush() -> None:
         nonlocal found, pending
-        counts = torch.tensor([f[0].shape[0] for f in found], device=dev)
-        meta = torch.tensor([f[2:] for f in found], device=dev).repeat_interleave(counts, 0)
+        sizes = [f[0].shape[0] for f in found]
+        owner = owner_index(torch.tensor(sizes, device=dev), sum(sizes))
+        meta = torch.tensor([f[2:] for f in found], device=dev).index_select(0, owner)
         cand = torch.cat([f[0] for f in found])
         k, member = torch.cat([f[1] for f in found]).nonzero(as_tuple=True)
         group, row = cand[k].unbind(1)
@@ -408,7 +410,7 @@ def _listed_pairs(
     if total > budget:  # row ranges holding about `budget` pairs each
         before = torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0)))  # pairs in rows < p
         marks = torch.arange(budget, total, budget, device=dev)
-        cuts = (torch.searchsorted(before, marks) + 1).clamp_(max=m).unique().tolist()
+        cuts = (searchsorted(before, marks) + 1).clamp_(max=m).unique().tolist()
         bounds = [0, *(cut for cut in cuts if 0 < cut < m), m]
         at = before.index_select(0, torch.tensor(bounds, device=dev))
         sizes = (at[1:] - at[:-1]).tolist()
@@ -417,10 +419,11 @@ def _listed_pairs(
         if size == 0:
             continue
         cnt = counts[a:z]
-        r = torch.arange(a, z, device=dev).repeat_interleave(cnt, output_size=size)
+        owner = owner_index(cnt, size)
+        r = owner + a
         # Pair q of row p is column p + 1 + (q - first pair of p).
         shift = torch.arange(a + 1, z + 1, device=dev) - (torch.cumsum(cnt, 0) - cnt)
-        c = torch.arange(size, device=dev) + shift.repeat_interleave(cnt, output_size=size)
+        c = torch.arange(size, device=dev) + shift.index_select(0, owner)
         row, col = cols.index_select(1, r), cols.index_select(1, c)  # faster than cols[:, r]
         low_high = torch.minimum(row[0:4], col[0:4])
         overlap = low_high[0:2].add_(low_high[2:4]).clamp_(min=0)
@@ -523,7 +526,7 @@ def _greedy_keep(src: Tensor, dst: Tensor, n: int) -> Tensor:
     dst = dst[order]
     keep = everything
     suppressed = torch.zeros(n, dtype=torch.bool, device=dev)
-    bounds = torch.searchsorted(src, torch.arange(0, n + _BLOCK, _BLOCK, device=dev)).tolist()
+    bounds = searchsorted(src, torch.arange(0, n + _BLOCK, _BLOCK, device=dev)).tolist()
     for block, a in enumerate(range(0, n, _BLOCK)):
         z = min(a + _BLOCK, n)
         e0, e1 = bounds[block], bounds[block + 1]

@@ -317,12 +317,3 @@ ERROR_INPUTS = [
 def test_error_inputs(args, kwargs, error, match):
     with pytest.raises(error, match=r"mean_average_precision: .*" + match):
         mean_average_precision(*args, **kwargs)
-
-
-@pytest.mark.parametrize("counts", [[], [0], [3], [0, 2, 0, 0, 1, 3, 0], [1, 1, 1], [0, 0, 4, 0]])
-def test_owner_index_matches_repeat_interleave(counts):
-    from detops.metrics import _owner_index
-
-    counts = torch.tensor(counts, dtype=torch.int64)
-    expected = torch.repeat_interleave(torch.arange(len(counts)), counts)
-    assert torch.equal(_owner_index(counts), expected)

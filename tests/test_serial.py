@@ -1,0 +1,69 @@
+"""detops._serial: the parallel-region-free index helpers equal torch's own ops.
+
+torch.repeat_interleave, torch.searchsorted and torch.take are the independent oracle.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from detops import _serial
+
+counts_lists = st.lists(st.integers(0, 6), max_size=30)
+
+
+@pytest.mark.parametrize("counts", [[], [0], [3], [0, 2, 0, 0, 1, 3, 0], [1, 1, 1], [0, 0, 4, 0]])
+def test_owner_index_known_cases(counts):
+    counts = torch.tensor(counts, dtype=torch.int64)
+    expected = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    assert torch.equal(_serial.owner_index(counts), expected)
+
+
+@given(counts=counts_lists, data=st.data())
+def test_repeat_interleave_matches_torch(counts, data):
+    counts_t = torch.tensor(counts, dtype=torch.int64)
+    values = torch.tensor(
+        data.draw(st.lists(st.integers(-9, 9), min_size=len(counts), max_size=len(counts))),
+        dtype=torch.int64,
+    )
+    expected = values.repeat_interleave(counts_t)
+    assert torch.equal(_serial.repeat_interleave(values, counts_t), expected)
+    assert torch.equal(_serial.repeat_interleave(values, counts_t, sum(counts)), expected)
+
+
+small_floats = st.sampled_from([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 3.0])
+
+
+@given(
+    batch=st.integers(1, 3),
+    n=st.integers(0, 12),
+    m=st.integers(0, 12),
+    right=st.booleans(),
+    data=st.data(),
+)
+def test_searchsorted_matches_torch_with_ties_and_batches(batch, n, m, right, data):
+    seq = torch.tensor(data.draw(st.lists(small_floats, min_size=batch * n, max_size=batch * n)))
+    seq = seq.view(batch, n).sort(-1).values
+    values = torch.tensor(data.draw(st.lists(small_floats, min_size=batch * m, max_size=batch * m)))
+    values = values.view(batch, m)
+    expected = torch.searchsorted(seq, values, right=right)
+    assert torch.equal(_serial.searchsorted(seq, values, right=right), expected)
+    if batch == 1:  # 1-D sequence and values
+        assert torch.equal(_serial.searchsorted(seq[0], values[0], right=right), expected[0])
+
+
+def test_searchsorted_promotes_int_values_against_float_sequence():
+    seq = torch.tensor([0.5, 1.0, 1.0, 2.5], dtype=torch.float64)
+    values = torch.tensor([0, 1, 2, 3])
+    for right in (False, True):
+        expected = torch.searchsorted(seq, values.double(), right=right)
+        assert torch.equal(_serial.searchsorted(seq, values, right=right), expected)
+
+
+def test_take_matches_torch():
+    source = torch.arange(24.0).view(2, 3, 4)
+    index = torch.tensor([[0, 23, 5], [7, 7, 1]])
+    assert torch.equal(_serial.take(source, index), torch.take(source, index))
