@@ -4,6 +4,8 @@ The property tests against the NumPy reference live in tests/test_against_refere
 (registry entries in detops/testing/families/nms.py).
 """
 
+import dataclasses
+import importlib
 import sys
 
 import numpy as np
@@ -638,3 +640,36 @@ def test_boxes_and_scores_on_different_devices(device):
         pytest.skip("needs a second device (the meta-device rows of the tables cover cpu)")
     with pytest.raises(ValueError, match="all tensors must be on one device"):
         nms(B.to(device), S, 0.5)
+
+
+# ------------------------------------------ both paths of nms against the reference
+# nms calls torchvision's kernel below _KERNEL_MAX_BOXES on finite float32/float64 CPU
+# input; the registry's cases (small) then reach only the kernel. detops' own sparse path
+# is checked on the same cases here, and the dispatch itself on each side of the cut-off.
+
+NMS_ENTRY = next(entry for entry in REGISTRY if entry.op is nms)
+SPARSE_NMS_ENTRY = dataclasses.replace(
+    NMS_ENTRY, name="nms (sparse path)", op=importlib.import_module("detops.nms")._sparse_nms
+)
+
+
+@pytest.mark.parametrize("dtype", SPARSE_NMS_ENTRY.dtypes, ids=str)
+def test_sparse_path_matches_reference_on_the_registry_cases(dtype):
+    @given(case=SPARSE_NMS_ENTRY.strategy())
+    def check(case):
+        SPARSE_NMS_ENTRY.assert_matches(case, dtype, "cpu")
+
+    check()
+
+
+@pytest.mark.parametrize("n", [1, 10, 599, 600, 700])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_kernel_and_sparse_path_agree_on_each_side_of_the_cutoff(n, dtype):
+    nms_module = importlib.import_module("detops.nms")
+    boxes, scores, _ = random_boxes(n, seed=n)
+    boxes, scores = boxes.to(dtype), scores.to(dtype)
+    scores[::7] = scores[0]  # ties
+    expected = ref.nms(boxes.double().numpy(), scores.double().numpy(), 0.5)
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5).numpy(), expected)
+    np.testing.assert_array_equal(nms_module._sparse_nms(boxes, scores, 0.5).numpy(), expected)
+    assert nms_module._kernel_gives_our_answer(boxes, scores) == (n < 600)

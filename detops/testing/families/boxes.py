@@ -306,6 +306,7 @@ def _pad_setup(device):
 
 
 BENCHMARKS = (
+    BenchCase("box_iou", "10x10", "torchvision.ops.box_iou", _iou_setup(None, 10, True)),
     BenchCase("box_iou", "100x100", "torchvision.ops.box_iou", _iou_setup(None, 100, True)),
     BenchCase("box_iou", "1000x1000", "torchvision.ops.box_iou", _iou_setup(None, 1000, False)),
     BenchCase(

@@ -289,7 +289,10 @@ def _batched_setup(images: int, n: int, with_reference: bool, limit: int = 100):
 
 _NOTES = "random boxes (see random_boxes), IoU threshold 0.5"
 BENCHMARKS = (
+    BenchCase("nms", "10", "torchvision.ops.nms", _nms_setup(10, True), notes=_NOTES),
+    BenchCase("nms", "50", "torchvision.ops.nms", _nms_setup(50, True), notes=_NOTES),
     BenchCase("nms", "200", "torchvision.ops.nms", _nms_setup(200, True), notes=_NOTES),
+    BenchCase("nms", "500", "torchvision.ops.nms", _nms_setup(500, False), notes=_NOTES),
     BenchCase("nms", "1000", "torchvision.ops.nms", _nms_setup(1000, False), notes=_NOTES),
     BenchCase("nms", "5000", "torchvision.ops.nms", _nms_setup(5000, False), notes=_NOTES),
     BenchCase(
@@ -297,9 +300,30 @@ BENCHMARKS = (
     ),
     BenchCase(
         "class_spec_nms",
+        "10, 20 classes",
+        "torchvision.ops.batched_nms",
+        _class_setup(10, True),
+        notes=_NOTES,
+    ),
+    BenchCase(
+        "class_spec_nms",
+        "50, 20 classes",
+        "torchvision.ops.batched_nms",
+        _class_setup(50, True),
+        notes=_NOTES,
+    ),
+    BenchCase(
+        "class_spec_nms",
         "200, 20 classes",
         "torchvision.ops.batched_nms",
         _class_setup(200, True),
+        notes=_NOTES,
+    ),
+    BenchCase(
+        "class_spec_nms",
+        "500, 20 classes",
+        "torchvision.ops.batched_nms",
+        _class_setup(500, False),
         notes=_NOTES,
     ),
     BenchCase(
