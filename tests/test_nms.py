@@ -673,3 +673,43 @@ def test_kernel_and_sparse_path_agree_on_each_side_of_the_cutoff(n, dtype):
     np.testing.assert_array_equal(nms(boxes, scores, 0.5).numpy(), expected)
     np.testing.assert_array_equal(nms_module._sparse_nms(boxes, scores, 0.5).numpy(), expected)
     assert nms_module._kernel_gives_our_answer(boxes, scores) == (n < 600)
+
+
+# class_spec_nms compares all pairs at once up to _DENSE_MAX_BOXES finite boxes on CPU;
+# the registry's cases reach that path. The sparse path is checked on the same cases.
+
+CLASS_NMS_ENTRY = next(entry for entry in REGISTRY if entry.op is class_spec_nms)
+
+
+def _sparse_class_spec_nms(boxes, scores, class_ids, iou_threshold):
+    nms_module = importlib.import_module("detops.nms")
+    with torch.no_grad():
+        if boxes.shape[0] == 0:
+            return torch.empty(0, dtype=torch.int64)
+        order, kept = nms_module._nms_core(
+            boxes[None], scores[None], class_ids.to(torch.int64)[None], iou_threshold, False
+        )
+        return order[0][kept[0]]
+
+
+@pytest.mark.parametrize("dtype", CLASS_NMS_ENTRY.dtypes, ids=str)
+def test_class_spec_sparse_path_matches_reference_on_the_registry_cases(dtype):
+    entry = dataclasses.replace(CLASS_NMS_ENTRY, op=_sparse_class_spec_nms)
+
+    @given(case=entry.strategy())
+    def check(case):
+        entry.assert_matches(case, dtype, "cpu")
+
+    check()
+
+
+@pytest.mark.parametrize("n", [1, 30, 256, 257])
+def test_class_spec_dense_and_sparse_paths_agree_around_the_cutoff(n):
+    boxes, scores, classes = random_boxes(n, seed=n)
+    scores[::5] = scores[0]  # ties
+    expected = ref.class_spec_nms(
+        boxes.double().numpy(), scores.double().numpy(), classes.numpy(), 0.5
+    )
+    np.testing.assert_array_equal(class_spec_nms(boxes, scores, classes, 0.5).numpy(), expected)
+    sparse = _sparse_class_spec_nms(boxes, scores, classes, 0.5)
+    np.testing.assert_array_equal(sparse.numpy(), expected)
