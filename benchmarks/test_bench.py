@@ -9,8 +9,8 @@ import functools
 
 import pytest
 
+from detops.bench.timing import environment_info, synchronized
 from detops.testing import BENCHMARKS
-from detops.testing.timing import environment_info, synchronized
 
 
 @functools.cache

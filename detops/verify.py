@@ -1034,7 +1034,7 @@ def verify(
         dtypes: dtypes of the generated cases for a target with functions (default
             float32 and float64, where the registry entry has tolerances for them).
     """
-    from .testing.timing import environment_info
+    from .bench.timing import environment_info
 
     start = time.monotonic()
     if target.functions is None:

@@ -1,24 +1,58 @@
-"""``detops bench`` (runner, table, JSON, chart) and ``detops demo`` on small inputs."""
+"""``detops bench`` (runner, table, JSON, chart) and ``detops demo`` on small inputs.
+
+Nothing here asserts on a measured duration: the runner tests drive a fake clock that the
+fake callables advance by fixed amounts, so their timings (and what is unstable) are exact.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import os
 
 import pytest
 import torch
 
+import detops.testing
 from detops.bench import (
     BenchResult,
     BenchSettings,
     Timing,
+    busy_warning,
     format_bench_table,
+    instability,
+    measure_interleaved,
+    plot_ratios,
+    quartiles,
     run_benchmarks,
     select_cases,
 )
+from detops.bench.report import format_ratio
 from detops.cli import main
 from detops.testing import BENCHMARKS, BenchCase, BenchFunctions
 
 TINY = BenchSettings(warmup=1, repeats=3, max_seconds=0.2, reference_repeats=1)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class FakeClock:
+    """A clock that only moves when a fake callable says it took some time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def callable(self, name, calls, durations):
+        steps = itertools.cycle(durations)
+
+        def run():
+            calls.append(name)
+            self.now += next(steps)
+
+        return run
 
 
 def _case(op="fake", size="tiny", quick=True, devices=("cpu", "cuda"), reference=True, calls=None):
@@ -32,6 +66,24 @@ def _case(op="fake", size="tiny", quick=True, devices=("cpu", "cuda"), reference
         )
 
     return BenchCase(op, size, "a peer", setup, quick=quick, devices=devices)
+
+
+def _timed_case(clock, calls, detops, peer, reference=(0.5,), op="fake", size="tiny"):
+    """A case whose callables take ``detops`` / ``peer`` / ``reference`` fake seconds per
+    call, cycling through each list."""
+
+    def setup(device):
+        return BenchFunctions(
+            detops=clock.callable("detops", calls, detops),
+            peer=clock.callable("peer", calls, peer),
+            reference=clock.callable("reference", calls, reference) if reference else None,
+        )
+
+    return BenchCase(op, size, "a peer", setup)
+
+
+def _samples(first_ms, *rest_ms):
+    return Timing.from_samples([ms / 1000 for ms in (first_ms, *rest_ms)])
 
 
 def test_select_cases_filters_quick_device_and_op():
@@ -52,21 +104,132 @@ def test_select_cases_filters_quick_device_and_op():
 
 def test_run_benchmarks_times_every_callable_with_warmup_and_repeats():
     calls: list[str] = []
-    report = run_benchmarks([_case(calls=calls)], "cpu", settings=TINY)
+    clock = FakeClock()
+    case = _timed_case(clock, calls, detops=[0.001], peer=[0.005])
+    report = run_benchmarks([case], "cpu", settings=TINY, timer=clock)
     (result,) = report.results
     # detops and peer: 1 warm-up + 3 timed runs each; reference: 1 warm-up + 1 timed run.
     assert calls.count("detops") == 4 and calls.count("peer") == 4
     assert calls.count("reference") == 2
     assert result.detops.runs == 3 and result.reference.runs == 1
-    assert result.detops.min <= result.detops.median <= result.detops.max
+    assert result.detops.samples == pytest.approx([0.001] * 3)
+    assert result.peer_timing.samples == pytest.approx([0.005] * 3)
+    assert not result.unstable and result.retries == 0
     assert "torch" in report.environment and "cpu_model" in report.environment
 
 
-def test_ratio_is_peer_over_detops():
-    result = BenchResult("op", "size", "cpu", "peer", Timing(0.002, 3, 0.001, 0.003))
-    result.peer_timing = Timing(0.010, 3, 0.009, 0.011)
-    assert result.ratio == pytest.approx(5.0)
+def test_detops_and_peer_alternate_and_the_reference_runs_after():
+    calls: list[str] = []
+    clock = FakeClock()
+    case = _timed_case(clock, calls, detops=[0.001], peer=[0.005])
+    settings = BenchSettings(
+        warmup=1, repeats=4, max_retries=0, reference_warmup=0, reference_repeats=1
+    )
+    run_benchmarks([case], "cpu", settings=settings, timer=clock)
+    warmup = ["detops", "peer"]
+    timed = ["detops", "peer", "peer", "detops", "detops", "peer", "peer", "detops"]
+    assert calls == [*warmup, *timed, "reference"]
+
+
+def test_measure_interleaved_alternates_who_goes_first_and_keeps_the_pairs():
+    calls: list[str] = []
+    clock = FakeClock()
+    first = clock.callable("a", calls, [1.0, 2.0])
+    second = clock.callable("b", calls, [10.0])
+    a, b = measure_interleaved(first, second, rounds=3, start_round=1, timer=clock)
+    assert calls == ["b", "a", "a", "b", "b", "a"]
+    assert a == [1.0, 2.0, 1.0] and b == [10.0, 10.0, 10.0]
+    # The time limit applies once min_rounds are done.
+    calls.clear()
+    a, b = measure_interleaved(first, second, rounds=10, max_seconds=5, min_rounds=2, timer=clock)
+    assert len(a) == len(b) == 2
+
+
+def test_quartiles_and_spread_on_fixed_timings():
+    assert quartiles([5.0, 1.0, 4.0, 2.0, 3.0]) == (2.0, 3.0, 4.0)
+    assert quartiles([1.0, 2.0, 3.0, 4.0]) == pytest.approx((1.75, 2.5, 3.25))
+    assert quartiles([7.0]) == (7.0, 7.0, 7.0)
+    with pytest.raises(ValueError, match="quartiles: samples must not be empty"):
+        quartiles([])
+    timing = Timing.from_samples([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert (timing.median, timing.q25, timing.q75, timing.min, timing.max) == (3, 2, 4, 1, 5)
+    assert timing.runs == 5 and timing.iqr == 2 and timing.relative_iqr == pytest.approx(2 / 3)
+
+
+def test_ratio_is_peer_over_detops_with_its_range():
+    result = BenchResult("op", "size", "cpu", "peer", _samples(1, 2, 3, 4, 5))
+    result.peer_timing = _samples(10, 20, 30, 40, 50)
+    assert result.ratio == pytest.approx(10.0)
+    # peer q25 / detops q75 to peer q75 / detops q25
+    assert result.ratio_range == pytest.approx((20 / 4, 40 / 2))
+    row = result.to_dict()
+    assert row["ratio_low"] == pytest.approx(5.0) and row["ratio_high"] == pytest.approx(20.0)
     assert BenchResult("op", "size", "cpu", "peer").ratio is None
+    assert BenchResult("op", "size", "cpu", "peer").ratio_range is None
+    # Tiny ratios keep two significant digits instead of rounding to 0.00.
+    assert [format_ratio(x) for x in (12.5, 0.5, 0.000766)] == ["12.50", "0.50", "0.00077"]
+
+
+@pytest.mark.parametrize(
+    ("detops_ms", "peer_ms", "expected"),
+    [
+        ([1, 1, 1, 1, 1], [5, 5, 5, 5, 5], None),
+        ([1, 1.1, 1.2], [5, 5.1, 5.2], None),
+        ([1], [5], "1 timed run, too few for a spread"),
+        ([1, 1, 2, 3, 3], [9, 9, 9, 9, 9], "detops IQR is 100% of its median"),
+        ([1, 1, 1, 1, 1], [8, 8, 10, 13, 13], "peer IQR is 50% of its median"),
+        ([1.0, 1.1, 1.2], [1.05, 1.15, 1.25], "detops and peer IQRs overlap"),
+    ],
+)
+def test_instability_on_fixed_timings(detops_ms, peer_ms, expected):
+    assert instability(_samples(*detops_ms), _samples(*peer_ms)) == expected
+
+
+def test_an_unstable_row_is_re_measured_then_flagged():
+    calls: list[str] = []
+    clock = FakeClock()
+    # detops takes 1, 1, 3 ms in turn: its IQR stays 50% to 200% of its median.
+    case = _timed_case(clock, calls, detops=[0.001, 0.001, 0.003], peer=[0.010])
+    settings = BenchSettings(warmup=1, repeats=4, max_retries=2, reference_repeats=1)
+    report = run_benchmarks([case], "cpu", settings=settings, timer=clock)
+    (result,) = report.results
+    assert result.unstable and result.retries == 2
+    assert "detops IQR is" in result.unstable_reason
+    assert result.detops.runs == result.peer_timing.runs == 12  # 3 batches of 4 rounds
+    # The retries continue the alternation: 12 timed rounds, ABBA... throughout.
+    timed = [c for c in calls[2:] if c != "reference"]
+    assert timed == ["detops", "peer", "peer", "detops"] * 6
+    table = format_bench_table(report)
+    (row,) = [line for line in table.splitlines() if line.startswith("fake")]
+    assert row.endswith("unstable")
+    assert "fake | tiny: unstable: detops IQR is" in table
+    data = json.loads(report.to_json())["results"][0]
+    assert data["unstable"] is True and data["retries"] == 2
+    assert data["unstable_reason"] == result.unstable_reason
+
+
+def test_a_row_that_settles_on_re_measuring_is_not_flagged():
+    calls: list[str] = []
+    clock = FakeClock()
+    # After the warm-up, the first batch's detops times are wide (1, 4, 1, 4 ms), then
+    # they settle at 1 ms: 8 pooled samples still have an IQR of 75%, 12 have none.
+    durations = [0.001, 0.001, 0.004, 0.001, 0.004] + [0.001] * 8
+    case = _timed_case(clock, calls, detops=durations, peer=[0.010])
+    settings = BenchSettings(warmup=1, repeats=4, max_retries=3, reference_repeats=1)
+    (result,) = run_benchmarks([case], "cpu", settings=settings, timer=clock).results
+    assert not result.unstable and result.unstable_reason == ""
+    assert result.retries == 2 and result.detops.runs == 12
+
+
+def test_no_re_measuring_past_the_time_budget():
+    calls: list[str] = []
+    clock = FakeClock()
+    case = _timed_case(clock, calls, detops=[1.0, 1.0, 3.0], peer=[10.0], reference=None)
+    # Warm-up 11 s + one batch of 3 rounds 35 s: 46 s spent, 4 s left, a batch costs 35.
+    settings = BenchSettings(warmup=1, repeats=3, max_seconds=100, budget_seconds=50)
+    (result,) = run_benchmarks([case], "cpu", settings=settings, timer=clock).results
+    assert result.retries == 0 and result.unstable
+    assert result.unstable_reason.endswith("not re-measured: time budget spent")
 
 
 def test_a_failing_case_is_reported_and_the_others_still_run():
@@ -111,7 +274,11 @@ def test_cli_bench_writes_table_json_and_chart(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    header = out.splitlines()[0].split()
+    lines = out.splitlines()
+    assert lines[0].startswith("detops bench on cpu: ") and "torch threads" in lines[0]
+    assert lines[1].startswith("torch ") and "numpy" in lines[1] and "python" in lines[1]
+    assert lines[2].startswith("load average (1 min): ")
+    header = next(line for line in lines if line.startswith("op ")).split()
     assert header == [
         "op",
         "size",
@@ -121,18 +288,183 @@ def test_cli_bench_writes_table_json_and_chart(tmp_path, capsys):
         "peer",
         "median",
         "ratio",
+        "range",
         "reference",
+        "flag",
     ]
-    assert "get_fpn_location_coords" in out and "machine:" in out
+    assert "get_fpn_location_coords" in out
     data = json.loads(json_path.read_text())
     (row,) = data["results"]
     assert row["op"] == "get_fpn_location_coords" and row["device"] == "cpu"
     assert row["ratio_peer_over_detops"] == pytest.approx(
         row["peer_median_s"] / row["detops_median_s"]
     )
+    # The medians lie inside the quartiles, so the ratio lies inside its range.
+    assert row["ratio_low"] <= row["ratio_peer_over_detops"] <= row["ratio_high"]
     assert row["reference_median_s"] is not None
-    assert {"torch", "torchvision", "cpu_model", "python"} <= set(data["environment"])
-    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"torch", "torchvision", "cpu_model", "python", "torch_threads"} <= set(
+        data["environment"]
+    )
+    assert {"load_average_1m_start", "load_average_1m_end"} <= set(data["environment"])
+    assert data["interrupted"] is False and data["cases_done"] == data["cases_total"] == 1
+    assert png_path.read_bytes()[:8] == PNG
+
+
+def test_json_structure_keeps_the_old_keys_and_adds_the_spread():
+    clock = FakeClock()
+    cases = [
+        _timed_case(clock, [], detops=[0.001], peer=[0.004], size="a"),
+        _timed_case(clock, [], detops=[0.001, 0.001, 0.003], peer=[0.010], size="b"),
+    ]
+    settings = BenchSettings(warmup=1, repeats=4, max_retries=0, reference_repeats=1)
+    data = json.loads(run_benchmarks(cases, "cpu", settings=settings, timer=clock).to_json())
+    assert {
+        "device",
+        "quick",
+        "settings",
+        "environment",
+        "warnings",
+        "seconds",
+        "interrupted",
+        "cases_done",
+        "cases_total",
+        "results",
+    } <= set(data)
+    assert data["settings"]["budget_seconds"] is None  # inf is not JSON
+    assert data["settings"]["max_relative_iqr"] == 0.25
+    stable, unstable = data["results"]
+    assert {
+        "op",
+        "size",
+        "device",
+        "peer",
+        "detops_median_s",
+        "peer_median_s",
+        "reference_median_s",
+        "ratio_peer_over_detops",
+        "ratio_low",
+        "ratio_high",
+        "unstable",
+        "unstable_reason",
+        "retries",
+        "timings",
+        "note",
+    } == set(stable)
+    assert set(stable["timings"]) == {"detops", "peer", "reference"}
+    detops = stable["timings"]["detops"]
+    assert set(detops) == {"median", "runs", "min", "max", "q25", "q75", "iqr", "samples"}
+    assert detops["samples"] == pytest.approx([0.001] * 4)
+    assert detops["iqr"] == pytest.approx(0.0, abs=1e-12)
+    assert stable["ratio_peer_over_detops"] == pytest.approx(4.0)
+    assert stable["ratio_low"] == pytest.approx(4.0) == stable["ratio_high"]
+    assert stable["unstable"] is False and stable["unstable_reason"] == ""
+    assert unstable["unstable"] is True and unstable["unstable_reason"]
+
+
+def test_busy_warning_thresholds():
+    assert busy_warning(2, 0.2, 0.3) is None
+    assert busy_warning(2, 1.0, 1.0) is None  # at the limit, not above
+    assert "1.50 at start" in busy_warning(2, 1.5, 0.2)
+    # The end load counts this run's own threads; only the rest makes the machine busy.
+    assert busy_warning(2, 0.2, 1.8, own_load=1.0) is None
+    warning = busy_warning(2, 0.2, 2.5, own_load=1.0)
+    assert warning.startswith("WARNING: the machine is busy") and "2.50 at end" in warning
+    assert "figures may be unreliable" in warning
+    assert busy_warning(8, 3.9, 0.0) is None and busy_warning(8, 4.1, 0.0) is not None
+    assert busy_warning(None, 99.0, 99.0) is None and busy_warning(2, None, None) is None
+
+
+def test_own_share_of_the_load_average_follows_the_kernels_one_minute_average():
+    from detops.bench.runner import _own_load_share
+
+    # Two CPUs busy for a minute add 2 * (1 - 1/e) to the 1-minute load average.
+    assert _own_load_share(120.0, 60.0) == pytest.approx(2 * (1 - math.exp(-1)))
+    assert _own_load_share(10.0, 10.0) == pytest.approx(1 - math.exp(-1 / 6))
+    assert _own_load_share(0.0, 10.0) == 0.0 and _own_load_share(1.0, 0.0) == 0.0
+
+
+def test_a_busy_machine_gets_a_warning_in_the_header_and_json(monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (1e6, 0.0, 0.0))
+    clock = FakeClock()
+    case = _timed_case(clock, [], detops=[0.001], peer=[0.004])
+    report = run_benchmarks([case], "cpu", settings=TINY, timer=clock)
+    (warning,) = report.warnings
+    assert warning.startswith("WARNING: the machine is busy") and "at start" in warning
+    header, _, _ = format_bench_table(report).partition("\nop ")
+    assert warning in header.splitlines()
+    data = json.loads(report.to_json())
+    assert data["warnings"] == [warning]
+    assert data["environment"]["load_average_1m_start"] == 1e6
+
+
+def test_a_quiet_machine_gets_no_warning_and_no_load_average_is_shown_as_unknown(monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    clock = FakeClock()
+    case = _timed_case(clock, [], detops=[0.001], peer=[0.004])
+    report = run_benchmarks([case], "cpu", settings=TINY, timer=clock)
+    assert report.warnings == [] and "WARNING" not in format_bench_table(report)
+
+    def no_loadavg():
+        raise OSError("no load average here")
+
+    monkeypatch.setattr(os, "getloadavg", no_loadavg)
+    report = run_benchmarks([case], "cpu", settings=TINY, timer=clock)
+    assert report.environment["load_average_1m_start"] is None
+    assert "load average (1 min): ? at start, ? at end" in format_bench_table(report)
+
+
+def _interrupting_cases(calls):
+    """Three cases; the third one's peer raises KeyboardInterrupt in its first call."""
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    def setup(device):
+        return BenchFunctions(detops=lambda: calls.append("detops"), peer=interrupt)
+
+    return [
+        _case("first", calls=calls),
+        _case("second", calls=calls),
+        BenchCase("third", "tiny", "a peer", setup),
+    ]
+
+
+def test_ctrl_c_keeps_the_rows_already_measured():
+    calls: list[str] = []
+    report = run_benchmarks(_interrupting_cases(calls), "cpu", settings=TINY)
+    assert report.interrupted
+    assert [r.op for r in report.results] == ["first", "second"]
+    assert report.total == 3
+    assert "INTERRUPTED: 2 of 3 cases measured." in format_bench_table(report)
+
+
+def test_cli_ctrl_c_writes_the_rows_measured_and_exits_130(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(detops.testing, "BENCHMARKS", _interrupting_cases([]))
+    json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", "--repeats", "3", "--json", str(json_path), "--plot", str(png_path)])
+    captured = capsys.readouterr()
+    assert code == 130, captured.out
+    assert captured.err.splitlines()[-1] == "detops bench: interrupted after 2 of 3 cases"
+    assert "first" in captured.out and "second" in captured.out
+    data = json.loads(json_path.read_text())
+    assert [row["op"] for row in data["results"]] == ["first", "second"]
+    assert data["interrupted"] is True
+    assert (data["cases_done"], data["cases_total"]) == (2, 3)
+    assert png_path.read_bytes()[:8] == PNG
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.png"]
+
+
+def test_chart_marks_unstable_rows(tmp_path):
+    clock = FakeClock()
+    cases = [
+        _timed_case(clock, [], detops=[0.001], peer=[0.004], op="steady"),
+        _timed_case(clock, [], detops=[0.001, 0.001, 0.003], peer=[0.002], op="shaky"),
+    ]
+    settings = BenchSettings(warmup=1, repeats=4, max_retries=0, reference_repeats=1)
+    report = run_benchmarks(cases, "cpu", settings=settings, timer=clock)
+    assert [r.unstable for r in report.results] == [False, True]
+    path = plot_ratios(report, tmp_path / "chart.png")
+    assert path.read_bytes()[:8] == PNG
 
 
 @pytest.mark.parametrize(

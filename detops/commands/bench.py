@@ -9,12 +9,17 @@ from . import COMMANDS
 
 EPILOG = """\
 The cases are detops.testing.BENCHMARKS, the registry the pytest-benchmark suite
-(pytest benchmarks --benchmark-only) also runs. Per case: detops, the peer (torchvision, or
-the course code's loop where torchvision has no such op) and, at small sizes, the NumPy
-reference; medians after warm-up, CUDA synchronized inside the timed call.
+(pytest benchmarks --benchmark-only) also runs. Per case: detops and the peer (torchvision,
+or the course code's loop where torchvision has no such op) are warmed up, then timed in
+alternation (ABBA...) so both see the same machine state; at small sizes the NumPy reference
+is timed on its own after. CUDA work is synchronized inside the timed call.
 
-ratio = peer median / detops median: above 1 detops is faster. Timings on a shared machine
-are noisy; compare ratios from one run, not absolute times across runs.
+ratio = peer median / detops median: above 1 detops is faster. Each time is shown with its
+spread (+- half the interquartile range) and the ratio with its range (peer q25 / detops q75
+to peer q75 / detops q25). A row with a wide spread, or whose detops and peer IQRs overlap,
+is re-measured, then flagged "unstable". The header names the CPU, torch's thread count,
+the versions and the load average, with a WARNING when the machine is busy. Ctrl-C stops:
+the rows measured so far are printed and written, and the exit status is 130.
 
 examples:
   python -m detops bench --quick
@@ -28,14 +33,15 @@ def add_parser(subparsers) -> None:
         "bench",
         help=COMMANDS["bench"],
         description="Time every benchmark case: detops, its peer and the reference, with a "
-        "table of medians and speed-up ratios, JSON and a bar chart.",
+        "table of medians, spreads and speed-up ratios, JSON and a bar chart.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="only the cases marked quick, fewer repeats, a 75 s budget (under 2 min on 2 CPUs)",
+        help="only the cases marked quick, fewer repeats and re-measures, a 75 s budget "
+        "(about 2 min on 2 CPUs)",
     )
     parser.add_argument(
         "--device", default="cpu", help="cpu or cuda (default cpu); cuda needs a GPU"
@@ -46,7 +52,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a bar chart PNG of the ratios")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed runs per callable (default 10; quick 5)"
+        "--repeats", type=int, default=None, help="timed rounds per batch (default 15; quick 10)"
     )
     parser.add_argument(
         "--no-reference", action="store_true", help="do not time the NumPy references"
@@ -100,14 +106,18 @@ def run(args: argparse.Namespace) -> int:
             print("detops bench: --repeats must be at least 1", file=sys.stderr)
             return 2
         settings = dataclasses.replace(settings, repeats=args.repeats)
-    report = run_benchmarks(
-        cases,
-        device,
-        settings=settings,
-        quick=args.quick,
-        reference=not args.no_reference,
-        progress=print_progress,
-    )
+    try:
+        report = run_benchmarks(
+            cases,
+            device,
+            settings=settings,
+            quick=args.quick,
+            reference=not args.no_reference,
+            progress=print_progress,
+        )
+    except KeyboardInterrupt:  # before the first case (the runner keeps finished rows)
+        print(f"detops bench: interrupted after 0 of {len(cases)} cases", file=sys.stderr)
+        return 130
     print(format_bench_table(report), flush=True)
     if args.json:
         atomic_write_text(args.json, report.to_json())
@@ -115,5 +125,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot_ratios(report, args.plot)
         print(f"chart written to {args.plot}")
+    if report.interrupted:
+        print(
+            f"detops bench: interrupted after {len(report.results)} of {report.total} cases",
+            file=sys.stderr,
+        )
+        return 130
     errors = [r for r in report.results if r.note.startswith("error:")]
     return 1 if errors else 0

@@ -1,0 +1,250 @@
+"""Timing for ``python -m detops bench`` and the pytest-benchmark suite.
+
+Synchronized calls, interleaved measurement of two callables, the spread of a set of
+timings (median, quartiles, min/max) and the description of the machine they ran on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Timing",
+    "busy_warning",
+    "environment_info",
+    "instability",
+    "load_average",
+    "measure",
+    "measure_interleaved",
+    "quartiles",
+    "synchronized",
+]
+
+Timer = Callable[[], float]
+
+
+def synchronized(fn: Callable[[], Any], device: torch.device | str) -> Callable[[], Any]:
+    """Wrap ``fn`` so a CUDA call is timed to completion, not to launch."""
+    if torch.device(device).type != "cuda":
+        return fn
+
+    def run():
+        result = fn()
+        torch.cuda.synchronize()
+        return result
+
+    return run
+
+
+def measure(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    max_seconds: float = 10.0,
+    timer: Timer = time.perf_counter,
+) -> list[float]:
+    """Wall times of up to ``repeats`` runs of ``fn`` after ``warmup`` runs.
+
+    Stops early (with at least one timed run) once ``max_seconds`` have been spent, so a
+    slow callable cannot stall a quick run. Wrap CUDA work with :func:`synchronized`.
+    """
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    budget_end = timer() + max_seconds
+    for _ in range(repeats):
+        start = timer()
+        fn()
+        times.append(timer() - start)
+        if timer() > budget_end:
+            break
+    return times
+
+
+def measure_interleaved(
+    first: Callable[[], Any],
+    second: Callable[[], Any],
+    *,
+    rounds: int,
+    max_seconds: float = math.inf,
+    min_rounds: int = 1,
+    start_round: int = 0,
+    timer: Timer = time.perf_counter,
+) -> tuple[list[float], list[float]]:
+    """Wall times of ``first`` and ``second`` timed in alternation, one run of each per round.
+
+    Round ``k`` runs ``first`` then ``second`` when ``start_round + k`` is even and
+    ``second`` then ``first`` when it is odd (ABBAAB...), so that both see the same machine
+    state and neither always runs in the other's wake. Stops after ``rounds`` rounds, or
+    earlier once ``max_seconds`` have passed and ``min_rounds`` rounds are done. No warm-up:
+    run each callable before. Wrap CUDA work with :func:`synchronized`.
+
+    Returns:
+        (first's times, second's times), one entry per round, in seconds.
+    """
+    times: tuple[list[float], list[float]] = ([], [])
+    functions = (first, second)
+    begin = timer()
+    for k in range(rounds):
+        order = (0, 1) if (start_round + k) % 2 == 0 else (1, 0)
+        for which in order:
+            start = timer()
+            functions[which]()
+            times[which].append(timer() - start)
+        if k + 1 >= min_rounds and timer() - begin > max_seconds:
+            break
+    return times
+
+
+def quartiles(samples: Sequence[float]) -> tuple[float, float, float]:
+    """(q25, median, q75) of ``samples``, interpolated between order statistics (NumPy's
+    default ``linear`` method, ``statistics.quantiles(method="inclusive")``). One sample is
+    its own quartiles."""
+    if not samples:
+        raise ValueError("quartiles: samples must not be empty")
+    if len(samples) == 1:
+        return samples[0], samples[0], samples[0]
+    q25, median, q75 = statistics.quantiles(samples, n=4, method="inclusive")
+    return q25, median, q75
+
+
+@dataclass
+class Timing:
+    """The spread of the timed runs of one callable, in seconds."""
+
+    median: float
+    runs: int
+    min: float
+    max: float
+    q25: float
+    q75: float
+    samples: list[float] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[float]) -> Timing:
+        q25, median, q75 = quartiles(samples)
+        return cls(median, len(samples), min(samples), max(samples), q25, q75, list(samples))
+
+    @property
+    def iqr(self) -> float:
+        """Interquartile range, q75 - q25."""
+        return self.q75 - self.q25
+
+    @property
+    def relative_iqr(self) -> float:
+        """IQR / median (inf for a zero median)."""
+        return self.iqr / self.median if self.median > 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "median": self.median,
+            "runs": self.runs,
+            "min": self.min,
+            "max": self.max,
+            "q25": self.q25,
+            "q75": self.q75,
+            "iqr": self.iqr,
+            "samples": list(self.samples),
+        }
+
+
+def instability(
+    detops: Timing, peer: Timing, *, max_relative_iqr: float = 0.25, min_runs: int = 3
+) -> str | None:
+    """Why a detops-vs-peer comparison is not a clean figure, or None when it is.
+
+    Unstable: fewer than ``min_runs`` runs on either side (no spread to speak of), an IQR
+    wider than ``max_relative_iqr`` times the median on either side, or detops' and the
+    peer's IQRs ([q25, q75]) overlapping (the run cannot tell which one is faster).
+    """
+    reasons = []
+    runs = min(detops.runs, peer.runs)
+    if runs < min_runs:
+        reasons.append(f"{runs} timed run{'s' if runs != 1 else ''}, too few for a spread")
+    for name, timing in (("detops", detops), ("peer", peer)):
+        if timing.relative_iqr > max_relative_iqr:
+            reasons.append(f"{name} IQR is {timing.relative_iqr:.0%} of its median")
+    if detops.q25 <= peer.q75 and peer.q25 <= detops.q75:
+        reasons.append("detops and peer IQRs overlap")
+    return "; ".join(reasons) or None
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the OS has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_warning(
+    cpu_count: int | None,
+    load_start: float | None,
+    load_end: float | None,
+    own_load: float = 0.0,
+) -> str | None:
+    """A warning line when the machine was busy, or None.
+
+    Busy: the 1-minute load average above half the CPU count at the start, or at the end
+    once this run's own share of it (``own_load``) is taken off: on a 2-CPU machine the
+    bench alone would otherwise always look busy at the end.
+    """
+    if not cpu_count:
+        return None
+    limit = 0.5 * cpu_count
+    busy = []
+    if load_start is not None and load_start > limit:
+        busy.append(f"{load_start:.2f} at start")
+    if load_end is not None and load_end - own_load > limit:
+        busy.append(f"{load_end:.2f} at end, {own_load:.2f} of it this run")
+    if not busy:
+        return None
+    return (
+        f"WARNING: the machine is busy (1-minute load average {', '.join(busy)}; over "
+        f"{limit:g} = half of {cpu_count} CPUs): figures may be unreliable."
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_info(device: torch.device | str) -> dict[str, str]:
+    """Device, CPU model and count, torch's thread count (read, never set) and the
+    versions of python, torch, torchvision and numpy; the GPU and CUDA version on cuda."""
+    import numpy
+    import torchvision
+
+    info = {
+        "device": str(device),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+    }
+    info["cpu_model"] = _cpu_model()
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = str(torch.version.cuda)
+    return info
