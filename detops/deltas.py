@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import struct
 
 import torch
 from torch import Tensor
 
+from ._cache import cached_constant
 from ._checks import check_floating, check_same_device, check_tensor, shape_str
 
 __all__ = [
@@ -60,13 +60,13 @@ def _signed_stride(op: str, stride: object, size: int, like: Tensor, dtype: torc
     return _sign(dtype, like.device).mul(float(stride)).repeat(size, 1)
 
 
-@functools.lru_cache(maxsize=32)
+@cached_constant(maxsize=32)
 def _first_four(device: torch.device) -> Tensor:
     """``[0, 1, 2, 3]``: the coordinate columns (never modified in place)."""
     return torch.arange(4, device=device)
 
 
-@functools.lru_cache(maxsize=32)
+@cached_constant(maxsize=32)
 def _sign(dtype: torch.dtype, device: torch.device) -> Tensor:
     """``[-1, -1, 1, 1]`` (never modified in place)."""
     return torch.tensor([-1, -1, 1, 1], dtype=dtype, device=device)

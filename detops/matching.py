@@ -26,7 +26,6 @@ How the work is kept small (the contract is in the docstring of
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -34,6 +33,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ._cache import cached_constant
 from ._checks import check_floating, check_ndim, check_same_device, check_tensor, shape_str
 
 __all__ = ["fcos_match_locations_to_gt", "default_size_ranges"]
@@ -218,7 +218,9 @@ def fcos_match_locations_to_gt(
     ranges = default_size_ranges({name: strides_per_fpn_level[name] for name in names})
     if size_ranges is not None:
         ranges.update({k: (float(v[0]), float(v[1])) for k, v in size_ranges.items()})
-    on_cpu = gt_boxes.device.type == "cpu"
+    # The CPU path reads a few integers back (K, the grid shapes); under torch.compile the
+    # read-free path (CUDA's) traces as one graph with static output shapes, same result.
+    on_cpu = gt_boxes.device.type == "cpu" and not torch.compiler.is_compiling()
     batched = gt_boxes.dim() == 3
     matched = _match(
         locations_per_fpn_level,
@@ -240,7 +242,7 @@ def fcos_match_locations_to_gt(
 _GROUP = 52
 
 
-@functools.lru_cache(maxsize=128)
+@cached_constant(maxsize=128)
 def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A small tensor of Python numbers, built once per (values, dtype, device).
 
@@ -352,7 +354,7 @@ def _weights(groups: tuple[tuple[int, int], ...]) -> list[float]:
     return [2.0 ** (b - 1 - j) for a, b in groups for j in range(a, b)]
 
 
-@functools.lru_cache(maxsize=16)
+@cached_constant(maxsize=16)
 def _row_base(batch: int, kept: int, sizes: tuple, shift: int, device: torch.device) -> Tensor:
     """``b * (kept + 1) + shift`` for every level-major location of image b
     (``[B * sum(L)]``; never modified in place)."""
@@ -383,7 +385,7 @@ class _GridIndex(NamedTuple):
     rows: dict  # level -> (first x row, first y row) in ``coords``
 
 
-@functools.lru_cache(maxsize=16)
+@cached_constant(maxsize=16)
 def _grid_index(sizes: tuple, shapes: tuple, device: torch.device) -> _GridIndex:
     """Index tensors for the grid levels ``shapes`` (``(H, W)`` or None per level).
 
@@ -520,7 +522,7 @@ def _grid_axis_bits(
     return bits.view(2, len(coords), batch, kept)
 
 
-@functools.lru_cache(maxsize=16)
+@cached_constant(maxsize=16)
 def _factors(shapes: tuple, groups: tuple, batch: int, device: torch.device) -> Tensor:
     """``[2 (variant), S, B * kept]``: the factor of every (image, box) column on every
     row of ``bits`` (x rows: the box weight; y rows: 1, and -1 for variant 1)."""

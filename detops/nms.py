@@ -788,6 +788,12 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     op = "nms"
     _check_boxes_scores(op, boxes, scores, batched=False)
     _check_common(op, boxes, scores, iou_threshold)
+    if torch.compiler.is_compiling():  # one opaque op with a data-dependent output size
+        return torch.ops.detops.nms(boxes, scores, float(iou_threshold))
+    return _nms_impl(boxes, scores, iou_threshold)
+
+
+def _nms_impl(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     if _kernel_gives_our_answer(boxes, scores):  # no autograd: the kernel returns indices
         return _torchvision_nms_kernel()(boxes, scores, iou_threshold)
     return _sparse_nms(boxes, scores, iou_threshold)
@@ -833,6 +839,15 @@ def class_spec_nms(
     _check_boxes_scores(op, boxes, scores, batched=False)
     _check_class_ids(op, class_ids, scores, "[N]")
     _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
+    if torch.compiler.is_compiling():
+        return torch.ops.detops.class_spec_nms(boxes, scores, class_ids, float(iou_threshold))
+    return _class_spec_nms_impl(boxes, scores, class_ids, iou_threshold)
+
+
+def _class_spec_nms_impl(
+    boxes: Tensor, scores: Tensor, class_ids: Tensor, iou_threshold: float
+) -> Tensor:
+    op = "class_spec_nms"
     with torch.no_grad():
         if _dense_class_nms_fits(boxes, scores):
             return _dense_class_nms(boxes, scores, class_ids, iou_threshold)
@@ -889,7 +904,22 @@ def batched_nms_per_image(
         if max_detections < 0:
             raise ValueError(f"{op}: max_detections must be >= 0, got {max_detections}")
     _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
-    num_images, n = scores.shape
+    if torch.compiler.is_compiling():
+        return torch.ops.detops.batched_nms_per_image(
+            boxes, scores, class_ids, float(iou_threshold), max_detections
+        )
+    return _batched_nms_per_image_impl(boxes, scores, class_ids, iou_threshold, max_detections)
+
+
+def _batched_nms_per_image_impl(
+    boxes: Tensor,
+    scores: Tensor,
+    class_ids: Tensor | None,
+    iou_threshold: float,
+    max_detections: int | None,
+) -> Tensor:
+    op = "batched_nms_per_image"
+    num_images = scores.shape[0]
     dev = boxes.device
     with torch.no_grad():
         _check_finite_input(op, boxes, scores)
@@ -908,3 +938,53 @@ def batched_nms_per_image(
         slot = torch.where(kept & (slot < width), slot, width)  # the rest to a spare column
         out.scatter_(-1, slot, torch.where(kept, order, -1))
         return out[:, :width]
+
+
+# ----------------------------------------------------------------------------------------
+# torch.compile / torch.export: the NMS family as opaque custom ops
+# ----------------------------------------------------------------------------------------
+# Under torch.compile the public functions validate their arguments (static checks) and
+# call these ops, as torchvision registers its nms: the output length depends on the data,
+# so the fake implementations return an unbacked dynamic size. Eager calls skip the op
+# layer (its dispatch would cost more than NMS itself at a few dozen boxes).
+
+
+@torch.library.custom_op("detops::nms", mutates_args=())
+def _nms_op(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    return _nms_impl(boxes, scores, iou_threshold)
+
+
+@_nms_op.register_fake
+def _(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    kept = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((kept,), dtype=torch.int64)
+
+
+@torch.library.custom_op("detops::class_spec_nms", mutates_args=())
+def _class_spec_nms_op(
+    boxes: Tensor, scores: Tensor, class_ids: Tensor, iou_threshold: float
+) -> Tensor:
+    return _class_spec_nms_impl(boxes, scores, class_ids, iou_threshold)
+
+
+@_class_spec_nms_op.register_fake
+def _(boxes: Tensor, scores: Tensor, class_ids: Tensor, iou_threshold: float) -> Tensor:
+    kept = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((kept,), dtype=torch.int64)
+
+
+@torch.library.custom_op("detops::batched_nms_per_image", mutates_args=())
+def _batched_nms_per_image_op(
+    boxes: Tensor,
+    scores: Tensor,
+    class_ids: Tensor | None,
+    iou_threshold: float,
+    max_detections: int | None,
+) -> Tensor:
+    return _batched_nms_per_image_impl(boxes, scores, class_ids, iou_threshold, max_detections)
+
+
+@_batched_nms_per_image_op.register_fake
+def _(boxes, scores, class_ids, iou_threshold, max_detections):
+    kept = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((scores.shape[0], kept), dtype=torch.int64)
