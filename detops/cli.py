@@ -29,6 +29,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "benchmark them, train and run the FCOS detector.",
     )
     parser.add_argument("--version", action="version", version=f"detops {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an unexpected error or of Ctrl-C",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_line in COMMANDS.items():
         if argv is None or name == chosen:
@@ -38,10 +43,53 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class CommandError(Exception):
+    """A usage or input error found by a command: ``main`` prints ``detops CMD: error: MSG``
+    on one line (no traceback) and exits 2."""
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """The first line of ``text``, cut to ``limit`` characters."""
+    lines = text.strip().splitlines()
+    line = lines[0] if lines else ""
+    if len(lines) > 1:
+        line += " ..."
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``detops ARGV``; returns the exit status.
+
+    0: success; 1: a command failed, or an unexpected exception (one line on stderr, the
+    traceback with ``--debug``); 2: a usage or input error (argparse's, or a
+    :class:`CommandError`); 130: interrupted by Ctrl-C.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
-    return int(args.func(args) or 0)
+    args.argv = argv  # the command line as given, for a "resume with" hint
+    prefix = f"detops {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as error:
+        if args.debug:
+            raise
+        print(f"{prefix}: error: {_one_line(str(error))}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"\n{prefix}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception as error:  # an unexpected failure: one line, not a traceback
+        if args.debug:
+            raise
+        print(
+            f"{prefix}: error: {type(error).__name__}: {_one_line(str(error))} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
 
 
 if __name__ == "__main__":

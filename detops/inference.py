@@ -57,10 +57,14 @@ class FCOSDetections(NamedTuple):
         ]
 
     def as_dicts(self) -> list[dict[str, Tensor]]:
-        """``[{"boxes", "labels", "scores"}, ...]`` per image (torchvision's detection
-        convention, as :func:`detops.metrics.mean_average_precision` reads it)."""
+        """``[{"boxes", "classes", "scores", "labels"}, ...]`` per image (views).
+
+        The keys are the field names. ``"labels"`` is a deprecated alias of ``"classes"``
+        (the same tensor), kept because torchvision's detection convention and
+        :func:`detops.metrics.mean_average_precision` read that key.
+        """
         return [
-            {"boxes": boxes, "labels": classes, "scores": scores}
+            {"boxes": boxes, "classes": classes, "scores": scores, "labels": classes}
             for boxes, classes, scores in self.per_image()
         ]
 
@@ -74,6 +78,16 @@ def _threshold_below(threshold: float, dtype: torch.dtype) -> float:
     if float(t) > threshold:
         t = torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype))
     return float(t)
+
+
+def _summary(value: object) -> str:
+    """A value for an error message: a tensor as its type, shape and dtype (and its value
+    when it holds one number), never all of its elements."""
+    if isinstance(value, Tensor):
+        text = f"a tensor of shape {shape_str(value)} and dtype {value.dtype}"
+        return text + f" ({value.item()!r})" if value.numel() == 1 else text
+    text = repr(value)
+    return text if len(text) <= 80 else f"a {type(value).__name__}"
 
 
 def _check_optional_count(name: str, value: object) -> int | None:
@@ -126,7 +140,7 @@ def _validate(locations, strides, cls, deltas, ctr) -> tuple[int, int]:
         ):
             raise ValueError(
                 f"{_OP}: strides_per_fpn_level[{level!r}] must be a positive finite number, "
-                f"got {stride!r}"
+                f"got {_summary(stride)}"
             )
         arg = f"locations_per_fpn_level[{level!r}]"
         check_tensor(_OP, arg, loc)

@@ -18,10 +18,12 @@ such as :class:`detops.nn.FCOS`.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import random
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ __all__ = [
     "plot_loss_curve",
     "restore_rng_state",
     "save_checkpoint",
+    "save_validation_grid",
     "seed_everything",
     "split_batch",
     "train_detector",
@@ -137,6 +140,8 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     file is renamed over ``path`` with ``os.replace``: a reader (or a run killed mid-write)
     sees either the old checkpoint or the new one, never half of one.
     """
+    from .data._atomic import new_file_mode
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -145,6 +150,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
             torch.save(dict(state), handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, new_file_mode())  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -195,49 +201,161 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
 # Loss curve
 
 
-def plot_loss_curve(
-    history: Mapping[str, Sequence[float]], path: str | os.PathLike[str], *, title: str = ""
-) -> Path:
-    """Plot per-iteration losses (raw, faint; moving average, solid) to a PNG, log-scale y.
+def _running_average(values: np.ndarray, momentum: float = 0.9) -> np.ndarray:
+    """``r_0 = x_0``, ``r_i = momentum r_{i-1} + (1 - momentum) x_i``: the progress bar's."""
+    out = np.empty_like(values)
+    running = values[0]
+    for i, value in enumerate(values):
+        running = value if i == 0 else momentum * running + (1 - momentum) * value
+        out[i] = running
+    return out
 
-    Returns the path.
+
+def _lr_steps(lr_history: Sequence[float], after: int) -> list[tuple[int, float]]:
+    """``(iteration, factor)`` where the rate drops (not the warm-up's rises): iteration
+    ``i`` (1-based) is the first that used the new rate."""
+    steps = []
+    for i in range(max(1, after), len(lr_history)):
+        before, now = lr_history[i - 1], lr_history[i]
+        if before > 0 and now < before * (1 - 1e-6):
+            steps.append((i + 1, now / before))
+    return steps
+
+
+def plot_loss_curve(
+    history: Mapping[str, Sequence[float]],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+    lr_history: Sequence[float] | None = None,
+    warmup_iterations: int = 0,
+    note: str | None = None,
+) -> Path:
+    """Plot per-iteration losses to a PNG (written atomically); returns the path.
+
+    Each loss is drawn raw (thin, faint) and as the running average the progress bar shows
+    (``r = 0.9 r + 0.1 loss``, solid; its last value is the one printed), on a log scale.
+    With ``lr_history`` a lower panel shows the learning rate, and both panels mark the end
+    of the ``warmup_iterations`` (dashed) and each drop of the rate (dotted, ``lr x0.1``).
+    ``note`` is printed above the upper panel (e.g. why the loss rises at first).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure = Figure(figsize=(7, 4.2), dpi=110)
+    from .data._atomic import atomic_write_bytes
+
+    figure = Figure(figsize=(8, 5.2 if lr_history else 4.2), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
+    if lr_history:
+        axes, lr_axes = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    else:
+        axes, lr_axes = figure.add_subplot(1, 1, 1), None
     for index, (name, values) in enumerate(history.items()):
         values = np.asarray(values, dtype=np.float64)
         if values.size == 0:
             continue
         steps = np.arange(1, values.size + 1)
         color = f"C{index}"
-        window = max(1, min(50, values.size // 20))
-        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-        axes.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-        axes.plot(steps[window - 1 :], smooth, color=color, linewidth=1.6, label=name)
+        smooth = _running_average(values)
+        axes.plot(steps, values, color=color, alpha=0.25, linewidth=0.7)
+        axes.plot(
+            steps, smooth, color=color, linewidth=1.6, label=f"{name} (last {smooth[-1]:.3f})"
+        )
     axes.set_yscale("log")
-    axes.set_xlabel("iteration")
-    axes.set_ylabel("loss")
+    axes.set_ylabel("loss (raw faint, running avg solid)")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="upper right")
+    panels = [a for a in (axes, lr_axes) if a is not None]
+    marked_warmup = bool(warmup_iterations) and (
+        not lr_history or warmup_iterations < len(lr_history)
+    )
+    steps_marked = _lr_steps(lr_history, warmup_iterations) if lr_history else []
+    for panel in panels:
+        if marked_warmup:
+            panel.axvspan(0, warmup_iterations, color="0.85", alpha=0.5, linewidth=0)
+            panel.axvline(warmup_iterations, color="0.35", linestyle="--", linewidth=1)
+        for iteration, _ in steps_marked:
+            panel.axvline(iteration, color="0.35", linestyle=":", linewidth=1.2)
+    # The marks' words: on the lr panel when there is one (the loss legend sits top right).
+    marked = lr_axes if lr_axes is not None else axes
+    transform = marked.get_xaxis_transform()
+    if marked_warmup:
+        marked.text(
+            warmup_iterations, 0.95, " warm-up ends", transform=transform,
+            fontsize=8, va="top", ha="left", color="0.25",
+        )  # fmt: skip
+    for iteration, factor in steps_marked:
+        marked.text(
+            iteration, 0.95, f" lr x{factor:.2g}", transform=transform,
+            fontsize=8, va="top", ha="left", color="0.25",
+        )  # fmt: skip
+    if any(len(v) for v in history.values()):
+        axes.legend(loc="upper right", fontsize=8)
+    if lr_axes is not None:
+        lr_axes.plot(np.arange(1, len(lr_history) + 1), lr_history, color="k", linewidth=1.2)
+        lr_axes.set_ylabel("lr")
+        lr_axes.set_xlabel("iteration")
+        lr_axes.grid(True, alpha=0.3)
+        lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    else:
+        axes.set_xlabel("iteration")
     if title:
-        axes.set_title(title)
-    figure.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+        figure.suptitle(title)
+    if note:
+        axes.set_title(textwrap.fill(note, 115), fontsize=7.5, loc="left", color="0.3")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+@torch.no_grad()
+def save_validation_grid(
+    model: nn.Module,
+    dataset: Sequence,
+    path: str | os.PathLike[str],
+    *,
+    class_names: Sequence[str] | None = None,
+    count: int = 8,
+    columns: int = 4,
+    score_thresh: float | None = 0.3,
+    nms_thresh: float | None = None,
+    device: str | torch.device | None = None,
+) -> Path:
+    """Run an eval-mode detector on the first ``count`` items of ``dataset`` (the course
+    dataset's ``(path, image, gt_boxes)`` items, normalized images) and write one PNG page
+    of them: predictions and GT drawn by :func:`detops.visualize.draw_detections`,
+    ``columns`` per row. The model's training mode is restored. Returns the path."""
+    from .visualize import detection_grid, draw_detections, save_png, unnormalize_image
+
+    device = torch.device(device) if device is not None else _module_device(model)
+    items = [split_batch(dataset[i]) for i in range(min(count, len(dataset)))]
+    if not items:
+        raise ValueError("save_validation_grid: dataset is empty")
+    images = torch.stack([image for image, _ in items])
+    was_training = model.training
+    model.eval()
     try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+        outputs = model(
+            images.to(device), test_score_thresh=score_thresh, test_nms_thresh=nms_thresh
+        )
+    finally:
+        model.train(was_training)
+    if hasattr(outputs, "as_dicts"):
+        outputs = outputs.as_dicts()
+    panels = []
+    for (image, gt_boxes), found in zip(items, outputs, strict=True):
+        classes = found["classes"] if "classes" in found else found["labels"]
+        panels.append(
+            draw_detections(
+                unnormalize_image(image),
+                boxes=found["boxes"].cpu(),
+                labels=classes.cpu(),
+                scores=found["scores"].cpu(),
+                gt_boxes=gt_boxes,
+                class_names=class_names,
+                legend=True,
+            )
+        )
+    return save_png(detection_grid(panels, columns=columns), path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,7 +655,21 @@ def train_detector(
 
     curve = None
     if loss_curve_path is not None:
-        curve = plot_loss_curve(history, loss_curve_path, title=f"{iterations} iterations")
+        note = None
+        if hasattr(model, "loss_normalizer"):
+            note = (
+                "FCOS divides its losses by a running average of positive locations per "
+                "image that starts at 150 and settles within about 40 iterations (momentum "
+                "0.9): the rise over those first iterations is that settling, not divergence."
+            )
+        curve = plot_loss_curve(
+            history,
+            loss_curve_path,
+            title=f"{iterations} iterations",
+            lr_history=lr_history,
+            warmup_iterations=warmup_iterations,
+            note=note,
+        )
     return TrainResult(
         iterations=iteration,
         history=history,

@@ -4,6 +4,7 @@ comparison with the NumPy reference on hypothesis inputs is in
 tests/test_against_reference.py."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -178,7 +179,10 @@ def test_inputs_not_modified_and_helpers(device):
     dicts = result.as_dicts()
     assert [len(d["scores"]) for d in dicts] == result.counts.tolist()
     for d, (boxes, classes, scores) in zip(dicts, result.per_image(), strict=True):
-        assert torch.equal(d["boxes"], boxes) and torch.equal(d["labels"], classes)
+        # The field names of FCOSDetections, plus "labels": a deprecated alias of "classes".
+        assert set(d) == {"boxes", "classes", "scores", "labels"}
+        assert torch.equal(d["boxes"], boxes) and torch.equal(d["classes"], classes)
+        assert d["labels"] is d["classes"]
         assert torch.equal(d["scores"], scores)
         assert (scores[:-1] >= scores[1:]).all()  # descending
 
@@ -275,3 +279,17 @@ def test_reference_agrees_on_a_hand_case():
     np.testing.assert_allclose(result.boxes[0].numpy(), [[0, 0, 10, 8]])
     assert result.classes.tolist() == [[1]]
     np.testing.assert_allclose(result.scores[0].numpy(), [sig2], rtol=1e-6)
+
+
+def test_a_tensor_where_a_stride_belongs_is_summarized_not_printed():
+    # The course's argument order puts the class logits where detops takes the strides.
+    locations, strides, cls, box, ctr, size = _head(1, size=64, seed=13)
+    with pytest.raises(ValueError) as error:
+        fcos_inference(locations, cls, cls, box, ctr, size, 0.3, 0.5)
+    message = str(error.value)
+    assert re.match(
+        r"fcos_inference: strides_per_fpn_level\['p3'\] must be a positive finite number, "
+        r"got a tensor of shape \[1, \d+, \d+\] and dtype torch.float32$",
+        message,
+    ), message
+    assert "tensor(" not in message and "\n" not in message

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shlex
+import stat
 
 import pytest
 import torch
 from PIL import Image
 
+import detops.training
+import detops.visualize
 from detops.cli import build_parser, main
 from detops.training import load_checkpoint
 
@@ -48,6 +54,11 @@ def test_train_writes_checkpoint_curve_and_metrics(trained):
     assert 0.0 <= metrics["map_50"] <= 1.0
     assert set(metrics["ap_per_class"]) == {"circle", "square", "triangle", "cross"}
     assert (run / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    with Image.open(run / "val_grid.png") as grid:  # two 64 px val images, upscaled
+        assert grid.width > 2 * 320 and grid.height > 320
+    # The losses printed at the end and in the curve's legend are the ones recorded.
+    assert set(metrics["final_losses"]) == {"loss_cls", "loss_box", "loss_ctr", "total"}
+    assert set(metrics["last_iteration_losses"]) == set(metrics["final_losses"])
     state = load_checkpoint(run / "checkpoint.pt")
     assert state["iteration"] == 2
     assert state["extra"]["model"]["num_classes"] == 4
@@ -55,10 +66,21 @@ def test_train_writes_checkpoint_curve_and_metrics(trained):
     assert "loss_normalizer" in state["model"]  # the FCOS buffer travels with the weights
 
 
+def test_files_are_written_with_the_users_umask(trained):
+    root, _ = trained
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("checkpoint.pt", "loss_curve.png", "val_grid.png", "metrics.json"):
+        mode = stat.S_IMODE((root / "run" / name).stat().st_mode)
+        assert mode == 0o666 & ~mask, (name, oct(mode))
+
+
 def test_train_again_resumes_from_the_checkpoint(trained, capsys):
     root, args = trained
     before = load_checkpoint(root / "run" / "checkpoint.pt")
+    capsys.readouterr()
     assert main(args) == 0
+    assert "resuming from iteration 2 of 2" in capsys.readouterr().out
     metrics = json.loads((root / "run" / "metrics.json").read_text())
     assert metrics["resumed_from"] == 2 and metrics["iterations"] == 2
     after = load_checkpoint(root / "run" / "checkpoint.pt")
@@ -82,19 +104,163 @@ def test_detect_writes_annotated_pngs(trained, tmp_path, capsys):
     )  # fmt: skip
     assert status == 0
     assert sorted(p.name for p in out.iterdir()) == ["grey.png", "wide.png"]
-    # Drawn on the original pictures, at their original sizes.
-    assert Image.open(out / "wide.png").size == (96, 64)
-    assert Image.open(out / "grey.png").size == (50, 70)
+    # Drawn on the original pictures, upscaled by a whole factor to a shorter side >= 320.
+    assert Image.open(out / "wide.png").size == (96 * 5, 64 * 5)
+    assert Image.open(out / "grey.png").size == (50 * 7, 70 * 7)
     printed = capsys.readouterr().out
     assert "wide.jpg:" in printed and "grey.png:" in printed
 
 
-def test_detect_missing_image_is_a_clear_error(trained, tmp_path):
+def one_line_error(capsys, command: str) -> str:
+    """The single stderr line of a usage error, without the prefix."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    prefix = f"detops {command}: error: "
+    assert err[0].startswith(prefix), err
+    assert "Traceback" not in err[0]
+    return err[0].removeprefix(prefix)
+
+
+def test_detect_usage_errors_are_one_line_and_exit_2(trained, tmp_path, capsys, monkeypatch):
     root, _ = trained
-    with pytest.raises(SystemExit, match="no such image file"):
-        main(
-            ["detect", "--checkpoint", str(root / "run" / "checkpoint.pt"), str(tmp_path / "x.png")]
+    ckpt = str(root / "run" / "checkpoint.pt")
+    image = root / "data" / "images" / "val_00000.png"
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("# a readme\n")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+
+    def loads_nothing(*args, **kwargs):
+        raise AssertionError("the checkpoint must not be loaded before the arguments pass")
+
+    cases = [
+        (["--checkpoint", str(tmp_path / "nope.pt"), str(image)], r"--checkpoint .*no such file"),
+        (["--checkpoint", ckpt, str(tmp_path / "x.png")], r"no such image file\(s\): .*x\.png"),
+        (["--checkpoint", ckpt, str(text)], r"notes\.png is not an image"),
+        (["--checkpoint", ckpt, "--score-thresh", "5", str(image)],
+         r"--score-thresh must lie in \[0, 1\], got 5"),
+        (["--checkpoint", ckpt, "--image-size", "0", str(image)],
+         r"--image-size must be at least 64.*got 0"),
+        (["--checkpoint", ckpt, "--device", "gpu", str(image)],
+         r"--device must be auto, cpu, cuda or cuda:N"),
+    ]  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(detops.training, "load_checkpoint", loads_nothing)
+        for argv, pattern in cases:
+            assert main(["detect", *argv]) == 2, argv
+            message = one_line_error(capsys, "detect")
+            assert re.search(pattern, message), (argv, message)
+    for bad in (readme, tmp_path / "other.pt"):
+        assert main(["detect", "--checkpoint", str(bad), str(image)]) == 2
+        message = one_line_error(capsys, "detect")
+        assert "is not a checkpoint written by `python -m detops train`" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    assert main(["train", "--output-dir", str(tmp_path), *TINY, "--device", "cuda"]) == 2
+    assert "CUDA is not available here" in one_line_error(capsys, "train")
+
+
+@pytest.mark.parametrize(
+    ("argv", "pattern"),
+    [
+        (["--lr", "-1"], "--lr must be > 0, got -1.0"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--image-size", "10"], "--image-size must be at least 64 .*got 10"),
+        (["--num-train", "0"], "--num-train must be >= 1, got 0"),
+        (["--iterations", "0"], "--iterations must be >= 1, got 0"),
+        (["--nms-thresh", "2"], r"--nms-thresh must lie in \[0, 1\], got 2.0"),
+        (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    ],
+)
+def test_train_usage_errors_are_one_line_and_exit_2(argv, pattern, tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["train", "--data-dir", str(data), "--output-dir", str(tmp_path / "run"),
+                 *TINY, *argv]) == 2  # fmt: skip
+    assert re.search(pattern, one_line_error(capsys, "train"))
+    assert not data.exists() and not (tmp_path / "run").exists()  # nothing written
+
+
+def test_train_rejects_a_missing_data_folder(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path),
+                 *TINY]) == 2  # fmt: skip
+    assert "--data must be 'synthetic' or a folder" in one_line_error(capsys, "train")
+
+
+def test_rerun_with_other_iterations_names_no_resume(trained, tmp_path, capsys):
+    root, args = trained
+    other = [*args, "--iterations", "3"]
+    assert main(other) == 2
+    message = one_line_error(capsys, "train")
+    assert "--iterations 2" in message and "--no-resume" in message
+    assert "resume=False" not in message
+
+
+def _copy_run(root, tmp_path):
+    """The trained fixture's arguments, writing to a fresh output dir."""
+    _, args = root
+    args = list(args)
+    args[args.index("--output-dir") + 1] = str(tmp_path / "run")
+    return args
+
+
+def test_ctrl_c_in_train_saves_says_how_to_resume_and_exits_130(
+    trained, tmp_path, capsys, monkeypatch
+):
+    args = _copy_run(trained, tmp_path)
+    args[args.index("--iterations") + 1] = "4"
+    real = detops.training.train_detector
+
+    def interrupted_at_3(*a, **kw):
+        def stop(iteration, values):
+            if iteration == 3:
+                raise KeyboardInterrupt
+
+        return real(*a, **kw, on_iteration=stop)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(detops.training, "train_detector", interrupted_at_3)
+        assert main(["--debug", *args, "--no-resume"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "interrupted; checkpoint at iteration 3 of 4" in err[0]
+    command = err[0].split("resume with: ", 1)[1]
+    assert "--no-resume" not in command
+    assert shlex.split(command)[:3] == ["python", "-m", "detops"]
+    assert shlex.split(command)[3:] == ["--debug", *args]
+    # The command it printed resumes the run.
+    assert main(shlex.split(command)[3:]) == 0
+    assert "resuming from iteration 3 of 4" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["resumed_from"] == 3 and metrics["iterations"] == 4
+
+
+def test_ctrl_c_and_unexpected_errors_in_detect(trained, tmp_path, capsys, monkeypatch):
+    root, _ = trained
+    image = str(root / "data" / "images" / "val_00000.png")
+    ckpt = str(root / "run" / "checkpoint.pt")
+    argv = ["detect", "--checkpoint", ckpt, image, "--output-dir", str(tmp_path)]
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(detops.visualize, "save_detections_png", interrupt)
+        assert main(argv) == 130
+        assert capsys.readouterr().err.strip() == "detops detect: interrupted"
+        patch.setattr(detops.visualize, "save_detections_png", fail)
+        assert main(argv) == 1
+        assert capsys.readouterr().err.strip() == (
+            "detops detect: error: RuntimeError: disk on fire ... "
+            "(run with --debug for the traceback)"
         )
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            main(["--debug", *argv])
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
@@ -119,6 +285,21 @@ def test_help_explains_every_option(command, capsys):
             assert option in text, option
 
 
-def test_train_rejects_a_missing_data_folder(tmp_path):
-    with pytest.raises(SystemExit, match="--data must be 'synthetic' or a folder"):
-        main(["train", "--data", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path), *TINY])
+def test_ctrl_c_in_the_demo_stops_it_with_130(tmp_path, capsys, monkeypatch):
+    import detops.commands.demo as demo
+
+    monkeypatch.setattr(demo, "DEMO_TRAIN_IMAGES", 4)
+    monkeypatch.setattr(demo, "DEMO_VAL_IMAGES", 2)
+    monkeypatch.setattr(demo, "DEMO_IMAGE_SIZE", 64)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detops.training, "train_detector", interrupted)
+    argv = ["demo", "--out", str(tmp_path), "--skip", "verify", "--skip", "torchvision"]
+    assert main([*argv, "--skip", "bench", "--train-iterations", "1"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    # train's own line (how to resume it), then the demo's
+    assert err[-1].startswith("detops demo: interrupted during train + detect")
+    assert "Traceback" not in "\n".join(err)
+    assert (tmp_path / "index.txt").read_text().startswith("detops demo, interrupted")

@@ -7,23 +7,29 @@ images, resuming) use a tiny image size and channel count.
 
 from __future__ import annotations
 
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from detops.data import VOC2007DetectionTiny, make_synthetic_detection_dataset
+from detops.data._atomic import atomic_write_text
 from detops.nn import FCOS
 from detops.training import (
+    _lr_steps,
     capture_rng_state,
     evaluate_detector,
     load_checkpoint,
     plot_loss_curve,
     restore_rng_state,
     save_checkpoint,
+    save_validation_grid,
     seed_everything,
     split_batch,
     train_detector,
@@ -268,6 +274,73 @@ def test_loss_curve_png(tmp_path):
     assert path == tmp_path / "c" / "loss.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["loss.png"]
+
+
+def test_loss_curve_with_the_rate_marks_warmup_and_steps(tmp_path):
+    # Warm-up over 3 steps, then drops at iterations 6 and 9 (1-based: the first to use
+    # the new rate).
+    lr = [0.1, 0.4, 0.7, 1.0, 1.0, 0.1, 0.1, 0.1, 0.01, 0.01]
+    assert _lr_steps(lr, after=3) == [(6, pytest.approx(0.1)), (9, pytest.approx(0.1))]
+    assert _lr_steps([1.0, 1.0], after=0) == []
+    history = {"loss_cls": [0.5 + 0.1 * i for i in range(10)], "total": [1.0] * 10}
+    path = plot_loss_curve(
+        history, tmp_path / "loss.png", lr_history=lr, warmup_iterations=3, note="why"
+    )
+    with Image.open(path) as png:  # the lr panel makes it taller than the plain curve
+        assert png.format == "PNG" and png.height > 500
+    # A curve without the rate, and one with an empty loss, still draw.
+    plot_loss_curve({"a": [], "b": [1.0]}, tmp_path / "plain.png", warmup_iterations=2)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_files_are_created_with_the_umask(tmp_path):
+    old = os.umask(0o027)  # this test's own umask; restored below
+    try:
+        save_checkpoint(tmp_path / "c.pt", {"model": {}})
+        plot_loss_curve({"total": [1.0, 0.5]}, tmp_path / "l.png")
+        atomic_write_text(tmp_path / "t.txt", "x")
+    finally:
+        os.umask(old)
+    for name in ("c.pt", "l.png", "t.txt"):
+        assert _mode(tmp_path / name) == 0o640, (name, oct(_mode(tmp_path / name)))
+
+
+class FixedDetector(nn.Module):
+    """Eval-mode forward returning one fixed detection per image, as dicts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.calls = []
+
+    def forward(self, images, test_score_thresh=None, test_nms_thresh=None):
+        self.calls.append((images.shape, self.training, test_score_thresh))
+        box = torch.tensor([[2.0, 2.0, 20.0, 20.0]])
+        return [
+            {"boxes": box, "classes": torch.tensor([1]), "scores": torch.tensor([0.9])}
+            for _ in range(images.shape[0])
+        ]
+
+
+def test_save_validation_grid_puts_several_images_on_one_page(tmp_path):
+    items = [
+        (f"img{i}.png", torch.randn(3, 32, 32), torch.tensor([[4.0, 4, 28, 28, 0], [-1] * 5]))
+        for i in range(5)
+    ]
+    model = FixedDetector().train()
+    path = save_validation_grid(
+        model, items, tmp_path / "grid.png", class_names=["a", "b"], count=4, columns=2
+    )
+    assert model.training  # restored
+    assert model.calls == [(torch.Size([4, 3, 32, 32]), False, 0.3)]
+    with Image.open(path) as png:
+        # 2 x 2 panels of 32 px upscaled 10x (320) plus a legend strip, with padding
+        assert png.width > 2 * 320 and png.height > 2 * 320
+    with pytest.raises(ValueError, match="save_validation_grid: dataset is empty"):
+        save_validation_grid(model, [], tmp_path / "none.png")
 
 
 # ----------------------------------------------------------------------------- FCOS runs

@@ -6,7 +6,9 @@ from PIL import Image
 from detops.data import IMAGENET_MEAN, IMAGENET_STD
 from detops.visualize import (
     GT_COLOR,
+    LEGEND_HEIGHT,
     PALETTE,
+    detection_grid,
     draw_detections,
     save_detections_png,
     save_png,
@@ -36,22 +38,85 @@ def test_saves_a_valid_png_with_boxes_on_their_borders(tmp_path):
         scores=torch.tensor([0.87]),
         gt_boxes=torch.tensor([[35.0, 10.0, 55.0, 35.0, 0.0], [-1, -1, -1, -1, -1]]),
         class_names=["cat", "dog"],
+        min_side=None,
     )
     assert path.is_file() and not list(path.parent.glob("*.tmp"))
-    with Image.open(path) as png:
-        assert png.format == "PNG" and png.size == (W, H) and png.mode == "RGB"
+    with Image.open(path) as png:  # GT given: a legend strip under the image
+        assert png.format == "PNG" and png.size == (W, H + LEGEND_HEIGHT) and png.mode == "RGB"
     pixels = read_png(path)
-    assert pixels.shape == (3, H, W)
-    # The prediction's left border (x = 10, below the label strip) has class 1's colour,
-    # the GT's right border (x = 55) is green; the middle of the image is untouched grey.
+    assert pixels.shape == (3, H + LEGEND_HEIGHT, W)
+    # The prediction's left border (x = 10, below its tag) has class 1's colour; the GT's
+    # right border (x = 55) is dashed: white on some rows, black (its edge) or grey between.
     assert pixels[:, 20, 10].tolist() == list(PALETTE[1])
-    assert pixels[:, 30, 55].tolist() == list(GT_COLOR)
+    column = pixels[:, 10:36, 55].T.tolist()
+    assert list(GT_COLOR) in column and [100, 100, 100] in column  # dashes and their gaps
     assert pixels[:, 38, 2].tolist() == [100, 100, 100]
     assert torch.equal(image, before)  # input not modified
 
 
+def test_small_images_are_upscaled_by_a_whole_factor():
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    image[:, 10:20, 30:40] = 200
+    out = draw_detections(image)  # nothing to draw: only the upscale
+    assert out.shape == (3, 320, 320)  # 5 x 64 reaches the default min side 320
+    assert torch.equal(out[:, ::5, ::5], image)
+    assert draw_detections(image, min_side=None).shape == (3, 64, 64)
+    big = torch.zeros(3, 400, 500, dtype=torch.uint8)
+    assert draw_detections(big).shape == (3, 400, 500)
+
+
+def _tag_rows(out: torch.Tensor, color) -> torch.Tensor:
+    """Rows holding a run of at least 8 pixels of the tag colour (a filled tag)."""
+    match = (out == torch.tensor(color, dtype=torch.uint8).view(3, 1, 1)).all(0)
+    runs = match.unfold(1, 8, 1).all(-1).any(-1)
+    return runs.nonzero().flatten()
+
+
+def test_labels_have_a_filled_background_inside_the_image_without_overlap():
+    # Three overlapping boxes at the right edge of a small image: their tags must stay
+    # inside the image and not cover one another.
+    boxes = torch.tensor([[44.0, 2, 63, 30], [45.0, 3, 63, 31], [46.0, 4, 63, 32]])
+    out = draw_detections(
+        torch.full((3, 64, 64), 100, dtype=torch.uint8),
+        boxes=boxes,
+        labels=torch.tensor([0, 1, 2]),
+        scores=torch.tensor([0.9, 0.8, 0.7]),
+        class_names=["square", "circle", "triangle"],
+    )
+    assert out.shape == (3, 320, 320)
+    spans = []
+    for label in range(3):
+        rows = _tag_rows(out, PALETTE[label])
+        assert rows.numel() >= 10, f"no filled tag for class {label}"
+        # the tag is a rectangle of rows; the box's own border gives at most 2 more rows
+        spans.append((int(rows.min()), int(rows.max())))
+    # Each tag's text fits inside the image: the tag's columns end before the right edge.
+    match = (out == torch.tensor(PALETTE[0], dtype=torch.uint8).view(3, 1, 1)).all(0)
+    assert match[:, -1].sum() < 40  # only the box border may touch the last column
+    # No two tags share a row band (they were stacked, not drawn over each other).
+    for label in range(3):
+        rows = set(_tag_rows(out, PALETTE[label]).tolist())
+        others = set()
+        for other in range(3):
+            if other != label:
+                others |= set(_tag_rows(out, PALETTE[other]).tolist())
+        assert len(rows - others) >= 8
+
+
+def test_detection_grid_puts_panels_on_one_page(tmp_path):
+    panels = [torch.full((3, 30, 40), v, dtype=torch.uint8) for v in (10, 20, 30, 40, 50)]
+    panels.append(torch.full((3, 20, 20), 60, dtype=torch.uint8))  # smaller: padded
+    grid = detection_grid(panels, columns=4, padding=2)
+    # 2 rows of up to 4 panels of 30 x 40, with 2 px padding around each
+    assert grid.shape == (3, 2 + 2 * 32, 2 + 4 * 42) and grid.dtype == torch.uint8
+    assert grid[:, 2, 2].tolist() == [10] * 3 and grid[:, 34, 2].tolist() == [50] * 3
+    with pytest.raises(ValueError, match="detection_grid: panels must hold at least one"):
+        detection_grid([])
+
+
 def test_text_is_drawn():
     plain = draw_detections(grey(), boxes=torch.tensor([[5.0, 15.0, 50.0, 35.0]]))
+    assert plain.shape == (3, H * 8, W * 8)  # 40 px: upscaled 8x to reach 320
     labelled = draw_detections(
         grey(),
         boxes=torch.tensor([[5.0, 15.0, 50.0, 35.0]]),
@@ -66,15 +131,20 @@ def test_score_threshold_and_empty_inputs():
     image = grey()
     out = draw_detections(
         image, boxes=torch.tensor([[5.0, 5.0, 20.0, 20.0]]), scores=torch.tensor([0.1]),
-        labels=torch.tensor([0]), score_threshold=0.5,
+        labels=torch.tensor([0]), score_threshold=0.5, min_side=None,
     )  # fmt: skip
     assert torch.equal(out, image)
-    out = draw_detections(image, boxes=torch.zeros(0, 4), gt_boxes=torch.full((3, 5), -1.0))
+    out = draw_detections(
+        image, boxes=torch.zeros(0, 4), gt_boxes=torch.full((3, 5), -1.0), legend=False,
+        min_side=None,
+    )  # fmt: skip
     assert torch.equal(out, image)
 
 
 def test_float_and_normalized_images(tmp_path):
-    out = draw_detections(torch.full((3, H, W), 0.5), gt_boxes=torch.tensor([[1.0, 1, 9, 9]]))
+    out = draw_detections(
+        torch.full((3, H, W), 0.5), gt_boxes=torch.tensor([[1.0, 1, 9, 9]]), min_side=None
+    )
     assert out.dtype == torch.uint8 and out[:, 30, 30].tolist() == [128, 128, 128]
     # 0.2 normalized is (0.2 - 0.485) / 0.229 = -1.24 (red channel): not a [0, 1] image.
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -88,7 +158,7 @@ def test_float_and_normalized_images(tmp_path):
 
 
 def test_boxes_outside_the_image_are_clamped():
-    out = draw_detections(grey(), boxes=torch.tensor([[-20.0, -20.0, 500.0, 500.0]]))
+    out = draw_detections(grey(), boxes=torch.tensor([[-20.0, -20.0, 500.0, 500.0]]), min_side=None)
     assert out[:, H - 1, W // 2].tolist() == list(PALETTE[0])
 
 

@@ -97,6 +97,8 @@ def _run_cli(argv: list[str]) -> tuple[int, str]:
             code = main(argv)
         except SystemExit as exit_:  # argparse errors
             code = int(exit_.code or 0)
+    if code == 130:  # the step was interrupted (Ctrl-C): stop the demo too
+        raise KeyboardInterrupt
     return code, tee.getvalue()
 
 
@@ -155,7 +157,12 @@ def _train_step(out: Path, iterations: int) -> tuple[int, list[Path]]:
     from detops.data._atomic import atomic_write_text
 
     atomic_write_text(train_dir / "train.txt", text)
-    paths = [train_dir / "train.txt", train_dir / "metrics.json", train_dir / "loss_curve.png"]
+    paths = [
+        train_dir / "train.txt",
+        train_dir / "metrics.json",
+        train_dir / "loss_curve.png",
+        train_dir / "val_grid.png",
+    ]
     if code != 0:
         return code, paths
     images = sorted((data_dir / "images").glob("val_*.png"))[:DEMO_DETECTION_IMAGES]
@@ -210,9 +217,12 @@ def run(args: argparse.Namespace) -> int:
             )
         )
 
+    from detops.data._atomic import atomic_write_text
+
     summary: list[str] = []
     ok = True
     start = time.monotonic()
+    index = out / "index.txt"
     for title, what, step in steps:
         print(f"\n=== demo: {title} ===", flush=True)
         began = time.monotonic()
@@ -221,16 +231,27 @@ def run(args: argparse.Namespace) -> int:
             status = "ok" if code == 0 else f"exit {code}"
             if code != 0 and title != "verify torchvision":
                 ok = False
+        except KeyboardInterrupt:
+            lines = [f"detops demo, interrupted during {title}", *summary]
+            atomic_write_text(index, "\n".join(lines) + "\n")
+            print(
+                f"\ndetops demo: interrupted during {title}; the steps before it are listed "
+                f"in {index}; run it again to redo the rest (training resumes from its "
+                "checkpoint)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 130
         except Exception as exc:
-            traceback.print_exc()
-            status, paths, ok = f"failed: {type(exc).__name__}: {exc}", [], False
+            if getattr(args, "debug", False):
+                traceback.print_exc()
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            status, paths, ok = f"failed: {type(exc).__name__}: {message}", [], False
+            print(f"detops demo: {title} {status}", file=sys.stderr, flush=True)
         seconds = time.monotonic() - began
         summary.append(f"{title} ({status}, {seconds:.0f} s): {what}")
         summary += [f"    {path}" for path in paths if Path(path).exists()]
 
-    from detops.data._atomic import atomic_write_text
-
-    index = out / "index.txt"
     lines = [f"detops demo, {time.monotonic() - start:.0f} s", *summary]
     atomic_write_text(index, "\n".join(lines) + "\n")
     print("\n=== demo: results ===")

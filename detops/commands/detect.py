@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
+from detops.cli import CommandError
+
 from . import COMMANDS
+from .train import MIN_IMAGE_SIZE, check_device_name, resolve_device
 
 _DESCRIPTION = """\
 Run an FCOS checkpoint written by `python -m detops train` on images and write one PNG per
@@ -13,7 +17,8 @@ image with the detected boxes, class names and scores drawn on the original pict
 
 Each image is prepared as in training (Resize + CenterCrop to the checkpoint's image size,
 ImageNet normalization); the boxes are mapped back to the original pixels before drawing,
-so objects cut off by the centre crop are not detected.
+so objects cut off by the centre crop are not detected. Pictures with a shorter side under
+320 px are upscaled by a whole factor for drawing, so the labels can be read.
 """
 
 
@@ -50,7 +55,8 @@ def add_parser(subparsers) -> None:
         "--image-size",
         type=int,
         default=None,
-        help="override the checkpoint's input size (default: the size it was trained at)",
+        help="override the checkpoint's input size, at least 64 (default: the size it was "
+        "trained at)",
     )
     parser.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)"
@@ -58,7 +64,75 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run_detect)
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Usage errors, found before anything is imported or loaded."""
+    for name in ("score_thresh", "nms_thresh"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and 0 <= value <= 1):
+            raise CommandError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
+    if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
+        raise CommandError(
+            f"--image-size must be at least {MIN_IMAGE_SIZE} (the FPN's coarsest level has "
+            f"stride 32), got {args.image_size}"
+        )
+    check_device_name(args.device)
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise CommandError(
+            f"--checkpoint {args.checkpoint}: no such file (train writes "
+            "runs/train/checkpoint.pt: python -m detops train)"
+        )
+    missing = [path for path in args.images if not Path(path).is_file()]
+    if missing:
+        raise CommandError(f"no such image file(s): {', '.join(missing)}")
+    output = Path(args.output_dir)
+    if output.exists() and not output.is_dir():
+        raise CommandError(f"--output-dir {args.output_dir} exists and is not a folder")
+
+
+def _check_images(paths: list[str]) -> None:
+    """Every input must be an image PIL can read (reads headers only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        try:
+            with Image.open(path) as handle:
+                handle.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            kind = (
+                "not an image PIL can read"
+                if isinstance(error, UnidentifiedImageError)
+                else (f"an unreadable image ({type(error).__name__})")
+            )
+            raise CommandError(f"{path} is {kind}") from error
+
+
+def _load_model(path: str):
+    """(model config and weights loaded, extra) from a train checkpoint; usage errors for a
+    file that is not one."""
+    from detops.nn import FCOS
+    from detops.training import load_checkpoint
+
+    not_ours = f"--checkpoint {path} is not a checkpoint written by `python -m detops train`"
+    try:
+        state = load_checkpoint(path, map_location="cpu")
+    except Exception as error:
+        raise CommandError(f"{not_ours} ({type(error).__name__} while reading it)") from error
+    extra = state.get("extra") or {}
+    if "model" not in extra or "image_size" not in extra:
+        raise CommandError(f"{not_ours} (it has no model config)")
+    model = FCOS(**extra["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise CommandError(f"{not_ours} (its weights do not fit its model config)") from error
+    return model, extra
+
+
 def run_detect(args: argparse.Namespace) -> int:
+    _check_args(args)
+    _check_images(args.images)
+
     import torch
     from PIL import Image
     from torchvision import transforms
@@ -66,25 +140,10 @@ def run_detect(args: argparse.Namespace) -> int:
 
     from detops.boxes import center_crop_boxes_to_original
     from detops.data import IMAGENET_MEAN, IMAGENET_STD
-    from detops.nn import FCOS
-    from detops.training import load_checkpoint
     from detops.visualize import save_detections_png
 
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
-    missing = [path for path in args.images if not Path(path).is_file()]
-    if missing:
-        raise SystemExit(f"detops detect: no such image file(s): {', '.join(missing)}")
-    state = load_checkpoint(args.checkpoint, map_location="cpu")
-    extra = state.get("extra") or {}
-    if "model" not in extra:
-        raise SystemExit(
-            f"detops detect: {args.checkpoint} has no model config; use a checkpoint written "
-            "by `python -m detops train`"
-        )
-    model = FCOS(**extra["model"])
-    model.load_state_dict(state["model"])
+    device = resolve_device(args.device)
+    model, extra = _load_model(args.checkpoint)
     model.to(device).eval()
     class_names = extra.get("class_names")
     image_size = args.image_size or int(extra["image_size"])
@@ -117,13 +176,14 @@ def run_detect(args: argparse.Namespace) -> int:
             target,
             pil_to_tensor(picture),
             boxes=boxes,
-            labels=found["labels"].cpu(),
+            labels=found["classes"].cpu(),
             scores=found["scores"].cpu(),
             class_names=class_names,
         )
         listed = ", ".join(
             f"{class_names[int(c)] if class_names else int(c)} {float(s):.2f}"
-            for c, s in zip(found["labels"], found["scores"], strict=True)
+            for c, s in zip(found["classes"], found["scores"], strict=True)
         )
-        print(f"{path}: {len(boxes)} detections{': ' + listed if listed else ''} -> {target}")
+        count = f"{len(boxes)} detection{'' if len(boxes) == 1 else 's'}"
+        print(f"{path}: {count}{': ' + listed if listed else ''} -> {target}")
     return 0

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import re
+import shlex
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from detops.cli import CommandError
 
 from . import COMMANDS
 
@@ -17,8 +22,12 @@ Train the FCOS detector (RegNetX-400MF + FPN, detops ops) and report mAP@0.5 on 
 --data synthetic writes (once) a synthetic set of coloured shapes in the course's VOC JSON
 format under --data-dir and trains on it; --data PATH reads PATH/voc07_train.json and
 PATH/voc07_val.json (the course's tiny VOC2007 layout). Everything goes to --output-dir:
-checkpoint.pt (written atomically every --checkpoint-every iterations; a re-run with the same
-arguments resumes from it exactly), loss_curve.png and metrics.json.
+checkpoint.pt (written atomically every --checkpoint-every iterations and on Ctrl-C; a re-run
+with the same arguments resumes from it exactly), loss_curve.png, val_grid.png (val images
+with predictions and ground truth) and metrics.json.
+
+Arguments are checked before anything is loaded: a bad one prints one line and exits 2.
+Ctrl-C saves the checkpoint, prints the command that resumes and exits 130.
 """
 
 _EPILOG = """\
@@ -71,8 +80,8 @@ def add_parser(subparsers) -> None:
         "--image-size",
         type=int,
         default=64,
-        help="square input side in pixels: Resize + CenterCrop; also the synthetic images' "
-        "size (default: 64)",
+        help="square input side in pixels, at least 64: Resize + CenterCrop; also the "
+        "synthetic images' size (default: 64)",
     )
     data.add_argument(
         "--max-boxes", type=int, default=40, help="GT rows per image after padding (default: 40)"
@@ -138,7 +147,8 @@ def add_parser(subparsers) -> None:
         "--output-dir",
         default="runs/train",
         metavar="DIR",
-        help="checkpoint.pt, loss_curve.png and metrics.json go here (default: runs/train)",
+        help="checkpoint.pt, loss_curve.png, val_grid.png and metrics.json go here "
+        "(default: runs/train)",
     )
     run.add_argument(
         "--checkpoint-every",
@@ -178,20 +188,164 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run_train)
 
 
-def _device(name: str):
+#: The smallest --image-size: the coarsest FPN level (stride 32) needs 2 x 2 locations, and
+#: training-mode batch norm needs more than one value per channel at a batch of one image.
+MIN_IMAGE_SIZE = 64
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+_WEIGHT_NAMES = ("IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT")
+# Arguments that do not describe the run (not stored in the checkpoint or metrics.json).
+_NOT_STORED = ("func", "argv", "debug", "command")
+
+
+def check_device_name(name: str) -> None:
+    """Reject a --device that is not auto, cpu, cuda or cuda:N (no torch import)."""
+    if not _DEVICE_PATTERN.fullmatch(name):
+        raise CommandError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+def resolve_device(name: str):
+    """The torch.device for a checked --device; a CUDA device must exist (one-line error)."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(
+                f"--device {name}, but CUDA is not available here (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda}); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CommandError(f"--device {name}, but this machine has {count} CUDA device(s)")
+    return device
 
 
-def _datasets(args: argparse.Namespace):
-    from detops.data import (
-        SYNTHETIC_CLASSES,
-        VOC2007DetectionTiny,
-        make_synthetic_detection_dataset,
+def _check_args(args: argparse.Namespace) -> None:
+    """Every check that needs neither torch nor the data: a usage error, before loading."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise CommandError(message)
+
+    for name in ("iterations", "batch_size", "checkpoint_every", "fpn_channels", "max_boxes"):
+        value = getattr(args, name)
+        need(value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    need(
+        all(c >= 1 for c in args.stem_channels),
+        f"--stem-channels must all be >= 1, got {' '.join(map(str, args.stem_channels))}",
     )
+    if args.data == "synthetic":
+        need(args.num_train >= 1, f"--num-train must be >= 1, got {args.num_train}")
+        need(args.num_val >= 1, f"--num-val must be >= 1, got {args.num_val}")
+    need(
+        args.image_size >= MIN_IMAGE_SIZE,
+        f"--image-size must be at least {MIN_IMAGE_SIZE} (the FPN's coarsest level has stride "
+        f"32 and needs 2 x 2 locations), got {args.image_size}",
+    )
+    need(math.isfinite(args.lr) and args.lr > 0, f"--lr must be > 0, got {args.lr}")
+    need(0 <= args.momentum < 1, f"--momentum must lie in [0, 1), got {args.momentum}")
+    need(
+        math.isfinite(args.weight_decay) and args.weight_decay >= 0,
+        f"--weight-decay must be >= 0, got {args.weight_decay}",
+    )
+    need(
+        args.warmup_iterations >= 0,
+        f"--warmup-iterations must be >= 0, got {args.warmup_iterations}",
+    )
+    need(
+        math.isfinite(args.clip_grad_norm) and args.clip_grad_norm >= 0,
+        f"--clip-grad-norm must be >= 0 (0 disables), got {args.clip_grad_norm}",
+    )
+    if args.center_sampling_radius is not None:
+        radius = args.center_sampling_radius
+        need(
+            math.isfinite(radius) and radius > 0,
+            f"--center-sampling-radius must be > 0, got {radius}",
+        )
+    need(args.threads is None or args.threads >= 1, f"--threads must be >= 1, got {args.threads}")
+    need(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
+    need(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
+    for name in ("eval_score_thresh", "nms_thresh"):
+        value = getattr(args, name)
+        need(0 <= value <= 1, f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
+    if args.classes is not None:
+        names = args.classes.split(",")
+        need(all(n.strip() for n in names), f"--classes has an empty name: {args.classes!r}")
+    check_device_name(args.device)
+    if args.backbone_weights is not None and args.backbone_weights not in _WEIGHT_NAMES:
+        need(
+            Path(args.backbone_weights).expanduser().is_file(),
+            f"--backbone-weights must be a state_dict file or one of {', '.join(_WEIGHT_NAMES)}"
+            f", got {args.backbone_weights!r} (no such file)",
+        )
+    if args.data != "synthetic":
+        root = Path(args.data).expanduser()
+        need(
+            root.is_dir(),
+            f"--data must be 'synthetic' or a folder, got {args.data!r} (no such folder)",
+        )
+        for split in ("train", "val"):
+            need(
+                (root / f"voc07_{split}.json").is_file(),
+                f"--data {args.data}: the folder has no voc07_{split}.json",
+            )
+    output = Path(args.output_dir)
+    need(
+        not output.exists() or output.is_dir(),
+        f"--output-dir {args.output_dir} exists and is not a folder",
+    )
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that resumes a run started with ``argv`` (without --no-resume)."""
+    return shlex.join(["python", "-m", "detops", *[a for a in argv if a != "--no-resume"]])
+
+
+def _check_resume(checkpoint: Path, args: argparse.Namespace, model_config: dict) -> int:
+    """The iteration a re-run resumes from (0: a fresh run); a checkpoint of another run is
+    a usage error naming --no-resume."""
+    if args.no_resume or not checkpoint.exists():
+        return 0
+    from detops.training import load_checkpoint
+
+    start_over = f"pass --no-resume to start over (it overwrites {checkpoint})"
+    try:
+        state = load_checkpoint(checkpoint, map_location="cpu")
+    except Exception as error:
+        raise CommandError(
+            f"{checkpoint} is not a checkpoint this command can resume "
+            f"({type(error).__name__}); {start_over}, or choose another --output-dir"
+        ) from error
+    extra = state.get("extra") or {}
+    stored = state.get("total_iterations")
+    if stored != args.iterations:
+        raise CommandError(
+            f"{checkpoint} holds a run of --iterations {stored}, got --iterations "
+            f"{args.iterations}; pass --iterations {stored} to resume it, or {start_over}"
+        )
+    for what, old, new in (
+        ("model", extra.get("model"), model_config),
+        ("--image-size", extra.get("image_size"), args.image_size),
+    ):
+        if old is not None and old != new:
+            raise CommandError(
+                f"{checkpoint} holds a run with another {what} ({old}, got {new}); {start_over}"
+            )
+    return int(state.get("iteration", 0))
+
+
+def _class_names(args: argparse.Namespace) -> tuple[str, ...]:
+    from detops.data import SYNTHETIC_CLASSES, VOC_CLASSES
+
+    if args.classes:
+        return tuple(n.strip() for n in args.classes.split(","))
+    return SYNTHETIC_CLASSES if args.data == "synthetic" else VOC_CLASSES
+
+
+def _datasets(args: argparse.Namespace, class_names: tuple[str, ...]):
+    from detops.data import VOC2007DetectionTiny, make_synthetic_detection_dataset
 
     if args.data == "synthetic":
         root = Path(args.data_dir)
@@ -202,50 +356,59 @@ def _datasets(args: argparse.Namespace):
             image_size=args.image_size,
             seed=args.seed,
         )
-        names = tuple(args.classes.split(",")) if args.classes else SYNTHETIC_CLASSES
     else:
         root = Path(args.data).expanduser()
-        if not root.is_dir():
-            raise SystemExit(
-                f"detops train: --data must be 'synthetic' or a folder, got {args.data!r} "
-                "(no such folder)"
-            )
-        from detops.data import VOC_CLASSES
-
-        names = tuple(args.classes.split(",")) if args.classes else VOC_CLASSES
-    kwargs = {"image_size": args.image_size, "max_boxes": args.max_boxes, "class_names": names}
-    return (
-        VOC2007DetectionTiny(root, "train", **kwargs),
-        VOC2007DetectionTiny(root, "val", **kwargs),
-        names,
+    kwargs = {"image_size": args.image_size, "max_boxes": args.max_boxes}
+    kwargs["class_names"] = class_names
+    return VOC2007DetectionTiny(root, "train", **kwargs), VOC2007DetectionTiny(
+        root, "val", **kwargs
     )
 
 
+def _smoothed(values: Sequence[float], momentum: float = 0.9) -> float:
+    """The running average the progress bar shows: ``r = 0.9 r + 0.1 x`` from the first."""
+    running = values[0]
+    for value in values[1:]:
+        running = momentum * running + (1 - momentum) * value
+    return running
+
+
 def run_train(args: argparse.Namespace) -> int:
+    _check_args(args)  # usage errors first: nothing is imported or written before them
+
     import torch
     from torch.utils.data import DataLoader
 
+    from detops.data._atomic import atomic_write_text
     from detops.nn import FCOS
-    from detops.training import evaluate_detector, seed_everything, train_detector
+    from detops.training import (
+        evaluate_detector,
+        load_checkpoint,
+        save_validation_grid,
+        seed_everything,
+        train_detector,
+    )
 
-    for name in ("iterations", "batch_size", "image_size", "checkpoint_every", "fpn_channels"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"detops train: --{name.replace('_', '-')} must be > 0")
+    device = resolve_device(args.device)
     if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = _device(args.device)
+        torch.set_num_threads(args.threads)  # an application may set process-wide state
     output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    checkpoint = output / "checkpoint.pt"
+    argv = getattr(args, "argv", None) or ["train"]
+    stored_args = {k: v for k, v in vars(args).items() if k not in _NOT_STORED}
 
     started = time.perf_counter()
-    seed_everything(args.seed, deterministic=args.deterministic)
-    train_set, val_set, class_names = _datasets(args)
+    class_names = _class_names(args)
     model_config = {
         "num_classes": len(class_names),
         "fpn_channels": args.fpn_channels,
         "stem_channels": list(args.stem_channels),
         "center_sampling_radius": args.center_sampling_radius,
     }
+    resume_from = _check_resume(checkpoint, args, model_config)
+    seed_everything(args.seed, deterministic=args.deterministic)
+    train_set, val_set = _datasets(args, class_names)
+    output.mkdir(parents=True, exist_ok=True)
     model = FCOS(**model_config, backbone_weights=args.backbone_weights).to(device)
     loader = DataLoader(
         train_set,
@@ -262,28 +425,50 @@ def run_train(args: argparse.Namespace) -> int:
         f"{args.batch_size} on {device} ({torch.get_num_threads()} threads)",
         flush=True,
     )
-    result = train_detector(
-        model,
-        loader,
-        iterations=args.iterations,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        warmup_iterations=args.warmup_iterations,
-        clip_grad_norm=args.clip_grad_norm or None,
-        device=device,
-        checkpoint_path=output / "checkpoint.pt",
-        checkpoint_every=args.checkpoint_every,
-        resume=not args.no_resume,
-        loss_curve_path=output / "loss_curve.png",
-        progress=not args.no_progress,
-        extra_state={
-            "model": model_config,
-            "class_names": list(class_names),
-            "image_size": args.image_size,
-            "args": {k: v for k, v in vars(args).items() if k != "func"},
-        },
-    )
+    if resume_from:
+        print(
+            f"detops train: resuming from iteration {resume_from} of {args.iterations} "
+            f"({checkpoint}; --no-resume starts over)",
+            flush=True,
+        )
+    try:
+        result = train_detector(
+            model,
+            loader,
+            iterations=args.iterations,
+            lr=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            warmup_iterations=args.warmup_iterations,
+            clip_grad_norm=args.clip_grad_norm or None,
+            device=device,
+            checkpoint_path=checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=not args.no_resume,
+            loss_curve_path=output / "loss_curve.png",
+            progress=not args.no_progress,
+            extra_state={
+                "model": model_config,
+                "class_names": list(class_names),
+                "image_size": args.image_size,
+                "args": stored_args,
+            },
+        )
+    except KeyboardInterrupt:
+        saved = None
+        if checkpoint.exists():
+            saved = int(load_checkpoint(checkpoint)["iteration"])
+        where = (
+            f"checkpoint at iteration {saved} of {args.iterations} in {checkpoint}"
+            if saved
+            else "no checkpoint written yet"
+        )
+        print(
+            f"\ndetops train: interrupted; {where}; resume with: {resume_command(argv)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 130
     trained = time.perf_counter()
     val_loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
     metrics = evaluate_detector(
@@ -294,17 +479,31 @@ def run_train(args: argparse.Namespace) -> int:
         nms_thresh=args.nms_thresh,
         device=device,
     )
+    grid = save_validation_grid(
+        model,
+        val_set,
+        output / "val_grid.png",
+        class_names=class_names,
+        score_thresh=max(args.eval_score_thresh, 0.3),
+        nms_thresh=args.nms_thresh,
+        device=device,
+    )
     finished = time.perf_counter()
     # NaN (a class, or every class, without GT in the val split) is written as null.
     ap = [None if math.isnan(a) else a for a in metrics["ap_per_class"].tolist()]
     map_50 = float(metrics["map"])
+    # The progress bar shows running averages; metrics.json records the same numbers
+    # (final_losses) and the last iteration's raw values.
+    final = {k: round(_smoothed(v), 4) for k, v in result.history.items() if v}
     report = {
-        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "args": stored_args,
         "map_50": None if math.isnan(map_50) else map_50,
         "ap_per_class": dict(zip(class_names, ap, strict=True)),
         "iterations": result.iterations,
         "resumed_from": result.resumed_from,
-        "final_losses": {k: v[-1] for k, v in result.history.items() if v},
+        "final_losses": final,
+        "final_losses_note": "running average r = 0.9 r + 0.1 loss, as the progress bar shows",
+        "last_iteration_losses": {k: v[-1] for k, v in result.history.items() if v},
         "train_seconds": round(trained - started, 1),
         "eval_seconds": round(finished - trained, 1),
         "total_seconds": round(finished - started, 1),
@@ -313,19 +512,20 @@ def run_train(args: argparse.Namespace) -> int:
         "torch": torch.__version__,
         "checkpoint": str(result.checkpoint_path),
         "loss_curve": str(result.loss_curve_path) if result.loss_curve_path else None,
+        "val_grid": str(grid),
     }
-    tmp = output / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, output / "metrics.json")
+    atomic_write_text(output / "metrics.json", json.dumps(report, indent=1) + "\n")
 
     def fmt(value: float | None, digits: int) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
 
+    losses = ", ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in final.items())
     print(
+        f"final losses (running average): {losses}\n"
         f"val mAP@0.5 = {fmt(report['map_50'], 4)}  ("
         + ", ".join(f"{n} {fmt(a, 3)}" for n, a in report["ap_per_class"].items())
         + f")\ntrain {report['train_seconds']} s, eval {report['eval_seconds']} s; "
-        f"wrote {output / 'checkpoint.pt'}, {report['loss_curve']}, {output / 'metrics.json'}",
+        f"wrote {checkpoint}, {report['loss_curve']}, {grid}, {output / 'metrics.json'}",
         flush=True,
     )
     return 0

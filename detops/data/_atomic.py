@@ -2,6 +2,8 @@
 
 A reader never sees a half-written file: it sees the old file or the new one. The
 temporary file lives in the same folder so the final rename stays on one filesystem.
+``tempfile.mkstemp`` creates it with mode 0600; before the rename it gets the mode a plain
+``open(path, "w")`` would give (``0o666 & ~umask``), so results are readable as usual.
 """
 
 from __future__ import annotations
@@ -12,12 +14,33 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "new_file_mode"]
+
+
+def _current_umask() -> int:
+    # Linux reports it without changing it; elsewhere set and restore it (os.umask is the
+    # only portable reader).
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666 & ~umask``."""
+    return 0o666 & ~_current_umask()
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+    """Yield a temporary path next to ``path``; on success give it the umask's mode and
+    rename it onto ``path``.
 
     On an exception the temporary file is removed and ``path`` is left untouched.
     Parent folders are created.
@@ -29,6 +52,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
