@@ -483,7 +483,7 @@ def _dense_focal(op: str, inputs, targets, alpha, gamma, reduction) -> Tensor:
             f"{op}: targets must not require grad (no gradient flows to targets), "
             "got a tensor with requires_grad=True; pass targets.detach()"
         )
-    return _SigmoidFocalLoss.apply(inputs, targets, None, alpha, gamma, reduction, op, inputs.dtype)
+    return _apply_focal(inputs, targets, None, alpha, gamma, reduction, op)
 
 
 def sigmoid_focal_loss_grad(
@@ -556,9 +556,7 @@ def sigmoid_focal_loss_from_class_ids(
             f"got {shape_str(class_ids)}"
         )
     check_same_device(op, inputs=inputs, class_ids=class_ids)
-    return _SigmoidFocalLoss.apply(
-        inputs, None, class_ids.long(), alpha, gamma, reduction, op, inputs.dtype
-    )
+    return _apply_focal(inputs, None, class_ids.long(), alpha, gamma, reduction, op)
 
 
 def _check_normalizer(op: str, normalizer: object) -> float | Tensor:
@@ -694,14 +692,24 @@ def fcos_loss(
     denominator = new_normalizer * batch
     denominator = torch.where(denominator == 0, 1.0, denominator).to(loss_dtype)
     class_ids = torch.where(classes < 0, -1, classes.to(torch.int64))  # -0.5 is not 0
-    loss_cls, loss_box, loss_ctr = _FCOSLossSums.apply(
-        pred_cls_logits,
-        pred_boxreg_deltas,
-        pred_ctr_logits,
-        class_ids,
-        matched_gt_deltas.detach(),
-        loss_dtype,
-    )
+    if torch.compiler.is_compiling():
+        loss_cls, loss_box, loss_ctr = _fcos_loss_sums_op(
+            pred_cls_logits,
+            pred_boxreg_deltas,
+            pred_ctr_logits,
+            class_ids,
+            matched_gt_deltas.detach(),
+            loss_dtype,
+        )[:3]
+    else:
+        loss_cls, loss_box, loss_ctr = _FCOSLossSums.apply(
+            pred_cls_logits,
+            pred_boxreg_deltas,
+            pred_ctr_logits,
+            class_ids,
+            matched_gt_deltas.detach(),
+            loss_dtype,
+        )
     losses = {
         "loss_cls": loss_cls / denominator,
         "loss_box": loss_box / denominator,
@@ -762,3 +770,95 @@ class _FCOSLossSums(torch.autograd.Function):
             if grad is not None:
                 grad.mul_(scale)
         return (*grads, None, None, None)
+
+
+# ----------------------------------------------------------------------------------------
+# torch.compile: the fused losses as opaque custom ops with a registered backward
+# ----------------------------------------------------------------------------------------
+# Eager calls use the autograd Functions above (their backward scales the saved gradient in
+# place, with no second input-sized allocation). While compiling, the same fused forward
+# runs as one custom op that also returns the gradient of the summed loss; its registered
+# backward scales it. The chunked, threaded forward is not traced.
+
+
+def _apply_focal(inputs, targets, class_ids, alpha, gamma, reduction, op) -> Tensor:
+    if not torch.compiler.is_compiling():
+        return _SigmoidFocalLoss.apply(
+            inputs, targets, class_ids, alpha, gamma, reduction, op, inputs.dtype
+        )
+    want_grad = inputs.requires_grad and torch.is_grad_enabled()
+    loss, _ = _focal_op(inputs, targets, class_ids, alpha, gamma, reduction, want_grad)
+    return loss
+
+
+@torch.library.custom_op("detops::sigmoid_focal_loss", mutates_args=())
+def _focal_op(
+    inputs: Tensor,
+    targets: Tensor | None,
+    class_ids: Tensor | None,
+    alpha: float,
+    gamma: float,
+    reduction: str,
+    want_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """(loss, d sum(loss) / d inputs, or an empty tensor when not ``want_grad``)."""
+    with torch.no_grad():
+        loss, grad = _focal_forward(
+            inputs, targets, class_ids, alpha, gamma, reduction, want_grad, inputs.dtype
+        )
+    return loss, grad if grad is not None else inputs.new_empty(0)
+
+
+@_focal_op.register_fake
+def _(inputs, targets, class_ids, alpha, gamma, reduction, want_grad):
+    loss = inputs.new_empty(inputs.shape if reduction == "none" else ())
+    return loss, inputs.new_empty(inputs.shape if want_grad else (0,))
+
+
+def _focal_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(output[1])
+    ctx.scale = 1.0 / max(inputs[0].numel(), 1) if inputs[5] == "mean" else 1.0
+
+
+def _focal_backward(ctx, grad_loss, _grad_of_grad):
+    (grad,) = ctx.saved_tensors
+    return grad * (grad_loss * ctx.scale), None, None, None, None, None, None
+
+
+_focal_op.register_autograd(_focal_backward, setup_context=_focal_setup_context)
+
+
+@torch.library.custom_op("detops::fcos_loss_sums", mutates_args=())
+def _fcos_loss_sums_op(
+    cls: Tensor,
+    box: Tensor,
+    ctr: Tensor,
+    class_ids: Tensor,
+    gt_deltas: Tensor,
+    loss_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The three loss sums and their gradients w.r.t. the three predictions."""
+    with torch.no_grad():
+        sums, grads = _fcos_loss_sums(
+            cls, box, ctr, class_ids, gt_deltas, loss_dtype, (True, True, True)
+        )
+    return (*sums, *grads)
+
+
+@_fcos_loss_sums_op.register_fake
+def _(cls, box, ctr, class_ids, gt_deltas, loss_dtype):
+    sums = tuple(cls.new_empty((), dtype=loss_dtype) for _ in range(3))
+    return (*sums, torch.empty_like(cls), torch.empty_like(box), torch.empty_like(ctr))
+
+
+def _fcos_loss_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*output[3:])
+
+
+def _fcos_loss_backward(ctx, grad_cls, grad_box, grad_ctr, *_grads_of_grads):
+    grads = ctx.saved_tensors
+    scales = (grad_cls, grad_box, grad_ctr)
+    return (*(g * s for g, s in zip(grads, scales, strict=True)), None, None, None)
+
+
+_fcos_loss_sums_op.register_autograd(_fcos_loss_backward, setup_context=_fcos_loss_setup_context)

@@ -7,6 +7,8 @@ is what inductor and export rely on; no C++ compiler is needed, so the tests sta
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -100,6 +102,10 @@ def target_path_calls():
         "resize_and_center_crop_boxes": lambda: detops.resize_and_center_crop_boxes(
             gt[0], (375, 500), 224
         ),
+        "center_crop_boxes_to_original": lambda: detops.center_crop_boxes_to_original(
+            gt[0, :, :4], (375, 500), 224
+        ),
+        "pad_gt_boxes": lambda: detops.pad_gt_boxes([gt[0, :3], gt[1, :5]], 40),
     }
 
 
@@ -112,3 +118,119 @@ def test_target_and_inference_ops_compile_with_fullgraph_and_equal_eager(name):
     call = target_path_calls()[name]
     compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(), call(), rtol=0, atol=0, equal_nan=True)
+
+
+def _loss_and_grads(loss_fn, leaves):
+    loss = loss_fn(*leaves)
+    total = sum(loss.values()) if isinstance(loss, dict) else loss.sum()
+    return (loss, *torch.autograd.grad(total, leaves))
+
+
+def focal_call(class_ids: bool, reduction: str):
+    generator = torch.Generator().manual_seed(9)
+    logits = torch.randn(6, 7, generator=generator) * 4
+    if class_ids:
+        ids = torch.randint(-1, 7, (6,), generator=generator)
+        return (
+            lambda x: detops.sigmoid_focal_loss_from_class_ids(x, ids, reduction=reduction),
+            [logits.requires_grad_()],
+        )
+    targets = (torch.rand(6, 7, generator=generator) < 0.3).float()
+    return (
+        lambda x: detops.sigmoid_focal_loss(x, targets, reduction=reduction),
+        [logits.requires_grad_()],
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("class_ids", [False, True], ids=["dense", "class_ids"])
+def test_focal_losses_compile_with_fullgraph_and_their_gradients_equal_eager(class_ids, reduction):
+    loss_fn, leaves = focal_call(class_ids, reduction)
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(
+        _loss_and_grads(compiled, leaves), _loss_and_grads(loss_fn, leaves), rtol=0, atol=0
+    )
+
+
+@pytest.mark.slow
+def test_fcos_loss_compiles_with_fullgraph_and_its_gradients_equal_eager():
+    locations, gt, flat_locations, flat_strides = benchmark_inputs(
+        64, 64, A4_STRIDES, rows=10, real=(1, 4), device="cpu"
+    )
+    matched = _cat(detops.fcos_match_locations_to_gt(locations, A4_STRIDES, gt))
+    deltas = detops.fcos_get_deltas_from_locations(flat_locations, matched, flat_strides)
+    leaves = [_cat(t).requires_grad_() for t in _head_outputs(locations, 16, 5, "cpu")]
+
+    def loss_fn(cls, box, ctr):
+        return detops.fcos_loss(cls, box, ctr, matched, deltas, 150.0)[0]
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(
+        _loss_and_grads(compiled, leaves), _loss_and_grads(loss_fn, leaves), rtol=0, atol=0
+    )
+
+
+class _Call(torch.nn.Module):
+    """forward(*tensors) = call(*tensors): export traces the op with tensor inputs."""
+
+    def __init__(self, call):
+        super().__init__()
+        self.call = call
+
+    def forward(self, *tensors):
+        return self.call(*tensors)
+
+
+def _call_with(op, args, *tensors):
+    """``op(*tensors, *the non-tensor arguments of args)``."""
+    return op(*tensors, *args[len(tensors) :])
+
+
+def export_cases():
+    """name -> (call taking tensors, the tensors); other arguments are bound in the call."""
+    cases = {}
+    for name in COMPILED_OPS:
+        args = op_inputs(name)
+        tensors = tuple(a for a in args if isinstance(a, torch.Tensor))
+        cases[name] = (functools.partial(_call_with, getattr(detops, name), args), tensors)
+    for name, call in target_path_calls().items():
+        cases[name] = (call, ())
+    for name, class_ids in (
+        ("sigmoid_focal_loss_from_class_ids", True),
+        ("sigmoid_focal_loss", False),
+    ):
+        loss_fn, leaves = focal_call(class_ids=class_ids, reduction="sum")
+        cases[name] = (loss_fn, (leaves[0].detach(),))
+    return cases
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(export_cases()))
+def test_op_exports_and_the_program_equals_eager(name):
+    call, tensors = export_cases()[name]
+    program = torch.export.export(_Call(call), tensors)
+    torch.testing.assert_close(
+        program.module()(*tensors), call(*tensors), rtol=0, atol=0, equal_nan=True
+    )
+
+
+@pytest.mark.slow
+def test_fcos_detector_with_post_processing_exports_and_equals_eager():
+    from detops.nn import FCOS
+
+    torch.manual_seed(0)
+    model = FCOS(num_classes=4, fpn_channels=32, stem_channels=[32]).eval()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    program = torch.export.export(model, (images,))
+    torch.testing.assert_close(
+        tuple(program.module()(images)), tuple(model(images)), rtol=0, atol=0
+    )
+
+
+@pytest.mark.parametrize("name", ["nms", "class_spec_nms", "box_iou", "clip_boxes_to_image"])
+def test_ops_are_not_torchscript_scriptable_as_the_readme_says(name):
+    # TorchScript is deprecated in torch 2.x (torch.jit.script warns); detops supports
+    # torch.compile and torch.export instead. This pins the README's statement.
+    with pytest.warns(FutureWarning), pytest.raises(Exception):  # noqa: B017
+        torch.jit.script(getattr(detops, name))
