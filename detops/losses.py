@@ -586,6 +586,7 @@ def fcos_loss(
     normalizer: float | Tensor,
     *,
     momentum: float = 0.9,
+    positives_per_image: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """The FCOS training loss of the course code, as a stateless, vectorized function.
 
@@ -594,7 +595,11 @@ def fcos_loss(
     ``matched_gt_boxes[b, l, 4]`` is not -1. With ``B`` images:
 
     * ``new_normalizer = momentum * normalizer + (1 - momentum) * num_positive / B``
-      (the EMA of positives per image that the course module kept as state);
+      (the EMA of positives per image that the course module kept as state), where
+      ``num_positive / B`` is replaced by ``positives_per_image`` when it is given (under
+      DDP, the count over every rank's batch: see
+      :func:`detops.distributed.global_positives_per_image`), so that every rank divides by
+      the same normalizer as one process with the global batch would;
     * ``loss_cls``: the sum of :func:`sigmoid_focal_loss` (alpha 0.25, gamma 2) against the
       one-hot of the matched class (background rows all zero). The one-hot is never built:
       :func:`sigmoid_focal_loss_from_class_ids` takes the class ids;
@@ -629,6 +634,8 @@ def fcos_loss(
             (:func:`detops.fcos_get_deltas_from_locations`), -1 rows for background.
         normalizer (float or Tensor[]): the running normalizer (> 0 for a float).
         momentum (float): EMA momentum in [0, 1].
+        positives_per_image (Tensor[], optional): positives per image to update the EMA
+            with instead of this batch's own count (0-d, any floating dtype, same device).
 
     Returns:
         (dict, Tensor): ``{"loss_cls", "loss_box", "loss_ctr"}`` 0-d tensors and the new
@@ -687,8 +694,21 @@ def fcos_loss(
         old = normalizer  # a Python float stays a kernel argument: no host-to-device copy
 
     classes = matched_gt_boxes[..., 4].detach()
-    num_pos = (classes != -1).sum()
-    new_normalizer = num_pos.to(norm_dtype) * ((1.0 - momentum) / batch) + momentum * old
+    if positives_per_image is None:
+        new_positives = (classes != -1).sum().to(norm_dtype) * ((1.0 - momentum) / batch)
+    else:
+        check_tensor(op, "positives_per_image", positives_per_image)
+        check_floating(op, "positives_per_image", positives_per_image)
+        if positives_per_image.dim() != 0:
+            raise ValueError(
+                f"{op}: positives_per_image must be a 0-d tensor, got "
+                f"{shape_str(positives_per_image)}"
+            )
+        check_same_device(
+            op, pred_cls_logits=pred_cls_logits, positives_per_image=positives_per_image
+        )
+        new_positives = positives_per_image.detach().to(norm_dtype) * (1.0 - momentum)
+    new_normalizer = new_positives + momentum * old
     denominator = new_normalizer * batch
     denominator = torch.where(denominator == 0, 1.0, denominator).to(loss_dtype)
     class_ids = torch.where(classes < 0, -1, classes.to(torch.int64))  # -0.5 is not 0

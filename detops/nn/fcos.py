@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .._checks import shape_str
 from ..deltas import fcos_get_deltas_from_locations
+from ..distributed import global_positives_per_image, is_distributed
 from ..inference import FCOSDetections, fcos_inference
 from ..locations import get_fpn_location_coords
 from ..losses import fcos_loss
@@ -173,14 +174,20 @@ class FCOS(nn.Module):
             level: fcos_get_deltas_from_locations(locations[level], boxes, strides[level])
             for level, boxes in matched_boxes.items()
         }
+        all_matched = _cat_levels(matched_boxes)
         losses, normalizer = fcos_loss(
             _cat_levels(pred_cls_logits),
             _cat_levels(pred_boxreg_deltas),
             _cat_levels(pred_ctr_logits),
-            _cat_levels(matched_boxes),
+            all_matched,
             _cat_levels(matched_deltas),
             self.loss_normalizer,
             momentum=self.normalizer_momentum,
+            # Under DDP the EMA follows the positives of the global batch (one all-reduce),
+            # so every rank normalizes as one process with the whole batch would.
+            positives_per_image=global_positives_per_image(all_matched)
+            if is_distributed()
+            else None,
         )
         with torch.no_grad():
             self.loss_normalizer.copy_(normalizer)
