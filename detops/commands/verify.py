@@ -9,6 +9,10 @@ from detops._seed_names import SEED_NAMES
 
 from . import COMMANDS
 
+DEFAULT_EXAMPLES = 100  # detops.verify.DEFAULT_EXAMPLES, kept here so --help loads no torch
+DEFAULT_TIMEOUT = 10.0  # detops.verify.DEFAULT_TIMEOUT
+
+
 EPILOG = f"""\
 targets:
   (no --impl)              detops' own ops: every registry entry against its reference
@@ -17,16 +21,23 @@ targets:
   --impl torchvision       torchvision.ops' nms, batched_nms (as class_spec_nms), box_iou,
                            clip_boxes_to_image and sigmoid_focal_loss
 
-seed names looked up with --impl:
+course function names looked up with --impl:
   {", ".join(SEED_NAMES)}
 
 Each function is called with the course code's per-image signature (one image's (N, 5)
 boxes, an integer stride). Hand-made probes run first, then generated float32 and float64
-cases; a failure is shrunk to the smallest failing input and shown with the expected and
-actual output and, where it matches a known mistake, a hint.
+cases inside the shared contract (the inputs the course's pipeline produces, where the
+course code and torchvision agree); a failure is shrunk to the smallest failing input and
+shown with the expected and actual output and, where re-running a known mistake gives the
+same output, a hint.
 
-exit status: 0 when every checked function passes (MISSING and SKIPPED do not count),
-1 when one fails, 2 when the target cannot be loaded or holds none of the names.
+verdicts: PASS; DEPARTS (right on the shared contract, different only where detops
+deliberately goes further: NaN, empty inputs, float16, ...); FAIL (wrong on the shared
+contract, or a crash, hang, input mutation, wrong type, shape, dtype or device there).
+
+exit status: 0 when no checked function FAILs (with --strict: none FAILs or DEPARTS;
+MISSING and SKIPPED do not count), 1 otherwise, 2 for a bad argument or a target that
+cannot be loaded or holds none of the names.
 """
 
 
@@ -48,13 +59,14 @@ def add_parser(subparsers) -> None:
         "--op",
         action="append",
         metavar="NAME",
-        help="only this function (registry entry name, or seed name with --impl); repeatable",
+        help="only this function (registry entry name, or course function name with --impl); "
+        "repeatable",
     )
     parser.add_argument(
         "--examples",
         type=int,
         default=None,
-        help="generated cases per function and dtype (default 100)",
+        help=f"generated cases per function and dtype (default {DEFAULT_EXAMPLES})",
     )
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
     parser.add_argument(
@@ -62,43 +74,59 @@ def add_parser(subparsers) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="per-call time limit for the function under test (default 10)",
+        help=f"per-call time limit for the function under test (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument("--device", default="cpu", help="device of the inputs (default cpu)")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="departures from detops fail too (exit status 1 on DEPARTS)",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress lines on stderr while it runs"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from detops.data._atomic import atomic_write_text
-    from detops.verify import (
-        DEFAULT_EXAMPLES,
-        DEFAULT_TIMEOUT,
-        TargetError,
-        format_report,
-        load_target,
-        report_to_json,
-        verify,
-    )
+    from detops.cli import CommandError
 
     examples = DEFAULT_EXAMPLES if args.examples is None else args.examples
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     if examples < 1:
-        print("detops verify: --examples must be at least 1", file=sys.stderr)
-        return 2
+        raise CommandError(f"--examples must be at least 1, got {examples}")
     if not timeout > 0:
-        print("detops verify: --timeout must be positive", file=sys.stderr)
-        return 2
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        print("detops verify: --device cuda, but CUDA is not available here", file=sys.stderr)
-        return 2
+        raise CommandError(f"--timeout must be positive, got {timeout:g}")
+
+    import torch
+
+    from detops.data._atomic import atomic_write_text
+    from detops.verify import (
+        TargetError,
+        format_report,
+        load_target,
+        progress_line,
+        report_to_json,
+        verify,
+    )
+
+    try:
+        device_type = torch.device(args.device).type
+    except RuntimeError as error:
+        raise CommandError(f"--device {args.device}: {error}") from None
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda, but CUDA is not available here")
+
+    def progress(report) -> None:
+        if not args.quiet:
+            print(progress_line(report), file=sys.stderr, flush=True)
+
     try:
         target = load_target(args.impl)
         if target.functions is not None and not target.functions:
             raise TargetError(
-                f"--impl {args.impl}: defines none of the seed's functions "
+                f"--impl {args.impl}: defines none of the course code's functions "
                 f"({', '.join(SEED_NAMES)})"
             )
         report = verify(
@@ -108,12 +136,13 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             timeout=timeout,
             device=args.device,
+            progress=progress,
         )
     except TargetError as error:
-        print(f"detops verify: {error}", file=sys.stderr)
-        return 2
-    print(format_report(report), flush=True)
+        raise CommandError(str(error)) from None
+    print(format_report(report, strict=args.strict), flush=True)
     if args.json:
         atomic_write_text(args.json, report_to_json(report))
         print(f"report written to {args.json}")
-    return 0 if report.passed else 1
+    ok = report.passed_strict if args.strict else report.passed
+    return 0 if ok else 1

@@ -1,6 +1,7 @@
-"""The course code's per-image function signatures, for ``python -m detops verify --impl``.
+"""verify's course API specs: the course code's per-image signatures, its probes and known
+mistakes, for ``python -m detops verify --impl``.
 
-A user's implementation follows the seed (the course code): ``fcos_match_locations_to_gt``
+A user's implementation follows the course code: ``fcos_match_locations_to_gt``
 takes one image's ``(N, 5)`` boxes, ``fcos_get_deltas_from_locations`` takes an integer
 stride, ``nms`` takes ``(boxes, scores, iou_threshold)``. Each :class:`SeedSpec` here says
 how to call such a function on a case drawn from the registry entry of the same name (one
@@ -14,9 +15,14 @@ Each spec also carries
   made on purpose (NumPy). When a user's output differs from the reference but equals a
   mistake reference on the same input, the report names the mistake. Nothing is guessed
   from strings.
-* **probes**: small hand-made inputs aimed at one known departure (IoU exactly at the
-  threshold, a NaN score, zero-area boxes, the class-offset trick in float16, ...) that
-  random generation would rarely hit.
+* **probes**: small hand-made inputs aimed at one edge (IoU exactly at the threshold,
+  ordinary suppression, a NaN score, zero-area boxes, the class-offset trick in float16,
+  ...) that random generation would rarely hit; each is inside the shared contract (a
+  failure is a FAIL) or outside it (a DEPARTS, with one line on what detops does there).
+* **domain**: which generated cases lie inside the shared contract (the inputs the
+  course's pipeline produces, where the course code and torchvision agree on the answer).
+* **error_bound**: the error model, the rounding a correct implementation in the tested
+  dtype may add on top of the registry's tolerance.
 
 Only the NumPy references and this module meet the user's code; the registry is read, never
 changed.
@@ -24,7 +30,8 @@ changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +39,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from reference.boxes import box_iou as reference_box_iou
+
 from .._seed_names import SEED_NAMES
-from .compare import Tolerance, compare_trees, to_numpy_tree
-from .entry import case_to_torch
-from .strategies import Case
+from ..testing.compare import Tolerance, compare_trees, to_numpy_tree
+from ..testing.entry import case_to_torch
+from ..testing.families.nms import iou_matrix
+from ..testing.strategies import Case
 
 __all__ = [
     "SEED_NAMES",
@@ -45,17 +55,51 @@ __all__ = [
     "HintContext",
     "Probe",
     "SeedSpec",
+    "collect_problems",
+    "report_problem",
     "spec_by_name",
 ]
 
+
 class CallFailure(Exception):
     """The function under test misbehaved: ``kind`` is one of ``raised``, ``timeout``,
-    ``mutated`` or ``output`` (wrong type, shape, dtype or device)."""
+    ``mutated`` or ``output`` (wrong type, shape, dtype or device). ``key`` names the
+    failure's family for reports (``dtype``, ``device``, ``shape``, ...), default ``kind``."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, key: str = ""):
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.key = key or kind
+
+    def __reduce__(self):  # pickled across the worker process
+        return (CallFailure, (self.kind, self.message, self.key))
+
+
+# Problems that do not stop the values from being compared (a wrong dtype, a wrong device,
+# an input modified in place) are collected while a call runs, so that a report can give
+# them *and* wrong values. Outside :func:`collect_problems` they raise at once.
+_PROBLEMS: list[tuple[str, str, str]] | None = None
+
+
+@contextmanager
+def collect_problems() -> Iterator[list[tuple[str, str, str]]]:
+    """Collect ``(kind, key, message)`` of the soft problems reported inside the block."""
+    global _PROBLEMS
+    saved, found = _PROBLEMS, []
+    _PROBLEMS = found
+    try:
+        yield found
+    finally:
+        _PROBLEMS = saved
+
+
+def report_problem(kind: str, key: str, message: str) -> None:
+    """A soft problem: collected inside :func:`collect_problems`, else raised."""
+    if _PROBLEMS is None:
+        raise CallFailure(kind, message, key)
+    if (kind, key, message) not in _PROBLEMS:
+        _PROBLEMS.append((kind, key, message))
 
 
 @dataclass(frozen=True)
@@ -85,12 +129,15 @@ class Hint:
 
 @dataclass(frozen=True)
 class Probe:
-    """A hand-made input aimed at one known departure.
+    """A hand-made input, aimed at one edge of the contract.
 
-    ``departure`` is printed when the probe fails in one of ``departure_kinds`` ways and no
-    mistake hint explains it. ``tolerance`` is used for a dtype the registry entry has no
-    tolerance for. ``refuse`` marks an input outside the contract (NaN scores): the function
-    must raise (any exception), whatever the reference would compute.
+    ``shared`` probes lie inside the shared contract (the course code and torchvision
+    agree on the answer): a wrong answer there is a FAIL. Other probes test where detops
+    deliberately goes further (NaN refusal, empty inputs, float16, ...): a difference there
+    is a DEPARTS, listed with ``departure``, one line on what detops does and why.
+    ``tolerance`` is used for a dtype the registry entry has no tolerance for. ``refuse``
+    marks an input detops refuses (NaN scores): detops raises, whatever the reference
+    would compute.
     """
 
     label: str
@@ -98,27 +145,35 @@ class Probe:
     dtype: torch.dtype = torch.float32
     departure: str = ""
     tolerance: Tolerance | None = None
-    departure_kinds: tuple[str, ...] = ("mismatch", "accepted")
     refuse: bool = False
     tag: str = ""  # the departure in a few words, for the summary table
+    shared: bool = True
 
 
 @dataclass(frozen=True)
 class SeedSpec:
-    """How to check a user's seed-signature function against a registry entry.
+    """How to check a user's course-signature function against a registry entry.
 
     Attributes:
-        name: the seed's function name (looked up in the user's module).
-        signature: the seed signature, for reports and the README.
+        name: the course code's function name (looked up in the user's module).
+        signature: the course signature, for reports and the README.
         call: ``call(fn, case, dtype, device)`` runs ``fn`` (already guarded against hangs
             and input mutation) on ``case`` and returns the output in the form the detops op
             returns; it raises :class:`CallFailure` for an output of the wrong type, dtype or
             device.
         entry_name: the registry entry whose strategy, reference and tolerances apply.
-        prepare: maps a registry case to one the seed signature can take (dropping options
-            the seed lacks, so the reference uses their defaults); ``None`` skips the case.
+        prepare: maps a registry case to one the course signature can take (dropping
+            options the course code lacks, so the reference uses their defaults); ``None``
+            skips the case.
         hints: known mistakes, tried on the final (shrunk) failing input.
         probes: hand-made inputs, checked before the generated ones.
+        domain: ``domain(ref_case, dtype)`` is None for a case inside the shared contract
+            (the inputs the course's pipeline produces, where the course code and
+            torchvision agree), else a few words on why it is outside. Generated cases
+            stay inside; only probes go outside.
+        error_bound: ``error_bound(ref_case, expected, dtype)``, the rounding error a
+            correct implementation in ``dtype`` may make, per output element, on top of the
+            entry's tolerance (the error model: it grows with the conditioning).
     """
 
     name: str
@@ -128,6 +183,8 @@ class SeedSpec:
     prepare: Callable[[Case], Case | None] | None = None
     hints: tuple[Hint, ...] = ()
     probes: tuple[Probe, ...] = ()
+    domain: Callable[[Case, torch.dtype], str | None] | None = None
+    error_bound: Callable[[Case, Any, torch.dtype], Any] | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -147,21 +204,33 @@ def expect_tensor(
     device: torch.device | str,
     ndim: int | None = None,
 ) -> Tensor:
-    """Raise :class:`CallFailure` unless ``value`` is a tensor of one of ``dtypes`` on
-    ``device`` (device type; index ignored) with ``ndim`` dimensions."""
+    """Check that ``value`` is a tensor of one of ``dtypes`` on ``device`` (device type;
+    index ignored) with ``ndim`` dimensions.
+
+    Not a tensor, the meta device or the wrong number of dims raise :class:`CallFailure`.
+    A wrong dtype or (readable) device is a soft problem (:func:`report_problem`): the
+    value is converted so that its values can still be judged."""
     if not isinstance(value, Tensor):
-        raise CallFailure("output", f"{what} must be a torch.Tensor, got {type(value).__name__}")
-    if dtypes is not None and value.dtype not in tuple(dtypes):
-        wanted = " or ".join(_dtype_name(d) for d in dtypes)
         raise CallFailure(
-            "output", f"{what} has dtype {_dtype_name(value.dtype)}, expected {wanted}"
+            "output", f"{what} must be a torch.Tensor, got {type(value).__name__}", "type"
         )
     if value.device.type != torch.device(device).type:
-        raise CallFailure("output", f"{what} is on device {value.device}, expected {device}")
+        message = f"{what} is on device {value.device}, expected {device}"
+        if value.device.type == "meta":
+            raise CallFailure("output", message, "device")
+        report_problem("output", "device", message)
+        value = value.to(device)
+    if dtypes is not None and value.dtype not in tuple(dtypes):
+        wanted = " or ".join(_dtype_name(d) for d in dtypes)
+        report_problem(
+            "output", "dtype", f"{what} has dtype {_dtype_name(value.dtype)}, expected {wanted}"
+        )
+        value = value.to(tuple(dtypes)[0])
     if ndim is not None and value.dim() != ndim:
         raise CallFailure(
             "output",
             f"{what} has shape {list(value.shape)} ({value.dim()} dims), expected {ndim} dims",
+            "shape",
         )
     return value
 
@@ -299,7 +368,7 @@ def input_hint(
 
 def _prepare_locations(case: Case) -> Case:
     shapes, strides = case.args[:2]
-    # The seed passes feature shapes (B, C, H, W) and has no ``offset`` (it is 0.5).
+    # The course code passes feature shapes (B, C, H, W) and has no ``offset`` (it is 0.5).
     shapes4 = {level: tuple(s) if len(s) == 4 else (1, 1, *s) for level, s in shapes.items()}
     return Case((shapes4, dict(strides)), {})
 
@@ -311,14 +380,21 @@ def _call_locations(fn, case: Case, dtype: torch.dtype, device: str):
         raise CallFailure(
             "output", f"the result must be a dict of tensors, got {type(out).__name__}"
         )
+    checked = {}
     for level in shapes:
         if level not in out:
             raise CallFailure("output", f"the result has no entry for level {level!r}")
-        expect_tensor(out[level], f"result[{level!r}]", dtypes=(dtype,), device=device)
-    return {level: out[level] for level in out}
+        checked[level] = expect_tensor(
+            out[level], f"result[{level!r}]", dtypes=(dtype,), device=device
+        )
+    return {level: checked.get(level, out[level]) for level in out}
 
 
-def _locations_mistake(*, transposed: bool, floor_half: bool):
+def _locations_mistake(*, transposed: bool, floor_half: bool, row_index: bool = False):
+    """The reference with a mistake made on purpose: ``transposed`` puts x as the slow index
+    (row k is cell (h, w) with k = w*H + h); ``row_index`` keeps the row order but takes x
+    from the row index h and y from the column index w; ``floor_half`` uses stride // 2."""
+
     def mistake(ref_case: Case, dtype: torch.dtype):
         shapes, strides = ref_case.args[:2]
         result = {}
@@ -330,6 +406,8 @@ def _locations_mistake(*, transposed: bool, floor_half: bool):
             xs = stride * np.arange(width, dtype=np.float64) + offset
             if transposed:  # x is the slow index
                 gx, gy = np.meshgrid(xs, ys, indexing="ij")
+            elif row_index:  # x from the row (h), y from the column (w)
+                gx, gy = np.meshgrid(ys, xs, indexing="ij")
             else:
                 gy, gx = np.meshgrid(ys, xs, indexing="ij")
             result[level] = np.stack([gx.reshape(-1), gy.reshape(-1)], axis=-1)
@@ -343,10 +421,23 @@ _HINT_TRANSPOSED = (
     "k = h*W + w, e.g. meshgrid(ys, xs, indexing='ij'), to line up with a head output "
     "flattened by permute(0, 2, 3, 1).reshape(B, H*W, C)"
 )
+_HINT_ROW_INDEX = (
+    "x is taken from the row index h and y from the column index w: row k = h*W + w must be "
+    "(x, y) = (stride * (w + 0.5), stride * (h + 0.5)); with meshgrid(..., indexing='ij') "
+    "the first grid is the row (y) grid"
+)
 _HINT_STRIDE_FLOOR = (
     "offsets use stride // 2: the cell centre is stride * (index + 0.5), which differs for "
     "odd strides (stride 7: 3.5, not 3)"
 )
+
+
+def _locations_domain(ref_case: Case, dtype: torch.dtype) -> str | None:
+    shapes = ref_case.args[0]
+    if any(int(s[-2]) * int(s[-1]) == 0 for s in shapes.values()):
+        return "an empty feature map"
+    return None
+
 
 LOCATIONS = SeedSpec(
     name="get_fpn_location_coords",
@@ -355,7 +446,13 @@ LOCATIONS = SeedSpec(
     call=_call_locations,
     entry_name="get_fpn_location_coords",
     prepare=_prepare_locations,
+    domain=_locations_domain,
     hints=(
+        mistake_hint(
+            _HINT_ROW_INDEX,
+            _locations_mistake(transposed=False, floor_half=False, row_index=True),
+            "x from the row index",
+        ),
         mistake_hint(
             _HINT_TRANSPOSED,
             _locations_mistake(transposed=True, floor_half=False),
@@ -365,6 +462,11 @@ LOCATIONS = SeedSpec(
             _HINT_STRIDE_FLOOR,
             _locations_mistake(transposed=False, floor_half=True),
             "stride // 2 offsets",
+        ),
+        mistake_hint(
+            _HINT_ROW_INDEX + "; and " + _HINT_STRIDE_FLOOR,
+            _locations_mistake(transposed=False, floor_half=True, row_index=True),
+            "x from the row index + stride // 2 offsets",
         ),
         mistake_hint(
             _HINT_TRANSPOSED + "; and " + _HINT_STRIDE_FLOOR,
@@ -377,6 +479,10 @@ LOCATIONS = SeedSpec(
             "odd stride 7 on a 2x3 map",
             lambda: Case(({"p3": (1, 1, 2, 3)}, {"p3": 7}), {}),
         ),
+        Probe(
+            "a non-square map (2 rows, 3 columns), stride 8",
+            lambda: Case(({"p3": (1, 1, 2, 3)}, {"p3": 8}), {}),
+        ),
     ),
 )
 
@@ -387,9 +493,44 @@ LOCATIONS = SeedSpec(
 
 
 def _prepare_matching(case: Case) -> Case | None:
-    # The seed has neither ``size_ranges`` nor ``center_sampling_radius``: drop them so the
-    # reference uses the defaults the seed hard-codes.
-    return Case(tuple(case.args[:3]), {})
+    # The course code has neither ``size_ranges`` nor ``center_sampling_radius``: drop them
+    # so the reference uses the defaults it hard-codes. Padding rows are all -1 in the
+    # course's data: a class -1 row with real coordinates becomes such a row.
+    locations, strides, gt = case.args[:3]
+    gt = np.array(gt, dtype=np.float64, copy=True)
+    gt[gt[..., 4] == -1] = -1.0
+    return Case((locations, strides, gt), {})
+
+
+_EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _f32_quality_ties(gt: np.ndarray) -> bool:
+    """Whether two real rows have different areas that the course code's float32
+    ``1e8 - area`` cannot tell apart."""
+    for image in gt.reshape(-1, gt.shape[-2], 5) if gt.size else ():
+        real = image[image[:, 4] != -1]
+        area = (real[:, 2] - real[:, 0]) * (real[:, 3] - real[:, 1])
+        quality = (np.float32(1e8) - area.astype(np.float32)).astype(np.float32)
+        quality64 = (1e8 - area).astype(np.float32)
+        differ = area[:, None] != area[None, :]
+        if (differ & (quality[:, None] == quality[None, :])).any():
+            return True
+        if (differ & (quality64[:, None] == quality64[None, :])).any():
+            return True
+    return False
+
+
+def _matching_domain(ref_case: Case, dtype: torch.dtype) -> str | None:
+    gt = np.asarray(ref_case.args[2])
+    if gt.shape[-2] == 0:
+        return "an image with zero GT rows (the course pads every image to 40 rows)"
+    padding = gt[..., 4] == -1
+    if (padding & ~(gt[..., :4] == -1).all(axis=-1)).any():
+        return "a padding row (class -1) with real coordinates"
+    if _f32_quality_ties(gt):
+        return "two GT areas closer than float32 resolves at 1e8"
+    return None
 
 
 def _call_matching(fn, case: Case, dtype: torch.dtype, device: str):
@@ -448,7 +589,7 @@ def _match_image(locs, gt, low, high, *, inclusive: bool, tie: str, np_dtype) ->
     in_range = (m >= low) & (m <= high) if inclusive else (m > low) & (m < high)
     candidate = (dist.min(axis=-1) > 0) & in_range & (gt[:, 4] != -1)[None, :]
     area = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
-    if tie == "f32":  # the seed's ``1e8 - area`` quality in the boxes' dtype, first max wins
+    if tie == "f32":  # the course's ``1e8 - area`` quality in the boxes' dtype, first max wins
         quality = (np_dtype(1e8) - area.astype(np_dtype)).astype(np_dtype)
         score = np.where(candidate, quality, np_dtype(0)).astype(np.float64)
         best = score.argmax(axis=1)
@@ -498,7 +639,9 @@ _HINT_F32_TRICK = (
     "is 8): compare areas exactly, e.g. argmin over area with non-candidates set to +inf"
 )
 _HINT_EMPTY_GT = (
-    "fails on an image without GT boxes (N == 0), as FCOS issues #190/#312: return all -1 rows"
+    "fails on an image without real GT boxes: return a row of -1 for every location (FCOS "
+    "crashed there too: https://github.com/tianzhi0549/FCOS/issues/190, "
+    "https://github.com/tianzhi0549/FCOS/issues/312)"
 )
 
 
@@ -522,6 +665,7 @@ MATCHING = SeedSpec(
     call=_call_matching,
     entry_name="fcos_match_locations_to_gt",
     prepare=_prepare_matching,
+    domain=_matching_domain,
     hints=(
         mistake_hint(_HINT_INCLUSIVE, _matching_mistake(inclusive=True), "inclusive size bounds"),
         mistake_hint(_HINT_MAX_AREA, _matching_mistake(tie="max"), "max-area tie-break"),
@@ -556,13 +700,34 @@ MATCHING = SeedSpec(
             _match_probe({"p3": [[20, 20]]}, [[0, 0, 40, 40, 1], [10, 10, 30, 30, 2]]),
         ),
         Probe(
+            "an image whose GT rows are all padding (-1)",
+            _match_probe({"p3": [[4, 4], [12, 4]], "p4": [[8, 8]]}, -np.ones((3, 5))),
+        ),
+        Probe(
             "areas 1681 and 1680: exact comparison, not 1e8 - area in float32",
             # 1e8 - 1681 and 1e8 - 1680 round to the same float32 (spacing 8): box 1 is smaller.
             _match_probe({"p3": [[20, 20]]}, [[0, 0, 41, 41, 1], [0, 0, 40, 42, 2]]),
+            shared=False,
+            departure="detops compares areas exactly, so the smaller box wins; float32 "
+            "`1e8 - area` (the course code) cannot tell areas within about 8 px^2 apart and "
+            "keeps the lower index",
+            tag="area ties below float32 resolution",
         ),
         Probe(
-            "image without GT boxes",
+            "image with zero GT rows (N = 0)",
             _match_probe({"p3": [[4, 4], [12, 4]], "p4": [[8, 8]]}, np.zeros((0, 5))),
+            shared=False,
+            departure="detops returns -1 rows for an image with zero GT rows; the course pads "
+            "every image to 40 rows, so its code never sees N = 0",
+            tag="zero GT rows",
+        ),
+        Probe(
+            "a padding row (class -1) with real coordinates",
+            _match_probe({"p3": [[20, 20]]}, [[0, 0, 40, 40, -1]]),
+            shared=False,
+            departure="detops treats every class -1 row as padding, whatever its coordinates; "
+            "the course's padding rows are all -1, so its code only looks at coordinates",
+            tag="class -1 rows with coordinates",
         ),
     ),
 )
@@ -666,12 +831,102 @@ def _centerness_unguarded(ref_case: Case, dtype: torch.dtype):
     return out
 
 
+def _eps(dtype: torch.dtype) -> float:
+    """Unit roundoff of the precision a correct implementation computes in (half types are
+    computed in float32, as torchvision does)."""
+    return float(torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps)
+
+
+def _prepare_deltas(case: Case) -> Case:
+    # Matching outputs a GT row or a row of -1: a background row keeps class -1, a real row
+    # a real class.
+    locations, gt, stride = case.args[:3]
+    gt = np.array(gt, dtype=np.float64, copy=True)
+    background = (gt[..., :4] == -1).all(axis=-1)
+    gt[background] = -1.0
+    if gt.shape[-1] == 5:
+        gt[..., 4] = np.where(~background & (gt[..., 4] == -1), 0.0, gt[..., 4])
+    return Case((locations, gt, stride), dict(case.kwargs))
+
+
+def _no_rows(array) -> bool:
+    return int(np.prod(np.shape(array)[:-1], dtype=np.int64)) == 0
+
+
+def _deltas_domain(ref_case: Case, dtype: torch.dtype) -> str | None:
+    if _no_rows(ref_case.args[0]) or _no_rows(ref_case.args[1]):
+        return "no locations"
+    gt = np.asarray(ref_case.args[1])[..., :4]
+    background = (gt == -1).all(axis=-1)
+    partial = ~background & ((gt == -1).any(axis=-1) | (gt.sum(axis=-1) == -4))
+    if partial.any():
+        return "a GT row with some -1 coordinates, which matching never produces"
+    return None
+
+
+def _deltas_bound(ref_case: Case, expected, dtype: torch.dtype):
+    # A float32 formula may divide first ((x / s) - (x1 / s)): the error is relative to the
+    # coordinates, not to the difference.
+    locations, gt, stride = ref_case.args[:3]
+    lead = np.shape(expected)[:-1]
+    loc = np.broadcast_to(np.abs(np.asarray(locations, dtype=np.float64)), lead + (2,))
+    box = np.broadcast_to(np.abs(np.asarray(gt, dtype=np.float64)[..., :4]), lead + (4,))
+    s = np.broadcast_to(np.abs(np.asarray(stride, dtype=np.float64)), lead)[..., None]
+    scale = np.concatenate([loc, loc], axis=-1) + box
+    return 4 * _eps(dtype) * scale / np.where(s > 0, s, 1.0)
+
+
+def _apply_domain(ref_case: Case, dtype: torch.dtype) -> str | None:
+    if _no_rows(ref_case.args[0]) or _no_rows(ref_case.args[1]):
+        return "no locations"
+    return None
+
+
+def _centerness_domain(ref_case: Case, dtype: torch.dtype) -> str | None:
+    if _no_rows(ref_case.args[0]):
+        return "no locations"
+    deltas = np.asarray(ref_case.args[0])
+    background = (deltas == -1).all(axis=-1)
+    if (~background & (deltas <= 0).any(axis=-1)).any():
+        return "a row with a zero or negative delta, which matching never produces"
+    return None
+
+
+def _apply_bound(ref_case: Case, expected, dtype: torch.dtype):
+    deltas, locations, stride = ref_case.args[:3]
+    lead = np.shape(expected)[:-1]
+    d = np.broadcast_to(np.clip(np.asarray(deltas, dtype=np.float64), 0, None), lead + (4,))
+    loc = np.broadcast_to(np.abs(np.asarray(locations, dtype=np.float64)), lead + (2,))
+    s = np.broadcast_to(np.abs(np.asarray(stride, dtype=np.float64)), lead)[..., None]
+    return 4 * _eps(dtype) * (np.concatenate([loc, loc], axis=-1) + d * s)
+
+
+def _prepare_centerness(case: Case) -> Case:
+    # Matching gives a location either four positive distances (it must lie strictly
+    # inside its box) or background (-1, -1, -1, -1).
+    (deltas,) = case.args[:1]
+    deltas = np.array(deltas, dtype=np.float64, copy=True)
+    deltas[(deltas <= 0).any(axis=-1)] = -1.0
+    return Case((deltas,), {})
+
+
+def _centerness_bound(ref_case: Case, expected, dtype: torch.dtype):
+    return 8 * _eps(dtype) * np.abs(np.asarray(expected, dtype=np.float64))
+
+
+def _all_background(ref_case: Case) -> np.ndarray:
+    return (np.asarray(ref_case.args[0]) == -1).all(axis=-1)
+
+
 DELTAS = SeedSpec(
     name="fcos_get_deltas_from_locations",
     signature="fcos_get_deltas_from_locations(locations[L, 2], gt_boxes[L, 4 or 5], "
     "stride: int) -> Tensor[L, 4]",
     call=_call_get_deltas,
     entry_name="fcos_get_deltas_from_locations",
+    prepare=_prepare_deltas,
+    domain=_deltas_domain,
+    error_bound=_deltas_bound,
     hints=(
         masked_hint(
             "background rows (GT all -1) must give deltas (-1, -1, -1, -1)",
@@ -708,6 +963,8 @@ APPLY_DELTAS = SeedSpec(
     "-> Tensor[L, 4]",
     call=_call_apply_deltas,
     entry_name="fcos_apply_deltas_to_locations",
+    domain=_apply_domain,
+    error_bound=_apply_bound,
     hints=(mistake_hint(_HINT_UNCLAMPED, _apply_unclamped, "deltas not clamped"),),
     probes=(
         Probe(
@@ -729,10 +986,13 @@ CENTERNESS = SeedSpec(
     signature="fcos_make_centerness_targets(deltas[L, 4]) -> Tensor[L]",
     call=_call_centerness,
     entry_name="fcos_make_centerness_targets",
+    prepare=_prepare_centerness,
+    domain=_centerness_domain,
+    error_bound=_centerness_bound,
     hints=(
         masked_hint(
-            "the centerness of background locations (deltas -1) must be -1",
-            _centerness_background,
+            "the centerness of background locations (deltas -1, -1, -1, -1) must be -1",
+            _all_background,
             "background centerness not -1",
         ),
         mistake_hint(
@@ -743,7 +1003,7 @@ CENTERNESS = SeedSpec(
     ),
     probes=(
         Probe(
-            "the issue's known values, third row background",
+            "known values from the course notebook, third row background",
             # deltas of boxes (10,15,100,115), (30,20,40,30) at (30,40), (32,29), stride 8.
             lambda: Case(
                 (
@@ -758,6 +1018,18 @@ CENTERNESS = SeedSpec(
         Probe(
             "a location on a box edge (zero denominator)",
             lambda: Case((np.array([[0.0, 1.0, 0.0, 2.0]]),), {}),
+            shared=False,
+            departure="detops gives 0 where a delta is 0 (a location on a box edge); matching "
+            "never produces one (it needs all four distances > 0), and 0 / 0 would be NaN",
+            tag="zero denominator",
+        ),
+        Probe(
+            "a row with one negative delta, (1, -1, 1, 1)",
+            lambda: Case((np.array([[1.0, -1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]]),), {}),
+            shared=False,
+            departure="detops gives -1 to any row with a negative delta (a location outside "
+            "its box); matching never produces one: its background rows are all -1",
+            tag="rows with one negative delta",
         ),
     ),
 )
@@ -782,25 +1054,32 @@ def _check_indices(out, case: Case, dtype: torch.dtype, device: str):
 
 
 def _iou_matrix(boxes: np.ndarray) -> np.ndarray:
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    iw = np.clip(
-        np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None
-    )
-    ih = np.clip(
-        np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None
-    )
-    inter = iw * ih
-    union = area[:, None] + area[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return iou_matrix(boxes)  # the registry's float64 IoU (0 where the union is 0)
+
+
+def _iou_bound(b1: np.ndarray, b2: np.ndarray, eps: float) -> np.ndarray:
+    """The IoU error of a correct formula evaluated in a precision of unit roundoff ``eps``.
+
+    Widths, heights, areas, the intersection and the union each carry one or two roundings
+    relative to themselves (a difference of two coordinates the function received is
+    rounded once, relative to the difference), the union never cancels (it is at least the
+    larger area): a dozen roundings in all, relative to an IoU of at most 1."""
+    b1 = np.asarray(b1, dtype=np.float64)[..., :, None, :]
+    b2 = np.asarray(b2, dtype=np.float64)[..., None, :, :]
+    w1, h1 = b1[..., 2] - b1[..., 0], b1[..., 3] - b1[..., 1]
+    w2, h2 = b2[..., 2] - b2[..., 0], b2[..., 3] - b2[..., 1]
+    iw = np.clip(np.minimum(b1[..., 2], b2[..., 2]) - np.maximum(b1[..., 0], b2[..., 0]), 0, None)
+    ih = np.clip(np.minimum(b1[..., 3], b2[..., 3]) - np.maximum(b1[..., 1], b2[..., 1]), 0, None)
+    union = w1 * h1 + w2 * h2 - iw * ih
+    return np.where(union > 0, 16 * eps, 0.0)
 
 
 def _greedy_nms(boxes, scores, threshold, *, suppress_equal=False, classes=None) -> np.ndarray:
     """Greedy NMS for mistake references: score descending, ties by lower index."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    iou = _iou_matrix(boxes)
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    iou = reference_box_iou(b, b)
     kept: list[int] = []
     for i in order:
         suppressed = False
@@ -846,7 +1125,7 @@ def _class_nms_ge(ref_case: Case, dtype: torch.dtype):
 
 
 def _offset_trick(ref_case: Case, dtype: torch.dtype):
-    """The seed's (and torchvision's) ``boxes + class * (max + 1)`` then one plain NMS, with
+    """The course code's (and torchvision's) ``boxes + class * (max + 1)`` then one plain NMS, with
     the offset boxes rounded to the input dtype."""
     a = _class_nms_args(ref_case)
     boxes = np.asarray(a["boxes"], dtype=np.float64).reshape(-1, 4)
@@ -871,6 +1150,83 @@ _HINT_OFFSET = (
 )
 
 
+def _nms_never_suppresses(ref_case: Case, dtype: torch.dtype):
+    a = _nms_args(ref_case)
+    scores = np.asarray(a["scores"], dtype=np.float64).reshape(-1)
+    return np.array(sorted(range(len(scores)), key=lambda i: (-scores[i], i)), dtype=np.int64)
+
+
+def _self_iou_loop_hangs(ref_case: Case) -> bool:
+    """Whether the loop ``keep order[0]; order = order[~(iou(order[0], order) > t)]``, which
+    relies on a box's IoU with itself (1 > t) to drop the kept box, runs forever."""
+    a = _nms_args(ref_case)
+    boxes = np.asarray(a["boxes"], dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(a["scores"], dtype=np.float64).reshape(-1)
+    threshold = float(a["iou_threshold"])
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    iw = np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(
+        boxes[:, None, 0], boxes[None, :, 0]
+    )
+    ih = np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(
+        boxes[:, None, 1], boxes[None, :, 1]
+    )
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / (area[:, None] + area[None, :] - inter)  # NaN for a zero union
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    for _ in range(len(order) + 1):
+        if not order:
+            return False
+        first = order[0]
+        order = [j for j in order if not iou[first, j] > threshold]
+        if order and order[0] == first:
+            return True
+    return False
+
+
+def _hang_hint(text: str, short: str) -> Hint:
+    def matches(ctx: HintContext) -> bool:
+        return ctx.kind == "timeout" and _self_iou_loop_hangs(ctx.ref_case)
+
+    return Hint(text, matches, None, short)
+
+
+def _class_nms_never_suppresses(ref_case: Case, dtype: torch.dtype):
+    return _nms_never_suppresses(ref_case, dtype)
+
+
+def _nms_domain(ref_case: Case, dtype: torch.dtype) -> str | None:
+    a = _class_nms_args(ref_case) if len(ref_case.args) >= 4 else _nms_args(ref_case)
+    boxes = np.asarray(a["boxes"], dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(a["scores"], dtype=np.float64).reshape(-1)
+    if len(scores) == 0:
+        return "no boxes"
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        return "NaN or infinite values"
+    if len(np.unique(scores)) != len(scores):
+        return "tied scores"
+    iou = _iou_matrix(boxes)
+    bound = _iou_bound(boxes, boxes, _eps(dtype))
+    off = ~np.eye(len(boxes), dtype=bool)
+    if (off & (np.abs(iou - float(a["iou_threshold"])) <= bound)).any():
+        return "an IoU within rounding error of the threshold"
+    return None
+
+
+def _class_nms_domain(ref_case: Case, dtype: torch.dtype) -> str | None:
+    reason = _nms_domain(ref_case, dtype)
+    if reason is not None:
+        return reason
+    from reference.nms import class_spec_nms as reference_class_nms
+
+    a = _class_nms_args(ref_case)
+    expected = reference_class_nms(a["boxes"], a["scores"], a["class_ids"], a["iou_threshold"])
+    trick = _offset_trick(ref_case, dtype)
+    if not np.array_equal(np.asarray(expected).reshape(-1), np.asarray(trick).reshape(-1)):
+        return "the class-offset trick (course code, torchvision) gives another answer"
+    return None
+
+
 def _nms_probe(boxes, scores, threshold, classes=None) -> Callable[[], Case]:
     def build() -> Case:
         b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
@@ -882,34 +1238,65 @@ def _nms_probe(boxes, scores, threshold, classes=None) -> Callable[[], Case]:
     return build
 
 
-_NAN_DEPARTURE = (
-    "a NaN score is not refused: torchvision (and a plain sort) keeps the NaN-scored box "
-    "first and lets it suppress others; detops raises ValueError"
+_HINT_NEVER_SUPPRESSES = (
+    "nothing is ever suppressed: the result is every box in score order. Check that the "
+    "boxes whose IoU with the kept box is > iou_threshold are really removed from the queue"
 )
-_HALF_DEPARTURE = "float16 boxes are refused or mishandled (torchvision's CPU kernel refuses them)"
-_TIE_DEPARTURE = "equal scores are not kept in index order (ties must go to the lower index)"
+_HINT_SELF_IOU_HANG = (
+    "hangs: the loop drops the kept box from the queue through its IoU with itself "
+    "(1 > iou_threshold), but a zero-area box has IoU 0 / 0 = NaN with itself (and at "
+    "iou_threshold 1.0, 1 > 1 is false), so it stays first forever; drop the kept box "
+    "explicitly (order = order[1:][iou <= iou_threshold])"
+)
+_NAN_DEPARTURE = (
+    "detops refuses a NaN score with ValueError; torchvision (and a plain sort) keeps the "
+    "NaN-scored box first and lets it suppress others"
+)
+_HALF_DEPARTURE = (
+    "detops computes float16 boxes in float32 and returns the same indices; torchvision's CPU "
+    "kernel refuses float16"
+)
+_TIE_DEPARTURE = (
+    "detops keeps equal scores in index order (a stable sort); torchvision leaves the order "
+    "of ties unspecified"
+)
 
 NMS = SeedSpec(
     name="nms",
     signature="nms(boxes[N, 4], scores[N], iou_threshold=0.5) -> Tensor[K] int64",
     call=_call_direct(_check_indices),
     entry_name="nms",
-    hints=(mistake_hint(_HINT_NMS_GE, _nms_ge, ">= instead of >"),),
+    domain=_nms_domain,
+    hints=(
+        mistake_hint(_HINT_NMS_GE, _nms_ge, ">= instead of >"),
+        mistake_hint(_HINT_NEVER_SUPPRESSES, _nms_never_suppresses, "never suppresses"),
+        _hang_hint(_HINT_SELF_IOU_HANG, "hangs: kept box removed by its self-IoU"),
+    ),
     probes=(
+        Probe(
+            "ordinary suppression: IoU 0.68 > 0.5 is suppressed",
+            _nms_probe([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], [0.9, 0.8, 0.7], 0.5),
+        ),
         Probe(
             "IoU exactly at the threshold (0.5) is kept",
             # (0,0,3,1) and (1,0,4,1): intersection 2, union 4 -> IoU 0.5, not > 0.5.
             _nms_probe([[0, 0, 3, 1], [1, 0, 4, 1]], [0.9, 0.8], 0.5),
         ),
         Probe(
+            "a zero-area box among others",
+            _nms_probe([[0, 0, 10, 10], [5, 5, 5, 5], [1, 1, 11, 11]], [0.9, 0.8, 0.7], 0.5),
+        ),
+        Probe(
             "tied scores keep index order",
             _nms_probe([[0, 0, 1, 1], [2, 0, 3, 1], [4, 0, 5, 1]], [0.5, 0.5, 0.5], 0.5),
+            shared=False,
             departure=_TIE_DEPARTURE,
             tag="score ties out of index order",
         ),
         Probe(
             "a NaN score is refused",
             _nms_probe([[0, 0, 10, 10], [1, 1, 11, 11]], [np.nan, 0.9], 0.5),
+            shared=False,
             departure=_NAN_DEPARTURE,
             tag="NaN score kept",
             refuse=True,
@@ -918,12 +1305,18 @@ NMS = SeedSpec(
             "float16 boxes",
             _nms_probe([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], [0.9, 0.8, 0.7], 0.5),
             dtype=torch.float16,
+            shared=False,
             departure=_HALF_DEPARTURE,
-            tag="float16 refused",
-            departure_kinds=("mismatch", "raised"),
+            tag="float16",
             tolerance=Tolerance(0.0, 0.0),
         ),
-        Probe("no boxes", _nms_probe(np.zeros((0, 4)), np.zeros(0), 0.5)),
+        Probe(
+            "no boxes",
+            _nms_probe(np.zeros((0, 4)), np.zeros(0), 0.5),
+            shared=False,
+            departure="detops returns an empty int64 tensor for zero boxes",
+            tag="no boxes",
+        ),
     ),
 )
 
@@ -933,15 +1326,30 @@ CLASS_NMS = SeedSpec(
     "-> Tensor[K] int64",
     call=_call_direct(_check_indices),
     entry_name="class_spec_nms",
+    domain=_class_nms_domain,
     hints=(
         mistake_hint(_HINT_OFFSET, _offset_trick, "class-offset trick"),
         mistake_hint(_HINT_NMS_GE, _class_nms_ge, ">= instead of >"),
+        mistake_hint(_HINT_NEVER_SUPPRESSES, _class_nms_never_suppresses, "never suppresses"),
     ),
     probes=(
         Probe(
+            "suppression within a class, none across classes",
+            _nms_probe(
+                [[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10]], [0.9, 0.8, 0.7], 0.5, [0, 0, 1]
+            ),
+        ),
+        Probe(
+            "IoU exactly at the threshold within one class",
+            _nms_probe([[0, 0, 3, 1], [1, 0, 4, 1]], [0.9, 0.8], 0.5, [2, 2]),
+        ),
+        Probe(
             "negative coordinates (max coordinate -1: the class offset is 0)",
             _nms_probe([[-10, -10, -1, -1], [-10, -10, -1, -1]], [0.9, 0.8], 0.5, [0, 1]),
-            departure=_HINT_OFFSET,
+            shared=False,
+            departure="detops runs NMS per class, so classes never suppress each other; the "
+            "`boxes + class_id * (max + 1)` offset trick (course code, torchvision) mixes them "
+            "when the largest coordinate is below 0",
             tag="class-offset trick",
         ),
         Probe(
@@ -955,15 +1363,11 @@ CLASS_NMS = SeedSpec(
                 [0, 19, 19],
             ),
             dtype=torch.float16,
-            tag="float16 refused or offset trick",
-            departure="float16 boxes with class offsets are refused (torchvision's CPU kernel "
-            "has no float16 NMS) or rounded onto each other by the offset trick",
-            departure_kinds=("mismatch", "raised"),
+            shared=False,
+            tag="float16 / class-offset trick",
+            departure="detops computes float16 boxes in float32, per class; the offset trick "
+            "rounds float16 boxes onto each other and torchvision's CPU kernel refuses float16",
             tolerance=Tolerance(0.0, 0.0),
-        ),
-        Probe(
-            "IoU exactly at the threshold within one class",
-            _nms_probe([[0, 0, 3, 1], [1, 0, 4, 1]], [0.9, 0.8], 0.5, [2, 2]),
         ),
     ),
 )
@@ -1013,11 +1417,57 @@ def _focal_probe(inputs, targets, **kwargs) -> Callable[[], Case]:
     return build
 
 
+def _focal_domain(ref_case: Case, dtype: torch.dtype) -> str | None:
+    a = _focal_args(ref_case)
+    x = np.asarray(a["inputs"], dtype=np.float64)
+    if x.size == 0:
+        return "an empty input"
+    if not np.isfinite(x).all():
+        return "NaN or infinite logits"
+    return None
+
+
+def _focal_bound(ref_case: Case, expected, dtype: torch.dtype):
+    """The error model of the focal loss in a precision of unit roundoff ``eps``.
+
+    ``ce = max(x, 0) - x * t + log1p(exp(-|x|))`` cancels: its error is about
+    ``eps * |x|``, however small ``ce`` is (torchvision at x = -10000, t = 0.00137 gives
+    13.7001953 for 13.6999995). ``1 - p_t`` has an absolute error of about ``eps``, which
+    ``(1 - p_t) ** gamma`` turns into ``gamma * (1 - p_t) ** (gamma - 1) * eps``. Each
+    element: ``4 * eps * |alpha_t| * ((1 + |x|) * (1 - p_t) ** gamma + ce * that)`` plus
+    a few roundings of the result; a sum adds ``n * eps * sum |loss|``; a mean divides
+    both by ``n``."""
+    a = _focal_args(ref_case)
+    x = np.asarray(a["inputs"], dtype=np.float64)
+    t = np.asarray(a["targets"], dtype=np.float64)
+    alpha, gamma = float(a["alpha"]), float(a["gamma"])
+    eps = _eps(dtype)
+    p = np.exp(-np.logaddexp(0.0, -x))
+    ce = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
+    q = np.clip(1 - (p * t + (1 - p) * (1 - t)), 0.0, None)
+    weight = np.abs(alpha * t + (1 - alpha) * (1 - t)) if alpha >= 0 else np.ones_like(x)
+    modulating = q**gamma
+    if gamma > 0:
+        dmod = gamma * np.maximum(q, eps) ** (gamma - 1) * eps
+    else:
+        dmod = np.zeros_like(x)
+    loss = weight * ce * modulating
+    element = 4 * weight * ((1 + np.abs(x)) * modulating * eps + ce * dmod) + 4 * eps * loss
+    if a["reduction"] == "none":
+        return element
+    total = element.sum() + x.size * eps * np.abs(loss).sum()
+    if a["reduction"] == "mean":
+        return np.asarray(total / max(x.size, 1))
+    return np.asarray(total)
+
+
 FOCAL = SeedSpec(
     name="sigmoid_focal_loss",
     signature="sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction='none')",
     call=_call_direct(_check_loss),
     entry_name="sigmoid_focal_loss",
+    domain=_focal_domain,
+    error_bound=_focal_bound,
     hints=(
         mistake_hint(
             "alpha weights the wrong class: alpha_t = alpha * t + (1 - alpha) * (1 - t)",
@@ -1025,7 +1475,7 @@ FOCAL = SeedSpec(
             "alpha on the wrong class",
         ),
         input_hint(
-            "the mean over an empty input is NaN (0 / 0): it must be 0",
+            "the mean over an empty input is NaN (0 / 0), as in torchvision",
             ("mismatch",),
             lambda c: (
                 _focal_args(c)["reduction"] == "mean"
@@ -1036,22 +1486,24 @@ FOCAL = SeedSpec(
     ),
     probes=(
         Probe(
-            "mean over an empty input is 0",
-            _focal_probe(np.zeros((0, 3)), np.zeros((0, 3)), reduction="mean"),
-            departure="the mean over an empty input is NaN (0 / 0); detops returns 0",
-            tag="NaN mean of empty input",
-        ),
-        Probe(
             "saturated logits +-1e4",
             _focal_probe([[1e4, -1e4, 1e4, -1e4]], [[1.0, 0.0, 0.0, 1.0]]),
-            departure="the loss is not finite at saturated logits",
-            tag="not finite at saturated logits",
         ),
         Probe(
             "gamma 0.5 at saturated logits",
             _focal_probe([[30.0, -30.0]], [[1.0, 0.0]], gamma=0.5),
-            departure="the loss is not finite at saturated logits with gamma < 1",
-            tag="not finite for gamma < 1",
+        ),
+        Probe(
+            "large |x| with a soft target (x = -10000, t = 0.00137, no alpha, gamma 0)",
+            _focal_probe([-10000.0], [float(np.float32(0.00137))], alpha=-1.0, gamma=0.0),
+        ),
+        Probe(
+            "mean over an empty input is 0",
+            _focal_probe(np.zeros((0, 3)), np.zeros((0, 3)), reduction="mean"),
+            shared=False,
+            departure="detops returns 0 for the mean over an empty input; torchvision returns "
+            "NaN (0 / 0). The course never calls the loss on an empty input",
+            tag="empty mean",
         ),
     ),
 )
@@ -1122,14 +1574,31 @@ def _iou_probe(boxes1, boxes2) -> Callable[[], Case]:
     return build
 
 
+def _box_iou_domain(ref_case: Case, dtype: torch.dtype) -> str | None:
+    b1, b2 = (np.asarray(v, dtype=np.float64) for v in ref_case.args[:2])
+    if b1.shape[-2] == 0 or b2.shape[-2] == 0:
+        return "no boxes"
+    if _iou_union_zero(ref_case).any():
+        return "two zero-area boxes at the same point (union 0)"
+    return None
+
+
+def _box_iou_bound(ref_case: Case, expected, dtype: torch.dtype):
+    b1, b2 = ref_case.args[:2]
+    return np.broadcast_to(_iou_bound(b1, b2, _eps(dtype)), np.shape(expected))
+
+
 BOX_IOU = SeedSpec(
     name="box_iou",
     signature="box_iou(boxes1[N, 4], boxes2[M, 4]) -> Tensor[N, M]",
     call=_call_box_iou,
     entry_name="box_iou",
+    domain=_box_iou_domain,
+    error_bound=_box_iou_bound,
     hints=(
         masked_hint(
-            "a pair whose union is 0 (two zero-area boxes) gives NaN (0 / 0): it must give 0",
+            "a pair whose union is 0 (two zero-area boxes) gives NaN (0 / 0), as in "
+            "torchvision: detops gives 0",
             _iou_union_zero,
             "NaN IoU for zero union",
         ),
@@ -1141,10 +1610,16 @@ BOX_IOU = SeedSpec(
     ),
     probes=(
         Probe(
+            "touching, nested and overlapping boxes",
+            _iou_probe([[0, 0, 2, 2], [0, 0, 4, 4]], [[2, 0, 4, 2], [1, 1, 3, 3]]),
+        ),
+        Probe(
             "zero-area boxes (union 0)",
             _iou_probe([[5, 5, 5, 5], [0, 0, 2, 2]], [[5, 5, 5, 5], [3, 3, 3, 9]]),
-            departure="a pair with zero union gives NaN (torchvision); detops gives 0",
-            tag="NaN IoU for zero union",
+            shared=False,
+            departure="detops gives IoU 0 to a pair whose union is 0; torchvision gives NaN "
+            "(0 / 0)",
+            tag="zero union",
         ),
     ),
 )
@@ -1152,7 +1627,7 @@ BOX_IOU = SeedSpec(
 
 def _prepare_clip(case: Case) -> Case:
     boxes, size = case.args[:2]
-    # The seed / torchvision contract is XYXY [..., 4]; five-column GT rows (class column
+    # The course / torchvision contract is XYXY [..., 4]; five-column GT rows (class column
     # and padding kept) are a detops extension.
     return Case((np.asarray(boxes)[..., :4], tuple(int(v) for v in size)), {})
 
@@ -1222,4 +1697,4 @@ def spec_by_name(name: str) -> SeedSpec:
     for spec in SEED_SPECS:
         if spec.name == name:
             return spec
-    raise KeyError(f"no seed function named {name!r}; known: {list(SEED_NAMES)}")
+    raise KeyError(f"no course function named {name!r}; known: {list(SEED_NAMES)}")

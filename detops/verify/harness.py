@@ -1,0 +1,1679 @@
+"""The verify harness: check detops' ops, or anyone's implementation, against the references.
+
+Two modes:
+
+* **registry** (``python -m detops verify``): every registry entry's fast op against its NumPy
+  reference on hypothesis-generated cases, for every dtype in its tolerances, plus the
+  hand-made probes of :mod:`detops.verify.course_api` where an entry has a course spec.
+* **functions** (``--impl path/to/file.py``, ``--impl some.module``, ``--impl torchvision``):
+  the target's functions, found by the course code's names, each called with the course's
+  per-image signature (probes first, then float32 and float64 generated cases, shrunk to the
+  smallest failing input).
+
+Each function gets one of three verdicts:
+
+* **FAIL**: a wrong answer on an input inside the *shared contract* (the inputs the course's
+  pipeline produces, where the course code and torchvision agree on the answer), or a crash,
+  hang, input mutation, or wrong type, shape, dtype or device there. Generated cases stay
+  inside the shared contract.
+* **DEPARTS**: right on the shared contract, but different where detops deliberately goes
+  further (NaN refusal, empty inputs, zero GT rows, float16, the class-offset trick with
+  negative coordinates, area ties below float32 resolution, rows the pipeline never
+  produces). Only probes outside the shared contract can give it; each departure is listed
+  with one line on what detops does and why.
+* **PASS**.
+
+Tolerances follow the conditioning: where a spec has an error model
+(:attr:`~detops.verify.course_api.SeedSpec.error_bound`), the allowed error of each output
+element is the entry's tolerance plus the rounding error a correct formula evaluated in the
+tested dtype can make there.
+
+The harness never crashes on a bad function. In functions mode each function runs in a
+forked worker process (where the platform can fork): a call that runs past the time limit is
+killed with its worker and the next call gets a fresh one, so a hang can be shrunk like any
+other failure. A failure that the re-run of a known mistake (a mistake reference in
+:mod:`detops.verify.course_api`) reproduces gets a one-line hint.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import pickle
+import select
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import numpy as np
+import torch
+from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+
+from ..testing.compare import Comparison, Tolerance, compare_trees, to_numpy_tree
+from ..testing.entry import OpEntry, case_to_torch
+from ..testing.registry import REGISTRY
+from ..testing.strategies import Case
+from .course_api import (
+    SEED_NAMES,
+    SEED_SPECS,
+    CallFailure,
+    HintContext,
+    Probe,
+    SeedSpec,
+    collect_problems,
+    report_problem,
+)
+
+__all__ = [
+    "Failure",
+    "FunctionReport",
+    "Target",
+    "TargetError",
+    "VerifyReport",
+    "format_report",
+    "load_target",
+    "report_to_dict",
+    "report_to_json",
+    "verify",
+]
+
+DEFAULT_EXAMPLES = 100
+DEFAULT_TIMEOUT = 10.0
+# Generated cases for user functions run in these dtypes (the course works in float32);
+# other dtypes (float16) are covered by probes.
+USER_DTYPES = (torch.float32, torch.float64)
+# After the first failure, shrinking stops after this many drawn candidates or seconds,
+# whichever comes first (the smallest failing input found so far is reported).
+SHRINK_SECONDS = 10.0
+SHRINK_DRAWS = 1000
+# Searches per function: after a failure is found, the search runs again with failures of
+# that kind set aside, so that independent failures (wrong values *and* a wrong dtype) are
+# all reported.
+MAX_ROUNDS = 3
+
+
+_KIND_WORDS = {
+    "timeout": "hangs (time limit)",
+    "mutated": "mutates its input",
+    "accepted": "accepts an input detops refuses",
+    "mismatch": "",
+}
+
+
+class TargetError(Exception):
+    """The target could not be loaded (bad path, import error, nothing to check)."""
+
+
+# ----------------------------------------------------------------------------------------
+# Targets
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """What to verify. ``functions`` is None in registry mode."""
+
+    label: str
+    functions: dict[str, Callable[..., Any]] | None = None
+    origins: dict[str, str] = field(default_factory=dict)
+    names: tuple[str, ...] = SEED_NAMES
+
+
+def _torchvision_target() -> Target:
+    import torchvision
+    from torchvision import ops
+
+    def class_spec_nms(boxes, scores, class_ids, iou_threshold=0.5):
+        return ops.batched_nms(boxes, scores, class_ids, iou_threshold)
+
+    functions = {
+        "nms": ops.nms,
+        "class_spec_nms": class_spec_nms,
+        "sigmoid_focal_loss": ops.sigmoid_focal_loss,
+        "box_iou": ops.box_iou,
+        "clip_boxes_to_image": ops.clip_boxes_to_image,
+    }
+    origins = {name: f"torchvision.ops.{name} {torchvision.__version__}" for name in functions}
+    origins["class_spec_nms"] = f"torchvision.ops.batched_nms {torchvision.__version__}"
+    names = tuple(n for n in SEED_NAMES if n in functions)
+    return Target(f"torchvision {torchvision.__version__}", functions, origins, names)
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    try:
+        source = inspect.getsourcefile(fn) or "?"
+        line = inspect.getsourcelines(fn)[1]
+        try:
+            source = os.path.relpath(source)
+        except ValueError:
+            pass
+        return f"{source}:{line}"
+    except (TypeError, OSError):
+        return getattr(fn, "__module__", "") or repr(fn)
+
+
+def _import_module(spec: str):
+    path = Path(spec)
+    if spec.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise TargetError(f"--impl {spec}: no such file")
+        name = "detops_verify_target_" + "".join(c if c.isalnum() else "_" for c in path.stem)
+        module_spec = importlib.util.spec_from_file_location(name, path.resolve())
+        if module_spec is None or module_spec.loader is None:
+            raise TargetError(f"--impl {spec}: cannot load a Python module from this file")
+        module = importlib.util.module_from_spec(module_spec)
+        folder = str(path.resolve().parent)
+        sys.path.insert(0, folder)  # so the file can import its neighbours
+        try:
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        except KeyboardInterrupt:
+            sys.modules.pop(name, None)
+            raise
+        except BaseException as exc:  # a user's module may even call sys.exit
+            sys.modules.pop(name, None)
+            raise TargetError(f"--impl {spec}: importing it raised {_exception_line(exc)}") from exc
+        finally:
+            if folder in sys.path:
+                sys.path.remove(folder)
+        return module
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(spec)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        raise TargetError(f"--impl {spec}: importing it raised {_exception_line(exc)}") from exc
+
+
+def load_target(spec: str | None) -> Target:
+    """``None``: detops' registry. ``"torchvision"``: torchvision.ops under the course
+    code's names. Otherwise a ``.py`` path or a module name whose functions carry the course
+    code's names."""
+    if spec is None:
+        return Target("detops registry (fast ops vs NumPy references)")
+    if spec == "torchvision":
+        return _torchvision_target()
+    module = _import_module(spec)
+    functions, origins = {}, {}
+    for name in SEED_NAMES:
+        fn = getattr(module, name, None)
+        if callable(fn):
+            functions[name] = fn
+            origins[name] = _origin(fn)
+    return Target(spec, functions, origins)
+
+
+# ----------------------------------------------------------------------------------------
+# Calling a function under guard: time limit, exceptions, input mutation
+# ----------------------------------------------------------------------------------------
+
+
+class _Abandoned(BaseException):
+    """Raised asynchronously into a worker thread that ran past its time limit."""
+
+
+def _abandon(thread: threading.Thread) -> None:
+    # Best effort: a pure-Python loop stops at its next bytecode; a call stuck inside C keeps
+    # its (daemon) thread until it returns or the process ends.
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(_Abandoned)
+        )
+
+
+def _exception_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    if len(line) > 300:
+        line = line[:300] + "..."
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        line += f" (at {os.path.basename(last.filename)}:{last.lineno} in {last.name})"
+    return line
+
+
+def _snapshot(value):
+    if isinstance(value, torch.Tensor):
+        return ("tensor", value, value.detach().clone(), value._version)
+    if isinstance(value, Mapping):
+        return ("map", value, {k: _snapshot(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return ("seq", value, [_snapshot(v) for v in value])
+    return ("other", value, None)
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point():
+        return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
+    return torch.equal(a, b)
+
+
+def _changed(snapshot, path: str) -> str | None:
+    kind, obj, saved = snapshot[0], snapshot[1], snapshot[2]
+    if kind == "tensor":
+        if obj._version != snapshot[3] or not _same_values(obj.detach(), saved):
+            return path
+        return None
+    if kind == "map":
+        if list(obj.keys()) != list(saved.keys()):
+            return f"{path} (keys changed)"
+        for key, sub in saved.items():
+            found = _changed(sub, f"{path}[{key!r}]")
+            if found:
+                return found
+        return None
+    if kind == "seq":
+        if len(obj) != len(saved):
+            return f"{path} (length changed)"
+        for i, sub in enumerate(saved):
+            found = _changed(sub, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+class GuardedCall:
+    """Calls ``fn`` in a worker thread with a time limit; turns exceptions and hangs into
+    :class:`CallFailure`. An input modified in place is a soft problem
+    (:func:`~detops.verify.course_api.report_problem`): collected inside
+    ``collect_problems()``, raised outside. After one hang every later call fails at once
+    (a thread cannot be killed): functions mode runs user code in a worker process instead
+    (:class:`ForkedRunner`)."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, timeout: float):
+        self.fn = fn
+        self.name = name
+        self.timeout = timeout
+        self.hung: str | None = None
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self._signature = None
+
+    def _argument_names(self, args, kwargs) -> list[tuple[str, Any]]:
+        if self._signature is not None:
+            try:
+                bound = self._signature.bind(*args, **kwargs)
+                return list(bound.arguments.items())
+            except TypeError:
+                pass
+        return [(f"argument {i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+
+    def _check_inputs(self, before) -> None:
+        for name, snap in before:
+            where = _changed(snap, name)
+            if where:
+                report_problem(
+                    "mutated",
+                    "mutated",
+                    f"{self.name} modified its input `{where}` in place "
+                    "(inputs must never be mutated; work on a copy or use out-of-place ops)",
+                )
+
+    def __call__(self, *args, **kwargs):
+        if self.hung is not None:
+            raise CallFailure("timeout", self.hung)
+        named = self._argument_names(args, kwargs)
+        before = [(name, _snapshot(value)) for name, value in named]
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def work():
+            try:
+                box["value"] = self.fn(*args, **kwargs)
+            except _Abandoned:
+                pass
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt raised by the user
+                box["error"] = exc
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=work, name=f"detops-verify {self.name}", daemon=True)
+        thread.start()
+        if not done.wait(self.timeout):
+            _abandon(thread)
+            self.hung = _timeout_message(self.name, self.timeout)
+            raise CallFailure("timeout", self.hung)
+        if "error" in box:
+            raise CallFailure("raised", f"{self.name} raised {_exception_line(box['error'])}")
+        self._check_inputs(before)
+        return box["value"]
+
+
+class _DirectCall(GuardedCall):
+    """The same checks without a thread or time limit: inside a worker process, which the
+    parent kills when it runs past the limit."""
+
+    def __call__(self, *args, **kwargs):
+        named = self._argument_names(args, kwargs)
+        before = [(name, _snapshot(value)) for name, value in named]
+        try:
+            value = self.fn(*args, **kwargs)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt raised by the user
+            raise CallFailure("raised", f"{self.name} raised {_exception_line(exc)}") from None
+        self._check_inputs(before)
+        return value
+
+
+def _timeout_message(name: str, timeout: float) -> str:
+    return (
+        f"{name} did not return within {timeout:g} s (it hangs, or is far too slow for this input)"
+    )
+
+
+def _output_tree(value):
+    """Tensors to NumPy with their dtype kept (bfloat16 as float32), for the parent."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        return value.numpy()
+    if isinstance(value, Mapping):
+        return {k: _output_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_output_tree(v) for v in value)
+    return value
+
+
+# Runners: ``runner(case, dtype) -> (output, problems)``; ``output`` is a NumPy tree,
+# ``problems`` the soft problems ``(kind, key, message)``. Hard failures raise CallFailure
+# with the problems found so far in ``failure.problems``.
+Runner = Callable[[Case, torch.dtype], tuple[Any, list]]
+
+
+def _run_collecting(run: Callable[[Case, torch.dtype], Any], case: Case, dtype: torch.dtype):
+    with collect_problems() as problems:
+        try:
+            output = run(case, dtype)
+        except CallFailure as failure:
+            failure.problems = list(problems)  # type: ignore[attr-defined]
+            raise
+        except Exception as exc:  # the adapter could not assemble the result
+            failure = CallFailure(
+                "output", f"the result could not be used: {_exception_line(exc)}", "output"
+            )
+            failure.problems = list(problems)  # type: ignore[attr-defined]
+            raise failure from None
+        return _output_tree(output), list(problems)
+
+
+class InProcessRunner:
+    """Runs in this process (registry mode, and platforms without ``fork``)."""
+
+    def __init__(self, run: Callable[[Case, torch.dtype], Any]):
+        self.run = run
+
+    def __call__(self, case: Case, dtype: torch.dtype):
+        return _run_collecting(self.run, case, dtype)
+
+    def close(self) -> None:
+        pass
+
+
+_HEADER = struct.Struct("<Q")
+
+
+def _write_message(fd: int, payload: bytes) -> None:
+    data = _HEADER.pack(len(payload)) + payload
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _read_exact(fd: int, count: int, deadline: float | None) -> bytes | None:
+    """``count`` bytes, None at end of file; raises TimeoutError past ``deadline``."""
+    chunks, left = [], count
+    while left:
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                raise TimeoutError
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_message(fd: int, deadline: float | None) -> bytes | None:
+    header = _read_exact(fd, _HEADER.size, deadline)
+    if header is None:
+        return None
+    return _read_exact(fd, _HEADER.unpack(header)[0], deadline)
+
+
+class ForkedRunner:
+    """Runs ``run(case, dtype)`` in a forked worker process with a time limit per call.
+
+    A call that runs past the limit is a ``timeout`` failure: the worker is killed and the
+    next call forks a fresh one, so one hang does not fail later calls and shrinking still
+    finds the smallest input that hangs. A worker that dies (a segfault, ``os._exit``) is a
+    ``raised`` failure. The worker sets its own intra-op thread count to 1: OpenMP's thread
+    pool does not survive ``fork`` (the worker process is verify's own; the caller's
+    process is never changed). The function's prints go to /dev/null.
+    """
+
+    def __init__(self, run: Callable[[Case, torch.dtype], Any], name: str, timeout: float):
+        self.run = run
+        self.name = name
+        self.timeout = timeout
+        self.pid: int | None = None
+        self._to_child = self._from_child = -1
+
+    @staticmethod
+    def available() -> bool:
+        return hasattr(os, "fork") and sys.platform != "win32"
+
+    def _start(self) -> None:
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads alive
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child; coverage does not follow it
+            code = 0
+            try:
+                os.close(request_w)
+                os.close(reply_r)
+                self._serve(request_r, reply_w)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(request_r)
+        os.close(reply_w)
+        self.pid, self._to_child, self._from_child = pid, request_w, reply_r
+
+    def _serve(self, requests: int, replies: int) -> None:  # pragma: no cover - in the child
+        # Only in verify's own forked worker process, never in the user's: a child forked
+        # after the parent used OpenMP deadlocks in its first parallel region (reproduced).
+        torch.set_num_threads(1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        while True:
+            message = _read_message(requests, None)
+            if message is None:
+                return
+            case, dtype = pickle.loads(message)
+            try:
+                output, problems = _run_collecting(self.run, case, dtype)
+                reply: tuple = ("ok", output, problems)
+            except CallFailure as failure:
+                problems = getattr(failure, "problems", [])
+                reply = ("fail", failure.kind, failure.message, failure.key, problems)
+            try:
+                payload = pickle.dumps(reply)
+            except Exception as exc:
+                payload = pickle.dumps(
+                    ("fail", "output", f"the result could not be sent back: {exc}", "output", [])
+                )
+            _write_message(replies, payload)
+
+    def _stop(self, kill: bool) -> int | None:
+        status = None
+        if self.pid is None:
+            return None
+        for fd in (self._to_child, self._from_child):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            if kill:
+                os.kill(self.pid, signal.SIGKILL)
+            _, status = os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        self.pid = None
+        return status
+
+    def close(self) -> None:
+        """End the worker (closing its pipe lets it exit; it is killed if it does not)."""
+        if self.pid is None:
+            return
+        os.close(self._to_child)
+        self._to_child = -1
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            done, _ = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.pid = None
+                os.close(self._from_child)
+                return
+            time.sleep(0.01)
+        self._stop(kill=True)
+
+    def __call__(self, case: Case, dtype: torch.dtype):
+        if self.pid is None:
+            self._start()
+        try:
+            _write_message(self._to_child, pickle.dumps((case, dtype)))
+            reply = _read_message(self._from_child, time.monotonic() + self.timeout)
+        except TimeoutError:
+            self._stop(kill=True)
+            raise CallFailure("timeout", _timeout_message(self.name, self.timeout)) from None
+        except BrokenPipeError:
+            reply = None
+        except BaseException:  # KeyboardInterrupt: never leave the worker behind
+            self._stop(kill=True)
+            raise
+        if reply is None:
+            status = self._stop(kill=True)
+            how = ""
+            if status is not None and os.WIFSIGNALED(status):
+                how = f" (signal {os.WTERMSIG(status)})"
+            elif status is not None and os.WIFEXITED(status):
+                how = f" (exit status {os.WEXITSTATUS(status)})"
+            raise CallFailure("raised", f"{self.name} ended the process that ran it{how}")
+        message = pickle.loads(reply)
+        if message[0] == "ok":
+            return message[1], message[2]
+        _, kind, text, key, problems = message
+        failure = CallFailure(kind, text, key)
+        failure.problems = problems  # type: ignore[attr-defined]
+        raise failure
+
+
+# ----------------------------------------------------------------------------------------
+# Reports
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Failure:
+    """One failing input, as reported. ``shared`` failures (inside the shared contract)
+    make a FAIL; the others a DEPARTS, with ``departure`` saying what detops does there."""
+
+    kind: str  # mismatch | raised | timeout | mutated | output | accepted | harness
+    reason: str
+    dtype: str
+    input: str
+    expected: str = ""
+    actual: str = ""
+    detail: str = ""
+    probe: str = ""
+    hints: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # the hints in a few words
+    also: list[str] = field(default_factory=list)
+    key: str = ""  # the failure's family: mismatch, dtype, device, mutated, timeout, ...
+    shared: bool = True
+    departure: str = ""
+    departure_tag: str = ""  # the departure in a few words
+    context: HintContext | None = field(default=None, repr=False, compare=False)
+    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def verdict(self) -> str:
+        return "FAIL" if self.shared else "DEPARTS"
+
+
+@dataclass
+class ProbeResult:
+    label: str
+    dtype: str
+    verdict: str  # PASS | FAIL | DEPARTS
+    shared: bool = True
+
+
+@dataclass
+class FunctionReport:
+    name: str
+    verdict: str  # PASS | DEPARTS | FAIL | MISSING | SKIPPED | ERROR
+    origin: str = ""
+    cases: int = 0
+    dtypes: list[str] = field(default_factory=list)
+    max_abs_error: float = 0.0
+    max_rel_error: float = 0.0
+    probes: list[ProbeResult] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    note: str = ""
+    seconds: float = 0.0
+
+    @property
+    def departures(self) -> list[Failure]:
+        return [f for f in self.failures if not f.shared]
+
+    @property
+    def summary(self) -> str:
+        """A one-line explanation for the table: the known mistakes or departures found,
+        in a few words each, else what went wrong (FAILs first)."""
+        if self.note:
+            return self.note
+        parts: list[str] = []
+        ordered = [f for f in self.failures if f.shared] + self.departures
+        for failure in ordered:
+            words = failure.tags or [_KIND_WORDS.get(failure.kind) or failure.reason]
+            if not failure.shared:
+                words = [failure.departure_tag or words[0]]
+            for part in words:
+                part = part if failure.shared else f"departs: {part}"
+                if part not in parts:
+                    parts.append(part)
+        return "; ".join(parts)
+
+
+@dataclass
+class VerifyReport:
+    target: str
+    mode: str  # registry | functions
+    examples: int
+    seed: int
+    timeout: float
+    device: str
+    functions: list[FunctionReport]
+    seconds: float = 0.0
+    environment: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def checked(self) -> list[FunctionReport]:
+        return [f for f in self.functions if f.verdict not in ("MISSING", "SKIPPED")]
+
+    @property
+    def passed(self) -> bool:
+        """Nothing FAILs (departures allowed): exit status 0."""
+        return bool(self.checked) and all(f.verdict in ("PASS", "DEPARTS") for f in self.checked)
+
+    @property
+    def passed_strict(self) -> bool:
+        """Nothing FAILs and nothing departs (``--strict``)."""
+        return bool(self.checked) and all(f.verdict == "PASS" for f in self.checked)
+
+
+# ----------------------------------------------------------------------------------------
+# Formatting values for reports
+# ----------------------------------------------------------------------------------------
+
+
+def format_value(value: Any, limit: int = 64) -> str:
+    """Readable text of an input or output tree; small arrays in full."""
+    if isinstance(value, Case):
+        return format_value(value.args + ((value.kwargs,) if value.kwargs else ()), limit)
+    value = to_numpy_tree(value) if isinstance(value, torch.Tensor) else value
+    if isinstance(value, torch.Tensor):  # pragma: no cover - handled above
+        value = to_numpy_tree(value)
+    if isinstance(value, np.ndarray):
+        flat = value.reshape(-1)
+        kind = str(value.dtype)
+        if flat.size <= limit:
+            body = np.array2string(
+                value, precision=8, separator=", ", threshold=limit + 1, max_line_width=100
+            )
+            body = " ".join(line.strip() for line in body.splitlines())
+            return f"array{list(value.shape)} {kind} {body}"
+        head = np.array2string(flat[:limit], precision=6, separator=", ", max_line_width=10**6)
+        return f"array{list(value.shape)} {kind} first {limit}: {head}"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k!r}: {format_value(v, limit)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(format_value(v, limit) for v in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    return repr(value)
+
+
+def _leaf_views(actual, expected, tol: Tolerance, limit: int) -> tuple[str, str]:
+    a, e = np.asarray(actual), np.asarray(expected)
+    if a.shape != e.shape or e.size <= limit or e.ndim == 0:
+        return format_value(e, limit), format_value(a, limit)
+    af, ef = a.astype(np.float64), e.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isclose(af, ef, atol=tol.atol, rtol=tol.rtol, equal_nan=True)
+    if not bad.any():
+        return format_value(e, limit), format_value(a, limit)
+    width = e.shape[-1] if e.ndim >= 2 else 1
+    rows = np.flatnonzero(bad.reshape(-1, width).any(axis=-1))
+    lead = e.shape[:-1] if e.ndim >= 2 else e.shape
+    shown = rows[:4]
+    views = []
+    for array in (e, a):
+        flat = array.reshape(-1, width)
+        parts = []
+        for row in shown:
+            index = tuple(int(i) for i in np.unravel_index(row, lead))
+            body = np.array2string(flat[row], precision=8, separator=", ")
+            parts.append(f"[{', '.join(map(str, index))}] {body}")
+        more = f" (+{len(rows) - len(shown)} more)" if len(rows) > len(shown) else ""
+        unit = "rows" if e.ndim >= 2 else "values"
+        views.append(
+            f"array{list(e.shape)} {array.dtype}, {len(rows)} of {flat.shape[0]} {unit} "
+            f"differ: " + "; ".join(parts) + more
+        )
+    return views[0], views[1]
+
+
+def diff_views(actual, expected, tol: Tolerance, limit: int = 64) -> tuple[str, str]:
+    """``(expected, actual)`` texts; for large outputs only the rows that differ."""
+    a, e = _output_tree(actual), to_numpy_tree(expected)
+    if isinstance(e, Mapping) and isinstance(a, Mapping) and list(a) == list(e):
+        pairs = [(k, *diff_views(a[k], e[k], tol, limit)) for k in e]
+        differ = [p for p in pairs if p[1] != p[2]] or pairs
+        same = "" if len(differ) == len(pairs) else ", other entries equal"
+        return (
+            "{" + ", ".join(f"{k!r}: {x}" for k, x, _ in differ) + same + "}",
+            "{" + ", ".join(f"{k!r}: {y}" for k, _, y in differ) + same + "}",
+        )
+    if (
+        isinstance(e, (list, tuple))
+        and isinstance(a, (list, tuple))
+        and len(a) == len(e)
+        and not isinstance(e, np.ndarray)
+    ):
+        pairs = [diff_views(x, y, tol, limit) for y, x in zip(e, a, strict=True)]
+        return (
+            "(" + ", ".join(p[0] for p in pairs) + ")",
+            "(" + ", ".join(p[1] for p in pairs) + ")",
+        )
+    if isinstance(e, (Mapping, list, tuple)) or isinstance(a, (Mapping, list, tuple)):
+        return format_value(e, limit), format_value(a, limit)
+    return _leaf_views(a, e, tol, limit)
+
+
+def _parameter_names(fn: Callable[..., Any]) -> list[str]:
+    try:
+        return [
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return []
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _as_received(value, dtype: torch.dtype):
+    """A case's values as the function received them: float arrays in ``dtype``."""
+    return _output_tree(case_to_torch(value, dtype, "cpu"))
+
+
+def format_case(case: Case, names: Sequence[str], limit: int = 64, dtype=None) -> str:
+    """``name=value, ...``; with ``dtype``, float arrays are shown in the dtype the function
+    received."""
+    args = case.args if dtype is None else _as_received(case.args, dtype)
+    kwargs = case.kwargs if dtype is None else _as_received(case.kwargs, dtype)
+    parts = []
+    for i, arg in enumerate(args):
+        name = names[i] if i < len(names) else f"arg{i}"
+        parts.append(f"{name}={format_value(arg, limit)}")
+    parts += [f"{k}={format_value(v, limit)}" for k, v in kwargs.items()]
+    return ", ".join(parts)
+
+
+def to_json_tree(value):
+    """Arrays as ``{"shape", "dtype", "data"}`` with ``data`` a nested list (NaN as null,
+    infinities as "inf"/"-inf"); containers kept; tuples as lists."""
+    if isinstance(value, torch.Tensor):
+        value = _output_tree(value)
+    if isinstance(value, np.ndarray):
+        data = value.tolist()
+        return {"shape": list(value.shape), "dtype": str(value.dtype), "data": _jsonable(data)}
+    if isinstance(value, np.generic):
+        return to_json_tree(np.asarray(value))
+    if isinstance(value, Mapping):
+        return {str(k): to_json_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_tree(v) for v in value]
+    if isinstance(value, float):
+        return _jsonable(value)
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    return repr(value)
+
+
+# ----------------------------------------------------------------------------------------
+# Checking one function on one case
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Check:
+    """Everything needed to judge one function: the entry (reference, compare,
+    tolerances), how to run the function on a case, and the course spec's extras."""
+
+    entry: OpEntry
+    run: Runner
+    names: list[str]
+    hints: tuple = ()
+    error_bound: Callable[[Case, Any, torch.dtype], Any] | None = None
+
+
+def _tolerance(entry: OpEntry, dtype: torch.dtype, fallback: Tolerance | None) -> Tolerance:
+    if dtype in entry.tolerances:
+        return entry.tolerances[dtype]
+    if fallback is not None:
+        return fallback
+    return next(iter(entry.tolerances.values()))
+
+
+def _compare_bounded(actual, expected, tol: Tolerance, bound) -> Comparison:
+    """Like :func:`compare_trees` for one array, with ``bound`` (the error model) added to
+    the allowed error of each element."""
+    a = to_numpy_tree(actual)
+    e = to_numpy_tree(expected)
+    if not isinstance(a, np.ndarray) or not isinstance(e, np.ndarray):
+        return compare_trees(actual, expected, tol)
+    if a.shape != e.shape:
+        return Comparison(
+            False,
+            math.inf,
+            math.inf,
+            f"output: shape mismatch, expected {list(e.shape)}, got {list(a.shape)}",
+        )
+    if a.size == 0:
+        return Comparison(True, 0.0, 0.0)
+    a, e = a.astype(np.float64), e.astype(np.float64)
+    extra = np.broadcast_to(np.asarray(bound, dtype=np.float64), e.shape)
+    finite = np.isfinite(a) & np.isfinite(e)
+    nan_mismatch = np.isnan(a) != np.isnan(e)
+    inf_mismatch = ~finite & ~np.isnan(a) & ~np.isnan(e) & (a != e)
+    diff = np.abs(np.where(finite, a, 0.0) - np.where(finite, e, 0.0))
+    allowed = tol.atol + tol.rtol * np.abs(np.where(finite, e, 0.0)) + np.where(finite, extra, 0)
+    bad = (finite & (diff > allowed)) | nan_mismatch | inf_mismatch
+    rel = np.where(finite & (e != 0), diff / np.where(e != 0, np.abs(e), 1.0), 0.0)
+    max_abs, max_rel = float(diff.max(initial=0.0)), float(rel.max(initial=0.0))
+    if not bad.any():
+        return Comparison(True, max_abs, max_rel)
+    where = tuple(int(i) for i in np.argwhere(bad)[0]) if e.ndim else ()
+    message = (
+        f"output: {int(bad.sum())} of {bad.size} values differ (first at index {list(where)}: "
+        f"expected {float(e[where]):.9g}, got {float(a[where]):.9g}, allowed error "
+        f"{float(allowed[where]):.3g} "
+        f"(tolerance plus the error model))"
+    )
+    return Comparison(False, max_abs, max_rel, message)
+
+
+def _soft_failures(problems, name_dtype: str, text: str, probe: str, data) -> list[Failure]:
+    return [
+        Failure(kind, message, name_dtype, text, actual=message, key=key, probe=probe, data=data)
+        for kind, key, message in problems
+    ]
+
+
+def _evaluate(
+    check: _Check,
+    case: Case,
+    dtype: torch.dtype,
+    tol: Tolerance,
+    probe: Probe | None = None,
+) -> tuple[list[Failure], float, float]:
+    """Run the function and the reference on ``case``: the failures (several when they are
+    independent: a wrong dtype and wrong values), and the errors."""
+    entry = check.entry
+    dname = _dtype_name(dtype)
+    label = probe.label if probe is not None else ""
+    ref_case = entry.reference_inputs(case, dtype)
+    text = format_case(case, check.names, dtype=dtype)
+    data: dict[str, Any] = {"input": _named_inputs(case, check.names, dtype)}
+    refused: BaseException | None = None
+    expected = None
+    if probe is not None and probe.refuse:
+        refused = ValueError("detops raises ValueError here")
+    else:
+        try:
+            expected = entry.reference(*ref_case.args, **ref_case.kwargs)
+        except Exception as exc:  # the contract refuses this input (e.g. NaN scores)
+            refused = exc
+    if expected is not None:
+        data["expected"] = expected
+    try:
+        actual, problems = check.run(case, dtype)
+    except CallFailure as failure:
+        problems = getattr(failure, "problems", [])
+        if refused is not None and failure.kind == "raised":
+            return _soft_failures(problems, dname, text, label, data), 0.0, 0.0
+        context = HintContext(case, ref_case, dtype, failure.kind, None, expected, tol)
+        main = Failure(
+            failure.kind,
+            failure.message,
+            dname,
+            text,
+            expected="" if refused else format_value(expected),
+            actual=failure.message,
+            probe=label,
+            key=failure.key,
+            context=context,
+            data=data,
+        )
+        return [main, *_soft_failures(problems, dname, text, label, data)], math.inf, math.inf
+    failures = _soft_failures(problems, dname, text, label, {**data, "actual": actual})
+    if refused is not None:
+        failures.append(
+            Failure(
+                "accepted",
+                f"detops refuses this input ({refused}), but the function returned a result",
+                dname,
+                text,
+                expected=f"raises {type(refused).__name__}",
+                actual=format_value(actual),
+                probe=label,
+                key="accepted",
+                data={**data, "actual": actual},
+            )
+        )
+        return failures, math.inf, math.inf
+    if check.error_bound is not None:
+        try:
+            bound = check.error_bound(ref_case, expected, dtype)
+        except Exception:  # pragma: no cover - an error model must never break the report
+            bound = 0.0
+        result = _compare_bounded(actual, expected, tol, bound)
+    else:
+        result = entry.compare(actual, expected, tol)
+    if not result.ok:
+        context = HintContext(case, ref_case, dtype, "mismatch", actual, expected, tol)
+        try:
+            expected_text, actual_text = diff_views(actual, expected, tol)
+        except Exception:  # a view is a convenience; never let it break the report
+            expected_text, actual_text = format_value(expected), format_value(actual)
+        failures.insert(
+            0,
+            Failure(
+                "mismatch",
+                "the output differs from the reference",
+                dname,
+                text,
+                expected=expected_text,
+                actual=actual_text,
+                detail=result.message,
+                probe=label,
+                key="mismatch",
+                context=context,
+                data={**data, "actual": actual},
+            ),
+        )
+    return failures, result.max_abs_error, result.max_rel_error
+
+
+def _named_inputs(case: Case, names: Sequence[str], dtype: torch.dtype) -> dict[str, Any]:
+    args = _as_received(case.args, dtype)
+    kwargs = _as_received(case.kwargs, dtype)
+    named = {names[i] if i < len(names) else f"arg{i}": a for i, a in enumerate(args)}
+    named.update(kwargs)
+    return named
+
+
+def _refuted(hint, passed: Sequence[HintContext]) -> bool:
+    if hint.refuted_by is None:
+        return False
+    for context in passed:
+        try:
+            if hint.refuted_by(context):
+                return True
+        except Exception:  # a hint detector must never break the report
+            continue
+    return False
+
+
+def _add_hints(failure: Failure, hints, passed: Sequence[HintContext] = ()) -> None:
+    """The known mistakes whose re-run reproduces the function's output on this input (at
+    most two; hints are ordered from single mistakes to combinations) and that no input the
+    function got right refutes."""
+    context = failure.context
+    if context is None:
+        return
+    for hint in hints:
+        try:
+            found = hint.matches(context)
+        except Exception:  # a hint detector must never break the report
+            continue
+        if found and not _refuted(hint, passed):
+            failure.hints.append(hint.text)
+            if hint.short:
+                failure.tags.append(hint.short)
+            if len(failure.hints) == 2:
+                break
+
+
+class _Found(Exception):
+    pass
+
+
+class _Stop(BaseException):
+    """Ends the search at once: hypothesis lets BaseExceptions (like KeyboardInterrupt)
+    through instead of treating them as a new failure to shrink."""
+
+
+def _search(
+    check: _Check,
+    strategy,
+    dtype: torch.dtype,
+    examples: int,
+    seed: int,
+    shrink: tuple[float, int],
+    ignore: frozenset[str] = frozenset(),
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[list[Failure], int, float, float, str]:
+    """Hypothesis search with shrinking. Returns (failures, cases, max abs, max rel, error).
+
+    Failures whose key is in ``ignore`` (found by an earlier search) count as passes.
+    Shrinking keeps the key of the first failure and stops after ``shrink = (seconds,
+    draws)``, whichever comes first; the draw count keeps the result reproducible for a
+    seed, the time limit bounds slow draws (a hang gets three more time limits)."""
+    tol = _tolerance(check.entry, dtype, None)
+    shrink_seconds, shrink_draws = shrink
+    state: dict[str, Any] = {
+        "cases": 0,
+        "abs": 0.0,
+        "rel": 0.0,
+        "last": None,
+        "key": None,
+        "stop": None,
+        "draws": 0,
+        "slowest": 0.0,
+        "first": None,
+    }
+
+    def exhausted() -> bool:
+        return state["stop"] is not None and (
+            time.monotonic() > state["stop"] or state["draws"] > shrink_draws
+        )
+
+    def tick(case):
+        # Shrinking also spends time drawing candidates that never reach ``run``: count and
+        # check the budget on every drawn case.
+        if state["stop"] is not None:
+            state["draws"] += 1
+        if exhausted():
+            raise _Stop()
+        return case
+
+    @hypothesis.seed(seed)
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+        suppress_health_check=list(HealthCheck),
+        report_multiple_bugs=False,
+        verbosity=Verbosity.quiet,
+        print_blob=False,
+    )
+    @given(case=strategy.map(tick))
+    def run(case):
+        if exhausted():
+            raise _Stop()
+        began = time.monotonic()
+        failures, max_abs, max_rel = _evaluate(check, case, dtype, tol)
+        if not failures and state["stop"] is None:
+            state["slowest"] = max(state["slowest"], time.monotonic() - began)
+        failures = [f for f in failures if f.key not in ignore]
+        if state["key"] is not None and not any(f.key == state["key"] for f in failures):
+            failures = []
+        if state["stop"] is None:  # count cases up to the first failure, not the shrinking
+            state["cases"] += 1
+        if not failures:
+            if state["stop"] is None:
+                state["abs"] = max(state["abs"], max_abs)
+                state["rel"] = max(state["rel"], max_rel)
+            return
+        state["last"] = failures
+        if state["stop"] is None:
+            state["key"] = failures[0].key
+            state["first"] = (case, failures)
+            budget = shrink_seconds
+            if state["key"] == "timeout" and hasattr(check.run, "timeout"):
+                # Shrink a hang with a shorter limit (far above the slowest passing call),
+                # then confirm the smallest hanging input with the full limit.
+                short = min(timeout, max(0.25, 20 * state["slowest"]))
+                check.run.timeout = short
+                budget += 40 * short
+            state["stop"] = time.monotonic() + budget
+        state["case"] = case
+        raise _Found(failures)
+
+    error = ""
+    try:
+        run()
+    except _Found as found:
+        state["last"] = found.args[0]
+    except _Stop:
+        pass
+    except BaseException as exc:  # Flaky, Unsatisfiable, a harness bug: report, never crash
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        if state["last"] is None and "Unsatisfiable" not in type(exc).__name__:
+            error = f"the check could not run: {_exception_line(exc)}"
+    finally:
+        if hasattr(check.run, "timeout"):
+            check.run.timeout = timeout
+    if state["key"] == "timeout" and state.get("case") is not state["first"][0]:
+        confirmed, _, _ = _evaluate(check, state["case"], dtype, tol)
+        if any(f.key == "timeout" for f in confirmed):
+            state["last"] = [f for f in confirmed if f.key not in ignore]
+        else:  # only slow under the shorter limit: report the input found first
+            state["last"] = state["first"][1]
+    return state["last"] or [], state["cases"], state["abs"], state["rel"], error
+
+
+def _dedupe(failures: list[Failure]) -> list[Failure]:
+    kept: list[Failure] = []
+    for failure in failures:
+        twin = next(
+            (
+                k
+                for k in kept
+                if k.key == failure.key
+                and k.shared == failure.shared
+                and (
+                    (k.reason == failure.reason and k.kind != "mismatch")
+                    or (k.hints and k.hints[:1] == failure.hints[:1])
+                )
+            ),
+            None,
+        )
+        if twin is None:
+            kept.append(failure)
+        else:
+            twin.also.append(
+                f"probe '{failure.probe}'" if failure.probe else f"{failure.dtype} cases"
+            )
+    return kept
+
+
+def _prefer_consistent_hints(failures: list[Failure]) -> None:
+    """Where several mistakes reproduce one failure (on a square feature map, x from the
+    row index and a transposed order give the same output), keep those that are the only
+    explanation of another failure of the same function."""
+    unique = {f.hints[0] for f in failures if len(f.hints) == 1}
+    for failure in failures:
+        if len(failure.hints) > 1:
+            keep = [i for i, hint in enumerate(failure.hints) if hint in unique]
+            if keep:
+                failure.hints = [failure.hints[i] for i in keep]
+                failure.tags = [t for i, t in enumerate(failure.tags) if i in keep]
+
+
+# A departure probe that fails the way the shared contract already fails (a crash, a wrong
+# dtype, ...) says nothing new.
+_GENERIC_KEYS = frozenset({"raised", "timeout", "mutated", "output", "dtype", "device", "type"})
+
+
+def _drop_explained_departures(failures: list[Failure]) -> list[Failure]:
+    failing = {f.key for f in failures if f.shared}
+    return [f for f in failures if f.shared or not (f.key in failing and f.key in _GENERIC_KEYS)]
+
+
+def _in_contract(entry: OpEntry, spec: SeedSpec | None, dtype: torch.dtype):
+    """A filter keeping the cases inside the shared contract (all cases without a spec)."""
+    if spec is None or spec.domain is None:
+        return None
+    domain = spec.domain
+
+    def inside(case: Case) -> bool:
+        try:
+            return domain(entry.reference_inputs(case, dtype), dtype) is None
+        except Exception:  # a case the domain cannot read is not one the course makes
+            return False
+
+    return inside
+
+
+def _run_function(
+    name: str,
+    check: _Check,
+    strategy_for: Callable[[], Any],
+    dtypes: Sequence[torch.dtype],
+    spec: SeedSpec | None,
+    probe_check: _Check | None,
+    examples: int,
+    seed: int,
+    shrink: tuple[float, int],
+    timeout: float,
+    departures: bool,
+) -> FunctionReport:
+    """Probes (through ``probe_check``, course-shaped cases), then hypothesis search per
+    dtype (through ``check``, registry-shaped cases inside the shared contract). With
+    ``departures`` False (registry mode) every failure is a FAIL and no case is filtered."""
+    report = FunctionReport(name, "PASS", dtypes=[_dtype_name(d) for d in dtypes])
+    start = time.monotonic()
+    failures: list[Failure] = []
+    probe_failures: list[Failure] = []
+    passed: list[HintContext] = []
+    probes = spec.probes if spec is not None else ()
+    if probe_check is not None:
+        for probe in probes:
+            tol = _tolerance(check.entry, probe.dtype, probe.tolerance)
+            try:
+                case = probe.case()
+            except Exception as exc:  # pragma: no cover - probes are static data
+                report.note = f"probe '{probe.label}' could not be built: {exc}"
+                continue
+            found, _, _ = _evaluate(probe_check, case, probe.dtype, tol, probe=probe)
+            shared = probe.shared or not departures
+            for failure in found:
+                failure.shared = shared
+                if not shared:
+                    failure.departure = probe.departure
+                    failure.departure_tag = probe.tag
+            verdict = "PASS" if not found else ("FAIL" if shared else "DEPARTS")
+            report.probes.append(
+                ProbeResult(probe.label, _dtype_name(probe.dtype), verdict, probe.shared)
+            )
+            probe_failures += found
+            if not found and check.hints and not probe.refuse:
+                ref_case = check.entry.reference_inputs(case, probe.dtype)
+                try:
+                    expected = check.entry.reference(*ref_case.args, **ref_case.kwargs)
+                except Exception:
+                    continue
+                passed.append(
+                    HintContext(case, ref_case, probe.dtype, "pass", expected, expected, tol)
+                )
+        for failure in probe_failures:
+            _add_hints(failure, probe_check.hints, passed)
+    # Then generated cases, shrunk to the smallest failing input; again with the kinds found
+    # set aside, so that independent failures are all reported.
+    ignore: set[str] = set()
+    generated: list[Failure] = []
+    for dtype in dtypes:
+        inside = _in_contract(check.entry, spec, dtype) if departures else None
+        for _ in range(MAX_ROUNDS):
+            strategy = strategy_for()
+            if inside is not None:
+                strategy = strategy.filter(inside)
+            found, cases, max_abs, max_rel, error = _search(
+                check, strategy, dtype, examples, seed, shrink, frozenset(ignore), timeout
+            )
+            report.cases += cases
+            report.max_abs_error = max(report.max_abs_error, max_abs)
+            report.max_rel_error = max(report.max_rel_error, max_rel)
+            if error:
+                report.verdict = "ERROR"
+                report.note = error
+            if not found:
+                break
+            for failure in found:
+                _add_hints(failure, check.hints, passed if check.hints else ())
+            generated += found
+            ignore |= {f.key for f in found}
+            if "timeout" in ignore:
+                break
+        if "timeout" in ignore:  # every further case could cost a time limit
+            break
+    failures = generated + probe_failures
+    _prefer_consistent_hints(failures)
+    report.failures = _dedupe(_drop_explained_departures(failures))
+    if any(f.shared for f in report.failures):
+        report.verdict = "FAIL"
+    elif report.failures and report.verdict == "PASS":
+        report.verdict = "DEPARTS"
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def _entries_by_name() -> dict[str, OpEntry]:
+    return {entry.name: entry for entry in REGISTRY}
+
+
+def _specs_by_entry() -> dict[str, SeedSpec]:
+    return {spec.entry_name: spec for spec in SEED_SPECS}
+
+
+def _user_strategy(entry: OpEntry, spec: SeedSpec):
+    strategy = entry.strategy()
+    if spec.prepare is None:
+        return strategy
+    return strategy.map(spec.prepare).filter(lambda case: case is not None)
+
+
+def _verify_registry(
+    names: Sequence[str] | None,
+    examples: int,
+    seed: int,
+    timeout: float,
+    device: str,
+    shrink: tuple[float, int],
+    progress: Callable[[FunctionReport], None] | None,
+) -> list[FunctionReport]:
+    entries = list(REGISTRY)
+    if names:
+        known = _entries_by_name()
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise TargetError(f"--op: no registry entry named {unknown}; known: {sorted(known)}")
+        entries = [known[n] for n in names]
+    specs = _specs_by_entry()
+    reports = []
+    for entry in entries:
+        if torch.device(device).type == "cuda" and not entry.cuda:
+            report = FunctionReport(entry.name, "SKIPPED", note="no CUDA path")
+        else:
+            guard = GuardedCall(entry.run_op, entry.name, timeout)
+            runner = InProcessRunner(lambda case, dtype, g=guard: g(case, dtype, device))
+            check = _Check(entry, runner, _parameter_names(entry.reference))
+            spec = specs.get(entry.name)
+            probe_check = None
+            if spec is not None:
+                op_guard = GuardedCall(entry.op, entry.name, timeout)
+                probe_runner = InProcessRunner(
+                    lambda case, dtype, spec=spec, g=op_guard: spec.call(g, case, dtype, device)
+                )
+                probe_check = _Check(entry, probe_runner, check.names, spec.hints)
+            report = _run_function(
+                entry.name,
+                check,
+                entry.strategy,
+                entry.dtypes,
+                spec,
+                probe_check,
+                examples,
+                seed,
+                shrink,
+                timeout,
+                departures=False,
+            )
+            report.origin = f"{entry.op.__module__}.{entry.op.__name__}"
+        reports.append(report)
+        if progress is not None:
+            progress(report)
+    return reports
+
+
+def _verify_functions(
+    target: Target,
+    names: Sequence[str] | None,
+    examples: int,
+    seed: int,
+    timeout: float,
+    device: str,
+    shrink: tuple[float, int],
+    dtypes: Sequence[torch.dtype] | None,
+    progress: Callable[[FunctionReport], None] | None,
+) -> list[FunctionReport]:
+    assert target.functions is not None
+    wanted = list(target.names)
+    if names:
+        unknown = [n for n in names if n not in SEED_NAMES]
+        if unknown:
+            raise TargetError(
+                f"--op: {unknown} is not a course function; known: {list(SEED_NAMES)}"
+            )
+        wanted = [n for n in wanted if n in names]
+    entries = _entries_by_name()
+    specs = {spec.name: spec for spec in SEED_SPECS}
+    reports = []
+    for name in wanted:
+        fn = target.functions.get(name)
+        spec = specs[name]
+        entry = entries.get(spec.entry_name)
+        if fn is None:
+            report = FunctionReport(name, "MISSING", note="not defined by the target")
+        elif entry is None:
+            report = FunctionReport(
+                name,
+                "SKIPPED",
+                origin=target.origins.get(name, ""),
+                note=f"no registry entry {spec.entry_name!r} in this detops version",
+            )
+        else:
+            report = _verify_one(
+                name, fn, spec, entry, examples, seed, timeout, device, shrink, dtypes
+            )
+            report.origin = target.origins.get(name, "")
+        reports.append(report)
+        if progress is not None:
+            progress(report)
+    return reports
+
+
+def _verify_one(name, fn, spec, entry, examples, seed, timeout, device, shrink, dtypes):
+    def run(case, dtype, spec=spec):
+        return spec.call(_DirectCall(fn, name, timeout), case, dtype, device)
+
+    if ForkedRunner.available() and torch.device(device).type == "cpu":
+        runner: Any = ForkedRunner(run, name, timeout)
+    else:  # pragma: no cover - no fork (Windows), or CUDA (which a forked child cannot
+        # initialize once the parent has): a thread, which a hang poisons
+        guard = GuardedCall(fn, name, timeout)
+        runner = InProcessRunner(lambda case, dtype: spec.call(guard, case, dtype, device))
+    try:
+        check = _Check(
+            entry, runner, _parameter_names(entry.reference), spec.hints, spec.error_bound
+        )
+        wanted_dtypes = USER_DTYPES if dtypes is None else tuple(dtypes)
+        run_dtypes = [d for d in wanted_dtypes if d in entry.tolerances] or list(entry.dtypes)[:1]
+        return _run_function(
+            name,
+            check,
+            lambda: _user_strategy(entry, spec),
+            run_dtypes,
+            spec,
+            check,
+            examples,
+            seed,
+            shrink,
+            timeout,
+            departures=True,
+        )
+    finally:
+        runner.close()
+
+
+def verify(
+    target: Target,
+    *,
+    names: Sequence[str] | None = None,
+    examples: int = DEFAULT_EXAMPLES,
+    seed: int = 0,
+    timeout: float = DEFAULT_TIMEOUT,
+    device: str = "cpu",
+    shrink_seconds: float = SHRINK_SECONDS,
+    shrink_draws: int = SHRINK_DRAWS,
+    dtypes: Sequence[torch.dtype] | None = None,
+    progress: Callable[[FunctionReport], None] | None = None,
+) -> VerifyReport:
+    """Check ``target`` and return the report (nothing is printed).
+
+    Args:
+        target: from :func:`load_target`.
+        names: only these functions (registry entry names, or course function names for a
+            target with functions).
+        examples: generated cases per function and dtype.
+        seed: hypothesis seed; the same seed gives the same cases.
+        timeout: per-call time limit in seconds for the function under test.
+        device: where the inputs live.
+        shrink_seconds, shrink_draws: shrinking after a failure (per search) stops after
+            this many seconds or drawn candidates, whichever comes first.
+        dtypes: dtypes of the generated cases for a target with functions (default
+            float32 and float64, where the registry entry has tolerances for them).
+        progress: called with each function's report as soon as it is done.
+    """
+    from ..bench.timing import environment_info
+
+    start = time.monotonic()
+    shrink = (shrink_seconds, shrink_draws)
+    if target.functions is None:
+        mode = "registry"
+        functions = _verify_registry(names, examples, seed, timeout, device, shrink, progress)
+    else:
+        mode = "functions"
+        functions = _verify_functions(
+            target, names, examples, seed, timeout, device, shrink, dtypes, progress
+        )
+    return VerifyReport(
+        target=target.label,
+        mode=mode,
+        examples=examples,
+        seed=seed,
+        timeout=timeout,
+        device=device,
+        functions=functions,
+        seconds=time.monotonic() - start,
+        environment=environment_info(device),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------
+
+
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def progress_line(report: FunctionReport) -> str:
+    """One line per function, for stderr while verify runs."""
+    extra = f": {_shorten(report.summary, 70)}" if report.summary else ""
+    cases = f", {report.cases} cases" if report.cases else ""
+    return f"verify {report.name}: {report.verdict}{extra} ({report.seconds:.1f} s{cases})"
+
+
+def format_table(report: VerifyReport, summary_width: int = 90) -> str:
+    rows = [("function", "verdict", "cases", "probes", "max abs err", "notes")]
+    for f in report.functions:
+        probes = ""
+        if f.probes:
+            ok = sum(p.verdict == "PASS" for p in f.probes)
+            probes = f"{ok}/{len(f.probes)}"
+        cases = str(f.cases) if f.verdict not in ("MISSING", "SKIPPED") else ""
+        err = ""
+        if f.verdict in ("PASS", "DEPARTS") and f.cases:
+            err = "-" if not math.isfinite(f.max_abs_error) else f"{f.max_abs_error:.3g}"
+        rows.append((f.name, f.verdict, cases, probes, err, _shorten(f.summary, summary_width)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = []
+    for i, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [row[2].rjust(widths[2]), row[3].rjust(widths[3]), row[4].rjust(widths[4])]
+        lines.append("  ".join(cells + [row[5]]).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 5)
+    return "\n".join(lines)
+
+
+def format_report(report: VerifyReport, strict: bool = False) -> str:
+    """The full text report: header, table, every FAIL and departure, verdict line."""
+    if report.mode == "registry":
+        header = (
+            f"  detops' registry; {report.examples} generated cases per dtype, seed "
+            f"{report.seed}, per-call time limit {report.timeout:g} s, device {report.device}"
+        )
+    else:
+        header = (
+            f"  functions with the course code's signatures; {report.examples} generated "
+            f"cases per dtype inside the shared contract, seed {report.seed}, per-call time "
+            f"limit {report.timeout:g} s, device {report.device}"
+        )
+    lines = [f"detops verify: {report.target}", header, "", format_table(report)]
+    for f in report.functions:
+        if f.verdict == "ERROR" and not f.failures:
+            lines += ["", f"ERROR {f.name}: {f.note}"]
+        ordered = [x for x in f.failures if x.shared] + f.departures
+        for failure in ordered:
+            where = f"probe '{failure.probe}'" if failure.probe else "generated case (shrunk)"
+            lines += [
+                "",
+                f"{failure.verdict} {f.name} [{failure.dtype}, {where}]: {failure.reason}",
+            ]
+            if f.origin:
+                lines.append(f"  function: {f.origin}")
+            lines.append(f"  input:    {failure.input}")
+            if failure.expected:
+                lines.append(f"  expected: {failure.expected}")
+            if failure.actual and failure.actual != failure.reason:
+                lines.append(f"  actual:   {failure.actual}")
+            if failure.detail:
+                detail = failure.detail.splitlines()[0]
+                lines.append(f"  detail:   {_shorten(detail, 400)}")
+            if failure.departure:
+                lines.append(f"  detops:   {failure.departure}")
+            for hint in failure.hints:
+                lines.append(f"  hint:     {hint}")
+            if failure.also:
+                lines.append(f"  also on:  {', '.join(failure.also)}")
+    checked = report.checked
+    counts = {v: sum(f.verdict == v for f in checked) for v in ("PASS", "DEPARTS", "FAIL")}
+    missing = sum(f.verdict == "MISSING" for f in report.functions)
+    skipped = sum(f.verdict == "SKIPPED" for f in report.functions)
+    ok = report.passed_strict if strict else report.passed
+    parts = [f"{counts['PASS']} pass"]
+    if counts["DEPARTS"]:
+        parts.append(f"{counts['DEPARTS']} depart from detops")
+    parts.append(f"{counts['FAIL']} fail")
+    others = len(checked) - sum(counts.values())
+    if others:
+        parts.append(f"{others} could not be checked")
+    if missing:
+        parts.append(f"{missing} missing")
+    if skipped:
+        parts.append(f"{skipped} skipped")
+    rule = " (--strict: departures fail too)" if strict and counts["DEPARTS"] else ""
+    lines += [
+        "",
+        f"{'PASS' if ok else 'FAIL'}: {', '.join(parts)} of {len(report.functions)} functions"
+        f"{rule} in {report.seconds:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _as_dict(value):
+    if is_dataclass(value) and not isinstance(value, type):
+        out = {
+            f.name: _as_dict(getattr(value, f.name))
+            for f in fields(value)
+            if f.name not in ("context", "data")
+        }
+        if isinstance(value, Failure):
+            out["verdict"] = value.verdict
+            out["data"] = {k: to_json_tree(v) for k, v in value.data.items()}
+        return out
+    if isinstance(value, list):
+        return [_as_dict(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_dict(v) for k, v in value.items()}
+    return value
+
+
+def report_to_dict(report: VerifyReport) -> dict:
+    """The report as JSON-ready data; each failure's ``data`` holds its input (by argument
+    name), expected and actual output as arrays ``{"shape", "dtype", "data"}``."""
+    data = _as_dict(report)
+    for f_data, f in zip(data["functions"], report.functions, strict=True):
+        f_data["summary"] = f.summary
+    data["passed"] = report.passed
+    data["passed_strict"] = report.passed_strict
+    data["checked"] = len(report.checked)
+    return _jsonable(data)
+
+
+def report_to_json(report: VerifyReport) -> str:
+    return json.dumps(report_to_dict(report), indent=2) + "\n"
