@@ -384,6 +384,13 @@ class TrainResult:
     loss_curve_path: Path | None = None
 
 
+def _set_sampler_epoch(loader: Iterable, epoch: int) -> None:
+    """A ``DistributedSampler`` shuffles by seed and epoch: tell it the epoch."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
 class _BatchStream:
     """Endless batches from ``loader``, epoch after epoch, with a resumable position.
 
@@ -400,6 +407,7 @@ class _BatchStream:
         self._iterator: Iterator | None = None
 
     def _start_epoch(self) -> None:
+        _set_sampler_epoch(self.loader, self.epoch)
         self.epoch_rng = {
             "global": capture_rng_state(),
             "loader": [g.get_state() for g in _loader_generators(self.loader)],
@@ -442,11 +450,25 @@ class _BatchStream:
         for generator, saved in zip(generators, state["epoch_rng"]["loader"], strict=False):
             generator.set_state(saved)
         self.epoch_rng = state["epoch_rng"]
+        _set_sampler_epoch(self.loader, self.epoch)
         self._iterator = iter(self.loader)
         self.batches_into_epoch = 0
         for _ in range(int(state["batches_into_epoch"])):
             next(self._iterator)
             self.batches_into_epoch += 1
+
+
+def _loss_values(losses: Mapping[str, Tensor], total: Tensor, world: int) -> dict[str, float]:
+    """The float losses and ``"total"``; under torch.distributed their mean over the ranks
+    (one all_reduce), so every rank logs, checks and records the same figures."""
+    stacked = torch.stack([loss.detach() for loss in losses.values()] + [total.detach()])
+    if world > 1:
+        import torch.distributed as dist
+
+        stacked = stacked.to(torch.float64)
+        dist.all_reduce(stacked)
+        stacked /= world
+    return dict(zip([*losses, "total"], stacked.tolist(), strict=True))
 
 
 def _make_scheduler(
@@ -546,9 +568,13 @@ def train_detector(
         raise ValueError(f"train_detector: clip_grad_norm must be > 0, got {clip_grad_norm!r}")
     from tqdm.auto import tqdm
 
+    from .distributed import is_distributed, rank, world_size
+
     started = time.perf_counter()
     device = torch.device(device) if device is not None else _module_device(model)
     model.to(device)
+    distributed = is_distributed()
+    main_process = rank() == 0
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     scheduler = _make_scheduler(
@@ -578,8 +604,15 @@ def train_detector(
         stream.restore(state["loader"])
         restore_rng_state(state["rng"])
 
+    # Under torch.distributed: DistributedDataParallel (it broadcasts rank 0's weights), and
+    # only rank 0 writes files and shows progress. Every rank loads a resumed checkpoint.
+    net = model
+    if distributed and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        ids = [device.index or 0] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
     def write_checkpoint(iteration: int) -> None:
-        if checkpoint_path is None:
+        if checkpoint_path is None or not main_process:
             return
         save_checkpoint(
             checkpoint_path,
@@ -601,7 +634,11 @@ def train_detector(
     model.train()
     running: dict[str, float] = {}
     bar = tqdm(
-        total=iterations, initial=start, disable=not progress, dynamic_ncols=True, desc="train"
+        total=iterations,
+        initial=start,
+        disable=not (progress and main_process),
+        dynamic_ncols=True,
+        desc="train",
     )
     iteration = start
     stepping = False  # True from the optimizer step until its iteration is fully recorded
@@ -610,10 +647,9 @@ def train_detector(
             images, gt_boxes = split_batch(stream.next())
             images = images.to(device, non_blocking=True)
             gt_boxes = gt_boxes.to(device, non_blocking=True)
-            losses = model(images, gt_boxes)
+            losses = net(images, gt_boxes)
             total = sum(losses.values())
-            values = {name: float(loss.detach()) for name, loss in losses.items()}
-            values["total"] = float(total.detach())
+            values = _loss_values(losses, total, world_size() if distributed else 1)
             if not all(math.isfinite(v) for v in values.values()):  # before it reaches weights
                 raise FloatingPointError(
                     f"train_detector: non-finite loss at iteration {iteration + 1}: {values}. "
@@ -654,7 +690,7 @@ def train_detector(
         write_checkpoint(iteration)
 
     curve = None
-    if loss_curve_path is not None:
+    if loss_curve_path is not None and main_process:
         note = None
         if hasattr(model, "loss_normalizer"):
             note = (
@@ -735,13 +771,24 @@ def evaluate_detector(
 ) -> dict[str, Tensor]:
     """mAP of an eval-mode detector over ``loader``.
 
-    See :func:`detops.metrics.mean_average_precision`.
+    See :func:`detops.metrics.mean_average_precision`. Under torch.distributed with a
+    ``DistributedSampler`` (``shuffle=False``) in ``loader``, each rank predicts its shard
+    and the predictions are gathered in dataset order (:func:`detops.distributed.
+    gather_in_order`), so every rank returns the single-process figures.
 
     Returns the metric's dict (``map``, ``ap_per_class``, ``map_per_threshold``).
     """
+    from torch.utils.data import DistributedSampler
+
+    from .distributed import gather_in_order, is_distributed
     from .metrics import mean_average_precision
 
     detections, ground_truths = predict_detections(
         model, loader, score_thresh=score_thresh, nms_thresh=nms_thresh, device=device
     )
+    sampler = getattr(loader, "sampler", None)
+    if is_distributed() and isinstance(sampler, DistributedSampler):
+        indices = list(sampler)
+        detections = gather_in_order(detections, indices)
+        ground_truths = gather_in_order(ground_truths, indices)
     return mean_average_precision(detections, ground_truths, num_classes, iou_threshold)

@@ -128,9 +128,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_ranks(tmp_path: Path, world: int = 2, timeout: float = 150.0) -> dict:
+def run_ranks(tmp_path: Path, worker: str = WORKER, world: int = 2, timeout: float = 150.0) -> dict:
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(worker)
     port = free_port()
     processes = []
     for rank in range(world):
@@ -248,3 +248,88 @@ def test_positives_per_image_replaces_the_local_count_in_fcos_loss():
     assert float(other["loss_cls"]) < float(local["loss_cls"])
     with pytest.raises(ValueError, match="fcos_loss: positives_per_image must be a 0-d"):
         detops.fcos_loss(cls, box, ctr, matched, deltas, 10.0, positives_per_image=torch.ones(2))
+
+
+TRAIN_WORKER = SETUP + textwrap.dedent(
+    """
+    import json, sys
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    from detops.training import train_detector
+
+    out_dir = sys.argv[1]
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model = make_model()
+    images, gt = make_data(8)
+    dataset = TensorDataset(images, gt)
+    loader = DataLoader(dataset, batch_size=2, sampler=DistributedSampler(dataset, seed=0))
+    result = train_detector(
+        model,
+        loader,
+        iterations=5,
+        lr=0.01,
+        checkpoint_path=f"{out_dir}/checkpoint.pt",
+        checkpoint_every=2,
+        loss_curve_path=f"{out_dir}/loss_curve_rank{rank}.png",
+        progress=False,
+    )
+    with open(f"{out_dir}/history_rank{rank}.json", "w") as handle:
+        json.dump(result.history, handle)
+    if rank == 0:
+        torch.save({"state": model.state_dict()}, f"{out_dir}/rank0.pt")
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_train_detector_under_ddp_logs_global_losses_and_only_rank_0_writes(tmp_path):
+    import json
+
+    from detops.training import load_checkpoint
+
+    ranks = run_ranks(tmp_path, TRAIN_WORKER)
+    histories = [json.loads((tmp_path / f"history_rank{r}.json").read_text()) for r in (0, 1)]
+    assert histories[0] == histories[1], "every rank records the mean over ranks"
+    assert len(histories[0]["total"]) == 5
+    assert (tmp_path / "loss_curve_rank0.png").exists()
+    assert not (tmp_path / "loss_curve_rank1.png").exists()
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["iteration"] == 5
+    for name, value in checkpoint["model"].items():  # rank 0's weights, not DDP-prefixed
+        torch.testing.assert_close(value, ranks["state"][name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_torchrun_train_command_trains_on_two_processes(tmp_path):
+    import json
+
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        f"--master-port={free_port()}",
+        "-m",
+        "detops",
+        "train",
+        "--data=synthetic",
+        f"--data-dir={tmp_path / 'data'}",
+        "--num-train=16",
+        "--num-val=6",
+        "--image-size=64",
+        "--batch-size=4",
+        "--iterations=3",
+        f"--output-dir={tmp_path / 'run'}",
+        "--no-progress",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("detops train: 16 train / 6 val images") == 1, "rank 0 only"
+    assert "4 per process" in done.stdout and "2 processes" in done.stdout
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert report["iterations"] == 3
+    assert (tmp_path / "run" / "checkpoint.pt").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shlex
 import sys
@@ -365,6 +366,10 @@ def _datasets(args: argparse.Namespace, class_names: tuple[str, ...]):
     )
 
 
+def _silent(*args, **kwargs) -> None:
+    """print for ranks other than 0."""
+
+
 def _smoothed(values: Sequence[float], momentum: float = 0.9) -> float:
     """The running average the progress bar shows: ``r = 0.9 r + 0.1 x`` from the first."""
     running = values[0]
@@ -375,7 +380,25 @@ def _smoothed(values: Sequence[float], momentum: float = 0.9) -> float:
 
 def run_train(args: argparse.Namespace) -> int:
     _check_args(args)  # usage errors first: nothing is imported or written before them
+    # Under torchrun (WORLD_SIZE > 1): one process per rank, DistributedDataParallel.
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _train(args, rank=0, world=1)
+    import torch
+    import torch.distributed as dist
 
+    use_cuda = resolve_device(args.device).type == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        return _train(args, rank=dist.get_rank(), world=dist.get_world_size())
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
+    """Train, evaluate and report; with ``world > 1`` in an initialized process group,
+    where only rank 0 prints and writes files."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -389,7 +412,10 @@ def run_train(args: argparse.Namespace) -> int:
         train_detector,
     )
 
+    main = rank == 0
     device = resolve_device(args.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # an application may set process-wide state
     output = Path(args.output_dir)
@@ -406,27 +432,43 @@ def run_train(args: argparse.Namespace) -> int:
         "center_sampling_radius": args.center_sampling_radius,
     }
     resume_from = _check_resume(checkpoint, args, model_config)
-    seed_everything(args.seed, deterministic=args.deterministic)
+    seed_everything(args.seed + rank, deterministic=args.deterministic)  # per-rank streams
+    if world > 1:  # rank 0 writes the synthetic set (once); the others then read it
+        if main:
+            _datasets(args, class_names)
+        torch.distributed.barrier()
     train_set, val_set = _datasets(args, class_names)
     output.mkdir(parents=True, exist_ok=True)
     model = FCOS(**model_config, backbone_weights=args.backbone_weights).to(device)
+    train_sampler = val_sampler = None
+    if world > 1:
+        from torch.utils.data import DistributedSampler
+
+        # Each rank takes batch_size images of a shard; reshuffled per epoch (train_detector
+        # calls set_epoch). Evaluation shards in order; the predictions are gathered.
+        train_sampler = DistributedSampler(train_set, seed=args.seed, drop_last=True)
+        val_sampler = DistributedSampler(val_set, shuffle=False)
     loader = DataLoader(
         train_set,
         batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=len(train_set) >= args.batch_size,
+        shuffle=train_sampler is None,
+        sampler=train_sampler,
+        drop_last=len(train_set) >= args.batch_size * world,
         num_workers=args.workers,
         generator=torch.Generator().manual_seed(args.seed),
         pin_memory=device.type == "cuda",
     )
-    print(
+    say = print if main else _silent
+    world_note = f", {world} processes" if world > 1 else ""
+    say(
         f"detops train: {len(train_set)} train / {len(val_set)} val images of "
         f"{args.image_size} px, {len(class_names)} classes, {args.iterations} iterations of "
-        f"{args.batch_size} on {device} ({torch.get_num_threads()} threads)",
+        f"{args.batch_size}{' per process' if world > 1 else ''} on {device} "
+        f"({torch.get_num_threads()} threads{world_note})",
         flush=True,
     )
     if resume_from:
-        print(
+        say(
             f"detops train: resuming from iteration {resume_from} of {args.iterations} "
             f"({checkpoint}; --no-resume starts over)",
             flush=True,
@@ -463,14 +505,16 @@ def run_train(args: argparse.Namespace) -> int:
             if saved
             else "no checkpoint written yet"
         )
-        print(
+        say(
             f"\ndetops train: interrupted; {where}; resume with: {resume_command(argv)}",
             file=sys.stderr,
             flush=True,
         )
         return 130
     trained = time.perf_counter()
-    val_loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
+    val_loader = DataLoader(
+        val_set, batch_size=args.batch_size, sampler=val_sampler, num_workers=args.workers
+    )
     metrics = evaluate_detector(
         model,
         val_loader,
@@ -479,6 +523,8 @@ def run_train(args: argparse.Namespace) -> int:
         nms_thresh=args.nms_thresh,
         device=device,
     )
+    if not main:
+        return 0
     grid = save_validation_grid(
         model,
         val_set,
