@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import reference.metrics as ref
@@ -89,14 +89,33 @@ def test_hand_example_matches_reference():
     assert expected["map"] == pytest.approx(5 / 18, abs=1e-12)
 
 
-def test_tied_scores_enter_together():
-    # One GT; a TP and a duplicate FP with the same score. They form one curve point:
-    # R = 1, P = 1/2, so AP = 1/2 whichever order they come in (the VOC devkit gives 1 or
-    # 1/2 depending on its sort).
-    ground = [gt([[0, 0, 10, 10]], [0])]
-    for boxes in ([[0, 0, 10, 10], [0, 0, 9, 9]], [[0, 0, 9, 9], [0, 0, 10, 10]]):
-        out = mean_average_precision([det(boxes, [0, 0], [0.5, 0.5])], ground, 1)
-        assert out["map"].item() == pytest.approx(0.5, abs=1e-12)
+def test_tied_scores_keep_input_order():
+    # The VOC devkit sorts with a stable sort: tied detections are taken in input order
+    # (image, then row), each its own curve point. Two GT; scores 0.9 (hit), 0.9 (miss),
+    # 0.8 (hit): P = 1, 1/2, 2/3 at R = 1/2, 1/2, 1 -> AP = 1/2 + 1/2 * 2/3 = 5/6. With
+    # the miss first: P = 0, 1/2, 2/3 at R = 0, 1/2, 1 -> AP = 2/3.
+    ground = [gt([[0, 0, 10, 10], [20, 0, 30, 10]], [0, 0])]
+    hit, miss, hit2 = [0, 0, 10, 10], [50, 50, 60, 60], [20, 0, 30, 10]
+    out = mean_average_precision([det([hit, miss, hit2], [0] * 3, [0.9, 0.9, 0.8])], ground, 1)
+    assert out["map"].item() == pytest.approx(5 / 6, abs=1e-12)
+    out = mean_average_precision([det([miss, hit, hit2], [0] * 3, [0.9, 0.9, 0.8])], ground, 1)
+    assert out["map"].item() == pytest.approx(2 / 3, abs=1e-12)
+    # Across images: the earlier image's detection comes first.
+    grounds = [gt([[0, 0, 10, 10]], [0]), gt([], [])]
+    dets = [det([hit], [0], [0.5]), det([miss], [0], [0.5])]
+    assert mean_average_precision(dets, grounds, 1)["map"].item() == 1.0
+    dets = [det([miss], [0], [0.5]), det([hit], [0], [0.5])]
+    grounds = [gt([], []), gt([[0, 0, 10, 10]], [0])]
+    assert mean_average_precision(dets, grounds, 1)["map"].item() == pytest.approx(0.5)
+
+
+def test_voc_plus_one_pixel():
+    # GT [0,0,9,9] and detection [0,0,9,4] in the devkit's inclusive pixels: 10x10 and
+    # 10x5 -> IoU 0.5 (a TP at 0.5); without the +1: 9x9 and 9x4 -> 36/81 = 0.44 (a FP).
+    ground = [gt([[0, 0, 9, 9]], [0])]
+    dets = [det([[0, 0, 9, 4]], [0], [0.9])]
+    assert mean_average_precision(dets, ground, 1, voc_plus_one=True)["map"].item() == 1.0
+    assert mean_average_precision(dets, ground, 1)["map"].item() == 0.0
 
 
 def test_threshold_is_inclusive():
@@ -185,6 +204,9 @@ def test_false_positive_below_every_detection_leaves_ap_unchanged(case, which):
 
 @given(case=map_cases(), data=st.data())
 def test_invariant_to_image_order(case, data):
+    # Only without tied scores: ties are taken in input order (image, then row).
+    scores = np.concatenate([d["scores"] for d in case.args[0]] or [np.zeros(0)])
+    assume(len(np.unique(scores)) == len(scores))
     (dets, gts, num_classes), kwargs = to_torch(case)
     order = data.draw(st.permutations(range(len(dets))))
     before = mean_average_precision(dets, gts, num_classes, **kwargs)
@@ -197,6 +219,14 @@ def test_invariant_to_image_order(case, data):
 def test_devkit_peer_agrees_on_benchmark_inputs():
     # The benchmark's peer must compute the same number (distinct random scores, no ties).
     dets, gts = _bench_inputs(30, 5, 10, seed=3)
+    ours = mean_average_precision(dets, gts, 5)["map"].item()
+    assert ours == pytest.approx(_devkit_style_map(dets, gts, 5), abs=1e-6)
+
+
+def test_devkit_peer_agrees_with_tied_scores():
+    # Scores on 4 levels: many ties, taken in input order by both (the devkit's stable sort).
+    dets, gts = _bench_inputs(30, 5, 10, seed=4)
+    dets = [{**d, "scores": torch.round(d["scores"] * 4) / 4} for d in dets]
     ours = mean_average_precision(dets, gts, 5)["map"].item()
     assert ours == pytest.approx(_devkit_style_map(dets, gts, 5), abs=1e-6)
 

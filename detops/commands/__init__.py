@@ -18,6 +18,7 @@ COMMANDS = {
     "demo": "run verify, bench, a short training run and detection pictures into one folder",
     "train": "train FCOS on the synthetic set or a VOC-format folder, report val mAP",
     "detect": "run a trained checkpoint on images and write annotated PNGs",
+    "evaluate": "COCO and VOC mAP of a trained checkpoint, PR curves and JSON",
 }
 
 

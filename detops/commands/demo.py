@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         steps.append(
             (
                 "verify torchvision",
-                "torchvision.ops against the same references (FAIL rows are its departures)",
+                "torchvision.ops against the same references (DEPARTS rows are its departures)",
                 lambda: _verify_step(out, "torchvision", "torchvision", args.examples),
             )
         )
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             code, paths = step()
             status = "ok" if code == 0 else f"exit {code}"
-            if code != 0 and title != "verify torchvision":
+            if code != 0:  # torchvision too: it departs, and a FAIL there is verify's error
                 ok = False
         except KeyboardInterrupt:
             lines = [f"detops demo, interrupted during {title}", *summary]
