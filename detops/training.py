@@ -768,8 +768,12 @@ def evaluate_detector(
     nms_thresh: float | None = None,
     iou_threshold: float = 0.5,
     device: str | torch.device | None = None,
-) -> dict[str, Tensor]:
+    coco: bool = False,
+) -> dict[str, Any]:
     """mAP of an eval-mode detector over ``loader``.
+
+    With ``coco=True`` the result also holds ``"coco"``: the COCO protocol's dict
+    (``map``, ``map_50``, ...; see ``protocol="coco"``) from the same predictions.
 
     See :func:`detops.metrics.mean_average_precision`. Under torch.distributed with a
     ``DistributedSampler`` (``shuffle=False``) in ``loader``, each rank predicts its shard
@@ -791,4 +795,11 @@ def evaluate_detector(
         indices = list(sampler)
         detections = gather_in_order(detections, indices)
         ground_truths = gather_in_order(ground_truths, indices)
-    return mean_average_precision(detections, ground_truths, num_classes, iou_threshold)
+    metrics: dict[str, Any] = mean_average_precision(
+        detections, ground_truths, num_classes, iou_threshold
+    )
+    if coco:
+        metrics["coco"] = mean_average_precision(
+            detections, ground_truths, num_classes, protocol="coco"
+        )
+    return metrics

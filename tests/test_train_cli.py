@@ -52,6 +52,8 @@ def test_train_writes_checkpoint_curve_and_metrics(trained):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["iterations"] == 2 and metrics["resumed_from"] == 0
     assert 0.0 <= metrics["map_50"] <= 1.0
+    coco = metrics["coco"]  # COCOeval's 12 numbers beside the VOC mAP@0.5
+    assert len(coco) == 12 and all(v == -1.0 or 0.0 <= v <= 1.0 for v in coco.values())
     assert set(metrics["ap_per_class"]) == {"circle", "square", "triangle", "cross"}
     assert (run / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     with Image.open(run / "val_grid.png") as grid:  # two 64 px val images, upscaled

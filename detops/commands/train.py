@@ -366,6 +366,22 @@ def _datasets(args: argparse.Namespace, class_names: tuple[str, ...]):
     )
 
 
+_COCO_STATS = (
+    "map",
+    "map_50",
+    "map_75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar_1",
+    "mar_10",
+    "mar_100",
+    "mar_small",
+    "mar_medium",
+    "mar_large",
+)
+
+
 def _silent(*args, **kwargs) -> None:
     """print for ranks other than 0."""
 
@@ -522,6 +538,7 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
         score_thresh=args.eval_score_thresh,
         nms_thresh=args.nms_thresh,
         device=device,
+        coco=True,
     )
     if not main:
         return 0
@@ -545,6 +562,8 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
         "args": stored_args,
         "map_50": None if math.isnan(map_50) else map_50,
         "ap_per_class": dict(zip(class_names, ap, strict=True)),
+        # pycocotools' 12 numbers (-1 where COCOeval gives -1), from the same predictions
+        "coco": {key: float(metrics["coco"][key]) for key in _COCO_STATS},
         "iterations": result.iterations,
         "resumed_from": result.resumed_from,
         "final_losses": final,
@@ -570,7 +589,9 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
         f"final losses (running average): {losses}\n"
         f"val mAP@0.5 = {fmt(report['map_50'], 4)}  ("
         + ", ".join(f"{n} {fmt(a, 3)}" for n, a in report["ap_per_class"].items())
-        + f")\ntrain {report['train_seconds']} s, eval {report['eval_seconds']} s; "
+        + f")\nval COCO mAP@[.5:.95] = {report['coco']['map']:.4f}  (mAP@.5 "
+        f"{report['coco']['map_50']:.4f}, mAP@.75 {report['coco']['map_75']:.4f})"
+        f"\ntrain {report['train_seconds']} s, eval {report['eval_seconds']} s; "
         f"wrote {checkpoint}, {report['loss_curve']}, {grid}, {output / 'metrics.json'}",
         flush=True,
     )
