@@ -276,6 +276,16 @@ TRAIN_WORKER = SETUP + textwrap.dedent(
     )
     with open(f"{out_dir}/history_rank{rank}.json", "w") as handle:
         json.dump(result.history, handle)
+    # Resume on every rank: a fresh model picks up the finished run's checkpoint.
+    again = make_model()
+    resumed = train_detector(
+        again, loader, iterations=5, checkpoint_path=f"{out_dir}/checkpoint.pt", progress=False
+    )
+    same = all(
+        torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values())
+    )
+    with open(f"{out_dir}/resumed_rank{rank}.json", "w") as handle:
+        json.dump({"resumed_from": resumed.resumed_from, "same_weights": same}, handle)
     if rank == 0:
         torch.save({"state": model.state_dict()}, f"{out_dir}/rank0.pt")
     dist.destroy_process_group()
@@ -285,7 +295,7 @@ TRAIN_WORKER = SETUP + textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
-def test_train_detector_under_ddp_logs_global_losses_and_only_rank_0_writes(tmp_path):
+def test_train_detector_under_ddp_logs_global_losses_only_rank_0_writes_all_resume(tmp_path):
     import json
 
     from detops.training import load_checkpoint
@@ -296,6 +306,9 @@ def test_train_detector_under_ddp_logs_global_losses_and_only_rank_0_writes(tmp_
     assert len(histories[0]["total"]) == 5
     assert (tmp_path / "loss_curve_rank0.png").exists()
     assert not (tmp_path / "loss_curve_rank1.png").exists()
+    for r in (0, 1):  # every rank resumed from rank 0's checkpoint with its weights
+        resumed = json.loads((tmp_path / f"resumed_rank{r}.json").read_text())
+        assert resumed == {"resumed_from": 5, "same_weights": True}
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert checkpoint["iteration"] == 5
     for name, value in checkpoint["model"].items():  # rank 0's weights, not DDP-prefixed
