@@ -366,22 +366,6 @@ def _datasets(args: argparse.Namespace, class_names: tuple[str, ...]):
     )
 
 
-_COCO_STATS = (
-    "map",
-    "map_50",
-    "map_75",
-    "map_small",
-    "map_medium",
-    "map_large",
-    "mar_1",
-    "mar_10",
-    "mar_100",
-    "mar_small",
-    "mar_medium",
-    "mar_large",
-)
-
-
 def _silent(*args, **kwargs) -> None:
     """print for ranks other than 0."""
 
@@ -563,7 +547,7 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
         "map_50": None if math.isnan(map_50) else map_50,
         "ap_per_class": dict(zip(class_names, ap, strict=True)),
         # pycocotools' 12 numbers (-1 where COCOeval gives -1), from the same predictions
-        "coco": {key: float(metrics["coco"][key]) for key in _COCO_STATS},
+        "coco": {k: float(v) for k, v in metrics["coco"].items() if v.dim() == 0},
         "iterations": result.iterations,
         "resumed_from": result.resumed_from,
         "final_losses": final,
