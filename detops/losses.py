@@ -469,6 +469,13 @@ def sigmoid_focal_loss(
 
 
 def _dense_focal(op: str, inputs, targets, alpha, gamma, reduction) -> Tensor:
+    inputs, targets, alpha, gamma, reduction = _check_dense(
+        op, inputs, targets, alpha, gamma, reduction
+    )
+    return _apply_focal(inputs, targets, None, alpha, gamma, reduction, op)
+
+
+def _check_dense(op: str, inputs, targets, alpha, gamma, reduction):
     inputs, alpha, gamma, reduction = _check_common(op, inputs, alpha, gamma, reduction)
     targets = check_tensor(op, "targets", targets)
     check_floating(op, "targets", targets)
@@ -483,7 +490,7 @@ def _dense_focal(op: str, inputs, targets, alpha, gamma, reduction) -> Tensor:
             f"{op}: targets must not require grad (no gradient flows to targets), "
             "got a tensor with requires_grad=True; pass targets.detach()"
         )
-    return _apply_focal(inputs, targets, None, alpha, gamma, reduction, op)
+    return inputs, targets, alpha, gamma, reduction
 
 
 def sigmoid_focal_loss_grad(
@@ -507,6 +514,15 @@ def sigmoid_focal_loss_grad(
     """
     op = "sigmoid_focal_loss_grad"
     check_tensor(op, "inputs", inputs)
+    if torch.compiler.is_compiling():  # the custom op's gradient, scaled as backward does
+        x = inputs.detach()
+        t = targets.detach() if isinstance(targets, Tensor) else targets
+        x, t, alpha, gamma, reduction = _check_dense(op, x, t, alpha, gamma, reduction)
+        _, grad = _focal_op(x, t, None, alpha, gamma, reduction, True)
+        scale = torch.ones((), dtype=grad.dtype, device=grad.device)
+        if reduction == "mean":
+            scale = scale / max(grad.numel(), 1)
+        return grad * scale
     with torch.enable_grad():
         x = inputs.detach().requires_grad_()
         t = targets.detach() if isinstance(targets, Tensor) else targets

@@ -234,3 +234,17 @@ def test_ops_are_not_torchscript_scriptable_as_the_readme_says(name):
     # torch.compile and torch.export instead. This pins the README's statement.
     with pytest.warns(FutureWarning), pytest.raises(Exception):  # noqa: B017
         torch.jit.script(getattr(detops, name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_focal_loss_grad_compiles_with_fullgraph_and_equals_eager(reduction):
+    generator = torch.Generator().manual_seed(11)
+    logits = torch.randn(5, 6, generator=generator) * 4
+    targets = (torch.rand(5, 6, generator=generator) < 0.3).float()
+
+    def grad():
+        return detops.sigmoid_focal_loss_grad(logits, targets, reduction=reduction)
+
+    compiled = torch.compile(grad, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(), grad(), rtol=0, atol=0)
