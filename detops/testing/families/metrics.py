@@ -36,6 +36,28 @@ def _grid_box(draw, near=None):
     return [x1, y1, x1 + w, y1 + h]
 
 
+def _draw_detections(draw, box, gt_boxes, gt_labels, num_classes, max_dets, tied_scores):
+    """One image's detections: near-copies of its GT (same class 3 times in 4, else any)
+    and random boxes of random classes; scores from 4 tied values or distinct."""
+    num_gt = len(gt_boxes)
+    num_det = draw(st.integers(0, max_dets))
+    det_boxes, det_labels, det_scores = [], [], []
+    for _ in range(num_det):
+        if num_gt and draw(st.booleans()):
+            j = draw(st.integers(0, num_gt - 1))
+            det_boxes.append(draw(box(near=gt_boxes[j])))
+            same = draw(st.integers(0, 3)) > 0
+            det_labels.append(gt_labels[j] if same else draw(st.integers(0, num_classes - 1)))
+        else:
+            det_boxes.append(draw(box()))
+            det_labels.append(draw(st.integers(0, num_classes - 1)))
+        if tied_scores:
+            det_scores.append(draw(st.sampled_from([0.25, 0.5, 0.75, 1.0])))
+        else:
+            det_scores.append(draw(st.integers(1, 10**6)) / 2**20)
+    return det_boxes, det_labels, det_scores
+
+
 @st.composite
 def map_cases(draw, max_images: int = 4, max_gt: int = 5, max_dets: int = 7):
     """Random images of GT and detections: near-copies of GT (true positives and
@@ -48,21 +70,9 @@ def map_cases(draw, max_images: int = 4, max_gt: int = 5, max_dets: int = 7):
         num_gt = draw(st.integers(0, max_gt))
         gt_boxes = [draw(_grid_box()) for _ in range(num_gt)]
         gt_labels = [draw(st.integers(0, num_classes - 1)) for _ in range(num_gt)]
-        num_det = draw(st.integers(0, max_dets))
-        det_boxes, det_labels, det_scores = [], [], []
-        for _ in range(num_det):
-            if num_gt and draw(st.booleans()):
-                j = draw(st.integers(0, num_gt - 1))
-                det_boxes.append(draw(_grid_box(near=gt_boxes[j])))
-                same = draw(st.integers(0, 3)) > 0
-                det_labels.append(gt_labels[j] if same else draw(st.integers(0, num_classes - 1)))
-            else:
-                det_boxes.append(draw(_grid_box()))
-                det_labels.append(draw(st.integers(0, num_classes - 1)))
-            if tied_scores:
-                det_scores.append(draw(st.sampled_from([0.25, 0.5, 0.75, 1.0])))
-            else:
-                det_scores.append(draw(st.integers(1, 10**6)) / 2**20)
+        det_boxes, det_labels, det_scores = _draw_detections(
+            draw, _grid_box, gt_boxes, gt_labels, num_classes, max_dets, tied_scores
+        )
         detections.append(
             {
                 "boxes": np.array(det_boxes, dtype=np.float64).reshape(-1, 4),
@@ -134,21 +144,9 @@ def coco_map_cases(draw, max_images: int = 4, max_gt: int = 5, max_dets: int = 8
         num_gt = draw(st.integers(0, max_gt))
         gt_boxes = [draw(_coco_box()) for _ in range(num_gt)]
         gt_labels = [draw(st.integers(0, num_classes - 1)) for _ in range(num_gt)]
-        num_det = draw(st.integers(0, max_dets))
-        det_boxes, det_labels, det_scores = [], [], []
-        for _ in range(num_det):
-            if num_gt and draw(st.booleans()):
-                j = draw(st.integers(0, num_gt - 1))
-                det_boxes.append(draw(_coco_box(near=gt_boxes[j])))
-                same = draw(st.integers(0, 3)) > 0
-                det_labels.append(gt_labels[j] if same else draw(st.integers(0, num_classes - 1)))
-            else:
-                det_boxes.append(draw(_coco_box()))
-                det_labels.append(draw(st.integers(0, num_classes - 1)))
-            if tied_scores:
-                det_scores.append(draw(st.sampled_from([0.25, 0.5, 0.75, 1.0])))
-            else:
-                det_scores.append(draw(st.integers(1, 10**6)) / 2**20)
+        det_boxes, det_labels, det_scores = _draw_detections(
+            draw, _coco_box, gt_boxes, gt_labels, num_classes, max_dets, tied_scores
+        )
         if image == flood_image:
             # 101-130 more detections of one class, from a seeded generator (cheap to draw).
             rng = np.random.default_rng(draw(st.integers(0, 2**16)))
