@@ -2,11 +2,19 @@
 
 Every message names the op, the argument, what was expected and what was given, so a
 user reading only the exception knows what to fix.
+
+Each check returns its value narrowed to the checked type, so an op states its contract in
+a few declarative lines (in the style of kornia's ``KORNIA_CHECK_SHAPE``)::
+
+    boxes = check_shape(OP, "boxes", boxes, "[N, 4]", dtype="floating")
+    max_boxes = check_int(OP, "max_boxes", max_boxes, minimum=0)
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,6 +34,85 @@ def check_floating(op: str, name: str, value: Tensor) -> None:
             f"{op}: {name} must have a floating dtype (float16/bfloat16/float32/float64), "
             f"got {value.dtype}"
         )
+
+
+def check_integer_dtype(op: str, name: str, value: Tensor) -> None:
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"{op}: {name} must have an integer dtype, got {value.dtype}")
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_shape_pattern(pattern: str) -> tuple[tuple[str, ...], ...]:
+    """``"[N, 5] or [B, N, 5]"`` -> ``(("N", "5"), ("B", "N", "5"))``."""
+    alternatives = []
+    for part in pattern.split(" or "):
+        part = part.strip()
+        if not (part.startswith("[") and part.endswith("]")):
+            raise ValueError(f"shape pattern {pattern!r}: each alternative must look like [N, 4]")
+        inner = part[1:-1].strip()
+        alternatives.append(tuple(d.strip() for d in inner.split(",")) if inner else ())
+    return tuple(alternatives)
+
+
+def _shape_matches(shape: Sequence[int], dims: tuple[str, ...]) -> bool:
+    if dims and dims[0] == "...":
+        dims = dims[1:]
+        if len(shape) < len(dims):
+            return False
+        shape = shape[len(shape) - len(dims) :]
+    elif len(shape) != len(dims):
+        return False
+    return all(not d.isdigit() or int(d) == size for d, size in zip(dims, shape, strict=True))
+
+
+def check_shape(
+    op: str,
+    name: str,
+    value: object,
+    pattern: str,
+    *,
+    dtype: Literal["floating", "integer"] | None = None,
+) -> Tensor:
+    """Require a tensor whose shape matches ``pattern`` and, optionally, a dtype kind.
+
+    ``pattern`` is one or more alternatives joined by ``" or "``, each a bracketed list of
+    dimensions: digits are exact sizes, names (``N``, ``B``) match any size, a leading
+    ``...`` matches any number of leading dimensions. The pattern is quoted in the message.
+    """
+    tensor = check_tensor(op, name, value)
+    if not any(_shape_matches(tensor.shape, dims) for dims in _parse_shape_pattern(pattern)):
+        raise ValueError(f"{op}: {name} must have shape {pattern}, got {shape_str(tensor)}")
+    if dtype == "floating":
+        check_floating(op, name, tensor)
+    elif dtype == "integer":
+        check_integer_dtype(op, name, tensor)
+    return tensor
+
+
+def check_int(
+    op: str, name: str, value: object, *, minimum: int | None = None, expected: str | None = None
+) -> int:
+    """A Python ``int`` (``bool`` refused), at least ``minimum`` when given."""
+    if expected is None:
+        expected = "an int" if minimum is None else f"an int >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{op}: {name} must be {expected}, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{op}: {name} must be {expected}, got {value}")
+    return value
+
+
+def check_number(op: str, name: str, value: object, *, expected: str = "a number") -> float:
+    """A Python ``int`` or ``float`` (``bool`` refused), returned as ``float``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op}: {name} must be {expected}, got {type(value).__name__}")
+    return float(value)
+
+
+def check_bool(op: str, name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
+    return value
 
 
 def shape_str(value: Tensor) -> str:
@@ -56,19 +143,20 @@ def check_no_nan(op: str, name: str, value: Tensor) -> None:
         raise ValueError(f"{op}: {name} must not contain NaN, got a tensor with NaN entries")
 
 
-def check_unit_interval(op: str, name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{op}: {name} must be a float in [0, 1], got {type(value).__name__}")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{op}: {name} must lie in [0, 1], got {value}")
+def check_unit_interval(op: str, name: str, value: object) -> float:
+    number = check_number(op, name, value, expected="a float in [0, 1]")
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"{op}: {name} must lie in [0, 1], got {value!r}")
+    return number
 
 
-def check_positive_number(op: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{op}: {name} must be a positive number, got {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{op}: {name} must be > 0, got {value}")
-    return float(value)
+def check_positive_number(op: str, name: str, value: object, *, finite: bool = False) -> float:
+    number = check_number(op, name, value, expected="a positive number")
+    if not number > 0 or (finite and number == float("inf")):
+        raise ValueError(
+            f"{op}: {name} must be {'finite and ' if finite else ''}> 0, got {value!r}"
+        )
+    return number
 
 
 def check_size_pair(op: str, name: str, value: object) -> tuple[int, int]:
@@ -84,7 +172,9 @@ def check_size_pair(op: str, name: str, value: object) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def check_level_keys(op: str, name: str, value: dict, expected: dict, expected_name: str) -> None:
+def check_level_keys(
+    op: str, name: str, value: dict[str, object], expected: dict[str, object], expected_name: str
+) -> None:
     if set(value) != set(expected):
         raise ValueError(
             f"{op}: {name} must have the same level names as {expected_name} "
