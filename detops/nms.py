@@ -64,6 +64,7 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
+from ._nms_numpy import NUMPY_NMS_MAX_BOXES, numpy_greedy_nms
 from ._serial import owner_index, searchsorted, take
 
 __all__ = ["nms", "class_spec_nms", "batched_nms_per_image"]
@@ -83,8 +84,6 @@ _TILE_COST = 30000  # fixed cost of a dense tile (about 20 torch calls), in IoU 
 # (measured on 2 cores: kernel 0.75 ms vs 0.90 ms at 500 boxes, 2.7 ms vs 1.4 ms at 1000).
 _KERNEL_MAX_BOXES = 600
 _KERNEL_DTYPES = (torch.float32, torch.float64)
-# Up to this many boxes, class_spec_nms on CPU compares all pairs at once (_dense_class_nms).
-_DENSE_MAX_BOXES = 256
 _DENSE = 16  # groups with G * S * S <= budget / _DENSE take the all-pairs path
 
 
@@ -124,7 +123,10 @@ def _check_class_ids(op: str, class_ids: object, scores: Tensor, pattern: str) -
 
 
 def _check_common(op: str, boxes: Tensor, scores: Tensor, iou_threshold: object, **more) -> None:
-    check_same_device(op, boxes=boxes, scores=scores, **more)
+    if boxes.device != scores.device or any(
+        isinstance(t, Tensor) and t.device != boxes.device for t in more.values()
+    ):
+        check_same_device(op, boxes=boxes, scores=scores, **more)
     check_unit_interval(op, "iou_threshold", iou_threshold)
 
 
@@ -150,55 +152,20 @@ def _kernel_gives_our_answer(boxes: Tensor, scores: Tensor) -> bool:
     ties; the registry and tests/test_nms.py pin both paths to the reference). One sync."""
     if not (
         0 < boxes.shape[0] < _KERNEL_MAX_BOXES
-        and boxes.device.type == "cpu"
+        and boxes.is_cpu
         and boxes.dtype in _KERNEL_DTYPES
     ):
         return False
-    # One reduction: a NaN or inf anywhere makes the sum non-finite (a finite sum that
-    # overflows only sends the call down the sparse path, which is correct too).
-    return math.isfinite(boxes.detach().sum().add_(scores.detach().sum()))
+    return _all_finite(boxes, scores)
 
 
-def _dense_class_nms_fits(boxes: Tensor, scores: Tensor) -> bool:
-    """Few boxes on CPU, all finite (one sync): :func:`_dense_class_nms` is faster than the
-    sparse path's fixed cost there."""
-    if not (0 < boxes.shape[0] <= _DENSE_MAX_BOXES and boxes.device.type == "cpu"):
-        return False
-    return math.isfinite(boxes.detach().sum(dtype=torch.float64).add_(scores.detach().sum()))
-
-
-def _dense_class_nms(boxes: Tensor, scores: Tensor, class_ids: Tensor, threshold) -> Tensor:
-    """Class-specific greedy NMS over all pairs at once, for a few hundred finite boxes.
-
-    Boxes in score order (stable: ties lower index first); box ``j`` is suppressed by an
-    earlier kept box ``i`` of its class with IoU ``> threshold`` (torchvision's kernel
-    arithmetic: ``inter / ((area_i + area_j) - inter)``, compared against the threshold as
-    :func:`_threshold_in` gives it; a zero-area pair's 0 / 0 is NaN and never suppresses).
-    The greedy result is the fixed point of ``kept = ~any(suppresses & kept)``, starting
-    from all kept, reached in as many rounds as the longest chain of suppressions.
-    """
-    compute = _compute_dtype(boxes.dtype)
-    order = torch.sort(scores.detach(), descending=True, stable=True).indices
-    sorted_boxes = boxes.detach().index_select(0, order).to(compute)
-    classes = class_ids.index_select(0, order)
-    x1a, y1a, x2a, y2a = sorted_boxes[:, None, :].unbind(-1)  # [N, 1]
-    x1b, y1b, x2b, y2b = sorted_boxes[None, :, :].unbind(-1)  # [1, N]
-    inter = torch.minimum(x2a, x2b).sub_(torch.maximum(x1a, x1b)).clamp_(min=0)
-    inter.mul_(torch.minimum(y2a, y2b).sub_(torch.maximum(y1a, y1b)).clamp_(min=0))
-    area_a = (x2a - x1a).mul_(y2a - y1a)
-    area_b = (x2b - x1b).mul_(y2b - y1b)
-    iou = inter.div_(area_a.add(area_b).sub_(inter))
-    n = order.shape[0]
-    # suppresses[j, i]: the earlier box i (i < j) of j's class overlaps j above the threshold
-    suppresses = iou.gt_(_threshold_in(threshold, compute)).bool()
-    suppresses &= classes[:, None] == classes[None, :]
-    suppresses &= torch.ones(n, n, dtype=torch.bool).tril_(-1)
-    kept = torch.ones(n, dtype=torch.bool)
-    while True:
-        new = ~(suppresses & kept).any(1)
-        if torch.equal(new, kept):
-            return order[kept]
-        kept = new
+def _all_finite(boxes: Tensor, scores: Tensor) -> bool:
+    """One small reduction (a [N] x [N, 4] product, about 2.5 µs at a few hundred boxes):
+    a NaN or inf anywhere makes it non-finite. A finite input whose product overflows
+    reads as non-finite too, which only sends the call down detops' own path."""
+    if boxes.requires_grad or scores.requires_grad:
+        boxes, scores = boxes.detach(), scores.detach()
+    return math.isfinite(sum((scores @ boxes).tolist()))
 
 
 def _check_finite_input(op: str, boxes: Tensor, scores: Tensor) -> None:
@@ -823,8 +790,10 @@ def class_spec_nms(
     with huge coordinates and in float16 (where the offset boxes are rounded).
 
     Synchronizes with the host like :func:`nms` (plus once to map the class ids). On CPU,
-    up to 256 finite boxes compare all pairs at once (fewer tensor ops than the sparse
-    path; same arithmetic and result).
+    up to 768 finite boxes take a NumPy path (``detops._nms_numpy``: each NumPy call costs
+    a fraction of a torch call, and that fixed cost is what counts at this size; same
+    arithmetic and result), with torchvision's kernel once per class where classes are
+    few and large.
 
     Args:
         boxes (Tensor[N, 4]): XYXY, absolute pixels, floating dtype.
@@ -849,8 +818,18 @@ def _class_spec_nms_impl(
 ) -> Tensor:
     op = "class_spec_nms"
     with torch.no_grad():
-        if _dense_class_nms_fits(boxes, scores):
-            return _dense_class_nms(boxes, scores, class_ids, iou_threshold)
+        if 0 < boxes.shape[0] <= NUMPY_NMS_MAX_BOXES and boxes.is_cpu:
+            compute = _compute_dtype(boxes.dtype)  # float16/bfloat16 values are float32 ones
+            kernel = _torchvision_nms_kernel()
+            kept = numpy_greedy_nms(
+                boxes.to(compute),
+                scores.to(compute),
+                class_ids,
+                _threshold_in(iou_threshold, compute),
+                lambda b, s: kernel(b, s, iou_threshold),
+            )
+            if kept is not None:
+                return kept
         _check_finite_input(op, boxes, scores)
         if boxes.shape[0] == 0:
             return torch.empty(0, dtype=torch.int64, device=boxes.device)

@@ -24,7 +24,7 @@ from detops.testing.families.nms import (
     distinct_scores,
     nms_boxes,
     nms_cases,
-    random_boxes,
+    random_detections,
 )
 
 ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -134,7 +134,7 @@ def test_empty_input(device, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_works_where_torchvision_cpu_refuses(device, dtype):
-    boxes, scores, classes = random_boxes(300, seed=3)
+    boxes, scores, classes = random_detections(300, seed=3)
     boxes, scores = boxes.to(dtype).to(device), scores.to(dtype).to(device)
     # The float32 result on the same (exactly upcast) values is the expected answer.
     expected = torchvision.ops.nms(boxes.float().cpu(), scores.float().cpu(), 0.5)
@@ -255,7 +255,7 @@ def _near_threshold_boxes(pairs, threshold, seed):
 
 
 def _datasets(n, threshold):
-    boxes, scores, _ = random_boxes(n, seed=n)
+    boxes, scores, _ = random_detections(n, seed=n)
     yield "random", boxes, scores
     yield "integer", _integer_boxes(n, seed=n), scores
     if n >= 2:
@@ -340,7 +340,7 @@ def test_every_internal_path_equals_torchvision(settings_, monkeypatch):
     for name, value in settings_.items():
         monkeypatch.setattr(module, name, value)
     for n in (300, 2000):
-        boxes, scores, classes = random_boxes(n, seed=n)
+        boxes, scores, classes = random_detections(n, seed=n)
         boxes[::7] = boxes[::7, [2, 3, 0, 1]]  # some inverted boxes
         for threshold in (0.3, 0.7):
             assert torch.equal(
@@ -378,7 +378,7 @@ def test_windowed_path_matches_reference(entry, dtype):
 
 
 def test_batched_nms_per_image_equals_a_loop_of_batched_nms():
-    boxes, scores, classes = random_boxes(400, seed=11, batch=(6,))
+    boxes, scores, classes = random_detections(400, seed=11, batch=(6,))
     scores[1, 100:] = float("-inf")  # padding candidates
     scores[4] = float("-inf")  # an image without candidates
     for threshold, limit in ((0.5, None), (0.3, 50), (0.7, 1000)):
@@ -400,7 +400,7 @@ def test_batched_nms_per_image_equals_a_loop_of_batched_nms():
 
 
 def test_inputs_are_not_modified_and_may_require_grad_or_be_strided():
-    boxes, scores, classes = random_boxes(500, seed=5)
+    boxes, scores, classes = random_detections(500, seed=5)
     strided = boxes.t().contiguous().t()  # the same values, column-major
     assert not strided.is_contiguous()
     grad_boxes, grad_scores = boxes.clone().requires_grad_(), scores.clone().requires_grad_()
@@ -666,7 +666,7 @@ def test_sparse_path_matches_reference_on_the_registry_cases(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_kernel_and_sparse_path_agree_on_each_side_of_the_cutoff(n, dtype):
     nms_module = importlib.import_module("detops.nms")
-    boxes, scores, _ = random_boxes(n, seed=n)
+    boxes, scores, _ = random_detections(n, seed=n)
     boxes, scores = boxes.to(dtype), scores.to(dtype)
     scores[::7] = scores[0]  # ties
     expected = ref.nms(boxes.double().numpy(), scores.double().numpy(), 0.5)
@@ -675,8 +675,9 @@ def test_kernel_and_sparse_path_agree_on_each_side_of_the_cutoff(n, dtype):
     assert nms_module._kernel_gives_our_answer(boxes, scores) == (n < 600)
 
 
-# class_spec_nms compares all pairs at once up to _DENSE_MAX_BOXES finite boxes on CPU;
-# the registry's cases reach that path. The sparse path is checked on the same cases.
+# class_spec_nms takes a NumPy path up to NUMPY_NMS_MAX_BOXES finite boxes on CPU; the
+# registry's cases reach it. The sparse torch path is checked on the same cases, and each
+# internal branch of the NumPy path is forced on and compared with the reference.
 
 CLASS_NMS_ENTRY = next(entry for entry in REGISTRY if entry.op is class_spec_nms)
 
@@ -703,13 +704,54 @@ def test_class_spec_sparse_path_matches_reference_on_the_registry_cases(dtype):
     check()
 
 
-@pytest.mark.parametrize("n", [1, 30, 256, 257])
-def test_class_spec_dense_and_sparse_paths_agree_around_the_cutoff(n):
-    boxes, scores, classes = random_boxes(n, seed=n)
+NUMPY_PATHS = {
+    "all pairs in one matrix": {"_ALL_PAIRS_MAX": 10**9},
+    "pairs of each group": {"_ALL_PAIRS_MAX": 0, "_PAIRS_PER_KERNEL_CALL": 10**9},
+    "kernel once per group": {"_ALL_PAIRS_MAX": 0, "_PAIRS_PER_KERNEL_CALL": 0},
+    "greedy box by box": {"_ALL_PAIRS_MAX": 0, "_PAIR_LOOP_MAX": 0},
+}
+
+
+@pytest.mark.parametrize("settings_", NUMPY_PATHS.values(), ids=NUMPY_PATHS.keys())
+@pytest.mark.parametrize("dtype", CLASS_NMS_ENTRY.dtypes, ids=str)
+def test_class_spec_numpy_paths_match_reference_on_the_registry_cases(settings_, dtype):
+    @settings(max_examples=40)
+    @given(case=CLASS_NMS_ENTRY.strategy())
+    def check(case):
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in settings_.items():
+                patch.setattr(sys.modules["detops._nms_numpy"], name, value)
+            CLASS_NMS_ENTRY.assert_matches(case, dtype, "cpu")
+
+    check()
+
+
+@pytest.mark.parametrize("settings_", NUMPY_PATHS.values(), ids=NUMPY_PATHS.keys())
+@pytest.mark.parametrize("n, classes", [(1, 1), (30, 20), (300, 2), (300, 20), (767, 5)])
+def test_class_spec_numpy_paths_on_crowded_and_sparse_scenes(settings_, n, classes, monkeypatch):
+    for name, value in settings_.items():
+        monkeypatch.setattr(sys.modules["detops._nms_numpy"], name, value)
+    boxes, scores, _ = random_detections(n, seed=n)
+    g = torch.Generator().manual_seed(n + classes)
+    class_ids = torch.randint(0, classes, (n,), generator=g)
+    boxes[1::3] = boxes[0] + torch.rand(4, generator=g)  # a crowd: long suppression chains
     scores[::5] = scores[0]  # ties
     expected = ref.class_spec_nms(
-        boxes.double().numpy(), scores.double().numpy(), classes.numpy(), 0.5
+        boxes.double().numpy(), scores.double().numpy(), class_ids.numpy(), 0.5
     )
-    np.testing.assert_array_equal(class_spec_nms(boxes, scores, classes, 0.5).numpy(), expected)
-    sparse = _sparse_class_spec_nms(boxes, scores, classes, 0.5)
+    np.testing.assert_array_equal(class_spec_nms(boxes, scores, class_ids, 0.5).numpy(), expected)
+    sparse = _sparse_class_spec_nms(boxes, scores, class_ids, 0.5)
     np.testing.assert_array_equal(sparse.numpy(), expected)
+
+
+def test_class_spec_numpy_path_hands_inf_to_the_torch_path_and_refuses_nan():
+    boxes, scores, class_ids = random_detections(50, seed=1)
+    boxes[3, 2] = float("inf")
+    with np.errstate(invalid="ignore"):  # the reference's inf - inf, which it treats as IoU 0
+        expected = ref.class_spec_nms(
+            boxes.double().numpy(), scores.double().numpy(), class_ids.numpy(), 0.5
+        )
+    np.testing.assert_array_equal(class_spec_nms(boxes, scores, class_ids, 0.5).numpy(), expected)
+    boxes[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="class_spec_nms: boxes must not contain NaN"):
+        class_spec_nms(boxes, scores, class_ids, 0.5)
