@@ -20,6 +20,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check detops reference tests benchmarks
+	$(PY) -m mypy detops reference
 
 clean:
 	rm -rf $(VENV) demo .hypothesis .benchmarks

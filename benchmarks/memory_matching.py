@@ -52,7 +52,9 @@ def _status(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def _child(kind: str, scale: str, device: str, threads: int, repeats: int) -> dict:
+def _calls(scale: str, device: str, threads: int) -> dict:
+    """The calls measured at ``scale``, by kind: detops' ``match`` and ``targets`` and the
+    seed-style loops ``seed_match`` and ``seed_targets``, inputs built once."""
     import torch
 
     from detops.matching import fcos_match_locations_to_gt
@@ -69,13 +71,18 @@ def _child(kind: str, scale: str, device: str, threads: int, repeats: int) -> di
         spec["height"], spec["width"], spec["strides"], spec["rows"], spec["real"], device
     )
     strides = spec["strides"]
-    calls = {
+    return {
         "match": lambda: fcos_match_locations_to_gt(locations, strides, gt),
         "targets": lambda: detops_targets(locations, strides, gt, flat_locations, flat_strides),
         "seed_match": lambda: [seed_style_match(locations, strides, image) for image in gt],
         "seed_targets": lambda: seed_style_targets(locations, strides, gt),
     }
-    fn = calls[kind]
+
+
+def _child(kind: str, scale: str, device: str, threads: int, repeats: int) -> dict:
+    import torch
+
+    fn = _calls(scale, device, threads)[kind]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     fn()  # warm-up: caches, lazy initialisation
     sync()
@@ -125,29 +132,10 @@ def _interleaved_ratio(scale, device, threads, rounds, block=10) -> dict:
     """Medians of detops and the seed-style loop measured alternately in one process."""
     import torch
 
-    from detops.matching import fcos_match_locations_to_gt
-    from detops.testing.families.targets import (
-        benchmark_inputs,
-        detops_targets,
-        seed_style_match,
-        seed_style_targets,
-    )
-
-    torch.set_num_threads(threads)
-    spec = SCALES[scale]
-    locations, gt, flat_locations, flat_strides = benchmark_inputs(
-        spec["height"], spec["width"], spec["strides"], spec["rows"], spec["real"], device
-    )
-    strides = spec["strides"]
+    calls = _calls(scale, device, threads)
     pairs = {
-        "match": (
-            lambda: fcos_match_locations_to_gt(locations, strides, gt),
-            lambda: [seed_style_match(locations, strides, image) for image in gt],
-        ),
-        "targets": (
-            lambda: detops_targets(locations, strides, gt, flat_locations, flat_strides),
-            lambda: seed_style_targets(locations, strides, gt),
-        ),
+        "match": (calls["match"], calls["seed_match"]),
+        "targets": (calls["targets"], calls["seed_targets"]),
     }
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     clocks = {"wall": time.perf_counter}

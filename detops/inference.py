@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ._checks import (
     check_floating,
+    check_int,
     check_level_keys,
     check_same_device,
     check_size_pair,
@@ -93,11 +94,7 @@ def _summary(value: object) -> str:
 def _check_optional_count(name: str, value: object) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{_OP}: {name} must be None or an int >= 0, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{_OP}: {name} must be None or an int >= 0, got {value}")
-    return value
+    return check_int(_OP, name, value, minimum=0, expected="None or an int >= 0")
 
 
 def _validate(locations, strides, cls, deltas, ctr) -> tuple[int, int]:
@@ -188,6 +185,7 @@ def _validate(locations, strides, cls, deltas, ctr) -> tuple[int, int]:
                     f"{_OP}: all tensors must be on one device, got {arg} on {value.device} "
                     f"and others on {device}"
                 )
+    assert batch is not None and num_classes is not None  # set by the first of >= 1 levels
     return batch, num_classes
 
 

@@ -7,7 +7,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_tensor, shape_str
+from ._checks import (
+    check_bool,
+    check_int,
+    check_integer_dtype,
+    check_tensor,
+    check_unit_interval,
+    shape_str,
+)
 from ._serial import owner_index, searchsorted
 
 __all__ = [
@@ -72,8 +79,7 @@ def _check_image_dict(
             f"{op}: {where}['labels'] must have shape [{count}] (one per box), "
             f"got {shape_str(labels)}"
         )
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{op}: {where}['labels'] must have an integer dtype, got {labels.dtype}")
+    check_integer_dtype(op, f"{where}['labels']", labels)
     if "scores" in out:
         scores = out["scores"]
         if scores.dim() != 1 or scores.shape[0] != count:
@@ -278,8 +284,7 @@ def mean_average_precision(
             f"{_OP}: detections and ground_truths must list the same images, got "
             f"{len(detections)} and {len(ground_truths)} entries"
         )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"{_OP}: num_classes must be an int, got {type(num_classes).__name__}")
+    num_classes = check_int(_OP, "num_classes", num_classes)
     if num_classes < 1:
         raise ValueError(f"{_OP}: num_classes must be >= 1, got {num_classes}")
     if protocol == "coco":
@@ -296,15 +301,8 @@ def mean_average_precision(
         name = "iou_threshold" if iou_thresholds is None else "iou_thresholds"
         if not thresholds:
             raise ValueError(f"{_OP}: iou_thresholds must hold at least one threshold, got ()")
-        for value in thresholds:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{_OP}: {name} must be floats in [0, 1], got {value!r}")
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{_OP}: {name} must lie in [0, 1], got {value}")
-        if not isinstance(voc_plus_one, bool):
-            raise TypeError(
-                f"{_OP}: voc_plus_one must be a bool, got {type(voc_plus_one).__name__}"
-            )
+        thresholds = tuple(check_unit_interval(_OP, name, value) for value in thresholds)
+        voc_plus_one = check_bool(_OP, "voc_plus_one", voc_plus_one)
 
     dets = [
         _check_image_dict(_OP, "detections", i, d, ("boxes", "labels", "scores"))

@@ -17,12 +17,10 @@ such as :class:`detops.nn.FCOS`.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
 import random
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ._checks import check_int
 
 __all__ = [
     "TrainResult",
@@ -64,8 +64,7 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
             (``cudnn.deterministic = True``, ``cudnn.benchmark = False``). Slower on GPU; no
             effect on CPU runs, which are deterministic for a fixed thread count anyway.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed_everything: seed must be a non-negative int, got {seed!r}")
+    seed = check_int("seed_everything", "seed", seed, minimum=0, expected="a non-negative int")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -117,7 +116,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 def _loader_generators(loader: Iterable) -> list[torch.Generator]:
     """The explicit generators a DataLoader draws its shuffling and worker seeds from."""
-    found = []
+    found: list[torch.Generator] = []
     for owner in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
         generator = getattr(owner, "generator", None)
         if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
@@ -140,23 +139,11 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     file is renamed over ``path`` with ``os.replace``: a reader (or a run killed mid-write)
     sees either the old checkpoint or the new one, never half of one.
     """
-    from .data._atomic import new_file_mode
+    from ._atomic import atomic_open
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(dict(state), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, new_file_mode())  # mkstemp made it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_open(path) as handle:
+        torch.save(dict(state), handle)
+    return Path(path)
 
 
 def load_checkpoint(
@@ -242,7 +229,7 @@ def plot_loss_curve(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .data._atomic import atomic_write_bytes
+    from ._atomic import atomic_write_bytes
 
     figure = Figure(figsize=(8, 5.2 if lr_history else 4.2), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
@@ -251,13 +238,13 @@ def plot_loss_curve(
     else:
         axes, lr_axes = figure.add_subplot(1, 1, 1), None
     for index, (name, values) in enumerate(history.items()):
-        values = np.asarray(values, dtype=np.float64)
-        if values.size == 0:
+        series = np.asarray(values, dtype=np.float64)
+        if series.size == 0:
             continue
-        steps = np.arange(1, values.size + 1)
+        steps = np.arange(1, series.size + 1)
         color = f"C{index}"
-        smooth = _running_average(values)
-        axes.plot(steps, values, color=color, alpha=0.25, linewidth=0.7)
+        smooth = _running_average(series)
+        axes.plot(steps, series, color=color, alpha=0.25, linewidth=0.7)
         axes.plot(
             steps, smooth, color=color, linewidth=1.6, label=f"{name} (last {smooth[-1]:.3f})"
         )
@@ -290,7 +277,7 @@ def plot_loss_curve(
         )  # fmt: skip
     if any(len(v) for v in history.values()):
         axes.legend(loc="upper right", fontsize=8)
-    if lr_axes is not None:
+    if lr_axes is not None and lr_history:
         lr_axes.plot(np.arange(1, len(lr_history) + 1), lr_history, color="k", linewidth=1.2)
         lr_axes.set_ylabel("lr")
         lr_axes.set_xlabel("iteration")
@@ -386,9 +373,9 @@ class TrainResult:
 
 def _set_sampler_epoch(loader: Iterable, epoch: int) -> None:
     """A ``DistributedSampler`` shuffles by seed and epoch: tell it the epoch."""
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+    set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+    if set_epoch is not None:
+        set_epoch(epoch)
 
 
 class _BatchStream:
@@ -406,7 +393,7 @@ class _BatchStream:
         self.epoch_rng: dict[str, Any] | None = None
         self._iterator: Iterator | None = None
 
-    def _start_epoch(self) -> None:
+    def _start_epoch(self) -> Iterator:
         _set_sampler_epoch(self.loader, self.epoch)
         self.epoch_rng = {
             "global": capture_rng_state(),
@@ -414,18 +401,17 @@ class _BatchStream:
         }
         self._iterator = iter(self.loader)
         self.batches_into_epoch = 0
+        return self._iterator
 
     def next(self) -> Any:
-        if self._iterator is None:
-            self._start_epoch()
+        iterator = self._start_epoch() if self._iterator is None else self._iterator
         try:
-            batch = next(self._iterator)
+            batch = next(iterator)
         except StopIteration:
             if self.batches_into_epoch == 0:
                 raise ValueError("train_detector: loader yielded no batches") from None
             self.epoch += 1
-            self._start_epoch()
-            batch = next(self._iterator)
+            batch = next(self._start_epoch())
         self.batches_into_epoch += 1
         return batch
 
@@ -451,10 +437,10 @@ class _BatchStream:
             generator.set_state(saved)
         self.epoch_rng = state["epoch_rng"]
         _set_sampler_epoch(self.loader, self.epoch)
-        self._iterator = iter(self.loader)
+        self._iterator = iterator = iter(self.loader)
         self.batches_into_epoch = 0
         for _ in range(int(state["batches_into_epoch"])):
-            next(self._iterator)
+            next(iterator)
             self.batches_into_epoch += 1
 
 
@@ -558,8 +544,7 @@ def train_detector(
         FloatingPointError: a loss became NaN or infinite (the message names the iteration).
         ValueError: bad arguments, or a checkpoint from a run with a different ``iterations``.
     """
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations <= 0:
-        raise ValueError(f"train_detector: iterations must be a positive int, got {iterations!r}")
+    check_int("train_detector", "iterations", iterations, minimum=1, expected="a positive int")
     if not lr > 0:
         raise ValueError(f"train_detector: lr must be > 0, got {lr!r}")
     if checkpoint_every <= 0:

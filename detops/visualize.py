@@ -34,8 +34,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from ._checks import check_tensor, shape_str
-from .data._atomic import atomic_write_bytes
+from ._atomic import atomic_write_bytes
+from ._checks import check_int, check_tensor, shape_str
 from .data.voc import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -350,11 +350,12 @@ def draw_detections(
     if gt is not None:
         for box in gt.tolist():
             _dashed_rectangle(draw, box, GT_COLOR, GT_EDGE, max(1, width - 1))
-    if texts and any(texts):
+    if pred is not None and any(texts):  # texts: one per drawn box
         font = _font()
         sizes = []
         for text in texts:
-            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+            # whole pixels for the default anchor, though the stubs say float
+            left, top, right, bottom = (int(v) for v in draw.textbbox((0, 0), text, font=font))
             sizes.append((right - left + 6, bottom - top + 4 if text else 0))
         boxes_xy = pred.tolist()
         spots = _place_tags(boxes_xy, [(w, max(h, 1)) for w, h in sizes], height, width_px)
@@ -395,8 +396,7 @@ def detection_grid(panels: Sequence[Tensor], *, columns: int = 4, padding: int =
     op = "detection_grid"
     if not panels:
         raise ValueError(f"{op}: panels must hold at least one image, got none")
-    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
-        raise ValueError(f"{op}: columns must be an int >= 1, got {columns!r}")
+    check_int(op, "columns", columns, minimum=1)
     images = [_as_uint8(op, panel) for panel in panels]
     height = max(image.shape[1] for image in images)
     width = max(image.shape[2] for image in images)

@@ -28,3 +28,14 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize(
             "device", ["cpu", pytest.param("cuda", marks=[CUDA_SKIP, pytest.mark.cuda])]
         )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests, restored afterwards: two OpenMP threads on a
+    shared, oversubscribed 2-core machine run small convs 10-30x slower (barrier spinning).
+    A module asks for it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

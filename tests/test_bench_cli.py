@@ -23,6 +23,7 @@ from detops.bench import (
     format_bench_table,
     instability,
     measure_interleaved,
+    own_load_share,
     plot_ratios,
     quartiles,
     run_benchmarks,
@@ -375,12 +376,10 @@ def test_busy_warning_thresholds():
 
 
 def test_own_share_of_the_load_average_follows_the_kernels_one_minute_average():
-    from detops.bench.runner import _own_load_share
-
     # Two CPUs busy for a minute add 2 * (1 - 1/e) to the 1-minute load average.
-    assert _own_load_share(120.0, 60.0) == pytest.approx(2 * (1 - math.exp(-1)))
-    assert _own_load_share(10.0, 10.0) == pytest.approx(1 - math.exp(-1 / 6))
-    assert _own_load_share(0.0, 10.0) == 0.0 and _own_load_share(1.0, 0.0) == 0.0
+    assert own_load_share(120.0, 60.0) == pytest.approx(2 * (1 - math.exp(-1)))
+    assert own_load_share(10.0, 10.0) == pytest.approx(1 - math.exp(-1 / 6))
+    assert own_load_share(0.0, 10.0) == 0.0 and own_load_share(1.0, 0.0) == 0.0
 
 
 def test_a_busy_machine_gets_a_warning_in_the_header_and_json(monkeypatch):

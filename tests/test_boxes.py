@@ -17,7 +17,8 @@ from detops import (
     resize_and_center_crop_boxes,
 )
 from detops.boxes import resized_and_crop_geometry
-from detops.testing.families.boxes import boxes_with_degenerate, random_boxes
+from detops.testing.families.boxes import boxes_with_degenerate
+from detops.testing.inputs import random_boxes
 
 tv_box_iou = torchvision.ops.box_iou
 tv_clip = torchvision.ops.clip_boxes_to_image

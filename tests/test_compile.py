@@ -14,22 +14,22 @@ import torch
 
 import detops
 from detops.testing.families.losses import A4_STRIDES, _cat, _head_outputs, benchmark_inputs
-from detops.testing.families.nms import random_boxes
+from detops.testing.families.nms import random_detections
 
 COMPILED_OPS = ["nms", "class_spec_nms", "batched_nms_per_image", "box_iou", "clip_boxes_to_image"]
 
 
 def op_inputs(name: str):
-    boxes, scores, classes = random_boxes(60, seed=4)
+    boxes, scores, classes = random_detections(60, seed=4)
     if name == "nms":
         return (boxes, scores, 0.5)
     if name == "class_spec_nms":
         return (boxes, scores, classes, 0.5)
     if name == "batched_nms_per_image":
-        batch, batch_scores, batch_classes = random_boxes(40, batch=(3,), seed=5)
+        batch, batch_scores, batch_classes = random_detections(40, batch=(3,), seed=5)
         return (batch, batch_scores, batch_classes, 0.5)
     if name == "box_iou":
-        return (boxes, random_boxes(20, seed=6)[0])
+        return (boxes, random_detections(20, seed=6)[0])
     return (boxes, (100, 120))
 
 
@@ -51,7 +51,7 @@ def test_op_compiles_with_fullgraph_and_equals_eager(name):
 
 @pytest.mark.slow
 def test_compiled_nms_still_refuses_nan():
-    boxes, scores, _ = random_boxes(10, seed=7)
+    boxes, scores, _ = random_detections(10, seed=7)
     scores[3] = float("nan")
     compiled = torch.compile(detops.nms, fullgraph=True, backend="aot_eager")
     with pytest.raises(ValueError, match="nms: scores must not contain NaN"):
@@ -66,7 +66,7 @@ class _ScoreThenNMS(torch.nn.Module):
 
 @pytest.mark.slow
 def test_class_spec_nms_exports_and_the_program_equals_eager():
-    boxes, scores, classes = random_boxes(60, seed=8)
+    boxes, scores, classes = random_detections(60, seed=8)
     logits = torch.logit(scores.clamp(1e-4, 1 - 1e-4))
     module = _ScoreThenNMS()
     program = torch.export.export(module, (boxes, logits, classes))

@@ -7,11 +7,12 @@ import torch
 
 from detops.data import (
     SYNTHETIC_CLASSES,
+    SYNTHETIC_COLORS,
     VOC2007DetectionTiny,
     make_synthetic_detection_dataset,
     synthetic_image,
+    synthetic_shape_mask,
 )
-from detops.data.synthetic import _COLORS, _shape_mask
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def _near(pixels, color):
 @pytest.mark.parametrize("kind", range(len(SYNTHETIC_CLASSES)))
 def test_shape_masks_reach_every_edge_of_their_box(kind):
     for size in (7, 29, 58):
-        mask = _shape_mask(kind, size)
+        mask = synthetic_shape_mask(kind, size)
         assert mask.shape == (size, size)
         assert mask[0].any() and mask[-1].any() and mask[:, 0].any() and mask[:, -1].any()
         assert mask.mean() > 0.45, (kind, size)
@@ -74,7 +75,7 @@ def test_boxes_sit_on_the_drawn_shapes(index):
     assert pixels.shape == (96, 96, 3) and pixels.dtype == np.uint8
     for obj in objects:
         x1, y1, x2, y2 = (int(v) for v in obj["xyxy"])
-        mask = _near(pixels, _COLORS[SYNTHETIC_CLASSES.index(obj["name"])])
+        mask = _near(pixels, SYNTHETIC_COLORS[SYNTHETIC_CLASSES.index(obj["name"])])
         inside = mask[y1:y2, x1:x2]
         assert inside[0].any() and inside[-1].any(), obj
         assert inside[:, 0].any() and inside[:, -1].any(), obj

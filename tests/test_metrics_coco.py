@@ -15,12 +15,7 @@ import torch
 from hypothesis import given, settings
 
 from detops import mean_average_precision
-from detops.metrics import (
-    _COCO_IOU,
-    COCO_AREA_RANGES,
-    COCO_MAX_DETECTIONS,
-    COCO_RECALL_THRESHOLDS,
-)
+from detops.metrics import COCO_AREA_RANGES, COCO_MAX_DETECTIONS, COCO_RECALL_THRESHOLDS
 from detops.testing.entry import case_to_torch
 from detops.testing.families.metrics import coco_map_cases
 
@@ -236,7 +231,8 @@ def test_constants_are_cocoeval_params():
     from pycocotools.cocoeval import Params
 
     params = Params(iouType="bbox")
-    assert list(_COCO_IOU) == params.iouThrs.tolist()
+    no_images = mean_average_precision([], [], 1, protocol="coco")
+    assert no_images["iou_thresholds"].tolist() == params.iouThrs.tolist()
     assert list(COCO_RECALL_THRESHOLDS) == params.recThrs.tolist()
     assert [list(a) for a in COCO_AREA_RANGES] == [[float(v) for v in a] for a in params.areaRng]
     assert list(COCO_MAX_DETECTIONS) == params.maxDets

@@ -23,14 +23,7 @@ from detops.nn import FCOS, DetectorBackboneWithFPN, FCOSPredictionNetwork
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two OpenMP threads on a shared, oversubscribed 2-core machine run these small convs
-    # 10-30x slower than one thread (barrier spinning); restore the setting afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

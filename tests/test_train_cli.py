@@ -18,23 +18,13 @@ import detops.visualize
 from detops.cli import build_parser, main
 from detops.training import load_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 TINY = [
     "--num-train", "4", "--num-val", "2", "--image-size", "64", "--batch-size", "2",
     "--iterations", "2", "--fpn-channels", "8", "--stem-channels", "8",
     "--warmup-iterations", "0", "--checkpoint-every", "1", "--no-progress", "--device", "cpu",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # One torch thread: two OpenMP threads on the shared, oversubscribed 2-core machine run
-    # the small convs 10-30x slower. Restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from detops._atomic import atomic_write_text
 from detops.data import VOC2007DetectionTiny, make_synthetic_detection_dataset
-from detops.data._atomic import atomic_write_text
 from detops.nn import FCOS
 from detops.training import (
     _lr_steps,
@@ -35,15 +35,21 @@ from detops.training import (
     train_detector,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two OpenMP threads on a shared, oversubscribed 2-core machine run the small FCOS convs
-    # 10-30x slower than one thread; restore the setting afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+class Killed(Exception):
+    """The training loop dying like a killed process."""
+
+
+def die_at(kill_iteration: int):
+    """An ``on_iteration`` callback that raises :class:`Killed` after ``kill_iteration``."""
+
+    def on_iteration(iteration, values):
+        if iteration == kill_iteration:
+            raise Killed
+
+    return on_iteration
 
 
 class ToyDetector(nn.Module):
@@ -189,16 +195,9 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
 
     # Interrupted run: the loop dies (like a killed process) right after iteration 5, whose
     # checkpoint was written at iteration 4 (checkpoint_every=2): iteration 5 is redone.
-    class Killed(Exception):
-        pass
-
-    def die(iteration, values):
-        if iteration == 5:
-            raise Killed
-
     ckpt = tmp_path / "run.pt"
     with pytest.raises(Killed):
-        run_toy(tmp_path, 9, ckpt=ckpt, every=2, on_iteration=die)
+        run_toy(tmp_path, 9, ckpt=ckpt, every=2, on_iteration=die_at(5))
     assert load_checkpoint(ckpt)["iteration"] == 4
 
     seed_everything(999)  # a fresh process would start with other RNG states
@@ -421,16 +420,9 @@ def test_fcos_resume_gives_the_identical_next_loss(synthetic_four, fcos_and_init
 
     full = run()
 
-    class Killed(Exception):
-        pass
-
-    def die(iteration, values):
-        if iteration == 3:
-            raise Killed
-
     ckpt = tmp_path / "fcos.pt"
     with pytest.raises(Killed):
-        run(checkpoint_path=ckpt, checkpoint_every=2, on_iteration=die)
+        run(checkpoint_path=ckpt, checkpoint_every=2, on_iteration=die_at(3))
     torch.manual_seed(12345)  # the new process's RNG would differ
     resumed = run(checkpoint_path=ckpt)
     assert resumed.resumed_from == 2

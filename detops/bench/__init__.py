@@ -28,6 +28,7 @@ from .timing import (
     load_average,
     measure,
     measure_interleaved,
+    own_load_share,
     quartiles,
     synchronized,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "load_average",
     "measure",
     "measure_interleaved",
+    "own_load_share",
     "quartiles",
     "run_benchmarks",
     "select_cases",

@@ -49,12 +49,10 @@ class BenchResult:
     @property
     def ratio_range(self) -> tuple[float, float] | None:
         """(peer q25 / detops q75, peer q75 / detops q25): the ratio's spread."""
-        if self.ratio is None or self.detops.q25 <= 0:
+        detops, peer = self.detops, self.peer_timing
+        if detops is None or peer is None or detops.median <= 0 or detops.q25 <= 0:
             return None
-        return (
-            self.peer_timing.q25 / self.detops.q75,
-            self.peer_timing.q75 / self.detops.q25,
-        )
+        return (peer.q25 / detops.q75, peer.q75 / detops.q25)
 
     def to_dict(self) -> dict[str, Any]:
         low_high = self.ratio_range
@@ -240,12 +238,13 @@ def plot_ratios(report: BenchReport, path: str | Path) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from ..data._atomic import atomic_path
+    from .._atomic import atomic_path
 
-    rows = [r for r in report.results if r.ratio is not None]
+    measured = [(r, ratio) for r in report.results if (ratio := r.ratio) is not None]
+    rows = [r for r, _ in measured]
     labels = [f"{r.op} | {r.size}\nvs {_short(r.peer, 40)}" for r in rows]
-    ratios = [r.ratio for r in rows]
-    ranges = [r.ratio_range or (r.ratio, r.ratio) for r in rows]
+    ratios = [ratio for _, ratio in measured]
+    ranges = [r.ratio_range or (ratio, ratio) for r, ratio in measured]
     height = max(2.5, 0.55 * len(rows) + 1.8)
     fig = Figure(figsize=(11, height))
     FigureCanvasAgg(fig)

@@ -28,6 +28,7 @@ from .timing import (
     load_average,
     measure,
     measure_interleaved,
+    own_load_share,
     synchronized,
 )
 
@@ -150,15 +151,6 @@ def _measure_pair(
     result.unstable_reason = reason or ""
 
 
-def _own_load_share(cpu_seconds: float, wall_seconds: float) -> float:
-    """This process's share of the 1-minute load average at the end of a run: the CPUs it
-    kept busy on average (CPU seconds over wall seconds), weighted as the kernel's
-    exponential average over a minute weighs the last ``wall_seconds``."""
-    if wall_seconds <= 0:
-        return 0.0
-    return cpu_seconds / wall_seconds * (1.0 - math.exp(-wall_seconds / 60.0))
-
-
 def run_benchmarks(
     cases: Sequence[BenchCase],
     device: str,
@@ -206,7 +198,7 @@ def run_benchmarks(
     except KeyboardInterrupt:
         interrupted = True
     load_end = load_average()
-    own_share = _own_load_share(time.process_time() - cpu_start, time.perf_counter() - wall_start)
+    own_share = own_load_share(time.process_time() - cpu_start, time.perf_counter() - wall_start)
     environment.update(
         load_average_1m_start=load_start,
         load_average_1m_end=load_end,

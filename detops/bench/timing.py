@@ -187,6 +187,15 @@ def load_average() -> float | None:
         return None
 
 
+def own_load_share(cpu_seconds: float, wall_seconds: float) -> float:
+    """This process's share of the 1-minute load average at the end of a run: the CPUs it
+    kept busy on average (CPU seconds over wall seconds), weighted as the kernel's
+    exponential average over a minute weighs the last ``wall_seconds``."""
+    if wall_seconds <= 0:
+        return 0.0
+    return cpu_seconds / wall_seconds * (1.0 - math.exp(-wall_seconds / 60.0))
+
+
 def busy_warning(
     cpu_count: int | None,
     load_start: float | None,

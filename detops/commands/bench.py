@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from detops._atomic import atomic_write_text
     from detops.bench import (
         BenchSettings,
         format_bench_table,
@@ -73,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
         run_benchmarks,
         select_cases,
     )
-    from detops.data._atomic import atomic_write_text
     from detops.testing import BENCHMARKS
 
     device = args.device

@@ -103,7 +103,7 @@ def _run_cli(argv: list[str]) -> tuple[int, str]:
 
 
 def _verify_step(out: Path, name: str, impl: str | None, examples: int) -> tuple[int, list[Path]]:
-    from detops.data._atomic import atomic_write_text
+    from detops._atomic import atomic_write_text
 
     text_path, json_path = out / f"verify_{name}.txt", out / f"verify_{name}.json"
     argv = ["verify", "--examples", str(examples), "--json", str(json_path)]
@@ -115,7 +115,7 @@ def _verify_step(out: Path, name: str, impl: str | None, examples: int) -> tuple
 
 
 def _bench_step(out: Path) -> tuple[int, list[Path]]:
-    from detops.data._atomic import atomic_write_text
+    from detops._atomic import atomic_write_text
 
     paths = [out / "bench.txt", out / "bench.json", out / "bench.png"]
     code, text = _run_cli(["bench", "--quick", "--json", str(paths[1]), "--plot", str(paths[2])])
@@ -154,7 +154,7 @@ def _train_step(out: Path, iterations: int) -> tuple[int, list[Path]]:
             "1",
         ]
     )
-    from detops.data._atomic import atomic_write_text
+    from detops._atomic import atomic_write_text
 
     atomic_write_text(train_dir / "train.txt", text)
     paths = [
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
 
-    from detops.data._atomic import atomic_write_text
+    from detops._atomic import atomic_write_text
 
     summary: list[str] = []
     ok = True

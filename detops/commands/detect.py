@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from detops.cli import CommandError
 
 from . import COMMANDS
+from ._checkpoint import (
+    check_checkpoint_file,
+    check_output_dir,
+    check_thresholds,
+    load_trained_model,
+)
 from .train import MIN_IMAGE_SIZE, check_device_name, resolve_device
 
 _DESCRIPTION = """\
@@ -66,28 +71,18 @@ def add_parser(subparsers) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Usage errors, found before anything is imported or loaded."""
-    for name in ("score_thresh", "nms_thresh"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and 0 <= value <= 1):
-            raise CommandError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
+    check_thresholds(args, ("score_thresh", "nms_thresh"))
     if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
         raise CommandError(
             f"--image-size must be at least {MIN_IMAGE_SIZE} (the FPN's coarsest level has "
             f"stride 32), got {args.image_size}"
         )
     check_device_name(args.device)
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_file():
-        raise CommandError(
-            f"--checkpoint {args.checkpoint}: no such file (train writes "
-            "runs/train/checkpoint.pt: python -m detops train)"
-        )
+    check_checkpoint_file(args.checkpoint)
     missing = [path for path in args.images if not Path(path).is_file()]
     if missing:
         raise CommandError(f"no such image file(s): {', '.join(missing)}")
-    output = Path(args.output_dir)
-    if output.exists() and not output.is_dir():
-        raise CommandError(f"--output-dir {args.output_dir} exists and is not a folder")
+    check_output_dir(args.output_dir)
 
 
 def _check_images(paths: list[str]) -> None:
@@ -107,28 +102,6 @@ def _check_images(paths: list[str]) -> None:
             raise CommandError(f"{path} is {kind}") from error
 
 
-def _load_model(path: str):
-    """(model config and weights loaded, extra) from a train checkpoint; usage errors for a
-    file that is not one."""
-    from detops.nn import FCOS
-    from detops.training import load_checkpoint
-
-    not_ours = f"--checkpoint {path} is not a checkpoint written by `python -m detops train`"
-    try:
-        state = load_checkpoint(path, map_location="cpu")
-    except Exception as error:
-        raise CommandError(f"{not_ours} ({type(error).__name__} while reading it)") from error
-    extra = state.get("extra") or {}
-    if "model" not in extra or "image_size" not in extra:
-        raise CommandError(f"{not_ours} (it has no model config)")
-    model = FCOS(**extra["model"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise CommandError(f"{not_ours} (its weights do not fit its model config)") from error
-    return model, extra
-
-
 def run_detect(args: argparse.Namespace) -> int:
     _check_args(args)
     _check_images(args.images)
@@ -143,7 +116,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from detops.visualize import save_detections_png
 
     device = resolve_device(args.device)
-    model, extra = _load_model(args.checkpoint)
+    model, extra = load_trained_model(args.checkpoint)
     model.to(device).eval()
     class_names = extra.get("class_names")
     image_size = args.image_size or int(extra["image_size"])

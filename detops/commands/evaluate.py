@@ -10,6 +10,12 @@ from pathlib import Path
 from detops.cli import CommandError
 
 from . import COMMANDS
+from ._checkpoint import (
+    check_checkpoint_file,
+    check_output_dir,
+    check_thresholds,
+    load_trained_model,
+)
 from .train import check_device_name, resolve_device
 
 _DESCRIPTION = """\
@@ -80,18 +86,11 @@ def add_parser(subparsers) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Usage errors, found before anything is imported or loaded."""
-    for name in ("score_thresh", "nms_thresh"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and 0 <= value <= 1):
-            raise CommandError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
+    check_thresholds(args, ("score_thresh", "nms_thresh"))
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_device_name(args.device)
-    if not Path(args.checkpoint).is_file():
-        raise CommandError(
-            f"--checkpoint {args.checkpoint}: no such file (train writes "
-            "runs/train/checkpoint.pt: python -m detops train)"
-        )
+    check_checkpoint_file(args.checkpoint)
     if args.data != "synthetic":
         root = Path(args.data).expanduser()
         if not root.is_dir():
@@ -100,9 +99,7 @@ def _check_args(args: argparse.Namespace) -> None:
             )
         if not (root / f"voc07_{args.split}.json").is_file():
             raise CommandError(f"--data {args.data}: the folder has no voc07_{args.split}.json")
-    output = Path(args.output_dir)
-    if output.exists() and not output.is_dir():
-        raise CommandError(f"--output-dir {args.output_dir} exists and is not a folder")
+    check_output_dir(args.output_dir)
 
 
 def _dataset(args: argparse.Namespace, extra: dict, class_names: list[str]):
@@ -153,7 +150,7 @@ def _pr_curves_png(path: Path, coco: dict, class_names: list[str]) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from detops.data._atomic import atomic_write_bytes
+    from detops._atomic import atomic_write_bytes
 
     count = len(class_names)
     columns = min(count, 4)
@@ -191,14 +188,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from detops.data._atomic import atomic_write_text
+    from detops._atomic import atomic_write_text
     from detops.metrics import mean_average_precision
     from detops.training import predict_detections
 
-    from .detect import _load_model
-
     device = resolve_device(args.device)
-    model, extra = _load_model(args.checkpoint)
+    model, extra = load_trained_model(args.checkpoint)
     model.to(device).eval()
     num_classes = int(extra["model"]["num_classes"])
     class_names = list(extra.get("class_names") or [str(c) for c in range(num_classes)])

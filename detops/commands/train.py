@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from detops.cli import CommandError
 
@@ -400,9 +401,9 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
     """Train, evaluate and report; with ``world > 1`` in an initialized process group,
     where only rank 0 prints and writes files."""
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, DistributedSampler
 
-    from detops.data._atomic import atomic_write_text
+    from detops._atomic import atomic_write_text
     from detops.nn import FCOS
     from detops.training import (
         evaluate_detector,
@@ -440,10 +441,9 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
     train_set, val_set = _datasets(args, class_names)
     output.mkdir(parents=True, exist_ok=True)
     model = FCOS(**model_config, backbone_weights=args.backbone_weights).to(device)
-    train_sampler = val_sampler = None
+    train_sampler: DistributedSampler | None = None
+    val_sampler: DistributedSampler | None = None
     if world > 1:
-        from torch.utils.data import DistributedSampler
-
         # Each rank takes batch_size images of a shard; reshuffled per epoch (train_detector
         # calls set_epoch). Evaluation shards in order; the predictions are gathered.
         train_sampler = DistributedSampler(train_set, seed=args.seed, drop_last=True)
@@ -542,7 +542,7 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
     # The progress bar shows running averages; metrics.json records the same numbers
     # (final_losses) and the last iteration's raw values.
     final = {k: round(_smoothed(v), 4) for k, v in result.history.items() if v}
-    report = {
+    report: dict[str, Any] = {
         "args": stored_args,
         "map_50": None if math.isnan(map_50) else map_50,
         "ap_per_class": dict(zip(class_names, ap, strict=True)),

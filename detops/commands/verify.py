@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from detops.data._atomic import atomic_write_text
+    from detops._atomic import atomic_write_text
     from detops.verify import (
         TargetError,
         format_report,

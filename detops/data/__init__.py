@@ -22,7 +22,13 @@ from .download import (
     download_voc2007_tiny,
     safe_extract_tar,
 )
-from .synthetic import SYNTHETIC_CLASSES, make_synthetic_detection_dataset, synthetic_image
+from .synthetic import (
+    SYNTHETIC_CLASSES,
+    SYNTHETIC_COLORS,
+    make_synthetic_detection_dataset,
+    synthetic_image,
+    synthetic_shape_mask,
+)
 from .voc import IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES, VOC2007DetectionTiny
 
 __all__ = [
@@ -30,6 +36,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SYNTHETIC_CLASSES",
+    "SYNTHETIC_COLORS",
     "VOC2007_TINY_FILES",
     "VOC_CLASSES",
     "ChecksumError",
@@ -44,4 +51,5 @@ __all__ = [
     "make_synthetic_detection_dataset",
     "safe_extract_tar",
     "synthetic_image",
+    "synthetic_shape_mask",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,6 +33,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from ._paths import bracketed_listing, checked_relative_path, is_inside
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -43,7 +45,6 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(IMG_EXTENSIONS)
-_LIST_LIMIT = 20
 _SEPARATOR = re.compile(r"\s*,\s*|\s+")
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -55,16 +56,9 @@ def is_image_file(name: str | os.PathLike[str]) -> bool:
 
 def _raise_if_disagree(prefix: str, problems: dict[str, list[str]]) -> None:
     """Raise one ValueError listing every non-empty group of mismatched names."""
-    parts = [f"{what} {_listing(names)}" for what, names in problems.items() if names]
+    parts = [f"{what} {bracketed_listing(names)}" for what, names in problems.items() if names]
     if parts:
         raise ValueError(f"{prefix}: " + "; ".join(parts))
-
-
-def _listing(items: Iterable[str]) -> str:
-    items = list(items)
-    shown = ", ".join(items[:_LIST_LIMIT])
-    more = f", ... ({len(items)} in all)" if len(items) > _LIST_LIMIT else ""
-    return f"[{shown}{more}]"
 
 
 def _require_dir(op: str, name: str, path: str | os.PathLike[str]) -> Path:
@@ -76,11 +70,6 @@ def _require_dir(op: str, name: str, path: str | os.PathLike[str]) -> Path:
     if not folder.is_dir():
         raise ValueError(f"{op}: {name} must be an existing directory, got {str(folder)!r}")
     return folder
-
-
-def _is_inside(root_real: str, path: str | os.PathLike[str]) -> bool:
-    real = os.path.realpath(path)
-    return os.path.commonpath([root_real, real]) == root_real
 
 
 def _scan(op: str, root: Path, keep: Callable[[str], bool]) -> list[str]:
@@ -96,7 +85,7 @@ def _scan(op: str, root: Path, keep: Callable[[str], bool]) -> list[str]:
         dirs.sort()
         folder_real = os.path.realpath(folder)
         rel_folder = PurePosixPath(Path(folder).relative_to(root).as_posix())
-        if not _is_inside(root_real, folder_real):
+        if not is_inside(root_real, folder_real):
             escaping.append(f"{rel_folder}/")
             dirs[:] = []
             continue
@@ -110,33 +99,16 @@ def _scan(op: str, root: Path, keep: Callable[[str], bool]) -> list[str]:
                 continue
             full = os.path.join(folder, name)
             rel = str(rel_folder / name)
-            if not _is_inside(root_real, full):
+            if not is_inside(root_real, full):
                 escaping.append(rel)
                 continue
             found.append(rel)
     if escaping:
         raise ValueError(
             f"{op}: files must stay inside {str(root)!r}, got links pointing outside: "
-            f"{_listing(sorted(escaping))}"
+            f"{bracketed_listing(sorted(escaping))}"
         )
     return sorted(found)
-
-
-def _checked_relative(op: str, root: Path, name: str, where: str) -> str:
-    """``name`` as a POSIX path relative to ``root``; raises if it escapes ``root``."""
-    posix = name.replace("\\", "/")
-    pure = PurePosixPath(posix)
-    if pure.is_absolute() or re.match(r"^[A-Za-z]:", posix) or ".." in pure.parts:
-        raise ValueError(
-            f"{op}: {where}: image path must stay inside the image directory {str(root)!r} "
-            f"(no absolute path, no '..'), got {name!r}"
-        )
-    if not _is_inside(os.path.realpath(root), root / pure):
-        raise ValueError(
-            f"{op}: {where}: image path must stay inside the image directory {str(root)!r}, "
-            f"got {name!r}, which resolves outside it (symlink)"
-        )
-    return str(pure)
 
 
 def _load_rgb(path: str) -> Image.Image:
@@ -176,12 +148,37 @@ def folder_per_class_dataset(
     if loose:
         raise ValueError(
             f"{op}: images must sit in a class sub-folder of {str(folder)!r}, got images "
-            f"directly in it: {_listing(loose)}"
+            f"directly in it: {bracketed_listing(loose)}"
         )
     return ImageFolder(str(folder), transform=transform, target_transform=target_transform)
 
 
-class LabelFileDataset(Dataset):
+class _ImageLabelSamples(Dataset):
+    """Items ``(transform(RGB image), target_transform(target))`` from ``samples``, a list of
+    ``(image path, label)``; the target is the label unless a subclass says otherwise."""
+
+    samples: list[tuple[str, Any]]
+    transform: Callable[[Image.Image], Any] | None
+    target_transform: Callable[[Any], Any] | None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _target(self, label: Any) -> Any:
+        return label
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        path, label = self.samples[index]
+        image = _load_rgb(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        target = self._target(label)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+
+class LabelFileDataset(_ImageLabelSamples):
     """Images in one folder, labels in one text file: ``filename label`` per line.
 
     The separator is whitespace or a comma (``001.jpg 0``, ``001.jpg,0``, ``001.jpg, 0``).
@@ -235,7 +232,7 @@ class LabelFileDataset(Dataset):
                     f"{op}: {where}: expected 'filename label' (separated by a space or a "
                     f"comma, label a non-negative integer), got {raw!r}"
                 )
-            name = _checked_relative(op, self.image_dir, parts[0], where)
+            name = checked_relative_path(op, self.image_dir, parts[0], where)
             if not is_image_file(name):
                 raise ValueError(
                     f"{op}: {where}: filename must have an image extension "
@@ -255,26 +252,11 @@ class LabelFileDataset(Dataset):
             f"{op}: {self.label_file} and {str(self.image_dir)!r} disagree",
             {"labels for missing images": missing, "images without a label": unlabeled},
         )
-        self.samples: list[tuple[str, int]] = [
-            (str(self.image_dir / name), labels[name]) for name in sorted(labels)
-        ]
+        self.samples = [(str(self.image_dir / name), labels[name]) for name in sorted(labels)]
         self.targets: list[int] = [label for _, label in self.samples]
 
-    def __len__(self) -> int:
-        return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        path, label = self.samples[index]
-        image = _load_rgb(path)
-        if self.transform is not None:
-            image = self.transform(image)
-        target: Any = label
-        if self.target_transform is not None:
-            target = self.target_transform(label)
-        return image, target
-
-
-class PerImageLabelDataset(Dataset):
+class PerImageLabelDataset(_ImageLabelSamples):
     """Images in one folder, one label file per image in another: ``labels/<stem>.txt``.
 
     ``images/a/001.jpg`` pairs with ``labels/a/001.txt``. The label file holds one
@@ -331,7 +313,7 @@ class PerImageLabelDataset(Dataset):
         if clashes:
             raise ValueError(
                 f"{op}: each image needs its own label file, got images sharing a stem "
-                f"(and so a label file): {_listing(clashes)}"
+                f"(and so a label file): {bracketed_listing(clashes)}"
             )
         label_files = _scan(op, self.label_dir, lambda name: name.lower().endswith(".txt"))
         label_by_stem = {str(PurePosixPath(rel).with_suffix("")): rel for rel in label_files}
@@ -342,11 +324,11 @@ class PerImageLabelDataset(Dataset):
             {"images without a label file": unlabeled, "label files without an image": orphans},
         )
 
-        self.samples: list[tuple[str, Any]] = []
+        self.samples = []
         lengths: dict[int, str] = {}
         for stem in sorted(by_stem, key=lambda s: by_stem[s]):
             label = self._parse(op, self.label_dir / label_by_stem[stem])
-            if self.multi_label:
+            if isinstance(label, tuple):  # multi_label
                 lengths.setdefault(len(label), label_by_stem[stem])
             self.samples.append((str(self.image_dir / by_stem[stem]), label))
         if len(lengths) > 1:
@@ -387,15 +369,5 @@ class PerImageLabelDataset(Dataset):
             )
         return int(tokens[0])
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        path, label = self.samples[index]
-        image = _load_rgb(path)
-        if self.transform is not None:
-            image = self.transform(image)
-        target: Any = torch.tensor(label, dtype=torch.int64) if self.multi_label else label
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
+    def _target(self, label: Any) -> Any:
+        return torch.tensor(label, dtype=torch.int64) if self.multi_label else label

@@ -40,8 +40,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
-from ._atomic import atomic_path, atomic_write_text
+from .._atomic import atomic_path, atomic_write_text
 
 __all__ = [
     "RemoteFile",
@@ -94,6 +95,10 @@ class UnverifiedDownloadWarning(UserWarning):
     """A file was accepted without a pinned digest; its computed digest was recorded."""
 
 
+@overload
+def sha256_file(path: str | os.PathLike[str], *, md5: Literal[False] = False) -> str: ...
+@overload
+def sha256_file(path: str | os.PathLike[str], *, md5: Literal[True]) -> tuple[str, str]: ...
 def sha256_file(path: str | os.PathLike[str], *, md5: bool = False) -> str | tuple[str, str]:
     """Hex SHA-256 of a file (and its MD5 when ``md5=True``), read in 1 MiB chunks."""
     sha = hashlib.sha256()

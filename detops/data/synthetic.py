@@ -28,19 +28,30 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ._atomic import atomic_write_bytes, atomic_write_text
+from .._atomic import atomic_write_bytes, atomic_write_text
+from .._checks import check_int
 
-__all__ = ["SYNTHETIC_CLASSES", "make_synthetic_detection_dataset", "synthetic_image"]
+__all__ = [
+    "SYNTHETIC_CLASSES",
+    "SYNTHETIC_COLORS",
+    "make_synthetic_detection_dataset",
+    "synthetic_image",
+    "synthetic_shape_mask",
+]
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
-_COLORS = np.array([(230, 40, 40), (40, 200, 70), (50, 90, 240), (240, 215, 40)], dtype=np.float64)
+#: Each class's RGB colour, in label order (drawn with a jitter of up to 20 per channel).
+SYNTHETIC_COLORS = np.array(
+    [(230, 40, 40), (40, 200, 70), (50, 90, 240), (240, 215, 40)], dtype=np.float64
+)
 _SPLIT_IDS = {"train": 0, "val": 1}
 _FORMAT_VERSION = 1
 _OP = "make_synthetic_detection_dataset"
 
 
-def _shape_mask(kind: int, size: int) -> np.ndarray:
-    """A boolean ``[size, size]`` mask of shape ``kind`` filling its box edge to edge."""
+def synthetic_shape_mask(kind: int, size: int) -> np.ndarray:
+    """A boolean ``[size, size]`` mask of class ``kind``'s shape (an index into
+    :data:`SYNTHETIC_CLASSES`), filling its box edge to edge."""
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
     last = size - 1
@@ -106,8 +117,8 @@ def synthetic_image(
     num_objects = int(rng.integers(1, 4))
     for x, y, size in _place(rng, image_size, num_objects, gap):
         kind = int(rng.integers(len(SYNTHETIC_CLASSES)))
-        mask = _shape_mask(kind, size)
-        color = np.clip(_COLORS[kind] + rng.uniform(-20.0, 20.0, size=3), 0, 255)
+        mask = synthetic_shape_mask(kind, size)
+        color = np.clip(SYNTHETIC_COLORS[kind] + rng.uniform(-20.0, 20.0, size=3), 0, 255)
         patch = color + rng.normal(0.0, 6.0, size=(size, size, 3))
         region = pixels[y : y + size, x : x + size]
         region[mask] = patch[mask]
@@ -167,12 +178,9 @@ def make_synthetic_detection_dataset(
         ("num_val", num_val, 1),
         ("image_size", image_size, 32),
     ):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{_OP}: {name} must be an int, got {type(value).__name__}")
-        if value < low:
+        if check_int(_OP, name, value) < low:
             raise ValueError(f"{_OP}: {name} must be >= {low}, got {value}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"{_OP}: seed must be a non-negative int, got {seed!r}")
+    check_int(_OP, "seed", seed, minimum=0, expected="a non-negative int")
 
     root = Path(root)
     params = {

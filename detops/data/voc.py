@@ -14,8 +14,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from .._checks import check_int
 from ..boxes import pad_gt_boxes, resize_and_center_crop_boxes
-from .classification import _checked_relative, _listing
+from ._paths import bracketed_listing, checked_relative_path
 from .download import download_voc2007_tiny
 
 __all__ = ["VOC_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "VOC2007DetectionTiny"]
@@ -92,9 +93,7 @@ class VOC2007DetectionTiny(Dataset):
         if split not in ("train", "val"):
             raise ValueError(f"{_OP}: split must be 'train' or 'val', got {split!r}")
         for name, value in (("image_size", image_size), ("max_boxes", max_boxes)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{_OP}: {name} must be an int, got {type(value).__name__}")
-            if value <= 0:
+            if check_int(_OP, name, value) <= 0:
                 raise ValueError(f"{_OP}: {name} must be > 0, got {value}")
         names = tuple(class_names)
         if not names or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
@@ -155,7 +154,7 @@ class VOC2007DetectionTiny(Dataset):
                 )
             path, annotations = entry
             rel = path[len(_PREFIX) :] if path.startswith(_PREFIX) else path
-            rel = _checked_relative(_OP, self.dataset_dir, rel, where)
+            rel = checked_relative_path(_OP, self.dataset_dir, rel, where)
             if len(annotations) > self.max_boxes:
                 raise ValueError(
                     f"{_OP}: {where} ({path}) has {len(annotations)} boxes, more than "
@@ -195,7 +194,7 @@ class VOC2007DetectionTiny(Dataset):
         if missing:
             raise ValueError(
                 f"{_OP}: {json_path} lists images missing under {str(self.dataset_dir)!r}: "
-                f"{_listing(missing)}"
+                f"{bracketed_listing(missing)}"
             )
         return instances
 

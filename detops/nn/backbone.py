@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -11,13 +12,15 @@ from torch import Tensor, nn
 from torchvision.models import RegNet_X_400MF_Weights, regnet_x_400mf
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from .._checks import check_int
+
 __all__ = ["DetectorBackboneWithFPN", "BackboneWeights"]
 
 _NAME = "DetectorBackboneWithFPN"
 
 #: What ``weights`` may be: nothing (random init), a local state_dict file, or a torchvision
 #: weights enum (or its name, e.g. ``"IMAGENET1K_V2"``) to download.
-BackboneWeights = str | os.PathLike | RegNet_X_400MF_Weights | None
+BackboneWeights: TypeAlias = str | os.PathLike | RegNet_X_400MF_Weights | None
 
 # trunk node -> (name, channels, stride). Channel counts checked against torchvision 0.29's
 # regnet_x_400mf: block2 64, block3 160, block4 400 (the course seed's 64/128/256 are wrong).
@@ -93,8 +96,7 @@ class DetectorBackboneWithFPN(nn.Module):
 
     def __init__(self, out_channels: int, weights: BackboneWeights = None) -> None:
         super().__init__()
-        if isinstance(out_channels, bool) or not isinstance(out_channels, int):
-            raise TypeError(f"{_NAME}: out_channels must be an int, got {out_channels!r}")
+        out_channels = check_int(_NAME, "out_channels", out_channels)
         if out_channels <= 0:
             raise ValueError(f"{_NAME}: out_channels must be > 0, got {out_channels}")
         self.out_channels = out_channels

@@ -79,12 +79,13 @@ class FCOS(nn.Module):
         self.max_detections = max_detections
         self.register_buffer("loss_normalizer", torch.tensor(150.0))
 
-    def _check_inputs(self, images: Tensor, gt_boxes: Tensor | None) -> None:
+    def _check_inputs(self, images: Tensor, gt_boxes: Tensor | None) -> Tensor | None:
+        """The checked ``gt_boxes`` in training mode (required there), None in eval mode."""
         if not isinstance(images, Tensor) or images.dim() != 4:
             got = shape_str(images) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"{_NAME}: images must have shape [B, 3, H, W], got {got}")
         if not self.training:
-            return
+            return None
         if gt_boxes is None:
             raise ValueError(f"{_NAME}: gt_boxes is required in training mode, got None")
         if not isinstance(gt_boxes, Tensor) or not gt_boxes.is_floating_point():
@@ -119,6 +120,7 @@ class FCOS(nn.Module):
                 f"{_NAME}: gt_boxes classes must be integers in [0, {self.num_classes}) or -1 "
                 f"for padding, got {classes[bad][0].item()}"
             )
+        return gt_boxes
 
     def forward(
         self,
@@ -146,7 +148,7 @@ class FCOS(nn.Module):
             ``.as_dicts()`` gives the per-image ``boxes``/``labels``/``scores`` dicts that
             :func:`detops.metrics.mean_average_precision` reads.
         """
-        self._check_inputs(images, gt_boxes)
+        training_gt_boxes = self._check_inputs(images, gt_boxes)
         strides = self.backbone.fpn_strides
         feats = self.backbone(images)
         pred_cls_logits, pred_boxreg_deltas, pred_ctr_logits = self.pred_net(feats)
@@ -156,7 +158,7 @@ class FCOS(nn.Module):
             dtype=images.dtype,
             device=images.device,
         )
-        if not self.training:
+        if training_gt_boxes is None:  # eval mode
             return self._detections(
                 images,
                 locations,
@@ -168,7 +170,10 @@ class FCOS(nn.Module):
             )
 
         matched_boxes = fcos_match_locations_to_gt(
-            locations, strides, gt_boxes, center_sampling_radius=self.center_sampling_radius
+            locations,
+            strides,
+            training_gt_boxes,
+            center_sampling_radius=self.center_sampling_radius,
         )
         matched_deltas = {
             level: fcos_get_deltas_from_locations(locations[level], boxes, strides[level])
@@ -209,7 +214,7 @@ class FCOS(nn.Module):
             pred_cls_logits,
             pred_boxreg_deltas,
             pred_ctr_logits,
-            tuple(images.shape[-2:]),
+            (images.shape[-2], images.shape[-1]),
             self.score_thresh if score_thresh is None else score_thresh,
             self.nms_thresh if nms_thresh is None else nms_thresh,
             topk_candidates=self.topk_candidates,

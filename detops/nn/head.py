@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .._checks import check_int
+
 __all__ = ["FCOSPredictionNetwork"]
 
 _NAME = "FCOSPredictionNetwork"
@@ -51,30 +53,29 @@ class FCOSPredictionNetwork(nn.Module):
         self, num_classes: int, in_channels: int, stem_channels: int | Sequence[int]
     ) -> None:
         super().__init__()
-        if isinstance(stem_channels, int):
-            stem_channels = [stem_channels]
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{_NAME}: {name} must be a positive int, got {value!r}")
-        stem_channels = list(stem_channels)
-        if not stem_channels or any(
-            isinstance(c, bool) or not isinstance(c, int) or c <= 0 for c in stem_channels
-        ):
+        positive = "a positive int"
+        num_classes = check_int(_NAME, "num_classes", num_classes, minimum=1, expected=positive)
+        in_channels = check_int(_NAME, "in_channels", in_channels, minimum=1, expected=positive)
+        stem_list = [stem_channels] if isinstance(stem_channels, int) else list(stem_channels)
+        if not stem_list:
             raise ValueError(
-                f"{_NAME}: stem_channels must be a positive int or a non-empty list of them, "
-                f"got {stem_channels!r}"
+                f"{_NAME}: stem_channels must be a positive int or a non-empty list of them, got []"
             )
+        for index, channels in enumerate(stem_list):
+            check_int(_NAME, f"stem_channels[{index}]", channels, minimum=1, expected=positive)
         self.num_classes = num_classes
-        self.stem_cls = _stem(in_channels, stem_channels)
-        self.stem_box = _stem(in_channels, stem_channels)
-        last = stem_channels[-1]
+        self.stem_cls = _stem(in_channels, stem_list)
+        self.stem_box = _stem(in_channels, stem_list)
+        last = stem_list[-1]
         self.pred_cls = nn.Conv2d(last, num_classes, kernel_size=3, padding=1)
         self.pred_box = nn.Conv2d(last, 4, kernel_size=3, padding=1)
         self.pred_ctr = nn.Conv2d(last, 1, kernel_size=3, padding=1)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, mean=0.0, std=0.01)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        assert self.pred_cls.bias is not None  # built with nn.Conv2d's default bias=True
         nn.init.constant_(self.pred_cls.bias, -math.log(99))
 
     def forward(

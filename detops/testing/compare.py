@@ -22,6 +22,7 @@ __all__ = [
     "assert_trees_close",
     "compare_index_sets",
     "EXACT",
+    "EXACT_TOLERANCES",
 ]
 
 
@@ -34,6 +35,8 @@ class Tolerance:
 
 
 EXACT = Tolerance(0.0, 0.0)
+#: Per-dtype tolerances of an op whose float32 and float64 results are exact.
+EXACT_TOLERANCES = {torch.float32: EXACT, torch.float64: EXACT}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from detops import boxes
 
 from ..compare import Tolerance
 from ..entry import BenchCase, BenchFunctions, OpEntry
+from ..inputs import random_boxes
 from ..strategies import Case, floats32, gt_boxes
 
 # IoU of float32 boxes (and of float16/bfloat16 boxes, which box_iou computes in float32):
@@ -204,14 +205,6 @@ ENTRIES = (
 
 
 # ---------------------------------------------------------------------------- benchmarks
-
-
-def random_boxes(shape: tuple[int, ...], *, seed: int = 0, extent: float = 500.0) -> torch.Tensor:
-    """``[..., 4]`` valid XYXY float32 boxes, uniform corners, sides up to ``extent / 4``."""
-    gen = torch.Generator().manual_seed(seed)
-    xy = torch.rand(*shape, 2, generator=gen) * extent
-    wh = torch.rand(*shape, 2, generator=gen) * (extent / 4)
-    return torch.cat((xy, xy + wh), dim=-1)
 
 
 def _iou_setup(batch: int | None, n: int, with_reference: bool):

@@ -8,12 +8,10 @@ from hypothesis import strategies as st
 import reference.locations as ref
 from detops import locations
 
-from ..compare import Tolerance
+from ..compare import EXACT_TOLERANCES
 from ..entry import BenchCase, BenchFunctions, OpEntry
+from ..inputs import A4_STRIDES, COCO_STRIDES
 from ..strategies import Case, fpn_shapes, fpn_strides
-
-# Coordinates are exact multiples of the stride; float32 represents them exactly.
-EXACT_TOLERANCES = {torch.float32: Tolerance(0.0, 0.0), torch.float64: Tolerance(0.0, 0.0)}
 
 
 @st.composite
@@ -33,6 +31,7 @@ ENTRIES = (
         op=locations.get_fpn_location_coords,
         reference=ref.get_fpn_location_coords,
         strategy=location_cases,
+        # coordinates are exact multiples of the stride; float32 represents them exactly
         tolerances=EXACT_TOLERANCES,
         op_kwargs=lambda dtype, device: {"dtype": dtype, "device": device},
     ),
@@ -68,9 +67,6 @@ def _bench_setup(height, width, strides, with_reference):
 
     return setup
 
-
-A4_STRIDES = {"p3": 8, "p4": 16, "p5": 32}
-COCO_STRIDES = {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
 
 BENCHMARKS = (
     BenchCase(

@@ -26,6 +26,7 @@ from detops import deltas, inference, losses, matching
 
 from ..compare import Tolerance
 from ..entry import BenchCase, BenchFunctions, OpEntry
+from ..inputs import A4_STRIDES
 from ..strategies import Case, floats32
 from .targets import benchmark_inputs, seed_style_centerness, seed_style_deltas, seed_style_match
 
@@ -115,7 +116,7 @@ def class_id_cases(draw, half: bool = False):
 _FULL = {dtype: FOCAL_TOLERANCES[dtype] for dtype in (torch.float64, torch.float32)}
 _HALF = {dtype: FOCAL_TOLERANCES[dtype] for dtype in (torch.float16, torch.bfloat16)}
 
-ENTRIES = (
+ENTRIES: tuple[OpEntry, ...] = (
     OpEntry(
         name="sigmoid_focal_loss",
         op=losses.sigmoid_focal_loss,
@@ -213,7 +214,7 @@ def _class_id_bench(batch, locations, classes):
 
 _FWD_BWD = "forward+backward, reduction sum, ~1% positive targets"
 
-BENCHMARKS = (
+BENCHMARKS: tuple[BenchCase, ...] = (
     BenchCase(
         "sigmoid_focal_loss",
         "tiny 2x16x4",
@@ -383,11 +384,11 @@ def seed_style_fcos_loss(
     takes ``[N, 4]`` deltas, so the batch is flattened for it.
     """
     batch = gt_boxes.shape[0]
-    matched_gt_boxes, matched_gt_deltas = [], []
+    per_image_boxes, per_image_deltas = [], []
     for i in range(batch):
         matched_boxes = match(locations_per_fpn_level, strides_per_fpn_level, gt_boxes[i])
-        matched_gt_boxes.append(matched_boxes)
-        matched_gt_deltas.append(
+        per_image_boxes.append(matched_boxes)
+        per_image_deltas.append(
             {
                 level: seed_style_deltas(
                     locations_per_fpn_level[level], matched_boxes[level],
@@ -396,8 +397,8 @@ def seed_style_fcos_loss(
                 for level in matched_boxes
             }
         )  # fmt: skip
-    matched_gt_boxes = torch.cat(list(default_collate(matched_gt_boxes).values()), dim=1)
-    matched_gt_deltas = torch.cat(list(default_collate(matched_gt_deltas).values()), dim=1)
+    matched_gt_boxes = torch.cat(list(default_collate(per_image_boxes).values()), dim=1)
+    matched_gt_deltas = torch.cat(list(default_collate(per_image_deltas).values()), dim=1)
 
     num_pos_locations = (matched_gt_boxes[:, :, 4] != -1).sum()
     pos_loc_per_image = num_pos_locations.item() / batch
@@ -447,7 +448,7 @@ def seed_style_inference_one_image(
     The course's in-place ``sigmoid_`` of the predictions is done out of place here.
     """
     height, width = image_size
-    boxes_all, classes_all, scores_all = [], [], []
+    boxes_per_level, classes_per_level, scores_per_level = [], [], []
     for level_name in locations_per_fpn_level:
         level_locations = locations_per_fpn_level[level_name]
         level_cls_logits = pred_cls_logits[level_name][image]
@@ -465,12 +466,12 @@ def seed_style_inference_one_image(
         level_pred_boxes[:, 1].clamp_(0, height)
         level_pred_boxes[:, 2].clamp_(0, width)
         level_pred_boxes[:, 3].clamp_(0, height)
-        boxes_all.append(level_pred_boxes)
-        classes_all.append(level_pred_classes)
-        scores_all.append(level_pred_scores)
-    boxes_all = torch.cat(boxes_all)
-    classes_all = torch.cat(classes_all)
-    scores_all = torch.cat(scores_all)
+        boxes_per_level.append(level_pred_boxes)
+        classes_per_level.append(level_pred_classes)
+        scores_per_level.append(level_pred_scores)
+    boxes_all = torch.cat(boxes_per_level)
+    classes_all = torch.cat(classes_per_level)
+    scores_all = torch.cat(scores_per_level)
     keep = class_spec_nms(boxes_all, scores_all, classes_all, nms_thresh)
     return boxes_all[keep], classes_all[keep], scores_all[keep]
 
@@ -487,8 +488,6 @@ def seed_style_inference(*args, class_spec_nms=torchvision.ops.batched_nms, **kw
 # ----------------------------------------------------------------------------------------
 # fcos benchmarks
 # ----------------------------------------------------------------------------------------
-
-A4_STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 
 
 def _head_outputs(locations, batch, num_classes, device, seed=0, cls_mean=0.0):
@@ -515,16 +514,20 @@ def _fcos_loss_bench(height, width):
         )
         cls, box, ctr = (_cat(t) for t in _head_outputs(locations, 16, 20, device))
         leaves = [t.detach().requires_grad_() for t in (cls, box, ctr)]
+        cls_leaf, box_leaf, ctr_leaf = leaves
 
+        # grad of several outputs: the gradient of their sum
         def detops_step():
             matched = _cat(matching.fcos_match_locations_to_gt(locations, A4_STRIDES, gt))
             gt_deltas = deltas.fcos_get_deltas_from_locations(flat_locations, matched, flat_strides)
-            out, _ = losses.fcos_loss(*leaves, matched, gt_deltas, 150.0)
-            return torch.autograd.grad(sum(out.values()), leaves)
+            out, _ = losses.fcos_loss(cls_leaf, box_leaf, ctr_leaf, matched, gt_deltas, 150.0)
+            return torch.autograd.grad(list(out.values()), leaves)
 
         def seed_step():
-            out, _ = seed_style_fcos_loss(*leaves, locations, A4_STRIDES, gt, 150.0)
-            return torch.autograd.grad(sum(out.values()), leaves)
+            out, _ = seed_style_fcos_loss(
+                cls_leaf, box_leaf, ctr_leaf, locations, A4_STRIDES, gt, 150.0
+            )
+            return torch.autograd.grad(list(out.values()), leaves)
 
         return BenchFunctions(detops=detops_step, peer=seed_step)
 

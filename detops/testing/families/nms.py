@@ -12,6 +12,7 @@ from detops.nms import batched_nms_per_image, class_spec_nms, nms
 
 from ..compare import EXACT
 from ..entry import BenchCase, BenchFunctions, OpEntry
+from ..inputs import random_boxes
 from ..strategies import Case, floats32
 
 __all__ = [
@@ -22,7 +23,7 @@ __all__ = [
     "nms_boxes",
     "distinct_scores",
     "threshold_away_from",
-    "random_boxes",
+    "random_detections",
 ]
 
 # Kept indices are integers: equal or wrong. The strategies keep every IoU at least 1e-5
@@ -46,8 +47,8 @@ def as_seen_in(values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     # bfloat16: round to nearest even on the top 16 bits of the float32 pattern (the
     # strategies' values are float32-exact, so this is torch's float64 -> bfloat16).
     bits = single.view(np.uint32).astype(np.uint64)
-    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    return rounded.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
 def iou_matrix(boxes: np.ndarray) -> np.ndarray:
@@ -212,15 +213,14 @@ THRESHOLD = 0.5
 CLASSES = 20
 
 
-def random_boxes(
+def random_detections(
     n: int, *, seed: int = 0, batch: tuple[int, ...] = ()
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The benchmark's random boxes: corners uniform in [0, 1000)^2, width and height
-    uniform in [8, 200), scores uniform in [0, 1), classes uniform in 0..19 (float32)."""
+    """The benchmark's random detections ``(boxes, scores, classes)``: corners uniform in
+    [0, 1000)^2, width and height uniform in [8, 200), scores uniform in [0, 1), classes
+    uniform in 0..19 (float32)."""
     g = torch.Generator().manual_seed(seed)
-    xy = torch.rand(*batch, n, 2, generator=g) * 1000
-    wh = 8 + torch.rand(*batch, n, 2, generator=g) * 192
-    boxes = torch.cat((xy, xy + wh), -1)
+    boxes = random_boxes((*batch, n), extent=1000.0, min_side=8.0, max_side=200.0, generator=g)
     scores = torch.rand(*batch, n, generator=g)
     classes = torch.randint(0, CLASSES, (*batch, n), generator=g)
     return boxes, scores, classes
@@ -228,7 +228,7 @@ def random_boxes(
 
 def _nms_setup(n: int, with_reference: bool):
     def setup(device):
-        boxes, scores, _ = random_boxes(n)
+        boxes, scores, _ = random_detections(n)
         b, s = boxes.to(device), scores.to(device)
         bn, sn = boxes.double().numpy(), scores.double().numpy()
         return BenchFunctions(
@@ -242,7 +242,7 @@ def _nms_setup(n: int, with_reference: bool):
 
 def _class_setup(n: int, with_reference: bool):
     def setup(device):
-        boxes, scores, classes = random_boxes(n)
+        boxes, scores, classes = random_detections(n)
         b, s, c = boxes.to(device), scores.to(device), classes.to(device)
         bn, sn, cn = boxes.double().numpy(), scores.double().numpy(), classes.numpy()
         return BenchFunctions(
@@ -271,7 +271,7 @@ def _loop_of_batched_nms(boxes, scores, classes, limit):
 
 def _batched_setup(images: int, n: int, with_reference: bool, limit: int = 100):
     def setup(device):
-        boxes, scores, classes = random_boxes(n, batch=(images,))
+        boxes, scores, classes = random_detections(n, batch=(images,))
         b, s, c = boxes.to(device), scores.to(device), classes.to(device)
         bn, sn, cn = boxes.double().numpy(), scores.double().numpy(), classes.numpy()
         return BenchFunctions(
@@ -287,7 +287,7 @@ def _batched_setup(images: int, n: int, with_reference: bool, limit: int = 100):
     return setup
 
 
-_NOTES = "random boxes (see random_boxes), IoU threshold 0.5"
+_NOTES = "random boxes (see random_detections), IoU threshold 0.5"
 BENCHMARKS = (
     BenchCase("nms", "10", "torchvision.ops.nms", _nms_setup(10, True), notes=_NOTES),
     BenchCase("nms", "50", "torchvision.ops.nms", _nms_setup(50, True), notes=_NOTES),

@@ -18,11 +18,11 @@ import reference.deltas as ref_deltas
 import reference.matching as ref_matching
 from detops import deltas, matching
 
-from ..compare import Tolerance
+from ..compare import EXACT_TOLERANCES, Tolerance
 from ..entry import BenchCase, BenchFunctions, OpEntry
+from ..inputs import A4_STRIDES, COCO_STRIDES
 from ..strategies import Case, floats32, fpn_locations, fpn_strides, ltrb_deltas
 
-EXACT_TOLERANCES = {torch.float32: Tolerance(0.0, 0.0), torch.float64: Tolerance(0.0, 0.0)}
 # One subtraction and one division (deltas); products, a division and a square root
 # (centerness): a few float32 roundings relative to the result.
 RELATIVE_TOLERANCES = {
@@ -54,7 +54,7 @@ def _coordinate(draw) -> float:
 def _gt_rows(draw, locations, strides, count: int) -> np.ndarray:
     """``[count, 5]`` real GT rows, many of them aligned with a location of some level."""
     levels = [name for name, loc in locations.items() if len(loc)]
-    rows = []
+    rows: list[list[float]] = []
     for _ in range(count):
         kind = draw(st.sampled_from(["aligned", "aligned", "free", "same_area", "copy"]))
         if rows and kind == "copy":  # an exact duplicate: equal areas, lower index wins
@@ -328,9 +328,6 @@ def seed_style_targets(locations_per_fpn_level, strides_per_fpn_level, gt_boxes)
 
 
 # ----------------------------------------------------------------------------- benchmarks
-
-A4_STRIDES = {"p3": 8, "p4": 16, "p5": 32}
-COCO_STRIDES = {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
 
 
 def benchmark_inputs(height, width, strides, rows, real, device="cpu", seed=0):

@@ -13,8 +13,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "new_file_mode"]
+__all__ = ["atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
 
 
 def _current_umask() -> int:
@@ -32,7 +33,7 @@ def _current_umask() -> int:
     return mask
 
 
-def new_file_mode() -> int:
+def _new_file_mode() -> int:
     """The mode ``open(path, "w")`` gives a new file: ``0o666 & ~umask``."""
     return 0o666 & ~_current_umask()
 
@@ -52,7 +53,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.chmod(tmp, new_file_mode())
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -60,18 +61,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically; returns ``path`` as a :class:`Path`.
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[BinaryIO]:
+    """Yield a binary file to write; on success it replaces ``path`` atomically.
 
     ``fsync=True`` also flushes the data to disk before the rename (survives a power cut);
     the rename alone already guarantees that readers never see a partial file.
     """
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        yield handle
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`); returns ``path`` as a
+    :class:`Path`."""
+    with atomic_open(path, fsync=fsync) as handle:
+        handle.write(data)
     return Path(path)
 
 
