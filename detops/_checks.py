@@ -42,27 +42,35 @@ def check_integer_dtype(op: str, name: str, value: Tensor) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _parse_shape_pattern(pattern: str) -> tuple[tuple[str, ...], ...]:
-    """``"[N, 5] or [B, N, 5]"`` -> ``(("N", "5"), ("B", "N", "5"))``."""
+def _parse_shape_pattern(pattern: str) -> tuple[tuple[bool, int, tuple[tuple[int, int], ...]], ...]:
+    """``"[N, 5] or [..., 4]"`` -> per alternative ``(any_leading, ndim, fixed sizes)``:
+    ``((False, 2, ((1, 5),)), (True, 1, ((-1, 4),)))``, with the fixed sizes indexed from
+    the end when leading dimensions may be any."""
     alternatives = []
     for part in pattern.split(" or "):
         part = part.strip()
         if not (part.startswith("[") and part.endswith("]")):
             raise ValueError(f"shape pattern {pattern!r}: each alternative must look like [N, 4]")
         inner = part[1:-1].strip()
-        alternatives.append(tuple(d.strip() for d in inner.split(",")) if inner else ())
+        dims = [d.strip() for d in inner.split(",")] if inner else []
+        any_leading = bool(dims) and dims[0] == "..."
+        if any_leading:
+            dims = dims[1:]
+        ndim = len(dims)
+        fixed = tuple(
+            (i - ndim if any_leading else i, int(d)) for i, d in enumerate(dims) if d.isdigit()
+        )
+        alternatives.append((any_leading, ndim, fixed))
     return tuple(alternatives)
 
 
-def _shape_matches(shape: Sequence[int], dims: tuple[str, ...]) -> bool:
-    if dims and dims[0] == "...":
-        dims = dims[1:]
-        if len(shape) < len(dims):
-            return False
-        shape = shape[len(shape) - len(dims) :]
-    elif len(shape) != len(dims):
-        return False
-    return all(not d.isdigit() or int(d) == size for d, size in zip(dims, shape, strict=True))
+def _shape_matches(shape: Sequence[int], pattern: str) -> bool:
+    for any_leading, ndim, fixed in _parse_shape_pattern(pattern):
+        if (len(shape) >= ndim if any_leading else len(shape) == ndim) and all(
+            shape[i] == size for i, size in fixed
+        ):
+            return True
+    return False
 
 
 def check_shape(
@@ -80,7 +88,7 @@ def check_shape(
     ``...`` matches any number of leading dimensions. The pattern is quoted in the message.
     """
     tensor = check_tensor(op, name, value)
-    if not any(_shape_matches(tensor.shape, dims) for dims in _parse_shape_pattern(pattern)):
+    if not _shape_matches(tensor.shape, pattern):
         raise ValueError(f"{op}: {name} must have shape {pattern}, got {shape_str(tensor)}")
     if dtype == "floating":
         check_floating(op, name, tensor)

@@ -58,8 +58,11 @@ from torch import Tensor
 
 from ._checks import (
     check_floating,
+    check_int,
+    check_integer_dtype,
     check_no_nan,
     check_same_device,
+    check_shape,
     check_tensor,
     check_unit_interval,
     shape_str,
@@ -92,34 +95,36 @@ _DENSE = 16  # groups with G * S * S <= budget / _DENSE take the all-pairs path
 # ----------------------------------------------------------------------------------------
 
 
-def _check_boxes_scores(op: str, boxes: object, scores: object, batched: bool) -> None:
-    check_tensor(op, "boxes", boxes)
-    check_tensor(op, "scores", scores)
+def _check_boxes_scores(
+    op: str, boxes: object, scores: object, batched: bool
+) -> tuple[Tensor, Tensor]:
+    box_pattern, score_pattern = ("[B, N, 4]", "[B, N]") if batched else ("[N, 4]", "[N]")
+    boxes = check_tensor(op, "boxes", boxes)
+    scores = check_tensor(op, "scores", scores)
     check_floating(op, "boxes", boxes)
     check_floating(op, "scores", scores)
     if scores.dtype != boxes.dtype:
         raise TypeError(
             f"{op}: scores must have the dtype of boxes ({boxes.dtype}), got {scores.dtype}"
         )
-    box_pattern, score_pattern = ("[B, N, 4]", "[B, N]") if batched else ("[N, 4]", "[N]")
-    if boxes.dim() != (3 if batched else 2) or boxes.shape[-1] != 4:
-        raise ValueError(f"{op}: boxes must have shape {box_pattern}, got {shape_str(boxes)}")
-    if tuple(scores.shape) != tuple(boxes.shape[:-1]):
+    check_shape(op, "boxes", boxes, box_pattern)
+    if scores.shape != boxes.shape[:-1]:
         raise ValueError(
             f"{op}: scores must have shape {score_pattern} = {list(boxes.shape[:-1])} "
             f"(from boxes {shape_str(boxes)}), got {shape_str(scores)}"
         )
+    return boxes, scores
 
 
-def _check_class_ids(op: str, class_ids: object, scores: Tensor, pattern: str) -> None:
-    check_tensor(op, "class_ids", class_ids)
-    if class_ids.is_floating_point() or class_ids.is_complex() or class_ids.dtype == torch.bool:
-        raise TypeError(f"{op}: class_ids must have an integer dtype, got {class_ids.dtype}")
-    if tuple(class_ids.shape) != tuple(scores.shape):
+def _check_class_ids(op: str, class_ids: object, scores: Tensor, pattern: str) -> Tensor:
+    class_ids = check_tensor(op, "class_ids", class_ids)
+    check_integer_dtype(op, "class_ids", class_ids)
+    if class_ids.shape != scores.shape:
         raise ValueError(
             f"{op}: class_ids must have shape {pattern} = {list(scores.shape)} "
             f"(from scores {shape_str(scores)}), got {shape_str(class_ids)}"
         )
+    return class_ids
 
 
 def _check_common(op: str, boxes: Tensor, scores: Tensor, iou_threshold: object, **more) -> None:
@@ -585,10 +590,11 @@ def _greedy_keep(src: Tensor, dst: Tensor, n: int) -> Tensor:
         inner = d < z
         si, di = s[inner], d[inner] - a
         live = alive[si] & alive[di]
-        kept = _resolve_block(alive, si[live], di[live]) if bool(live.any()) else alive
-        keep[a:z] = kept
+        block_kept = _resolve_block(alive, si[live], di[live]) if bool(live.any()) else alive
+        assert block_kept is not None  # without a round limit the fixed point is reached
+        keep[a:z] = block_kept
         outer = ~inner
-        suppressed[d[outer][kept[s[outer]]]] = True
+        suppressed[d[outer][block_kept[s[outer]]]] = True
     return keep
 
 
@@ -753,7 +759,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         index first), on the device of ``boxes``. Empty input gives an empty result.
     """
     op = "nms"
-    _check_boxes_scores(op, boxes, scores, batched=False)
+    boxes, scores = _check_boxes_scores(op, boxes, scores, batched=False)
     _check_common(op, boxes, scores, iou_threshold)
     if torch.compiler.is_compiling():  # one opaque op with a data-dependent output size
         return torch.ops.detops.nms(boxes, scores, float(iou_threshold))
@@ -805,8 +811,8 @@ def class_spec_nms(
         Tensor[K] int64: kept indices by descending score (ties: lower index first).
     """
     op = "class_spec_nms"
-    _check_boxes_scores(op, boxes, scores, batched=False)
-    _check_class_ids(op, class_ids, scores, "[N]")
+    boxes, scores = _check_boxes_scores(op, boxes, scores, batched=False)
+    class_ids = _check_class_ids(op, class_ids, scores, "[N]")
     _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
     if torch.compiler.is_compiling():
         return torch.ops.detops.class_spec_nms(boxes, scores, class_ids, float(iou_threshold))
@@ -871,15 +877,13 @@ def batched_nms_per_image(
         one image, capped at ``max_detections``; 0 when nothing is kept.
     """
     op = "batched_nms_per_image"
-    _check_boxes_scores(op, boxes, scores, batched=True)
+    boxes, scores = _check_boxes_scores(op, boxes, scores, batched=True)
     if class_ids is not None:
-        _check_class_ids(op, class_ids, scores, "[B, N]")
+        class_ids = _check_class_ids(op, class_ids, scores, "[B, N]")
     if max_detections is not None:
-        if isinstance(max_detections, bool) or not isinstance(max_detections, int):
-            raise TypeError(
-                f"{op}: max_detections must be None or an int >= 0, "
-                f"got {type(max_detections).__name__}"
-            )
+        max_detections = check_int(
+            op, "max_detections", max_detections, expected="None or an int >= 0"
+        )
         if max_detections < 0:
             raise ValueError(f"{op}: max_detections must be >= 0, got {max_detections}")
     _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
