@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ._cache import cached_constant
-from ._checks import check_floating, check_same_device, check_tensor, shape_str
+from ._checks import check_same_device, check_shape, shape_str
 
 __all__ = [
     "fcos_get_deltas_from_locations",
@@ -20,12 +20,7 @@ __all__ = [
 
 def _check_locations(op: str, locations: object, other: Tensor, other_name: str) -> Tensor:
     """``locations`` is ``[L, 2]`` or ``[..., L, 2]`` with the leading dims of ``other``."""
-    check_tensor(op, "locations", locations)
-    if locations.dim() < 2 or locations.shape[-1] != 2:
-        raise ValueError(
-            f"{op}: locations must have shape [L, 2] or [..., L, 2], got {shape_str(locations)}"
-        )
-    check_floating(op, "locations", locations)
+    locations = check_shape(op, "locations", locations, "[L, 2] or [..., L, 2]", dtype="floating")
     if locations.shape[-2] != other.shape[-2]:
         raise ValueError(
             f"{op}: locations and {other_name} must have the same number of locations L, got "
@@ -72,11 +67,12 @@ def _sign(dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.tensor([-1, -1, 1, 1], dtype=dtype, device=device)
 
 
-def _result_dtype(*tensors: object) -> torch.dtype:
-    dtype = None
-    for t in tensors:
+def _result_dtype(first: Tensor, *others: object) -> torch.dtype:
+    """The promotion of the floating dtypes among the inputs (``first`` is floating)."""
+    dtype = first.dtype
+    for t in others:
         if isinstance(t, Tensor) and t.is_floating_point():
-            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+            dtype = torch.promote_types(dtype, t.dtype)
     return dtype
 
 
@@ -112,9 +108,10 @@ def fcos_get_deltas_from_locations(
         locations (Tensor[L, 2] or Tensor[..., L, 2]): ``(xc, yc)`` in absolute pixels;
             ``[L, 2]`` is shared by every leading index of ``gt_boxes``.
         gt_boxes (Tensor[..., L, 4] or Tensor[..., L, 5]): the box of every location, XYXY
-            absolute pixels (a class column is ignored), e.g. one level of
-            :func:`detops.fcos_match_locations_to_gt`. A background row is one whose four
-            coordinates are all exactly -1.
+            absolute pixels, e.g. one level of :func:`detops.fcos_match_locations_to_gt`.
+            Background rows follow the README's padding rule: with a class column, a row
+            whose class is -1 (its coordinates are ignored); without one, a row whose four
+            coordinates are all exactly -1 (what matching writes for background).
         stride (number or Tensor[L]): the stride in pixels (> 0), or the stride of every
             location when several levels are concatenated.
 
@@ -127,13 +124,10 @@ def fcos_get_deltas_from_locations(
         back bit for bit.
     """
     op = "fcos_get_deltas_from_locations"
-    check_tensor(op, "gt_boxes", gt_boxes)
-    if gt_boxes.dim() < 2 or gt_boxes.shape[-1] not in (4, 5):
-        raise ValueError(
-            f"{op}: gt_boxes must have shape [..., L, 4] or [..., L, 5], got {shape_str(gt_boxes)}"
-        )
-    check_floating(op, "gt_boxes", gt_boxes)
-    _check_locations(op, locations, gt_boxes, "gt_boxes")
+    gt_boxes = check_shape(
+        op, "gt_boxes", gt_boxes, "[..., L, 4] or [..., L, 5]", dtype="floating"
+    )
+    locations = _check_locations(op, locations, gt_boxes, "gt_boxes")
     dtype = _result_dtype(locations, gt_boxes, stride)
     denominator = _signed_stride(op, stride, gt_boxes.shape[-2], locations, dtype)
     # A fresh contiguous copy of the coordinates: tested for background, then turned into
@@ -142,16 +136,17 @@ def fcos_get_deltas_from_locations(
     if deltas.dtype != dtype:
         deltas = deltas.to(dtype)
     wide = _wide_rows(deltas)
-    if wide is not None:
-        rows, minus_ones = wide
-        background = rows == minus_ones  # [..., L, 1]
+    if gt_boxes.shape[-1] == 5:
+        background = gt_boxes[..., 4:5] == -1  # [..., L, 1]
+    elif wide is not None:
+        background = wide[0] == wide[1]
     else:
         background = (deltas == -1).all(dim=-1, keepdim=True)
     if locations.dtype != dtype:
         locations = locations.to(dtype)
     deltas.sub_(torch.cat((locations, locations), dim=-1)).div_(denominator)
     if wide is not None:
-        rows.masked_fill_(background, minus_ones)
+        wide[0].masked_fill_(background, wide[1])
         return deltas
     return deltas.masked_fill_(background, -1)
 
@@ -176,11 +171,8 @@ def fcos_apply_deltas_to_locations(
         floating inputs, device that of the inputs. NaN deltas stay NaN.
     """
     op = "fcos_apply_deltas_to_locations"
-    check_tensor(op, "deltas", deltas)
-    if deltas.dim() < 2 or deltas.shape[-1] != 4:
-        raise ValueError(f"{op}: deltas must have shape [..., L, 4], got {shape_str(deltas)}")
-    check_floating(op, "deltas", deltas)
-    _check_locations(op, locations, deltas, "deltas")
+    deltas = check_shape(op, "deltas", deltas, "[..., L, 4]", dtype="floating")
+    locations = _check_locations(op, locations, deltas, "deltas")
     dtype = _result_dtype(deltas, locations, stride)
     locations = locations.to(dtype)
     scale = _signed_stride(op, stride, deltas.shape[-2], locations, dtype)
@@ -204,10 +196,7 @@ def fcos_make_centerness_targets(deltas: Tensor) -> Tensor:
         the edge of a zero-width or zero-height box) gives 0, never NaN. NaN stays NaN.
     """
     op = "fcos_make_centerness_targets"
-    check_tensor(op, "deltas", deltas)
-    if deltas.dim() < 1 or deltas.shape[-1] != 4:
-        raise ValueError(f"{op}: deltas must have shape [..., L, 4], got {shape_str(deltas)}")
-    check_floating(op, "deltas", deltas)
+    deltas = check_shape(op, "deltas", deltas, "[..., L, 4]", dtype="floating")
     left, top, right, bottom = deltas.unbind(-1)
     near_x, near_y = torch.minimum(left, right), torch.minimum(top, bottom)
     denominator = torch.maximum(left, right).mul_(torch.maximum(top, bottom))

@@ -13,11 +13,13 @@ def _per_location_stride(stride, count):
 def fcos_get_deltas_from_locations(locations, gt_boxes, stride):
     """(l, t, r, b) = (xc - x1, yc - y1, x2 - xc, y2 - yc) / stride, per location.
 
-    A row whose four coordinates are all exactly -1 is background and gives four -1s.
-    ``stride`` is a number or one stride per location.
+    Background rows give four -1s: with a class column, the rows whose class is -1; without
+    one, the rows whose four coordinates are all exactly -1. ``stride`` is a number or one
+    stride per location.
     """
     locations = np.asarray(locations, dtype=np.float64)
-    boxes = np.asarray(gt_boxes, dtype=np.float64)[..., :4]
+    rows = np.asarray(gt_boxes, dtype=np.float64)
+    boxes = rows[..., :4]
     xc, yc = locations[..., 0], locations[..., 1]
     s = _per_location_stride(stride, boxes.shape[-2])[:, 0]
     deltas = np.stack(
@@ -29,7 +31,10 @@ def fcos_get_deltas_from_locations(locations, gt_boxes, stride):
         ),
         axis=-1,
     )
-    background = np.all(boxes == -1, axis=-1)
+    if rows.shape[-1] == 5:
+        background = rows[..., 4] == -1
+    else:
+        background = np.all(boxes == -1, axis=-1)
     deltas[background] = -1.0
     return deltas
 

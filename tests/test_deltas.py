@@ -48,7 +48,7 @@ def test_known_centerness_with_background_row(device):
     np.testing.assert_allclose(centerness[:2], [np.sqrt(2 / 21), 1 / 6], rtol=1e-15)
 
 
-def test_background_rows_need_all_four_coordinates_at_minus_one(device):
+def test_background_rows_follow_the_padding_rule(device):
     for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         gt = torch.tensor(
             [[-1, -1, -1, -1, 3], [-1, -1, 7, 9, 2], [-1, -1, -1, -1, -1], [1, 1, 9, 9, -1]],
@@ -57,8 +57,13 @@ def test_background_rows_need_all_four_coordinates_at_minus_one(device):
         )
         locations = torch.tensor([[4, 4], [3, 5], [4, 4], [5, 3]], dtype=dtype, device=device)
         deltas = fcos_get_deltas_from_locations(locations, gt, 2)
-        # Rows 0 and 2 are background; row 1 has two -1 coordinates but is a real box;
-        # row 3's class is -1 but its box is real: (5-1, 3-1, 9-5, 9-3) / 2.
+        # With a class column the class is the only marker: rows 2 and 3 (class -1) are
+        # background, whatever their coordinates; row 0 is a real (inverted) box of class 3:
+        # (4+1, 4+1, -1-4, -1-4) / 2; row 1 has two -1 coordinates and is a real box.
+        assert deltas.tolist() == [[2.5, 2.5, -2.5, -2.5], [2, 3, 2, 2], [-1] * 4, [-1] * 4]
+        assert deltas.dtype == dtype
+        # Without a class column, the rows of four -1 coordinates are background.
+        deltas = fcos_get_deltas_from_locations(locations, gt[:, :4], 2)
         assert deltas.tolist() == [[-1] * 4, [2, 3, 2, 2], [-1] * 4, [2, 1, 2, 3]]
         assert deltas.dtype == dtype
 
