@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -32,42 +33,65 @@ class FCOSDetections(NamedTuple):
     """Detections of a batch, padded to the largest count ``K`` of one image.
 
     Image ``b`` has ``counts[b]`` detections: rows ``[:counts[b]]`` of ``boxes[b]``,
-    ``classes[b]`` and ``scores[b]``, sorted by descending score. Rows past the count are
-    padding: boxes 0, classes -1, scores 0 (a real score is ``> score_thresh >= 0``).
+    ``class_ids[b]`` and ``scores[b]``, sorted by descending score. Rows past the count are
+    padding: boxes 0, class ids -1, scores 0 (a real score is ``> score_thresh >= 0``).
 
     Attributes:
         boxes (Tensor[B, K, 4]): XYXY, absolute pixels, clipped to the image.
-        classes (Tensor[B, K]): int64 class ids, -1 on padding.
+        class_ids (Tensor[B, K]): int64 class ids, -1 on padding. (``classes``, its name
+            before 0.2, still reads it, with a ``DeprecationWarning``.)
         scores (Tensor[B, K]): ``sqrt(sigmoid(cls) * sigmoid(ctr))`` of the box.
         counts (Tensor[B]): int64 number of detections per image.
     """
 
     boxes: Tensor
-    classes: Tensor
+    class_ids: Tensor
     scores: Tensor
     counts: Tensor
 
+    @property
+    def classes(self) -> Tensor:
+        warnings.warn(
+            "FCOSDetections.classes is deprecated; use FCOSDetections.class_ids",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.class_ids
+
     def per_image(self) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """``[(boxes [K_b, 4], classes [K_b], scores [K_b]), ...]``, one per image (views).
+        """``[(boxes [K_b, 4], class_ids [K_b], scores [K_b]), ...]``, one per image (views).
 
         Reads ``counts`` on the host (a sync on CUDA).
         """
         return [
-            (self.boxes[b, :k], self.classes[b, :k], self.scores[b, :k])
+            (self.boxes[b, :k], self.class_ids[b, :k], self.scores[b, :k])
             for b, k in enumerate(self.counts.tolist())
         ]
 
     def as_dicts(self) -> list[dict[str, Tensor]]:
-        """``[{"boxes", "classes", "scores", "labels"}, ...]`` per image (views).
-
-        The keys are the field names. ``"labels"`` is a deprecated alias of ``"classes"``
-        (the same tensor), kept because torchvision's detection convention and
-        :func:`detops.metrics.mean_average_precision` read that key.
+        """``[{"boxes", "labels", "scores"}, ...]`` per image (views): torchvision's
+        detection format, whose ``"labels"`` are the class ids; what
+        :func:`detops.metrics.mean_average_precision` reads. The key ``"classes"`` (before
+        0.2) still reads the class ids, with a ``DeprecationWarning``.
         """
         return [
-            {"boxes": boxes, "classes": classes, "scores": scores, "labels": classes}
-            for boxes, classes, scores in self.per_image()
+            _DetectionDict(boxes=boxes, labels=class_ids, scores=scores)
+            for boxes, class_ids, scores in self.per_image()
         ]
+
+
+class _DetectionDict(dict):
+    """A detection dict that still answers the key ``"classes"`` (deprecated)."""
+
+    def __missing__(self, key: str) -> Tensor:
+        if key == "classes":
+            warnings.warn(
+                'the "classes" key of FCOSDetections.as_dicts() is deprecated; use "labels"',
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return self["labels"]
+        raise KeyError(key)
 
 
 def _threshold_below(threshold: float, dtype: torch.dtype) -> float:
@@ -243,7 +267,7 @@ def fcos_inference(
         max_detections (int, optional): at most this many detections per image.
 
     Returns:
-        FCOSDetections: padded ``boxes [B, K, 4]``, ``classes [B, K]`` (int64, -1 padding),
+        FCOSDetections: padded ``boxes [B, K, 4]``, ``class_ids [B, K]`` (int64, -1 padding),
         ``scores [B, K]`` and ``counts [B]``; ``K`` is the largest count of one image (0
         when nothing is detected). Use ``.per_image()`` or ``.as_dicts()`` for per-image
         tensors. Boxes have the promoted dtype of deltas and locations; scores the dtype of
@@ -263,7 +287,7 @@ def fcos_inference(
     topk = _check_optional_count("topk_candidates", topk_candidates)
     max_det = _check_optional_count("max_detections", max_detections)
 
-    boxes_per_level, scores_per_level, classes_per_level = [], [], []
+    boxes_per_level, scores_per_level, class_ids_per_level = [], [], []
     with torch.no_grad():
         for level, locations in locations_per_fpn_level.items():
             cls = pred_cls_logits[level].detach()
@@ -271,7 +295,7 @@ def fcos_inference(
             deltas = pred_boxreg_deltas[level].detach()
             compute = torch.promote_types(cls.dtype, torch.float32)
             scores = torch.sigmoid(cls.to(compute)).mul_(torch.sigmoid(ctr.to(compute))).sqrt_()
-            best, classes = scores.max(dim=2)  # [B, HW]; first maximum on ties
+            best, class_ids = scores.max(dim=2)  # [B, HW]; first maximum on ties
             best = torch.where(best > _threshold_below(score_thresh, compute), best, -math.inf)
             locations = locations.detach()
             if topk is not None and topk < best.shape[1]:
@@ -280,7 +304,7 @@ def fcos_inference(
                 order = torch.sort(best, dim=1, descending=True, stable=True).indices[:, :topk]
                 order = torch.sort(order, dim=1).values
                 best = best.gather(1, order)
-                classes = classes.gather(1, order)
+                class_ids = class_ids.gather(1, order)
                 deltas = deltas.gather(1, order.unsqueeze(2).expand(-1, -1, 4))
                 locations = locations[order]  # [B, k, 2]
             boxes = fcos_apply_deltas_to_locations(deltas, locations, strides_per_fpn_level[level])
@@ -289,19 +313,19 @@ def fcos_inference(
             boxes = boxes.masked_fill_((best == -math.inf).unsqueeze(2), 0.0)
             boxes_per_level.append(boxes)
             scores_per_level.append(best)
-            classes_per_level.append(classes)
+            class_ids_per_level.append(class_ids)
         boxes = torch.cat(boxes_per_level, dim=1)
         scores = torch.cat(scores_per_level, dim=1)
-        classes = torch.cat(classes_per_level, dim=1)
+        class_ids = torch.cat(class_ids_per_level, dim=1)
         keep = batched_nms_per_image(
-            boxes, scores, classes, float(nms_thresh), max_detections=max_det
+            boxes, scores, class_ids, float(nms_thresh), max_detections=max_det
         )  # [B, K], -1 padded, by descending score
         valid = keep >= 0
         index = keep.clamp(min=0)
         out_boxes = boxes.gather(1, index.unsqueeze(2).expand(-1, -1, 4))
         out_boxes = out_boxes.masked_fill_(~valid.unsqueeze(2), 0.0)
         out_scores = torch.where(valid, scores.gather(1, index), 0.0)
-        out_classes = torch.where(valid, classes.gather(1, index), -1)
+        out_class_ids = torch.where(valid, class_ids.gather(1, index), -1)
         counts = valid.sum(dim=1)
     score_dtype = next(iter(pred_cls_logits.values())).dtype
-    return FCOSDetections(out_boxes, out_classes, out_scores.to(score_dtype), counts)
+    return FCOSDetections(out_boxes, out_class_ids, out_scores.to(score_dtype), counts)

@@ -78,7 +78,7 @@ def test_batch_equals_per_image_calls():
     # Padding past each image's count.
     k = result.scores.shape[1]
     for b, count in enumerate(result.counts.tolist()):
-        assert (result.classes[b, count:] == -1).all() and (result.scores[b, count:] == 0).all()
+        assert (result.class_ids[b, count:] == -1).all() and (result.scores[b, count:] == 0).all()
         assert (result.boxes[b, count:] == 0).all() and count <= 28 and k <= 28
 
 
@@ -102,7 +102,7 @@ def test_matches_reference_with_topk_and_max_detections():
 def test_no_candidate_above_the_threshold():
     locations, strides, cls, box, ctr, size = _head(3, seed=5, cls_mean=-20.0)
     result = fcos_inference(locations, strides, cls, box, ctr, size, 0.3, 0.5)
-    assert result.boxes.shape == (3, 0, 4) and result.classes.shape == (3, 0)
+    assert result.boxes.shape == (3, 0, 4) and result.class_ids.shape == (3, 0)
     assert result.scores.shape == (3, 0) and result.counts.tolist() == [0, 0, 0]
     assert [len(b) for b, _, _ in result.per_image()] == [0, 0, 0]
 
@@ -122,7 +122,7 @@ def test_all_candidates_tied():
     cls = {k: torch.zeros_like(v) for k, v in cls.items()}
     ctr = {k: torch.zeros_like(v) for k, v in ctr.items()}
     result = fcos_inference(locations, strides, cls, box, ctr, size, 0.3, 0.5)
-    assert (result.scores[0] == 0.5).all() and (result.classes[0] == 0).all()
+    assert (result.scores[0] == 0.5).all() and (result.class_ids[0] == 0).all()
     _assert_equal_to(result, _seed_loop((locations, strides, cls, box, ctr, size), 0.3, 0.5))
     # With disjoint boxes nothing is suppressed: every location, in location order.
     box = {k: torch.zeros_like(v) for k, v in box.items()}  # zero-size boxes never suppress
@@ -178,11 +178,10 @@ def test_inputs_not_modified_and_helpers(device):
     assert result.boxes.device.type == device and result.counts.dtype == torch.int64
     dicts = result.as_dicts()
     assert [len(d["scores"]) for d in dicts] == result.counts.tolist()
-    for d, (boxes, classes, scores) in zip(dicts, result.per_image(), strict=True):
-        # The field names of FCOSDetections, plus "labels": a deprecated alias of "classes".
-        assert set(d) == {"boxes", "classes", "scores", "labels"}
-        assert torch.equal(d["boxes"], boxes) and torch.equal(d["classes"], classes)
-        assert d["labels"] is d["classes"]
+    for d, (boxes, class_ids, scores) in zip(dicts, result.per_image(), strict=True):
+        # torchvision's detection dict: "labels" are the class ids.
+        assert set(d) == {"boxes", "labels", "scores"}
+        assert torch.equal(d["boxes"], boxes) and torch.equal(d["labels"], class_ids)
         assert torch.equal(d["scores"], scores)
         assert (scores[:-1] >= scores[1:]).all()  # descending
 
@@ -277,7 +276,7 @@ def test_reference_agrees_on_a_hand_case():
     result = fcos_inference(locations, {"p3": 8}, cls, box, ctr, (8, 10), 0.3, 0.5)
     sig2 = 1 / (1 + math.exp(-2))
     np.testing.assert_allclose(result.boxes[0].numpy(), [[0, 0, 10, 8]])
-    assert result.classes.tolist() == [[1]]
+    assert result.class_ids.tolist() == [[1]]
     np.testing.assert_allclose(result.scores[0].numpy(), [sig2], rtol=1e-6)
 
 
@@ -293,3 +292,20 @@ def test_a_tensor_where_a_stride_belongs_is_summarized_not_printed():
         message,
     ), message
     assert "tensor(" not in message and "\n" not in message
+
+
+def test_old_names_of_the_class_ids_still_read_them_with_a_deprecation_warning():
+    found = FCOSDetections(
+        boxes=torch.zeros(1, 1, 4),
+        class_ids=torch.tensor([[3]]),
+        scores=torch.ones(1, 1),
+        counts=torch.tensor([1]),
+    )
+    with pytest.warns(DeprecationWarning, match="use FCOSDetections.class_ids"):
+        assert found.classes is found.class_ids
+    (image,) = found.as_dicts()
+    assert sorted(image) == ["boxes", "labels", "scores"]
+    with pytest.warns(DeprecationWarning, match='use "labels"'):
+        assert image["classes"].tolist() == [3]
+    with pytest.raises(KeyError):
+        image["class"]
