@@ -12,7 +12,6 @@ a few declarative lines (in the style of kornia's ``KORNIA_CHECK_SHAPE``)::
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -41,8 +40,13 @@ def check_integer_dtype(op: str, name: str, value: Tensor) -> None:
         raise TypeError(f"{op}: {name} must have an integer dtype, got {value.dtype}")
 
 
-@functools.lru_cache(maxsize=256)
-def _parse_shape_pattern(pattern: str) -> tuple[tuple[bool, int, tuple[tuple[int, int], ...]], ...]:
+_ShapePattern = tuple[tuple[bool, int, tuple[tuple[int, int], ...]], ...]
+# Parsed patterns by their text. A plain dict, not functools.lru_cache, which torch.compile
+# warns about; the patterns are the literals written in the ops, a few dozen at most.
+_PARSED_PATTERNS: dict[str, _ShapePattern] = {}
+
+
+def _parse_shape_pattern(pattern: str) -> _ShapePattern:
     """``"[N, 5] or [..., 4]"`` -> per alternative ``(any_leading, ndim, fixed sizes)``:
     ``((False, 2, ((1, 5),)), (True, 1, ((-1, 4),)))``, with the fixed sizes indexed from
     the end when leading dimensions may be any."""
@@ -65,7 +69,10 @@ def _parse_shape_pattern(pattern: str) -> tuple[tuple[bool, int, tuple[tuple[int
 
 
 def _shape_matches(shape: Sequence[int], pattern: str) -> bool:
-    for any_leading, ndim, fixed in _parse_shape_pattern(pattern):
+    parsed = _PARSED_PATTERNS.get(pattern)
+    if parsed is None:
+        parsed = _PARSED_PATTERNS[pattern] = _parse_shape_pattern(pattern)
+    for any_leading, ndim, fixed in parsed:
         if (len(shape) >= ndim if any_leading else len(shape) == ndim) and all(
             shape[i] == size for i, size in fixed
         ):
@@ -174,7 +181,10 @@ def check_size_pair(op: str, name: str, value: object) -> tuple[int, int]:
         or len(value) != 2
         or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
     ):
-        raise TypeError(f"{op}: {name} must be a (height, width) pair of ints, got {value!r}")
+        shown = repr(value)
+        if isinstance(value, Tensor):
+            shown = f"a tensor of shape {shape_str(value)}"
+        raise TypeError(f"{op}: {name} must be a (height, width) pair of ints, got {shown}")
     if value[0] <= 0 or value[1] <= 0:
         raise ValueError(f"{op}: {name} must be a positive (height, width) pair, got {value!r}")
     return int(value[0]), int(value[1])

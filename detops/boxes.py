@@ -8,20 +8,16 @@ column, the class; a row whose class is -1 is padding (as in the FCOS target ops
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
 
 import torch
 from torch import Tensor
 
-from ._checks import (
-    check_floating,
-    check_last_dim,
-    check_same_device,
-    check_size_pair,
-    check_tensor,
-    shape_str,
-)
+from ._checks import check_int, check_same_device, check_shape, check_size_pair, shape_str
 
 __all__ = [
     "box_iou",
@@ -33,10 +29,47 @@ __all__ = [
 ]
 
 
-def _check_real(op: str, name: str, value: Tensor) -> None:
-    """Floating or integer dtypes (what torchvision's box ops accept); no bool or complex."""
-    if value.dtype == torch.bool or value.is_complex():
-        raise TypeError(f"{op}: {name} must have a floating or integer dtype, got {value.dtype}")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _check_real(op: str, name: str, value: object, pattern: str) -> Tensor:
+    """A tensor of shape ``pattern`` with a floating or integer dtype (what torchvision's box
+    ops accept); no bool or complex."""
+    tensor = check_shape(op, name, value, pattern)
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise TypeError(f"{op}: {name} must have a floating or integer dtype, got {tensor.dtype}")
+    return tensor
+
+
+def _check_size(op: str, size: object) -> int:
+    return check_int(op, "size", size, minimum=1, expected="a positive int")
+
+
+def _size_was_image_size(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Accept the old keyword ``image_size=`` for ``size`` with a ``DeprecationWarning``.
+
+    ``size`` was called ``image_size`` in detops 0.1, a name that elsewhere means a
+    ``(height, width)`` pair; the old keyword keeps working, with the warning, for one
+    more release.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if "image_size" in kwargs:
+            name = func.__name__
+            if "size" in kwargs:
+                raise TypeError(f"{name}: got size and its deprecated name image_size; pass size")
+            warnings.warn(
+                f"{name}: the keyword image_size is deprecated and will be removed after the next "
+                "release; pass size (the Resize/CenterCrop size, an int) instead",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            kwargs["size"] = kwargs.pop("image_size")
+        return func(*args, **kwargs)
+
+    return wrapper
 
 
 def _upcast(value: Tensor) -> Tensor:
@@ -76,11 +109,8 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         dtype), computed in float32 (floats) or exactly in int32/int64 (integers).
     """
     op = "box_iou"
-    for name, value in (("boxes1", boxes1), ("boxes2", boxes2)):
-        check_tensor(op, name, value)
-        _check_real(op, name, value)
-        if value.dim() < 2 or value.shape[-1] != 4:
-            raise ValueError(f"{op}: {name} must have shape [..., N, 4], got {shape_str(value)}")
+    boxes1 = _check_real(op, "boxes1", boxes1, "[..., N, 4]")
+    boxes2 = _check_real(op, "boxes2", boxes2, "[..., N, 4]")
     if boxes1.dtype != boxes2.dtype:
         raise TypeError(
             f"{op}: boxes1 and boxes2 must have the same dtype, got {boxes1.dtype} and "
@@ -207,9 +237,7 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
         Tensor of the shape, dtype and device of ``boxes``.
     """
     op = "clip_boxes_to_image"
-    check_tensor(op, "boxes", boxes)
-    _check_real(op, "boxes", boxes)
-    check_last_dim(op, "boxes", boxes, (4, 5), "[..., 4] or [..., 5]")
+    boxes = _check_real(op, "boxes", boxes, "[..., 4] or [..., 5]")
     height, width = check_size_pair(op, "size", size)
     # One clamp with per-column bounds; the class column's bounds are the dtype's extremes
     # (+-inf for floats), which leave it unchanged.
@@ -218,62 +246,52 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     else:  # e.g. uint8 boxes in a 640-px image: bounds saturate at the dtype's range
         low, high = torch.iinfo(boxes.dtype).min, torch.iinfo(boxes.dtype).max
         width, height = min(width, high), min(height, high)
-    lower = (0, 0, 0, 0, low)[: boxes.shape[-1]]
-    upper = (width, height, width, height, high)[: boxes.shape[-1]]
-    kwargs = {"dtype": boxes.dtype, "device": boxes.device}
-    clipped = torch.clamp(boxes, torch.tensor(lower, **kwargs), torch.tensor(upper, **kwargs))
+    columns = boxes.shape[-1]
+    lower = torch.tensor((0, 0, 0, 0, low)[:columns], dtype=boxes.dtype, device=boxes.device)
+    upper = (width, height, width, height, high)[:columns]
+    clipped = torch.clamp(boxes, lower, torch.tensor(upper, dtype=boxes.dtype, device=boxes.device))
     if boxes.shape[-1] == 4:
         return clipped
     return torch.where(boxes[..., 4:5] == -1, boxes, clipped)
 
 
-def _check_image_size(op: str, image_size: object) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise TypeError(f"{op}: image_size must be a positive int, got {image_size!r}")
-    if image_size <= 0:
-        raise ValueError(f"{op}: image_size must be a positive int, got {image_size!r}")
-    return image_size
-
-
+@_size_was_image_size
 def resized_and_crop_geometry(
-    original_size: tuple[int, int], image_size: int
+    original_size: tuple[int, int], size: int
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Where ``Resize(image_size)`` + ``CenterCrop(image_size)`` put the pixels, torchvision's way.
+    """Where ``Resize(size)`` + ``CenterCrop(size)`` put the pixels, torchvision's way.
 
     The resized size is torchvision's integer one (``_compute_resized_output_size``): the
-    short side becomes ``image_size`` and the long side ``int(image_size * long / short)``
-    (truncated). The crop offset is ``int(round((resized - image_size) / 2.0))`` per axis,
-    with Python's round (half to even), as ``torchvision.transforms.functional.center_crop``.
+    short side becomes ``size`` and the long side ``int(size * long / short)`` (truncated).
+    The crop offset is ``int(round((resized - size) / 2.0))`` per axis, with Python's round
+    (half to even), as ``torchvision.transforms.functional.center_crop``.
 
     Args:
         original_size (tuple[int, int]): ``(height, width)`` of the original image.
-        image_size (int): the ``Resize``/``CenterCrop`` size.
+        size (int): the ``Resize``/``CenterCrop`` size (positive): the short side after the
+            resize and the side of the square crop. Named as in torchvision's transforms;
+            the old keyword ``image_size=`` still works for one release, with a
+            ``DeprecationWarning``.
 
     Returns:
         ``((resized_height, resized_width), (crop_top, crop_left))``.
     """
     op = "resized_and_crop_geometry"
     height, width = check_size_pair(op, "original_size", original_size)
-    image_size = _check_image_size(op, image_size)
+    size = _check_size(op, size)
     short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = image_size, int(image_size * long / short)
+    new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    top = int(round((new_h - image_size) / 2.0))
-    left = int(round((new_w - image_size) / 2.0))
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
     return (new_h, new_w), (top, left)
 
 
-def _check_gt(op: str, name: str, value: Tensor, sizes: tuple[int, ...], pattern: str) -> None:
-    check_tensor(op, name, value)
-    check_floating(op, name, value)
-    if value.dim() < 2 or value.shape[-1] not in sizes:
-        raise ValueError(f"{op}: {name} must have shape {pattern}, got {shape_str(value)}")
-
-
+@_size_was_image_size
 def resize_and_center_crop_boxes(
-    gt_boxes: Tensor, original_size: tuple[int, int], image_size: int
+    gt_boxes: Tensor, original_size: tuple[int, int], size: int
 ) -> Tensor:
-    """Map GT boxes through ``Resize(image_size)`` then ``CenterCrop(image_size)``.
+    """Map GT boxes through ``Resize(size)`` then ``CenterCrop(size)``.
 
     The box half of the seed dataset's image transform: boxes land where torchvision's
     transforms put the pixels (a box covers the pixels ``[x1, x2) x [y1, y2)``; the pixel
@@ -283,51 +301,54 @@ def resize_and_center_crop_boxes(
     (torchvision's integer resized size and its rounded crop offset), ``sx = new_w / w``
     and ``sy = new_h / h``::
 
-        x' = clamp(x * sx - left, 0, image_size)    y' = clamp(y * sy - top, 0, image_size)
+        x' = clamp(x * sx - left, 0, size)    y' = clamp(y * sy - top, 0, size)
 
     Rows that are empty after clamping (``x1' >= x2'`` or ``y1' >= y2'``: zero area or
-    inverted, e.g. boxes outside the crop) become all -1, and padding rows (class == -1)
-    are all -1. Other rows keep their class. The arithmetic and the emptiness decision are
-    done in float64 on the input's device, then cast back to the input dtype.
+    inverted, e.g. boxes outside the crop) become all -1, and padding rows (class == -1,
+    whatever their coordinates) are all -1. Other rows keep their class. The arithmetic
+    and the emptiness decision are done in float64 on the input's device, then cast back
+    to the input dtype.
 
     Note:
-        The course code uses the float size ``h * image_size / w`` and floors the crop
-        offset (``(new - image_size) // 2``). Both differ from what torchvision does to the
-        pixels, so its boxes can sit up to about a pixel off the objects: a 224x227 (HxW)
-        image is cropped from column round(1.5) = 2, the course code shifts by 1; a 333x500
-        image is resized to width 336, the course code scales to 336.34 (0.27 px at
-        x = 400). It also keeps zero-width boxes (it drops only ``x1 > x2``) and does not
-        clamp ``x1`` from above.
+        The course code uses the float size ``h * size / w`` and floors the crop offset
+        (``(new - size) // 2``). Both differ from what torchvision does to the pixels, so
+        its boxes can sit up to about a pixel off the objects: a 224x227 (HxW) image is
+        cropped from column round(1.5) = 2, the course code shifts by 1; a 333x500 image
+        is resized to width 336, the course code scales to 336.34 (0.27 px at x = 400). It
+        also keeps zero-width boxes (it drops only ``x1 > x2``) and does not clamp ``x1``
+        from above.
 
     Args:
         gt_boxes (Tensor[..., N, 5]): ``(x1, y1, x2, y2, class)`` rows in original-image
             pixels, floating dtype.
         original_size (tuple[int, int]): ``(height, width)`` of the original image.
-        image_size (int): the ``Resize``/``CenterCrop`` size (positive).
+        size (int): the ``Resize``/``CenterCrop`` size (positive), as in
+            :func:`resized_and_crop_geometry` (``image_size=`` is its deprecated keyword).
 
     Returns:
-        Tensor[..., N, 5]: rows in crop pixels (``[0, image_size]``), same dtype and device.
+        Tensor[..., N, 5]: rows in crop pixels (``[0, size]``), same dtype and device.
     """
     op = "resize_and_center_crop_boxes"
-    _check_gt(op, "gt_boxes", gt_boxes, (5,), "[..., N, 5]")
+    gt_boxes = check_shape(op, "gt_boxes", gt_boxes, "[..., N, 5]", dtype="floating")
     height, width = check_size_pair(op, "original_size", original_size)
-    image_size = _check_image_size(op, image_size)
-    (new_h, new_w), (top, left) = resized_and_crop_geometry((height, width), image_size)
+    size = _check_size(op, size)
+    (new_h, new_w), (top, left) = resized_and_crop_geometry((height, width), size)
 
     boxes = gt_boxes.to(torch.float64)
-    kwargs = {"dtype": torch.float64, "device": gt_boxes.device}
-    scale = torch.tensor((new_w / width, new_h / height) * 2, **kwargs)
-    shift = torch.tensor((left, top) * 2, **kwargs)
-    xy = (boxes[..., :4] * scale - shift).clamp_(min=0, max=image_size)
+    device = gt_boxes.device
+    scale = torch.tensor((new_w / width, new_h / height) * 2, dtype=torch.float64, device=device)
+    shift = torch.tensor((left, top) * 2, dtype=torch.float64, device=device)
+    xy = (boxes[..., :4] * scale - shift).clamp_(min=0, max=size)
     drop = (xy[..., 0] >= xy[..., 2]) | (xy[..., 1] >= xy[..., 3]) | (boxes[..., 4] == -1)
     out = torch.cat((xy, boxes[..., 4:5]), dim=-1).masked_fill_(drop[..., None], -1)
     return out.to(gt_boxes.dtype)
 
 
+@_size_was_image_size
 def center_crop_boxes_to_original(
-    boxes: Tensor, original_size: tuple[int, int], image_size: int
+    boxes: Tensor, original_size: tuple[int, int], size: int
 ) -> Tensor:
-    """Map boxes on the ``Resize`` + ``CenterCrop`` image back to the original image.
+    """Map boxes on the ``Resize(size)`` + ``CenterCrop(size)`` image back to the original.
 
     The inverse of :func:`resize_and_center_crop_boxes`, for evaluation and drawing
     (predictions are made on the crop); same pixel convention, ``[x1, x2) x [y1, y2)``.
@@ -344,24 +365,23 @@ def center_crop_boxes_to_original(
         boxes (Tensor[..., 4] or Tensor[..., N, 5]): XYXY boxes (or GT-style rows) in crop
             pixels, floating dtype.
         original_size (tuple[int, int]): ``(height, width)`` of the original image.
-        image_size (int): the ``Resize``/``CenterCrop`` size (positive).
+        size (int): the ``Resize``/``CenterCrop`` size (positive), as in
+            :func:`resized_and_crop_geometry` (``image_size=`` is its deprecated keyword).
 
     Returns:
         Tensor of the shape, dtype and device of ``boxes``, in original-image pixels.
     """
     op = "center_crop_boxes_to_original"
-    check_tensor(op, "boxes", boxes)
-    check_floating(op, "boxes", boxes)
-    check_last_dim(op, "boxes", boxes, (4, 5), "[..., 4] or [..., 5]")
+    boxes = check_shape(op, "boxes", boxes, "[..., 4] or [..., 5]", dtype="floating")
     height, width = check_size_pair(op, "original_size", original_size)
-    image_size = _check_image_size(op, image_size)
-    (new_h, new_w), (top, left) = resized_and_crop_geometry((height, width), image_size)
+    size = _check_size(op, size)
+    (new_h, new_w), (top, left) = resized_and_crop_geometry((height, width), size)
 
     wide = boxes.to(torch.float64)
-    kwargs = {"dtype": torch.float64, "device": boxes.device}
-    shift = torch.tensor((left, top) * 2, **kwargs)
-    scale = torch.tensor((width / new_w, height / new_h) * 2, **kwargs)
-    upper = torch.tensor((width, height) * 2, **kwargs)
+    device = boxes.device
+    shift = torch.tensor((left, top) * 2, dtype=torch.float64, device=device)
+    scale = torch.tensor((width / new_w, height / new_h) * 2, dtype=torch.float64, device=device)
+    upper = torch.tensor((width, height) * 2, dtype=torch.float64, device=device)
     xy = torch.minimum((wide[..., :4] + shift).mul_(scale).clamp_(min=0), upper)
     if boxes.shape[-1] == 4:
         return xy.to(boxes.dtype)
@@ -386,24 +406,19 @@ def pad_gt_boxes(boxes_list: Sequence[Tensor], max_boxes: int | None = None) -> 
 
     Raises:
         ValueError: if an image has more than ``max_boxes`` rows (naming the image index and
-            its count; the course dataset crashes there on a negative pad size), or if the
-            shapes or devices are wrong. TypeError: for non-tensors or mixed dtypes.
+            its count; the course dataset crashes there on a negative pad size), if
+            ``max_boxes`` is negative, or if the shapes or devices are wrong. TypeError: for
+            non-tensors, mixed dtypes or a ``max_boxes`` that is not an int.
     """
     op = "pad_gt_boxes"
     if isinstance(boxes_list, Tensor) or not isinstance(boxes_list, Sequence):
         raise TypeError(
             f"{op}: boxes_list must be a list of Tensor[n_i, 5], got {type(boxes_list).__name__}"
         )
-    if max_boxes is not None and (
-        isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 0
-    ):
-        raise ValueError(f"{op}: max_boxes must be None or an int >= 0, got {max_boxes!r}")
+    if max_boxes is not None:
+        max_boxes = check_int(op, "max_boxes", max_boxes, minimum=0, expected="None or an int >= 0")
     for index, boxes in enumerate(boxes_list):
-        check_tensor(op, f"boxes_list[{index}]", boxes)
-        if boxes.dim() != 2 or boxes.shape[-1] != 5:
-            raise ValueError(
-                f"{op}: boxes_list[{index}] must have shape [n, 5], got {shape_str(boxes)}"
-            )
+        boxes = check_shape(op, f"boxes_list[{index}]", boxes, "[n, 5]")
         if boxes.dtype != boxes_list[0].dtype:
             raise TypeError(
                 f"{op}: all boxes must have one dtype, got {boxes_list[0].dtype} at index 0 "

@@ -2,34 +2,45 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from ._checks import check_int, check_number
+
 __all__ = ["get_fpn_location_coords"]
 
 _OP = "get_fpn_location_coords"
+_DIM = "a non-negative integer"
+_STRIDE = "a positive finite number"
+
+
+def _describe(value: object) -> str:
+    """``repr`` of a short sequence of numbers, else the type name (never a whole tensor)."""
+    if (
+        isinstance(value, (tuple, list, torch.Size))
+        and len(value) <= 8
+        and all(isinstance(v, (int, float)) for v in value)
+    ):
+        return repr(value)
+    return type(value).__name__
 
 
 def _level_hw(level: str, shape: object) -> tuple[int, int]:
+    name = f"shape_per_fpn_level[{level!r}]"
     if isinstance(shape, Tensor):
         raise TypeError(
-            f"{_OP}: shape_per_fpn_level[{level!r}] must be a shape tuple (B, C, H, W) or (H, W), "
+            f"{_OP}: {name} must be a shape tuple (B, C, H, W) or (H, W), "
             "got a Tensor (pass tensor.shape instead)"
         )
     if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) not in (2, 4):
-        raise ValueError(
-            f"{_OP}: shape_per_fpn_level[{level!r}] must be (B, C, H, W) or (H, W), got {shape!r}"
-        )
-    height, width = shape[-2], shape[-1]
-    for dim_name, dim in (("H", height), ("W", width)):
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-            raise ValueError(
-                f"{_OP}: shape_per_fpn_level[{level!r}] must have a non-negative integer "
-                f"{dim_name}, got {shape!r}"
-            )
-    return int(height), int(width)
+        raise ValueError(f"{_OP}: {name} must be (B, C, H, W) or (H, W), got {_describe(shape)}")
+    h, w = len(shape) - 2, len(shape) - 1
+    height = check_int(_OP, f"{name}[{h}]", shape[h], minimum=0, expected=f"{_DIM} H")
+    width = check_int(_OP, f"{name}[{w}]", shape[w], minimum=0, expected=f"{_DIM} W")
+    return height, width
 
 
 def get_fpn_location_coords(
@@ -54,7 +65,8 @@ def get_fpn_location_coords(
 
     Args:
         shape_per_fpn_level (Mapping[str, tuple]): per level, ``(B, C, H, W)`` or ``(H, W)``.
-        strides_per_fpn_level (Mapping[str, number]): per level, the stride in pixels (> 0).
+        strides_per_fpn_level (Mapping[str, number]): per level, the stride in pixels
+            (positive and finite; ``inf`` or NaN raises ``ValueError``).
             Must have the same level names as ``shape_per_fpn_level``.
         dtype (torch.dtype): floating dtype of the result.
         device (torch.device or str): device of the result.
@@ -81,16 +93,16 @@ def get_fpn_location_coords(
             f"({sorted(shape_per_fpn_level)}), got {sorted(strides_per_fpn_level)}"
         )
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"{_OP}: dtype must be a floating torch.dtype, got {dtype!r}")
+        got = dtype if isinstance(dtype, torch.dtype) else type(dtype).__name__
+        raise TypeError(f"{_OP}: dtype must be a floating torch.dtype, got {got}")
 
     coords = {}
     for level, shape in shape_per_fpn_level.items():
         height, width = _level_hw(level, shape)
-        stride = strides_per_fpn_level[level]
-        if isinstance(stride, bool) or not isinstance(stride, (int, float)) or not stride > 0:
-            raise ValueError(
-                f"{_OP}: strides_per_fpn_level[{level!r}] must be a positive number, got {stride!r}"
-            )
+        name, value = f"strides_per_fpn_level[{level!r}]", strides_per_fpn_level[level]
+        stride = check_number(_OP, name, value, expected=_STRIDE)
+        if not (stride > 0 and math.isfinite(stride)):  # a number: its repr is short
+            raise ValueError(f"{_OP}: {name} must be {_STRIDE}, got {value!r}")
         # Compute in float64 so large maps stay exact before the cast to ``dtype``.
         ys = (torch.arange(height, dtype=torch.float64, device=device) + offset) * stride
         xs = (torch.arange(width, dtype=torch.float64, device=device) + offset) * stride

@@ -24,13 +24,24 @@ import itertools
 import math
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_floating, check_same_device, check_tensor, shape_str
+from ._checks import (
+    check_floating,
+    check_integer_dtype,
+    check_number,
+    check_same_device,
+    check_shape,
+    check_tensor,
+    check_unit_interval,
+    shape_str,
+)
 from .deltas import fcos_make_centerness_targets
 
 __all__ = [
@@ -50,14 +61,14 @@ __all__ = [
 _CHUNK = 32768 - 64
 
 _REDUCTIONS = ("none", "mean", "sum")
-_REDUCTIONS = ("none", "mean", "sum")
+
+# A worker processes task ``i``; ``make_worker()`` builds one (with its own buffers) per thread.
+_Worker = Callable[[int], None]
 
 
 def _check_alpha_gamma(op: str, alpha: object, gamma: object) -> tuple[float, float]:
-    for name, value in (("alpha", alpha), ("gamma", gamma)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{op}: {name} must be a float, got {type(value).__name__}")
-    alpha, gamma = float(alpha), float(gamma)
+    alpha = check_number(op, "alpha", alpha, expected="a float")
+    gamma = check_number(op, "gamma", gamma, expected="a float")
     if not (0.0 <= alpha <= 1.0) and alpha != -1.0:
         raise ValueError(f"{op}: alpha must lie in [0, 1] or be -1 (no weighting), got {alpha}")
     if not (gamma >= 0.0 and math.isfinite(gamma)):
@@ -66,9 +77,10 @@ def _check_alpha_gamma(op: str, alpha: object, gamma: object) -> tuple[float, fl
 
 
 def _check_reduction(op: str, reduction: object) -> str:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{op}: reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
-    return reduction  # type: ignore[return-value]
+    if isinstance(reduction, str) and reduction in _REDUCTIONS:
+        return reduction
+    got = repr(reduction) if isinstance(reduction, str) else type(reduction).__name__
+    raise ValueError(f"{op}: reduction must be one of 'none', 'mean', 'sum', got {got}")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -82,9 +94,22 @@ _BUFFER_NAMES = ("e", "l", "n", "p", "q", "w", "x", "t")
 class _Buffers:
     """Chunk-sized scratch tensors, reused by every chunk of one call."""
 
+    # One chunk-sized tensor per name of _BUFFER_NAMES (set by __init__ and cut()).
+    e: Tensor
+    l: Tensor
+    n: Tensor
+    p: Tensor
+    q: Tensor
+    w: Tensor
+    x: Tensor
+    t: Tensor
+    gamma: Tensor
+    neg_weight: Tensor
+    alpha_slope: float
+
     def __init__(
         self, size: int, dtype: torch.dtype, device: torch.device, alpha: float, gamma: float
-    ):
+    ) -> None:
         for name in _BUFFER_NAMES:
             setattr(self, name, torch.empty(size, dtype=dtype, device=device))
         # 0-d constants: a Python scalar argument costs a hidden conversion per call, and a
@@ -121,7 +146,7 @@ def _pow_into(src: Tensor, out: Tensor, gamma: float, gamma_t: Tensor) -> None:
         torch.pow(src, gamma_t, out=out)
 
 
-def _dense_chunk(x: Tensor, t: Tensor, b: _Buffers, alpha: float, gamma: float, grad: bool):
+def _dense_chunk(x: Tensor, t: Tensor, b: _Buffers, alpha: float, gamma: float, grad: bool) -> None:
     """Loss factors and gradient of one chunk with dense targets.
 
     Leaves ``ce`` in ``b.l`` and ``a_t * q**gamma`` in ``b.q`` (loss = their product) and,
@@ -149,7 +174,7 @@ def _dense_chunk(x: Tensor, t: Tensor, b: _Buffers, alpha: float, gamma: float, 
         b.q.mul_(b.w)
 
 
-def _negative_chunk(x: Tensor, b: _Buffers, alpha: float, gamma: float, grad: bool):
+def _negative_chunk(x: Tensor, b: _Buffers, alpha: float, gamma: float, grad: bool) -> None:
     """As :func:`_dense_chunk` with every target 0: ``ce = softplus(x)``, ``q = p``."""
     torch.ops.aten.softplus.out(x, 1, _softplus_threshold(x.dtype), out=b.l)
     torch.sigmoid(x, out=b.p)
@@ -183,7 +208,7 @@ def _shared_pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-def _run_tasks(device: torch.device, n_tasks: int, make_worker) -> None:
+def _run_tasks(device: torch.device, n_tasks: int, make_worker: Callable[[], _Worker]) -> None:
     """Run ``worker(i)`` for ``i < n_tasks``; ``make_worker()`` builds one worker (with its
     own buffers) per thread.
 
@@ -222,7 +247,15 @@ class _PositiveRows:
     the value already in place, so no host sync is needed to skip them.
     """
 
-    def __init__(self, x2d: Tensor, ids: Tensor, alpha, gamma, loss_dtype, want_grad):
+    def __init__(
+        self,
+        x2d: Tensor,
+        ids: Tensor,
+        alpha: float,
+        gamma: float,
+        loss_dtype: torch.dtype,
+        want_grad: bool,
+    ) -> None:
         rows, num_classes = x2d.shape
         device = x2d.device
         cdt = _compute_dtype(x2d.dtype)
@@ -233,7 +266,7 @@ class _PositiveRows:
         block = _CHUNK if device.type == "cpu" else max(rows, 1)
         w_pos = alpha if alpha >= 0 else 1.0
 
-        def make_worker():
+        def make_worker() -> _Worker:
             gamma_t = torch.tensor(gamma, dtype=cdt)  # CPU 0-d: a scalar to CUDA ops too
 
             def worker(i: int) -> None:
@@ -266,7 +299,15 @@ class _PositiveRows:
         dst.scatter_(1, index, torch.where(self.valid[r0:r1, None], values[r0:r1, None], kept))
 
 
-def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad, positives=None):
+def _focal_dense_pass(
+    x_flat: Tensor,
+    t_flat: Tensor | None,
+    alpha: float,
+    gamma: float,
+    reduction: str,
+    want_grad: bool,
+    positives: _PositiveRows | None = None,
+) -> tuple[Tensor, Tensor | None]:
     """Loss and gradient over flat contiguous inputs, chunk by chunk.
 
     ``t_flat`` is None for the class-id form: every element is a negative except the
@@ -291,7 +332,7 @@ def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad, positi
     convert_x = dtype != cdt
     convert_t = t_flat is not None and t_flat.dtype != cdt
 
-    def make_worker():
+    def make_worker() -> _Worker:
         bufs = _Buffers(size, cdt, device, alpha, gamma)
 
         def worker(i: int) -> None:
@@ -316,7 +357,7 @@ def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad, positi
                 sums[i] = chunk_loss.sum()
             if grad is not None:
                 chunk_grad = torch.mul(b.p, b.q, out=grad[start:stop])
-                if positives is not None:
+                if positives is not None and positives.grad is not None:  # both or neither
                     positives.write(chunk_grad.view(-1, num_classes), positives.grad, r0, r1)
 
         return worker
@@ -332,15 +373,27 @@ def _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad, positi
     return loss, grad
 
 
-def _focal_forward(inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype):
+def _focal_forward(
+    inputs: Tensor,
+    targets: Tensor | None,
+    class_ids: Tensor | None,
+    alpha: float,
+    gamma: float,
+    reduction: str,
+    want_grad: bool,
+    out_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor | None]:
     """Loss (reduced as asked; ``none`` in ``inputs.dtype``, a reduction in ``out_dtype``)
-    and d(sum of elementwise loss)/d inputs."""
+    and d(sum of elementwise loss)/d inputs, against ``targets`` or the one-hot of
+    ``class_ids`` (exactly one of the two is given)."""
     x = inputs.contiguous()
     x_flat = x.reshape(-1)
     n = x_flat.numel()
-    if class_ids is None:
+    if targets is not None:
         t_flat = targets.contiguous().reshape(-1)
         loss, grad = _focal_dense_pass(x_flat, t_flat, alpha, gamma, reduction, want_grad)
+    elif class_ids is None:
+        raise TypeError("_focal_forward: targets or class_ids must be given")
     else:
         positives = None
         if n > 0:
@@ -373,7 +426,17 @@ class _SigmoidFocalLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, inputs, targets, class_ids, alpha, gamma, reduction, op, out_dtype):
+    def forward(
+        ctx: Any,
+        inputs: Tensor,
+        targets: Tensor | None,
+        class_ids: Tensor | None,
+        alpha: float,
+        gamma: float,
+        reduction: str,
+        op: str,
+        out_dtype: torch.dtype,
+    ) -> Tensor:
         want_grad = bool(ctx.needs_input_grad[0])
         loss, grad = _focal_forward(
             inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype
@@ -386,7 +449,7 @@ class _SigmoidFocalLoss(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_output):
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         alpha, gamma, reduction = ctx.options
         grad, ctx.grad = ctx.grad, None
         if grad is None:  # a second backward: recompute (the first one consumed it)
@@ -400,7 +463,9 @@ class _SigmoidFocalLoss(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None
 
 
-def _check_common(op: str, inputs: object, alpha, gamma, reduction):
+def _check_common(
+    op: str, inputs: object, alpha: object, gamma: object, reduction: object
+) -> tuple[Tensor, float, float, str]:
     inputs = check_tensor(op, "inputs", inputs)
     check_floating(op, "inputs", inputs)
     alpha, gamma = _check_alpha_gamma(op, alpha, gamma)
@@ -468,14 +533,18 @@ def sigmoid_focal_loss(
     return _dense_focal("sigmoid_focal_loss", inputs, targets, alpha, gamma, reduction)
 
 
-def _dense_focal(op: str, inputs, targets, alpha, gamma, reduction) -> Tensor:
+def _dense_focal(
+    op: str, inputs: object, targets: object, alpha: object, gamma: object, reduction: object
+) -> Tensor:
     inputs, targets, alpha, gamma, reduction = _check_dense(
         op, inputs, targets, alpha, gamma, reduction
     )
     return _apply_focal(inputs, targets, None, alpha, gamma, reduction, op)
 
 
-def _check_dense(op: str, inputs, targets, alpha, gamma, reduction):
+def _check_dense(
+    op: str, inputs: object, targets: object, alpha: object, gamma: object, reduction: object
+) -> tuple[Tensor, Tensor, float, float, str]:
     inputs, alpha, gamma, reduction = _check_common(op, inputs, alpha, gamma, reduction)
     targets = check_tensor(op, "targets", targets)
     check_floating(op, "targets", targets)
@@ -561,10 +630,8 @@ def sigmoid_focal_loss_from_class_ids(
     op = "sigmoid_focal_loss_from_class_ids"
     inputs, alpha, gamma, reduction = _check_common(op, inputs, alpha, gamma, reduction)
     class_ids = check_tensor(op, "class_ids", class_ids)
-    if class_ids.is_floating_point() or class_ids.is_complex() or class_ids.dtype == torch.bool:
-        raise TypeError(f"{op}: class_ids must have an integer dtype, got {class_ids.dtype}")
-    if inputs.dim() == 0:
-        raise ValueError(f"{op}: inputs must have shape [..., C], got {shape_str(inputs)}")
+    check_integer_dtype(op, "class_ids", class_ids)
+    inputs = check_shape(op, "inputs", inputs, "[..., C]")
     if class_ids.shape != inputs.shape[:-1]:
         expected = "[" + ", ".join(str(s) for s in inputs.shape[:-1]) + "]"
         raise ValueError(
@@ -584,13 +651,10 @@ def _check_normalizer(op: str, normalizer: object) -> float | Tensor:
             )
         check_floating(op, "normalizer", normalizer)
         return normalizer.detach()
-    if isinstance(normalizer, bool) or not isinstance(normalizer, (int, float)):
-        raise TypeError(
-            f"{op}: normalizer must be a float or a 0-d tensor, got {type(normalizer).__name__}"
-        )
-    if not (normalizer > 0 and math.isfinite(normalizer)):
+    value = check_number(op, "normalizer", normalizer, expected="a float or a 0-d tensor")
+    if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{op}: normalizer must be a positive finite number, got {normalizer}")
-    return float(normalizer)
+    return value
 
 
 def fcos_loss(
@@ -620,10 +684,14 @@ def fcos_loss(
       one-hot of the matched class (background rows all zero). The one-hot is never built:
       :func:`sigmoid_focal_loss_from_class_ids` takes the class ids;
     * ``loss_box``: the sum of ``0.25 * |pred_boxreg_deltas - matched_gt_deltas|`` over
-      the elements where ``matched_gt_deltas >= 0`` (background rows are all -1);
+      the locations whose four GT deltas are all ``>= 0``. A row with any negative delta
+      is background and counts 0 as a whole: the ``(-1, -1, -1, -1)`` rows of
+      :func:`detops.fcos_get_deltas_from_locations`, or a location outside its box such
+      as ``(1, -1, 1, 1)``. The course code masks each delta separately; on its data,
+      where background rows are all -1, the two agree;
     * ``loss_ctr``: the sum of ``binary_cross_entropy_with_logits(pred_ctr_logits, c)``
       with ``c = fcos_make_centerness_targets(matched_gt_deltas)``, over the locations
-      where ``c >= 0`` (background gives -1);
+      where ``c >= 0``: the same rows, as ``c`` is -1 where any delta is negative;
     * each loss is its sum divided by ``new_normalizer * B``. If that is 0 (only with
       ``momentum = 0`` and no positive, or a zero tensor normalizer) the sums are divided
       by 1 instead, as FCOS's ``max(num_pos, 1)``, so the losses stay finite. With no
@@ -647,7 +715,8 @@ def fcos_loss(
             ``loss_cls`` (not rejected: that would need a host sync) but counts as positive
             in the normalizer (as in the course code, which tests ``!= -1``).
         matched_gt_deltas (Tensor[B, L, 4]): GT deltas of every location
-            (:func:`detops.fcos_get_deltas_from_locations`), -1 rows for background.
+            (:func:`detops.fcos_get_deltas_from_locations`); a row with any negative delta
+            (-1 rows) is background for ``loss_box`` and ``loss_ctr``.
         normalizer (float or Tensor[]): the running normalizer (> 0 for a float).
         momentum (float): EMA momentum in [0, 1].
         positives_per_image (Tensor[], optional): positives per image to update the EMA
@@ -663,13 +732,6 @@ def fcos_loss(
         recomputes them).
     """
     op = "fcos_loss"
-    named = {
-        "pred_cls_logits": pred_cls_logits,
-        "pred_boxreg_deltas": pred_boxreg_deltas,
-        "pred_ctr_logits": pred_ctr_logits,
-        "matched_gt_boxes": matched_gt_boxes,
-        "matched_gt_deltas": matched_gt_deltas,
-    }
     patterns = {
         "pred_cls_logits": "[B, L, C]",
         "pred_boxreg_deltas": "[B, L, 4]",
@@ -677,15 +739,16 @@ def fcos_loss(
         "matched_gt_boxes": "[B, L, 5]",
         "matched_gt_deltas": "[B, L, 4]",
     }
-    last = {"pred_boxreg_deltas": 4, "pred_ctr_logits": 1, "matched_gt_boxes": 5}
-    last["matched_gt_deltas"] = 4
-    for name, value in named.items():
-        check_tensor(op, name, value)
-        check_floating(op, name, value)
-        if value.dim() != 3 or (name in last and value.shape[-1] != last[name]):
-            raise ValueError(
-                f"{op}: {name} must have shape {patterns[name]}, got {shape_str(value)}"
-            )
+    named = {
+        name: check_shape(op, name, value, patterns[name], dtype="floating")
+        for name, value in (
+            ("pred_cls_logits", pred_cls_logits),
+            ("pred_boxreg_deltas", pred_boxreg_deltas),
+            ("pred_ctr_logits", pred_ctr_logits),
+            ("matched_gt_boxes", matched_gt_boxes),
+            ("matched_gt_deltas", matched_gt_deltas),
+        )
+    }
     batch, num_loc = pred_cls_logits.shape[:2]
     for name, value in named.items():
         if value.shape[:2] != (batch, num_loc):
@@ -695,19 +758,15 @@ def fcos_loss(
             )
     check_same_device(op, **named)
     normalizer = _check_normalizer(op, normalizer)
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise TypeError(f"{op}: momentum must be a float in [0, 1], got {type(momentum).__name__}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"{op}: momentum must lie in [0, 1], got {momentum}")
+    momentum = check_unit_interval(op, "momentum", momentum)
 
     device = pred_cls_logits.device
     loss_dtype = torch.promote_types(pred_cls_logits.dtype, torch.float32)
     norm_dtype = loss_dtype
+    old: Tensor | float = normalizer  # a Python float stays a kernel argument: no H2D copy
     if isinstance(normalizer, Tensor):
         norm_dtype = torch.promote_types(norm_dtype, normalizer.dtype)
         old = normalizer.to(device=device, dtype=norm_dtype)
-    else:
-        old = normalizer  # a Python float stays a kernel argument: no host-to-device copy
 
     classes = matched_gt_boxes[..., 4].detach()
     if positives_per_image is None:
@@ -754,14 +813,24 @@ def fcos_loss(
     return losses, new_normalizer.detach()
 
 
-def _fcos_loss_sums(cls, box, ctr, class_ids, gt_deltas, loss_dtype, needs_grad):
+def _fcos_loss_sums(
+    cls: Tensor,
+    box: Tensor,
+    ctr: Tensor,
+    class_ids: Tensor,
+    gt_deltas: Tensor,
+    loss_dtype: torch.dtype,
+    needs_grad: tuple[bool, bool, bool],
+) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor | None, Tensor | None, Tensor | None]]:
     """The three loss sums (0-d, ``loss_dtype``) and their gradients w.r.t. the three
     predictions (in the predictions' dtypes; None where not needed)."""
     loss_cls, grad_cls = _focal_forward(
         cls, None, class_ids, 0.25, 2.0, "sum", needs_grad[0], loss_dtype
     )
     gt = gt_deltas.to(loss_dtype)
-    inside = (gt >= 0).to(loss_dtype)  # background rows (and deltas < 0) count 0
+    # A row counts only when all four GT deltas are >= 0: a row with any negative delta is
+    # background (the -1 rows, a location outside its box), as for the centerness below.
+    inside = (gt >= 0).all(dim=-1, keepdim=True).to(loss_dtype)  # [B, L, 1]
     diff = box.detach().to(loss_dtype) - gt
     loss_box = diff.abs().mul_(inside).sum().mul_(0.25)
     grad_box = None
@@ -785,8 +854,17 @@ class _FCOSLossSums(torch.autograd.Function):
     gradients in place. A second backward recomputes, as :class:`_SigmoidFocalLoss` does."""
 
     @staticmethod
-    def forward(ctx, cls, box, ctr, class_ids, gt_deltas, loss_dtype):
-        needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
+    def forward(
+        ctx: Any,
+        cls: Tensor,
+        box: Tensor,
+        ctr: Tensor,
+        class_ids: Tensor,
+        gt_deltas: Tensor,
+        loss_dtype: torch.dtype,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        grad_of = ctx.needs_input_grad
+        needs = (bool(grad_of[0]), bool(grad_of[1]), bool(grad_of[2]))
         sums, grads = _fcos_loss_sums(cls, box, ctr, class_ids, gt_deltas, loss_dtype, needs)
         ctx.grads = grads
         ctx.options = (loss_dtype, needs)
@@ -796,12 +874,14 @@ class _FCOSLossSums(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_cls, grad_box, grad_ctr):
+    def backward(
+        ctx: Any, grad_cls: Tensor, grad_box: Tensor, grad_ctr: Tensor
+    ) -> tuple[Tensor | None, ...]:
         loss_dtype, needs = ctx.options
         grads, ctx.grads = ctx.grads, None
-        inputs = ctx.saved_tensors
         if grads is None:  # a second backward through the same graph
-            _, grads = _fcos_loss_sums(*inputs, loss_dtype, needs)
+            cls, box, ctr, class_ids, gt_deltas = ctx.saved_tensors
+            _, grads = _fcos_loss_sums(cls, box, ctr, class_ids, gt_deltas, loss_dtype, needs)
         for grad, scale in zip(grads, (grad_cls, grad_box, grad_ctr), strict=True):
             if grad is not None:
                 grad.mul_(scale)
@@ -817,7 +897,15 @@ class _FCOSLossSums(torch.autograd.Function):
 # backward scales it. The chunked, threaded forward is not traced.
 
 
-def _apply_focal(inputs, targets, class_ids, alpha, gamma, reduction, op) -> Tensor:
+def _apply_focal(
+    inputs: Tensor,
+    targets: Tensor | None,
+    class_ids: Tensor | None,
+    alpha: float,
+    gamma: float,
+    reduction: str,
+    op: str,
+) -> Tensor:
     if not torch.compiler.is_compiling():
         return _SigmoidFocalLoss.apply(
             inputs, targets, class_ids, alpha, gamma, reduction, op, inputs.dtype
@@ -846,17 +934,27 @@ def _focal_op(
 
 
 @_focal_op.register_fake
-def _(inputs, targets, class_ids, alpha, gamma, reduction, want_grad):
+def _(
+    inputs: Tensor,
+    targets: Tensor | None,
+    class_ids: Tensor | None,
+    alpha: float,
+    gamma: float,
+    reduction: str,
+    want_grad: bool,
+) -> tuple[Tensor, Tensor]:
     loss = inputs.new_empty(inputs.shape if reduction == "none" else ())
     return loss, inputs.new_empty(inputs.shape if want_grad else (0,))
 
 
-def _focal_setup_context(ctx, inputs, output) -> None:
+def _focal_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     ctx.save_for_backward(output[1])
     ctx.scale = 1.0 / max(inputs[0].numel(), 1) if inputs[5] == "mean" else 1.0
 
 
-def _focal_backward(ctx, grad_loss, _grad_of_grad):
+def _focal_backward(
+    ctx: Any, grad_loss: Tensor, _grad_of_grad: Tensor
+) -> tuple[Tensor | None, ...]:
     (grad,) = ctx.saved_tensors
     return grad * (grad_loss * ctx.scale), None, None, None, None, None, None
 
@@ -878,20 +976,32 @@ def _fcos_loss_sums_op(
         sums, grads = _fcos_loss_sums(
             cls, box, ctr, class_ids, gt_deltas, loss_dtype, (True, True, True)
         )
-    return (*sums, *grads)
+    grad_cls, grad_box, grad_ctr = grads
+    assert grad_cls is not None and grad_box is not None and grad_ctr is not None  # all asked
+    return (*sums, grad_cls, grad_box, grad_ctr)
 
 
 @_fcos_loss_sums_op.register_fake
-def _(cls, box, ctr, class_ids, gt_deltas, loss_dtype):
-    sums = tuple(cls.new_empty((), dtype=loss_dtype) for _ in range(3))
-    return (*sums, torch.empty_like(cls), torch.empty_like(box), torch.empty_like(ctr))
+def _(
+    cls: Tensor,
+    box: Tensor,
+    ctr: Tensor,
+    class_ids: Tensor,
+    gt_deltas: Tensor,
+    loss_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    loss_cls, loss_box, loss_ctr = (cls.new_empty((), dtype=loss_dtype) for _ in range(3))
+    grads = torch.empty_like(cls), torch.empty_like(box), torch.empty_like(ctr)
+    return (loss_cls, loss_box, loss_ctr, *grads)
 
 
-def _fcos_loss_setup_context(ctx, inputs, output) -> None:
+def _fcos_loss_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     ctx.save_for_backward(*output[3:])
 
 
-def _fcos_loss_backward(ctx, grad_cls, grad_box, grad_ctr, *_grads_of_grads):
+def _fcos_loss_backward(
+    ctx: Any, grad_cls: Tensor, grad_box: Tensor, grad_ctr: Tensor, *_grads_of_grads: Tensor
+) -> tuple[Tensor | None, ...]:
     grads = ctx.saved_tensors
     scales = (grad_cls, grad_box, grad_ctr)
     return (*(g * s for g, s in zip(grads, scales, strict=True)), None, None, None)

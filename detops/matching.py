@@ -34,17 +34,22 @@ import torch
 from torch import Tensor
 
 from ._cache import cached_constant
-from ._checks import check_floating, check_ndim, check_same_device, check_tensor, shape_str
+from ._checks import check_number, check_same_device, check_shape
 
 __all__ = ["fcos_match_locations_to_gt", "default_size_ranges"]
 
 _OP = "fcos_match_locations_to_gt"
+_STRIDE = "a positive finite number"
+_RADIUS = "None or a positive number"
+_PAIR = "a (low, high) pair of numbers"
 
 # (box, location) pairs tested at once by the dense path, per device type.
 _CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 22}
 
 
-def default_size_ranges(strides_per_fpn_level: Mapping[str, float]) -> dict[str, tuple]:
+def default_size_ranges(
+    strides_per_fpn_level: Mapping[str, float],
+) -> dict[str, tuple[float, float]]:
     """The default ``(low, high)`` bound on ``m`` per level.
 
     ``low = 4 * stride`` and ``high = 8 * stride``, except that the finest level (smallest
@@ -61,11 +66,9 @@ def default_size_ranges(strides_per_fpn_level: Mapping[str, float]) -> dict[str,
     }
 
 
-def _number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float))
-
-
-def _validate(locations, strides, gt_boxes, size_ranges, radius) -> None:
+def _validate(
+    locations: object, strides: object, gt_boxes: object, size_ranges: object, radius: object
+) -> None:
     if not isinstance(locations, Mapping):
         raise TypeError(
             f"{_OP}: locations_per_fpn_level must be a mapping from level name to Tensor[L, 2], "
@@ -76,14 +79,7 @@ def _validate(locations, strides, gt_boxes, size_ranges, radius) -> None:
             f"{_OP}: strides_per_fpn_level must be a mapping from level name to stride, "
             f"got {type(strides).__name__}"
         )
-    check_tensor(_OP, "gt_boxes", gt_boxes)
-    check_ndim(_OP, "gt_boxes", gt_boxes, (2, 3), "[N, 5] or [B, N, 5]")
-    if gt_boxes.shape[-1] != 5:
-        raise ValueError(
-            f"{_OP}: gt_boxes must have shape [N, 5] or [B, N, 5] (x1, y1, x2, y2, class), "
-            f"got {shape_str(gt_boxes)}"
-        )
-    check_floating(_OP, "gt_boxes", gt_boxes)
+    gt_boxes = check_shape(_OP, "gt_boxes", gt_boxes, "[N, 5] or [B, N, 5]", dtype="floating")
     missing = [name for name in locations if name not in strides]
     if missing:
         raise ValueError(
@@ -92,17 +88,12 @@ def _validate(locations, strides, gt_boxes, size_ranges, radius) -> None:
         )
     for name, loc in locations.items():
         arg = f"locations_per_fpn_level[{name!r}]"
-        check_tensor(_OP, arg, loc)
-        if loc.dim() != 2 or loc.shape[-1] != 2:
-            raise ValueError(f"{_OP}: {arg} must have shape [L, 2], got {shape_str(loc)}")
-        check_floating(_OP, arg, loc)
+        loc = check_shape(_OP, arg, loc, "[L, 2]", dtype="floating")
         check_same_device(_OP, gt_boxes=gt_boxes, **{arg: loc})
-        stride = strides[name]
-        if not _number(stride) or not stride > 0 or math.isinf(stride):
-            raise ValueError(
-                f"{_OP}: strides_per_fpn_level[{name!r}] must be a positive finite number, "
-                f"got {stride!r}"
-            )
+        arg, value = f"strides_per_fpn_level[{name!r}]", strides[name]
+        stride = check_number(_OP, arg, value, expected=_STRIDE)
+        if not (stride > 0 and math.isfinite(stride)):  # a number: its repr is short
+            raise ValueError(f"{_OP}: {arg} must be {_STRIDE}, got {value!r}")
     if size_ranges is not None:
         if not isinstance(size_ranges, Mapping):
             raise TypeError(
@@ -116,25 +107,16 @@ def _validate(locations, strides, gt_boxes, size_ranges, radius) -> None:
                 f"({sorted(locations)}), got unknown levels {unknown}"
             )
         for name, pair in size_ranges.items():
-            if (
-                not isinstance(pair, (tuple, list))
-                or len(pair) != 2
-                or not all(_number(v) for v in pair)
-            ):
-                raise TypeError(
-                    f"{_OP}: size_ranges[{name!r}] must be a (low, high) pair of numbers, "
-                    f"got {pair!r}"
-                )
-            low, high = float(pair[0]), float(pair[1])
-            if math.isnan(low) or math.isnan(high) or low > high:
-                raise ValueError(
-                    f"{_OP}: size_ranges[{name!r}] must be (low, high) with low <= high, "
-                    f"got {pair!r}"
-                )
-    if radius is not None and (not _number(radius) or not radius > 0):
-        raise ValueError(
-            f"{_OP}: center_sampling_radius must be None or a positive number, got {radius!r}"
-        )
+            arg = f"size_ranges[{name!r}]"
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"{_OP}: {arg} must be {_PAIR}, got {type(pair).__name__}")
+            low, high = (check_number(_OP, arg, v, expected=_PAIR) for v in pair)
+            if math.isnan(low) or math.isnan(high) or low > high:  # numbers: a short repr
+                raise ValueError(f"{_OP}: {arg} must be (low, high) with low <= high, got {pair!r}")
+    if radius is not None:
+        value = check_number(_OP, "center_sampling_radius", radius, expected=_RADIUS)
+        if not value > 0:
+            raise ValueError(f"{_OP}: center_sampling_radius must be {_RADIUS}, got {radius!r}")
 
 
 def fcos_match_locations_to_gt(
@@ -241,6 +223,10 @@ def fcos_match_locations_to_gt(
 # in float64 and has the leading bit of the sum (or 2**-1 when the sum is 0).
 _GROUP = 52
 
+_Groups = tuple[tuple[int, int], ...]  # [a, b) ranges of sorted boxes, at most _GROUP each
+_Shape = tuple[int, int] | None  # a level's grid (H, W), or None where it is not a grid
+_Bounds = tuple[Tensor, Tensor, Tensor, Tensor]  # lower, upper, inner_lo, inner_hi
+
 
 @cached_constant(maxsize=128)
 def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -309,9 +295,12 @@ def _match(
     # level i fills the contiguous block [B * start_i, B * (start_i + L_i)) as [B, L_i].
     total = batch * sum(sizes)
     sums = [corners.new_empty(total) for _ in groups]
-    shapes, index, coords = _grid_shapes(locations, sizes) if detect_grid else (None, None, None)
-    grids = {name: shape for name, shape in zip(names, shapes or (), strict=False) if shape}
-    if grids:
+    grids: dict[str, tuple[int, int]] = {}  # the grid levels' (H, W)
+    bits: Tensor | None = None
+    grid_rows: dict[int, tuple[int, int]] = {}  # level -> its first rows of ``bits``
+    shapes, index, coords = _grid_shapes(locations, sizes) if detect_grid else ([], None, None)
+    if index is not None and coords is not None:  # some level is a grid
+        grids = {name: shape for name, shape in zip(names, shapes, strict=True) if shape}
         # Rows of bits from the first grid level that tests the inner box onwards (all
         # later grid levels must test it too, as with the default ranges in stride order).
         needs = [i for i, n in enumerate(names) if shapes[i] and ranges[n][0] > 0]
@@ -320,6 +309,7 @@ def _match(
         if needs:
             first_inner = index.rows[needs[0]][0] if set(later) <= set(needs) else 0
         bits = _grid_axis_bits(coords, index, tuple(shapes), bounds, groups, first_inner)
+        grid_rows = index.rows
     start = 0
     for i, name in enumerate(names):
         block = slice(batch * start, batch * (start + sizes[i]))
@@ -327,15 +317,15 @@ def _match(
         if sizes[i] == 0:
             continue
         inner = ranges[name][0] > 0  # m > low <= 0 holds for every inside location
-        if name in grids:
+        if bits is not None and name in grids:
             height, width = grids[name]
             targets = [
                 t.as_strided((batch, height, width), (height * width, width, 1), block.start)
                 for t in sums
             ]
-            _grid_sums(bits, index.rows[i], groups, inner, targets)
+            _grid_sums(bits, grid_rows[i], groups, inner, targets)
         else:
-            level_bounds = tuple(b[i] for b in bounds)
+            level_bounds = (lower[i], upper[i], inner_lo[i], inner_hi[i])
             parts = _dense_sums(level_bounds, locations[name], groups, inner, chunk_elements)
             for target, part in zip(sums, parts, strict=True):
                 target[block] = part.view(-1)
@@ -349,20 +339,29 @@ def _match(
     return result
 
 
-def _weights(groups: tuple[tuple[int, int], ...]) -> list[float]:
+def _weights(groups: _Groups) -> list[float]:
     """Sorted box j of the group ``[a, b)`` weighs ``2**(b - 1 - j)``."""
     return [2.0 ** (b - 1 - j) for a, b in groups for j in range(a, b)]
 
 
 @cached_constant(maxsize=16)
-def _row_base(batch: int, kept: int, sizes: tuple, shift: int, device: torch.device) -> Tensor:
+def _row_base(
+    batch: int, kept: int, sizes: tuple[int, ...], shift: int, device: torch.device
+) -> Tensor:
     """``b * (kept + 1) + shift`` for every level-major location of image b
     (``[B * sum(L)]``; never modified in place)."""
     image = torch.arange(batch, device=device) * (kept + 1) + shift
     return torch.cat([image.repeat_interleave(size) for size in sizes])
 
 
-def _decode(sums: list[Tensor], groups, batch: int, kept: int, sizes: tuple, device) -> Tensor:
+def _decode(
+    sums: list[Tensor],
+    groups: _Groups,
+    batch: int,
+    kept: int,
+    sizes: tuple[int, ...],
+    device: torch.device,
+) -> Tensor:
     """Rows of ``table`` from each group's ``0.5 + weight sum``.
 
     The biased float64 exponent of ``0.5 + sum`` is ``1022 + e`` where ``e`` is the bit
@@ -382,11 +381,13 @@ class _GridIndex(NamedTuple):
     coords: Tensor  # [S]: flat indices of every grid level's x-values, then its y-values
     owner: Tensor  # [S]: row (2 * level + axis) of the bounds each coordinate is tested with
     rebuild: Tensor  # [2 * sum(L)]: for each flat entry, the flat entry it must equal
-    rows: dict  # level -> (first x row, first y row) in ``coords``
+    rows: dict[int, tuple[int, int]]  # level -> (first x row, first y row) in ``coords``
 
 
 @cached_constant(maxsize=16)
-def _grid_index(sizes: tuple, shapes: tuple, device: torch.device) -> _GridIndex:
+def _grid_index(
+    sizes: tuple[int, ...], shapes: tuple[_Shape, ...], device: torch.device
+) -> _GridIndex:
     """Index tensors for the grid levels ``shapes`` (``(H, W)`` or None per level).
 
     ``flat`` is all locations as ``[x0, y0, x1, y1, ...]``. ``rebuild`` maps every entry
@@ -394,7 +395,10 @@ def _grid_index(sizes: tuple, shapes: tuple, device: torch.device) -> _GridIndex
     entry of another level to itself, so ``flat[rebuild] == flat`` exactly when the grid
     levels are the grids ``shapes`` says.
     """
-    coords, owner, rebuild, rows = [], [], [], {}
+    coords: list[int] = []
+    owner: list[int] = []
+    rebuild: list[int] = []
+    rows: dict[int, tuple[int, int]] = {}
     start = 0
     for level, (size, shape) in enumerate(zip(sizes, shapes, strict=True)):
         if not shape:
@@ -412,17 +416,19 @@ def _grid_index(sizes: tuple, shapes: tuple, device: torch.device) -> _GridIndex
         rows[level] = (x_row, y_row)
         start += size
 
-    def as_tensor(values):
+    def as_tensor(values: list[int]) -> Tensor:
         return torch.tensor(values, dtype=torch.int64, device=device)
 
     return _GridIndex(as_tensor(coords), as_tensor(owner), as_tensor(rebuild), rows)
 
 
 # The grid shapes last found for a tuple of level sizes: a hint, always verified.
-_SHAPE_HINTS: dict[tuple, tuple] = {}
+_SHAPE_HINTS: dict[tuple[int, ...], tuple[_Shape, ...]] = {}
 
 
-def _grid_shapes(locations: Mapping[str, Tensor], sizes: list[int]):
+def _grid_shapes(
+    locations: Mapping[str, Tensor], sizes: list[int]
+) -> tuple[list[_Shape], _GridIndex | None, Tensor | None]:
     """Per level, ``(H, W)`` if its rows are ``(xs[k % W], ys[k // W])`` (else None); with
     the grid index and the grid levels' x-values and y-values (float64), or None.
 
@@ -455,10 +461,10 @@ def _grid_shapes(locations: Mapping[str, Tensor], sizes: list[int]):
     return shapes, index, flat.index_select(0, index.coords)
 
 
-def _search_shapes(flat: Tensor, sizes: list[int]) -> list:
+def _search_shapes(flat: Tensor, sizes: list[int]) -> list[_Shape]:
     """Candidate ``(H, W)`` per level from the positions where y changes: a level is a
     candidate grid when its rows start exactly every W locations."""
-    shapes = [None] * len(sizes)
+    shapes: list[_Shape] = [None] * len(sizes)
     ys = flat[1::2]
     changes = torch.nonzero(ys[1:] != ys[:-1]).view(-1).tolist()  # row k starts at c + 1
     start = position = 0
@@ -477,10 +483,10 @@ def _search_shapes(flat: Tensor, sizes: list[int]) -> list:
     return shapes
 
 
-def _verify_each(flat: Tensor, sizes: list[int], shapes: list) -> list:
+def _verify_each(flat: Tensor, sizes: list[int], shapes: list[_Shape]) -> list[_Shape]:
     """Keep the shapes whose rows all equal their first row."""
     start = 0
-    kept = []
+    kept: list[_Shape] = []
     for size, shape in zip(sizes, shapes, strict=True):
         if shape:
             height, width = shape
@@ -493,7 +499,12 @@ def _verify_each(flat: Tensor, sizes: list[int], shapes: list) -> list:
 
 
 def _grid_axis_bits(
-    coords: Tensor, index: _GridIndex, shapes: tuple, bounds, groups, first_inner: int | None
+    coords: Tensor,
+    index: _GridIndex,
+    shapes: tuple[_Shape, ...],
+    bounds: _Bounds,
+    groups: _Groups,
+    first_inner: int | None,
 ) -> Tensor:
     """Per-axis tests of every grid level at once, as weighted float64 factors.
 
@@ -523,7 +534,9 @@ def _grid_axis_bits(
 
 
 @cached_constant(maxsize=16)
-def _factors(shapes: tuple, groups: tuple, batch: int, device: torch.device) -> Tensor:
+def _factors(
+    shapes: tuple[_Shape, ...], groups: _Groups, batch: int, device: torch.device
+) -> Tensor:
     """``[2 (variant), S, B * kept]``: the factor of every (image, box) column on every
     row of ``bits`` (x rows: the box weight; y rows: 1, and -1 for variant 1)."""
     weights = torch.tensor(_weights(groups), dtype=torch.float64, device=device).repeat(batch)
@@ -539,7 +552,9 @@ def _factors(shapes: tuple, groups: tuple, batch: int, device: torch.device) -> 
     return torch.stack((torch.where(is_x, weights, ones), torch.where(is_x, weights, -ones)))
 
 
-def _grid_sums(bits: Tensor, first_rows, groups, inner: bool, targets) -> None:
+def _grid_sums(
+    bits: Tensor, first_rows: tuple[int, int], groups: _Groups, inner: bool, targets: list[Tensor]
+) -> None:
     """Write ``0.5 + weight sum`` of each group at a grid level into ``targets [B, H, W]``."""
     x_row, y_row = first_rows
     _, _, batch, kept = bits.shape
@@ -559,7 +574,7 @@ def _grid_sums(bits: Tensor, first_rows, groups, inner: bool, targets) -> None:
 
 
 def _dense_sums(
-    bounds: tuple[Tensor, ...], loc: Tensor, groups, inner: bool, chunk: int
+    bounds: _Bounds, loc: Tensor, groups: _Groups, inner: bool, chunk: int
 ) -> list[Tensor]:
     """``0.5 + weight sum`` ``[B, L]`` of each group, for any locations."""
     lower, upper, inner_lo, inner_hi = (b.permute(1, 2, 0).unsqueeze(2) for b in bounds)

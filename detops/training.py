@@ -330,12 +330,11 @@ def save_validation_grid(
         outputs = outputs.as_dicts()
     panels = []
     for (image, gt_boxes), found in zip(items, outputs, strict=True):
-        classes = found["classes"] if "classes" in found else found["labels"]
         panels.append(
             draw_detections(
                 unnormalize_image(image),
                 boxes=found["boxes"].cpu(),
-                labels=classes.cpu(),
+                labels=found["labels"].cpu(),
                 scores=found["scores"].cpu(),
                 gt_boxes=gt_boxes,
                 class_names=class_names,

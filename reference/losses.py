@@ -137,8 +137,9 @@ def fcos_loss(
     Positive location: matched class != -1. new normalizer = momentum * normalizer +
     (1 - momentum) * positives / B. loss_cls: focal loss (0.25, 2) summed against the
     one-hot of the class (a class outside [0, C) gives an all-zero row); loss_box:
-    0.25 |pred - gt| summed where gt >= 0; loss_ctr: BCE with logits against the centerness
-    of the gt deltas, summed where it is >= 0. Each divided by new * B (by 1 if that is 0).
+    0.25 |pred - gt| summed over the rows whose four gt deltas are all >= 0 (a row with a
+    negative delta is background); loss_ctr: BCE with logits against the centerness of the
+    gt deltas, summed where it is >= 0. Each divided by new * B (by 1 if that is 0).
     """
     cls = np.asarray(pred_cls_logits, dtype=np.float64)
     box = np.asarray(pred_boxreg_deltas, dtype=np.float64)
@@ -161,8 +162,8 @@ def fcos_loss(
     centerness = fcos_make_centerness_targets(gt_deltas)
     for b in range(batch):
         for i in range(num_loc):
-            for k in range(4):
-                if gt_deltas[b, i, k] >= 0:
+            if all(gt_deltas[b, i, k] >= 0 for k in range(4)):  # any negative: background
+                for k in range(4):
                     loss_box += 0.25 * abs(box[b, i, k] - gt_deltas[b, i, k])
             if centerness[b, i] >= 0:
                 loss_ctr += _bce_with_logits(ctr[b, i, 0], centerness[b, i])

@@ -399,12 +399,17 @@ RESIZE_ERRORS = [
         TypeError,
         r"original_size must be a \(height, width\) pair of ints",
     ),
-    ((torch.zeros(3, 5), (10, 10), 0), ValueError, r"image_size must be a positive int, got 0"),
-    ((torch.zeros(3, 5), (10, 10), 2.5), TypeError, r"image_size must be a positive int, got 2.5"),
+    ((torch.zeros(3, 5), (10, 10), 0), ValueError, r": size must be a positive int, got 0"),
+    ((torch.zeros(3, 5), (10, 10), 2.5), TypeError, r": size must be a positive int, got float"),
     (
         (torch.zeros(3, 5), (10, 10), True),
         TypeError,
-        r"image_size must be a positive int, got True",
+        r": size must be a positive int, got bool",
+    ),
+    (
+        (torch.zeros(3, 5), (10, 10), torch.full((50,), 8)),
+        TypeError,
+        r": size must be a positive int, got Tensor$",
     ),
 ]
 
@@ -427,7 +432,7 @@ INVERSE_ERRORS = [
         r"boxes must have a floating dtype",
     ),
     ((torch.zeros(3, 4), (10, -2), 8), ValueError, r"original_size must be a positive"),
-    ((torch.zeros(3, 4), (10, 10), -1), ValueError, r"image_size must be a positive int, got -1"),
+    ((torch.zeros(3, 4), (10, 10), -1), ValueError, r": size must be a positive int, got -1"),
 ]
 
 
@@ -435,6 +440,47 @@ INVERSE_ERRORS = [
 def test_inverse_error_inputs(args, error, match):
     with pytest.raises(error, match=match):
         center_crop_boxes_to_original(*args)
+
+
+@pytest.mark.parametrize(
+    ("fn", "args"),
+    [
+        (resize_and_center_crop_boxes, (torch.tensor([[150.0, 100, 300, 200, 7]]), (333, 500))),
+        (center_crop_boxes_to_original, (torch.tensor([[10.0, 20, 30, 40]]), (333, 500))),
+        (resized_and_crop_geometry, ((333, 500),)),
+    ],
+)
+def test_image_size_keyword_is_deprecated_for_size(fn, args):
+    expected = fn(*args, 224)
+    assert _equal(fn(*args, size=224), expected)
+    with pytest.warns(DeprecationWarning, match=rf"{fn.__name__}: .*image_size .*pass size"):
+        old = fn(*args, image_size=224)
+    assert _equal(old, expected)
+    with pytest.raises(TypeError, match=r"got size and its deprecated name image_size"):
+        fn(*args, size=224, image_size=224)
+
+
+def _equal(a, b):
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_class_minus_one_is_the_only_padding_marker():
+    # GT rows (x1, y1, x2, y2, class) are padding iff class == -1, whatever the corners;
+    # corners of -1 with a real class make a real (here empty) box.
+    rows = torch.tensor([[150.0, 100, 300, 200, -1], [-1, -1, -1, -1, 4], [150, 100, 300, 200, 2]])
+    resized = resize_and_center_crop_boxes(rows, (333, 500), 224)
+    assert torch.all(resized[0] == -1)  # padding, though its box lies inside the crop
+    assert torch.all(resized[1] == -1)  # real, dropped: empty after the clamp
+    assert resized[2, 4] == 2 and torch.all(resized[2, :4] > 0)
+    back = center_crop_boxes_to_original(rows, (333, 500), 224)
+    assert torch.equal(back[0], rows[0])  # padding: untouched
+    assert back[1, 4] == 4  # real: mapped, x = (-1 + 56) * 500 / 336, y clamped to 0
+    torch.testing.assert_close(back[1, :4], torch.tensor([55 * 500 / 336, 0, 55 * 500 / 336, 0]))
+    clipped = clip_boxes_to_image(rows, (100, 200))
+    assert torch.equal(clipped[0], rows[0])  # padding: untouched, though it sticks out
+    assert torch.equal(clipped[1], torch.tensor([0.0, 0, 0, 0, 4]))  # real: clipped
+    padded = pad_gt_boxes([rows[2:], rows[:0]], 2)
+    assert torch.all(padded[0, 1:, 4] == -1) and torch.all(padded[1, :, 4] == -1)
 
 
 # --------------------------------------------------------------------------- pad_gt_boxes
@@ -503,7 +549,7 @@ PAD_ERRORS = [
         r"one device, got cpu at index 0 and meta at index 1",
     ),
     (([torch.zeros(1, 5)], -1), ValueError, r"max_boxes must be None or an int >= 0, got -1"),
-    (([torch.zeros(1, 5)], 2.0), ValueError, r"max_boxes must be None or an int >= 0, got 2.0"),
+    (([torch.zeros(1, 5)], 2.0), TypeError, r"max_boxes must be None or an int >= 0, got float"),
 ]
 
 

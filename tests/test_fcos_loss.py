@@ -111,6 +111,42 @@ def test_hand_computed_single_location():
     assert losses["loss_ctr"].item() == pytest.approx(math.log(2) / 9.1, rel=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_row_with_any_negative_delta_is_background_for_box_and_centerness(dtype):
+    # One rule for delta rows: background when any of the four deltas is negative (the -1
+    # rows, or a location outside its box). Row 1 is such a row with a real class; it
+    # counts for loss_cls and the normalizer (class != -1) but adds 0 to loss_box and
+    # loss_ctr, as the all -1 row 2 does. Element-wise masking would have added
+    # 0.25 * (|b0 - 1| + |b2 - 1| + |b3 - 1|) for it.
+    gen = torch.Generator().manual_seed(0)
+    cls = torch.randn(1, 3, 2, generator=gen, dtype=torch.float64).to(dtype)
+    box = (torch.rand(1, 3, 4, generator=gen, dtype=torch.float64) * 4).to(dtype)
+    ctr = torch.randn(1, 3, 1, generator=gen, dtype=torch.float64).to(dtype)
+    boxes = torch.tensor([[[0, 0, 8, 8, 1], [0, 0, 8, 8, 0], [-1, -1, -1, -1, -1]]], dtype=dtype)
+    deltas = torch.tensor([[[2, 3, 4, 5], [1, -1, 1, 1], [-1, -1, -1, -1]]], dtype=dtype)
+    losses, normalizer, grads = _with_grads(
+        lambda *p: fcos_loss(*p, boxes, deltas, 10.0), (cls, box, ctr)
+    )
+    # Row 1 as the all -1 row: the same box and centerness losses, bit for bit.
+    as_background = deltas.clone()
+    as_background[0, 1] = -1
+    same = _with_grads(lambda *p: fcos_loss(*p, boxes, as_background, 10.0), (cls, box, ctr))
+    for name in ("loss_box", "loss_ctr"):
+        assert torch.equal(losses[name], same[0][name]), name
+    assert torch.equal(grads[1], same[2][1]) and torch.equal(grads[2], same[2][2])
+    assert not grads[1][0, 1:].any() and not grads[2][0, 1:].any()  # no gradient there
+    denominator = (0.9 * 10.0 + 0.1 * 2) * 1  # two positives (classes 1 and 0), B = 1
+    only_row_0 = 0.25 * (box[0, 0].double() - deltas[0, 0].double()).abs().sum() / denominator
+    assert losses["loss_box"].item() == pytest.approx(only_row_0.item(), rel=1e-6)
+    # The reference follows the same rule.
+    expected, expected_normalizer = ref.fcos_loss(
+        *(t.double().numpy() for t in (cls, box, ctr, boxes, deltas)), 10.0
+    )
+    tolerance = FCOS_LOSS_TOLERANCES[dtype]
+    assert_trees_close(losses, expected, tolerance, "a row with a negative delta")
+    assert_trees_close(normalizer, expected_normalizer, tolerance, "normalizer")
+
+
 def test_normalizer_forms_and_no_host_values():
     _, _, preds, matched, gt_deltas = _batch(4, size=64)
     as_float, n_float = fcos_loss(*preds, matched, gt_deltas, 150.0, momentum=0.5)

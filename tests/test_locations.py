@@ -1,9 +1,11 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 
 import reference.locations as ref
-from detops import get_fpn_location_coords
+from detops import fcos_match_locations_to_gt, get_fpn_location_coords
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 
@@ -55,8 +57,21 @@ ERROR_INPUTS = [
     (({"p3": (1, 8, 8)},), ValueError, r"shape_per_fpn_level\['p3'\] must be \(B, C, H, W\)"),
     (({"p3": torch.zeros(1, 1, 2, 2)},), TypeError, r"got a Tensor"),
     (({"p3": (2, -1)},), ValueError, r"non-negative integer W"),
-    (({"p3": (2, 2.5)},), ValueError, r"non-negative integer W"),
-]
+    (({"p3": (2, 2.5)},), TypeError,
+     r"shape_per_fpn_level\['p3'\]\[1\] must be a non-negative integer W, got float"),
+    (({"p3": (1, 8, 2.5, 2)},), TypeError,
+     r"shape_per_fpn_level\['p3'\]\[2\] must be a non-negative integer H"),
+    (({"p3": np.zeros((1, 1, 4, 4))},), ValueError,
+     r"must be \(B, C, H, W\) or \(H, W\), got ndarray$"),
+    (({"p3": (2, 2)}, {"p3": math.inf}), ValueError,
+     r"strides_per_fpn_level\['p3'\] must be a positive finite number, got inf"),
+    (({"p3": (2, 2)}, {"p3": -8}), ValueError, r"must be a positive finite number, got -8$"),
+    # Never a whole tensor in a message: a tensor argument is named by its type.
+    (({"p3": (2, 2)}, {"p3": torch.full((50,), 8.0)}), TypeError,
+     r"strides_per_fpn_level\['p3'\] must be a positive finite number, got Tensor$"),
+    (({"p3": (2, 2)}, {"p3": 8}, torch.zeros(50)), TypeError,
+     r"dtype must be a floating torch.dtype, got Tensor$"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("args", "error", "match"), ERROR_INPUTS)
@@ -65,6 +80,17 @@ def test_error_inputs(args, error, match):
         args = (args[0], STRIDES)
     with pytest.raises(error, match=match):
         get_fpn_location_coords(*args)
+
+
+@pytest.mark.parametrize("stride", [math.inf, -math.inf, math.nan, 0, 0.0, -8])
+def test_error_stride_rejected_as_by_the_matcher(stride):
+    # ``inf`` used to give inf coordinates here while the matcher rejected it.
+    message = r"strides_per_fpn_level\['p3'\] must be a positive finite number"
+    with pytest.raises(ValueError, match=rf"get_fpn_location_coords: {message}"):
+        get_fpn_location_coords({"p3": (2, 2)}, {"p3": stride})
+    gt = torch.zeros(1, 5)
+    with pytest.raises(ValueError, match=rf"fcos_match_locations_to_gt: {message}"):
+        fcos_match_locations_to_gt({"p3": torch.zeros(4, 2)}, {"p3": stride}, gt)
 
 
 def test_error_bad_stride_and_dtype():

@@ -380,6 +380,37 @@ ERROR_INPUTS = [
         ValueError,
         r"center_sampling_radius must be None or a positive number, got -1.0",
     ),
+    (
+        (LOC, {"p3": math.inf}, GT),
+        {},
+        ValueError,
+        r"strides_per_fpn_level\['p3'\] must be a positive finite number, got inf",
+    ),
+    # Never a whole tensor in a message: a tensor where a number belongs is named by type.
+    (
+        (LOC, {"p3": torch.full((50,), 8.0)}, GT),
+        {},
+        TypeError,
+        r"strides_per_fpn_level\['p3'\] must be a positive finite number, got Tensor$",
+    ),
+    (
+        (LOC, {"p3": 8}, GT),
+        {"size_ranges": {"p3": torch.zeros(50)}},
+        TypeError,
+        r"size_ranges\['p3'\] must be a \(low, high\) pair of numbers, got Tensor$",
+    ),
+    (
+        (LOC, {"p3": 8}, GT),
+        {"size_ranges": {"p3": (0, torch.zeros(50))}},
+        TypeError,
+        r"size_ranges\['p3'\] must be a \(low, high\) pair of numbers, got Tensor$",
+    ),
+    (
+        (LOC, {"p3": 8}, GT),
+        {"center_sampling_radius": torch.ones(50)},
+        TypeError,
+        r"center_sampling_radius must be None or a positive number, got Tensor$",
+    ),
 ]
 
 

@@ -319,7 +319,7 @@ class FixedDetector(nn.Module):
         self.calls.append((images.shape, self.training, test_score_thresh))
         box = torch.tensor([[2.0, 2.0, 20.0, 20.0]])
         return [
-            {"boxes": box, "classes": torch.tensor([1]), "scores": torch.tensor([0.9])}
+            {"boxes": box, "labels": torch.tensor([1]), "scores": torch.tensor([0.9])}
             for _ in range(images.shape[0])
         ]
 

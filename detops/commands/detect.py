@@ -149,13 +149,13 @@ def run_detect(args: argparse.Namespace) -> int:
             target,
             pil_to_tensor(picture),
             boxes=boxes,
-            labels=found["classes"].cpu(),
+            labels=found["labels"].cpu(),
             scores=found["scores"].cpu(),
             class_names=class_names,
         )
         listed = ", ".join(
             f"{class_names[int(c)] if class_names else int(c)} {float(s):.2f}"
-            for c, s in zip(found["classes"], found["scores"], strict=True)
+            for c, s in zip(found["labels"], found["scores"], strict=True)
         )
         count = f"{len(boxes)} detection{'' if len(boxes) == 1 else 's'}"
         print(f"{path}: {count}{': ' + listed if listed else ''} -> {target}")
