@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 import struct
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -905,6 +906,10 @@ def _batched_nms_per_image_impl(
     num_images = scores.shape[0]
     dev = boxes.device
     with torch.no_grad():
+        if 0 < scores.numel() <= NUMPY_NMS_MAX_BOXES and boxes.is_cpu and max_detections != 0:
+            out = _numpy_batched_nms(boxes, scores, class_ids, iou_threshold, max_detections)
+            if out is not None:
+                return out
         _check_finite_input(op, boxes, scores)
         if scores.numel() == 0 or max_detections == 0:
             return torch.full((num_images, 0), -1, dtype=torch.int64, device=dev)
@@ -921,6 +926,61 @@ def _batched_nms_per_image_impl(
         slot = torch.where(kept & (slot < width), slot, width)  # the rest to a spare column
         out.scatter_(-1, slot, torch.where(kept, order, -1))
         return out[:, :width]
+
+
+def _numpy_batched_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    class_ids: Tensor | None,
+    iou_threshold: float,
+    max_detections: int | None,
+) -> Tensor | None:
+    """:func:`batched_nms_per_image` through :func:`numpy_greedy_nms` on the flattened batch,
+    the image (and class) as the group; None where that path does not apply (non-finite
+    values other than ``-inf`` padding scores, class ids too far apart to combine)."""
+    num_images, n = scores.shape
+    compute = _compute_dtype(boxes.dtype)
+    flat_scores = scores.detach().to(compute).reshape(-1).numpy()
+    valid = np.flatnonzero(flat_scores != -np.inf)  # NaN stays, and sends us back
+    image = valid // n
+    if class_ids is None:
+        key = image
+    else:
+        classes = class_ids.reshape(-1).numpy()[valid].astype(np.int64)
+        if classes.size:
+            low, span = int(classes.min()), int(classes.max()) - int(classes.min()) + 1
+            if span * num_images >= 1 << 62:
+                return None
+            key = image * span + (classes - low)
+        else:
+            key = image
+    kept = torch.empty(0, dtype=torch.int64)
+    if valid.size:
+        kernel = _torchvision_nms_kernel()
+        found = numpy_greedy_nms(
+            torch.from_numpy(boxes.detach().to(compute).reshape(-1, 4).numpy()[valid]),
+            torch.from_numpy(flat_scores[valid]),
+            torch.from_numpy(key),
+            _threshold_in(iou_threshold, compute),
+            lambda b, s: kernel(b, s, iou_threshold),
+        )
+        if found is None:
+            return None
+        kept = found
+    # Kept flat indices by descending score (ties: lower flat index, so lower index within
+    # an image); a stable sort by image keeps that order inside each image.
+    flat = valid[kept.numpy()]
+    flat = flat[np.argsort(flat // n, kind="stable")]
+    rows = flat // n
+    counts = np.bincount(rows, minlength=num_images)
+    width = int(counts.max()) if counts.size else 0
+    if max_detections is not None:
+        width = min(width, max_detections)
+    slot = np.arange(flat.size) - (np.cumsum(counts) - counts)[rows]
+    within = slot < width
+    out = np.full((num_images, width), -1, dtype=np.int64)
+    out[rows[within], slot[within]] = flat[within] % n
+    return torch.from_numpy(out)
 
 
 # ----------------------------------------------------------------------------------------

@@ -365,13 +365,14 @@ def test_every_internal_path_equals_torchvision(settings_, monkeypatch):
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_windowed_path_matches_reference(entry, dtype):
-    # Registry inputs are small enough for the all-pairs path; switch it off so that the
-    # windows, tiles and greedy resolution meet the reference on them too.
+    # Registry inputs are small enough for the NumPy and all-pairs paths; switch them off so
+    # that the windows, tiles and greedy resolution meet the reference on them too.
     @settings(max_examples=30)
     @given(case=entry.strategy())
     def check(case):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(sys.modules["detops.nms"], "_DENSE", float("inf"))
+            patch.setattr(sys.modules["detops.nms"], "NUMPY_NMS_MAX_BOXES", 0)
             entry.assert_matches(case, dtype, "cpu")
 
     check()
@@ -755,3 +756,47 @@ def test_class_spec_numpy_path_hands_inf_to_the_torch_path_and_refuses_nan():
     boxes[3, 2] = float("nan")
     with pytest.raises(ValueError, match="class_spec_nms: boxes must not contain NaN"):
         class_spec_nms(boxes, scores, class_ids, 0.5)
+
+
+def _reference_batched(boxes, scores, class_ids, threshold, max_detections):
+    """Per image: the reference's class_spec_nms (or nms) on the non-padding candidates,
+    cut to max_detections, padded with -1."""
+    rows = []
+    for b in range(scores.shape[0]):
+        valid = (scores[b] > float("-inf")).nonzero().squeeze(1).numpy()
+        bx, sc = boxes[b].double().numpy()[valid], scores[b].double().numpy()[valid]
+        if class_ids is None:
+            kept = ref.nms(bx, sc, threshold)
+        else:
+            kept = ref.class_spec_nms(bx, sc, class_ids[b].numpy()[valid], threshold)
+        rows.append(valid[np.asarray(kept, dtype=np.int64)][:max_detections].tolist())
+    width = max(len(r) for r in rows)
+    return [r + [-1] * (width - len(r)) for r in rows]
+
+
+@pytest.mark.parametrize("with_classes", [True, False])
+@pytest.mark.parametrize("max_detections", [None, 3])
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy path", "torch path"])
+def test_batched_nms_per_image_paths_with_padding_and_caps(
+    with_classes, max_detections, numpy_path, monkeypatch
+):
+    if not numpy_path:
+        monkeypatch.setattr(sys.modules["detops.nms"], "NUMPY_NMS_MAX_BOXES", 0)
+    boxes, scores, class_ids = random_detections(60, seed=7, batch=(4,))
+    boxes[:, 1::4] = boxes[:, :1] + 2.0  # overlaps to suppress
+    scores[1, ::3] = float("-inf")  # padding
+    scores[3] = float("-inf")  # an image with nothing
+    class_ids = class_ids * 1000 - 7000 if with_classes else None  # negative, spread ids
+    got = batched_nms_per_image(boxes, scores, class_ids, 0.5, max_detections=max_detections)
+    assert got.tolist() == _reference_batched(boxes, scores, class_ids, 0.5, max_detections)
+
+
+def test_batched_nms_per_image_numpy_path_refuses_nan_and_handles_huge_class_spans():
+    boxes, scores, class_ids = random_detections(30, seed=8, batch=(2,))
+    huge = class_ids.clone()
+    huge[0, 0] = -(2**62)
+    expected = _reference_batched(boxes, scores, huge, 0.5, None)
+    assert batched_nms_per_image(boxes, scores, huge, 0.5).tolist() == expected
+    scores[1, 4] = float("nan")
+    with pytest.raises(ValueError, match="batched_nms_per_image: scores must not contain NaN"):
+        batched_nms_per_image(boxes, scores, class_ids, 0.5)
