@@ -88,6 +88,7 @@ _TILE_COST = 30000  # fixed cost of a dense tile (about 20 torch calls), in IoU 
 # (measured on 2 cores: kernel 0.75 ms vs 0.90 ms at 500 boxes, 2.7 ms vs 1.4 ms at 1000).
 _KERNEL_MAX_BOXES = 600
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+_PYTHON_SUM_MAX = 128
 _DENSE = 16  # groups with G * S * S <= budget / _DENSE take the all-pairs path
 
 
@@ -166,11 +167,15 @@ def _kernel_gives_our_answer(boxes: Tensor, scores: Tensor) -> bool:
 
 
 def _all_finite(boxes: Tensor, scores: Tensor) -> bool:
-    """One small reduction (a [N] x [N, 4] product, about 2.5 µs at a few hundred boxes):
-    a NaN or inf anywhere makes it non-finite. A finite input whose product overflows
-    reads as non-finite too, which only sends the call down detops' own path."""
+    """Whether every value is finite, from one sum: a NaN or inf anywhere makes it
+    non-finite (a finite input whose sum overflows reads as non-finite too, which only
+    sends the call down detops' own path). Up to _PYTHON_SUM_MAX boxes the values are
+    summed in Python (about 2 µs at 10 boxes, and it leaves the kernel call that follows
+    faster than a torch reduction does); above, in one [N] x [N, 4] product."""
     if boxes.requires_grad or scores.requires_grad:
         boxes, scores = boxes.detach(), scores.detach()
+    if boxes.shape[0] <= _PYTHON_SUM_MAX and boxes.is_contiguous():
+        return math.isfinite(sum(boxes.view(-1).tolist()) + sum(scores.tolist()))
     return math.isfinite(sum((scores @ boxes).tolist()))
 
 
