@@ -19,8 +19,11 @@ def default_size_ranges(strides_per_fpn_level):
     return ranges
 
 
-def _match_image(points, stride, low, high, radius, boxes):
-    """For one image and level: the index of the matched box per location, or -1."""
+def _match_image(points, stride, low, high, radius, boxes, area_key=None):
+    """For one image and level: the index of the matched box per location, or -1.
+
+    ``area_key`` (for verify's mistake references) ranks the candidates by
+    ``area_key(area)`` instead of the area, smallest first."""
     x, y = points[:, 0], points[:, 1]
     best = np.full(len(points), -1)
     best_area = np.full(len(points), np.inf)
@@ -35,6 +38,8 @@ def _match_image(points, stride, low, high, radius, boxes):
             cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
             candidate &= np.maximum(np.abs(x - cx), np.abs(y - cy)) < radius * stride
         area = (x2 - x1) * (y2 - y1)
+        if area_key is not None:
+            area = area_key(area)
         # the smallest area wins; on equal areas the lower index (seen first) stays
         better = candidate & ((best == -1) | (area < best_area))
         best[better] = n

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -25,24 +26,19 @@ import torch
 from hypothesis import given, settings
 
 from detops.cli import main
-from detops.testing import REGISTRY
-from detops.testing.compare import EXACT, Tolerance, compare_trees
-from detops.testing.strategies import Case
-from detops.verify import course_api as sa
-from detops.verify import load_target, verify
-from detops.verify.harness import (
-    ForkedRunner,
-    GuardedCall,
-    InProcessRunner,
-    _Check,
-    _compare_bounded,
-    _evaluate,
-    _tolerance,
+from detops.testing import EXACT, Case, Tolerance, compare_trees, entry_by_name
+from detops.verify import load_target, stderr_progress, verify
+from detops.verify.course_api import (
+    SEED_NAMES,
+    SEED_SPECS,
+    CallFailure,
+    collect_problems,
+    spec_by_name,
 )
+from detops.verify.harness import ForkedRunner, GuardedCall, compare_bounded
 
 IMPLS = Path(__file__).parent / "impls"
 ROOT = Path(__file__).parent.parent
-ENTRY_NAMES = {entry.name for entry in REGISTRY}
 FAST = {
     "examples": 6,
     "shrink_seconds": 1.0,
@@ -50,12 +46,6 @@ FAST = {
     "timeout": 5.0,
     "dtypes": (torch.float32,),
 }
-
-
-def needs_entry(name: str):
-    return pytest.mark.skipif(
-        name not in ENTRY_NAMES, reason=f"registry entry {name!r} has not landed"
-    )
 
 
 def run(module: str, *names: str, **overrides):
@@ -70,6 +60,11 @@ def only(report, name):
 
 def hints_of(result, shared: bool) -> list[str]:
     return [hint for f in result.failures if f.shared == shared for hint in f.hints]
+
+
+def hint_text(name: str, short: str) -> str:
+    """The hint line of the known mistake ``short`` of course function ``name``."""
+    return spec_by_name(name).hint(short).text
 
 
 def no_fail(report) -> None:
@@ -87,7 +82,7 @@ def no_fail(report) -> None:
 @pytest.mark.parametrize("module", ["correct", "correct_loops", "correct_vectorized"])
 def test_correct_implementations_never_fail(module):
     report = verify(load_target(str(IMPLS / f"{module}.py")), **{**FAST, "dtypes": None})
-    assert len(report.checked) == len(sa.SEED_NAMES)
+    assert len(report.checked) == len(SEED_NAMES)
     no_fail(report)
     for result in report.checked:
         assert result.cases > 0 and result.probes, result.name
@@ -95,14 +90,20 @@ def test_correct_implementations_never_fail(module):
             assert failure.departure and failure.probe and failure.input, failure
     if module != "correct_vectorized":  # written to detops' own contract: no departure
         assert report.passed_strict, [(f.name, f.summary) for f in report.checked]
+        failed = [
+            (f.name, p.label) for f in report.checked for p in f.probes if p.verdict != "PASS"
+        ]
+        assert not failed, failed
 
 
 def test_detops_exports_pass_through_the_course_adapters():
     # detops' own ops take the per-image calls too: the adapters and probes are consistent.
     report = verify(load_target("detops"), **{**FAST, "examples": 3})
-    assert [f.verdict for f in report.functions] == ["PASS"] * len(sa.SEED_NAMES), [
+    assert [f.verdict for f in report.functions] == ["PASS"] * len(SEED_NAMES), [
         (f.name, f.summary) for f in report.functions if f.verdict != "PASS"
     ]
+    for result in report.functions:  # every probe, inside the shared contract or not
+        assert result.probes and all(p.verdict == "PASS" for p in result.probes), result.probes
 
 
 def test_course_functions_depart_but_never_fail():
@@ -116,19 +117,20 @@ def test_course_functions_depart_but_never_fail():
         "image with zero GT rows (N = 0)",
     }
     departing_hints = hints_of(matching, shared=False)
-    assert sa._HINT_F32_TRICK in departing_hints and sa._HINT_EMPTY_GT in departing_hints
-    assert "https://github.com/tianzhi0549/FCOS/issues/190" in sa._HINT_EMPTY_GT
+    empty_gt = hint_text("fcos_match_locations_to_gt", "fails without GT boxes")
+    assert hint_text("fcos_match_locations_to_gt", "1e8 - area float32 trick") in departing_hints
+    assert empty_gt in departing_hints
+    assert "https://github.com/tianzhi0549/FCOS/issues/190" in empty_gt
     class_nms = only(report, "class_spec_nms")
     assert class_nms.verdict == "DEPARTS"
-    assert sa._HINT_OFFSET in hints_of(class_nms, shared=False)
+    assert hint_text("class_spec_nms", "class-offset trick") in hints_of(class_nms, shared=False)
 
 
-@needs_entry("box_iou")
 def test_torchvision_gives_no_fail_and_lists_its_departures():
     report = verify(load_target("torchvision"), **{**FAST, "dtypes": None, "examples": 30})
     assert [f.name for f in report.functions] == [
         n
-        for n in sa.SEED_NAMES
+        for n in SEED_NAMES
         if n in ("nms", "class_spec_nms", "sigmoid_focal_loss", "box_iou", "clip_boxes_to_image")
     ]
     no_fail(report)
@@ -164,40 +166,37 @@ def test_torchvision_and_float32_formulas_no_fail_at_many_examples():
 
 # --- wrong implementations: FAIL with the hint of the mistake --------------------------------
 
+# (module, course function, the known mistake's short name in the catalogue)
 FAIL_CASES = [
-    ("wrong_locations_transposed", "get_fpn_location_coords", sa._HINT_TRANSPOSED),
-    ("wrong_locations_row_index", "get_fpn_location_coords", sa._HINT_ROW_INDEX),
-    ("wrong_locations_stride_floor", "get_fpn_location_coords", sa._HINT_STRIDE_FLOOR),
-    ("wrong_locations_int64", "get_fpn_location_coords", sa._HINT_STRIDE_FLOOR),
-    ("wrong_match_inclusive", "fcos_match_locations_to_gt", sa._HINT_INCLUSIVE),
-    ("wrong_match_max_area", "fcos_match_locations_to_gt", sa._HINT_MAX_AREA),
-    ("wrong_deltas_unscaled", "fcos_get_deltas_from_locations", "not divided by the stride"),
-    (
-        "wrong_deltas_background",
-        "fcos_get_deltas_from_locations",
-        "background rows (GT all -1) must give deltas (-1, -1, -1, -1)",
-    ),
-    ("wrong_apply_unclamped", "fcos_apply_deltas_to_locations", sa._HINT_UNCLAMPED),
+    ("wrong_locations_transposed", "get_fpn_location_coords", "transposed location order"),
+    ("wrong_locations_row_index", "get_fpn_location_coords", "x from the row index"),
+    ("wrong_locations_stride_floor", "get_fpn_location_coords", "stride // 2 offsets"),
+    ("wrong_locations_int64", "get_fpn_location_coords", "stride // 2 offsets"),
+    ("wrong_match_inclusive", "fcos_match_locations_to_gt", "inclusive size bounds"),
+    ("wrong_match_max_area", "fcos_match_locations_to_gt", "max-area tie-break"),
+    ("wrong_deltas_unscaled", "fcos_get_deltas_from_locations", "not divided by stride"),
+    ("wrong_deltas_background", "fcos_get_deltas_from_locations", "background deltas not -1"),
+    ("wrong_apply_unclamped", "fcos_apply_deltas_to_locations", "deltas not clamped"),
     (
         "wrong_centerness_background",
         "fcos_make_centerness_targets",
-        "the centerness of background locations (deltas -1, -1, -1, -1) must be -1",
+        "background centerness not -1",
     ),
-    ("wrong_nms_ge", "nms", sa._HINT_NMS_GE),
-    ("wrong_nms_ge", "class_spec_nms", sa._HINT_NMS_GE),
-    ("wrong_nms_never_suppresses", "nms", sa._HINT_NEVER_SUPPRESSES),
-    ("wrong_nms_hangs_zero_area", "nms", sa._HINT_SELF_IOU_HANG),
-    ("wrong_focal_alpha", "sigmoid_focal_loss", "alpha weights the wrong class"),
-    ("wrong_iou_plus_one", "box_iou", "+1 pixel convention"),
-    ("wrong_clip_swapped", "clip_boxes_to_image", "size is read as (width, height)"),
+    ("wrong_nms_ge", "nms", ">= instead of >"),
+    ("wrong_nms_ge", "class_spec_nms", ">= instead of >"),
+    ("wrong_nms_never_suppresses", "nms", "never suppresses"),
+    ("wrong_nms_hangs_zero_area", "nms", "hangs: kept box removed by its self-IoU"),
+    ("wrong_focal_alpha", "sigmoid_focal_loss", "alpha on the wrong class"),
+    ("wrong_iou_plus_one", "box_iou", "+1 pixel areas"),
+    ("wrong_clip_swapped", "clip_boxes_to_image", "(width, height) swapped"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("module", "name", "hint"),
-    [pytest.param(*case, marks=needs_entry(case[1]), id=case[0]) for case in FAIL_CASES],
+    ("module", "name", "mistake"), [pytest.param(*case, id=case[0]) for case in FAIL_CASES]
 )
-def test_wrong_implementation_fails_with_its_hint(module, name, hint):
+def test_wrong_implementation_fails_with_its_hint(module, name, mistake):
+    hint = hint_text(name, mistake)
     report = run(module, name, timeout=1.0)
     result = only(report, name)
     assert result.verdict == "FAIL", result.summary
@@ -221,18 +220,19 @@ def test_at_least_ten_student_style_bugs_each_described():
 DEPARTS_CASES = [
     # The mistake is the course code's or torchvision's own behaviour, or shows only outside
     # the pipeline's domain: DEPARTS with the hint, never FAIL.
-    ("course", "fcos_match_locations_to_gt", sa._HINT_F32_TRICK),
-    ("course", "class_spec_nms", sa._HINT_OFFSET),
-    ("wrong_centerness_nan", "fcos_make_centerness_targets", "0 / 0 gives NaN"),
-    ("wrong_iou_nan", "box_iou", "a pair whose union is 0"),
+    ("course", "fcos_match_locations_to_gt", "1e8 - area float32 trick"),
+    ("course", "class_spec_nms", "class-offset trick"),
+    ("wrong_centerness_nan", "fcos_make_centerness_targets", "NaN at zero denominator"),
+    ("wrong_iou_nan", "box_iou", "NaN IoU for zero union"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("module", "name", "hint"),
-    [pytest.param(*case, marks=needs_entry(case[1]), id=case[0]) for case in DEPARTS_CASES],
+    ("module", "name", "mistake"),
+    [pytest.param(*case, id=f"{case[0]}-{case[1]}") for case in DEPARTS_CASES],
 )
-def test_mistake_outside_the_shared_contract_departs_with_its_hint(module, name, hint):
+def test_mistake_outside_the_shared_contract_departs_with_its_hint(module, name, mistake):
+    hint = hint_text(name, mistake)
     report = run(module, name)
     result = only(report, name)
     assert result.verdict == "DEPARTS", result.summary
@@ -258,12 +258,12 @@ def test_hint_only_when_the_mistake_reproduces_the_output():
     assert result.verdict == "FAIL"
     for failure in result.failures:
         for hint in failure.hints:
-            assert hint == sa._HINT_NEVER_SUPPRESSES, hint
+            assert hint == hint_text("nms", "never suppresses"), hint
     assert "float16" not in {f.probe for f in result.failures}
 
 
 def test_ordinary_suppression_is_probed():
-    labels = [probe.label for probe in sa.NMS.probes if probe.shared]
+    labels = [probe.label for probe in spec_by_name("nms").probes if probe.shared]
     assert any("ordinary suppression" in label for label in labels)
     result = only(run("wrong_nms_never_suppresses", "nms"), "nms")
     failed = {p.label for p in result.probes if p.verdict == "FAIL"}
@@ -284,7 +284,7 @@ ROBUSTNESS_CASES = [
 
 @pytest.mark.parametrize(
     ("module", "name", "kind", "reason"),
-    [pytest.param(*case, marks=needs_entry(case[1]), id=case[0]) for case in ROBUSTNESS_CASES],
+    [pytest.param(*case, id=case[0]) for case in ROBUSTNESS_CASES],
 )
 def test_misbehaving_function_fails_with_reason(module, name, kind, reason):
     report = run(module, name, timeout=0.5)
@@ -303,14 +303,14 @@ def test_a_hang_does_not_poison_later_calls_and_shrinks():
     timeouts = [f for f in result.failures if f.kind == "timeout"]
     assert timeouts and all(f.shared for f in timeouts)
     # The probes after the hanging one ran in a fresh worker: none of them timed out.
-    labels = [p.label for p in sa.NMS.probes]
+    labels = [p.label for p in spec_by_name("nms").probes]
     hang_at = labels.index("a zero-area box among others")
     later = {p.label: p.verdict for p in result.probes[hang_at + 1 :]}
     assert later and later["tied scores keep index order"] == "PASS", later
     shrunk = next(f for f in timeouts if not f.probe)
     boxes = np.asarray(shrunk.data["input"]["boxes"])
     assert boxes.shape[0] <= 2, shrunk.input  # the shrinker reached a tiny hanging input
-    assert sa._HINT_SELF_IOU_HANG in shrunk.hints
+    assert hint_text("nms", "hangs: kept box removed by its self-IoU") in shrunk.hints
 
 
 def test_forked_runner_kills_a_hang_and_starts_afresh():
@@ -325,7 +325,7 @@ def test_forked_runner_kills_a_hang_and_starts_afresh():
 
     runner = ForkedRunner(slow_or_fast, "f", timeout=0.5)
     try:
-        with pytest.raises(sa.CallFailure, match="did not return within 0.5 s"):
+        with pytest.raises(CallFailure, match="did not return within 0.5 s"):
             runner(Case(("hang",)), torch.float32)
         assert runner.pid is None  # killed
         out, problems = runner(Case(("ok",)), torch.float32)
@@ -385,13 +385,13 @@ def test_guard_reports_in_place_writes_even_with_equal_values():
         levels["extra"] = 1
         return levels
 
-    with pytest.raises(sa.CallFailure, match="modified its input `boxes`"):
+    with pytest.raises(CallFailure, match="modified its input `boxes`"):
         GuardedCall(touch, "touch", 5.0)(torch.ones(2, 4))
-    with pytest.raises(sa.CallFailure, match=r"`levels \(keys changed\)`"):
+    with pytest.raises(CallFailure, match=r"`levels \(keys changed\)`"):
         GuardedCall(rename, "rename", 5.0)({"p3": torch.ones(1)})
     assert GuardedCall(lambda x: x + 1, "ok", 5.0)(torch.ones(1)).item() == 2.0
     # Inside collect_problems the mutation is collected, and the value still returned.
-    with sa.collect_problems() as problems:
+    with collect_problems() as problems:
         out = GuardedCall(touch, "touch", 5.0)(torch.ones(2, 4))
     assert out.shape == (2, 4) and problems and problems[0][1] == "mutated"
 
@@ -412,35 +412,30 @@ def test_focal_error_model_passes_float32_rounding_of_the_formula():
     # The issue's example: torchvision returns 13.7001953125 where float64 gives 13.69999954.
     t = float(np.float32(0.00137))
     case = Case((np.array([-10000.0]), np.array([t])), {"alpha": -1.0, "gamma": 0.0})
-    entry = next(e for e in REGISTRY if e.name == "sigmoid_focal_loss")
+    entry = entry_by_name("sigmoid_focal_loss")
     ref_case = entry.reference_inputs(case, torch.float32)
     expected = entry.reference(*ref_case.args, **ref_case.kwargs)
     tol = entry.tolerances[torch.float32]
-    bound = sa.FOCAL.error_bound(ref_case, expected, torch.float32)
-    assert _compare_bounded(np.array([13.7001953125]), expected, tol, bound).ok
+    bound = spec_by_name("sigmoid_focal_loss").error_bound(ref_case, expected, torch.float32)
+    assert compare_bounded(np.array([13.7001953125]), expected, tol, bound).ok
     # A real error at the same point is still caught (meta-test of the comparison).
-    assert not _compare_bounded(np.array([13.75]), expected, tol, bound).ok
-    assert not _compare_bounded(np.array([13.7001953125]), expected, tol, 0.0).ok
+    assert not compare_bounded(np.array([13.75]), expected, tol, bound).ok
+    assert not compare_bounded(np.array([13.7001953125]), expected, tol, 0.0).ok
 
 
 def test_bounded_comparison_catches_nan_and_shape():
     tol = Tolerance(1e-6, 1e-6)
-    assert not _compare_bounded(np.array([np.nan]), np.array([0.0]), tol, 1.0).ok
-    assert not _compare_bounded(np.array([1.0, 2.0]), np.array([1.0]), tol, 1.0).ok
-    assert _compare_bounded(np.array([np.inf]), np.array([np.inf]), tol, 0.0).ok
+    assert not compare_bounded(np.array([np.nan]), np.array([0.0]), tol, 1.0).ok
+    assert not compare_bounded(np.array([1.0, 2.0]), np.array([1.0]), tol, 1.0).ok
+    assert compare_bounded(np.array([np.inf]), np.array([np.inf]), tol, 0.0).ok
 
 
-@pytest.mark.parametrize("spec", [s for s in sa.SEED_SPECS if s.domain], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [s for s in SEED_SPECS if s.domain], ids=lambda s: s.name)
 def test_generated_cases_stay_inside_the_shared_contract(spec):
-    if spec.entry_name not in ENTRY_NAMES:
-        pytest.skip(f"registry entry {spec.entry_name!r} has not landed")
-    from detops.verify.harness import _in_contract, _user_strategy
-
-    entry = next(e for e in REGISTRY if e.name == spec.entry_name)
-    inside = _in_contract(entry, spec, torch.float32)
+    entry = entry_by_name(spec.entry_name)
 
     @settings(max_examples=20, deadline=None)
-    @given(case=_user_strategy(entry, spec).filter(inside))
+    @given(case=spec.generated_cases(entry, torch.float32))
     def check(case):
         assert spec.domain(entry.reference_inputs(case, torch.float32), torch.float32) is None
 
@@ -452,73 +447,128 @@ def test_generated_cases_stay_inside_the_shared_contract(spec):
             assert spec.domain(ref_case, probe.dtype) is not None, probe.label
 
 
-# --- mistake references and probes are themselves right -------------------------------------
+def test_a_largest_distance_a_rounding_away_from_a_size_bound_is_outside_the_contract():
+    # Found at --examples 1000 with the course code's matcher: in float32 the distance
+    # 1.54717 - -54.45283 is 56.0, on p4's lower bound; in float64 it is 56.0000013, above.
+    spec = spec_by_name("fcos_match_locations_to_gt")
+    x, x1, x2 = (float(np.float32(v)) for v in (1.54717, -54.45283, 2.5471702))
+    locations = {"p3": np.zeros((0, 2)), "p4": np.array([[x, 0.0]]), "p5": np.zeros((0, 2))}
+    case = Case((locations, {"p3": 7, "p4": 14, "p5": 28}, np.array([[x1, -1.0, x2, 1.0, 0.0]])))
+    reason = "a largest distance within rounding error of a size bound"
+    assert spec.domain(case, torch.float32) == reason
+    assert spec.domain(case, torch.float64) is None
+    # Exactly on the bound is exact in every dtype: inside, and probed.
+    on_bound = spec.probe("largest distance exactly 64 (the p3/p4 size bound)")
+    assert on_bound.shared and spec.domain(on_bound.case(), torch.float32) is None
 
 
-def _entry(name):
-    return next(entry for entry in REGISTRY if entry.name == name)
+# --- mistake references: the reference with exactly their mistake ----------------------------
 
 
-@needs_entry("fcos_match_locations_to_gt")
-def test_matching_mistake_reference_without_mistakes_is_the_reference():
-    entry = _entry("fcos_match_locations_to_gt")
-    faithful = sa._matching_mistake()
-
-    @settings(max_examples=30, deadline=None)
-    @given(case=entry.strategy().map(sa._prepare_matching))
-    def check(case):
-        ref_case = entry.reference_inputs(case, torch.float64)
-        expected = entry.reference(*ref_case.args, **ref_case.kwargs)
-        assert compare_trees(faithful(ref_case, torch.float64), expected, EXACT).ok
-
-    check()
+def probe_inputs(name: str, label: str):
+    """A probe's case as the reference sees it, and the reference's answer there."""
+    spec = spec_by_name(name)
+    entry = entry_by_name(spec.entry_name)
+    ref_case = entry.reference_inputs(spec.probe(label).case(), torch.float64)
+    return ref_case, entry.reference(*ref_case.args, **ref_case.kwargs)
 
 
-@needs_entry("nms")
-def test_greedy_nms_of_the_hints_is_the_reference():
-    entry = _entry("nms")
-
-    @settings(max_examples=30, deadline=None)
-    @given(case=entry.strategy())
-    def check(case):
-        ref_case = entry.reference_inputs(case, torch.float64)
-        args = sa._nms_args(ref_case)
-        expected = entry.reference(*ref_case.args, **ref_case.kwargs)
-        got = sa._greedy_nms(args["boxes"], args["scores"], float(args["iou_threshold"]))
-        assert entry.compare(got, expected, EXACT).ok
-
-    check()
-
-
-def test_locations_mistake_reference_without_mistakes_is_the_reference():
-    entry = _entry("get_fpn_location_coords")
-    faithful = sa._locations_mistake(transposed=False, floor_half=False)
+def test_locations_mistake_references_make_only_their_mistake():
+    spec = spec_by_name("get_fpn_location_coords")
+    entry = entry_by_name(spec.entry_name)
+    # One row of cells and even strides: transposing and flooring stride / 2 change nothing.
     ref_case = entry.reference_inputs(
-        Case(({"p3": (2, 3), "p4": (1, 2)}, {"p3": 7, "p4": 14})), torch.float64
+        Case(({"p3": (1, 1, 1, 3), "p4": (1, 1, 1, 1)}, {"p3": 8, "p4": 16})), torch.float64
     )
     expected = entry.reference(*ref_case.args)
-    assert compare_trees(faithful(ref_case, torch.float64), expected, EXACT).ok
+    for short in ("transposed location order", "stride // 2 offsets"):
+        assert compare_trees(spec.hint(short).mistake(ref_case, torch.float64), expected, EXACT).ok
+    # On a 2x3 map with stride 7 each one is wrong, and exactly as described.
+    ref_case, expected = probe_inputs(spec.name, "odd stride 7 on a 2x3 map")
+    (expected,) = expected.values()
+    assert expected[:3].tolist() == [[3.5, 3.5], [10.5, 3.5], [17.5, 3.5]]
+    mistakes = {
+        short: spec.hint(short).mistake(ref_case, torch.float64)["p3"]
+        for short in ("transposed location order", "x from the row index", "stride // 2 offsets")
+    }
+    assert mistakes["transposed location order"][:3].tolist() == [
+        [3.5, 3.5],
+        [3.5, 10.5],
+        [10.5, 3.5],
+    ]
+    assert mistakes["x from the row index"][:3].tolist() == [[3.5, 3.5], [3.5, 10.5], [3.5, 17.5]]
+    assert mistakes["stride // 2 offsets"][:3].tolist() == [[3, 3], [10, 3], [17, 3]]
 
 
-@pytest.mark.parametrize("spec", sa.SEED_SPECS, ids=lambda s: s.name)
-def test_probes_pass_for_detops_and_the_correct_implementation(spec):
-    if spec.entry_name not in ENTRY_NAMES:
-        pytest.skip(f"registry entry {spec.entry_name!r} has not landed")
-    entry = _entry(spec.entry_name)
-    target = load_target(str(IMPLS / "correct.py"))
-    for label, fn in (("detops", entry.op), ("correct.py", target.functions[spec.name])):
-        guard = GuardedCall(fn, spec.name, 10.0)
-        runner = InProcessRunner(lambda c, d, g=guard: spec.call(g, c, d, "cpu"))
-        check = _Check(entry, runner, [], spec.hints, spec.error_bound)
-        for probe in spec.probes:
-            tol = _tolerance(entry, probe.dtype, probe.tolerance)
-            failures, _, _ = _evaluate(check, probe.case(), probe.dtype, tol, probe=probe)
-            assert not failures, (label, probe.label, failures)
+def test_matching_mistake_references_make_only_their_mistake():
+    spec = spec_by_name("fcos_match_locations_to_gt")
+    entry = entry_by_name(spec.entry_name)
+    tie_breaks = [spec.hint(s).mistake for s in ("max-area tie-break", "1e8 - area float32 trick")]
+
+    @settings(max_examples=30, deadline=None)
+    @given(case=spec.generated_cases(entry, torch.float64))
+    def check(case):
+        locations, strides, gt = case.args
+        gt = np.array(gt, copy=True)
+        gt[..., 1:, :] = -1.0  # one real box at most: no tie to break
+        ref_case = entry.reference_inputs(Case((locations, strides, gt)), torch.float64)
+        expected = entry.reference(*ref_case.args)
+        for mistake in tie_breaks:
+            assert compare_trees(mistake(ref_case, torch.float64), expected, EXACT).ok
+
+    check()
+    # The largest distance exactly 64: no level for the reference, p3 and p4 when inclusive.
+    ref_case, expected = probe_inputs(
+        spec.name, "largest distance exactly 64 (the p3/p4 size bound)"
+    )
+    wrong = spec.hint("inclusive size bounds").mistake(ref_case, torch.float64)
+    assert all((rows == -1).all() for rows in expected.values())
+    assert wrong["p3"].tolist() == wrong["p4"].tolist() == [[4, 4, 132, 132, 3]]
+    assert (wrong["p5"] == -1).all()
+    # Nested boxes: the larger one when the largest box wins.
+    ref_case, expected = probe_inputs(spec.name, "nested boxes: the smaller one wins")
+    wrong = spec.hint("max-area tie-break").mistake(ref_case, torch.float64)
+    assert expected["p3"][:, 4].tolist() == [2] and wrong["p3"][:, 4].tolist() == [1]
+
+
+def test_nms_mistake_references_make_only_their_mistake():
+    spec = spec_by_name("nms")
+    entry = entry_by_name(spec.entry_name)
+    ge = spec.hint(">= instead of >").mistake
+
+    @settings(max_examples=30, deadline=None)
+    @given(case=spec.generated_cases(entry, torch.float64))
+    def check(case):  # no IoU at the threshold there: >= and > agree
+        ref_case = entry.reference_inputs(case, torch.float64)
+        expected = entry.reference(*ref_case.args, **ref_case.kwargs)
+        assert entry.compare(ge(ref_case, torch.float64), expected, EXACT).ok
+
+    check()
+    ref_case, expected = probe_inputs(spec.name, "IoU exactly at the threshold (0.5) is kept")
+    assert expected.tolist() == [0, 1] and ge(ref_case, torch.float64).tolist() == [0]
+    ref_case, expected = probe_inputs(
+        spec.name, "ordinary suppression: IoU 0.68 > 0.5 is suppressed"
+    )
+    never = spec.hint("never suppresses").mistake(ref_case, torch.float64)
+    assert expected.tolist() == [0, 2] and never.tolist() == [0, 1, 2]
+    class_nms = spec_by_name("class_spec_nms")
+    ref_case, expected = probe_inputs(
+        class_nms.name, "negative coordinates (max coordinate -1: the class offset is 0)"
+    )
+    trick = class_nms.hint("class-offset trick").mistake(ref_case, torch.float64)
+    assert expected.tolist() == [0, 1] and trick.tolist() == [0]
 
 
 def test_probe_areas_collide_in_float32():
     # The probe for the `1e8 - area` trick must really collide: areas 1681 and 1680.
     assert np.float32(1e8) - np.float32(1681) == np.float32(1e8) - np.float32(1680)
+
+
+def test_unknown_mistake_or_probe_names_fail_loudly():
+    with pytest.raises(KeyError, match="no known mistake 'bogus'; known: \\['>= instead of >'"):
+        spec_by_name("nms").hint("bogus")
+    with pytest.raises(KeyError, match="no probe 'bogus'"):
+        spec_by_name("nms").probe("bogus")
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -561,7 +611,7 @@ def test_cli_wrong_impl_exits_1_with_details(tmp_path, capsys):
     assert "seed" not in text.replace("seed 0", "")  # the README's words: "course code"
     # One progress line per function on stderr.
     progress = [line for line in captured.err.splitlines() if line.startswith("verify ")]
-    assert len(progress) == len(sa.SEED_NAMES), captured.err
+    assert len(progress) == len(SEED_NAMES), captured.err
     data = json.loads(out.read_text())
     (fn,) = [f for f in data["functions"] if f["name"] == "get_fpn_location_coords"]
     assert fn["verdict"] == "FAIL" and fn["failures"][0]["hints"]
@@ -574,6 +624,38 @@ def test_cli_wrong_impl_exits_1_with_details(tmp_path, capsys):
     assert set(actual[level]) == {"shape", "dtype", "data"}
     assert isinstance(actual[level]["data"], list) and actual[level]["shape"][1] == 2
     assert failure["dtype"] == "float32"
+
+
+def test_progress_is_a_bar_on_a_terminal_and_one_line_per_function_elsewhere():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    target = load_target(str(IMPLS / "partial.py"))
+    lines, terminal = io.StringIO(), Terminal()
+    report = verify(target, progress=stderr_progress(lines), **FAST)
+    count = len(report.functions)
+    written = lines.getvalue().splitlines()
+    assert len(written) == count and all(line.startswith("verify ") for line in written)
+    assert "verify get_fpn_location_coords: PASS" in written[0]
+    verify(target, progress=stderr_progress(terminal), **FAST)
+    bar = terminal.getvalue()
+    assert f"{count}/{count}" in bar and "2 PASS, 8 MISSING" in bar, bar
+    assert "get_fpn_location_coords: PASS" not in bar  # the bar, not the lines
+
+
+@pytest.mark.parametrize(
+    ("option", "error", "message"),
+    [
+        ({"examples": 0}, ValueError, "examples must be an int >= 1, got 0"),
+        ({"examples": 2.5}, TypeError, "examples must be an int >= 1, got float"),
+        ({"timeout": 0.0}, ValueError, "timeout must be > 0"),
+        ({"shrink_draws": -1}, ValueError, "shrink_draws must be an int >= 0"),
+    ],
+)
+def test_verify_refuses_bad_options(option, error, message):
+    with pytest.raises(error, match=f"^verify: {message}"):
+        verify(load_target(str(IMPLS / "partial.py")), **{**FAST, **option})
 
 
 def test_cli_input_shows_the_dtype_the_function_received(capsys):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from ..environment import environment_info
 
 __all__ = [
     "Timing",
@@ -222,38 +223,3 @@ def busy_warning(
         f"WARNING: the machine is busy (1-minute load average {', '.join(busy)}; over "
         f"{limit:g} = half of {cpu_count} CPUs): figures may be unreliable."
     )
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment_info(device: torch.device | str) -> dict[str, str]:
-    """Device, CPU model and count, torch's thread count (read, never set) and the
-    versions of python, torch, torchvision and numpy; the GPU and CUDA version on cuda."""
-    import numpy
-    import torchvision
-
-    info = {
-        "device": str(device),
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": str(os.cpu_count()),
-        "torch_threads": str(torch.get_num_threads()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-    }
-    info["cpu_model"] = _cpu_model()
-    if torch.device(device).type == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = str(torch.version.cuda)
-    return info

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from detops._seed_names import SEED_NAMES
 
@@ -84,7 +83,9 @@ def add_parser(subparsers) -> None:
         help="departures from detops fail too (exit status 1 on DEPARTS)",
     )
     parser.add_argument(
-        "--quiet", action="store_true", help="no progress lines on stderr while it runs"
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr while it runs (one line per function, or a bar on a terminal)",
     )
     parser.set_defaults(func=run)
 
@@ -106,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
         TargetError,
         format_report,
         load_target,
-        progress_line,
         report_to_json,
+        stderr_progress,
         verify,
     )
 
@@ -117,10 +118,6 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--device {args.device}: {error}") from None
     if device_type == "cuda" and not torch.cuda.is_available():
         raise CommandError("--device cuda, but CUDA is not available here")
-
-    def progress(report) -> None:
-        if not args.quiet:
-            print(progress_line(report), file=sys.stderr, flush=True)
 
     try:
         target = load_target(args.impl)
@@ -136,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             timeout=timeout,
             device=args.device,
-            progress=progress,
+            progress=None if args.quiet else stderr_progress(),
         )
     except TargetError as error:
         raise CommandError(str(error)) from None

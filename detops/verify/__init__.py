@@ -3,10 +3,11 @@ against the NumPy references (``python -m detops verify``).
 
 * :mod:`detops.verify.harness`: loading targets, running functions under guard (a forked
   worker per function, killed on a hang), the search, the verdicts (PASS / DEPARTS /
-  FAIL) and the reports.
+  FAIL), progress and the reports.
 * :mod:`detops.verify.course_api`: the course code's per-image signatures (adapters onto
-  the registry's entries), the shared-contract domains, error models, probes and known
-  mistakes.
+  the registry's entries), the shared-contract domains and the error models.
+* :mod:`detops.verify.probes`: the hand-made probes and the known mistakes (mistake
+  references: the NumPy reference with one mistake made on purpose).
 """
 
 from .harness import (
@@ -14,6 +15,7 @@ from .harness import (
     DEFAULT_TIMEOUT,
     Failure,
     FunctionReport,
+    Progress,
     Target,
     TargetError,
     VerifyReport,
@@ -22,6 +24,7 @@ from .harness import (
     progress_line,
     report_to_dict,
     report_to_json,
+    stderr_progress,
     verify,
 )
 
@@ -30,6 +33,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "Failure",
     "FunctionReport",
+    "Progress",
     "Target",
     "TargetError",
     "VerifyReport",
@@ -38,5 +42,6 @@ __all__ = [
     "progress_line",
     "report_to_dict",
     "report_to_json",
+    "stderr_progress",
     "verify",
 ]

@@ -4,7 +4,7 @@ Two modes:
 
 * **registry** (``python -m detops verify``): every registry entry's fast op against its NumPy
   reference on hypothesis-generated cases, for every dtype in its tolerances, plus the
-  hand-made probes of :mod:`detops.verify.course_api` where an entry has a course spec.
+  hand-made probes of :mod:`detops.verify.probes` where an entry has a course spec.
 * **functions** (``--impl path/to/file.py``, ``--impl some.module``, ``--impl torchvision``):
   the target's functions, found by the course code's names, each called with the course's
   per-image signature (probes first, then float32 and float64 generated cases, shrunk to the
@@ -32,12 +32,13 @@ The harness never crashes on a bad function. In functions mode each function run
 forked worker process (where the platform can fork): a call that runs past the time limit is
 killed with its worker and the next call gets a fresh one, so a hang can be shrunk like any
 other failure. A failure that the re-run of a known mistake (a mistake reference in
-:mod:`detops.verify.course_api`) reproduces gets a one-line hint.
+:mod:`detops.verify.probes`) reproduces gets a one-line hint.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -56,13 +57,16 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import hypothesis
 import numpy as np
 import torch
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+from hypothesis import strategies as st
 
+from .._checks import check_int, check_positive_number
+from ..environment import environment_info
 from ..testing.compare import Comparison, Tolerance, compare_trees, to_numpy_tree
 from ..testing.entry import OpEntry, case_to_torch
 from ..testing.registry import REGISTRY
@@ -71,23 +75,32 @@ from .course_api import (
     SEED_NAMES,
     SEED_SPECS,
     CallFailure,
-    HintContext,
-    Probe,
+    Problem,
     SeedSpec,
     collect_problems,
     report_problem,
 )
+from .probes import Hint, HintContext, Probe
 
 __all__ = [
+    "DEFAULT_EXAMPLES",
+    "DEFAULT_TIMEOUT",
     "Failure",
+    "ForkedRunner",
     "FunctionReport",
+    "GuardedCall",
+    "InProcessRunner",
+    "Progress",
     "Target",
     "TargetError",
     "VerifyReport",
+    "compare_bounded",
     "format_report",
     "load_target",
+    "progress_line",
     "report_to_dict",
     "report_to_json",
+    "stderr_progress",
     "verify",
 ]
 
@@ -397,22 +410,21 @@ def _output_tree(value):
 # Runners: ``runner(case, dtype) -> (output, problems)``; ``output`` is a NumPy tree,
 # ``problems`` the soft problems ``(kind, key, message)``. Hard failures raise CallFailure
 # with the problems found so far in ``failure.problems``.
-Runner = Callable[[Case, torch.dtype], tuple[Any, list]]
+Runner = Callable[[Case, torch.dtype], tuple[Any, list[Problem]]]
 
 
-def _run_collecting(run: Callable[[Case, torch.dtype], Any], case: Case, dtype: torch.dtype):
+def _run_collecting(
+    run: Callable[[Case, torch.dtype], Any], case: Case, dtype: torch.dtype
+) -> tuple[Any, list[Problem]]:
     with collect_problems() as problems:
         try:
             output = run(case, dtype)
         except CallFailure as failure:
-            failure.problems = list(problems)  # type: ignore[attr-defined]
+            failure.problems = list(problems)
             raise
         except Exception as exc:  # the adapter could not assemble the result
-            failure = CallFailure(
-                "output", f"the result could not be used: {_exception_line(exc)}", "output"
-            )
-            failure.problems = list(problems)  # type: ignore[attr-defined]
-            raise failure from None
+            message = f"the result could not be used: {_exception_line(exc)}"
+            raise CallFailure("output", message, "output", problems) from None
         return _output_tree(output), list(problems)
 
 
@@ -523,8 +535,7 @@ class ForkedRunner:
                 output, problems = _run_collecting(self.run, case, dtype)
                 reply: tuple = ("ok", output, problems)
             except CallFailure as failure:
-                problems = getattr(failure, "problems", [])
-                reply = ("fail", failure.kind, failure.message, failure.key, problems)
+                reply = ("fail", failure.kind, failure.message, failure.key, failure.problems)
             try:
                 payload = pickle.dumps(reply)
             except Exception as exc:
@@ -593,9 +604,7 @@ class ForkedRunner:
         if message[0] == "ok":
             return message[1], message[2]
         _, kind, text, key, problems = message
-        failure = CallFailure(kind, text, key)
-        failure.problems = problems  # type: ignore[attr-defined]
-        raise failure
+        raise CallFailure(kind, text, key, problems)
 
 
 # ----------------------------------------------------------------------------------------
@@ -781,10 +790,10 @@ def diff_views(actual, expected, tol: Tolerance, limit: int = 64) -> tuple[str, 
         and len(a) == len(e)
         and not isinstance(e, np.ndarray)
     ):
-        pairs = [diff_views(x, y, tol, limit) for y, x in zip(e, a, strict=True)]
+        views = [diff_views(x, y, tol, limit) for y, x in zip(e, a, strict=True)]
         return (
-            "(" + ", ".join(p[0] for p in pairs) + ")",
-            "(" + ", ".join(p[1] for p in pairs) + ")",
+            "(" + ", ".join(view[0] for view in views) + ")",
+            "(" + ", ".join(view[1] for view in views) + ")",
         )
     if isinstance(e, (Mapping, list, tuple)) or isinstance(a, (Mapping, list, tuple)):
         return format_value(e, limit), format_value(a, limit)
@@ -858,7 +867,7 @@ class _Check:
     entry: OpEntry
     run: Runner
     names: list[str]
-    hints: tuple = ()
+    hints: tuple[Hint, ...] = ()
     error_bound: Callable[[Case, Any, torch.dtype], Any] | None = None
 
 
@@ -870,9 +879,15 @@ def _tolerance(entry: OpEntry, dtype: torch.dtype, fallback: Tolerance | None) -
     return next(iter(entry.tolerances.values()))
 
 
-def _compare_bounded(actual, expected, tol: Tolerance, bound) -> Comparison:
-    """Like :func:`compare_trees` for one array, with ``bound`` (the error model) added to
-    the allowed error of each element."""
+def compare_bounded(actual: Any, expected: Any, tol: Tolerance, bound: Any) -> Comparison:
+    """Like :func:`~detops.testing.compare_trees` for one array, with ``bound`` (an error
+    model, :attr:`~detops.verify.course_api.SeedSpec.error_bound`: a number or an array
+    broadcasting to ``expected``) added to the allowed error of each finite element.
+
+    An element passes when ``|actual - expected| <= tol.atol + tol.rtol * |expected| +
+    bound``; NaN must meet NaN and an infinity the same infinity; shapes must be equal.
+    Anything but two arrays is compared by :func:`~detops.testing.compare_trees`, without
+    the bound."""
     a = to_numpy_tree(actual)
     e = to_numpy_tree(expected)
     if not isinstance(a, np.ndarray) or not isinstance(e, np.ndarray):
@@ -944,7 +959,7 @@ def _evaluate(
     try:
         actual, problems = check.run(case, dtype)
     except CallFailure as failure:
-        problems = getattr(failure, "problems", [])
+        problems = failure.problems
         if refused is not None and failure.kind == "raised":
             return _soft_failures(problems, dname, text, label, data), 0.0, 0.0
         context = HintContext(case, ref_case, dtype, failure.kind, None, expected, tol)
@@ -982,7 +997,7 @@ def _evaluate(
             bound = check.error_bound(ref_case, expected, dtype)
         except Exception:  # pragma: no cover - an error model must never break the report
             bound = 0.0
-        result = _compare_bounded(actual, expected, tol, bound)
+        result = compare_bounded(actual, expected, tol, bound)
     else:
         result = entry.compare(actual, expected, tol)
     if not result.ok:
@@ -1059,15 +1074,24 @@ class _Stop(BaseException):
     through instead of treating them as a new failure to shrink."""
 
 
+@dataclass(frozen=True)
+class _Options:
+    """:func:`verify`'s options, as each function's check uses them."""
+
+    examples: int
+    seed: int
+    timeout: float
+    device: str
+    shrink: tuple[float, int]  # (seconds, drawn candidates)
+    dtypes: Sequence[torch.dtype] | None  # of the generated cases, for user functions
+
+
 def _search(
     check: _Check,
-    strategy,
+    strategy: st.SearchStrategy[Case],
     dtype: torch.dtype,
-    examples: int,
-    seed: int,
-    shrink: tuple[float, int],
+    options: _Options,
     ignore: frozenset[str] = frozenset(),
-    timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[list[Failure], int, float, float, str]:
     """Hypothesis search with shrinking. Returns (failures, cases, max abs, max rel, error).
 
@@ -1076,7 +1100,8 @@ def _search(
     draws)``, whichever comes first; the draw count keeps the result reproducible for a
     seed, the time limit bounds slow draws (a hang gets three more time limits)."""
     tol = _tolerance(check.entry, dtype, None)
-    shrink_seconds, shrink_draws = shrink
+    shrink_seconds, shrink_draws = options.shrink
+    timeout = options.timeout
     state: dict[str, Any] = {
         "cases": 0,
         "abs": 0.0,
@@ -1103,9 +1128,9 @@ def _search(
             raise _Stop()
         return case
 
-    @hypothesis.seed(seed)
+    @hypothesis.seed(options.seed)
     @settings(
-        max_examples=examples,
+        max_examples=options.examples,
         deadline=None,
         database=None,
         derandomize=False,
@@ -1220,43 +1245,24 @@ def _drop_explained_departures(failures: list[Failure]) -> list[Failure]:
     return [f for f in failures if f.shared or not (f.key in failing and f.key in _GENERIC_KEYS)]
 
 
-def _in_contract(entry: OpEntry, spec: SeedSpec | None, dtype: torch.dtype):
-    """A filter keeping the cases inside the shared contract (all cases without a spec)."""
-    if spec is None or spec.domain is None:
-        return None
-    domain = spec.domain
-
-    def inside(case: Case) -> bool:
-        try:
-            return domain(entry.reference_inputs(case, dtype), dtype) is None
-        except Exception:  # a case the domain cannot read is not one the course makes
-            return False
-
-    return inside
-
-
 def _run_function(
     name: str,
     check: _Check,
-    strategy_for: Callable[[], Any],
+    cases: Callable[[torch.dtype], st.SearchStrategy[Case]],
     dtypes: Sequence[torch.dtype],
-    spec: SeedSpec | None,
+    probes: Sequence[Probe],
     probe_check: _Check | None,
-    examples: int,
-    seed: int,
-    shrink: tuple[float, int],
-    timeout: float,
+    options: _Options,
     departures: bool,
 ) -> FunctionReport:
-    """Probes (through ``probe_check``, course-shaped cases), then hypothesis search per
-    dtype (through ``check``, registry-shaped cases inside the shared contract). With
-    ``departures`` False (registry mode) every failure is a FAIL and no case is filtered."""
+    """Probes (through ``probe_check``, course-shaped cases), then hypothesis search over
+    ``cases(dtype)`` per dtype (through ``check``). With ``departures`` False (registry
+    mode) every failure is a FAIL."""
     report = FunctionReport(name, "PASS", dtypes=[_dtype_name(d) for d in dtypes])
     start = time.monotonic()
     failures: list[Failure] = []
     probe_failures: list[Failure] = []
     passed: list[HintContext] = []
-    probes = spec.probes if spec is not None else ()
     if probe_check is not None:
         for probe in probes:
             tol = _tolerance(check.entry, probe.dtype, probe.tolerance)
@@ -1293,15 +1299,11 @@ def _run_function(
     ignore: set[str] = set()
     generated: list[Failure] = []
     for dtype in dtypes:
-        inside = _in_contract(check.entry, spec, dtype) if departures else None
         for _ in range(MAX_ROUNDS):
-            strategy = strategy_for()
-            if inside is not None:
-                strategy = strategy.filter(inside)
-            found, cases, max_abs, max_rel, error = _search(
-                check, strategy, dtype, examples, seed, shrink, frozenset(ignore), timeout
+            found, count, max_abs, max_rel, error = _search(
+                check, cases(dtype), dtype, options, frozenset(ignore)
             )
-            report.cases += cases
+            report.cases += count
             report.max_abs_error = max(report.max_abs_error, max_abs)
             report.max_rel_error = max(report.max_rel_error, max_rel)
             if error:
@@ -1336,22 +1338,11 @@ def _specs_by_entry() -> dict[str, SeedSpec]:
     return {spec.entry_name: spec for spec in SEED_SPECS}
 
 
-def _user_strategy(entry: OpEntry, spec: SeedSpec):
-    strategy = entry.strategy()
-    if spec.prepare is None:
-        return strategy
-    return strategy.map(spec.prepare).filter(lambda case: case is not None)
+# A function's check, not yet run: its name and the call that runs it.
+_Job = tuple[str, Callable[[], FunctionReport]]
 
 
-def _verify_registry(
-    names: Sequence[str] | None,
-    examples: int,
-    seed: int,
-    timeout: float,
-    device: str,
-    shrink: tuple[float, int],
-    progress: Callable[[FunctionReport], None] | None,
-) -> list[FunctionReport]:
+def _registry_jobs(names: Sequence[str] | None, options: _Options) -> list[_Job]:
     entries = list(REGISTRY)
     if names:
         known = _entries_by_name()
@@ -1360,54 +1351,49 @@ def _verify_registry(
             raise TargetError(f"--op: no registry entry named {unknown}; known: {sorted(known)}")
         entries = [known[n] for n in names]
     specs = _specs_by_entry()
-    reports = []
-    for entry in entries:
+
+    device, timeout = options.device, options.timeout
+
+    def job(entry: OpEntry) -> FunctionReport:
         if torch.device(device).type == "cuda" and not entry.cuda:
-            report = FunctionReport(entry.name, "SKIPPED", note="no CUDA path")
-        else:
-            guard = GuardedCall(entry.run_op, entry.name, timeout)
-            runner = InProcessRunner(lambda case, dtype, g=guard: g(case, dtype, device))
-            check = _Check(entry, runner, _parameter_names(entry.reference))
-            spec = specs.get(entry.name)
-            probe_check = None
-            if spec is not None:
-                op_guard = GuardedCall(entry.op, entry.name, timeout)
-                probe_runner = InProcessRunner(
-                    lambda case, dtype, spec=spec, g=op_guard: spec.call(g, case, dtype, device)
-                )
-                probe_check = _Check(entry, probe_runner, check.names, spec.hints)
-            report = _run_function(
-                entry.name,
-                check,
-                entry.strategy,
-                entry.dtypes,
-                spec,
-                probe_check,
-                examples,
-                seed,
-                shrink,
-                timeout,
-                departures=False,
-            )
-            report.origin = f"{entry.op.__module__}.{entry.op.__name__}"
-        reports.append(report)
-        if progress is not None:
-            progress(report)
-    return reports
+            return FunctionReport(entry.name, "SKIPPED", note="no CUDA path")
+        guard = GuardedCall(entry.run_op, entry.name, timeout)
+
+        def run(case: Case, dtype: torch.dtype) -> Any:
+            return guard(case, dtype, device)
+
+        check = _Check(entry, InProcessRunner(run), _parameter_names(entry.reference))
+        spec = specs.get(entry.name)
+        probe_check = None
+        if spec is not None:
+            course_call, op_guard = spec.call, GuardedCall(entry.op, entry.name, timeout)
+
+            def run_probe(case: Case, dtype: torch.dtype) -> Any:
+                return course_call(op_guard, case, dtype, device)
+
+            probe_check = _Check(entry, InProcessRunner(run_probe), check.names, spec.hints)
+        report = _run_function(
+            entry.name,
+            check,
+            lambda dtype: entry.strategy(),
+            entry.dtypes,
+            spec.probes if spec is not None else (),
+            probe_check,
+            options,
+            departures=False,
+        )
+        report.origin = f"{entry.op.__module__}.{entry.op.__name__}"
+        return report
+
+    return [(entry.name, functools.partial(job, entry)) for entry in entries]
 
 
-def _verify_functions(
+def _function_jobs(
     target: Target,
+    functions: Mapping[str, Callable[..., Any]],
     names: Sequence[str] | None,
-    examples: int,
-    seed: int,
-    timeout: float,
-    device: str,
-    shrink: tuple[float, int],
-    dtypes: Sequence[torch.dtype] | None,
-    progress: Callable[[FunctionReport], None] | None,
-) -> list[FunctionReport]:
-    assert target.functions is not None
+    options: _Options,
+) -> list[_Job]:
     wanted = list(target.names)
     if names:
         unknown = [n for n in names if n not in SEED_NAMES]
@@ -1418,62 +1404,78 @@ def _verify_functions(
         wanted = [n for n in wanted if n in names]
     entries = _entries_by_name()
     specs = {spec.name: spec for spec in SEED_SPECS}
-    reports = []
-    for name in wanted:
-        fn = target.functions.get(name)
+
+    def job(name: str) -> FunctionReport:
+        fn = functions.get(name)
         spec = specs[name]
         entry = entries.get(spec.entry_name)
         if fn is None:
-            report = FunctionReport(name, "MISSING", note="not defined by the target")
-        elif entry is None:
-            report = FunctionReport(
-                name,
-                "SKIPPED",
-                origin=target.origins.get(name, ""),
-                note=f"no registry entry {spec.entry_name!r} in this detops version",
-            )
-        else:
-            report = _verify_one(
-                name, fn, spec, entry, examples, seed, timeout, device, shrink, dtypes
-            )
-            report.origin = target.origins.get(name, "")
-        reports.append(report)
-        if progress is not None:
-            progress(report)
-    return reports
+            return FunctionReport(name, "MISSING", note="not defined by the target")
+        origin = target.origins.get(name, "")
+        if entry is None:
+            note = f"no registry entry {spec.entry_name!r} in this detops version"
+            return FunctionReport(name, "SKIPPED", origin=origin, note=note)
+        report = _verify_one(name, fn, spec, entry, options)
+        report.origin = origin
+        return report
+
+    return [(name, functools.partial(job, name)) for name in wanted]
 
 
-def _verify_one(name, fn, spec, entry, examples, seed, timeout, device, shrink, dtypes):
-    def run(case, dtype, spec=spec):
+def _verify_one(
+    name: str, fn: Callable[..., Any], spec: SeedSpec, entry: OpEntry, options: _Options
+) -> FunctionReport:
+    device, timeout = options.device, options.timeout
+
+    def run(case: Case, dtype: torch.dtype) -> Any:
         return spec.call(_DirectCall(fn, name, timeout), case, dtype, device)
 
+    runner: ForkedRunner | InProcessRunner
     if ForkedRunner.available() and torch.device(device).type == "cpu":
-        runner: Any = ForkedRunner(run, name, timeout)
+        runner = ForkedRunner(run, name, timeout)
     else:  # pragma: no cover - no fork (Windows), or CUDA (which a forked child cannot
         # initialize once the parent has): a thread, which a hang poisons
         guard = GuardedCall(fn, name, timeout)
-        runner = InProcessRunner(lambda case, dtype: spec.call(guard, case, dtype, device))
+
+        def run_guarded(case: Case, dtype: torch.dtype) -> Any:
+            return spec.call(guard, case, dtype, device)
+
+        runner = InProcessRunner(run_guarded)
     try:
         check = _Check(
             entry, runner, _parameter_names(entry.reference), spec.hints, spec.error_bound
         )
-        wanted_dtypes = USER_DTYPES if dtypes is None else tuple(dtypes)
+        wanted_dtypes = USER_DTYPES if options.dtypes is None else tuple(options.dtypes)
         run_dtypes = [d for d in wanted_dtypes if d in entry.tolerances] or list(entry.dtypes)[:1]
         return _run_function(
             name,
             check,
-            lambda: _user_strategy(entry, spec),
+            lambda dtype: spec.generated_cases(entry, dtype),
             run_dtypes,
-            spec,
+            spec.probes,
             check,
-            examples,
-            seed,
-            shrink,
-            timeout,
+            options,
             departures=True,
         )
     finally:
         runner.close()
+
+
+class Progress:
+    """What :func:`verify` tells while it runs. Each method does nothing here: override
+    the ones you need."""
+
+    def begin(self, names: Sequence[str]) -> None:
+        """The functions about to be checked, in order."""
+
+    def start(self, name: str) -> None:
+        """The check of ``name`` begins."""
+
+    def done(self, report: FunctionReport) -> None:
+        """A function's check is over: its report."""
+
+    def end(self) -> None:
+        """The run is over (after an error too)."""
 
 
 def verify(
@@ -1487,7 +1489,7 @@ def verify(
     shrink_seconds: float = SHRINK_SECONDS,
     shrink_draws: int = SHRINK_DRAWS,
     dtypes: Sequence[torch.dtype] | None = None,
-    progress: Callable[[FunctionReport], None] | None = None,
+    progress: Progress | None = None,
 ) -> VerifyReport:
     """Check ``target`` and return the report (nothing is printed).
 
@@ -1495,28 +1497,45 @@ def verify(
         target: from :func:`load_target`.
         names: only these functions (registry entry names, or course function names for a
             target with functions).
-        examples: generated cases per function and dtype.
+        examples: generated cases per function and dtype, at least 1.
         seed: hypothesis seed; the same seed gives the same cases.
-        timeout: per-call time limit in seconds for the function under test.
+        timeout: per-call time limit in seconds for the function under test, > 0.
         device: where the inputs live.
         shrink_seconds, shrink_draws: shrinking after a failure (per search) stops after
             this many seconds or drawn candidates, whichever comes first.
         dtypes: dtypes of the generated cases for a target with functions (default
             float32 and float64, where the registry entry has tolerances for them).
-        progress: called with each function's report as soon as it is done.
-    """
-    from ..bench.timing import environment_info
+        progress: told which functions will be checked, and each one's start and report
+            as it goes (:func:`stderr_progress` prints them).
 
+    Raises:
+        TargetError: ``names`` holds a name the target cannot have.
+        TypeError, ValueError: a bad option.
+    """
+    examples = check_int("verify", "examples", examples, minimum=1)
+    seed = check_int("verify", "seed", seed)
+    timeout = check_positive_number("verify", "timeout", timeout)
+    shrink_seconds = check_positive_number("verify", "shrink_seconds", shrink_seconds)
+    shrink_draws = check_int("verify", "shrink_draws", shrink_draws, minimum=0)
     start = time.monotonic()
-    shrink = (shrink_seconds, shrink_draws)
+    options = _Options(examples, seed, timeout, device, (shrink_seconds, shrink_draws), dtypes)
     if target.functions is None:
         mode = "registry"
-        functions = _verify_registry(names, examples, seed, timeout, device, shrink, progress)
+        jobs = _registry_jobs(names, options)
     else:
         mode = "functions"
-        functions = _verify_functions(
-            target, names, examples, seed, timeout, device, shrink, dtypes, progress
-        )
+        jobs = _function_jobs(target, target.functions, names, options)
+    progress = progress or Progress()
+    functions = []
+    progress.begin([name for name, _ in jobs])
+    try:
+        for name, job in jobs:
+            progress.start(name)
+            report = job()
+            functions.append(report)
+            progress.done(report)
+    finally:
+        progress.end()
     return VerifyReport(
         target=target.label,
         mode=mode,
@@ -1545,6 +1564,50 @@ def progress_line(report: FunctionReport) -> str:
     extra = f": {_shorten(report.summary, 70)}" if report.summary else ""
     cases = f", {report.cases} cases" if report.cases else ""
     return f"verify {report.name}: {report.verdict}{extra} ({report.seconds:.1f} s{cases})"
+
+
+class _ProgressLines(Progress):
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def done(self, report: FunctionReport) -> None:
+        print(progress_line(report), file=self.stream, flush=True)
+
+
+class _ProgressBar(Progress):
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.bar: Any = None
+        self.verdicts: dict[str, int] = {}
+
+    def begin(self, names: Sequence[str]) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=len(names), desc="verify", unit="function", file=self.stream)
+
+    def start(self, name: str) -> None:
+        self.bar.set_description(f"verify {name}")
+
+    def done(self, report: FunctionReport) -> None:
+        self.verdicts[report.verdict] = self.verdicts.get(report.verdict, 0) + 1
+        counts = ", ".join(f"{count} {verdict}" for verdict, count in self.verdicts.items())
+        self.bar.set_postfix_str(counts, refresh=False)
+        self.bar.update()
+
+    def end(self) -> None:
+        if self.bar is not None:
+            self.bar.set_description("verify")
+            self.bar.close()
+
+
+def stderr_progress(stream: TextIO | None = None) -> Progress:
+    """Progress for a person watching: a tqdm bar where ``stream`` (stderr by default) is a
+    terminal, else one :func:`progress_line` per function as each ends."""
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return _ProgressBar(stream)
+    return _ProgressLines(stream)
 
 
 def format_table(report: VerifyReport, summary_width: int = 90) -> str:

@@ -1,4 +1,4 @@
-"""A correct implementation of the seed's ten functions, written as a course student would:
+"""A correct implementation of the course's ten functions, written as a course student would:
 per image, with the course code's signatures, plain torch, no detops.
 
 ``python -m detops verify --impl tests/impls/correct.py`` passes. It is written from the

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchvision
 from hypothesis import strategies as st
 
 import reference.boxes as ref
@@ -211,6 +210,8 @@ def _iou_setup(batch: int | None, n: int, with_reference: bool):
     shape = (batch, n) if batch else (n,)
 
     def setup(device):
+        import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
+
         b1 = random_boxes(shape, seed=1).to(device)
         b2 = random_boxes(shape, seed=2).to(device)
         if batch:
@@ -235,6 +236,8 @@ def _iou_setup(batch: int | None, n: int, with_reference: bool):
 
 def _clip_setup(n: int):
     def setup(device):
+        import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
+
         b = (random_boxes((n,), seed=3, extent=800.0) - 100.0).to(device)
         size = (480, 640)
         nb = b.cpu().double().numpy()

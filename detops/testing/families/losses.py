@@ -14,7 +14,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch.utils.data import default_collate
@@ -186,6 +185,8 @@ def _fwd_bwd(loss_fn, x):
 
 def _focal_bench(batch, locations, classes, with_reference=False):
     def setup(device):
+        import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
+
         x, _, t = _focal_inputs(batch, locations, classes, device)
         x_np, t_np = x.double().cpu().numpy(), t.double().cpu().numpy()
         return BenchFunctions(
@@ -201,6 +202,8 @@ def _focal_bench(batch, locations, classes, with_reference=False):
 
 def _class_id_bench(batch, locations, classes):
     def setup(device):
+        import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
+
         x, ids, t = _focal_inputs(batch, locations, classes, device)
         return BenchFunctions(
             detops=_fwd_bwd(
@@ -410,7 +413,9 @@ def seed_style_fcos_loss(
             class_id = matched_gt_boxes[i, j, 4].long()
             if class_id != -1:
                 gt_classes[i, j, class_id] = 1.0
-    loss_cls = torchvision.ops.sigmoid_focal_loss(
+    from torchvision.ops import sigmoid_focal_loss  # (a dict lookup after the first call)
+
+    loss_cls = sigmoid_focal_loss(
         inputs=pred_cls_logits, targets=gt_classes, reduction="none"
     )
     loss_box = 0.25 * F.l1_loss(pred_boxreg_deltas, matched_gt_deltas, reduction="none")
@@ -438,7 +443,7 @@ def seed_style_inference_one_image(
     nms_thresh=0.5,
     *,
     image=0,
-    class_spec_nms=torchvision.ops.batched_nms,
+    class_spec_nms=None,
 ):
     """SEED-STYLE (course code) ``FCOS.inference`` for image ``image`` of the batch.
 
@@ -447,6 +452,10 @@ def seed_style_inference_one_image(
     (the course's offset trick); pass :func:`detops.class_spec_nms` for exact tie rules.
     The course's in-place ``sigmoid_`` of the predictions is done out of place here.
     """
+    if class_spec_nms is None:
+        from torchvision.ops import batched_nms
+
+        class_spec_nms = batched_nms
     height, width = image_size
     boxes_per_level, classes_per_level, scores_per_level = [], [], []
     for level_name in locations_per_fpn_level:
@@ -476,7 +485,7 @@ def seed_style_inference_one_image(
     return boxes_all[keep], classes_all[keep], scores_all[keep]
 
 
-def seed_style_inference(*args, class_spec_nms=torchvision.ops.batched_nms, **kwargs):
+def seed_style_inference(*args, class_spec_nms=None, **kwargs):
     """SEED-STYLE: :func:`seed_style_inference_one_image` in a Python loop over images."""
     batch = next(iter(args[2].values())).shape[0]
     return [

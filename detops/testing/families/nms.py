@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchvision
 from hypothesis import strategies as st
 
 import reference.nms as ref
@@ -228,6 +227,8 @@ def random_detections(
 
 def _nms_setup(n: int, with_reference: bool):
     def setup(device):
+        import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
+
         boxes, scores, _ = random_detections(n)
         b, s = boxes.to(device), scores.to(device)
         bn, sn = boxes.double().numpy(), scores.double().numpy()
@@ -242,6 +243,8 @@ def _nms_setup(n: int, with_reference: bool):
 
 def _class_setup(n: int, with_reference: bool):
     def setup(device):
+        import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
+
         boxes, scores, classes = random_detections(n)
         b, s, c = boxes.to(device), scores.to(device), classes.to(device)
         bn, sn, cn = boxes.double().numpy(), scores.double().numpy(), classes.numpy()
@@ -258,8 +261,10 @@ def _class_setup(n: int, with_reference: bool):
 
 def _loop_of_batched_nms(boxes, scores, classes, limit):
     # What torchvision users write: one batched_nms per image, results padded into a batch.
+    from torchvision.ops import batched_nms  # (a dict lookup after the first call)
+
     kept = [
-        torchvision.ops.batched_nms(boxes[i], scores[i], classes[i], THRESHOLD)[:limit]
+        batched_nms(boxes[i], scores[i], classes[i], THRESHOLD)[:limit]
         for i in range(boxes.shape[0])
     ]
     width = max(len(k) for k in kept)
