@@ -198,7 +198,7 @@ def _running_average(values: np.ndarray, momentum: float = 0.9) -> np.ndarray:
     return out
 
 
-def _lr_steps(lr_history: Sequence[float], after: int) -> list[tuple[int, float]]:
+def lr_steps(lr_history: Sequence[float], after: int) -> list[tuple[int, float]]:
     """``(iteration, factor)`` where the rate drops (not the warm-up's rises): iteration
     ``i`` (1-based) is the first that used the new rate."""
     steps = []
@@ -255,7 +255,7 @@ def plot_loss_curve(
     marked_warmup = bool(warmup_iterations) and (
         not lr_history or warmup_iterations < len(lr_history)
     )
-    steps_marked = _lr_steps(lr_history, warmup_iterations) if lr_history else []
+    steps_marked = lr_steps(lr_history, warmup_iterations) if lr_history else []
     for panel in panels:
         if marked_warmup:
             panel.axvspan(0, warmup_iterations, color="0.85", alpha=0.5, linewidth=0)

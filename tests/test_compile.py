@@ -13,7 +13,12 @@ import pytest
 import torch
 
 import detops
-from detops.testing.families.losses import A4_STRIDES, _cat, _head_outputs, benchmark_inputs
+from detops.testing.families.losses import (
+    A4_STRIDES,
+    benchmark_inputs,
+    concat_levels,
+    random_head_outputs,
+)
 from detops.testing.families.nms import random_detections
 
 COMPILED_OPS = ["nms", "class_spec_nms", "batched_nms_per_image", "box_iou", "clip_boxes_to_image"]
@@ -80,9 +85,9 @@ def target_path_calls():
     locations, gt, flat_locations, flat_strides = benchmark_inputs(
         64, 64, A4_STRIDES, rows=10, real=(1, 4), device="cpu"
     )
-    matched = _cat(detops.fcos_match_locations_to_gt(locations, A4_STRIDES, gt))
+    matched = concat_levels(detops.fcos_match_locations_to_gt(locations, A4_STRIDES, gt))
     deltas = detops.fcos_get_deltas_from_locations(flat_locations, matched, flat_strides)
-    cls, box, ctr = _head_outputs(locations, 16, 5, "cpu")
+    cls, box, ctr = random_head_outputs(locations, 16, 5, "cpu")
     shapes = {level: (1, 8, 64 // s, 64 // s) for level, s in A4_STRIDES.items()}
     return {
         "get_fpn_location_coords": lambda: detops.get_fpn_location_coords(shapes, A4_STRIDES),
@@ -158,9 +163,10 @@ def test_fcos_loss_compiles_with_fullgraph_and_its_gradients_equal_eager():
     locations, gt, flat_locations, flat_strides = benchmark_inputs(
         64, 64, A4_STRIDES, rows=10, real=(1, 4), device="cpu"
     )
-    matched = _cat(detops.fcos_match_locations_to_gt(locations, A4_STRIDES, gt))
+    matched = concat_levels(detops.fcos_match_locations_to_gt(locations, A4_STRIDES, gt))
     deltas = detops.fcos_get_deltas_from_locations(flat_locations, matched, flat_strides)
-    leaves = [_cat(t).requires_grad_() for t in _head_outputs(locations, 16, 5, "cpu")]
+    heads = random_head_outputs(locations, 16, 5, "cpu")
+    leaves = [concat_levels(t).requires_grad_() for t in heads]
 
     def loss_fn(cls, box, ctr):
         return detops.fcos_loss(cls, box, ctr, matched, deltas, 150.0)[0]

@@ -11,7 +11,7 @@ from detops import mean_average_precision
 from detops.metrics import COCO_IOU_THRESHOLDS, gt_dicts_from_padded
 from detops.testing.compare import compare_trees
 from detops.testing.entry import case_to_torch
-from detops.testing.families.metrics import ENTRIES, _bench_inputs, _devkit_style_map, map_cases
+from detops.testing.families.metrics import ENTRIES, devkit_style_map, map_bench_inputs, map_cases
 
 ENTRY = ENTRIES[0]
 TOL = ENTRY.tolerances[torch.float64]
@@ -218,17 +218,17 @@ def test_invariant_to_image_order(case, data):
 
 def test_devkit_peer_agrees_on_benchmark_inputs():
     # The benchmark's peer must compute the same number (distinct random scores, no ties).
-    dets, gts = _bench_inputs(30, 5, 10, seed=3)
+    dets, gts = map_bench_inputs(30, 5, 10, seed=3)
     ours = mean_average_precision(dets, gts, 5)["map"].item()
-    assert ours == pytest.approx(_devkit_style_map(dets, gts, 5), abs=1e-6)
+    assert ours == pytest.approx(devkit_style_map(dets, gts, 5), abs=1e-6)
 
 
 def test_devkit_peer_agrees_with_tied_scores():
     # Scores on 4 levels: many ties, taken in input order by both (the devkit's stable sort).
-    dets, gts = _bench_inputs(30, 5, 10, seed=4)
+    dets, gts = map_bench_inputs(30, 5, 10, seed=4)
     dets = [{**d, "scores": torch.round(d["scores"] * 4) / 4} for d in dets]
     ours = mean_average_precision(dets, gts, 5)["map"].item()
-    assert ours == pytest.approx(_devkit_style_map(dets, gts, 5), abs=1e-6)
+    assert ours == pytest.approx(devkit_style_map(dets, gts, 5), abs=1e-6)
 
 
 def test_dtype_device_and_inputs_untouched(device):

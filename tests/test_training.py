@@ -22,10 +22,10 @@ from detops._atomic import atomic_write_text
 from detops.data import VOC2007DetectionTiny, make_synthetic_detection_dataset
 from detops.nn import FCOS
 from detops.training import (
-    _lr_steps,
     capture_rng_state,
     evaluate_detector,
     load_checkpoint,
+    lr_steps,
     plot_loss_curve,
     restore_rng_state,
     save_checkpoint,
@@ -279,8 +279,8 @@ def test_loss_curve_with_the_rate_marks_warmup_and_steps(tmp_path):
     # Warm-up over 3 steps, then drops at iterations 6 and 9 (1-based: the first to use
     # the new rate).
     lr = [0.1, 0.4, 0.7, 1.0, 1.0, 0.1, 0.1, 0.1, 0.01, 0.01]
-    assert _lr_steps(lr, after=3) == [(6, pytest.approx(0.1)), (9, pytest.approx(0.1))]
-    assert _lr_steps([1.0, 1.0], after=0) == []
+    assert lr_steps(lr, after=3) == [(6, pytest.approx(0.1)), (9, pytest.approx(0.1))]
+    assert lr_steps([1.0, 1.0], after=0) == []
     history = {"loss_cls": [0.5 + 0.1 * i for i in range(10)], "total": [1.0] * 10}
     path = plot_loss_curve(
         history, tmp_path / "loss.png", lr_history=lr, warmup_iterations=3, note="why"

@@ -499,7 +499,9 @@ def seed_style_inference(*args, class_spec_nms=None, **kwargs):
 # ----------------------------------------------------------------------------------------
 
 
-def _head_outputs(locations, batch, num_classes, device, seed=0, cls_mean=0.0):
+def random_head_outputs(locations, batch, num_classes, device, seed=0, cls_mean=0.0):
+    """Per level ``[B, HW, C]`` class logits (normal around ``cls_mean``), ``[B, HW, 4]``
+    deltas and ``[B, HW, 1]`` centerness logits, as an FCOS head would give them."""
     gen = torch.Generator().manual_seed(seed)
     cls, box, ctr = {}, {}, {}
     for level, loc in locations.items():
@@ -510,7 +512,8 @@ def _head_outputs(locations, batch, num_classes, device, seed=0, cls_mean=0.0):
     return cls, box, ctr
 
 
-def _cat(per_level):
+def concat_levels(per_level):
+    """The levels of a ``{level: [B, HW, ...]}`` dict concatenated along ``L``."""
     return torch.cat(list(per_level.values()), dim=1)
 
 
@@ -521,13 +524,13 @@ def _fcos_loss_bench(height, width):
         locations, gt, flat_locations, flat_strides = benchmark_inputs(
             height, width, A4_STRIDES, rows=40, real=(1, 8), device=device
         )
-        cls, box, ctr = (_cat(t) for t in _head_outputs(locations, 16, 20, device))
+        cls, box, ctr = (concat_levels(t) for t in random_head_outputs(locations, 16, 20, device))
         leaves = [t.detach().requires_grad_() for t in (cls, box, ctr)]
         cls_leaf, box_leaf, ctr_leaf = leaves
 
         # grad of several outputs: the gradient of their sum
         def detops_step():
-            matched = _cat(matching.fcos_match_locations_to_gt(locations, A4_STRIDES, gt))
+            matched = concat_levels(matching.fcos_match_locations_to_gt(locations, A4_STRIDES, gt))
             gt_deltas = deltas.fcos_get_deltas_from_locations(flat_locations, matched, flat_strides)
             out, _ = losses.fcos_loss(cls_leaf, box_leaf, ctr_leaf, matched, gt_deltas, 150.0)
             return torch.autograd.grad(list(out.values()), leaves)
@@ -550,7 +553,7 @@ def _inference_bench(height, width, batch):
         shapes = {k: (-(-height // s), -(-width // s)) for k, s in A4_STRIDES.items()}
         locations = get_fpn_location_coords(shapes, A4_STRIDES, device=device)
         # Class logits ~ N(-5.5, 1.5): ~80 candidates above 0.3 per image before NMS.
-        cls, box, ctr = _head_outputs(locations, batch, 20, device, seed=1, cls_mean=-5.5)
+        cls, box, ctr = random_head_outputs(locations, batch, 20, device, seed=1, cls_mean=-5.5)
         args = (locations, A4_STRIDES, cls, box, ctr, (height, width), 0.3, 0.5)
         return BenchFunctions(
             detops=lambda: inference.fcos_inference(*args),

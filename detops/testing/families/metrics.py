@@ -200,7 +200,7 @@ ENTRIES = (
 )
 
 
-def _devkit_style_map(detections, ground_truths, num_classes, iou_threshold=0.5):
+def devkit_style_map(detections, ground_truths, num_classes, iou_threshold=0.5):
     """The VOC devkit's loop as course code writes it: per class, per detection, in Python."""
     from torchvision.ops import box_iou  # (a dict lookup after the first call)
 
@@ -239,7 +239,8 @@ def _devkit_style_map(detections, ground_truths, num_classes, iou_threshold=0.5)
     return sum(aps) / len(aps)
 
 
-def _bench_inputs(num_images, num_classes, dets_per_image, seed=0):
+def map_bench_inputs(num_images, num_classes, dets_per_image, seed=0):
+    """Random detections and GT dicts for the mAP benchmark (and its tests)."""
     generator = torch.Generator().manual_seed(seed)
     detections, ground_truths = [], []
     for _ in range(num_images):
@@ -273,13 +274,13 @@ def _numpy_images(images):
 
 def _bench_setup(num_images, num_classes, dets_per_image, with_reference):
     def setup(device):
-        dets, gts = _bench_inputs(num_images, num_classes, dets_per_image)
+        dets, gts = map_bench_inputs(num_images, num_classes, dets_per_image)
         dets_d = [{k: v.to(device) for k, v in d.items()} for d in dets]
         gts_d = [{k: v.to(device) for k, v in g.items()} for g in gts]
         ref_dets, ref_gts = _numpy_images(dets), _numpy_images(gts)
         return BenchFunctions(
             detops=lambda: metrics.mean_average_precision(dets_d, gts_d, num_classes),
-            peer=lambda: _devkit_style_map(dets, gts, num_classes),
+            peer=lambda: devkit_style_map(dets, gts, num_classes),
             reference=(lambda: ref.mean_average_precision(ref_dets, ref_gts, num_classes))
             if with_reference
             else None,
