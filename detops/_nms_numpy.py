@@ -30,8 +30,9 @@ __all__ = ["NUMPY_NMS_MAX_BOXES", "numpy_greedy_nms"]
 # here vs 0.63 ms there at 1000 boxes, 0.24 ms vs 0.47 ms at 500).
 NUMPY_NMS_MAX_BOXES = 768
 # Up to this many boxes every pair is compared in one N x N matrix; above, only the pairs
-# of one group (class), which needs a sort by group and a few more calls.
-_ALL_PAIRS_MAX = 96
+# of one group (class), which needs a sort by group and a few more calls (measured on 2
+# cores at 20 classes: 33 vs 37 µs at 30 boxes, 49 vs 41 µs at 50).
+_ALL_PAIRS_MAX = 32
 # Up to this many pairs above the threshold the greedy loop goes pair by pair in Python;
 # above, box by box with one NumPy assignment per kept box (bounded by N, not by pairs).
 _PAIR_LOOP_MAX = 512
@@ -62,7 +63,7 @@ def numpy_greedy_nms(
     with np.errstate(all="ignore"):  # overflow and 0 / 0 are part of the contract
         # One reduction: NaN or inf anywhere makes it non-finite (so does an overflow,
         # which only sends the call down the caller's path, correct too).
-        if not math.isfinite(float((s @ b).sum())):
+        if not math.isfinite(sum((s @ b).tolist())):
             return None
         g = None if groups is None else groups.numpy()
         if b.shape[0] <= _ALL_PAIRS_MAX or g is None:
@@ -96,17 +97,20 @@ def _group_pairs(
     order = np.lexsort((-s, g))  # by group, then descending score (stable)
     ranked = b[order]
     grouped = g[order]
-    starts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1])))
-    bounds = np.append(starts, n)
-    ends = np.repeat(bounds[1:], np.diff(bounds))
-    partners = ends - np.arange(n) - 1  # later boxes of the same group
+    bounds = np.empty(n + 1, dtype=bool)
+    bounds[0] = bounds[n] = True
+    np.not_equal(grouped[1:], grouped[:-1], out=bounds[1:n])
+    bounds = np.flatnonzero(bounds)  # group starts, then n
+    positions = np.arange(n)
+    # later boxes of the same group
+    partners = np.repeat(bounds[1:], bounds[1:] - bounds[:-1]) - positions - 1
     total = int(partners.sum())
     if total == 0:  # one box per group: all kept
         return np.argsort(-s, kind="stable").astype(np.int64, copy=False)
-    if total > _PAIRS_PER_KERNEL_CALL * starts.shape[0]:
+    if total > _PAIRS_PER_KERNEL_CALL * (bounds.shape[0] - 1):
         return _kernel_per_group(ranked, s[order], order, bounds.tolist(), kernel, s)
-    src = np.repeat(np.arange(n), partners)
-    dst = np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners) + src + 1
+    src = np.repeat(positions, partners)
+    dst = np.arange(1, total + 1) - np.repeat(np.cumsum(partners) - partners - positions, partners)
     p, q = ranked[src], ranked[dst]
     w = np.minimum(p[:, 2], q[:, 2]) - np.maximum(p[:, 0], q[:, 0])
     h = np.minimum(p[:, 3], q[:, 3]) - np.maximum(p[:, 1], q[:, 1])
