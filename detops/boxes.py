@@ -61,8 +61,8 @@ def _size_was_image_size(func: Callable[_P, _R]) -> Callable[_P, _R]:
             if "size" in kwargs:
                 raise TypeError(f"{name}: got size and its deprecated name image_size; pass size")
             warnings.warn(
-                f"{name}: the keyword image_size is deprecated and will be removed after the next "
-                "release; pass size (the Resize/CenterCrop size, an int) instead",
+                f"{name}: the keyword image_size is deprecated and will be removed in detops 0.3; "
+                "pass size (the Resize/CenterCrop size, an int) instead",
                 DeprecationWarning,
                 stacklevel=2,
             )

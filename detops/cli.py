@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from . import __version__
@@ -48,7 +49,7 @@ class CommandError(Exception):
     on one line (no traceback) and exits 2."""
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def _one_line(text: str, limit: int = 1200) -> str:
     """The first line of ``text``, cut to ``limit`` characters."""
     lines = text.strip().splitlines()
     line = lines[0] if lines else ""
@@ -71,18 +72,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CommandError as error:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback too; the exit status stays the same
+            traceback.print_exc()
         print(f"{prefix}: error: {_one_line(str(error))}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"\n{prefix}: interrupted", file=sys.stderr, flush=True)
         return 130
     except Exception as error:  # an unexpected failure: one line, not a traceback
         if args.debug:
-            raise
+            traceback.print_exc()
+            print(f"{prefix}: error: {type(error).__name__}", file=sys.stderr, flush=True)
+            return 1
         print(
             f"{prefix}: error: {type(error).__name__}: {_one_line(str(error))} "
             "(run with --debug for the traceback)",

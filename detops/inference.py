@@ -52,7 +52,8 @@ class FCOSDetections(NamedTuple):
     @property
     def classes(self) -> Tensor:
         warnings.warn(
-            "FCOSDetections.classes is deprecated; use FCOSDetections.class_ids",
+            "FCOSDetections.classes is deprecated and will be removed in detops 0.3; "
+            "use FCOSDetections.class_ids",
             DeprecationWarning,
             stacklevel=2,
         )
@@ -86,7 +87,8 @@ class _DetectionDict(dict):
     def __missing__(self, key: str) -> Tensor:
         if key == "classes":
             warnings.warn(
-                'the "classes" key of FCOSDetections.as_dicts() is deprecated; use "labels"',
+                'the "classes" key of FCOSDetections.as_dicts() is deprecated and will be '
+                'removed in detops 0.3; use "labels"',
                 DeprecationWarning,
                 stacklevel=2,
             )

@@ -87,7 +87,9 @@ def select_cases(
         known = sorted({case.op for case in cases})
         unknown = [op for op in ops if op not in known]
         if unknown:
-            raise ValueError(f"no benchmark for op {unknown}; known: {known}")
+            raise ValueError(
+                f"no benchmark for op {', '.join(unknown)}; known: {', '.join(known)}"
+            )
     device_type = torch.device(device).type
     return [
         case

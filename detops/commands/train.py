@@ -301,8 +301,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def resume_command(argv: Sequence[str]) -> str:
-    """The command line that resumes a run started with ``argv`` (without --no-resume)."""
-    return shlex.join(["python", "-m", "detops", *[a for a in argv if a != "--no-resume"]])
+    """The command line that resumes a run started with ``argv`` (without --no-resume),
+    with this interpreter (a bare ``python`` may be another one, without detops)."""
+    return shlex.join([sys.executable, "-m", "detops", *[a for a in argv if a != "--no-resume"]])
 
 
 def _check_resume(checkpoint: Path, args: argparse.Namespace, model_config: dict) -> int:

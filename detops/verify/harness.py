@@ -1348,7 +1348,10 @@ def _registry_jobs(names: Sequence[str] | None, options: _Options) -> list[_Job]
         known = _entries_by_name()
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise TargetError(f"--op: no registry entry named {unknown}; known: {sorted(known)}")
+            raise TargetError(
+                f"--op: no registry entry named {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
         entries = [known[n] for n in names]
     specs = _specs_by_entry()
 
@@ -1399,9 +1402,15 @@ def _function_jobs(
         unknown = [n for n in names if n not in SEED_NAMES]
         if unknown:
             raise TargetError(
-                f"--op: {unknown} is not a course function; known: {list(SEED_NAMES)}"
+                f"--op: {', '.join(unknown)} is not a course function; "
+                f"known: {', '.join(SEED_NAMES)}"
             )
         wanted = [n for n in wanted if n in names]
+        if not any(n in functions for n in wanted):
+            raise TargetError(
+                f"{target.label}: defines none of the functions asked for with --op "
+                f"({', '.join(names)})"
+            )
     entries = _entries_by_name()
     specs = {spec.name: spec for spec in SEED_SPECS}
 
