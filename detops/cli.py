@@ -44,6 +44,18 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def check_output_file(option: str, path: str) -> None:
+    """A file a command will write: its folder must exist. Checked before a long run, so a
+    typo does not surface only at the end of it."""
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise CommandError(f"{option} {path}: is a folder, not a file")
+    if not target.parent.is_dir():
+        raise CommandError(f"{option} {path}: the folder {target.parent} does not exist")
+
+
 class CommandError(Exception):
     """A usage or input error found by a command: ``main`` prints ``detops CMD: error: MSG``
     on one line (no traceback) and exits 2."""

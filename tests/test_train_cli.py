@@ -298,3 +298,18 @@ def test_ctrl_c_in_the_demo_stops_it_with_130(tmp_path, capsys, monkeypatch):
     assert err[-1].startswith("detops demo: interrupted during train + detect")
     assert "Traceback" not in "\n".join(err)
     assert (tmp_path / "index.txt").read_text().startswith("detops demo, interrupted")
+
+
+@pytest.mark.parametrize("load, noted", [(100.0, True), (0.1, False)])
+def test_train_notes_a_busy_machine_when_it_runs_on_several_threads(
+    trained, tmp_path, capsys, monkeypatch, load, noted
+):
+    root, _ = trained
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # torch's default here
+    args = ["train", "--data", "synthetic", "--data-dir", str(root / "data")]
+    args += ["--output-dir", str(tmp_path / "run"), *TINY, "--no-resume"]
+    args[args.index("--iterations") + 1] = "1"
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert ("the machine is busy" in err and "--threads 1" in err) == noted

@@ -63,6 +63,12 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from detops.cli import CommandError, check_output_file
+
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            check_output_file(option, path)
+
     import torch
 
     from detops._atomic import atomic_write_text
@@ -80,31 +86,24 @@ def run(args: argparse.Namespace) -> int:
     try:
         device_type = torch.device(device).type
     except RuntimeError:
-        print(f"detops bench: --device must be cpu or cuda, got {device!r}", file=sys.stderr)
-        return 2
+        raise CommandError(f"--device must be cpu or cuda, got {device!r}") from None
     if device_type not in ("cpu", "cuda"):
-        print(f"detops bench: --device must be cpu or cuda, got {device!r}", file=sys.stderr)
-        return 2
+        raise CommandError(f"--device must be cpu or cuda, got {device!r}")
     if device_type == "cuda" and not torch.cuda.is_available():
-        print(
-            "detops bench: --device cuda, but CUDA is not available here "
-            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})",
-            file=sys.stderr,
+        raise CommandError(
+            "--device cuda, but CUDA is not available here "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})"
         )
-        return 2
     try:
         cases = select_cases(BENCHMARKS, device, quick=args.quick, ops=args.op)
     except ValueError as error:
-        print(f"detops bench: {error}", file=sys.stderr)
-        return 2
+        raise CommandError(str(error)) from None
     if not cases:
-        print(f"detops bench: no benchmark case runs on {device}", file=sys.stderr)
-        return 2
+        raise CommandError(f"no benchmark case runs on {device}")
     settings = BenchSettings.quick() if args.quick else BenchSettings()
     if args.repeats is not None:
         if args.repeats < 1:
-            print("detops bench: --repeats must be at least 1", file=sys.stderr)
-            return 2
+            raise CommandError("--repeats must be at least 1")
         settings = dataclasses.replace(settings, repeats=args.repeats)
     try:
         report = run_benchmarks(

@@ -465,9 +465,22 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
         f"detops train: {len(train_set)} train / {len(val_set)} val images of "
         f"{args.image_size} px, {len(class_names)} classes, {args.iterations} iterations of "
         f"{args.batch_size}{' per process' if world > 1 else ''} on {device} "
-        f"({torch.get_num_threads()} threads{world_note})",
+        f"({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}"
+        f"{world_note})",
         flush=True,
     )
+    if device.type == "cpu" and args.threads is None and torch.get_num_threads() > 1:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        cpus = os.cpu_count() or 1
+        if load is not None and load > cpus / 2:
+            say(
+                f"detops train: note: the machine is busy (load average {load:.2f} on {cpus} "
+                "CPUs); torch's threads spin-wait against the other work, which can make "
+                "training many times slower: --threads 1 (or OMP_WAIT_POLICY=passive) avoids "
+                "it",
+                file=sys.stderr,
+                flush=True,
+            )
     if resume_from:
         say(
             f"detops train: resuming from iteration {resume_from} of {args.iterations} "

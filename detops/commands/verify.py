@@ -91,7 +91,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detops.cli import CommandError
+    from detops.cli import CommandError, check_output_file
 
     examples = DEFAULT_EXAMPLES if args.examples is None else args.examples
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--examples must be at least 1, got {examples}")
     if not timeout > 0:
         raise CommandError(f"--timeout must be positive, got {timeout:g}")
+    if args.json:
+        check_output_file("--json", args.json)
 
     import torch
 
