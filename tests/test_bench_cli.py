@@ -472,6 +472,8 @@ def test_chart_marks_unstable_rows(tmp_path):
         (["--op", "no_such_op"], "no benchmark for op no_such_op; known: "),
         (["--device", "tpu"], "--device must be cpu or cuda"),
         (["--repeats", "0", "--quick"], "--repeats must be at least 1"),
+        (["--plot", "chart.txt"], "--plot chart.txt: the chart is a PNG"),
+        (["--json", "no/such/folder/out.json"], "the folder no/such/folder does not exist"),
     ],
 )
 def test_cli_bench_bad_arguments_exit_2(argv, message, capsys):

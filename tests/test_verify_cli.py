@@ -691,6 +691,11 @@ def test_cli_module_name_target(capsys, monkeypatch):
         (["--impl", str(IMPLS / "correct.py"), "--op", "bogus"], "is not a course function"),
         (["--examples", "0"], "--examples must be at least 1"),
         (["--timeout", "-1"], "--timeout must be positive"),
+        (["--json", "no/such/folder/report.json"], "the folder no/such/folder does not exist"),
+        (
+            ["--impl", str(IMPLS / "partial.py"), "--op", "class_spec_nms"],
+            "defines none of the functions asked for with --op (class_spec_nms)",
+        ),
     ],
 )
 def test_cli_bad_argument_exits_2_with_one_line(argv, message, capsys):

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
             check_output_file(option, path)
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise CommandError(f"--plot {args.plot}: the chart is a PNG; give a .png path")
 
     import torch
 
