@@ -833,15 +833,7 @@ def _class_spec_nms_impl(
     op = "class_spec_nms"
     with torch.no_grad():
         if 0 < boxes.shape[0] <= NUMPY_NMS_MAX_BOXES and boxes.is_cpu:
-            compute = _compute_dtype(boxes.dtype)  # float16/bfloat16 values are float32 ones
-            kernel = _torchvision_nms_kernel()
-            kept = numpy_greedy_nms(
-                boxes.to(compute),
-                scores.to(compute),
-                class_ids,
-                _threshold_in(iou_threshold, compute),
-                lambda b, s: kernel(b, s, iou_threshold),
-            )
+            kept = _numpy_nms(boxes, scores, class_ids, iou_threshold)
             if kept is not None:
                 return kept
         _check_finite_input(op, boxes, scores)
@@ -935,6 +927,23 @@ def _batched_nms_per_image_impl(
         return out[:, :width]
 
 
+def _numpy_nms(
+    boxes: Tensor, scores: Tensor, groups: Tensor | None, iou_threshold: float
+) -> Tensor | None:
+    """:func:`numpy_greedy_nms` in the computation dtype (float16/bfloat16 values are
+    float32 ones), with torchvision's kernel for the groups it hands over; None where an
+    input value is not finite."""
+    compute = _compute_dtype(boxes.dtype)
+    kernel = _torchvision_nms_kernel()
+    return numpy_greedy_nms(
+        boxes.to(compute),
+        scores.to(compute),
+        groups,
+        _threshold_in(iou_threshold, compute),
+        lambda b, s: kernel(b, s, iou_threshold),
+    )
+
+
 def _numpy_batched_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -963,13 +972,11 @@ def _numpy_batched_nms(
             key = image
     kept = torch.empty(0, dtype=torch.int64)
     if valid.size:
-        kernel = _torchvision_nms_kernel()
-        found = numpy_greedy_nms(
+        found = _numpy_nms(
             torch.from_numpy(boxes.detach().to(compute).reshape(-1, 4).numpy()[valid]),
             torch.from_numpy(flat_scores[valid]),
             torch.from_numpy(key),
-            _threshold_in(iou_threshold, compute),
-            lambda b, s: kernel(b, s, iou_threshold),
+            iou_threshold,
         )
         if found is None:
             return None

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 
+import reference.deltas as ref_deltas
+import reference.losses as ref_losses
+import reference.matching as ref_matching
 from detops import (
     clip_boxes_to_image,
     fcos_get_deltas_from_locations,
@@ -147,3 +151,56 @@ def test_the_loss_rows_differ_when_the_row_is_foreground():
     foreground = _loss_with_delta_row([1.0, 1.0, 1.0, 1.0])
     background = _loss_with_delta_row(ALL_MINUS_ONE)
     assert foreground[1] != background[1] and foreground[2] != background[2]
+
+
+def _np(value):
+    return {k: v.double().numpy() for k, v in value.items()} if isinstance(value, dict) else (
+        value.double().numpy()
+    )
+
+
+def _matching_pair(odd_row):
+    ours = _matching(odd_row)
+    theirs = ref_matching.fcos_match_locations_to_gt(_np(LOCATIONS), STRIDES, _np(_gt(odd_row)))
+    return ours, np.concatenate(list(theirs.values()), axis=1)
+
+
+def _deltas_pair(odd_row):
+    flat = torch.cat(list(LOCATIONS.values()))
+    rows = torch.tensor([odd_row] * flat.shape[0])
+    return _deltas(odd_row), ref_deltas.fcos_get_deltas_from_locations(_np(flat), _np(rows), 8)
+
+
+def _centerness_pair(delta_row):
+    rows = torch.tensor([[2.0, 1.0, 2.0, 3.0], delta_row])
+    return _centerness(delta_row), ref_deltas.fcos_make_centerness_targets(_np(rows))
+
+
+def _loss_pair(delta_row):
+    g = torch.Generator().manual_seed(1)
+    inputs = (
+        torch.randn(1, 2, 3, generator=g),
+        torch.rand(1, 2, 4, generator=g),
+        torch.randn(1, 2, 1, generator=g),
+        torch.tensor([[REAL, REAL]]),
+        torch.tensor([[[2.0, 1.0, 2.0, 3.0], delta_row]]),
+    )
+    ours = _loss_with_delta_row(delta_row)
+    losses, normalizer = ref_losses.fcos_loss(*(_np(t) for t in inputs), 10.0)
+    theirs = [losses["loss_cls"], losses["loss_box"], losses["loss_ctr"], normalizer]
+    return ours, np.asarray(theirs, dtype=np.float64)
+
+
+@pytest.mark.parametrize(
+    "pair, row",
+    [
+        (_matching_pair, PADDING_WITH_COORDINATES),
+        (_deltas_pair, PADDING_WITH_COORDINATES),
+        (_centerness_pair, ONE_NEGATIVE_DELTA),
+        (_loss_pair, ONE_NEGATIVE_DELTA),
+    ],
+    ids=["matching", "deltas", "centerness", "fcos_loss"],
+)
+def test_the_references_follow_the_same_rules_on_the_odd_rows(pair, row):
+    ours, theirs = pair(row)
+    np.testing.assert_allclose(ours.double().numpy(), theirs, rtol=1e-6, atol=1e-6)
