@@ -20,12 +20,7 @@ where torchvision's autograd gradient is NaN.
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -42,6 +37,7 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
+from ._pool import SERIAL_ELEMENTS, Worker, run_tasks
 from .deltas import fcos_make_centerness_targets
 
 __all__ = [
@@ -51,19 +47,13 @@ __all__ = [
     "fcos_loss",
 ]
 
-# Elements per chunk on CPU: just under ATen's parallel grain (32768 elements), so every op
-# on a chunk runs serially in the calling thread without touching torch's thread settings
-# (no OpenMP fork/join per op, which on a loaded machine can cost milliseconds each), and
-# the float32 buffers (8 x 128 KiB) stay in L2. The chunks are shared among Python threads
-# instead (ATen releases the GIL in each op). Reductions and VML ops have the same or a
-# larger grain; no exp/log/sqrt (VML grain 2048) or BLAS call is made on a chunk.
-# On CUDA a chunk is 2**21 elements.
-_CHUNK = 32768 - 64
+# Elements per chunk on CPU: under ATen's parallel grain, so every op on a chunk runs
+# serially and the chunks are shared among Python threads (see detops._pool), and the
+# float32 buffers (8 x 128 KiB) stay in L2. No exp/log/sqrt (VML grain 2048) or BLAS call
+# is made on a chunk. On CUDA a chunk is 2**21 elements.
+_CHUNK = SERIAL_ELEMENTS
 
 _REDUCTIONS = ("none", "mean", "sum")
-
-# A worker processes task ``i``; ``make_worker()`` builds one (with its own buffers) per thread.
-_Worker = Callable[[int], None]
 
 
 def _check_alpha_gamma(op: str, alpha: object, gamma: object) -> tuple[float, float]:
@@ -194,51 +184,6 @@ def _chunk_size(device: torch.device, n: int) -> int:
     return min(size, max(n, 1))
 
 
-_POOL_LOCK = threading.Lock()
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _shared_pool() -> ThreadPoolExecutor:
-    """One pool for the whole process, created on first use and reused: ``os.cpu_count()``
-    worker threads at most, named ``detops-chunks``."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="detops-chunks")
-        return _POOL
-
-
-def _run_tasks(device: torch.device, n_tasks: int, make_worker: Callable[[], _Worker]) -> None:
-    """Run ``worker(i)`` for ``i < n_tasks``; ``make_worker()`` builds one worker (with its
-    own buffers) per thread.
-
-    On CPU, when there are enough tasks to share, up to ``torch.get_num_threads()`` (read,
-    never set) threads share them: the calling thread and
-    helpers from :func:`_shared_pool`. Tasks are pulled from a shared counter (``next`` is
-    atomic under the GIL), so the caller finishes the work alone if the pool is busy (with
-    other callers' tasks), and a descheduled thread does not hold back a fixed share.
-    """
-    threads = torch.get_num_threads()
-    workers = 1 if device.type != "cpu" else max(1, min(threads, n_tasks // 8))
-    counter = itertools.count()
-
-    def loop() -> None:
-        worker = make_worker()
-        with torch.no_grad():  # pool threads do not inherit the caller's grad mode
-            while (i := next(counter)) < n_tasks:
-                worker(i)
-
-    if workers == 1:
-        loop()
-        return
-    helpers = [_shared_pool().submit(loop) for _ in range(workers - 1)]
-    try:
-        loop()
-    finally:
-        for helper in helpers:
-            helper.result()
-
-
 class _PositiveRows:
     """The class-id form's positives: per row of ``[R, C]`` logits, the column of its class
     and the loss and gradient there as a positive (t = 1), computed once in blocks of rows.
@@ -266,7 +211,7 @@ class _PositiveRows:
         block = _CHUNK if device.type == "cpu" else max(rows, 1)
         w_pos = alpha if alpha >= 0 else 1.0
 
-        def make_worker() -> _Worker:
+        def make_worker() -> Worker:
             gamma_t = torch.tensor(gamma, dtype=cdt)  # CPU 0-d: a scalar to CUDA ops too
 
             def worker(i: int) -> None:
@@ -290,7 +235,7 @@ class _PositiveRows:
 
             return worker
 
-        _run_tasks(device, -(-rows // block), make_worker)
+        run_tasks(device, -(-rows // block), make_worker)
 
     def write(self, dst: Tensor, values: Tensor, r0: int, r1: int) -> None:
         """Overwrite the positive entries of rows ``[r0, r1)`` of ``dst`` (``[r1-r0, C]``)."""
@@ -332,7 +277,7 @@ def _focal_dense_pass(
     convert_x = dtype != cdt
     convert_t = t_flat is not None and t_flat.dtype != cdt
 
-    def make_worker() -> _Worker:
+    def make_worker() -> Worker:
         bufs = _Buffers(size, cdt, device, alpha, gamma)
 
         def worker(i: int) -> None:
@@ -362,7 +307,7 @@ def _focal_dense_pass(
 
         return worker
 
-    _run_tasks(device, n_chunks, make_worker)
+    run_tasks(device, n_chunks, make_worker)
     if loss is None:
         # Chunk sums in chunk order, so the result does not depend on thread timing.
         loss = (

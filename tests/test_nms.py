@@ -331,6 +331,13 @@ INTERNAL_PATHS = {
     "all pairs of each group": {"_DENSE": 1e-9},
     "pairs listed one by one": {"_EXPLICIT_COST": 1e-3},
     "dense tiles only": {"_EXPLICIT_COST": 1e9, "_TILE_COST": 0},
+    "dense tiles in small steps, frequent flushes": {
+        "_EXPLICIT_COST": 1e9,
+        "_TILE_COST": 0,
+        "_CPU_STEP": 512,
+        "_FLUSH": 8,
+    },
+    "pairs listed in small ranges": {"_EXPLICIT_COST": 1e-3, "_CPU_LISTED": 64},
 }
 
 

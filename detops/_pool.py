@@ -1,0 +1,79 @@
+"""Work shared among Python threads, with every torch op kept under ATen's parallel grain.
+
+An ATen op on more than ``at::internal::GRAIN_SIZE`` (32768) elements forks and joins
+torch's OpenMP threads. On an idle machine that is cheap; on a loaded one, the join waits
+for a thread the OS has descheduled, and a loop of such ops (NMS tiles, focal-loss chunks)
+ran 3-5x slower than torchvision's serial kernels. So the loops here cut their work into
+tasks whose ops stay under the grain (each runs serially in the calling thread) and share
+the tasks among Python threads instead: ATen releases the GIL inside every op, and a thread
+that is descheduled only delays the tasks it holds, never the others.
+
+No thread setting of torch is read-modified-written: ``torch.get_num_threads()`` is only
+read, to size the group of threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+__all__ = ["SERIAL_ELEMENTS", "Worker", "run_tasks"]
+
+# Elements an elementwise op may touch and still run serially (ATen's grain is 32768;
+# reductions and VML ops have the same or a larger grain, exp/log/sqrt excepted: 2048).
+SERIAL_ELEMENTS = 32768 - 64
+
+# A worker processes task ``i``; ``make_worker()`` builds one (with its own buffers) per thread.
+Worker = Callable[[int], None]
+
+_POOL_LOCK = threading.Lock()
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _shared_pool() -> ThreadPoolExecutor:
+    """One pool for the whole process, created on first use and reused: ``os.cpu_count()``
+    worker threads at most, named ``detops-chunks``."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="detops-chunks")
+        return _POOL
+
+
+def run_tasks(
+    device: torch.device, n_tasks: int, make_worker: Callable[[], Worker], min_per_thread: int = 8
+) -> None:
+    """Run ``worker(i)`` for ``i < n_tasks``; ``make_worker()`` builds one worker (with its
+    own buffers) per thread.
+
+    On CPU, when every thread gets at least ``min_per_thread`` tasks, up to
+    ``torch.get_num_threads()`` (read, never set) threads share them: the calling thread and
+    helpers from :func:`_shared_pool`. Tasks are pulled from a shared counter (``next`` is
+    atomic under the GIL), so the caller finishes the work alone if the pool is busy (with
+    other callers' tasks), and a descheduled thread does not hold back a fixed share.
+    Elsewhere (CUDA) the calling thread runs every task.
+    """
+    threads = torch.get_num_threads()
+    workers = 1 if device.type != "cpu" else max(1, min(threads, n_tasks // min_per_thread))
+    counter = itertools.count()
+
+    def loop() -> None:
+        worker = make_worker()
+        with torch.no_grad():  # pool threads do not inherit the caller's grad mode
+            while (i := next(counter)) < n_tasks:
+                worker(i)
+
+    if workers == 1:
+        loop()
+        return
+    helpers = [_shared_pool().submit(loop) for _ in range(workers - 1)]
+    try:
+        loop()
+    finally:
+        for helper in helpers:
+            helper.result()
