@@ -67,13 +67,13 @@ def _calls(scale: str, device: str, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     spec = SCALES[scale]
-    locations, gt, flat_locations, flat_strides = benchmark_inputs(
+    locations, gt, _, _ = benchmark_inputs(
         spec["height"], spec["width"], spec["strides"], spec["rows"], spec["real"], device
     )
     strides = spec["strides"]
     return {
         "match": lambda: fcos_match_locations_to_gt(locations, strides, gt),
-        "targets": lambda: detops_targets(locations, strides, gt, flat_locations, flat_strides),
+        "targets": lambda: detops_targets(locations, strides, gt),
         "seed_match": lambda: [seed_style_match(locations, strides, image) for image in gt],
         "seed_targets": lambda: seed_style_targets(locations, strides, gt),
     }

@@ -52,13 +52,15 @@ def _signed_stride(op: str, stride: object, size: int, like: Tensor, dtype: torc
         )
     if not stride > 0 or math.isinf(stride):
         raise ValueError(f"{op}: stride must be a positive finite number, got {stride!r}")
-    return _sign(dtype, like.device).mul(float(stride)).repeat(size, 1)
+    return _signed_stride_rows(float(stride), size, dtype, like.device)
 
 
-@cached_constant(maxsize=32)
-def _first_four(device: torch.device) -> Tensor:
-    """``[0, 1, 2, 3]``: the coordinate columns (never modified in place)."""
-    return torch.arange(4, device=device)
+@cached_constant(maxsize=64)
+def _signed_stride_rows(
+    stride: float, size: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """``[-s, -s, s, s]`` repeated ``size`` times (never modified in place)."""
+    return _sign(dtype, device).mul(stride).repeat(size, 1)
 
 
 @cached_constant(maxsize=32)
@@ -87,9 +89,10 @@ _MINUS_ONE_ROWS = {
 
 def _wide_rows(rows: Tensor) -> tuple[Tensor, complex | int] | None:
     """Contiguous ``[..., 4]`` rows viewed as one element per row, with the value of a row
-    of four -1s in that view; None when no dtype is as wide as a row (float64)."""
+    of four -1s in that view; None when no dtype is as wide as a row (float64), or the
+    rows are empty or not contiguous."""
     wide = _MINUS_ONE_ROWS.get(rows.dtype)
-    if wide is None:
+    if wide is None or rows.numel() == 0 or not rows.is_contiguous():
         return None
     return rows.view(wide[0]), wide[1]
 
@@ -124,27 +127,26 @@ def fcos_get_deltas_from_locations(
         back bit for bit.
     """
     op = "fcos_get_deltas_from_locations"
-    gt_boxes = check_shape(
-        op, "gt_boxes", gt_boxes, "[..., L, 4] or [..., L, 5]", dtype="floating"
-    )
+    gt_boxes = check_shape(op, "gt_boxes", gt_boxes, "[..., L, 4] or [..., L, 5]", dtype="floating")
     locations = _check_locations(op, locations, gt_boxes, "gt_boxes")
     dtype = _result_dtype(locations, gt_boxes, stride)
     denominator = _signed_stride(op, stride, gt_boxes.shape[-2], locations, dtype)
-    # A fresh contiguous copy of the coordinates: tested for background, then turned into
-    # the deltas in place. (x1 - xc) / -s equals (xc - x1) / s bit for bit.
-    deltas = gt_boxes.index_select(-1, _first_four(gt_boxes.device))  # a new tensor
-    if deltas.dtype != dtype:
-        deltas = deltas.to(dtype)
-    wide = _wide_rows(deltas)
+    # Rows without a class column are tested for background before they are overwritten.
+    coordinates = gt_boxes[..., :4]
+    background = None
     if gt_boxes.shape[-1] == 5:
         background = gt_boxes[..., 4:5] == -1  # [..., L, 1]
-    elif wide is not None:
-        background = wide[0] == wide[1]
+    elif (wide_input := _wide_rows(coordinates)) is not None:
+        background = wide_input[0] == wide_input[1]
     else:
-        background = (deltas == -1).all(dim=-1, keepdim=True)
+        background = (coordinates == -1).all(dim=-1, keepdim=True)
     if locations.dtype != dtype:
         locations = locations.to(dtype)
-    deltas.sub_(torch.cat((locations, locations), dim=-1)).div_(denominator)
+    # (x1 - xc) / -s equals (xc - x1) / s bit for bit. The subtraction makes a new
+    # contiguous tensor, in the promoted dtype, that is then divided in place.
+    deltas = torch.sub(coordinates.to(dtype), torch.cat((locations, locations), dim=-1))
+    deltas = deltas.contiguous().div_(denominator)  # sub keeps an odd input layout
+    wide = _wide_rows(deltas)
     if wide is not None:
         wide[0].masked_fill_(background, wide[1])
         return deltas
