@@ -44,8 +44,12 @@ that sparse graph.
 
 Every step is a handful of tensor ops; their number, not arithmetic, bounds the speed
 below a few hundred boxes, where torchvision's single kernel call is faster. The op never
-changes torch's thread settings: its small tensor ops stay under ATen's parallel grain and
-run serially by themselves, the large dense tiles may use torch's intra-op threads.
+changes torch's thread settings. On CPU no step forks torch's OpenMP threads: the IoU
+tiles and listed pairs are cut so that each op stays under ATen's parallel grain, ops that
+fork at a few thousand elements (advanced indexing, floor, bincount, isnan) are replaced,
+and the greedy resolution runs in NumPy. So a busy machine cannot stall the op at an
+OpenMP join (measured on 2 cores with one busy process: 20k boxes 0.15 s, against 0.33 s
+when the tiles forked; torchvision 0.66 s).
 """
 
 from __future__ import annotations
@@ -101,7 +105,9 @@ _TILE_COST = 30000  # fixed cost of a dense tile (about 20 torch calls), in IoU 
 _KERNEL_MAX_BOXES = 600
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 _PYTHON_SUM_MAX = 128
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 _DENSE = 16  # groups with G * S * S <= budget / _DENSE take the all-pairs path
+_NUMPY_GREEDY = True  # the greedy resolution on CPU runs in NumPy (tests switch it off)
 
 
 # ----------------------------------------------------------------------------------------
@@ -170,9 +176,7 @@ def _kernel_gives_our_answer(boxes: Tensor, scores: Tensor) -> bool:
     for bit (same IoU arithmetic, same ``>`` against the threshold, stable order on score
     ties; the registry and tests/test_nms.py pin both paths to the reference). One sync."""
     if not (
-        0 < boxes.shape[0] < _KERNEL_MAX_BOXES
-        and boxes.is_cpu
-        and boxes.dtype in _KERNEL_DTYPES
+        0 < boxes.shape[0] < _KERNEL_MAX_BOXES and boxes.is_cpu and boxes.dtype in _KERNEL_DTYPES
     ):
         return False
     return _all_finite(boxes, scores)
@@ -193,9 +197,17 @@ def _all_finite(boxes: Tensor, scores: Tensor) -> bool:
         return math.isfinite(sum(np.dot(scores.numpy(), boxes.numpy()).tolist()))
 
 
+def _has_nan(values: Tensor) -> bool:
+    """Whether ``values`` holds a NaN; NumPy on CPU (serial: torch's isnan and any fork
+    threads at a few thousand boxes)."""
+    if values.device.type == "cpu" and values.dtype in _NUMPY_FLOATS:
+        return bool(np.isnan(values.detach().numpy()).any())
+    return bool(torch.isnan(values).any())
+
+
 def _check_finite_input(op: str, boxes: Tensor, scores: Tensor) -> None:
     """NaN checks (one host sync)."""
-    if bool(torch.isnan(boxes).any() | torch.isnan(scores).any()):
+    if _has_nan(boxes) or _has_nan(scores):
         check_no_nan(op, "boxes", boxes)
         check_no_nan(op, "scores", scores)
 
@@ -247,7 +259,7 @@ class _Prepared:
         self.proper = proper
         self.planes = planes.reshape(5, self.m)  # (x2, y2, -x1, -y1, area), see _planes
         self.device, self.dtype = planes.device, planes.dtype
-        x2, y2, neg_x1, neg_y1 = planes[:4].to(torch.float64).unbind(0)
+        x2, y2, neg_x1, neg_y1 = (p.to(torch.float64) for p in planes[:4].unbind(0))
         self.x1, self.y1, self.x2, self.y2 = -neg_x1, -neg_y1, x2, y2
         self.t = threshold * (1.0 - _MARGIN)
         self._x_windows: tuple[Tensor, Tensor, Tensor] | None = None
@@ -271,8 +283,13 @@ class _Prepared:
 
     def y_stats(self) -> tuple[float, float, float]:
         """Tallest height, lowest and highest y1 of the proper boxes."""
-        y1, height = self.y1[self.proper], (self.y2 - self.y1)[self.proper]
-        hmax, ymin, ymax = torch.stack((height.max(), y1.min(), y1.max())).tolist()
+        inf = math.inf
+        y1_low, y1_high = (
+            torch.where(self.proper, self.y1, inf),
+            torch.where(self.proper, self.y1, -inf),
+        )
+        height = torch.where(self.proper, self.y2 - self.y1, -inf)
+        hmax, ymin, ymax = torch.stack((height.max(), y1_low.min(), y1_high.max())).tolist()
         return hmax, ymin, ymax
 
 
@@ -306,15 +323,17 @@ def _bucket_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor
     width = (high - low) / buckets
     if not (math.isfinite(width) and width > 0):
         return None
-    bucket_x1 = ((prep.x1 - low) / width).floor_().clamp_(0, buckets - 1).to(torch.int64)
-    bucket_up = ((upper - low) / width).floor_().clamp_(0, buckets - 1).to(torch.int64)
+    # Clamped first, then truncated: floor for these non-negative values, and unlike
+    # torch.floor (which forks torch's threads from a few thousand elements on) serial.
+    bucket_x1 = ((prep.x1 - low) / width).clamp_(0, buckets - 1).to(torch.int64)
+    bucket_up = ((upper - low) / width).clamp_(0, buckets - 1).to(torch.int64)
     base = 0 if gid is None else gid * buckets
     stride = groups * buckets + 1  # keys per image; the last one for improper boxes
     cell = base + bucket_x1
     if not prep.all_proper:
         cell = torch.where(proper, cell, stride - 1)
     flat = cell + torch.arange(0, batch * stride, stride, device=dev)[:, None]
-    counts = torch.bincount(flat.reshape(-1), minlength=batch * stride)
+    counts = _bincount(flat.reshape(-1), batch * stride)
     if int(counts.view(batch, stride)[:, :-1].max()) > _BUCKET_MAX:
         return None
     ends = torch.cumsum(counts, 0)
@@ -325,6 +344,14 @@ def _bucket_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor
         own = torch.arange(1, m + 1, device=dev).view(batch, -1)
         end = torch.where(proper.gather(-1, pos), end, own)
     return _flat_positions(prep, pos), end.reshape(-1)
+
+
+def _bincount(values: Tensor, length: int) -> Tensor:
+    """``torch.bincount(values, minlength=length)``; NumPy's on CPU, serial (torch's fills
+    its output with forked threads above ~32k bins)."""
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.bincount(values.numpy(), minlength=length))
+    return torch.bincount(values, minlength=length)
 
 
 def _exact_x_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -350,6 +377,13 @@ def _flat_positions(prep: _Prepared, pos: Tensor) -> Tensor:
     if prep.batch > 1:
         pos = pos + torch.arange(0, prep.m, prep.n, device=pos.device)[:, None]
     return pos.reshape(-1)
+
+
+def _where_true(mask: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
+    """``v[mask]`` for each of ``values`` (1-D), by index_select: advanced indexing forks
+    torch's threads from a few thousand elements on, index_select does not."""
+    index = mask.nonzero().squeeze(1)
+    return tuple(v.index_select(0, index) for v in values)
 
 
 def _tile_pairs(
@@ -425,11 +459,10 @@ def _tile_pairs(
         row0, col0 = meta.unbind(1)
         r = row0 + i
         c = r + 1 + col0 + k
-        valid = c < end[r]
-        i, j = pos[r[valid]], pos[c[valid]]
+        r, c = _where_true(c < end.index_select(0, r), r, c)
+        i, j = pos.index_select(0, r), pos.index_select(0, c)
         if pair_filter is not None:
-            keep = pair_filter(i, j)
-            i, j = i[keep], j[keep]
+            i, j = _where_true(pair_filter(i, j), i, j)
         out.append((i, j))
         found, pending = [], 0
 
@@ -506,8 +539,7 @@ def _listed_pairs(
         i = pos.index_select(0, r.index_select(0, hit))
         j = pos.index_select(0, c.index_select(0, hit))
         if pair_filter is not None:
-            keep = pair_filter(i, j)
-            i, j = i[keep], j[keep]
+            i, j = _where_true(pair_filter(i, j), i, j)
         out.append((i, j))
 
 
@@ -543,14 +575,14 @@ def _suppression_pairs(
     if span / bin_height > max_bins:
         bin_height = span / (max_bins - 1)  # coarser bins stay conservative
     u = torch.where(proper, (prep.y1 - ymin) / bin_height, 0.0).clamp_(0, max_bins)
-    bin0 = torch.floor(u / 2).to(torch.int64)
-    bin1 = torch.floor((u + 1) / 2).to(torch.int64)
+    bin0 = (u / 2).to(torch.int64)  # u >= 0: truncation is floor (see _bucket_windows)
+    bin1 = ((u + 1) / 2).to(torch.int64)
     if groups is not None:
         nb = int(bin1.max()) + 1  # improper boxes sit in bin 0 (they get no windows)
         bin0, bin1 = groups * nb + bin0, groups * nb + bin1
     flat0 = bin0.reshape(m)
     _tile_pairs(prep, *_x_windows(prep, bin0), threshold, out)
-    pair_filter = lambda i, j: flat0[i] != flat0[j]  # noqa: E731
+    pair_filter = lambda i, j: flat0.index_select(0, i) != flat0.index_select(0, j)  # noqa: E731
     _tile_pairs(prep, *_x_windows(prep, bin1), threshold, out, pair_filter)
     return _concat_pairs(out, dev)
 
@@ -618,6 +650,60 @@ def _greedy_keep(src: Tensor, dst: Tensor, n: int) -> Tensor:
         outer = ~inner
         suppressed[d[outer][block_kept[s[outer]]]] = True
     return keep
+
+
+def _greedy_keep_numpy(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
+    """:func:`_greedy_keep` in NumPy: the same rounds and blocks, with no op that could fork
+    torch's OpenMP threads (on CPU, where edges number in the 100k at 20k boxes)."""
+    everything = np.ones(n, dtype=bool)
+    if src.size == 0:
+        return everything
+
+    def resolve(alive: np.ndarray, s: np.ndarray, d: np.ndarray, max_rounds: int | None):
+        kept, rounds = alive, 0
+        while max_rounds is None or rounds < max_rounds:
+            nxt = alive.copy()
+            nxt[d[kept[s]]] = False
+            if np.array_equal(nxt, kept):
+                return kept
+            kept, rounds = nxt, rounds + 1
+        return None
+
+    kept = resolve(everything, src, dst, None if n <= _BLOCK else _ROUNDS)
+    if kept is not None:
+        return kept
+    order = np.argsort(src, kind="stable")
+    src, dst = src[order], dst[order]
+    keep = everything
+    suppressed = np.zeros(n, dtype=bool)
+    bounds = np.searchsorted(src, np.arange(0, n + _BLOCK, _BLOCK)).tolist()
+    for block, a in enumerate(range(0, n, _BLOCK)):
+        z = min(a + _BLOCK, n)
+        e0, e1 = bounds[block], bounds[block + 1]
+        alive = ~suppressed[a:z]
+        if e0 == e1:
+            keep[a:z] = alive
+            continue
+        s, d = src[e0:e1] - a, dst[e0:e1]
+        inner = d < z
+        si, di = s[inner], d[inner] - a
+        live = alive[si] & alive[di]
+        block_kept = resolve(alive, si[live], di[live], None) if live.any() else alive
+        keep[a:z] = block_kept
+        outer = ~inner
+        suppressed[d[outer][block_kept[s[outer]]]] = True
+    return keep
+
+
+def _greedy_keep_by_priority(priority: Tensor, i: Tensor, j: Tensor, n: int) -> Tensor:
+    """:func:`_greedy_keep` over the edges ``i - j`` between boxes of ``priority`` (lower
+    first): NumPy on CPU (see :func:`_greedy_keep_numpy`), torch ops elsewhere."""
+    if priority.device.type == "cpu" and _NUMPY_GREEDY:
+        rank = priority.numpy()
+        pi, pj = rank[i.numpy()], rank[j.numpy()]
+        return torch.from_numpy(_greedy_keep_numpy(np.minimum(pi, pj), np.maximum(pi, pj), n))
+    pi, pj = priority.index_select(0, i), priority.index_select(0, j)
+    return _greedy_keep(torch.minimum(pi, pj), torch.maximum(pi, pj), n)
 
 
 def _grouped_dense_kept(
@@ -731,9 +817,7 @@ def _nms_core(
     if batch > 1:
         priority += torch.arange(batch, device=dev)[:, None]
     priority = priority.reshape(-1)
-    pi, pj = priority.index_select(0, i), priority.index_select(0, j)
-    kept = _greedy_keep(torch.minimum(pi, pj), torch.maximum(pi, pj), batch * n)
-    kept = kept.view(n, batch).t()
+    kept = _greedy_keep_by_priority(priority, i, j, batch * n).view(n, batch).t()
     if padded:
         kept = kept & valid.gather(-1, order)
     return order, kept

@@ -338,6 +338,8 @@ INTERNAL_PATHS = {
         "_FLUSH": 8,
     },
     "pairs listed in small ranges": {"_EXPLICIT_COST": 1e-3, "_CPU_LISTED": 64},
+    "greedy resolution in torch ops (the CUDA path)": {"_NUMPY_GREEDY": False},
+    "greedy in torch ops, by blocks": {"_NUMPY_GREEDY": False, "_ROUNDS": 0, "_BLOCK": 64},
 }
 
 
