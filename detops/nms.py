@@ -334,7 +334,7 @@ def _bucket_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor
         cell = torch.where(proper, cell, stride - 1)
     flat = cell + torch.arange(0, batch * stride, stride, device=dev)[:, None]
     counts = _bincount(flat.reshape(-1), batch * stride)
-    if int(counts.view(batch, stride)[:, :-1].max()) > _BUCKET_MAX:
+    if _max_int(counts.view(batch, stride)[:, :-1]) > _BUCKET_MAX:
         return None
     ends = torch.cumsum(counts, 0)
     _, pos = torch.sort(cell, dim=-1, stable=True)
@@ -352,6 +352,22 @@ def _bincount(values: Tensor, length: int) -> Tensor:
     if values.device.type == "cpu":
         return torch.from_numpy(np.bincount(values.numpy(), minlength=length))
     return torch.bincount(values, minlength=length)
+
+
+def _max_int(values: Tensor) -> int:
+    """``int(values.max())``; NumPy's on CPU (torch's max forks threads above ~32k)."""
+    return int(values.numpy().max() if values.device.type == "cpu" else values.max())
+
+
+def _gathered_planes(planes: Tensor, pos: Tensor, pad: int) -> Tensor:
+    """``planes[:, pos]`` followed by ``pad`` far-out stand-in boxes (``[5, len(pos) +
+    pad]``), plane by plane so that no op forks torch's threads at 20k boxes."""
+    m = pos.shape[0]
+    cols = planes.new_empty(5, m + pad)
+    for plane in range(5):
+        torch.index_select(planes[plane], 0, pos, out=cols[plane, :m])
+    cols[:, m:] = _far_planes(planes.dtype, planes.device, 1)
+    return cols
 
 
 def _exact_x_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -409,7 +425,7 @@ def _tile_pairs(
         return True
     thr = _threshold_in(threshold, prep.dtype)
     if total * _EXPLICIT_COST <= _TILE_COST:  # too few pairs for even one dense tile
-        cols = torch.cat((prep.planes.index_select(1, pos), _far_planes(prep.dtype, dev, 1)), 1)
+        cols = _gathered_planes(prep.planes, pos, 1)
         _listed_pairs(cols, window, int(total), thr, pos, out, pair_filter)
         return True
     # Tile (r0, k0) holds T[k, i] = IoU(row r0 + i, row r0 + i + 1 + k0 + k) for
@@ -433,8 +449,7 @@ def _tile_pairs(
     # and overlap = min(x2) + (-max(x1)), exactly as min(x2) - max(x1).
     # Padded with far-out inverted boxes so that tiles may run past the end.
     length = m + rows + _SUB
-    pad = _far_planes(prep.dtype, prep.device, rows + _SUB)
-    cols = torch.cat((prep.planes.index_select(1, pos), pad), 1)
+    cols = _gathered_planes(prep.planes, pos, rows + _SUB)
     if any(explicit):
         rows_listed = torch.tensor(explicit, device=dev)[:, None].expand(-1, rows).reshape(-1)[:m]
         counts = torch.where(rows_listed, window, 0)
@@ -885,7 +900,7 @@ def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         if boxes.shape[0] == 0:
             return torch.empty(0, dtype=torch.int64, device=boxes.device)
         order, kept = _nms_core(boxes[None], scores.detach()[None], None, iou_threshold, False)
-        return order[0][kept[0]]
+        return _where_true(kept[0], order[0])[0]
 
 
 def class_spec_nms(
@@ -939,7 +954,7 @@ def _class_spec_nms_impl(
             return torch.empty(0, dtype=torch.int64, device=boxes.device)
         classes = class_ids.to(torch.int64)[None]
         order, kept = _nms_core(boxes[None], scores.detach()[None], classes, iou_threshold, False)
-        return order[0][kept[0]]
+        return _where_true(kept[0], order[0])[0]
 
 
 def batched_nms_per_image(

@@ -1,0 +1,112 @@
+"""The CPU NMS ops and the focal loss never fork torch's OpenMP threads.
+
+On a loaded machine every fork/join of torch's intra-op threads can wait milliseconds for a
+thread the OS has descheduled; these ops are built to run serially in the calling thread
+(see ``detops._pool``). A small shim library, preloaded into a child process, counts the
+calls of libgomp's ``GOMP_parallel``. A control op that does fork proves the count works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+typedef void (*parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+static long forks = 0;
+void GOMP_parallel(void (*fn)(void *), void *data, unsigned n, unsigned flags) {
+    static parallel_fn real = 0;
+    if (!real) real = (parallel_fn)dlsym(RTLD_NEXT, "GOMP_parallel");
+    __atomic_add_fetch(&forks, 1, __ATOMIC_RELAXED);
+    real(fn, data, n, flags);
+}
+long detops_test_forks(void) { return forks; }
+"""
+
+CHILD = textwrap.dedent(
+    """
+    import ctypes, json, sys
+    import torch
+    import detops
+    from detops.testing.families.nms import random_detections
+
+    shim = ctypes.CDLL(sys.argv[1])
+    shim.detops_test_forks.restype = ctypes.c_long
+
+    def forks(call):
+        call()  # warm-up: first calls may build cached constants
+        before = shim.detops_test_forks()
+        call()
+        return shim.detops_test_forks() - before
+
+    counts = {"control: exp of 1M elements": forks(lambda: torch.rand(1 << 20).exp())}
+    for n in (1000, 20000):
+        boxes, scores, classes = random_detections(n, seed=n)
+        counts[f"nms {n}"] = forks(lambda: detops.nms(boxes, scores, 0.5))
+        counts[f"class_spec_nms {n}"] = forks(
+            lambda: detops.class_spec_nms(boxes, scores, classes, 0.5)
+        )
+    boxes, scores, classes = random_detections(1000, seed=1, batch=(16,))
+    counts["batched_nms_per_image 16x1000"] = forks(
+        lambda: detops.batched_nms_per_image(boxes, scores, classes, 0.5)
+    )
+    logits = torch.randn(16, 4096, 80, generator=torch.Generator().manual_seed(0))
+    targets = (torch.rand(16, 4096, 80, generator=torch.Generator().manual_seed(1)) < 0.01)
+    targets = targets.float()
+    counts["sigmoid_focal_loss 16x4096x80"] = forks(
+        lambda: detops.sigmoid_focal_loss(logits, targets, reduction="sum")
+    )
+    print(json.dumps({"threads": torch.get_num_threads(), "forks": counts}))
+    """
+)
+
+
+def _libgomp_in_use() -> bool:
+    return any("libgomp" in p.name for p in (Path(torch.__file__).parent / "lib").iterdir())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD of a libgomp shim: Linux")
+@pytest.mark.skipif(not _libgomp_in_use(), reason="torch is not built with GNU OpenMP")
+def test_cpu_nms_and_focal_loss_never_fork_torch_threads(tmp_path):
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the counting shim")
+    shim = tmp_path / "libcountforks.so"
+    source = tmp_path / "countforks.c"
+    source.write_text(SHIM)
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(shim), str(source), "-ldl"], check=True
+    )
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    result = subprocess.run(
+        [sys.executable, str(script), str(shim)],
+        env={**_child_env(), "LD_PRELOAD": str(shim)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    if report["threads"] < 2:
+        pytest.skip("torch runs 1 thread by default here: nothing can fork")
+    counts = report["forks"]
+    control = counts.pop("control: exp of 1M elements")
+    assert control >= 1, "the shim counted no fork of an op that forks: the check is blind"
+    assert counts == dict.fromkeys(counts, 0)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)  # the child uses torch's default, as users do
+    return env
