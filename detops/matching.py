@@ -22,6 +22,10 @@ How the work is kept small (the contract is in the docstring of
   working set is ``O(B * K * (H + W))``, not ``O(B * K * H * W)``.
 * Other location sets, and every level on CUDA (where no host read is wanted), test
   locations densely in chunks of at most ``_CHUNK_ELEMENTS`` (box, location) pairs.
+* On CPU, when every level is a grid, the gt dtype is float32 or float64 and no image has
+  more than 52 real boxes, the same steps run in NumPy (:mod:`detops._match_numpy`):
+  at the course's scale the op is a few dozen small array operations, and NumPy's cost
+  less (about 0.55 ms against 0.65 ms here, 0.89 ms against 1.35 ms with cold caches).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torch import Tensor
 
 from ._cache import cached_constant
 from ._checks import check_number, check_same_device, check_shape
+from ._match_numpy import match_grid_levels
 
 __all__ = ["fcos_match_locations_to_gt", "default_size_ranges"]
 
@@ -42,6 +47,11 @@ _OP = "fcos_match_locations_to_gt"
 _STRIDE = "a positive finite number"
 _RADIUS = "None or a positive number"
 _PAIR = "a (low, high) pair of numbers"
+
+# Float dtypes the NumPy path (CPU, grid levels, <= 52 real boxes per image) takes; tests
+# switch it off to run the torch path on CPU.
+_NUMPY_DTYPES = (torch.float32, torch.float64)
+_NUMPY_MATCH = True
 
 # (box, location) pairs tested at once by the dense path, per device type.
 _CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 22}
@@ -252,6 +262,10 @@ def _match(
     names = list(locations)
     sizes = [locations[n].shape[0] for n in names]
     batch, count, _ = gt.shape
+    if compact and detect_grid and _NUMPY_MATCH and gt.dtype in _NUMPY_DTYPES:
+        matched = _match_numpy(locations, strides, ranges, radius, gt, names, sizes)
+        if matched is not None:
+            return matched
     device = gt.device
     f64 = torch.float64
     real = gt[..., 4:] != -1  # [B, N, 1]
@@ -335,6 +349,41 @@ def _match(
     start = 0
     for name, size in zip(names, sizes, strict=True):
         result[name] = matched.as_strided((batch, size, 5), (size * 5, 5, 1), batch * start * 5)
+        start += size
+    return result
+
+
+def _match_numpy(
+    locations: Mapping[str, Tensor],
+    strides: dict[str, float],
+    ranges: dict[str, tuple[float, float]],
+    radius: float | None,
+    gt: Tensor,
+    names: list[str],
+    sizes: list[int],
+) -> dict[str, Tensor] | None:
+    """:func:`_match` by :func:`detops._match_numpy.match_grid_levels` (CPU), or None
+    where that path does not apply (a level that is not a grid, more than 52 real boxes
+    in an image)."""
+    shapes, index, coords = _grid_shapes(locations, sizes) if all(sizes) else ([], None, None)
+    if index is None or coords is None or not all(shapes):
+        return None
+    values = coords.numpy()
+    levels = []
+    for i, (name, shape) in enumerate(zip(names, shapes, strict=True)):
+        assert shape is not None
+        (height, width), (x_row, y_row) = shape, index.rows[i]
+        low, high = ranges[name]
+        reach = None if radius is None else radius * strides[name]
+        xs, ys = values[x_row : x_row + width], values[y_row : y_row + height]
+        levels.append((xs, ys, low, high, reach))
+    buffer = match_grid_levels(gt.detach().numpy(), levels)
+    if buffer is None:
+        return None
+    matched = torch.from_numpy(buffer)
+    result, start, batch = {}, 0, gt.shape[0]
+    for name, size in zip(names, sizes, strict=True):
+        result[name] = matched[batch * start : batch * (start + size)].view(batch, size, 5)
         start += size
     return result
 

@@ -242,7 +242,8 @@ def test_padding_row_positions_do_not_matter(case, data):
 
 @given(case=match_cases(), chunk=st.sampled_from([5, 64, 1 << 18]))
 def test_every_path_equals_the_reference(case, chunk):
-    """The CUDA path (no padding cut, no grid detection, dense tests) and small chunks."""
+    """The CUDA path (no padding cut, no grid detection, dense tests), small chunks, and
+    the torch grid path that the NumPy one replaces on CPU."""
     (locations, strides, gt), kwargs = _torch_case(case)
     names = list(locations)
     ranges = matching.default_size_ranges({n: strides[n] for n in names})
@@ -250,25 +251,36 @@ def test_every_path_equals_the_reference(case, chunk):
     radius = kwargs.get("center_sampling_radius")
     expected = ref.fcos_match_locations_to_gt(*case.args, **case.kwargs)
     batched = gt if gt.dim() == 3 else gt.unsqueeze(0)
-    for compact, grid in ((False, False), (True, False), (False, True)):
-        out = matching._match(
-            locations,
-            {n: float(strides[n]) for n in names},
-            ranges,
-            radius,
-            batched,
-            compact=compact,
-            detect_grid=grid,
-            chunk_elements=chunk,
-        )
+    for compact, grid, numpy_path in (
+        (False, False, False),
+        (True, False, False),
+        (False, True, False),
+        (True, True, False),
+        (True, True, True),
+    ):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(matching, "_NUMPY_MATCH", numpy_path)
+            out = matching._match(
+                locations,
+                {n: float(strides[n]) for n in names},
+                ranges,
+                radius,
+                batched,
+                compact=compact,
+                detect_grid=grid,
+                chunk_elements=chunk,
+            )
         if gt.dim() == 2:
             out = {k: v[0] for k, v in out.items()}
-        assert_trees_close(out, expected, EXACT, f"compact={compact} grid={grid} chunk={chunk}")
+        path = f"compact={compact} grid={grid} numpy={numpy_path} chunk={chunk}"
+        assert_trees_close(out, expected, EXACT, path)
 
 
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy", "torch"])
 @pytest.mark.parametrize("radius", [None, 1.5])
-def test_a4_benchmark_batch_matches_the_reference(radius):
+def test_a4_benchmark_batch_matches_the_reference(radius, numpy_path, monkeypatch):
     """The benchmark's A4 batch (16 images, 40 rows, 4..12 real boxes) at full size."""
+    monkeypatch.setattr(matching, "_NUMPY_MATCH", numpy_path)
     locations, gt, _, _ = benchmark_inputs(224, 224, STRIDES, 40, (4, 12))
     out = fcos_match_locations_to_gt(locations, STRIDES, gt, center_sampling_radius=radius)
     np_locations = {k: v.numpy() for k, v in locations.items()}
