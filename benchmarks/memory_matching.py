@@ -57,13 +57,13 @@ def _calls(scale: str, device: str, threads: int) -> dict:
     seed-style loops ``seed_match`` and ``seed_targets``, inputs built once."""
     import torch
 
-    from detops.matching import fcos_match_locations_to_gt
-    from detops.testing.families.targets import (
+    from detops.bench.cases.targets import (
         benchmark_inputs,
         detops_targets,
         seed_style_match,
         seed_style_targets,
     )
+    from detops.matching import fcos_match_locations_to_gt
 
     torch.set_num_threads(threads)
     spec = SCALES[scale]

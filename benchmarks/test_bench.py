@@ -1,4 +1,4 @@
-"""pytest-benchmark suite over the shared registry's BENCHMARKS.
+"""pytest-benchmark suite over the shared BENCHMARKS (``detops.bench.cases``).
 
 Run: ``pytest benchmarks --benchmark-only`` (add ``-k quick`` style filters as needed,
 e.g. ``-k nms``). Each group ``op|size|device`` holds detops, the peer and, at small
@@ -9,8 +9,8 @@ import functools
 
 import pytest
 
+from detops.bench.cases import BENCHMARKS
 from detops.bench.timing import environment_info, synchronized
-from detops.testing import BENCHMARKS
 
 
 @functools.cache

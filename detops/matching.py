@@ -263,9 +263,9 @@ def _match(
     sizes = [locations[n].shape[0] for n in names]
     batch, count, _ = gt.shape
     if compact and detect_grid and _NUMPY_MATCH and gt.dtype in _NUMPY_DTYPES:
-        matched = _match_numpy(locations, strides, ranges, radius, gt, names, sizes)
-        if matched is not None:
-            return matched
+        by_numpy = _match_numpy(locations, strides, ranges, radius, gt, names, sizes)
+        if by_numpy is not None:
+            return by_numpy
     device = gt.device
     f64 = torch.float64
     real = gt[..., 4:] != -1  # [B, N, 1]

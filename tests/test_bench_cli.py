@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-import detops.testing
+import detops.bench.cases
 from detops.bench import (
     BenchResult,
     BenchSettings,
@@ -29,9 +29,9 @@ from detops.bench import (
     run_benchmarks,
     select_cases,
 )
+from detops.bench.cases import BENCHMARKS, BenchCase, BenchFunctions
 from detops.bench.report import format_ratio
 from detops.cli import main
-from detops.testing import BENCHMARKS, BenchCase, BenchFunctions
 
 TINY = BenchSettings(warmup=1, repeats=3, max_seconds=0.2, reference_repeats=1)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -97,9 +97,7 @@ def test_select_cases_filters_quick_device_and_op():
     assert [c.op for c in select_cases(cases, "cpu", quick=True)] == ["a", "b"]
     assert [c.size for c in select_cases(cases, "cpu", quick=False, ops=["a"])] == ["tiny", "big"]
     assert [c.op for c in select_cases(cases, "cuda", quick=False)] == ["a", "a", "c"]
-    with pytest.raises(
-        ValueError, match=r"no benchmark for op zzz; known: a, b, c"
-    ):
+    with pytest.raises(ValueError, match=r"no benchmark for op zzz; known: a, b, c"):
         select_cases(cases, "cpu", quick=True, ops=["zzz"])
 
 
@@ -438,7 +436,7 @@ def test_ctrl_c_keeps_the_rows_already_measured():
 
 
 def test_cli_ctrl_c_writes_the_rows_measured_and_exits_130(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(detops.testing, "BENCHMARKS", _interrupting_cases([]))
+    monkeypatch.setattr(detops.bench.cases, "BENCHMARKS", _interrupting_cases([]))
     json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
     code = main(["bench", "--repeats", "3", "--json", str(json_path), "--plot", str(png_path)])
     captured = capsys.readouterr()

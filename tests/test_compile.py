@@ -13,13 +13,10 @@ import pytest
 import torch
 
 import detops
-from detops.testing.families.losses import (
-    A4_STRIDES,
-    benchmark_inputs,
-    concat_levels,
-    random_head_outputs,
-)
-from detops.testing.families.nms import random_detections
+from detops.bench.cases.losses import concat_levels, random_head_outputs
+from detops.bench.cases.nms import random_detections
+from detops.bench.cases.targets import benchmark_inputs
+from detops.testing.inputs import A4_STRIDES
 
 COMPILED_OPS = ["nms", "class_spec_nms", "batched_nms_per_image", "box_iou", "clip_boxes_to_image"]
 

@@ -9,14 +9,11 @@ import torch
 
 import reference.losses as ref
 from detops import fcos_get_deltas_from_locations, fcos_match_locations_to_gt
+from detops.bench.cases.losses import seed_style_fcos_loss
+from detops.bench.cases.targets import benchmark_inputs
 from detops.losses import fcos_loss
 from detops.testing.compare import assert_trees_close
-from detops.testing.families.losses import (
-    FCOS_LOSS_TOLERANCES,
-    SEED_STYLE_TOLERANCE,
-    seed_style_fcos_loss,
-)
-from detops.testing.families.targets import benchmark_inputs
+from detops.testing.families.losses import FCOS_LOSS_TOLERANCES, SEED_STYLE_TOLERANCE
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 NAMES = ("loss_cls", "loss_box", "loss_ctr")

@@ -12,9 +12,10 @@ import torch
 
 import reference.inference as ref
 from detops import class_spec_nms, get_fpn_location_coords
+from detops.bench.cases.losses import seed_style_inference
 from detops.inference import FCOSDetections, fcos_inference
 from detops.testing.compare import assert_trees_close
-from detops.testing.families.losses import INFERENCE_TOLERANCES, seed_style_inference
+from detops.testing.families.losses import INFERENCE_TOLERANCES
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 

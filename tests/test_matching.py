@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 import detops.matching as matching
 import reference.matching as ref
 from detops import fcos_match_locations_to_gt, get_fpn_location_coords
+from detops.bench.cases.targets import benchmark_inputs
 from detops.testing.compare import EXACT, assert_trees_close
 from detops.testing.entry import case_to_torch
-from detops.testing.families.targets import benchmark_inputs, match_cases
+from detops.testing.families.targets import match_cases
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 NO_ROW = [-1.0] * 5

@@ -8,10 +8,11 @@ from hypothesis import strategies as st
 
 import reference.metrics as ref
 from detops import mean_average_precision
+from detops.bench.cases.metrics import devkit_style_map, map_bench_inputs
 from detops.metrics import COCO_IOU_THRESHOLDS, gt_dicts_from_padded
 from detops.testing.compare import compare_trees
 from detops.testing.entry import case_to_torch
-from detops.testing.families.metrics import ENTRIES, devkit_style_map, map_bench_inputs, map_cases
+from detops.testing.families.metrics import ENTRIES, map_cases
 
 ENTRY = ENTRIES[0]
 TOL = ENTRY.tolerances[torch.float64]

@@ -23,7 +23,8 @@ import torch
 from hypothesis import Phase, given, settings
 
 from detops import losses
-from detops.testing import BENCHMARKS, REGISTRY, OpEntry
+from detops.bench.cases import BENCHMARKS
+from detops.testing import REGISTRY, OpEntry
 from detops.testing.strategies import Case
 
 THREADS = 4

@@ -18,13 +18,13 @@ from torchvision.ops.boxes import _batched_nms_coordinate_trick, _batched_nms_va
 
 import reference.nms as ref
 from detops import batched_nms_per_image, class_spec_nms, nms
+from detops.bench.cases.nms import random_detections
 from detops.testing import REGISTRY
 from detops.testing.families.nms import (
     class_nms_cases,
     distinct_scores,
     nms_boxes,
     nms_cases,
-    random_detections,
 )
 
 ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]

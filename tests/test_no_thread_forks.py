@@ -38,7 +38,7 @@ CHILD = textwrap.dedent(
     import ctypes, json, sys
     import torch
     import detops
-    from detops.testing.families.nms import random_detections
+    from detops.bench.cases.nms import random_detections
 
     shim = ctypes.CDLL(sys.argv[1])
     shim.detops_test_forks.restype = ctypes.c_long

@@ -1,7 +1,7 @@
 """Run the benchmark cases: interleaved timing of detops and its peer, re-measuring of
 unstable rows, the NumPy reference on its own, a time budget, and Ctrl-C handling.
 
-The cases are the same :data:`detops.testing.BENCHMARKS` that the pytest-benchmark suite
+The cases are the same :data:`detops.bench.cases.BENCHMARKS` that the pytest-benchmark suite
 (``benchmarks/test_bench.py``) runs: each builds its inputs outside the timed call and gives
 three callables, detops, the peer (torchvision or a seed-style loop) and, at small sizes,
 the NumPy reference.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..testing.entry import BenchCase, BenchFunctions
+from .cases._case import BenchCase, BenchFunctions
 from .report import BenchReport, BenchResult
 from .timing import (
     Timer,
@@ -87,9 +87,7 @@ def select_cases(
         known = sorted({case.op for case in cases})
         unknown = [op for op in ops if op not in known]
         if unknown:
-            raise ValueError(
-                f"no benchmark for op {', '.join(unknown)}; known: {', '.join(known)}"
-            )
+            raise ValueError(f"no benchmark for op {', '.join(unknown)}; known: {', '.join(known)}")
     device_type = torch.device(device).type
     return [
         case

@@ -8,7 +8,7 @@ import sys
 from . import COMMANDS
 
 EPILOG = """\
-The cases are detops.testing.BENCHMARKS, the registry the pytest-benchmark suite
+The cases are detops.bench.cases.BENCHMARKS, the registry the pytest-benchmark suite
 (pytest benchmarks --benchmark-only) also runs. Per case: detops and the peer (torchvision,
 or the course code's loop where torchvision has no such op) are warmed up, then timed in
 alternation (ABBA...) so both see the same machine state; at small sizes the NumPy reference
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         run_benchmarks,
         select_cases,
     )
-    from detops.testing import BENCHMARKS
+    from detops.bench.cases import BENCHMARKS
 
     device = args.device
     try:

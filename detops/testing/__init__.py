@@ -9,16 +9,13 @@ or run ``python -m detops verify --impl your_module``.
 """
 
 from .compare import EXACT, Comparison, Tolerance, assert_trees_close, compare_trees
-from .entry import BenchCase, BenchFunctions, OpEntry
-from .registry import BENCHMARKS, REGISTRY, entry_by_name
+from .entry import OpEntry
+from .registry import REGISTRY, entry_by_name
 from .strategies import Case
 
 __all__ = [
-    "BENCHMARKS",
     "REGISTRY",
     "EXACT",
-    "BenchCase",
-    "BenchFunctions",
     "Case",
     "Comparison",
     "OpEntry",

@@ -1,9 +1,9 @@
-"""Registry entry types: an op paired with its reference, and a benchmark case."""
+"""Registry entry type: an op paired with its reference, strategy and tolerances."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from .compare import Comparison, Tolerance, compare_trees, to_numpy_tree
 from .strategies import Case, summarize_case
 
-__all__ = ["OpEntry", "BenchCase", "BenchFunctions", "case_to_torch"]
+__all__ = ["OpEntry", "case_to_torch"]
 
 
 def case_to_torch(value, dtype: torch.dtype, device: torch.device | str):
@@ -103,33 +103,3 @@ class OpEntry:
                 f"{self.name} ({dtype}, {device}) differs from its reference on "
                 f"{summarize_case(case)}\n{result.message}"
             )
-
-
-@dataclass(frozen=True)
-class BenchFunctions:
-    """Zero-argument callables timed side by side. ``reference`` only at small sizes."""
-
-    detops: Callable[[], Any]
-    peer: Callable[[], Any]
-    reference: Callable[[], Any] | None = None
-
-
-@dataclass(frozen=True)
-class BenchCase:
-    """One benchmark: an op at one size, detops against a peer.
-
-    ``setup(device)`` builds the inputs (outside the timed call) and returns the
-    callables. ``peer`` names what detops is measured against.
-    """
-
-    op: str
-    size: str
-    peer: str
-    setup: Callable[[torch.device], BenchFunctions]
-    quick: bool = True
-    devices: tuple[str, ...] = ("cpu", "cuda")
-    notes: str = field(default="", compare=False)
-
-    @property
-    def group(self) -> str:
-        return f"{self.op}|{self.size}"

@@ -1,5 +1,5 @@
-"""Fixed inputs that the families' benchmarks and the tests share: FPN stride sets and
-seeded random boxes."""
+"""Fixed inputs that the benchmark cases (``detops.bench.cases``) and the tests share: FPN
+stride sets and seeded random boxes."""
 
 from __future__ import annotations
 

@@ -10,19 +10,16 @@ import reference.nms as ref
 from detops.nms import batched_nms_per_image, class_spec_nms, nms
 
 from ..compare import EXACT
-from ..entry import BenchCase, BenchFunctions, OpEntry
-from ..inputs import random_boxes
+from ..entry import OpEntry
 from ..strategies import Case, floats32
 
 __all__ = [
     "ENTRIES",
-    "BENCHMARKS",
     "as_seen_in",
     "iou_matrix",
     "nms_boxes",
     "distinct_scores",
     "threshold_away_from",
-    "random_detections",
 ]
 
 # Kept indices are integers: equal or wrong. The strategies keep every IoU at least 1e-5
@@ -200,171 +197,5 @@ ENTRIES = (
         reference=ref.batched_nms_per_image,
         strategy=batched_nms_cases,
         tolerances=INDEX_TOLERANCES,
-    ),
-)
-
-
-# --------------------------------------------------------------------------------------
-# benchmarks
-# --------------------------------------------------------------------------------------
-
-THRESHOLD = 0.5
-CLASSES = 20
-
-
-def random_detections(
-    n: int, *, seed: int = 0, batch: tuple[int, ...] = ()
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The benchmark's random detections ``(boxes, scores, classes)``: corners uniform in
-    [0, 1000)^2, width and height uniform in [8, 200), scores uniform in [0, 1), classes
-    uniform in 0..19 (float32)."""
-    g = torch.Generator().manual_seed(seed)
-    boxes = random_boxes((*batch, n), extent=1000.0, min_side=8.0, max_side=200.0, generator=g)
-    scores = torch.rand(*batch, n, generator=g)
-    classes = torch.randint(0, CLASSES, (*batch, n), generator=g)
-    return boxes, scores, classes
-
-
-def _nms_setup(n: int, with_reference: bool):
-    def setup(device):
-        import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
-
-        boxes, scores, _ = random_detections(n)
-        b, s = boxes.to(device), scores.to(device)
-        bn, sn = boxes.double().numpy(), scores.double().numpy()
-        return BenchFunctions(
-            detops=lambda: nms(b, s, THRESHOLD),
-            peer=lambda: torchvision.ops.nms(b, s, THRESHOLD),
-            reference=(lambda: ref.nms(bn, sn, THRESHOLD)) if with_reference else None,
-        )
-
-    return setup
-
-
-def _class_setup(n: int, with_reference: bool):
-    def setup(device):
-        import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
-
-        boxes, scores, classes = random_detections(n)
-        b, s, c = boxes.to(device), scores.to(device), classes.to(device)
-        bn, sn, cn = boxes.double().numpy(), scores.double().numpy(), classes.numpy()
-        return BenchFunctions(
-            detops=lambda: class_spec_nms(b, s, c, THRESHOLD),
-            peer=lambda: torchvision.ops.batched_nms(b, s, c, THRESHOLD),
-            reference=(lambda: ref.class_spec_nms(bn, sn, cn, THRESHOLD))
-            if with_reference
-            else None,
-        )
-
-    return setup
-
-
-def _loop_of_batched_nms(boxes, scores, classes, limit):
-    # What torchvision users write: one batched_nms per image, results padded into a batch.
-    from torchvision.ops import batched_nms  # (a dict lookup after the first call)
-
-    kept = [
-        batched_nms(boxes[i], scores[i], classes[i], THRESHOLD)[:limit]
-        for i in range(boxes.shape[0])
-    ]
-    width = max(len(k) for k in kept)
-    out = torch.full((len(kept), width), -1, dtype=torch.int64, device=boxes.device)
-    for i, k in enumerate(kept):
-        out[i, : len(k)] = k
-    return out
-
-
-def _batched_setup(images: int, n: int, with_reference: bool, limit: int = 100):
-    def setup(device):
-        boxes, scores, classes = random_detections(n, batch=(images,))
-        b, s, c = boxes.to(device), scores.to(device), classes.to(device)
-        bn, sn, cn = boxes.double().numpy(), scores.double().numpy(), classes.numpy()
-        return BenchFunctions(
-            detops=lambda: batched_nms_per_image(b, s, c, THRESHOLD, max_detections=limit),
-            peer=lambda: _loop_of_batched_nms(b, s, c, limit),
-            reference=(
-                lambda: ref.batched_nms_per_image(bn, sn, cn, THRESHOLD, max_detections=limit)
-            )
-            if with_reference
-            else None,
-        )
-
-    return setup
-
-
-_NOTES = "random boxes (see random_detections), IoU threshold 0.5"
-BENCHMARKS = (
-    BenchCase("nms", "10", "torchvision.ops.nms", _nms_setup(10, True), notes=_NOTES),
-    BenchCase("nms", "50", "torchvision.ops.nms", _nms_setup(50, True), notes=_NOTES),
-    BenchCase("nms", "200", "torchvision.ops.nms", _nms_setup(200, True), notes=_NOTES),
-    BenchCase("nms", "500", "torchvision.ops.nms", _nms_setup(500, False), notes=_NOTES),
-    BenchCase("nms", "1000", "torchvision.ops.nms", _nms_setup(1000, False), notes=_NOTES),
-    BenchCase("nms", "5000", "torchvision.ops.nms", _nms_setup(5000, False), notes=_NOTES),
-    BenchCase(
-        "nms", "20000", "torchvision.ops.nms", _nms_setup(20000, False), quick=False, notes=_NOTES
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "10, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(10, True),
-        notes=_NOTES,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "50, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(50, True),
-        notes=_NOTES,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "200, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(200, True),
-        notes=_NOTES,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "500, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(500, False),
-        notes=_NOTES,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "1000, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(1000, False),
-        notes=_NOTES,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "5000, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(5000, False),
-        notes=_NOTES,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "20000, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(20000, False),
-        quick=False,
-        notes=_NOTES,
-    ),
-    BenchCase(
-        "batched_nms_per_image",
-        "4x100, 20 classes",
-        "loop of torchvision.ops.batched_nms",
-        _batched_setup(4, 100, True),
-        notes=_NOTES + ", max_detections 100",
-    ),
-    BenchCase(
-        "batched_nms_per_image",
-        "16x1000, 20 classes",
-        "loop of torchvision.ops.batched_nms",
-        _batched_setup(16, 1000, False),
-        notes=_NOTES + ", max_detections 100",
     ),
 )
