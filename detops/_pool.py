@@ -20,9 +20,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
+from torch import Tensor
 
-__all__ = ["SERIAL_ELEMENTS", "Worker", "run_tasks"]
+__all__ = ["SERIAL_ELEMENTS", "Worker", "run_tasks", "scale_in_place", "zeros"]
 
 # Elements an elementwise op may touch and still run serially (ATen's grain is 32768;
 # reductions and VML ops have the same or a larger grain, exp/log/sqrt excepted: 2048).
@@ -77,3 +79,24 @@ def run_tasks(
     finally:
         for helper in helpers:
             helper.result()
+
+
+_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def scale_in_place(values: Tensor, factor: Tensor) -> None:
+    """``values.mul_(factor)`` for a 0-d ``factor``; on CPU in slices under the grain, so
+    that scaling a large gradient forks no thread."""
+    if values.device.type != "cpu" or factor.dim() != 0 or not values.is_contiguous():
+        values.mul_(factor)
+        return
+    for part in values.view(-1).split(SERIAL_ELEMENTS):
+        part.mul_(factor)
+
+
+def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.zeros``; on CPU from NumPy's zeroed allocation (torch's fill of a large
+    tensor forks threads)."""
+    if device.type == "cpu" and dtype in _NUMPY_DTYPES:
+        return torch.from_numpy(np.zeros(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
+    return torch.zeros(shape, dtype=dtype, device=device)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -37,7 +38,7 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
-from ._pool import SERIAL_ELEMENTS, Worker, run_tasks
+from ._pool import SERIAL_ELEMENTS, Worker, run_tasks, scale_in_place, zeros
 from .deltas import fcos_make_centerness_targets
 
 __all__ = [
@@ -404,7 +405,7 @@ class _SigmoidFocalLoss(torch.autograd.Function):
             )
         if reduction == "mean":
             grad_output = grad_output / max(grad.numel(), 1)
-        grad.mul_(grad_output)
+        scale_in_place(grad, grad_output)
         return grad, None, None, None, None, None, None, None
 
 
@@ -661,7 +662,8 @@ def fcos_loss(
             in the normalizer (as in the course code, which tests ``!= -1``).
         matched_gt_deltas (Tensor[B, L, 4]): GT deltas of every location
             (:func:`detops.fcos_get_deltas_from_locations`); a row with any negative delta
-            (-1 rows) is background for ``loss_box`` and ``loss_ctr``.
+            (-1 rows) or a NaN delta is background for ``loss_box`` and ``loss_ctr``, which
+            compute on the other rows only.
         normalizer (float or Tensor[]): the running normalizer (> 0 for a float).
         momentum (float): EMA momentum in [0, 1].
         positives_per_image (Tensor[], optional): positives per image to update the EMA
@@ -772,26 +774,42 @@ def _fcos_loss_sums(
     loss_cls, grad_cls = _focal_forward(
         cls, None, class_ids, 0.25, 2.0, "sum", needs_grad[0], loss_dtype
     )
-    gt = gt_deltas.to(loss_dtype)
     # A row counts only when all four GT deltas are >= 0: a row with any negative delta is
     # background (the -1 rows, a location outside its box), as for the centerness below.
-    inside = (gt >= 0).all(dim=-1, keepdim=True).to(loss_dtype)  # [B, L, 1]
-    diff = box.detach().to(loss_dtype) - gt
-    loss_box = diff.abs().mul_(inside).sum().mul_(0.25)
+    # Only those rows (a few percent of all) are gathered and computed; the gradients are
+    # zero elsewhere.
+    gt = gt_deltas.to(loss_dtype).reshape(-1, 4)
+    rows = _foreground_rows(gt)
+    gt = gt.index_select(0, rows)
+    diff = box.detach().reshape(-1, 4).index_select(0, rows).to(loss_dtype) - gt
+    loss_box = diff.abs().sum().mul_(0.25)
     grad_box = None
     if needs_grad[1]:  # d|d|/dd = sign(d), 0 at d = 0 (as autograd's abs)
-        grad_box = diff.sign_().mul_(inside).mul_(0.25).to(box.dtype)
+        grad_box = zeros(box.shape, box.dtype, box.device)
+        grad_box.view(-1, 4).index_copy_(0, rows, diff.sign_().mul_(0.25).to(box.dtype))
     centerness = fcos_make_centerness_targets(gt)
-    weight = (centerness >= 0).to(loss_dtype)
+    weight = (centerness >= 0).to(loss_dtype)  # 0 only where a delta is inf (NaN centerness)
     target = centerness.clamp_(min=0)
-    logits = ctr.detach()[..., 0].to(loss_dtype)
-    loss_ctr = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, target, weight=weight, reduction="sum"
-    )
+    logits = ctr.detach().reshape(-1).index_select(0, rows).to(loss_dtype)
+    # BCE with logits, (1 - c) x + log(1 + exp(-x)), written out: torch's fused kernel
+    # forks threads even at a few hundred rows.
+    softplus = torch.nn.functional.softplus(-logits, threshold=_softplus_threshold(loss_dtype))
+    loss_ctr = (1 - target).mul_(logits).add_(softplus).mul_(weight).sum()
     grad_ctr = None
     if needs_grad[2]:  # d BCE / dx = sigmoid(x) - c
-        grad_ctr = logits.sigmoid().sub_(target).mul_(weight).unsqueeze(-1).to(ctr.dtype)
+        grad_ctr = zeros(ctr.shape, ctr.dtype, ctr.device)
+        grad_ctr.view(-1).index_copy_(
+            0, rows, logits.sigmoid().sub_(target).mul_(weight).to(ctr.dtype)
+        )
     return (loss_cls, loss_box, loss_ctr), (grad_cls, grad_box, grad_ctr)
+
+
+def _foreground_rows(gt: Tensor) -> Tensor:
+    """Indices of the rows of ``gt [N, 4]`` whose four deltas are all ``>= 0`` (a NaN is
+    not); NumPy on CPU, which forks no thread at any size."""
+    if gt.device.type == "cpu" and gt.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.flatnonzero((gt.numpy() >= 0).all(axis=1)))
+    return (gt >= 0).all(dim=1).nonzero().squeeze(1)
 
 
 class _FCOSLossSums(torch.autograd.Function):
@@ -829,7 +847,7 @@ class _FCOSLossSums(torch.autograd.Function):
             _, grads = _fcos_loss_sums(cls, box, ctr, class_ids, gt_deltas, loss_dtype, needs)
         for grad, scale in zip(grads, (grad_cls, grad_box, grad_ctr), strict=True):
             if grad is not None:
-                grad.mul_(scale)
+                scale_in_place(grad, scale)
         return (*grads, None, None, None)
 
 
