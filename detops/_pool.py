@@ -1,12 +1,16 @@
-"""Work shared among Python threads, with every torch op kept under ATen's parallel grain.
+"""Work kept under ATen's parallel grain, and shared among Python threads where that pays.
 
 An ATen op on more than ``at::internal::GRAIN_SIZE`` (32768) elements forks and joins
-torch's OpenMP threads. On an idle machine that is cheap; on a loaded one, the join waits
-for a thread the OS has descheduled, and a loop of such ops (NMS tiles, focal-loss chunks)
-ran 3-5x slower than torchvision's serial kernels. So the loops here cut their work into
-tasks whose ops stay under the grain (each runs serially in the calling thread) and share
-the tasks among Python threads instead: ATen releases the GIL inside every op, and a thread
-that is descheduled only delays the tasks it holds, never the others.
+torch's OpenMP threads (VML functions such as exp, log and sqrt from 2048 on). On an idle
+machine that is cheap; on a loaded one, the join waits for a thread the OS has descheduled,
+and a loop of such ops (NMS tiles, focal-loss chunks) ran 3-5x slower than torchvision's
+serial kernels. So those loops cut their work into pieces whose ops stay under the grain
+(each runs serially in the calling thread). :func:`run_tasks` shares such pieces among
+Python threads (ATen releases the GIL inside every op, and a descheduled thread only delays
+the pieces it holds); it pays for the focal loss's chunks of ~20 ops of 5-50 µs, not for
+NMS tiles, whose ops of 2-6 µs each hand the GIL over too often (measured 1.8x slower).
+:func:`scale_in_place` and :func:`zeros` are the serial forms of two common whole-tensor
+steps.
 
 No thread setting of torch is read-modified-written: ``torch.get_num_threads()`` is only
 read, to size the group of threads.
