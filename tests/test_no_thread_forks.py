@@ -1,4 +1,4 @@
-"""The CPU NMS ops and the focal loss never fork torch's OpenMP threads.
+"""The CPU NMS ops, the focal loss and fcos_loss never fork torch's OpenMP threads.
 
 On a loaded machine every fork/join of torch's intra-op threads can wait milliseconds for a
 thread the OS has descheduled; these ops are built to run serially in the calling thread
@@ -66,6 +66,21 @@ CHILD = textwrap.dedent(
     counts["sigmoid_focal_loss 16x4096x80"] = forks(
         lambda: detops.sigmoid_focal_loss(logits, targets, reduction="sum")
     )
+    from detops.bench.cases.losses import concat_levels, random_head_outputs
+    from detops.bench.cases.targets import benchmark_inputs
+    from detops.testing.inputs import A4_STRIDES
+
+    locations, gt, flat_locations, flat_strides = benchmark_inputs(224, 224, A4_STRIDES, 40, (1, 8))
+    matched = concat_levels(detops.fcos_match_locations_to_gt(locations, A4_STRIDES, gt))
+    gt_deltas = detops.fcos_get_deltas_from_locations(flat_locations, matched, flat_strides)
+    heads = [concat_levels(t) for t in random_head_outputs(locations, 16, 20, "cpu")]
+    leaves = [t.requires_grad_() for t in heads]
+
+    def loss_step():
+        out, _ = detops.fcos_loss(*leaves, matched, gt_deltas, 150.0)
+        torch.autograd.grad(list(out.values()), leaves)
+
+    counts["fcos_loss A4 forward and backward"] = forks(loss_step)
     print(json.dumps({"threads": torch.get_num_threads(), "forks": counts}))
     """
 )
@@ -77,7 +92,7 @@ def _libgomp_in_use() -> bool:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD of a libgomp shim: Linux")
 @pytest.mark.skipif(not _libgomp_in_use(), reason="torch is not built with GNU OpenMP")
-def test_cpu_nms_and_focal_loss_never_fork_torch_threads(tmp_path):
+def test_cpu_nms_and_losses_never_fork_torch_threads(tmp_path):
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         pytest.skip("no C compiler to build the counting shim")
