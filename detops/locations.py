@@ -103,9 +103,13 @@ def get_fpn_location_coords(
         stride = check_number(_OP, name, value, expected=_STRIDE)
         if not (stride > 0 and math.isfinite(stride)):  # a number: its repr is short
             raise ValueError(f"{_OP}: {name} must be {_STRIDE}, got {value!r}")
-        # Compute in float64 so large maps stay exact before the cast to ``dtype``.
+        # Compute in float64 so large maps stay exact before the cast to ``dtype``; the W
+        # x-values and H y-values are cast, then broadcast into the [H, W, 2] grid (one
+        # copy per column, no float64 grid: fewer, smaller ops).
         ys = (torch.arange(height, dtype=torch.float64, device=device) + offset) * stride
         xs = (torch.arange(width, dtype=torch.float64, device=device) + offset) * stride
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        coords[level] = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=-1).to(dtype)
+        grid = torch.empty(height, width, 2, dtype=dtype, device=device)
+        grid[..., 0] = xs.to(dtype)
+        grid[..., 1] = ys.to(dtype)[:, None]
+        coords[level] = grid.view(height * width, 2)
     return coords
