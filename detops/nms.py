@@ -855,6 +855,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Differences from torchvision (deliberate, pinned by tests):
         * NaN in ``boxes`` or ``scores`` raises ``ValueError``; torchvision keeps a
           NaN-scored box first and lets it suppress others.
+        * ``iou_threshold`` outside ``[0, 1]`` raises ``ValueError``; torchvision
+          accepts any float.
         * float16/bfloat16 work on every device (computed in float32, which holds their
           values exactly); torchvision's CPU kernel refuses them.
 

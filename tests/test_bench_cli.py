@@ -472,11 +472,27 @@ def test_chart_marks_unstable_rows(tmp_path):
         (["--repeats", "0", "--quick"], "--repeats must be at least 1"),
         (["--plot", "chart.txt"], "--plot chart.txt: the chart is a PNG"),
         (["--json", "no/such/folder/out.json"], "the folder no/such/folder does not exist"),
+        (["--json", "same.png", "--plot", "same.png"], "--json and --plot name the same file"),
     ],
 )
 def test_cli_bench_bad_arguments_exit_2(argv, message, capsys):
     assert main(["bench", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--examples", "0"], "--examples must be at least 1, got 0"),
+        (["--train-iterations", "0"], "--train-iterations must be at least 1, got 0"),
+        (["--train-iterations", "-1", "--skip", "train"], "--train-iterations must be at least 1"),
+    ],
+)
+def test_cli_demo_bad_arguments_exit_2_before_any_step(argv, message, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing ran, nothing was written
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")

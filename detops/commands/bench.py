@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import COMMANDS
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
             check_output_file(option, path)
     if args.plot and not args.plot.lower().endswith(".png"):
         raise CommandError(f"--plot {args.plot}: the chart is a PNG; give a .png path")
+    if args.json and args.plot and os.path.realpath(args.json) == os.path.realpath(args.plot):
+        raise CommandError(f"--json and --plot name the same file ({args.plot}); give two paths")
 
     import torch
 

@@ -187,6 +187,13 @@ def _train_step(out: Path, iterations: int) -> tuple[int, list[Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detops.cli import CommandError
+
+    # Checked before anything runs or is written (the steps would only find out later).
+    if args.examples < 1:
+        raise CommandError(f"--examples must be at least 1, got {args.examples}")
+    if args.train_iterations < 1:
+        raise CommandError(f"--train-iterations must be at least 1, got {args.train_iterations}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     steps: list[tuple[str, str, Callable[[], tuple[int, list[Path]]]]] = []

@@ -51,7 +51,7 @@ def add_parser(subparsers) -> None:
         "--score-thresh",
         type=float,
         default=0.3,
-        help="keep detections scoring at least this (default: 0.3, the seed's)",
+        help="keep detections scoring above this (default: 0.3, as the course code)",
     )
     parser.add_argument(
         "--nms-thresh", type=float, default=0.5, help="IoU threshold of NMS (default: 0.5)"

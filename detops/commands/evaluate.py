@@ -72,7 +72,7 @@ def add_parser(subparsers) -> None:
         "--score-thresh",
         type=float,
         default=0.05,
-        help="score threshold of the detections scored (default: 0.05)",
+        help="keep detections scoring above this for mAP (default: 0.05)",
     )
     parser.add_argument(
         "--nms-thresh", type=float, default=0.5, help="IoU threshold of NMS (default: 0.5)"
@@ -209,7 +209,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     count = sum(len(d["scores"]) for d in detections)
     print(
         f"detops evaluate: {args.checkpoint} on {len(dataset)} {args.split} images "
-        f"({count} detections at score >= {args.score_thresh})"
+        f"({count} detections at score > {args.score_thresh})"
     )
     for key, label in _ROWS:
         print(f" Average {'Precision' if key.startswith('map') else 'Recall   '} {label} = "
