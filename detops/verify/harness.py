@@ -250,13 +250,23 @@ def _abandon(thread: threading.Thread) -> None:
         )
 
 
+_DETOPS_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
 def _exception_line(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip().splitlines()
     line = text[0] if text else type(exc).__name__
     if len(line) > 300:
         line = line[:300] + "..."
-    frames = traceback.extract_tb(exc.__traceback__)
-    if frames:
+    # The innermost frame of the user's code, not of the import machinery or of detops
+    # (a SyntaxError names its file and line in its message already).
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith(("<frozen ", _DETOPS_ROOT))
+        and os.path.basename(os.path.dirname(frame.filename)) != "importlib"
+    ]
+    if frames and not isinstance(exc, SyntaxError):
         last = frames[-1]
         line += f" (at {os.path.basename(last.filename)}:{last.lineno} in {last.name})"
     return line
