@@ -509,7 +509,7 @@ def train_detector(
     Optimizer: SGD (``lr``, ``momentum``, ``weight_decay``) over parameters that require
     grad. Schedule: optional linear warmup from ``warmup_factor * lr`` over
     ``warmup_iterations`` steps, times a MultiStepLR that multiplies the rate by ``lr_gamma``
-    after ``milestones`` (fractions of ``iterations``; the seed's 60% and 90%).
+    after ``milestones`` (fractions of ``iterations``; the course code's 60% and 90%).
 
     Checkpoints (when ``checkpoint_path`` is given) are written atomically every
     ``checkpoint_every`` iterations, at the end, and when the run is interrupted by

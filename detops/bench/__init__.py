@@ -1,7 +1,7 @@
 """``python -m detops bench``: time detops against its peers over the shared BENCHMARKS registry.
 
 * :mod:`.cases`: the BENCHMARKS, one module per op family, with their inputs and the
-  course-style (seed-style) peers.
+  course-style peers.
 * :mod:`.timing`: synchronized calls, interleaved measurement, quartiles, the machine.
 * :mod:`.runner`: the settings, case selection and the run (re-measuring, budget, Ctrl-C).
 * :mod:`.report`: rows and report, JSON, the text table and the chart.

@@ -3,7 +3,7 @@ unstable rows, the NumPy reference on its own, a time budget, and Ctrl-C handlin
 
 The cases are the same :data:`detops.bench.cases.BENCHMARKS` that the pytest-benchmark suite
 (``benchmarks/test_bench.py``) runs: each builds its inputs outside the timed call and gives
-three callables, detops, the peer (torchvision or a seed-style loop) and, at small sizes,
+three callables, detops, the peer (torchvision or a course-style loop) and, at small sizes,
 the NumPy reference.
 """
 

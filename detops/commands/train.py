@@ -117,7 +117,8 @@ def add_parser(subparsers) -> None:
         type=float,
         default=None,
         metavar="R",
-        help="match only locations within R strides of a box centre (default: off, as the seed)",
+        help="match only locations within R strides of a box centre "
+        "(default: off, as the course code)",
     )
 
     optim = parser.add_argument_group("optimization")

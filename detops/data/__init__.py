@@ -1,6 +1,6 @@
 """Datasets and their file formats.
 
-- Classification (the seed's three layouts): :func:`folder_per_class_dataset`
+- Classification (the course code's three layouts): :func:`folder_per_class_dataset`
   (torchvision's ImageFolder), :class:`LabelFileDataset` (``labels.txt``),
   :class:`PerImageLabelDataset` (one label file per image).
 - Detection: :class:`VOC2007DetectionTiny` (the course's JSON format, optional verified

@@ -62,7 +62,7 @@ class VOC2007DetectionTiny(Dataset):
         class_names: names in label order; :data:`VOC_CLASSES` by default,
             ``detops.data.SYNTHETIC_CLASSES`` for the synthetic set.
 
-    Items are the seed's triple ``(image_path, image, gt_boxes)``: ``image_path`` (str, the
+    Items are the course code's triple ``(image_path, image, gt_boxes)``: ``image_path`` (str, the
     full path), ``image`` (float32 ``[3, image_size, image_size]``, normalized) and
     ``gt_boxes`` (float32 ``[max_boxes, 5]``, rows ``(x1, y1, x2, y2, class)`` in crop
     pixels, padding rows all -1). The default ``collate_fn`` batches them.

@@ -35,7 +35,7 @@ class FCOS(nn.Module):
     :func:`~detops.matching.fcos_match_locations_to_gt`,
     :func:`~detops.deltas.fcos_get_deltas_from_locations`, :func:`~detops.losses.fcos_loss`
     (training) and :func:`~detops.inference.fcos_inference` (eval). The loss normalizer (an
-    EMA of positive locations per image, the seed's ``_normalizer``, starting at 150) is a
+    EMA of positive locations per image, the course code's ``_normalizer``, starting at 150) is a
     registered buffer, so it is saved with the ``state_dict`` and restored with it; the loss
     op gets its current value and returns the next one.
 
@@ -44,10 +44,12 @@ class FCOS(nn.Module):
         fpn_channels (int): channels of every FPN level.
         stem_channels (int or Sequence[int]): channels of each head stem conv.
         backbone_weights: see :class:`DetectorBackboneWithFPN` (None: random init).
-        center_sampling_radius (float, optional): passed to the matcher (None: off, as the
-            seed).
-        normalizer_momentum (float): EMA momentum of the loss normalizer (the seed's 0.9).
-        score_thresh, nms_thresh (float): default inference thresholds (the seed's 0.3, 0.5).
+        center_sampling_radius (float, optional): passed to the matcher (None: off, as in
+            the course code).
+        normalizer_momentum (float): EMA momentum of the loss normalizer (the course
+            code's 0.9).
+        score_thresh, nms_thresh (float): default inference thresholds (the course code's
+            0.3, 0.5).
         topk_candidates, max_detections (int, optional): passed to ``fcos_inference``.
     """
 

@@ -2,7 +2,7 @@
 
 ``python -m detops bench`` and the pytest-benchmark suite (``benchmarks/``) both time
 :data:`BENCHMARKS`. Each module also holds its benchmark inputs and the course-style
-("seed-style") loops that serve as peers where torchvision has no such op. The cases
+loops that serve as peers where torchvision has no such op. The cases
 call the detops ops and NumPy references that the registry (:mod:`detops.testing`) pairs,
 and its input helpers; the registry never imports this package.
 """

@@ -126,11 +126,11 @@ BENCHMARKS = (
     BenchCase(
         "resize_and_center_crop_boxes",
         "40 rows 375x500->224",
-        "seed-style dataset transform",
+        "course-style dataset transform",
         _resize_setup,
         devices=("cpu",),
     ),
     BenchCase(
-        "pad_gt_boxes", "16 images to 40", "seed-style cat + stack", _pad_setup, devices=("cpu",)
+        "pad_gt_boxes", "16 images to 40", "course-style cat + stack", _pad_setup, devices=("cpu",)
     ),
 )

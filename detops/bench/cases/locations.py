@@ -45,13 +45,13 @@ BENCHMARKS = (
     BenchCase(
         "get_fpn_location_coords",
         "A4 224x224",
-        "seed-style meshgrid",
+        "course-style meshgrid",
         _bench_setup(224, 224, A4_STRIDES, with_reference=True),
     ),
     BenchCase(
         "get_fpn_location_coords",
         "COCO 800x1344",
-        "seed-style meshgrid",
+        "course-style meshgrid",
         _bench_setup(800, 1344, COCO_STRIDES, with_reference=False),
         quick=False,
     ),

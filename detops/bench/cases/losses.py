@@ -1,4 +1,4 @@
-"""Benchmarks of detops.losses and detops.inference, and their seed-style peers.
+"""Benchmarks of detops.losses and detops.inference, and their course-style peers.
 
 The ``seed_style_*`` functions below are the course code's way of doing the same work,
 kept as the peer that benchmarks and equality tests measure detops against. They are
@@ -126,7 +126,7 @@ BENCHMARKS: tuple[BenchCase, ...] = (
 )
 
 # ----------------------------------------------------------------------------------------
-# seed-style peers (the course code, for equality tests and benchmarks; NOT for use)
+# course-style peers (the course code, for equality tests and benchmarks; NOT for use)
 # ----------------------------------------------------------------------------------------
 
 
@@ -329,14 +329,14 @@ BENCHMARKS = BENCHMARKS + (
     BenchCase(
         "fcos_loss",
         "A4 16x224x224 C=20",
-        "seed-style per-image targets + one-hot double loop + torchvision focal",
+        "course-style per-image targets + one-hot double loop + torchvision focal",
         _fcos_loss_bench(224, 224),
         notes="matching + deltas + centerness + loss, forward and backward; 40 GT rows, 1-8 real",
     ),
     BenchCase(
         "fcos_inference",
         "A4 16x224x224 C=20",
-        "seed-style per-image, per-level loop + torchvision.ops.batched_nms",
+        "course-style per-image, per-level loop + torchvision.ops.batched_nms",
         _inference_bench(224, 224, 16),
         notes="~80 candidates per image above score 0.3 before NMS",
     ),

@@ -1,4 +1,4 @@
-"""Benchmarks of the FCOS target ops (detops.matching, detops.deltas): the seed-style
+"""Benchmarks of the FCOS target ops (detops.matching, detops.deltas): the course-style
 (course code) peers, the benchmark inputs and the cases."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from detops.testing.inputs import A4_STRIDES, COCO_STRIDES
 
 from ._case import BenchCase, BenchFunctions
 
-# ------------------------------------------------------------ seed-style peers (benchmarks)
+# ------------------------------------------------------------ course-style peers (benchmarks)
 # The course code as it was written: one image at a time in Python, pairwise distances
 # per level, the `1e8 - area` float32 trick, then deltas and centerness per image and
 # level. Peers for timing only; detops does not share their ties (see the op docstring).
@@ -153,7 +153,7 @@ def _numpy(value):
 
 
 def _bench(kind, height, width, strides, rows, real, with_reference):
-    """``setup(device)`` for one benchmark: detops, the seed-style peer and (at the small
+    """``setup(device)`` for one benchmark: detops, the course-style peer and (at the small
     size) the NumPy reference of op ``kind``, on the same inputs."""
 
     def setup(device):
@@ -245,11 +245,11 @@ _SIZES = (
     ("COCO 800x1344 B16 N100", (800, 1344, COCO_STRIDES, 100, (100, 100)), False),
 )
 _OPS = (
-    ("fcos_match_locations_to_gt", "match", "seed-style per-image loop"),
-    ("fcos_targets", "targets", "seed-style per-image loop (match, deltas, centerness)"),
-    ("fcos_get_deltas_from_locations", "deltas", "seed-style per image and level"),
-    ("fcos_apply_deltas_to_locations", "apply", "seed-style per image and level"),
-    ("fcos_make_centerness_targets", "centerness", "seed-style per image and level"),
+    ("fcos_match_locations_to_gt", "match", "course-style per-image loop"),
+    ("fcos_targets", "targets", "course-style per-image loop (match, deltas, centerness)"),
+    ("fcos_get_deltas_from_locations", "deltas", "course-style per image and level"),
+    ("fcos_apply_deltas_to_locations", "apply", "course-style per image and level"),
+    ("fcos_make_centerness_targets", "centerness", "course-style per image and level"),
 )
 
 BENCHMARKS = tuple(

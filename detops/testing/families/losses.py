@@ -1,6 +1,6 @@
 """Registry entries for detops.losses and detops.inference.
 
-Their benchmarks and the course code's seed-style peers live in
+Their benchmarks and the course code's course-style peers live in
 :mod:`detops.bench.cases.losses`.
 """
 
@@ -158,7 +158,7 @@ INFERENCE_TOLERANCES = {
     torch.float64: Tolerance(1e-9, 1e-12),
     torch.float32: Tolerance(1e-4, 1e-6),
 }
-# detops against the seed-style code (both in float32): "equal within 1e-5" (issue 4).
+# detops against the course-style code (both in float32): "equal within 1e-5" (issue 4).
 SEED_STYLE_TOLERANCE = Tolerance(1e-6, 1e-5)
 
 

@@ -103,7 +103,7 @@ def match_cases(draw, batched: bool | None = None, options: bool = True) -> Case
     """Cases for :func:`detops.fcos_match_locations_to_gt`.
 
     Args:
-        batched: True for ``gt_boxes [B, N, 5]``, False for ``[N, 5]`` (the seed's
+        batched: True for ``gt_boxes [B, N, 5]``, False for ``[N, 5]`` (the course code's
             per-image signature), None for both.
         options: whether ``size_ranges`` / ``center_sampling_radius`` may be drawn.
     """
