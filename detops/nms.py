@@ -48,8 +48,8 @@ changes torch's thread settings. On CPU no step forks torch's OpenMP threads: th
 tiles and listed pairs are cut so that each op stays under ATen's parallel grain, ops that
 fork at a few thousand elements (advanced indexing, floor, bincount, isnan) are replaced,
 and the greedy resolution runs in NumPy. So a busy machine cannot stall the op at an
-OpenMP join (measured on 2 cores with one busy process: 20k boxes 0.15 s, against 0.33 s
-when the tiles forked; torchvision 0.66 s).
+OpenMP join (measured on 2 cores with one busy process: 20k boxes 0.09 s, against 0.33 s
+when the tiles forked; torchvision 0.57 s).
 """
 
 from __future__ import annotations
@@ -83,10 +83,11 @@ _CPU_TILE = 1 << 18  # IoU values per dense tile (measured best among 2**14 .. 2
 # runs serially and never forks torch's OpenMP threads: a tile is computed in steps of at
 # most _CPU_STEP IoU values (tiles have at most _CPU_MAX_ROWS rows, and a step at least 16
 # columns), and pairs are listed _CPU_LISTED at a time (5 planes gathered for each).
-# Measured on 2 cores at 20k boxes: 2.2x slower than the forked ops on an idle machine,
-# and 2x faster with one busy process beside it (the forked ops waited for a descheduled
-# thread at every join). Sharing the steps among Python threads was slower still: each
-# step is ~17 ops of 2-6 us, and every op hands the GIL over.
+# Measured on 2 cores at 20k boxes, with the rest of this module's fork-free steps: 89 ms
+# idle (about what the forked tiles took) and 87 ms with one busy process beside it (the
+# forked tiles: 331 ms, waiting for a descheduled thread at every join). Sharing the steps
+# among Python threads was 1.4x slower: a step is ~17 ops of 2-6 us, and every op hands
+# the GIL over.
 _CPU_STEP = SERIAL_ELEMENTS
 _CPU_MAX_ROWS = 1024
 _CPU_LISTED = SERIAL_ELEMENTS // 5
