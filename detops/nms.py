@@ -105,7 +105,10 @@ _TILE_COST = 30000  # fixed cost of a dense tile (about 20 torch calls), in IoU 
 # (measured on 2 cores: kernel 0.75 ms vs 0.90 ms at 500 boxes, 2.7 ms vs 1.4 ms at 1000).
 _KERNEL_MAX_BOXES = 600
 _KERNEL_DTYPES = (torch.float32, torch.float64)
-_PYTHON_SUM_MAX = 128
+# Up to this many boxes the finite check sums in Python, above in NumPy (measured in whole
+# nms calls, interleaved with torchvision's: Python 20.3 us against 22.8 at 10 boxes, NumPy
+# 23.5 us against 26.2 at 50).
+_PYTHON_SUM_MAX = 24
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 _DENSE = 16  # groups with G * S * S <= budget / _DENSE take the all-pairs path
 _NUMPY_GREEDY = True  # the greedy resolution on CPU runs in NumPy (tests switch it off)
@@ -882,12 +885,36 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         Tensor[K] int64: indices of the kept boxes, by descending score (ties: lower
         index first), on the device of ``boxes``. Empty input gives an empty result.
     """
+    if _is_small_cpu_call(boxes, scores, iou_threshold) and _all_finite(boxes, scores):
+        return _torchvision_nms_kernel()(boxes, scores, iou_threshold)
     op = "nms"
     boxes, scores = _check_boxes_scores(op, boxes, scores, batched=False)
     _check_common(op, boxes, scores, iou_threshold)
     if torch.compiler.is_compiling():  # one opaque op with a data-dependent output size
         return torch.ops.detops.nms(boxes, scores, float(iou_threshold))
     return _nms_impl(boxes, scores, iou_threshold)
+
+
+def _is_small_cpu_call(boxes: object, scores: object, iou_threshold: object) -> bool:
+    """The common call, recognised in a few attribute reads: valid arguments (what the
+    checks of :func:`nms` would accept) for which :func:`_kernel_gives_our_answer` holds up
+    to the finite check. At 10-50 boxes torchvision's whole call takes 20-25 µs, so the
+    generic checks (about 5 µs) would cost a quarter of it."""
+    return (
+        not torch.compiler.is_compiling()
+        and isinstance(boxes, Tensor)
+        and isinstance(scores, Tensor)
+        and type(iou_threshold) is float
+        and 0.0 <= iou_threshold <= 1.0
+        and boxes.dtype in _KERNEL_DTYPES
+        and scores.dtype == boxes.dtype
+        and boxes.dim() == 2
+        and boxes.shape[1] == 4
+        and 0 < boxes.shape[0] < _KERNEL_MAX_BOXES
+        and scores.shape == boxes.shape[:1]
+        and boxes.is_cpu
+        and scores.is_cpu
+    )
 
 
 def _nms_impl(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:

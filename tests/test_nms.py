@@ -809,3 +809,69 @@ def test_batched_nms_per_image_numpy_path_refuses_nan_and_handles_huge_class_spa
     scores[1, 4] = float("nan")
     with pytest.raises(ValueError, match="batched_nms_per_image: scores must not contain NaN"):
         batched_nms_per_image(boxes, scores, class_ids, 0.5)
+
+
+def _valid_by_the_full_checks(boxes, scores, threshold) -> bool:
+    module = sys.modules["detops.nms"]
+    try:
+        boxes, scores = module._check_boxes_scores("nms", boxes, scores, batched=False)
+        module._check_common("nms", boxes, scores, threshold)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("variant", "fast"),
+    [
+        ("float32", True),
+        ("float64", True),
+        ("float16", False),  # detops' own path (torchvision's CPU kernel refuses it)
+        ("int threshold", False),
+        ("threshold 1.5", False),
+        ("3-D boxes", False),
+        ("5 columns", False),
+        ("scores of another length", False),
+        ("scores of another dtype", False),
+        ("no boxes", False),
+        ("600 boxes", False),
+        ("meta device", False),
+        ("a list", False),
+    ],
+)
+def test_small_call_fast_path_takes_only_calls_the_full_checks_accept(variant, fast):
+    """nms's fast path (argument checks in a few attribute reads, then torchvision's
+    kernel) must never take a call that the full checks would refuse or send elsewhere."""
+    boxes, scores, _ = random_detections(20, seed=3)
+    threshold: object = 0.5
+    if variant == "float64":
+        boxes, scores = boxes.double(), scores.double()
+    elif variant == "float16":
+        boxes, scores = boxes.half(), scores.half()
+    elif variant == "int threshold":
+        threshold = 1
+    elif variant == "threshold 1.5":
+        threshold = 1.5
+    elif variant == "3-D boxes":
+        boxes = boxes[None]
+    elif variant == "5 columns":
+        boxes = torch.cat((boxes, boxes[:, :1]), dim=1)
+    elif variant == "scores of another length":
+        scores = scores[:-1]
+    elif variant == "scores of another dtype":
+        scores = scores.double()
+    elif variant == "no boxes":
+        boxes, scores = boxes[:0], scores[:0]
+    elif variant == "600 boxes":
+        boxes, scores, _ = random_detections(600, seed=3)
+    elif variant == "meta device":
+        boxes, scores = boxes.to("meta"), scores.to("meta")
+    elif variant == "a list":
+        boxes = boxes.tolist()
+    taken = sys.modules["detops.nms"]._is_small_cpu_call(boxes, scores, threshold)
+    assert taken == fast
+    if taken:
+        assert _valid_by_the_full_checks(boxes, scores, threshold)
+        assert torch.equal(
+            nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold)
+        )
