@@ -885,7 +885,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         Tensor[K] int64: indices of the kept boxes, by descending score (ties: lower
         index first), on the device of ``boxes``. Empty input gives an empty result.
     """
-    if _is_small_cpu_call(boxes, scores, iou_threshold) and _all_finite(boxes, scores):
+    if _is_small_cpu_call(boxes, scores, iou_threshold, _KERNEL_MAX_BOXES) and _all_finite(
+        boxes, scores
+    ):
         return _torchvision_nms_kernel()(boxes, scores, iou_threshold)
     op = "nms"
     boxes, scores = _check_boxes_scores(op, boxes, scores, batched=False)
@@ -895,11 +897,22 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return _nms_impl(boxes, scores, iou_threshold)
 
 
-def _is_small_cpu_call(boxes: object, scores: object, iou_threshold: object) -> bool:
+def _is_small_cpu_call(
+    boxes: object, scores: object, iou_threshold: object, max_boxes: int, class_ids: object = None
+) -> bool:
     """The common call, recognised in a few attribute reads: valid arguments (what the
-    checks of :func:`nms` would accept) for which :func:`_kernel_gives_our_answer` holds up
-    to the finite check. At 10-50 boxes torchvision's whole call takes 20-25 µs, so the
-    generic checks (about 5 µs) would cost a quarter of it."""
+    checks of :func:`nms`, or of :func:`class_spec_nms` with ``class_ids``, would accept),
+    float32/float64 on CPU, 1 to ``max_boxes - 1`` boxes. At 10-50 boxes torchvision's
+    whole call takes 20-60 µs, so the generic checks (about 5 µs) would cost a large share
+    of it."""
+    if class_ids is not None and not (
+        isinstance(class_ids, Tensor)
+        and class_ids.dtype in (torch.int64, torch.int32)
+        and class_ids.is_cpu
+        and isinstance(scores, Tensor)
+        and class_ids.shape == scores.shape
+    ):
+        return False
     return (
         not torch.compiler.is_compiling()
         and isinstance(boxes, Tensor)
@@ -910,7 +923,7 @@ def _is_small_cpu_call(boxes: object, scores: object, iou_threshold: object) -> 
         and scores.dtype == boxes.dtype
         and boxes.dim() == 2
         and boxes.shape[1] == 4
-        and 0 < boxes.shape[0] < _KERNEL_MAX_BOXES
+        and 0 < boxes.shape[0] < max_boxes
         and scores.shape == boxes.shape[:1]
         and boxes.is_cpu
         and scores.is_cpu
@@ -961,6 +974,11 @@ def class_spec_nms(
     Returns:
         Tensor[K] int64: kept indices by descending score (ties: lower index first).
     """
+    if _is_small_cpu_call(boxes, scores, iou_threshold, NUMPY_NMS_MAX_BOXES + 1, class_ids):
+        with torch.no_grad():
+            kept = _numpy_nms(boxes, scores, class_ids, iou_threshold)
+        if kept is not None:
+            return kept
     op = "class_spec_nms"
     boxes, scores = _check_boxes_scores(op, boxes, scores, batched=False)
     class_ids = _check_class_ids(op, class_ids, scores, "[N]")

@@ -868,10 +868,51 @@ def test_small_call_fast_path_takes_only_calls_the_full_checks_accept(variant, f
         boxes, scores = boxes.to("meta"), scores.to("meta")
     elif variant == "a list":
         boxes = boxes.tolist()
-    taken = sys.modules["detops.nms"]._is_small_cpu_call(boxes, scores, threshold)
+    module = sys.modules["detops.nms"]
+    taken = module._is_small_cpu_call(boxes, scores, threshold, module._KERNEL_MAX_BOXES)
     assert taken == fast
     if taken:
         assert _valid_by_the_full_checks(boxes, scores, threshold)
         assert torch.equal(
             nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold)
         )
+
+
+@pytest.mark.parametrize(
+    ("variant", "fast"),
+    [
+        ("int64 ids", True),
+        ("int32 ids", True),
+        ("768 boxes", True),
+        ("769 boxes", False),
+        ("float ids", False),
+        ("bool ids", False),
+        ("ids of another length", False),
+        ("ids as a list", False),
+    ],
+)
+def test_class_spec_fast_path_takes_only_calls_the_full_checks_accept(variant, fast):
+    n = {"768 boxes": 768, "769 boxes": 769}.get(variant, 30)
+    boxes, scores, classes = random_detections(n, seed=5)
+    ids: object = classes
+    if variant == "int32 ids":
+        ids = classes.int()
+    elif variant == "float ids":
+        ids = classes.float()
+    elif variant == "bool ids":
+        ids = classes > 3
+    elif variant == "ids of another length":
+        ids = classes[:-1]
+    elif variant == "ids as a list":
+        ids = classes.tolist()
+    module = sys.modules["detops.nms"]
+    limit = module.NUMPY_NMS_MAX_BOXES + 1
+    taken = module._is_small_cpu_call(boxes, scores, 0.5, limit, ids)
+    assert taken == fast
+    if taken:
+        assert isinstance(ids, torch.Tensor)
+        assert _valid_by_the_full_checks(boxes, scores, 0.5)
+        module._check_class_ids("class_spec_nms", ids, scores, "[N]")  # raises if refused
+        expected = _batched_nms_vanilla(boxes, scores, ids, 0.5)
+        got = class_spec_nms(boxes, scores, ids, 0.5)
+        assert got.tolist() == by_score_then_index(expected, scores)
