@@ -55,6 +55,9 @@ __all__ = [
 _CHUNK = SERIAL_ELEMENTS
 
 _REDUCTIONS = ("none", "mean", "sum")
+# fcos_loss's box and centerness terms on CPU gather the counted rows (tests switch it off
+# to run the dense, sync-free path that other devices take).
+_FOREGROUND_ROWS_ON_CPU = True
 
 
 def _check_alpha_gamma(op: str, alpha: object, gamma: object) -> tuple[float, float]:
@@ -644,8 +647,10 @@ def fcos_loss(
       positive at all, ``loss_box`` and ``loss_ctr`` are 0 and ``loss_cls`` is the
       all-negative focal loss.
 
-    No Python loop over images or locations and no host synchronization: the normalizer
-    stays a tensor (a float ``normalizer`` is turned into one). The three sums and their
+    No Python loop over images or locations and, on CUDA, no host synchronization: the
+    normalizer stays a tensor (a float ``normalizer`` is turned into one), and the box and
+    centerness terms are computed on every row with the others zeroed. On CPU those terms
+    gather only the counted rows (found with NumPy), a few percent of all. The three sums and their
     closed-form gradients are computed in the forward pass; backward scales them. The focal
     part shares its chunks among threads as :func:`sigmoid_focal_loss` does; torch's thread
     settings are never changed.
@@ -774,34 +779,67 @@ def _fcos_loss_sums(
     loss_cls, grad_cls = _focal_forward(
         cls, None, class_ids, 0.25, 2.0, "sum", needs_grad[0], loss_dtype
     )
-    # A row counts only when all four GT deltas are >= 0: a row with any negative delta is
-    # background (the -1 rows, a location outside its box), as for the centerness below.
-    # Only those rows (a few percent of all) are gathered and computed; the gradients are
-    # zero elsewhere.
-    gt = gt_deltas.to(loss_dtype).reshape(-1, 4)
-    rows = _foreground_rows(gt)
-    gt = gt.index_select(0, rows)
-    diff = box.detach().reshape(-1, 4).index_select(0, rows).to(loss_dtype) - gt
+    (loss_box, loss_ctr), (grad_box, grad_ctr) = _box_and_centerness_sums(
+        box, ctr, gt_deltas, loss_dtype, needs_grad[1], needs_grad[2]
+    )
+    return (loss_cls, loss_box, loss_ctr), (grad_cls, grad_box, grad_ctr)
+
+
+def _box_and_centerness_sums(
+    box: Tensor,
+    ctr: Tensor,
+    gt_deltas: Tensor,
+    loss_dtype: torch.dtype,
+    box_grad: bool,
+    ctr_grad: bool,
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor | None, Tensor | None]]:
+    """``loss_box`` and ``loss_ctr`` sums and their gradients.
+
+    A row counts for ``loss_box`` only when all four GT deltas are ``>= 0`` (a row with any
+    negative or NaN delta is background: the -1 rows, a location outside its box), and for
+    ``loss_ctr`` only when its centerness is ``>= 0`` as well (not NaN, as with an infinite
+    delta). On CPU only the counted rows (a few percent of all) are gathered and computed,
+    which needs their indices on the host; elsewhere every row is computed and the others
+    are zeroed, with no host synchronization.
+    """
+    gt = gt_deltas.to(loss_dtype)
+    if box.device.type == "cpu" and _FOREGROUND_ROWS_ON_CPU:
+        gt = gt.reshape(-1, 4)
+        counted_rows = _foreground_rows(gt)
+        gt = gt.index_select(0, counted_rows)
+        pred = box.detach().reshape(-1, 4).index_select(0, counted_rows).to(loss_dtype)
+        logits = ctr.detach().reshape(-1).index_select(0, counted_rows).to(loss_dtype)
+        diff = pred - gt
+        rows: Tensor | None = counted_rows
+    else:
+        rows = None
+        inside = (gt >= 0).all(dim=-1, keepdim=True)
+        diff = torch.where(inside, box.detach().to(loss_dtype) - gt, 0)
+        logits = ctr.detach()[..., 0].to(loss_dtype)
     loss_box = diff.abs().sum().mul_(0.25)
-    grad_box = None
-    if needs_grad[1]:  # d|d|/dd = sign(d), 0 at d = 0 (as autograd's abs)
-        grad_box = zeros(box.shape, box.dtype, box.device)
-        grad_box.view(-1, 4).index_copy_(0, rows, diff.sign_().mul_(0.25).to(box.dtype))
     centerness = fcos_make_centerness_targets(gt)
-    weight = (centerness >= 0).to(loss_dtype)  # 0 only where a delta is inf (NaN centerness)
-    target = centerness.clamp_(min=0)
-    logits = ctr.detach().reshape(-1).index_select(0, rows).to(loss_dtype)
+    counted = centerness >= 0  # -1 on background rows, NaN with an infinite delta
+    target = torch.where(counted, centerness, 0)
     # BCE with logits, (1 - c) x + log(1 + exp(-x)), written out: torch's fused kernel
     # forks threads even at a few hundred rows.
     softplus = torch.nn.functional.softplus(-logits, threshold=_softplus_threshold(loss_dtype))
-    loss_ctr = (1 - target).mul_(logits).add_(softplus).mul_(weight).sum()
-    grad_ctr = None
-    if needs_grad[2]:  # d BCE / dx = sigmoid(x) - c
-        grad_ctr = zeros(ctr.shape, ctr.dtype, ctr.device)
-        grad_ctr.view(-1).index_copy_(
-            0, rows, logits.sigmoid().sub_(target).mul_(weight).to(ctr.dtype)
-        )
-    return (loss_cls, loss_box, loss_ctr), (grad_cls, grad_box, grad_ctr)
+    loss_ctr = torch.where(counted, (1 - target).mul_(logits).add_(softplus), 0).sum()
+    grad_box = grad_ctr = None
+    if box_grad:  # d|d|/dd = sign(d), 0 at d = 0 (as autograd's abs)
+        grad_box = diff.sign_().mul_(0.25).to(box.dtype)
+        if rows is not None:
+            grad_box = _scattered_rows(grad_box, rows, box)
+    if ctr_grad:  # d BCE / dx = sigmoid(x) - c
+        grad_ctr = torch.where(counted, logits.sigmoid().sub_(target), 0).to(ctr.dtype)
+        grad_ctr = grad_ctr.unsqueeze(-1) if rows is None else _scattered_rows(grad_ctr, rows, ctr)
+    return (loss_box, loss_ctr), (grad_box, grad_ctr)
+
+
+def _scattered_rows(values: Tensor, rows: Tensor, like: Tensor) -> Tensor:
+    """A zero tensor shaped as ``like`` whose flattened rows ``rows`` hold ``values``."""
+    out = zeros(like.shape, like.dtype, like.device)
+    out.view(-1, like.shape[-1]).index_copy_(0, rows, values.view(-1, like.shape[-1]))
+    return out
 
 
 def _foreground_rows(gt: Tensor) -> Tensor:

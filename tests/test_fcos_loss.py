@@ -3,15 +3,19 @@ cases, dtypes and the error table. The comparison with the NumPy reference on hy
 inputs is in tests/test_against_reference.py."""
 
 import math
+import sys
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
 
 import reference.losses as ref
 from detops import fcos_get_deltas_from_locations, fcos_match_locations_to_gt
 from detops.bench.cases.losses import seed_style_fcos_loss
 from detops.bench.cases.targets import benchmark_inputs
 from detops.losses import fcos_loss
+from detops.testing import entry_by_name
 from detops.testing.compare import assert_trees_close
 from detops.testing.families.losses import FCOS_LOSS_TOLERANCES, SEED_STYLE_TOLERANCE
 
@@ -271,3 +275,42 @@ def test_error_momentum(momentum, error):
 def test_error_devices():
     with pytest.raises(ValueError, match=r"fcos_loss: all tensors must be on one device"):
         fcos_loss(**_args(pred_ctr_logits=torch.zeros(2, 5, 1, device="cuda")))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dense_sync_free_path_matches_the_reference_on_cpu(dtype, monkeypatch):
+    """The box and centerness terms of other devices (every row computed, the others zeroed,
+    no host sync), run on CPU against the reference; the default CPU path (counted rows
+    gathered) is the registry's."""
+    monkeypatch.setattr(sys.modules["detops.losses"], "_FOREGROUND_ROWS_ON_CPU", False)
+    entry = entry_by_name("fcos_loss")
+
+    @settings(max_examples=40)
+    @given(case=entry.strategy())
+    def check(case):
+        entry.assert_matches(case, dtype, "cpu")
+
+    check()
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["counted rows", "dense"])
+def test_infinite_and_nan_delta_rows_count_as_the_reference_says(dense, monkeypatch):
+    """A row with a NaN delta is background; one with an infinite delta counts for the box
+    term (an infinite loss) but not for the centerness term (NaN centerness)."""
+    monkeypatch.setattr(sys.modules["detops.losses"], "_FOREGROUND_ROWS_ON_CPU", not dense)
+    gen = torch.Generator().manual_seed(0)
+    cls = torch.randn(1, 4, 3, generator=gen)
+    box = torch.rand(1, 4, 4, generator=gen)
+    ctr = torch.randn(1, 4, 1, generator=gen)
+    matched = torch.tensor([[[0.0, 0, 8, 8, 1], [0, 0, 8, 8, 2], [0, 0, 8, 8, 0], [-1] * 5]])
+    deltas = torch.tensor(
+        [[[1.0, 2, 3, 4], [float("nan"), 1, 1, 1], [1, 1, float("inf"), 1], [-1] * 4]]
+    )
+    out, _ = fcos_loss(cls, box, ctr, matched, deltas, 1.0)
+    expected = ref.fcos_loss(
+        *(t.numpy().astype(np.float64) for t in (cls, box, ctr, matched, deltas)), 1.0
+    )[0]
+    assert math.isinf(out["loss_box"].item()) and math.isinf(expected["loss_box"])
+    for key in ("loss_cls", "loss_ctr"):
+        assert math.isfinite(out[key].item()), key
+        assert out[key].item() == pytest.approx(expected[key], rel=1e-5), key
