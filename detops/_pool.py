@@ -5,12 +5,11 @@ torch's OpenMP threads (VML functions such as exp, log and sqrt from 2048 on). O
 machine that is cheap; on a loaded one, the join waits for a thread the OS has descheduled,
 and a loop of such ops (NMS tiles, focal-loss chunks) ran 3-5x slower than torchvision's
 serial kernels. So those loops cut their work into pieces whose ops stay under the grain
-(each runs serially in the calling thread). :func:`run_tasks` shares such pieces among
-Python threads (ATen releases the GIL inside every op, and a descheduled thread only delays
-the pieces it holds); it pays for the focal loss's chunks of ~20 ops of 5-50 µs, not for
-NMS tiles, whose ops of 2-6 µs each hand the GIL over too often (1.4x slower at 20k boxes).
-:func:`scale_in_place` and :func:`zeros` are the serial forms of two common whole-tensor
-steps.
+(each runs serially in the calling thread; see :mod:`detops._serial`). :func:`run_tasks`
+shares such pieces among Python threads (ATen releases the GIL inside every op, and a
+descheduled thread only delays the pieces it holds); it pays for the focal loss's chunks
+of ~20 ops of 5-50 µs, not for NMS tiles, whose ops of 2-6 µs each hand the GIL over too
+often (1.4x slower at 20k boxes).
 
 No thread setting of torch is read-modified-written: ``torch.get_num_threads()`` is only
 read, to size the group of threads.
@@ -24,15 +23,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
-from torch import Tensor
 
-__all__ = ["SERIAL_ELEMENTS", "Worker", "run_tasks", "scale_in_place", "zeros"]
-
-# Elements an elementwise op may touch and still run serially (ATen's grain is 32768;
-# reductions and VML ops have the same or a larger grain, exp/log/sqrt excepted: 2048).
-SERIAL_ELEMENTS = 32768 - 64
+__all__ = ["Worker", "run_tasks"]
 
 # A worker processes task ``i``; ``make_worker()`` builds one (with its own buffers) per thread.
 Worker = Callable[[int], None]
@@ -83,24 +76,3 @@ def run_tasks(
     finally:
         for helper in helpers:
             helper.result()
-
-
-_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
-
-
-def scale_in_place(values: Tensor, factor: Tensor) -> None:
-    """``values.mul_(factor)`` for a 0-d ``factor``; on CPU in slices under the grain, so
-    that scaling a large gradient forks no thread."""
-    if values.device.type != "cpu" or factor.dim() != 0 or not values.is_contiguous():
-        values.mul_(factor)
-        return
-    for part in values.view(-1).split(SERIAL_ELEMENTS):
-        part.mul_(factor)
-
-
-def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``torch.zeros``; on CPU from NumPy's zeroed allocation (torch's fill of a large
-    tensor forks threads)."""
-    if device.type == "cpu" and dtype in _NUMPY_DTYPES:
-        return torch.from_numpy(np.zeros(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
-    return torch.zeros(shape, dtype=dtype, device=device)

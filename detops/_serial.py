@@ -8,14 +8,35 @@ process: ``searchsorted`` on 4.7k elements 0.10 -> 2.1 ms, ``repeat_interleave``
 0.65 ms). detops never changes torch's thread settings, so its small ops stay fast by
 using kernels that run serially below ATen's 32768-element grain: sort, cumsum, bincount,
 ``index_add_`` and ``index_select``. On CUDA the native ops are used.
+
+Above the grain, or where torch's kernel forks at a few thousand elements (advanced
+indexing, ``floor``, ``isnan``, the fill of ``bincount``'s and ``zeros``' output, ``max``),
+the helpers below use NumPy on CPU (which forks no thread) or cut the work into slices.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["owner_index", "repeat_interleave", "searchsorted", "take"]
+__all__ = [
+    "SERIAL_ELEMENTS",
+    "bincount",
+    "has_nan",
+    "max_int",
+    "owner_index",
+    "repeat_interleave",
+    "scale_in_place",
+    "searchsorted",
+    "take",
+    "where_true",
+    "zeros",
+]
+
+# Elements an elementwise op may touch and still run serially (ATen's grain is 32768;
+# reductions and VML ops have the same or a larger grain, exp/log/sqrt excepted: 2048).
+SERIAL_ELEMENTS = 32768 - 64
 
 
 def owner_index(counts: Tensor, total: int | None = None) -> Tensor:
@@ -69,3 +90,52 @@ def take(source: Tensor, index: Tensor) -> Tensor:
     """``torch.take(source, index)``: elements of the flattened ``source``, shaped as
     ``index``."""
     return source.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)
+
+
+_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def scale_in_place(values: Tensor, factor: Tensor) -> None:
+    """``values.mul_(factor)`` for a 0-d ``factor``; on CPU in slices under the grain, so
+    that scaling a large gradient forks no thread."""
+    if values.device.type != "cpu" or factor.dim() != 0 or not values.is_contiguous():
+        values.mul_(factor)
+        return
+    for part in values.view(-1).split(SERIAL_ELEMENTS):
+        part.mul_(factor)
+
+
+def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.zeros``; on CPU from NumPy's zeroed allocation (torch's fill of a large
+    tensor forks threads)."""
+    if device.type == "cpu" and dtype in _NUMPY_DTYPES:
+        return torch.from_numpy(np.zeros(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def has_nan(values: Tensor) -> bool:
+    """Whether ``values`` holds a NaN; NumPy on CPU (serial: torch's isnan and any fork
+    threads from a few thousand elements on)."""
+    if values.device.type == "cpu" and values.dtype in _NUMPY_DTYPES:
+        return bool(np.isnan(values.detach().numpy()).any())
+    return bool(torch.isnan(values).any())
+
+
+def bincount(values: Tensor, length: int) -> Tensor:
+    """``torch.bincount(values, minlength=length)``; NumPy's on CPU, serial (torch's fills
+    its output with forked threads above ~32k bins)."""
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.bincount(values.numpy(), minlength=length))
+    return torch.bincount(values, minlength=length)
+
+
+def max_int(values: Tensor) -> int:
+    """``int(values.max())``; NumPy's on CPU (torch's max forks threads above ~32k)."""
+    return int(values.numpy().max() if values.device.type == "cpu" else values.max())
+
+
+def where_true(mask: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
+    """``v[mask]`` for each of ``values`` (1-D), by index_select: advanced indexing forks
+    torch's threads from a few thousand elements on, index_select does not."""
+    index = mask.nonzero().squeeze(1)
+    return tuple(v.index_select(0, index) for v in values)

@@ -38,7 +38,8 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
-from ._pool import SERIAL_ELEMENTS, Worker, run_tasks, scale_in_place, zeros
+from ._pool import Worker, run_tasks
+from ._serial import SERIAL_ELEMENTS, scale_in_place, zeros
 from .deltas import fcos_make_centerness_targets
 
 __all__ = [

@@ -73,8 +73,16 @@ from ._checks import (
     shape_str,
 )
 from ._nms_numpy import NUMPY_NMS_MAX_BOXES, numpy_greedy_nms
-from ._pool import SERIAL_ELEMENTS
-from ._serial import owner_index, searchsorted, take
+from ._serial import (
+    SERIAL_ELEMENTS,
+    bincount,
+    has_nan,
+    max_int,
+    owner_index,
+    searchsorted,
+    take,
+    where_true,
+)
 
 __all__ = ["nms", "class_spec_nms", "batched_nms_per_image"]
 
@@ -109,7 +117,6 @@ _KERNEL_DTYPES = (torch.float32, torch.float64)
 # nms calls, interleaved with torchvision's: Python 20.3 us against 22.8 at 10 boxes, NumPy
 # 23.5 us against 26.2 at 50).
 _PYTHON_SUM_MAX = 24
-_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 _DENSE = 16  # groups with G * S * S <= budget / _DENSE take the all-pairs path
 _NUMPY_GREEDY = True  # the greedy resolution on CPU runs in NumPy (tests switch it off)
 
@@ -201,17 +208,9 @@ def _all_finite(boxes: Tensor, scores: Tensor) -> bool:
         return math.isfinite(sum(np.dot(scores.numpy(), boxes.numpy()).tolist()))
 
 
-def _has_nan(values: Tensor) -> bool:
-    """Whether ``values`` holds a NaN; NumPy on CPU (serial: torch's isnan and any fork
-    threads at a few thousand boxes)."""
-    if values.device.type == "cpu" and values.dtype in _NUMPY_FLOATS:
-        return bool(np.isnan(values.detach().numpy()).any())
-    return bool(torch.isnan(values).any())
-
-
 def _check_finite_input(op: str, boxes: Tensor, scores: Tensor) -> None:
     """NaN checks (one host sync)."""
-    if _has_nan(boxes) or _has_nan(scores):
+    if has_nan(boxes) or has_nan(scores):
         check_no_nan(op, "boxes", boxes)
         check_no_nan(op, "scores", scores)
 
@@ -337,8 +336,8 @@ def _bucket_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor
     if not prep.all_proper:
         cell = torch.where(proper, cell, stride - 1)
     flat = cell + torch.arange(0, batch * stride, stride, device=dev)[:, None]
-    counts = _bincount(flat.reshape(-1), batch * stride)
-    if _max_int(counts.view(batch, stride)[:, :-1]) > _BUCKET_MAX:
+    counts = bincount(flat.reshape(-1), batch * stride)
+    if max_int(counts.view(batch, stride)[:, :-1]) > _BUCKET_MAX:
         return None
     ends = torch.cumsum(counts, 0)
     _, pos = torch.sort(cell, dim=-1, stable=True)
@@ -348,19 +347,6 @@ def _bucket_windows(prep: _Prepared, gid: Tensor | None) -> tuple[Tensor, Tensor
         own = torch.arange(1, m + 1, device=dev).view(batch, -1)
         end = torch.where(proper.gather(-1, pos), end, own)
     return _flat_positions(prep, pos), end.reshape(-1)
-
-
-def _bincount(values: Tensor, length: int) -> Tensor:
-    """``torch.bincount(values, minlength=length)``; NumPy's on CPU, serial (torch's fills
-    its output with forked threads above ~32k bins)."""
-    if values.device.type == "cpu":
-        return torch.from_numpy(np.bincount(values.numpy(), minlength=length))
-    return torch.bincount(values, minlength=length)
-
-
-def _max_int(values: Tensor) -> int:
-    """``int(values.max())``; NumPy's on CPU (torch's max forks threads above ~32k)."""
-    return int(values.numpy().max() if values.device.type == "cpu" else values.max())
 
 
 def _gathered_planes(planes: Tensor, pos: Tensor, pad: int) -> Tensor:
@@ -397,13 +383,6 @@ def _flat_positions(prep: _Prepared, pos: Tensor) -> Tensor:
     if prep.batch > 1:
         pos = pos + torch.arange(0, prep.m, prep.n, device=pos.device)[:, None]
     return pos.reshape(-1)
-
-
-def _where_true(mask: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
-    """``v[mask]`` for each of ``values`` (1-D), by index_select: advanced indexing forks
-    torch's threads from a few thousand elements on, index_select does not."""
-    index = mask.nonzero().squeeze(1)
-    return tuple(v.index_select(0, index) for v in values)
 
 
 def _tile_pairs(
@@ -478,10 +457,10 @@ def _tile_pairs(
         row0, col0 = meta.unbind(1)
         r = row0 + i
         c = r + 1 + col0 + k
-        r, c = _where_true(c < end.index_select(0, r), r, c)
+        r, c = where_true(c < end.index_select(0, r), r, c)
         i, j = pos.index_select(0, r), pos.index_select(0, c)
         if pair_filter is not None:
-            i, j = _where_true(pair_filter(i, j), i, j)
+            i, j = where_true(pair_filter(i, j), i, j)
         out.append((i, j))
         found, pending = [], 0
 
@@ -558,7 +537,7 @@ def _listed_pairs(
         i = pos.index_select(0, r.index_select(0, hit))
         j = pos.index_select(0, c.index_select(0, hit))
         if pair_filter is not None:
-            i, j = _where_true(pair_filter(i, j), i, j)
+            i, j = where_true(pair_filter(i, j), i, j)
         out.append((i, j))
 
 
@@ -615,87 +594,70 @@ def _concat_pairs(out: list[tuple[Tensor, Tensor]], dev: torch.device) -> tuple[
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
-def _resolve_block(
-    alive: Tensor, src: Tensor, dst: Tensor, max_rounds: int | None = None
-) -> Tensor | None:
+class _ArrayKind:
+    """The few calls in which NumPy and torch differ, so that the greedy resolution below is
+    written once for both: NumPy arrays on CPU (no op forks torch's threads), tensors on
+    other devices. Indexing, slicing and ``~``/``&``/``<`` are the same in both."""
+
+    def __init__(self, like: np.ndarray | Tensor):
+        self.is_numpy = isinstance(like, np.ndarray)
+        self.device = None if isinstance(like, np.ndarray) else like.device
+
+    def full(self, n: int, value: bool):
+        if self.is_numpy:
+            return np.full(n, value)
+        return torch.full((n,), value, dtype=torch.bool, device=self.device)
+
+    def copy(self, values):
+        return values.copy() if self.is_numpy else values.clone()
+
+    def equal(self, a, b) -> bool:
+        return bool(np.array_equal(a, b)) if self.is_numpy else torch.equal(a, b)
+
+    def block_starts(self, sorted_src, n: int) -> list[int]:
+        """Positions in ``sorted_src`` where the blocks of ``_BLOCK`` ranks start (and the end)."""
+        if self.is_numpy:
+            return np.searchsorted(sorted_src, np.arange(0, n + _BLOCK, _BLOCK)).tolist()
+        marks = torch.arange(0, n + _BLOCK, _BLOCK, device=self.device)
+        return searchsorted(sorted_src, marks).tolist()
+
+
+def _resolve_block(kind: _ArrayKind, alive, src, dst, max_rounds: int | None = None):
     """Greedy result inside one block: the fixed point of ``kept = alive & ~(some kept
     src has an edge to it)``, reached by iterating (rounds: longest chain + 1). None when
     ``max_rounds`` rounds do not reach it."""
     kept = alive
     rounds = 0
     while max_rounds is None or rounds < max_rounds:
-        nxt = alive.clone().index_fill_(0, dst.masked_select(kept.index_select(0, src)), False)
-        if torch.equal(nxt, kept):
+        nxt = kind.copy(alive)
+        nxt[dst[kept[src]]] = False
+        if kind.equal(nxt, kept):
             return kept
         kept = nxt
         rounds += 1
     return None
 
 
-def _greedy_keep(src: Tensor, dst: Tensor, n: int) -> Tensor:
-    """Greedy suppression over edges ``src -> dst`` (score ranks, ``src < dst``).
+def _greedy_keep(src, dst, n: int):
+    """Greedy suppression over edges ``src -> dst`` (score ranks, ``src < dst``), as NumPy
+    arrays or as tensors; the result is of the same kind.
 
     Returns a bool mask over ranks: rank ``r`` is kept when no kept rank ``< r`` has an
     edge to it. First all ranks at once for a few rounds (enough unless suppression
     chains are long); otherwise in blocks of ``_BLOCK`` ranks, in order.
     """
-    dev = src.device
-    everything = torch.ones(n, dtype=torch.bool, device=dev)
-    if src.numel() == 0:
+    kind = _ArrayKind(src)
+    everything = kind.full(n, True)
+    if len(src) == 0:
         return everything
-    kept = _resolve_block(everything, src, dst, None if n <= _BLOCK else _ROUNDS)
+    kept = _resolve_block(kind, everything, src, dst, None if n <= _BLOCK else _ROUNDS)
     if kept is not None:
         return kept
-    src, order = torch.sort(src)
-    dst = dst[order]
-    keep = everything
-    suppressed = torch.zeros(n, dtype=torch.bool, device=dev)
-    bounds = searchsorted(src, torch.arange(0, n + _BLOCK, _BLOCK, device=dev)).tolist()
-    for block, a in enumerate(range(0, n, _BLOCK)):
-        z = min(a + _BLOCK, n)
-        e0, e1 = bounds[block], bounds[block + 1]
-        alive = ~suppressed[a:z]
-        if e0 == e1:
-            keep[a:z] = alive
-            continue
-        s = src[e0:e1] - a
-        d = dst[e0:e1]
-        inner = d < z
-        si, di = s[inner], d[inner] - a
-        live = alive[si] & alive[di]
-        block_kept = _resolve_block(alive, si[live], di[live]) if bool(live.any()) else alive
-        assert block_kept is not None  # without a round limit the fixed point is reached
-        keep[a:z] = block_kept
-        outer = ~inner
-        suppressed[d[outer][block_kept[s[outer]]]] = True
-    return keep
-
-
-def _greedy_keep_numpy(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
-    """:func:`_greedy_keep` in NumPy: the same rounds and blocks, with no op that could fork
-    torch's OpenMP threads (on CPU, where edges number in the 100k at 20k boxes)."""
-    everything = np.ones(n, dtype=bool)
-    if src.size == 0:
-        return everything
-
-    def resolve(alive: np.ndarray, s: np.ndarray, d: np.ndarray, max_rounds: int | None):
-        kept, rounds = alive, 0
-        while max_rounds is None or rounds < max_rounds:
-            nxt = alive.copy()
-            nxt[d[kept[s]]] = False
-            if np.array_equal(nxt, kept):
-                return kept
-            kept, rounds = nxt, rounds + 1
-        return None
-
-    kept = resolve(everything, src, dst, None if n <= _BLOCK else _ROUNDS)
-    if kept is not None:
-        return kept
-    order = np.argsort(src, kind="stable")
+    order = np.argsort(src, kind="stable") if kind.is_numpy else torch.sort(src).indices
     src, dst = src[order], dst[order]
     keep = everything
-    suppressed = np.zeros(n, dtype=bool)
-    bounds = np.searchsorted(src, np.arange(0, n + _BLOCK, _BLOCK)).tolist()
+    suppressed = kind.full(n, False)
+    bounds = kind.block_starts(src, n)
     for block, a in enumerate(range(0, n, _BLOCK)):
         z = min(a + _BLOCK, n)
         e0, e1 = bounds[block], bounds[block + 1]
@@ -707,7 +669,8 @@ def _greedy_keep_numpy(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
         inner = d < z
         si, di = s[inner], d[inner] - a
         live = alive[si] & alive[di]
-        block_kept = resolve(alive, si[live], di[live], None) if live.any() else alive
+        block_kept = _resolve_block(kind, alive, si[live], di[live]) if live.any() else alive
+        assert block_kept is not None  # without a round limit the fixed point is reached
         keep[a:z] = block_kept
         outer = ~inner
         suppressed[d[outer][block_kept[s[outer]]]] = True
@@ -716,11 +679,12 @@ def _greedy_keep_numpy(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
 
 def _greedy_keep_by_priority(priority: Tensor, i: Tensor, j: Tensor, n: int) -> Tensor:
     """:func:`_greedy_keep` over the edges ``i - j`` between boxes of ``priority`` (lower
-    first): NumPy on CPU (see :func:`_greedy_keep_numpy`), torch ops elsewhere."""
+    first): in NumPy on CPU, where edges number in the 100k at 20k boxes and torch's
+    indexing would fork threads; in torch ops elsewhere."""
     if priority.device.type == "cpu" and _NUMPY_GREEDY:
         rank = priority.numpy()
         pi, pj = rank[i.numpy()], rank[j.numpy()]
-        return torch.from_numpy(_greedy_keep_numpy(np.minimum(pi, pj), np.maximum(pi, pj), n))
+        return torch.from_numpy(_greedy_keep(np.minimum(pi, pj), np.maximum(pi, pj), n))
     pi, pj = priority.index_select(0, i), priority.index_select(0, j)
     return _greedy_keep(torch.minimum(pi, pj), torch.maximum(pi, pj), n)
 
@@ -943,7 +907,7 @@ def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         if boxes.shape[0] == 0:
             return torch.empty(0, dtype=torch.int64, device=boxes.device)
         order, kept = _nms_core(boxes[None], scores.detach()[None], None, iou_threshold, False)
-        return _where_true(kept[0], order[0])[0]
+        return where_true(kept[0], order[0])[0]
 
 
 def class_spec_nms(
@@ -1002,7 +966,7 @@ def _class_spec_nms_impl(
             return torch.empty(0, dtype=torch.int64, device=boxes.device)
         classes = class_ids.to(torch.int64)[None]
         order, kept = _nms_core(boxes[None], scores.detach()[None], classes, iou_threshold, False)
-        return _where_true(kept[0], order[0])[0]
+        return where_true(kept[0], order[0])[0]
 
 
 def batched_nms_per_image(

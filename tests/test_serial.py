@@ -67,3 +67,48 @@ def test_take_matches_torch():
     source = torch.arange(24.0).view(2, 3, 4)
     index = torch.tensor([[0, 23, 5], [7, 7, 1]])
     assert torch.equal(_serial.take(source, index), torch.take(source, index))
+
+
+# The fork-free stand-ins of nms and fcos_loss, against the torch op each replaces.
+
+float_lists = st.lists(
+    st.one_of(st.floats(-1e6, 1e6, width=32), st.just(float("nan")), st.just(float("inf"))),
+    max_size=40,
+)
+
+
+@given(values=float_lists, dtype=st.sampled_from([torch.float16, torch.float32, torch.float64]))
+def test_has_nan_matches_torch(values, dtype):
+    tensor = torch.tensor(values, dtype=dtype)
+    assert _serial.has_nan(tensor) == bool(torch.isnan(tensor).any())
+
+
+@given(values=st.lists(st.integers(0, 50), max_size=60), extra=st.integers(0, 20))
+def test_bincount_and_max_int_match_torch(values, extra):
+    tensor = torch.tensor(values, dtype=torch.int64)
+    length = (max(values) + 1 if values else 0) + extra
+    counts = _serial.bincount(tensor, length)
+    assert counts.dtype == torch.int64
+    assert torch.equal(counts, torch.bincount(tensor, minlength=length))
+    if values:
+        assert _serial.max_int(tensor) == int(tensor.max())
+
+
+@given(mask=st.lists(st.booleans(), max_size=50))
+def test_where_true_matches_boolean_indexing(mask):
+    mask_t = torch.tensor(mask, dtype=torch.bool)
+    a = torch.arange(len(mask))
+    b = torch.arange(len(mask), dtype=torch.float64) * -0.5
+    got_a, got_b = _serial.where_true(mask_t, a, b)
+    assert torch.equal(got_a, a[mask_t]) and torch.equal(got_b, b[mask_t])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(0,), (3, 4), (70000,)])
+def test_zeros_and_scale_in_place_match_torch(dtype, shape):
+    zeros = _serial.zeros(shape, dtype, torch.device("cpu"))
+    assert zeros.dtype == dtype and zeros.shape == shape and not zeros.any()
+    values = torch.arange(int(torch.tensor(shape).prod()), dtype=dtype).reshape(shape)
+    expected = values * torch.tensor(0.75, dtype=dtype)
+    _serial.scale_in_place(values, torch.tensor(0.75, dtype=dtype))
+    assert torch.equal(values, expected)
