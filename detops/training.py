@@ -198,6 +198,12 @@ def _running_average(values: np.ndarray, momentum: float = 0.9) -> np.ndarray:
     return out
 
 
+def final_running_average(values: Sequence[float], momentum: float = 0.9) -> float:
+    """The last value of :func:`_running_average` of ``values`` (non-empty): the number the
+    progress bar shows for a loss when training ends."""
+    return float(_running_average(np.asarray(values, dtype=np.float64), momentum)[-1])
+
+
 def lr_steps(lr_history: Sequence[float], after: int) -> list[tuple[int, float]]:
     """``(iteration, factor)`` where the rate drops (not the warm-up's rises): iteration
     ``i`` (1-based) is the first that used the new rate."""

@@ -139,9 +139,7 @@ BACKGROUND_DELTA_RULE: dict[str, Callable[[list[float]], torch.Tensor]] = {
 }
 
 
-@pytest.mark.parametrize(
-    "op", BACKGROUND_DELTA_RULE.values(), ids=BACKGROUND_DELTA_RULE.keys()
-)
+@pytest.mark.parametrize("op", BACKGROUND_DELTA_RULE.values(), ids=BACKGROUND_DELTA_RULE.keys())
 def test_a_delta_row_with_one_negative_delta_is_background(op):
     torch.testing.assert_close(op(ONE_NEGATIVE_DELTA), op(ALL_MINUS_ONE), rtol=0, atol=0)
 
@@ -154,8 +152,10 @@ def test_the_loss_rows_differ_when_the_row_is_foreground():
 
 
 def _np(value):
-    return {k: v.double().numpy() for k, v in value.items()} if isinstance(value, dict) else (
-        value.double().numpy()
+    return (
+        {k: v.double().numpy() for k, v in value.items()}
+        if isinstance(value, dict)
+        else (value.double().numpy())
     )
 
 

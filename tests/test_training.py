@@ -24,6 +24,7 @@ from detops.nn import FCOS
 from detops.training import (
     capture_rng_state,
     evaluate_detector,
+    final_running_average,
     load_checkpoint,
     lr_steps,
     plot_loss_curve,
@@ -273,6 +274,14 @@ def test_loss_curve_png(tmp_path):
     assert path == tmp_path / "c" / "loss.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["loss.png"]
+
+
+def test_final_running_average_is_the_progress_bars_last_value():
+    # r_0 = x_0, then r = 0.9 r + 0.1 x: 1, 1.9, 2.71 (metrics.json's final_losses).
+    assert final_running_average([1.0, 10.0, 10.0]) == pytest.approx(2.71)
+    assert final_running_average([3.0]) == 3.0
+    assert final_running_average([1.0, 2.0], momentum=0.5) == 1.5
+    assert type(final_running_average([1, 2])) is float  # JSON-ready, from ints too
 
 
 def test_loss_curve_with_the_rate_marks_warmup_and_steps(tmp_path):

@@ -35,7 +35,14 @@ from detops.verify.course_api import (
     collect_problems,
     spec_by_name,
 )
-from detops.verify.harness import ForkedRunner, GuardedCall, compare_bounded
+from detops.verify.harness import (
+    ForkedRunner,
+    FunctionReport,
+    GuardedCall,
+    VerifyReport,
+    compare_bounded,
+    format_report,
+)
 
 IMPLS = Path(__file__).parent / "impls"
 ROOT = Path(__file__).parent.parent
@@ -672,7 +679,59 @@ def test_cli_strict_makes_departures_fail(capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "DEPARTS class_spec_nms" in text and "detops:" in text
+    last = text.splitlines()[-1]
+    assert last.startswith("PASS: 1 function in "), last
+    assert last.endswith(
+        ": 0 match detops, 1 departs from detops' stricter rules"
+        " (not a failure; --strict makes it one), 0 fail"
+    ), last
     assert main([*argv, "--strict"]) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("FAIL: 1 function in "), last
+    assert "1 departs from detops' stricter rules (a failure under --strict)" in last, last
+
+
+def _report(*verdicts: str, mode: str = "functions") -> VerifyReport:
+    functions = [FunctionReport(f"f{i}", v) for i, v in enumerate(verdicts)]
+    return VerifyReport("t", mode, 1, 0, 1.0, "cpu", functions, seconds=0.44)
+
+
+@pytest.mark.parametrize(
+    ("report", "strict", "line"),
+    [
+        (_report("PASS"), False, "PASS: 1 function in 0.4 s: 1 matches detops, 0 fail"),
+        (
+            _report(*["PASS"] * 22, mode="registry"),
+            False,
+            "PASS: 22 functions in 0.4 s: 22 match the reference, 0 fail",
+        ),
+        (
+            _report("PASS", *["DEPARTS"] * 4),
+            False,
+            "PASS: 5 functions in 0.4 s: 1 matches detops, 4 depart from detops' stricter"
+            " rules (not failures; --strict makes them failures), 0 fail",
+        ),
+        (
+            _report("PASS", *["DEPARTS"] * 4),
+            True,
+            "FAIL: 5 functions in 0.4 s: 1 matches detops, 4 depart from detops' stricter"
+            " rules (failures under --strict), 0 fail",
+        ),
+        (
+            _report("FAIL", *["MISSING"] * 9),
+            False,
+            "FAIL: 10 functions in 0.4 s: 0 match detops, 1 fails, 9 missing",
+        ),
+        (
+            _report("PASS", "FAIL", "FAIL", "ERROR", "SKIPPED", "MISSING"),
+            False,
+            "FAIL: 6 functions in 0.4 s: 1 matches detops, 2 fail, 1 could not be checked,"
+            " 1 missing, 1 skipped",
+        ),
+    ],
+)
+def test_verdict_line_keeps_every_count_in_plain_words(report, strict, line):
+    assert format_report(report, strict=strict).splitlines()[-1] == line
 
 
 def test_cli_module_name_target(capsys, monkeypatch):

@@ -373,14 +373,6 @@ def _silent(*args, **kwargs) -> None:
     """print for ranks other than 0."""
 
 
-def _smoothed(values: Sequence[float], momentum: float = 0.9) -> float:
-    """The running average the progress bar shows: ``r = 0.9 r + 0.1 x`` from the first."""
-    running = values[0]
-    for value in values[1:]:
-        running = momentum * running + (1 - momentum) * value
-    return running
-
-
 def run_train(args: argparse.Namespace) -> int:
     _check_args(args)  # usage errors first: nothing is imported or written before them
     # Under torchrun (WORLD_SIZE > 1): one process per rank, DistributedDataParallel.
@@ -409,6 +401,7 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
     from detops.nn import FCOS
     from detops.training import (
         evaluate_detector,
+        final_running_average,
         load_checkpoint,
         save_validation_grid,
         seed_everything,
@@ -556,7 +549,7 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
     map_50 = float(metrics["map"])
     # The progress bar shows running averages; metrics.json records the same numbers
     # (final_losses) and the last iteration's raw values.
-    final = {k: round(_smoothed(v), 4) for k, v in result.history.items() if v}
+    final = {k: round(final_running_average(v), 4) for k, v in result.history.items() if v}
     report: dict[str, Any] = {
         "args": stored_args,
         "map_50": None if math.isnan(map_50) else map_50,

@@ -87,8 +87,9 @@ def boxes(
         x2 = float(np.float32(x1 + w))
         y2 = float(np.float32(y1 + h))
         if x2 <= x1 or y2 <= y1:  # rounding can only shrink a tiny box to zero width
-            x2, y2 = float(np.nextafter(np.float32(x1), np.float32(np.inf))), float(
-                np.nextafter(np.float32(y1), np.float32(np.inf))
+            x2, y2 = (
+                float(np.nextafter(np.float32(x1), np.float32(np.inf))),
+                float(np.nextafter(np.float32(y1), np.float32(np.inf))),
             )
         rows.append((x1, y1, x2, y2))
     return np.array(rows, dtype=np.float64).reshape(count, 4)
@@ -99,9 +100,7 @@ def gt_boxes(draw, min_n: int = 0, max_n: int = 8, *, num_classes: int = 20, **b
     """``[N, 5]`` GT rows ``(x1, y1, x2, y2, class)`` with integer-valued classes."""
     xyxy = draw(boxes(min_n, max_n, **box_kwargs))
     classes = draw(
-        st.lists(
-            st.integers(0, num_classes - 1), min_size=len(xyxy), max_size=len(xyxy)
-        )
+        st.lists(st.integers(0, num_classes - 1), min_size=len(xyxy), max_size=len(xyxy))
     )
     return np.concatenate([xyxy, np.array(classes, dtype=np.float64).reshape(-1, 1)], axis=1)
 
@@ -148,9 +147,7 @@ def fpn_shapes(draw, strides: dict[str, int], max_image: int = 96) -> dict[str, 
     """``(H, W)`` per level for an image of random size, ``ceil(size / stride)`` cells."""
     height = draw(st.integers(1, max_image))
     width = draw(st.integers(1, max_image))
-    return {
-        level: (-(-height // stride), -(-width // stride)) for level, stride in strides.items()
-    }
+    return {level: (-(-height // stride), -(-width // stride)) for level, stride in strides.items()}
 
 
 @st.composite

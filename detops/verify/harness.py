@@ -1692,29 +1692,48 @@ def format_report(report: VerifyReport, strict: bool = False) -> str:
                 lines.append(f"  hint:     {hint}")
             if failure.also:
                 lines.append(f"  also on:  {', '.join(failure.also)}")
+    lines += ["", _verdict_line(report, strict)]
+    return "\n".join(lines)
+
+
+def _verdict_line(report: VerifyReport, strict: bool = False) -> str:
+    """The report's last line: PASS or FAIL (the exit status) first, then every count.
+
+    ``PASS: 1 function in 0.4 s: 0 match detops, 1 departs from detops' stricter rules
+    (not a failure; --strict makes it one), 0 fail``
+    """
+
+    def verb(n: int, singular: str, plural: str) -> str:
+        return f"{n} {singular if n == 1 else plural}"
+
     checked = report.checked
     counts = {v: sum(f.verdict == v for f in checked) for v in ("PASS", "DEPARTS", "FAIL")}
     missing = sum(f.verdict == "MISSING" for f in report.functions)
     skipped = sum(f.verdict == "SKIPPED" for f in report.functions)
-    ok = report.passed_strict if strict else report.passed
-    parts = [f"{counts['PASS']} pass"]
-    if counts["DEPARTS"]:
-        parts.append(f"{counts['DEPARTS']} depart from detops")
-    parts.append(f"{counts['FAIL']} fail")
     others = len(checked) - sum(counts.values())
+    ok = report.passed_strict if strict else report.passed
+    # The registry mode checks detops' own ops against the NumPy references; the other
+    # mode checks someone's functions against detops.
+    standard = "the reference" if report.mode == "registry" else "detops"
+    parts = [verb(counts["PASS"], "matches", "match") + f" {standard}"]
+    departs = counts["DEPARTS"]
+    if departs:
+        if strict:
+            why = "a failure under --strict" if departs == 1 else "failures under --strict"
+        elif departs == 1:
+            why = "not a failure; --strict makes it one"
+        else:
+            why = "not failures; --strict makes them failures"
+        parts.append(verb(departs, "departs", "depart") + f" from detops' stricter rules ({why})")
+    parts.append(verb(counts["FAIL"], "fails", "fail"))
     if others:
         parts.append(f"{others} could not be checked")
     if missing:
         parts.append(f"{missing} missing")
     if skipped:
         parts.append(f"{skipped} skipped")
-    rule = " (--strict: departures fail too)" if strict and counts["DEPARTS"] else ""
-    lines += [
-        "",
-        f"{'PASS' if ok else 'FAIL'}: {', '.join(parts)} of {len(report.functions)} functions"
-        f"{rule} in {report.seconds:.1f} s",
-    ]
-    return "\n".join(lines)
+    total = verb(len(report.functions), "function", "functions")
+    return f"{'PASS' if ok else 'FAIL'}: {total} in {report.seconds:.1f} s: {', '.join(parts)}"
 
 
 def _jsonable(value):
