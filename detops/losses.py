@@ -38,7 +38,6 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
-from ._pool import Worker, run_tasks
 from ._serial import SERIAL_ELEMENTS, scale_in_place, zeros
 from .deltas import fcos_make_centerness_targets
 
@@ -50,8 +49,8 @@ __all__ = [
 ]
 
 # Elements per chunk on CPU: under ATen's parallel grain, so every op on a chunk runs
-# serially and the chunks are shared among Python threads (see detops._pool), and the
-# float32 buffers (8 x 128 KiB) stay in L2. No exp/log/sqrt (VML grain 2048) or BLAS call
+# serially in the calling thread (see detops._serial), and the float32 buffers
+# (8 x 128 KiB) stay in L2. No exp/log/sqrt (VML grain 2048) or BLAS call
 # is made on a chunk. On CUDA a chunk is 2**21 elements.
 _CHUNK = SERIAL_ELEMENTS
 
@@ -100,7 +99,10 @@ class _Buffers:
     t: Tensor
     gamma: Tensor
     neg_weight: Tensor
+    neg_weight_value: float
     alpha_slope: float
+    one: Tensor
+    zero: Tensor
 
     def __init__(
         self, size: int, dtype: torch.dtype, device: torch.device, alpha: float, gamma: float
@@ -111,16 +113,19 @@ class _Buffers:
         # tensor exponent keeps pow on the serial kernel (a float 0.5 becomes VML sqrt).
         # They stay on the CPU: CUDA ops take CPU 0-d tensors as scalars (no copy, no sync).
         self.gamma = torch.tensor(gamma, dtype=dtype)
-        self.neg_weight = torch.tensor(1.0 - alpha if alpha >= 0 else 1.0, dtype=dtype)
+        self.neg_weight_value = 1.0 - alpha if alpha >= 0 else 1.0
+        self.neg_weight = torch.tensor(self.neg_weight_value, dtype=dtype)
         self.alpha_slope = 2.0 * alpha - 1.0
+        self.one = torch.ones((), dtype=dtype)
+        self.zero = torch.zeros((), dtype=dtype)
 
     def cut(self, m: int) -> _Buffers:
         """Views of the first ``m`` elements (the last, shorter chunk)."""
         short = object.__new__(_Buffers)
         for name in _BUFFER_NAMES:
             setattr(short, name, getattr(self, name)[:m])
-        short.gamma, short.neg_weight = self.gamma, self.neg_weight
-        short.alpha_slope = self.alpha_slope
+        for name in ("gamma", "neg_weight", "neg_weight_value", "alpha_slope", "one", "zero"):
+            setattr(short, name, getattr(self, name))
         return short
 
 
@@ -169,17 +174,47 @@ def _dense_chunk(x: Tensor, t: Tensor, b: _Buffers, alpha: float, gamma: float, 
         b.q.mul_(b.w)
 
 
-def _negative_chunk(x: Tensor, b: _Buffers, alpha: float, gamma: float, grad: bool) -> None:
-    """As :func:`_dense_chunk` with every target 0: ``ce = softplus(x)``, ``q = p``."""
-    torch.ops.aten.softplus.out(x, 1, _softplus_threshold(x.dtype), out=b.l)
-    torch.sigmoid(x, out=b.p)
+def _binary_targets(t: Tensor, b: _Buffers) -> bool:
+    """Whether every target of the chunk is exactly 0 or 1: ``t - t * t`` is 0 there and
+    nonzero (or NaN) anywhere else, tiny and huge targets included. One host sync."""
+    torch.addcmul(t, t, t, value=-1.0, out=b.e)
+    return b.e.abs_().sum().item() == 0
+
+
+def _binary_chunk(
+    x: Tensor, t: Tensor, b: _Buffers, alpha: float, gamma: float, grad: bool
+) -> None:
+    """As :func:`_dense_chunk` for targets that are all 0 or 1 (checked by the caller).
+
+    With ``s = 1 - 2t`` and ``z = s x``: ``ce = softplus(z)``, ``q = 1 - p_t = sigmoid(z)``
+    and ``d loss / dx = s a_t q**gamma (q + gamma ce (1 - q))``. ``1 - q`` is formed by
+    subtraction: where it loses relative precision (q near 1) the ``q`` term dominates.
+    """
+    torch.sub(b.one, t, alpha=2.0, out=b.w)  # s
+    z = torch.mul(x, b.w, out=b.e)
+    torch.ops.aten.softplus.out(z, 1, _softplus_threshold(x.dtype), out=b.l)
+    torch.sigmoid(z, out=b.p)
     _pow_into(b.p, b.q, gamma, b.gamma)
     if alpha >= 0:
-        b.q.mul_(b.neg_weight)
+        b.q.mul_(torch.add(b.neg_weight, t, alpha=b.alpha_slope, out=b.e))  # a_t
     if grad:
-        torch.neg(x, out=b.n).sigmoid_()
-        b.n.mul_(b.l)  # ce * r, r = 1 - p at t = 0
-        b.p.add_(b.n, alpha=gamma)
+        torch.sub(b.one, b.p, out=b.n)
+        b.p.addcmul_(b.n, b.l, value=gamma).mul_(b.w)
+
+
+def _negative_chunk(x: Tensor, b: _Buffers, alpha: float, gamma: float, grad: bool) -> None:
+    """As :func:`_binary_chunk` with every target 0 (``s = 1``, ``z = x``)."""
+    torch.ops.aten.softplus.out(x, 1, _softplus_threshold(x.dtype), out=b.l)
+    torch.sigmoid(x, out=b.p)
+    if gamma == 2.0:  # the weighted square in one op
+        torch.addcmul(b.zero, b.p, b.p, value=b.neg_weight_value, out=b.q)
+    else:
+        _pow_into(b.p, b.q, gamma, b.gamma)
+        if alpha >= 0:
+            b.q.mul_(b.neg_weight)
+    if grad:
+        torch.sub(b.one, b.p, out=b.n)
+        b.p.addcmul_(b.n, b.l, value=gamma)
 
 
 def _chunk_size(device: torch.device, n: int) -> int:
@@ -216,31 +251,24 @@ class _PositiveRows:
         block = _CHUNK if device.type == "cpu" else max(rows, 1)
         w_pos = alpha if alpha >= 0 else 1.0
 
-        def make_worker() -> Worker:
-            gamma_t = torch.tensor(gamma, dtype=cdt)  # CPU 0-d: a scalar to CUDA ops too
-
-            def worker(i: int) -> None:
-                r0, r1 = i * block, min((i + 1) * block, rows)
-                block_ids = ids[r0:r1]
-                valid = torch.logical_and(block_ids >= 0, block_ids < num_classes)
-                self.valid[r0:r1] = valid
-                index = self.index[r0:r1]
-                index[:, 0] = torch.where(valid, block_ids, 0)
-                xg = x2d[r0:r1].gather(1, index).squeeze(1).to(cdt)
-                # t = 1: ce = softplus(-x), q = 1 - p, r = p, so
-                # loss = a ce (1-p)**gamma, grad = -a (1-p)**gamma ((1 - p) + gamma ce p).
-                pn = torch.sigmoid(-xg)
-                ce = torch.nn.functional.softplus(-xg, threshold=_softplus_threshold(cdt))
-                qg = torch.empty_like(pn)
-                _pow_into(pn, qg, gamma, gamma_t)
-                self.loss[r0:r1] = ce * qg * w_pos
-                if self.grad is not None:
-                    grad = qg * (pn + gamma * ce * torch.sigmoid(xg)) * (-w_pos)
-                    self.grad[r0:r1] = grad
-
-            return worker
-
-        run_tasks(device, -(-rows // block), make_worker)
+        gamma_t = torch.tensor(gamma, dtype=cdt)  # CPU 0-d: a scalar to CUDA ops too
+        for r0 in range(0, rows, block):
+            r1 = min(r0 + block, rows)
+            block_ids = ids[r0:r1]
+            valid = torch.logical_and(block_ids >= 0, block_ids < num_classes)
+            self.valid[r0:r1] = valid
+            index = self.index[r0:r1]
+            index[:, 0] = torch.where(valid, block_ids, 0)
+            xg = x2d[r0:r1].gather(1, index).squeeze(1).to(cdt)
+            # t = 1: ce = softplus(-x), q = 1 - p, r = p, so
+            # loss = a ce (1-p)**gamma, grad = -a (1-p)**gamma ((1 - p) + gamma ce p).
+            pn = torch.sigmoid(-xg)
+            ce = torch.nn.functional.softplus(-xg, threshold=_softplus_threshold(cdt))
+            qg = torch.empty_like(pn)
+            _pow_into(pn, qg, gamma, gamma_t)
+            self.loss[r0:r1] = ce * qg * w_pos
+            if self.grad is not None:
+                self.grad[r0:r1] = qg * (pn + gamma * ce * torch.sigmoid(xg)) * (-w_pos)
 
     def write(self, dst: Tensor, values: Tensor, r0: int, r1: int) -> None:
         """Overwrite the positive entries of rows ``[r0, r1)`` of ``dst`` (``[r1-r0, C]``)."""
@@ -275,49 +303,41 @@ def _focal_dense_pass(
     if positives is not None:  # chunks of whole rows
         num_classes = n // positives.valid.numel()
         size = max(size // num_classes, 1) * num_classes
-    n_chunks = -(-n // size)
     loss = torch.empty(n, dtype=dtype, device=device) if reduction == "none" else None
     grad = torch.empty(n, dtype=dtype, device=device) if want_grad else None
-    sums: dict[int, Tensor] = {}
+    sums = []
     convert_x = dtype != cdt
     convert_t = t_flat is not None and t_flat.dtype != cdt
-
-    def make_worker() -> Worker:
-        bufs = _Buffers(size, cdt, device, alpha, gamma)
-
-        def worker(i: int) -> None:
-            start = i * size
-            stop = min(start + size, n)
-            b = bufs if stop - start == size else bufs.cut(stop - start)
-            xs = x_flat[start:stop]
-            if convert_x:
-                xs = b.x.copy_(xs)
-            if t_flat is None:
-                _negative_chunk(xs, b, alpha, gamma, want_grad)
-            else:
-                ts = t_flat[start:stop]
-                if convert_t:
-                    ts = b.t.copy_(ts)
-                _dense_chunk(xs, ts, b, alpha, gamma, want_grad)
-            chunk_loss = torch.mul(b.l, b.q, out=b.e if loss is None else loss[start:stop])
-            if positives is not None:
-                r0, r1 = start // num_classes, stop // num_classes
-                positives.write(chunk_loss.view(-1, num_classes), positives.loss, r0, r1)
-            if loss is None:
-                sums[i] = chunk_loss.sum()
-            if grad is not None:
-                chunk_grad = torch.mul(b.p, b.q, out=grad[start:stop])
-                if positives is not None and positives.grad is not None:  # both or neither
-                    positives.write(chunk_grad.view(-1, num_classes), positives.grad, r0, r1)
-
-        return worker
-
-    run_tasks(device, n_chunks, make_worker)
+    bufs = _Buffers(size, cdt, device, alpha, gamma)
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        b = bufs if stop - start == size else bufs.cut(stop - start)
+        xs = x_flat[start:stop]
+        if convert_x:
+            xs = b.x.copy_(xs)
+        if t_flat is None:
+            _negative_chunk(xs, b, alpha, gamma, want_grad)
+        else:
+            ts = t_flat[start:stop]
+            if convert_t:
+                ts = b.t.copy_(ts)
+            # (on CPU only: elsewhere the check's host sync costs more than it saves)
+            binary = device.type == "cpu" and _binary_targets(ts, b)
+            (_binary_chunk if binary else _dense_chunk)(xs, ts, b, alpha, gamma, want_grad)
+        chunk_loss = torch.mul(b.l, b.q, out=b.e if loss is None else loss[start:stop])
+        if positives is not None:
+            r0, r1 = start // num_classes, stop // num_classes
+            positives.write(chunk_loss.view(-1, num_classes), positives.loss, r0, r1)
+        if loss is None:
+            sums.append(chunk_loss.sum())
+        if grad is not None:
+            chunk_grad = torch.mul(b.p, b.q, out=grad[start:stop])
+            if positives is not None and positives.grad is not None:  # both or neither
+                positives.write(chunk_grad.view(-1, num_classes), positives.grad, r0, r1)
     if loss is None:
-        # Chunk sums in chunk order, so the result does not depend on thread timing.
         loss = (
-            torch.stack([sums[i] for i in range(n_chunks)]).sum(dtype=torch.float64)
-            if n_chunks
+            torch.stack(sums).sum(dtype=torch.float64)
+            if sums
             else torch.zeros((), dtype=torch.float64, device=device)
         )
     return loss, grad
@@ -437,18 +457,19 @@ def sigmoid_focal_loss(
 
     The forward pass computes the loss and, when ``inputs`` requires grad, the closed-form
     gradient in one fused sweep over cache-sized chunks. On CPU every chunk is smaller than
-    ATen's parallel grain, so its ops run serially in one thread, and the chunks are shared
-    among up to ``torch.get_num_threads()`` threads (the caller and a process-wide pool made
-    once); torch's thread settings are read, never changed. That gradient (one tensor the size of
+    ATen's parallel grain, so its ops run serially in the calling thread; torch's thread
+    settings are never read or changed. That gradient (one tensor the size of
     ``inputs``) is kept for backward, which scales it by ``grad_output`` in place and hands
     it over; a second backward through the same graph (``retain_graph=True``,
     ``gradcheck``) recomputes it from the saved ``inputs`` (a reference, not a copy). Peak
     extra memory: the gradient, the ``none`` output and 1 MiB of chunk buffers (measured at
     16 x 20267 x 80: 1.0x the input for ``sum``, 2.0x for ``none``; torchvision 10x).
 
-    Numerics: ``1 - p`` is never formed by subtraction and ``ce`` is
-    ``softplus(-|x|) + (relu(x) - t x)``, a sum of non-negative terms, so loss and gradient
-    are finite and accurate for every finite logit (``|x| = 1e4`` included) and every
+    Numerics: where every target of a chunk is 0 or 1 (checked on CPU), ``z = (1 - 2t) x``
+    gives ``ce = softplus(z)`` and ``1 - p_t = sigmoid(z)``, each to full relative
+    precision; otherwise ``ce`` is ``softplus(-|x|) + (relu(x) - t x)``, a sum of
+    non-negative terms, and ``1 - p`` is never formed by subtraction. Either way loss and
+    gradient are finite and accurate for every finite logit (``|x| = 1e4`` included) and every
     ``gamma >= 0`` (the gradient of ``(1 - p_t) ** gamma`` is written through a bounded
     ratio, so ``0 < gamma < 1`` at saturated logits gives 0, not torchvision's NaN).
     float16 and bfloat16 are computed in float32 (no NaN at logit 9.39 as in mmcv's fp16

@@ -201,9 +201,8 @@ def test_hand_computed_values():
     np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-15)
 
 
-def test_large_input_crosses_chunks_and_threads(device):
-    # At least 16 CPU chunks (two worker threads share them), a row-aligned class-id
-    # chunking and a last, shorter chunk.
+def test_large_input_crosses_chunks(device):
+    # At least 16 CPU chunks, a row-aligned class-id chunking and a last, shorter chunk.
     shape = (16 * losses._CHUNK // 128 + 3, 128)
     x, t = _inputs(shape, torch.float32, device, seed=5)
     ids = torch.randint(-1, 128, shape[:1], generator=torch.Generator().manual_seed(5))
@@ -219,6 +218,61 @@ def test_large_input_crosses_chunks_and_threads(device):
             torchvision.ops.sigmoid_focal_loss, x, one_hot, 0.25, 2.0, reduction
         )
         assert_trees_close(ours, theirs, FOCAL_TOLERANCES[torch.float32], f"ids {reduction}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "values, binary",
+    [
+        ([0.0, 1.0, 1.0, 0.0], True),
+        ([0.0, 0.0], True),
+        ([-0.0, 1.0], True),  # -0.0 is 0: the same loss either way
+        ([0.0, 0.5], False),
+        ([1e-30, 1.0], False),  # t * t underflows; t - t * t does not
+        ([0.0, 1.0 - 2.0**-24], False),
+        ([0.0, 1.0 + 2.0**-20], False),
+        ([1e20, 0.0], False),  # t * t overflows to inf
+        ([float("nan"), 0.0], False),
+        ([float("inf"), 1.0], False),
+        ([-1.0, 0.0], False),
+    ],
+)
+def test_binary_target_check(values, binary, dtype):
+    t = torch.tensor(values, dtype=dtype)
+    buffers = losses._Buffers(t.numel(), dtype, t.device, 0.25, 2.0)
+    assert losses._binary_targets(t, buffers) is binary
+
+
+def test_each_chunk_takes_the_path_its_targets_allow(monkeypatch):
+    # Three chunks: 0/1 targets, one soft target, 0/1 targets. The 0/1 chunks take the
+    # binary form, the other the general one, and all of it meets the reference.
+    calls = []
+    for name in ("_binary_chunk", "_dense_chunk"):
+        real = getattr(losses, name)
+        monkeypatch.setattr(
+            losses, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a)
+        )
+    n = 3 * losses._CHUNK - 5
+    x, t = _inputs((n,), torch.float64, "cpu", seed=11, scale=6.0)
+    t[losses._CHUNK + 17] = 0.25
+    for reduction in REDUCTIONS:
+        calls.clear()
+        loss, grad = _value_and_grad(sigmoid_focal_loss, x, t, 0.25, 2.0, reduction)
+        assert calls == ["_binary_chunk", "_dense_chunk", "_binary_chunk"]
+        weight = torch.rand(
+            loss.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64
+        )
+        expected_loss = ref.sigmoid_focal_loss(x.numpy(), t.numpy(), 0.25, 2.0, reduction)
+        expected_grad = ref.sigmoid_focal_loss_grad(x.numpy(), t.numpy(), 0.25, 2.0, "none")
+        if reduction == "mean":
+            expected_grad = expected_grad / n
+        expected_grad = expected_grad * weight.numpy()
+        assert_trees_close(
+            (loss, grad),
+            (torch.as_tensor(expected_loss), torch.as_tensor(expected_grad)),
+            FOCAL_TOLERANCES[torch.float64],
+            reduction,
+        )
 
 
 def test_inputs_are_not_modified_and_layout_is_free():

@@ -2,7 +2,7 @@
 
 On a loaded machine every fork/join of torch's intra-op threads can wait milliseconds for a
 thread the OS has descheduled; these ops are built to run serially in the calling thread
-(see ``detops._pool``). A small shim library, preloaded into a child process, counts the
+(see ``detops._serial``). A small shim library, preloaded into a child process, counts the
 calls of libgomp's ``GOMP_parallel``. A control op that does fork proves the count works.
 """
 
