@@ -116,8 +116,9 @@ class _Buffers:
         self.neg_weight_value = 1.0 - alpha if alpha >= 0 else 1.0
         self.neg_weight = torch.tensor(self.neg_weight_value, dtype=dtype)
         self.alpha_slope = 2.0 * alpha - 1.0
-        self.one = torch.ones((), dtype=dtype)
-        self.zero = torch.zeros((), dtype=dtype)
+        # On the buffers' device: addcmul, a ternary op, takes no CPU 0-d operand on CUDA.
+        self.one = torch.ones((), dtype=dtype, device=device)
+        self.zero = torch.zeros((), dtype=dtype, device=device)
 
     def cut(self, m: int) -> _Buffers:
         """Views of the first ``m`` elements (the last, shorter chunk)."""
