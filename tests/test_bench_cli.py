@@ -20,6 +20,8 @@ from detops.bench import (
     BenchSettings,
     Timing,
     busy_warning,
+    calibrate_calls,
+    calls_per_sample,
     format_bench_table,
     instability,
     measure_interleaved,
@@ -33,7 +35,8 @@ from detops.bench.cases import BENCHMARKS, BenchCase, BenchFunctions
 from detops.bench.report import format_ratio
 from detops.cli import main
 
-TINY = BenchSettings(warmup=1, repeats=3, max_seconds=0.2, reference_repeats=1)
+# sample_seconds=0: one call per timed sample, so that the tests can count the calls
+TINY = BenchSettings(warmup=1, repeats=3, max_seconds=0.2, reference_repeats=1, sample_seconds=0)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -122,7 +125,12 @@ def test_detops_and_peer_alternate_and_the_reference_runs_after():
     clock = FakeClock()
     case = _timed_case(clock, calls, detops=[0.001], peer=[0.005])
     settings = BenchSettings(
-        warmup=1, repeats=4, max_retries=0, reference_warmup=0, reference_repeats=1
+        warmup=1,
+        repeats=4,
+        max_retries=0,
+        reference_warmup=0,
+        reference_repeats=1,
+        sample_seconds=0,
     )
     run_benchmarks([case], "cpu", settings=settings, timer=clock)
     warmup = ["detops", "peer"]
@@ -142,6 +150,59 @@ def test_measure_interleaved_alternates_who_goes_first_and_keeps_the_pairs():
     calls.clear()
     a, b = measure_interleaved(first, second, rounds=10, max_seconds=5, min_rounds=2, timer=clock)
     assert len(a) == len(b) == 2
+
+
+def test_calls_per_sample_fills_the_sample_time():
+    assert calls_per_sample(0.001, 0.01) == 10
+    assert calls_per_sample(0.003, 0.01) == 4  # rounded up: a sample is at least 10 ms
+    assert calls_per_sample(0.5, 0.01) == 1  # slower than a sample: one call
+    assert calls_per_sample(0.0, 0.01) == 10_000  # below the timer's resolution: the cap
+    assert calls_per_sample(1e-9, 0.01, max_calls=50) == 50
+    assert calls_per_sample(0.001, 0) == 1  # sample_seconds=0: one call per sample
+
+
+def test_short_calls_are_timed_in_batches_and_reported_per_call():
+    # detops takes 1 ms, the peer 4 ms; samples of 10 ms: 10 and 3 calls per sample.
+    calls: list[str] = []
+    clock = FakeClock()
+    case = _timed_case(clock, calls, detops=[0.001], peer=[0.004])
+    settings = BenchSettings(
+        warmup=1, repeats=3, max_retries=0, reference_repeats=1, sample_seconds=0.01
+    )
+    (result,) = run_benchmarks([case], "cpu", settings=settings, timer=clock).results
+    # one warm-up call, one calibration call (already a tenth of a sample), 3 samples
+    assert calls.count("detops") == 1 + 1 + 3 * 10 and calls.count("peer") == 1 + 1 + 3 * 3
+    assert result.detops.calls_per_sample == 10 and result.peer_timing.calls_per_sample == 3
+    assert result.detops.samples == pytest.approx([0.001] * 3)  # per call, not per batch
+    assert result.peer_timing.samples == pytest.approx([0.004] * 3)
+    assert result.ratio == pytest.approx(4.0)
+    # Batches alternate as single calls did: detops' 10, the peer's 3, the peer's 3, ...
+    timed = [c for c in calls[4:] if c != "reference"]
+    assert timed[:10] == ["detops"] * 10 and timed[10:16] == ["peer"] * 6
+
+
+def test_a_call_that_fills_a_sample_after_warming_up_is_timed_alone():
+    # The first call is cold (50 ms), the second warm (20 ms): no calibration, one call
+    # per sample. The peer's warm call (1 ms) is calibrated: 10 calls per sample.
+    calls: list[str] = []
+    clock = FakeClock()
+    case = _timed_case(clock, calls, detops=[0.05] + [0.02] * 50, peer=[0.001])
+    settings = BenchSettings(
+        warmup=2, repeats=3, max_retries=0, reference_repeats=1, sample_seconds=0.01
+    )
+    (result,) = run_benchmarks([case], "cpu", settings=settings, timer=clock).results
+    assert calls.count("detops") == 2 + 3 and result.detops.calls_per_sample == 1
+    assert calls.count("peer") == 2 + 1 + 3 * 10 and result.peer_timing.calls_per_sample == 10
+
+
+def test_calibration_grows_the_batch_until_it_is_long_enough_to_time():
+    calls: list[str] = []
+    clock = FakeClock()
+    # 20 us a call: runs of 1, 10 and 100 calls (0.02, 0.2, 2 ms); 2 ms >= 10 ms / 10
+    fn = clock.callable("f", calls, [20e-6])
+    assert calibrate_calls(fn, 0.01, timer=clock) == 500
+    assert len(calls) == 1 + 10 + 100
+    assert calibrate_calls(fn, 0, timer=clock) == 1
 
 
 def test_quartiles_and_spread_on_fixed_timings():
@@ -189,7 +250,9 @@ def test_an_unstable_row_is_re_measured_then_flagged():
     clock = FakeClock()
     # detops takes 1, 1, 3 ms in turn: its IQR stays 50% to 200% of its median.
     case = _timed_case(clock, calls, detops=[0.001, 0.001, 0.003], peer=[0.010])
-    settings = BenchSettings(warmup=1, repeats=4, max_retries=2, reference_repeats=1)
+    settings = BenchSettings(
+        warmup=1, repeats=4, max_retries=2, reference_repeats=1, sample_seconds=0
+    )
     report = run_benchmarks([case], "cpu", settings=settings, timer=clock)
     (result,) = report.results
     assert result.unstable and result.retries == 2
@@ -214,7 +277,9 @@ def test_a_row_that_settles_on_re_measuring_is_not_flagged():
     # they settle at 1 ms: 8 pooled samples still have an IQR of 75%, 12 have none.
     durations = [0.001, 0.001, 0.004, 0.001, 0.004] + [0.001] * 8
     case = _timed_case(clock, calls, detops=durations, peer=[0.010])
-    settings = BenchSettings(warmup=1, repeats=4, max_retries=3, reference_repeats=1)
+    settings = BenchSettings(
+        warmup=1, repeats=4, max_retries=3, reference_repeats=1, sample_seconds=0
+    )
     (result,) = run_benchmarks([case], "cpu", settings=settings, timer=clock).results
     assert not result.unstable and result.unstable_reason == ""
     assert result.retries == 2 and result.detops.runs == 12
@@ -225,7 +290,9 @@ def test_no_re_measuring_past_the_time_budget():
     clock = FakeClock()
     case = _timed_case(clock, calls, detops=[1.0, 1.0, 3.0], peer=[10.0], reference=None)
     # Warm-up 11 s + one batch of 3 rounds 35 s: 46 s spent, 4 s left, a batch costs 35.
-    settings = BenchSettings(warmup=1, repeats=3, max_seconds=100, budget_seconds=50)
+    settings = BenchSettings(
+        warmup=1, repeats=3, max_seconds=100, budget_seconds=50, sample_seconds=0
+    )
     (result,) = run_benchmarks([case], "cpu", settings=settings, timer=clock).results
     assert result.retries == 0 and result.unstable
     assert result.unstable_reason.endswith("not re-measured: time budget spent")
@@ -315,7 +382,9 @@ def test_json_structure_keeps_the_old_keys_and_adds_the_spread():
         _timed_case(clock, [], detops=[0.001], peer=[0.004], size="a"),
         _timed_case(clock, [], detops=[0.001, 0.001, 0.003], peer=[0.010], size="b"),
     ]
-    settings = BenchSettings(warmup=1, repeats=4, max_retries=0, reference_repeats=1)
+    settings = BenchSettings(
+        warmup=1, repeats=4, max_retries=0, reference_repeats=1, sample_seconds=0
+    )
     data = json.loads(run_benchmarks(cases, "cpu", settings=settings, timer=clock).to_json())
     assert {
         "device",
@@ -351,8 +420,19 @@ def test_json_structure_keeps_the_old_keys_and_adds_the_spread():
     } == set(stable)
     assert set(stable["timings"]) == {"detops", "peer", "reference"}
     detops = stable["timings"]["detops"]
-    assert set(detops) == {"median", "runs", "min", "max", "q25", "q75", "iqr", "samples"}
+    assert set(detops) == {
+        "median",
+        "runs",
+        "min",
+        "max",
+        "q25",
+        "q75",
+        "iqr",
+        "calls_per_sample",
+        "samples",
+    }
     assert detops["samples"] == pytest.approx([0.001] * 4)
+    assert detops["calls_per_sample"] == 1
     assert detops["iqr"] == pytest.approx(0.0, abs=1e-12)
     assert stable["ratio_peer_over_detops"] == pytest.approx(4.0)
     assert stable["ratio_low"] == pytest.approx(4.0) == stable["ratio_high"]
@@ -457,7 +537,9 @@ def test_chart_marks_unstable_rows(tmp_path):
         _timed_case(clock, [], detops=[0.001], peer=[0.004], op="steady"),
         _timed_case(clock, [], detops=[0.001, 0.001, 0.003], peer=[0.002], op="shaky"),
     ]
-    settings = BenchSettings(warmup=1, repeats=4, max_retries=0, reference_repeats=1)
+    settings = BenchSettings(
+        warmup=1, repeats=4, max_retries=0, reference_repeats=1, sample_seconds=0
+    )
     report = run_benchmarks(cases, "cpu", settings=settings, timer=clock)
     assert [r.unstable for r in report.results] == [False, True]
     path = plot_ratios(report, tmp_path / "chart.png")

@@ -25,6 +25,8 @@ from .runner import BenchSettings, run_benchmarks, select_cases
 from .timing import (
     Timing,
     busy_warning,
+    calibrate_calls,
+    calls_per_sample,
     environment_info,
     instability,
     load_average,
@@ -41,6 +43,8 @@ __all__ = [
     "BenchSettings",
     "Timing",
     "busy_warning",
+    "calibrate_calls",
+    "calls_per_sample",
     "environment_info",
     "format_bench_table",
     "format_seconds",

@@ -23,6 +23,7 @@ from .timing import (
     Timer,
     Timing,
     busy_warning,
+    calibrate_calls,
     environment_info,
     instability,
     load_average,
@@ -40,11 +41,14 @@ class BenchSettings:
     """How hard to time.
 
     Per case: ``warmup`` runs of detops and of the peer, then up to ``repeats`` interleaved
-    rounds (one timed run of each), cut short after ``max_seconds`` per callable once
-    ``min_repeats`` rounds are done. A row whose spread is wide or whose detops and peer
-    IQRs overlap (see :func:`detops.bench.instability`, ``max_relative_iqr``) gets one more
-    batch of rounds, up to ``max_retries`` times, then is flagged unstable. The reference
-    is timed on its own after (``reference_warmup``, ``reference_repeats``).
+    rounds (one timed sample of each), cut short after ``max_seconds`` per callable once
+    ``min_repeats`` rounds are done. A sample is as many back-to-back calls as fill
+    ``sample_seconds`` (:func:`detops.bench.calibrate_calls`), divided by their number: one
+    call where a warm-up run after the first already took that long. A row whose spread is
+    wide or whose detops and peer IQRs overlap (see :func:`detops.bench.instability`,
+    ``max_relative_iqr``) gets one more batch of rounds, up to ``max_retries`` times, then
+    is flagged unstable. The reference is timed on its own after (``reference_warmup``,
+    ``reference_repeats``).
 
     ``budget_seconds`` caps the whole run: once spent, the remaining cases get one timed
     round each, no re-measuring and no reference; after ``stop_seconds`` the remaining
@@ -54,6 +58,7 @@ class BenchSettings:
     warmup: int = 2
     repeats: int = 15
     max_seconds: float = 5.0  # per callable and batch of rounds, after warm-up
+    sample_seconds: float = 0.01  # a timed sample: enough back-to-back calls to fill it
     min_repeats: int = 3
     max_retries: int = 2
     max_relative_iqr: float = 0.25
@@ -64,11 +69,12 @@ class BenchSettings:
 
     @classmethod
     def quick(cls) -> BenchSettings:
-        # Sized so that ``--quick`` finishes in about two minutes on a shared 2-core CPU.
+        # ``--quick`` took 10-11 s on a 2-core CPU; the budget bounds a slow or busy machine.
         return cls(
             warmup=1,
             repeats=10,
             max_seconds=0.75,
+            sample_seconds=0.005,
             min_repeats=3,
             max_retries=1,
             reference_warmup=0,
@@ -110,9 +116,19 @@ def _measure_pair(
     """Time detops and the peer interleaved into ``result``; re-measure while unstable."""
     detops = synchronized(functions.detops, device)
     peer = synchronized(functions.peer, device)
+    fastest = [math.inf, math.inf]  # per call, over the warm-up runs
     for _ in range(0 if over_budget else settings.warmup):
-        detops()
-        peer()
+        for which, fn in enumerate((detops, peer)):
+            begin = timer()
+            fn()
+            fastest[which] = min(fastest[which], timer() - begin)
+    calls = [1, 1]
+    for which, fn in enumerate((detops, peer)):
+        # A warm call (not the first: it can be 30x slower) that fills a sample needs no
+        # calibration: it is timed one call per sample.
+        warm_and_slow = settings.warmup >= 2 and fastest[which] >= settings.sample_seconds
+        if not over_budget and not warm_and_slow:
+            calls[which] = calibrate_calls(fn, settings.sample_seconds, timer=timer)
     rounds = 1 if over_budget else settings.repeats
     detops_times: list[float] = []
     peer_times: list[float] = []
@@ -125,13 +141,14 @@ def _measure_pair(
             max_seconds=2 * settings.max_seconds,
             min_rounds=min(settings.min_repeats, rounds),
             start_round=len(detops_times),
+            calls=(calls[0], calls[1]),
             timer=timer,
         )
         batch_seconds = timer() - begin
         detops_times += new_detops
         peer_times += new_peer
-        result.detops = Timing.from_samples(detops_times)
-        result.peer_timing = Timing.from_samples(peer_times)
+        result.detops = Timing.from_samples(detops_times, calls[0])
+        result.peer_timing = Timing.from_samples(peer_times, calls[1])
         reason = instability(
             result.detops,
             result.peer_timing,

@@ -21,6 +21,8 @@ from ..environment import environment_info
 __all__ = [
     "Timing",
     "busy_warning",
+    "calibrate_calls",
+    "calls_per_sample",
     "environment_info",
     "instability",
     "load_average",
@@ -72,6 +74,44 @@ def measure(
     return times
 
 
+def calls_per_sample(
+    seconds_per_call: float, sample_seconds: float, max_calls: int = 10_000
+) -> int:
+    """How many back-to-back calls make one timed sample of about ``sample_seconds``.
+
+    A single call of a few µs is mostly timer and scheduler noise; timing ``n`` calls and
+    dividing by ``n`` (as ``timeit`` and pytest-benchmark do) keeps the noise a small share.
+    """
+    if sample_seconds <= 0:
+        return 1
+    if not seconds_per_call > 0:  # below the timer's resolution
+        return max_calls
+    return max(1, min(max_calls, math.ceil(sample_seconds / seconds_per_call)))
+
+
+def calibrate_calls(
+    fn: Callable[[], Any],
+    sample_seconds: float,
+    *,
+    max_calls: int = 10_000,
+    timer: Timer = time.perf_counter,
+) -> int:
+    """:func:`calls_per_sample` for ``fn``, from back-to-back runs of 1, 10, 100, ... calls
+    until one run lasts a tenth of ``sample_seconds`` (as ``timeit.Timer.autorange`` does):
+    a single warm call is too short to time reliably, a cold first call too slow."""
+    if sample_seconds <= 0:
+        return 1
+    n = 1
+    while True:
+        start = timer()
+        for _ in range(n):
+            fn()
+        elapsed = timer() - start
+        if elapsed >= sample_seconds / 10 or n >= max_calls:
+            return calls_per_sample(elapsed / n, sample_seconds, max_calls)
+        n *= 10
+
+
 def measure_interleaved(
     first: Callable[[], Any],
     second: Callable[[], Any],
@@ -80,9 +120,11 @@ def measure_interleaved(
     max_seconds: float = math.inf,
     min_rounds: int = 1,
     start_round: int = 0,
+    calls: tuple[int, int] = (1, 1),
     timer: Timer = time.perf_counter,
 ) -> tuple[list[float], list[float]]:
-    """Wall times of ``first`` and ``second`` timed in alternation, one run of each per round.
+    """Per-call wall times of ``first`` and ``second`` timed in alternation, one sample of
+    each per round; a sample is ``calls[i]`` back-to-back calls, divided by their number.
 
     Round ``k`` runs ``first`` then ``second`` when ``start_round + k`` is even and
     ``second`` then ``first`` when it is odd (ABBAAB...), so that both see the same machine
@@ -91,7 +133,7 @@ def measure_interleaved(
     run each callable before. Wrap CUDA work with :func:`synchronized`.
 
     Returns:
-        (first's times, second's times), one entry per round, in seconds.
+        (first's times, second's times), one entry per round, in seconds per call.
     """
     times: tuple[list[float], list[float]] = ([], [])
     functions = (first, second)
@@ -99,9 +141,11 @@ def measure_interleaved(
     for k in range(rounds):
         order = (0, 1) if (start_round + k) % 2 == 0 else (1, 0)
         for which in order:
+            fn, n = functions[which], calls[which]
             start = timer()
-            functions[which]()
-            times[which].append(timer() - start)
+            for _ in range(n):
+                fn()
+            times[which].append((timer() - start) / n)
         if k + 1 >= min_rounds and timer() - begin > max_seconds:
             break
     return times
@@ -130,11 +174,21 @@ class Timing:
     q25: float
     q75: float
     samples: list[float] = field(default_factory=list, repr=False)
+    calls_per_sample: int = 1  # each sample is the mean of this many back-to-back calls
 
     @classmethod
-    def from_samples(cls, samples: Sequence[float]) -> Timing:
+    def from_samples(cls, samples: Sequence[float], calls_per_sample: int = 1) -> Timing:
         q25, median, q75 = quartiles(samples)
-        return cls(median, len(samples), min(samples), max(samples), q25, q75, list(samples))
+        return cls(
+            median,
+            len(samples),
+            min(samples),
+            max(samples),
+            q25,
+            q75,
+            list(samples),
+            calls_per_sample,
+        )
 
     @property
     def iqr(self) -> float:
@@ -155,6 +209,7 @@ class Timing:
             "q25": self.q25,
             "q75": self.q75,
             "iqr": self.iqr,
+            "calls_per_sample": self.calls_per_sample,
             "samples": list(self.samples),
         }
 
