@@ -750,6 +750,9 @@ def test_cli_module_name_target(capsys, monkeypatch):
         (["--impl", str(IMPLS / "correct.py"), "--op", "bogus"], "is not a course function"),
         (["--examples", "0"], "--examples must be at least 1"),
         (["--timeout", "-1"], "--timeout must be positive"),
+        (["--timeout", "inf"], "--timeout must be positive and at most 86400 s (a day), got inf"),
+        (["--timeout", "1e10"], "at most 86400 s"),
+        (["--timeout", "nan"], "--timeout must be positive"),
         (["--json", "no/such/folder/report.json"], "the folder no/such/folder does not exist"),
         (
             ["--impl", str(IMPLS / "partial.py"), "--op", "class_spec_nms"],
@@ -764,3 +767,19 @@ def test_cli_bad_argument_exits_2_with_one_line(argv, message, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("detops verify: error: "), err
     assert message in err
+
+
+def test_the_command_and_the_harness_share_the_timeout_limits():
+    from detops.commands import verify as command
+    from detops.verify import harness
+
+    assert command.DEFAULT_TIMEOUT == harness.DEFAULT_TIMEOUT
+    assert command.MAX_TIMEOUT == harness.MAX_TIMEOUT
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10, 0.0, -1.0])
+def test_api_timeout_out_of_range_raises(timeout):
+    from detops.verify import verify
+
+    with pytest.raises(ValueError, match=r"verify: timeout must"):
+        verify(str(IMPLS / "correct.py"), examples=1, timeout=timeout)

@@ -10,6 +10,7 @@ from . import COMMANDS
 
 DEFAULT_EXAMPLES = 100  # detops.verify.DEFAULT_EXAMPLES, kept here so --help loads no torch
 DEFAULT_TIMEOUT = 10.0  # detops.verify.DEFAULT_TIMEOUT
+MAX_TIMEOUT = 86400.0  # detops.verify.harness.MAX_TIMEOUT
 
 
 EPILOG = f"""\
@@ -97,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     if examples < 1:
         raise CommandError(f"--examples must be at least 1, got {examples}")
-    if not timeout > 0:
-        raise CommandError(f"--timeout must be positive, got {timeout:g}")
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise CommandError(
+            f"--timeout must be positive and at most {MAX_TIMEOUT:g} s (a day), got {timeout:g}"
+        )
     if args.json:
         check_output_file("--json", args.json)
 

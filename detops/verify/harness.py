@@ -106,6 +106,9 @@ __all__ = [
 
 DEFAULT_EXAMPLES = 100
 DEFAULT_TIMEOUT = 10.0
+# A day: a per-call limit beyond it is no limit, and from about 1e10 s the worker's wait
+# overflows the platform's time_t.
+MAX_TIMEOUT = 86400.0
 # Generated cases for user functions run in these dtypes (the course works in float32);
 # other dtypes (float16) are covered by probes.
 USER_DTYPES = (torch.float32, torch.float64)
@@ -1534,6 +1537,10 @@ def verify(
     examples = check_int("verify", "examples", examples, minimum=1)
     seed = check_int("verify", "seed", seed)
     timeout = check_positive_number("verify", "timeout", timeout)
+    if timeout > MAX_TIMEOUT:
+        raise ValueError(
+            f"verify: timeout must be at most {MAX_TIMEOUT:g} s (a day), got {timeout!r}"
+        )
     shrink_seconds = check_positive_number("verify", "shrink_seconds", shrink_seconds)
     shrink_draws = check_int("verify", "shrink_draws", shrink_draws, minimum=0)
     start = time.monotonic()
