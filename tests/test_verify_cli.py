@@ -783,3 +783,20 @@ def test_api_timeout_out_of_range_raises(timeout):
 
     with pytest.raises(ValueError, match=r"verify: timeout must"):
         verify(str(IMPLS / "correct.py"), examples=1, timeout=timeout)
+
+
+def test_a_reference_py_in_the_current_folder_is_named_not_misread(tmp_path):
+    # python -m puts the current folder first on sys.path, so a user's reference.py
+    # shadows detops' NumPy references: the error says so (it was "No module named
+    # 'reference.boxes'").
+    (tmp_path / "reference.py").write_text("x = 1\n")
+    for argv in (
+        ["-m", "detops", "verify", "--op", "nms", "--examples", "1"],
+        ["-c", "import detops.bench.cases"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 1
+        assert f"the module 'reference' found at {tmp_path / 'reference.py'}" in proc.stderr
+        assert "shadows it" in proc.stderr

@@ -8,6 +8,7 @@ Use it to check your own implementation against the references::
 or run ``python -m detops verify --impl your_module``.
 """
 
+from . import _reference_package  # noqa: F401  (first: says when 'reference' is shadowed)
 from .compare import EXACT, Comparison, Tolerance, assert_trees_close, compare_trees
 from .entry import OpEntry
 from .registry import REGISTRY, entry_by_name

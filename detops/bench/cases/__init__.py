@@ -9,6 +9,8 @@ and its input helpers; the registry never imports this package.
 
 from __future__ import annotations
 
+from detops.testing import _reference_package  # noqa: F401  (first: a shadowed 'reference')
+
 from . import boxes, locations, losses, metrics, nms, targets
 from ._case import BenchCase, BenchFunctions
 
