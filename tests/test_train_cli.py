@@ -313,3 +313,20 @@ def test_train_notes_a_busy_machine_when_it_runs_on_several_threads(
     assert main(args) == 0
     err = capsys.readouterr().err
     assert ("the machine is busy" in err and "--threads 1" in err) == noted
+
+
+def test_a_warmup_as_long_as_the_run_is_pointed_out(tmp_path, capsys):
+    args = ["train", "--data", "synthetic", "--data-dir", str(tmp_path / "data")]
+    args += ["--output-dir", str(tmp_path / "run"), *TINY, "--warmup-iterations", "5"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert (
+        "note: the lr warm-up (5 iterations, --warmup-iterations) is not shorter than the " in out
+    )
+    assert "run (2): the learning rate never reaches --lr" in out
+
+
+def test_no_warmup_note_for_a_short_warmup(trained, capsys):
+    root, args = trained
+    assert main([*args, "--no-resume", "--output-dir", str(root / "run2")]) == 0
+    assert "note: the lr warm-up" not in capsys.readouterr().out

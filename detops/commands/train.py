@@ -463,6 +463,13 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
         f"{world_note})",
         flush=True,
     )
+    if args.warmup_iterations >= args.iterations:
+        say(
+            f"detops train: note: the lr warm-up ({args.warmup_iterations} iterations, "
+            f"--warmup-iterations) is not shorter than the run ({args.iterations}): the "
+            f"learning rate never reaches --lr {args.lr:g}",
+            flush=True,
+        )
     if device.type == "cpu" and args.threads is None and torch.get_num_threads() > 1:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         cpus = os.cpu_count() or 1
