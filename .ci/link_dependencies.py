@@ -68,7 +68,8 @@ def main() -> None:
             if not link.exists():  # namespace folders (nvidia/) are shared by several
                 link.symlink_to(source)
                 linked += 1
-    print(f"linked {linked} installed entries into {target}; kept its own {', '.join(kept)}")
+    own = f"; kept its own {', '.join(kept)}" if kept else ""
+    print(f"linked {linked} installed entries into {target}{own}")
 
 
 if __name__ == "__main__":
