@@ -34,6 +34,7 @@ from detops.bench import (
 from detops.bench.cases import BENCHMARKS, BenchCase, BenchFunctions
 from detops.bench.report import format_ratio
 from detops.cli import main
+from detops.testing import assert_trees_close, entry_by_name
 
 # sample_seconds=0: one call per timed sample, so that the tests can count the calls
 TINY = BenchSettings(warmup=1, repeats=3, max_seconds=0.2, reference_repeats=1, sample_seconds=0)
@@ -617,3 +618,37 @@ def test_demo_writes_its_index(tmp_path, capsys):
     assert "FAIL" not in verdicts.values()
     assert json.loads((out / "verify_torchvision.json").read_text())["mode"] == "functions"
     assert "=== demo: results ===" in printed
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _leaves(value)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from _leaves(value)
+    else:
+        yield tree
+
+
+# The target path (match, deltas, centerness) has no entry of its own: its widest
+# tolerance is centerness's.
+_ENTRY_OF_CASE = {"fcos_targets": "fcos_make_centerness_targets"}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in BENCHMARKS if c.quick and "cpu" in c.devices],
+    ids=lambda c: f"{c.op}|{c.size}",
+)
+def test_a_benchmark_times_what_its_reference_computes(case):
+    # A ratio means something only if detops' callable computes the op: where a case
+    # times the NumPy reference too, the two results agree within the registry's tolerance.
+    functions = case.setup(torch.device("cpu"))
+    if functions.reference is None:
+        pytest.skip("no reference timed at this size")
+    expected = functions.reference()
+    assert not any(isinstance(leaf, torch.Tensor) for leaf in _leaves(expected))  # NumPy
+    entry = entry_by_name(_ENTRY_OF_CASE.get(case.op, case.op))
+    tolerance = entry.tolerances[torch.float32]
+    assert_trees_close(functions.detops(), expected, tolerance, f"{case.op} {case.size}")

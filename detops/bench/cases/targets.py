@@ -125,25 +125,21 @@ def benchmark_inputs(height, width, strides, rows, real, device="cpu", seed=0):
     return locations, gt, flat_locations, flat_strides
 
 
-def detops_targets(locations, strides, gt):
+def detops_targets(locations, strides, gt, matching_module=matching, deltas_module=deltas):
     """The detops target path as a user writes it: one batched match, then per level the
-    deltas and the centerness (``{level: (boxes, deltas, centerness)}``)."""
-    matched = matching.fcos_match_locations_to_gt(locations, strides, gt)
+    deltas and the centerness (``{level: (boxes, deltas, centerness)}``). With the
+    reference modules (:func:`reference_targets`) it is the same path in NumPy."""
+    matched = matching_module.fcos_match_locations_to_gt(locations, strides, gt)
     targets = {}
     for level, boxes in matched.items():
-        ltrb = deltas.fcos_get_deltas_from_locations(locations[level], boxes, strides[level])
-        targets[level] = (boxes, ltrb, deltas.fcos_make_centerness_targets(ltrb))
+        ltrb = deltas_module.fcos_get_deltas_from_locations(locations[level], boxes, strides[level])
+        targets[level] = (boxes, ltrb, deltas_module.fcos_make_centerness_targets(ltrb))
     return targets
 
 
 def reference_targets(locations, strides, gt):
     """:func:`detops_targets` with the NumPy references."""
-    matched = ref_matching.fcos_match_locations_to_gt(locations, strides, gt)
-    targets = {}
-    for level, boxes in matched.items():
-        ltrb = ref_deltas.fcos_get_deltas_from_locations(locations[level], boxes, strides[level])
-        targets[level] = (boxes, ltrb, ref_deltas.fcos_make_centerness_targets(ltrb))
-    return targets
+    return detops_targets(locations, strides, gt, ref_matching, ref_deltas)
 
 
 def _numpy(value):
