@@ -55,9 +55,11 @@ __all__ = [
 _CHUNK = SERIAL_ELEMENTS
 
 _REDUCTIONS = ("none", "mean", "sum")
-# fcos_loss's box and centerness terms on CPU gather the counted rows (tests switch it off
-# to run the dense, sync-free path that other devices take).
+# fcos_loss's box and centerness terms on CPU gather the counted rows, and the class-id
+# focal loss computes only the positive entries (tests switch these off to run the dense,
+# sync-free paths that other devices take).
 _FOREGROUND_ROWS_ON_CPU = True
+_SPARSE_POSITIVES_ON_CPU = True
 
 
 def _check_alpha_gamma(op: str, alpha: object, gamma: object) -> tuple[float, float]:
@@ -227,10 +229,13 @@ def _chunk_size(device: torch.device, n: int) -> int:
 
 class _PositiveRows:
     """The class-id form's positives: per row of ``[R, C]`` logits, the column of its class
-    and the loss and gradient there as a positive (t = 1), computed once in blocks of rows.
+    and the loss and gradient there as a positive (t = 1).
 
-    Rows whose id lies outside ``[0, C)`` are background (``valid`` False); they write back
-    the value already in place, so no host sync is needed to skip them.
+    Rows whose id lies outside ``[0, C)`` are background. On CPU their indices are found
+    with NumPy (there is no device to synchronise with) and only the positive entries are
+    computed and written, a few percent of the rows in detection. Elsewhere every row is
+    computed in blocks and background rows write back the value already in place, so no
+    host sync is needed to skip them.
     """
 
     def __init__(
@@ -243,16 +248,27 @@ class _PositiveRows:
         want_grad: bool,
     ) -> None:
         rows, num_classes = x2d.shape
+        self.num_classes = num_classes
         device = x2d.device
-        cdt = _compute_dtype(x2d.dtype)
+        self.cdt = _compute_dtype(x2d.dtype)
+        self.w_pos = alpha if alpha >= 0 else 1.0
+        self.gamma = gamma
+        self.gamma_t = torch.tensor(gamma, dtype=self.cdt)  # CPU 0-d: a scalar to CUDA ops too
+        self.sparse = device.type == "cpu" and _SPARSE_POSITIVES_ON_CPU
+        if self.sparse:
+            ids_np = ids.numpy()
+            valid_rows = np.flatnonzero((ids_np >= 0) & (ids_np < num_classes))
+            # Flat element index of every positive entry, ascending.
+            self.flat = valid_rows * num_classes + ids_np[valid_rows]
+            self._spans: dict[int, tuple[int, int, Tensor]] = {}
+            xg = x2d.reshape(-1).index_select(0, torch.from_numpy(self.flat))
+            self.loss, self.grad = self._positive_terms(xg, loss_dtype, x2d.dtype, want_grad)
+            return
         self.valid = torch.empty(rows, dtype=torch.bool, device=device)
         self.index = torch.empty(rows, 1, dtype=torch.int64, device=device)
         self.loss = torch.empty(rows, dtype=loss_dtype, device=device)
         self.grad = torch.empty(rows, dtype=x2d.dtype, device=device) if want_grad else None
         block = _CHUNK if device.type == "cpu" else max(rows, 1)
-        w_pos = alpha if alpha >= 0 else 1.0
-
-        gamma_t = torch.tensor(gamma, dtype=cdt)  # CPU 0-d: a scalar to CUDA ops too
         for r0 in range(0, rows, block):
             r1 = min(r0 + block, rows)
             block_ids = ids[r0:r1]
@@ -260,22 +276,48 @@ class _PositiveRows:
             self.valid[r0:r1] = valid
             index = self.index[r0:r1]
             index[:, 0] = torch.where(valid, block_ids, 0)
-            xg = x2d[r0:r1].gather(1, index).squeeze(1).to(cdt)
-            # t = 1: ce = softplus(-x), q = 1 - p, r = p, so
-            # loss = a ce (1-p)**gamma, grad = -a (1-p)**gamma ((1 - p) + gamma ce p).
-            pn = torch.sigmoid(-xg)
-            ce = torch.nn.functional.softplus(-xg, threshold=_softplus_threshold(cdt))
-            qg = torch.empty_like(pn)
-            _pow_into(pn, qg, gamma, gamma_t)
-            self.loss[r0:r1] = ce * qg * w_pos
-            if self.grad is not None:
-                self.grad[r0:r1] = qg * (pn + gamma * ce * torch.sigmoid(xg)) * (-w_pos)
+            xg = x2d[r0:r1].gather(1, index).squeeze(1)
+            loss, grad = self._positive_terms(xg, loss_dtype, x2d.dtype, want_grad)
+            self.loss[r0:r1] = loss
+            if self.grad is not None and grad is not None:
+                self.grad[r0:r1] = grad
 
-    def write(self, dst: Tensor, values: Tensor, r0: int, r1: int) -> None:
-        """Overwrite the positive entries of rows ``[r0, r1)`` of ``dst`` (``[r1-r0, C]``)."""
+    def _positive_terms(
+        self, xg: Tensor, loss_dtype: torch.dtype, grad_dtype: torch.dtype, want_grad: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Loss and gradient of logits ``xg`` as positives.
+
+        With t = 1: ce = softplus(-x), q = 1 - p, r = p, so
+        loss = a ce (1-p)**gamma, grad = -a (1-p)**gamma ((1 - p) + gamma ce p).
+        """
+        xg = xg.to(self.cdt)
+        pn = torch.sigmoid(-xg)
+        ce = torch.nn.functional.softplus(-xg, threshold=_softplus_threshold(self.cdt))
+        qg = torch.empty_like(pn)
+        _pow_into(pn, qg, self.gamma, self.gamma_t)
+        loss = (ce * qg * self.w_pos).to(loss_dtype)
+        if not want_grad:
+            return loss, None
+        grad = qg * (pn + self.gamma * ce * torch.sigmoid(xg)) * (-self.w_pos)
+        return loss, grad.to(grad_dtype)
+
+    def write(self, dst: Tensor, values: Tensor, start: int, stop: int) -> None:
+        """Overwrite the positive entries of the flat elements ``[start, stop)``, held in
+        ``dst`` (``[stop - start]``, whole rows), with their ``values``."""
+        if self.sparse:
+            span = self._spans.get(start)  # the loss and the gradient share a chunk's span
+            if span is None:
+                lo, hi = np.searchsorted(self.flat, (start, stop)).tolist()
+                span = self._spans[start] = (lo, hi, torch.from_numpy(self.flat[lo:hi] - start))
+            lo, hi, local = span
+            if hi > lo:
+                dst.index_copy_(0, local, values[lo:hi])
+            return
+        r0, r1 = start // self.num_classes, stop // self.num_classes
+        rows = dst.view(-1, self.num_classes)
         index = self.index[r0:r1]
-        kept = dst.gather(1, index)
-        dst.scatter_(1, index, torch.where(self.valid[r0:r1, None], values[r0:r1, None], kept))
+        kept = rows.gather(1, index)
+        rows.scatter_(1, index, torch.where(self.valid[r0:r1, None], values[r0:r1, None], kept))
 
 
 def _focal_dense_pass(
@@ -300,10 +342,8 @@ def _focal_dense_pass(
     cdt = _compute_dtype(dtype)
     device = x_flat.device
     size = _chunk_size(device, n)
-    num_classes = 1
     if positives is not None:  # chunks of whole rows
-        num_classes = n // positives.valid.numel()
-        size = max(size // num_classes, 1) * num_classes
+        size = max(size // positives.num_classes, 1) * positives.num_classes
     loss = torch.empty(n, dtype=dtype, device=device) if reduction == "none" else None
     grad = torch.empty(n, dtype=dtype, device=device) if want_grad else None
     sums = []
@@ -327,14 +367,13 @@ def _focal_dense_pass(
             (_binary_chunk if binary else _dense_chunk)(xs, ts, b, alpha, gamma, want_grad)
         chunk_loss = torch.mul(b.l, b.q, out=b.e if loss is None else loss[start:stop])
         if positives is not None:
-            r0, r1 = start // num_classes, stop // num_classes
-            positives.write(chunk_loss.view(-1, num_classes), positives.loss, r0, r1)
+            positives.write(chunk_loss, positives.loss, start, stop)
         if loss is None:
             sums.append(chunk_loss.sum())
         if grad is not None:
             chunk_grad = torch.mul(b.p, b.q, out=grad[start:stop])
             if positives is not None and positives.grad is not None:  # both or neither
-                positives.write(chunk_grad.view(-1, num_classes), positives.grad, r0, r1)
+                positives.write(chunk_grad, positives.grad, start, stop)
     if loss is None:
         loss = (
             torch.stack(sums).sum(dtype=torch.float64)
@@ -583,10 +622,11 @@ def sigmoid_focal_loss_from_class_ids(
 
     Equals ``sigmoid_focal_loss(inputs, one_hot(class_ids), ...)`` where row ``i`` of the
     one-hot has a single 1 at ``class_ids[i]``, and background rows are all zero, without
-    materializing the one-hot: the loss and gradient of each row's positive entry are
-    computed first (``[...]``-sized), then one fused pass over row-aligned chunks treats
-    every element as a negative and writes the positive entries over each chunk before it
-    is stored or summed (so a sum never subtracts what it counted).
+    materializing the one-hot: the loss and gradient of the positive entries are computed
+    first (on CPU only those of the rows whose id lies in ``[0, C)``, found with NumPy;
+    elsewhere every row's, with no host sync), then one fused pass over row-aligned chunks
+    treats every element as a negative and writes the positive entries over each chunk
+    before it is stored or summed (so a sum never subtracts what it counted).
 
     Args:
         inputs (Tensor[..., C]): logits, any floating dtype.
@@ -675,8 +715,8 @@ def fcos_loss(
     centerness terms are computed on every row with the others zeroed. On CPU those terms
     gather only the counted rows (found with NumPy), a few percent of all. The three sums and their
     closed-form gradients are computed in the forward pass; backward scales them. The focal
-    part shares its chunks among threads as :func:`sigmoid_focal_loss` does; torch's thread
-    settings are never changed.
+    part runs in cache-sized chunks in the calling thread, as :func:`sigmoid_focal_loss`
+    does; torch's thread settings are never read or changed.
 
     Args:
         pred_cls_logits (Tensor[B, L, C]): class logits, floating.
@@ -869,8 +909,13 @@ def _foreground_rows(gt: Tensor) -> Tensor:
     """Indices of the rows of ``gt [N, 4]`` whose four deltas are all ``>= 0`` (a NaN is
     not); NumPy on CPU, which forks no thread at any size."""
     if gt.device.type == "cpu" and gt.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(np.flatnonzero((gt.numpy() >= 0).all(axis=1)))
+        # A row's four booleans read as one uint32 (NumPy's all(axis=1) over 4 is slow).
+        nonneg = np.ascontiguousarray(gt.numpy() >= 0).view(np.uint32).reshape(-1)
+        return torch.from_numpy(np.flatnonzero(nonneg == _FOUR_TRUE))
     return (gt >= 0).all(dim=1).nonzero().squeeze(1)
+
+
+_FOUR_TRUE = int(np.ones(4, dtype=np.bool_).view(np.uint32)[0])
 
 
 class _FCOSLossSums(torch.autograd.Function):

@@ -29,6 +29,14 @@ GAMMAS = [0.0, 0.5, 2.0]
 REDUCTIONS = ["none", "mean", "sum"]
 
 
+@pytest.fixture(params=["sparse", "dense"])
+def positives_path(request, monkeypatch):
+    """On CPU the class-id form computes only the positive entries (their indices found
+    with NumPy); other devices compute every row, with no host sync. Both run on CPU."""
+    monkeypatch.setattr(losses, "_SPARSE_POSITIVES_ON_CPU", request.param == "sparse")
+    return request.param
+
+
 def _inputs(shape, dtype, device, seed=0, soft=False, scale=3.0):
     gen = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
@@ -73,7 +81,7 @@ def test_matches_torchvision_with_soft_targets(reduction, device):
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_class_id_form_equals_dense_one_hot(reduction, dtype, device):
+def test_class_id_form_equals_dense_one_hot(reduction, dtype, device, positives_path):
     gen = torch.Generator().manual_seed(3)
     x, _ = _inputs((3, 41, 6), dtype, device, seed=3)
     ids = torch.randint(-1, 6, (3, 41), generator=gen).to(device)  # -1: background
@@ -104,6 +112,22 @@ def test_gradcheck_float64(reduction):
             lambda v, a=alpha, g=gamma: sigmoid_focal_loss_from_class_ids(v, ids, a, g, reduction),
             (x,),
         )
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_class_id_positives_are_sparse_on_cpu_only_when_switched_on(sparse, monkeypatch):
+    monkeypatch.setattr(losses, "_SPARSE_POSITIVES_ON_CPU", sparse)
+    x = torch.randn(6, 4)
+    ids = torch.tensor([-1, 0, 3, 4, -5, 2])  # 4 and -5: background rows
+    positives = losses._PositiveRows(x, ids, 0.25, 2.0, torch.float32, want_grad=True)
+    assert positives.sparse is sparse
+    if sparse:  # flat indices of (1, 0), (2, 3) and (5, 2) in the [6, 4] logits
+        assert positives.flat.tolist() == [4, 11, 22]
+    dense_loss = sigmoid_focal_loss_from_class_ids(x, ids, reduction="none")
+    one_hot = torch.zeros(6, 4)
+    one_hot[[1, 2, 5], [0, 3, 2]] = 1.0
+    expected = torchvision.ops.sigmoid_focal_loss(x, one_hot, reduction="none")
+    torch.testing.assert_close(dense_loss, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_second_backward_recomputes_the_same_gradient():
@@ -201,7 +225,7 @@ def test_hand_computed_values():
     np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-15)
 
 
-def test_large_input_crosses_chunks(device):
+def test_large_input_crosses_chunks(device, positives_path):
     # At least 16 CPU chunks, a row-aligned class-id chunking and a last, shorter chunk.
     shape = (16 * losses._CHUNK // 128 + 3, 128)
     x, t = _inputs(shape, torch.float32, device, seed=5)
