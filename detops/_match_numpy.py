@@ -42,11 +42,9 @@ def match_grid_levels(gt: np.ndarray, levels: list[Level]) -> np.ndarray | None:
     kept = int(real.sum(1).max()) if batch * count else 0
     if kept > MAX_BOXES:
         return None
-    sizes = [len(xs) * len(ys) for xs, ys, *_ in levels]
-    out = np.empty((batch * sum(sizes), 5), dtype=gt.dtype)
+    sizes = tuple(len(xs) * len(ys) for xs, ys, *_ in levels)
     if kept == 0:
-        out.fill(-1)
-        return out
+        return np.full((batch * sum(sizes), 5), -1, dtype=gt.dtype)
     # Padding rows become NaN boxes: NaN area (sorted last), and no location is inside.
     corners = gt[..., :4].astype(np.float64)
     corners[~real] = np.nan
@@ -56,13 +54,13 @@ def match_grid_levels(gt: np.ndarray, levels: list[Level]) -> np.ndarray | None:
     # Row b * (K + 1) + j of ``table`` is sorted box j of image b; j = K is a row of -1s.
     table = np.full((batch, kept + 1, 5), -1, dtype=gt.dtype)
     table[:, :kept] = gt[images, order]
-    table = table.reshape(-1, 5)
-
-    weights = np.exp2(np.arange(kept - 1, -1, -1, dtype=np.float64))[:, None]  # 2**(K-1-j)
-    row_base = images[..., None] * (kept + 1) + kept + 1022
-    x1, y1, x2, y2 = (corners[images, order, c][..., None] for c in range(4))  # [B, K, 1]
+    edges = corners[images, order]  # [B, K, 4]
+    x1, y1, x2, y2 = (edges[..., c : c + 1] for c in range(4))  # [B, K, 1]
+    weights = _weights(kept)
+    # 0.5 + the weight sum of every location, level-major as the output.
+    sums = np.empty(batch * sum(sizes))
     start = 0
-    for xs, ys, low, high, reach in levels:
+    for (xs, ys, low, high, reach), size in zip(levels, sizes, strict=True):
         lower_x, upper_x = np.maximum(x1, x2 - high), np.minimum(x2, x1 + high)
         lower_y, upper_y = np.maximum(y1, y2 - high), np.minimum(y2, y1 + high)
         if reach is not None:
@@ -73,19 +71,45 @@ def match_grid_levels(gt: np.ndarray, levels: list[Level]) -> np.ndarray | None:
             upper_y = np.minimum(upper_y, centre_y + reach)
         inside_x = (xs > lower_x) & (xs < upper_x)  # [B, K, W]
         inside_y = (ys > lower_y) & (ys < upper_y)  # [B, K, H]
-        sums = np.matmul(_transposed(inside_y), inside_x * weights)  # [B, H, W]
+        block = sums[start : start + batch * size].reshape(batch, len(ys), len(xs))
+        np.matmul(_transposed(inside_y), inside_x * weights, out=block)  # [B, H, W]
         if low > 0:  # m > low fails exactly inside the closed inner box
             inner_x = inside_x & (xs >= x2 - low) & (xs <= x1 + low)
             inner_y = inside_y & (ys >= y2 - low) & (ys <= y1 + low)
-            sums -= np.matmul(_transposed(inner_y), inner_x * weights)
-        sums += 0.5
-        # The biased exponent of 0.5 + sum is 1022 + e, e the bit length of the integer
-        # sum: its leading bit is sorted box K - e, and e == 0 (no candidate) gives row K.
-        picked = row_base - (sums.view(np.int64) >> 52)
-        size = picked.size
-        np.take(table, picked.reshape(-1), axis=0, out=out[start : start + size])
-        start += size
-    return out
+            block -= np.matmul(_transposed(inner_y), inner_x * weights)
+        start += batch * size
+    sums += 0.5
+    # The biased exponent of 0.5 + sum is 1022 + e, e the bit length of the integer sum:
+    # its leading bit is sorted box K - e, and e == 0 (no candidate) gives row K.
+    picked = _row_base(batch, kept, sizes) - (sums.view(np.int64) >> 52)
+    return np.take(table.reshape(-1, 5), picked, axis=0)
+
+
+# Small per-shape constants, by their arguments (the course's batch reuses one or two).
+_WEIGHTS: dict[int, np.ndarray] = {}
+_ROW_BASES: dict[tuple[int, int, tuple[int, ...]], np.ndarray] = {}
+
+
+def _weights(kept: int) -> np.ndarray:
+    """``2**(K - 1 - j)`` for sorted box ``j``, as a ``[K, 1]`` column."""
+    weights = _WEIGHTS.get(kept)
+    if weights is None:
+        weights = np.exp2(np.arange(kept - 1, -1, -1, dtype=np.float64))[:, None]
+        _WEIGHTS[kept] = weights  # at most MAX_BOXES entries
+    return weights
+
+
+def _row_base(batch: int, kept: int, sizes: tuple[int, ...]) -> np.ndarray:
+    """``b * (K + 1) + K + 1022`` for every location of image ``b``, level-major."""
+    key = (batch, kept, sizes)
+    bases = _ROW_BASES.get(key)
+    if bases is None:
+        image = np.arange(batch, dtype=np.int64) * (kept + 1) + kept + 1022
+        bases = np.concatenate([np.repeat(image, size) for size in sizes])
+        if len(_ROW_BASES) > 64:
+            _ROW_BASES.clear()
+        _ROW_BASES[key] = bases
+    return bases
 
 
 def _transposed(factors: np.ndarray) -> np.ndarray:

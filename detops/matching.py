@@ -35,6 +35,7 @@ import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -366,14 +367,13 @@ def _match_numpy(
     """:func:`_match` by :func:`detops._match_numpy.match_grid_levels` (CPU), or None
     where that path does not apply (a level that is not a grid, more than 52 real boxes
     in an image)."""
-    shapes, index, coords = _grid_shapes(locations, sizes) if all(sizes) else ([], None, None)
-    if index is None or coords is None or not all(shapes):
+    grid = _numpy_grid_levels(locations, sizes) if all(sizes) else None
+    if grid is None:
         return None
-    values = coords.numpy()
+    shapes, rows, values = grid
     levels = []
-    for i, (name, shape) in enumerate(zip(names, shapes, strict=True)):
-        assert shape is not None
-        (height, width), (x_row, y_row) = shape, index.rows[i]
+    for i, (name, (height, width)) in enumerate(zip(names, shapes, strict=True)):
+        x_row, y_row = rows[i]
         low, high = ranges[name]
         reach = None if radius is None else radius * strides[name]
         xs, ys = values[x_row : x_row + width], values[y_row : y_row + height]
@@ -384,9 +384,46 @@ def _match_numpy(
     matched = torch.from_numpy(buffer)
     result, start, batch = {}, 0, gt.shape[0]
     for name, size in zip(names, sizes, strict=True):
-        result[name] = matched[batch * start : batch * (start + size)].view(batch, size, 5)
+        result[name] = matched.as_strided((batch, size, 5), (size * 5, 5, 1), batch * start * 5)
         start += size
     return result
+
+
+_NumpyGrid = tuple[list[tuple[int, int]], dict[int, tuple[int, int]], np.ndarray]
+# NumPy copies of _grid_index's rebuild and coords indices, by (level sizes, shapes).
+_NUMPY_GRID_INDEX: dict[tuple, tuple[np.ndarray, np.ndarray, dict[int, tuple[int, int]]]] = {}
+_NUMPY_LOCATION_DTYPES = (torch.float32, torch.float64)
+
+
+def _numpy_grid_levels(locations: Mapping[str, Tensor], sizes: list[int]) -> _NumpyGrid | None:
+    """For the NumPy path: every level's ``(H, W)``, the levels' first rows in the
+    coordinates, and the grid x-values and y-values (float64), or None when some level is
+    not a grid. The shapes of the last call with these level sizes are checked in NumPy
+    (one comparison of all locations with the grids they imply); otherwise
+    :func:`_grid_shapes` searches, and records them for the next call."""
+    key = tuple(sizes)
+    hint = _SHAPE_HINTS.get(key)
+    if (
+        hint is not None
+        and all(hint)
+        and all(loc.dtype in _NUMPY_LOCATION_DTYPES for loc in locations.values())
+    ):
+        shapes = [shape for shape in hint if shape]
+        cached = _NUMPY_GRID_INDEX.get((key, hint))
+        if cached is None:
+            grid_index = _grid_index(key, hint, torch.device("cpu"))
+            if len(_NUMPY_GRID_INDEX) > 16:
+                _NUMPY_GRID_INDEX.clear()
+            cached = grid_index.rebuild.numpy(), grid_index.coords.numpy(), grid_index.rows
+            _NUMPY_GRID_INDEX[(key, hint)] = cached
+        rebuild, coords, rows = cached
+        flat = np.concatenate([loc.detach().numpy() for loc in locations.values()]).reshape(-1)
+        if np.array_equal(flat[rebuild], flat):
+            return shapes, rows, flat[coords].astype(np.float64)
+    found, index, values = _grid_shapes(locations, sizes)
+    if index is None or values is None or not all(found):
+        return None
+    return [shape for shape in found if shape], index.rows, values.numpy()
 
 
 def _weights(groups: _Groups) -> list[float]:

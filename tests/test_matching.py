@@ -292,6 +292,38 @@ def test_a4_benchmark_batch_matches_the_reference(radius, numpy_path, monkeypatc
     assert sum(int((v[..., 4] >= 0).sum()) for v in out.values()) > 100
 
 
+def test_grid_shapes_remembered_from_a_call_are_checked_on_the_next():
+    """The grid shapes found for some level sizes are a hint for the next call with the
+    same sizes, checked against its locations: a shifted grid, a transposed grid (4 x 8
+    after 8 x 4), a grid whose rows are shuffled, and bfloat16 locations must all match
+    the reference."""
+    generator = torch.Generator().manual_seed(2)
+    corner = torch.randint(0, 40, (3, 6, 2), generator=generator).float()
+    size = torch.randint(4, 40, (3, 6, 2), generator=generator).float()
+    gt = torch.cat((corner, corner + size, torch.ones(3, 6, 1)), dim=-1)
+    gt[1, 4:] = -1
+    strides = {"a": 8, "b": 16}
+    wide = get_fpn_location_coords({"a": (4, 8), "b": (2, 4)}, strides)
+    tall = get_fpn_location_coords({"a": (8, 4), "b": (4, 2)}, strides)
+    shuffled = {"a": wide["a"][torch.randperm(32, generator=generator)], "b": wide["b"]}
+    shifted = {k: v + 3.0 for k, v in wide.items()}
+    half = {k: v.to(torch.bfloat16) for k, v in wide.items()}
+    for name, locations in [
+        ("wide", wide),
+        ("tall after wide", tall),
+        ("wide after tall", wide),
+        ("shuffled", shuffled),
+        ("shifted", shifted),
+        ("bfloat16", half),
+        ("wide again", wide),
+    ]:
+        out = fcos_match_locations_to_gt(locations, strides, gt)
+        np_locations = {k: v.float().numpy() for k, v in locations.items()}
+        expected = ref.fcos_match_locations_to_gt(np_locations, strides, gt.numpy())
+        assert_trees_close(out, expected, EXACT, name)
+        assert sum(int((v[..., 4] >= 0).sum()) for v in out.values()) > 0, name
+
+
 def test_many_boxes_use_several_weight_groups():
     """More real boxes than one 52-bit weight group: the first group with a candidate wins."""
     locations = get_fpn_location_coords({"p": (12, 12)}, {"p": 8})
