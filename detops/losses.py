@@ -784,8 +784,9 @@ def fcos_loss(
         old = normalizer.to(device=device, dtype=norm_dtype)
 
     classes = matched_gt_boxes[..., 4].detach()
+    class_ids, positive_count = _class_ids(classes)
     if positives_per_image is None:
-        new_positives = (classes != -1).sum().to(norm_dtype) * ((1.0 - momentum) / batch)
+        new_positives = positive_count.to(norm_dtype) * ((1.0 - momentum) / batch)
     else:
         check_tensor(op, "positives_per_image", positives_per_image)
         check_floating(op, "positives_per_image", positives_per_image)
@@ -801,7 +802,6 @@ def fcos_loss(
     new_normalizer = new_positives + momentum * old
     denominator = new_normalizer * batch
     denominator = torch.where(denominator == 0, 1.0, denominator).to(loss_dtype)
-    class_ids = torch.where(classes < 0, -1, classes.to(torch.int64))  # -0.5 is not 0
     if torch.compiler.is_compiling():
         loss_cls, loss_box, loss_ctr = _fcos_loss_sums_op(
             pred_cls_logits,
@@ -826,6 +826,20 @@ def fcos_loss(
         "loss_ctr": loss_ctr / denominator,
     }
     return losses, new_normalizer.detach()
+
+
+def _class_ids(classes: Tensor) -> tuple[Tensor, Tensor]:
+    """The matched class column as int64 ids (-1 for every negative class: -0.5 is not 0)
+    and the number of rows whose class is not -1 (a 0-d int64 tensor). On CPU in NumPy:
+    two passes over a strided column, not four torch ops on it."""
+    if classes.device.type == "cpu" and classes.dtype in (torch.float32, torch.float64):
+        values = classes.numpy()
+        with np.errstate(invalid="ignore"):  # NaN and inf classes: background, as in torch
+            ids = values.astype(np.int64)
+        ids[values < 0] = -1
+        return torch.from_numpy(ids), torch.tensor(np.count_nonzero(values != -1))
+    ids = torch.where(classes < 0, -1, classes.to(torch.int64))
+    return ids, (classes != -1).sum()
 
 
 def _fcos_loss_sums(
