@@ -838,8 +838,7 @@ def _class_ids(classes: Tensor) -> tuple[Tensor, Tensor]:
             ids = values.astype(np.int64)
         ids[values < 0] = -1
         return torch.from_numpy(ids), torch.tensor(np.count_nonzero(values != -1))
-    ids = torch.where(classes < 0, -1, classes.to(torch.int64))
-    return ids, (classes != -1).sum()
+    return torch.where(classes < 0, -1, classes.to(torch.int64)), (classes != -1).sum()
 
 
 def _fcos_loss_sums(
