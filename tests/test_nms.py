@@ -7,6 +7,7 @@ The property tests against the NumPy reference live in tests/test_against_refere
 import dataclasses
 import importlib
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -715,7 +716,12 @@ def test_class_spec_sparse_path_matches_reference_on_the_registry_cases(dtype):
 
 
 NUMPY_PATHS = {
-    "all pairs in one matrix": {"_ALL_PAIRS_MAX": 10**9},
+    "pairs read from one mask": {"_ALL_PAIRS_MAX": 10**9, "_DENSE_MAX": 0},
+    "IoU of all pairs in one matrix": {
+        "_ALL_PAIRS_MAX": 10**9,
+        "_DENSE_MAX": 10**9,
+        "_DENSE_SHARE": 10**9,
+    },
     "pairs of each group": {"_ALL_PAIRS_MAX": 0, "_PAIRS_PER_KERNEL_CALL": 10**9},
     "kernel once per group": {"_ALL_PAIRS_MAX": 0, "_PAIRS_PER_KERNEL_CALL": 0},
     "greedy box by box": {"_ALL_PAIRS_MAX": 0, "_PAIR_LOOP_MAX": 0},
@@ -916,3 +922,99 @@ def test_class_spec_fast_path_takes_only_calls_the_full_checks_accept(variant, f
         expected = _batched_nms_vanilla(boxes, scores, ids, 0.5)
         got = class_spec_nms(boxes, scores, ids, 0.5)
         assert got.tolist() == by_score_then_index(expected, scores)
+
+
+# ----------------------------------------------------------------------------------------
+# the fast paths' kernel call and finite checks
+# ----------------------------------------------------------------------------------------
+
+
+def test_the_direct_kernel_callable_is_torchvisions_kernel():
+    module = sys.modules["detops.nms"]
+    kernel = module._torchvision_nms_kernel()
+    default = getattr(torch.ops.torchvision.nms, "default", None)
+    if default is not None and hasattr(default, "_op"):
+        assert kernel is default._op  # the fastest callable, where this torch has it
+    boxes, scores, _ = random_detections(200, seed=11)
+    boxes[1::4] = boxes[::4] + 0.5  # overlaps to suppress
+    scores[::7] = scores[0]  # ties
+    for dtype in (torch.float32, torch.float64):
+        b, s = boxes.to(dtype), scores.to(dtype)
+        for threshold in (0.0, 0.3, 0.5, 1.0):
+            expected = torchvision.ops.nms(b, s, threshold)
+            assert torch.equal(kernel(b, s, threshold), expected)
+            assert torch.equal(module._kernel_nms(b, s, threshold), expected)
+            assert torch.equal(nms(b, s, threshold), expected)
+
+
+def test_direct_callable_falls_back_where_private_attributes_are_missing():
+    direct = sys.modules["detops.nms"]._direct_callable
+    op = object()
+    overload = types.SimpleNamespace(_op=op)
+    assert direct(types.SimpleNamespace(default=overload)) is op
+    bare_overload = types.SimpleNamespace()
+    assert direct(types.SimpleNamespace(default=bare_overload)) is bare_overload
+    packet = object()
+    assert direct(packet) is packet
+
+
+def _records_grad() -> bool:
+    x = torch.ones(3, requires_grad=True)
+    y = (x * 2).sum()
+    return y.grad_fn is not None and y.requires_grad
+
+
+@pytest.mark.parametrize("n", [10, 100])  # the finite check in Python, in torch
+def test_fast_paths_leave_autograd_as_they_found_it(n):
+    """The kernel runs below autograd inside the call only: afterwards grad mode is what
+    it was, new tensors record grad again, and inputs that require grad still work."""
+    boxes, scores, classes = random_detections(n, seed=12)
+    boxes = boxes.requires_grad_()
+    scores = scores.requires_grad_()
+    expected = torchvision.ops.nms(boxes, scores, 0.5)
+    expected_classes = _batched_nms_vanilla(boxes.detach(), scores.detach(), classes, 0.5)
+    assert torch.is_grad_enabled() and _records_grad()
+    assert torch.equal(nms(boxes, scores, 0.5), expected)
+    assert torch.is_grad_enabled() and _records_grad()
+    got = class_spec_nms(boxes, scores, classes, 0.5)
+    assert got.tolist() == by_score_then_index(expected_classes, scores.detach())
+    assert torch.is_grad_enabled() and _records_grad()
+    loss = (boxes * 2).sum() + scores.sum()  # the inputs still build a graph
+    loss.backward()
+    assert torch.equal(boxes.grad, torch.full_like(boxes, 2.0))
+    with torch.no_grad():
+        assert torch.equal(nms(boxes, scores, 0.5), expected)
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+    with pytest.raises(ValueError, match="nms: boxes must not contain NaN"):
+        nms(boxes.detach().index_fill(0, torch.tensor([3]), float("nan")), scores, 0.5)
+    assert torch.is_grad_enabled() and _records_grad()
+
+
+@pytest.mark.parametrize("n", [10, 24, 25, 100])  # the finite check in Python, in torch
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("where", ["boxes", "scores"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_fast_path_finite_checks_send_nan_and_inf_to_detops_path(n, strided, where, value):
+    boxes, scores, classes = random_detections(n, seed=13)
+    if where == "boxes":
+        boxes[n // 2, 2] = value
+    else:
+        scores[n // 2] = value
+    if strided:
+        boxes = boxes.t().contiguous().t()
+        scores = torch.stack((scores, scores), 1)[:, 0]
+        assert not boxes.is_contiguous() and not scores.is_contiguous()
+    if np.isnan(value):
+        with pytest.raises(ValueError, match=f"nms: {where} must not contain NaN"):
+            nms(boxes, scores, 0.5)
+        with pytest.raises(ValueError, match=f"class_spec_nms: {where} must not contain NaN"):
+            class_spec_nms(boxes, scores, classes, 0.5)
+        return
+    bn, sn = boxes.double().numpy(), scores.double().numpy()
+    with np.errstate(invalid="ignore"):  # the reference's inf - inf, which is IoU 0
+        expected = ref.nms(bn, sn, 0.5)
+        expected_classes = ref.class_spec_nms(bn, sn, classes.numpy(), 0.5)
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5).numpy(), expected)
+    got = class_spec_nms(boxes, scores, classes, 0.5).numpy()
+    np.testing.assert_array_equal(got, expected_classes)
