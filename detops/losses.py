@@ -832,7 +832,11 @@ def _class_ids(classes: Tensor) -> tuple[Tensor, Tensor]:
     """The matched class column as int64 ids (-1 for every negative class: -0.5 is not 0)
     and the number of rows whose class is not -1 (a 0-d int64 tensor). On CPU in NumPy:
     two passes over a strided column, not four torch ops on it."""
-    if classes.device.type == "cpu" and classes.dtype in (torch.float32, torch.float64):
+    if (
+        classes.device.type == "cpu"
+        and classes.dtype in (torch.float32, torch.float64)
+        and not torch.compiler.is_compiling()
+    ):
         values = classes.numpy()
         with np.errstate(invalid="ignore"):  # NaN and inf classes: background, as in torch
             ids = values.astype(np.int64)

@@ -1,7 +1,10 @@
+import math
+import sys
+
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference.deltas as ref
@@ -10,6 +13,7 @@ from detops import (
     fcos_get_deltas_from_locations,
     fcos_make_centerness_targets,
 )
+from detops.testing import entry_by_name
 from detops.testing.compare import assert_trees_close
 from detops.testing.families.targets import DECODE_TOLERANCES, RELATIVE_TOLERANCES
 from detops.testing.strategies import floats32, ltrb_deltas
@@ -192,6 +196,272 @@ def test_centerness_is_scale_invariant(scale, data):
     assert torch.equal(
         fcos_make_centerness_targets(deltas * power), fcos_make_centerness_targets(deltas)
     )
+
+
+# ------------------------------------------------------ the NumPy path and the torch path
+# On CPU, float32/float64 inputs of one dtype (no grad) up to a size take NumPy kernels
+# (detops._deltas_numpy); the switch runs the torch path that every other input takes.
+
+DELTAS_MODULE = sys.modules["detops.deltas"]
+PATH_ENTRIES = ("fcos_get_deltas_from_locations", "fcos_make_centerness_targets")
+
+
+def _count_kernel_calls(monkeypatch):
+    """How many times each NumPy kernel runs (``{"deltas": n, "centerness": n}``)."""
+    calls = {"deltas": 0, "centerness": 0}
+
+    def spy(name, kernel):
+        def wrapped(*args):
+            calls[name] += 1
+            return kernel(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(DELTAS_MODULE, "deltas_numpy", spy("deltas", DELTAS_MODULE.deltas_numpy))
+    monkeypatch.setattr(
+        DELTAS_MODULE, "centerness_numpy", spy("centerness", DELTAS_MODULE.centerness_numpy)
+    )
+    return calls
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    return _count_kernel_calls(monkeypatch)
+
+
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy", "torch"])
+@pytest.mark.parametrize("name", PATH_ENTRIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_both_cpu_paths_match_the_reference(name, dtype, numpy_path, kernel_calls, monkeypatch):
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_ON_CPU", numpy_path)
+    entry = entry_by_name(name)
+
+    @settings(max_examples=40)
+    @given(case=entry.strategy())
+    def check(case):
+        entry.assert_matches(case, dtype, "cpu")
+
+    check()
+    # The registry's cases are small: with the switch on, the kernel ran (for the deltas,
+    # not on the int64 stride tensors nor the empty cases), with it off never.
+    assert (sum(kernel_calls.values()) > 0) == numpy_path
+
+
+def _both_paths(monkeypatch, op, *args):
+    """``op(*args)`` by the NumPy path and by the torch path."""
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_ON_CPU", True)
+    fast = op(*args)
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_ON_CPU", False)
+    slow = op(*args)
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_ON_CPU", True)
+    return fast, slow
+
+
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def _ordered_bits(t):
+    """Integers in the order of the floats (-0.0 and 0.0 both 0): adjacent floats differ
+    by 1, so the difference of two is their distance in ulps."""
+    bits = t.view(_BITS[t.dtype]).to(torch.int64)
+    lowest = torch.iinfo(_BITS[t.dtype]).min
+    return torch.where(bits < 0, lowest - bits, bits)
+
+
+def _assert_within_one_ulp(fast, slow):
+    """NaN where the other is NaN, at most 1 ulp apart elsewhere."""
+    assert fast.dtype == slow.dtype and fast.shape == slow.shape and fast.is_contiguous()
+    assert torch.equal(fast.isnan(), slow.isnan())
+    distance = (_ordered_bits(fast) - _ordered_bits(slow)).abs()
+    assert (distance[~slow.isnan()] <= 1).all(), (fast, slow)
+
+
+# Float32 values at the edges: signed zeros, -1 (background), infinities, NaN, a
+# subnormal, huge values (products overflow), halves (exact differences).
+EDGE_VALUES = [0.0, -0.0, -1.0, 1.0, 0.5, 8.0, 1e-45, 3e38, -3e38, math.inf, -math.inf, math.nan]
+edge_floats = st.one_of(
+    st.sampled_from(EDGE_VALUES),
+    st.floats(width=32, allow_nan=True, allow_infinity=True),
+    st.integers(-40, 300).map(float),
+)
+
+
+@st.composite
+def delta_inputs(draw):
+    """Locations, GT rows (4 or 5 columns, odd layouts) and a stride, all edges included:
+    locations on an edge of their box, rows of -1, class -1 rows with coordinates."""
+    batch = draw(st.sampled_from([(), (1,), (3,), (2, 2)]))
+    count = draw(st.integers(1, 9))
+    columns = draw(st.sampled_from([4, 5]))
+    locations = np.array(draw(st.lists(edge_floats, min_size=2 * count, max_size=2 * count)))
+    locations = locations.reshape(count, 2)
+    rows = np.empty(batch + (count, columns))
+    flat = rows.reshape(-1, columns)
+    for i in range(len(flat)):
+        x, y = locations[i % count]
+        kind = draw(st.sampled_from(["edge", "free", "minus_one", "class_minus_one"]))
+        if kind == "edge":  # x1 == xc or y1 == yc or x2 == xc ... (a -0.0 or +0.0 delta)
+            sides = [float(draw(st.integers(0, 40))) for _ in range(4)]
+            sides[draw(st.integers(0, 3))] = 0.0
+            flat[i, :4] = (x - sides[0], y - sides[1], x + sides[2], y + sides[3])
+        elif kind == "free":
+            flat[i, :4] = draw(st.lists(edge_floats, min_size=4, max_size=4))
+        elif kind == "minus_one":
+            flat[i, :4] = -1.0
+        else:
+            flat[i, :4] = draw(st.lists(edge_floats, min_size=4, max_size=4))
+        if columns == 5:
+            flat[i, 4] = -1.0 if kind in ("minus_one", "class_minus_one") else draw(edge_floats)
+    if batch and draw(st.booleans()):  # locations per image
+        locations = np.broadcast_to(locations, batch + locations.shape).copy()
+        locations[..., 0] += draw(st.integers(-3, 3))
+    stride = draw(st.sampled_from([8, 16, 32, 7, 12, 0.5, 3.25, 2.0**-20, 2.0**20, "tensor"]))
+    if stride == "tensor":
+        stride = np.array([draw(st.sampled_from([8.0, 16.0, 6.0, 0.25])) for _ in range(count)])
+    return locations, rows, stride
+
+
+def _layout(t, kind):
+    """The same values in another memory layout."""
+    if kind == "contiguous":
+        return t
+    if kind == "columns apart":  # column-major in the last two dims
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    wider = torch.cat((t, t), dim=-2)  # every other row of a bigger tensor
+    return wider[..., ::2, :] if kind == "every other row" else wider[..., 1::2, :]
+
+
+LAYOUTS = ["contiguous", "columns apart", "every other row", "odd offset"]
+
+
+@given(
+    data=delta_inputs(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    gt_layout=st.sampled_from(LAYOUTS),
+    location_layout=st.sampled_from(LAYOUTS),
+)
+def test_numpy_deltas_are_bitwise_the_torch_deltas(data, dtype, gt_layout, location_layout):
+    locations, rows, stride = data
+    locations = _layout(torch.tensor(locations).to(dtype), location_layout)
+    gt = _layout(torch.tensor(rows).to(dtype), gt_layout)
+    if isinstance(stride, np.ndarray):
+        stride = torch.tensor(stride).to(dtype)
+    before = gt.clone(), locations.clone()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        calls = _count_kernel_calls(monkeypatch)
+        fast, slow = _both_paths(monkeypatch, fcos_get_deltas_from_locations, locations, gt, stride)
+        assert calls["deltas"] == 1
+    assert fast.dtype == slow.dtype == dtype and fast.shape == slow.shape
+    assert fast.is_contiguous()
+    # Bit for bit, -0.0 and NaN payloads included, but for NaN - NaN (a coordinate and its
+    # location both NaN): IEEE leaves open which NaN comes out; torch's sub gives the
+    # location's, NumPy's the coordinate's.
+    centers = torch.cat((locations, locations), dim=-1)
+    decided = ~(gt[..., :4].isnan() & centers.isnan()).expand_as(fast)
+    assert torch.equal(fast.isnan(), slow.isnan())
+    bits = fast.view(_BITS[dtype]), slow.view(_BITS[dtype])
+    assert torch.equal(bits[0][decided], bits[1][decided]), (fast, slow)
+    assert torch.equal(gt.view(_BITS[dtype]), before[0].view(_BITS[dtype]))
+    assert torch.equal(locations.view(_BITS[dtype]), before[1].view(_BITS[dtype]))
+
+    # Centerness of these deltas (in odd layouts too): within 1 ulp (the square roots).
+    deltas = _layout(slow, gt_layout)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        calls = _count_kernel_calls(monkeypatch)
+        fast, slow = _both_paths(monkeypatch, fcos_make_centerness_targets, deltas)
+        assert calls["centerness"] == 1
+    _assert_within_one_ulp(fast, slow)
+
+
+@given(
+    values=st.lists(edge_floats, min_size=4, max_size=48).map(
+        lambda v: np.array(v[: len(v) // 4 * 4]).reshape(-1, 4)
+    ),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_numpy_centerness_within_one_ulp_of_torch_on_any_deltas(values, dtype):
+    deltas = torch.tensor(values).to(dtype)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        fast, slow = _both_paths(monkeypatch, fcos_make_centerness_targets, deltas)
+    _assert_within_one_ulp(fast, slow)
+
+
+def test_numpy_centerness_rules_and_square_root(kernel_calls):
+    # Zero denominators (also -0.0 ones) give +0, background -1, NaN stays NaN (also with
+    # a negative delta beside it, as the torch path), -0.0 on the left edge stays -0.0.
+    nan = math.nan
+    deltas = torch.tensor(
+        [[0.0, 5, -0.0, 3], [-0.0, 2, 0, 0], [1, -2, 3, 4], [nan, 1, 1, 1], [nan, -1, 1, 1]]
+        + [[-0.0, 2, 4, 2], [2, 3, 2, 3]]
+    )
+    centerness = fcos_make_centerness_targets(deltas)
+    assert kernel_calls["centerness"] == 1
+    assert centerness[:3].tolist() == [0, 0, -1] and not centerness[:2].signbit().any()
+    assert centerness[3:5].isnan().all()
+    assert centerness[5].item() == 0 and centerness[5].signbit() and centerness[6] == 1
+    # The square root is correctly rounded (float64's root rounded to float32 is: 53 >=
+    # 2 * 24 + 2 bits); torch's is 1 ulp away on ~0.6% of ratios, within 1 ulp of it here.
+    ratios = torch.rand(4096, generator=torch.Generator().manual_seed(0)) * 0.99 + 1e-3
+    one = torch.ones_like(ratios)
+    deltas = torch.stack((ratios, one, one, one), -1)  # centerness sqrt(ratio / 1)
+    centerness = fcos_make_centerness_targets(deltas)
+    assert kernel_calls["centerness"] == 2
+    assert torch.equal(centerness, ratios.double().sqrt().float())
+    with pytest.MonkeyPatch.context() as torch_path:
+        torch_path.setattr(DELTAS_MODULE, "_NUMPY_ON_CPU", False)
+        _assert_within_one_ulp(centerness, fcos_make_centerness_targets(deltas))
+
+
+def test_the_numpy_path_is_taken_only_where_it_applies(kernel_calls, monkeypatch):
+    gt = torch.tensor([[[0.0, 0, 50, 60, 1], [-1, -1, -1, -1, -1]]] * 3)
+    locations = torch.tensor([[4.0, 4], [12, 4]])
+    expected = fcos_get_deltas_from_locations(locations, gt, 8)
+    centerness = fcos_make_centerness_targets(expected)
+    assert kernel_calls == {"deltas": 1, "centerness": 1}
+
+    # Taken: float64, a stride tensor, batched locations, tensors requiring grad while
+    # grad is disabled.
+    fcos_make_centerness_targets(fcos_get_deltas_from_locations(locations.double(), gt.double(), 8))
+    fcos_get_deltas_from_locations(locations, gt, torch.tensor([8.0, 8.0]))
+    fcos_get_deltas_from_locations(locations.expand(3, 2, 2), gt, 8)
+    with torch.no_grad():
+        grad_deltas = expected.clone().requires_grad_()
+        fcos_make_centerness_targets(grad_deltas)
+        fcos_get_deltas_from_locations(locations.clone().requires_grad_(), gt, 8)
+    assert kernel_calls == {"deltas": 5, "centerness": 3}
+
+    # Not taken: grad needed (and it flows), half dtypes, mixed dtypes, a stride tensor of
+    # another dtype, a NumPy stride, the switch off, over the cutoffs.
+    grad_gt = gt.clone().requires_grad_()
+    deltas = fcos_get_deltas_from_locations(locations, grad_gt, 8)
+    fcos_make_centerness_targets(deltas).sum().backward()
+    assert grad_gt.grad is not None and grad_gt.grad[:, 0].abs().sum() > 0
+    for dtype in (torch.float16, torch.bfloat16):
+        deltas = fcos_get_deltas_from_locations(locations.to(dtype), gt.to(dtype), 8)
+        assert torch.equal(deltas, expected.to(dtype))
+        fcos_make_centerness_targets(deltas)
+    fcos_get_deltas_from_locations(locations.double(), gt, 8)
+    fcos_get_deltas_from_locations(locations, gt, torch.tensor([8, 8]))
+    fcos_get_deltas_from_locations(locations, gt, np.float64(8.0))
+    assert kernel_calls == {"deltas": 5, "centerness": 3}
+
+    def both(*args):
+        deltas = fcos_get_deltas_from_locations(*args)
+        assert torch.equal(deltas, expected)
+        assert torch.equal(fcos_make_centerness_targets(deltas), centerness)
+
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_ON_CPU", False)
+    both(locations, gt, 8)
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_ON_CPU", True)
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_MAX_DELTAS", gt.numel() // 5 * 4 - 1)
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_MAX_CENTERNESS", gt.numel() // 5 - 1)
+    both(locations, gt, 8)
+    assert kernel_calls == {"deltas": 5, "centerness": 3}
+    # At the cutoffs, taken again.
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_MAX_DELTAS", gt.numel() // 5 * 4)
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_MAX_CENTERNESS", gt.numel() // 5)
+    both(locations, gt, 8)
+    assert kernel_calls == {"deltas": 6, "centerness": 4}
 
 
 # ------------------------------------------------------------------------- error inputs
