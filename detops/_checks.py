@@ -12,9 +12,11 @@ a few declarative lines (in the style of kornia's ``KORNIA_CHECK_SHAPE``)::
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -117,9 +119,13 @@ def check_int(
     return value
 
 
-def check_number(op: str, name: str, value: object, *, expected: str = "a number") -> float:
-    """A Python ``int`` or ``float`` (``bool`` refused), returned as ``float``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def check_number(
+    op: str, name: str, value: object, *, expected: str = "a number", numpy_scalars: bool = False
+) -> float:
+    """A Python ``int`` or ``float`` (``bool`` refused), returned as ``float``; with
+    ``numpy_scalars``, any real number (NumPy's integer and float scalars too)."""
+    accepted = numbers.Real if numpy_scalars else (int, float)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, accepted):
         raise TypeError(f"{op}: {name} must be {expected}, got {type(value).__name__}")
     return float(value)
 

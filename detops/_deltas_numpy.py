@@ -153,19 +153,20 @@ def centerness_numpy(deltas: np.ndarray) -> np.ndarray:
     left, top, right, bottom = (deltas[..., i] for i in range(4))
     centerness = np.minimum(left, right)  # near x, then the result
     near_y = np.minimum(top, bottom)
-    denominator = np.maximum(left, right)
+    far_x = np.maximum(left, right)
     far_y = np.maximum(top, bottom)
-    # Products may overflow to inf (as in torch); 0/0 and square roots of negative ratios
-    # give NaN in rows overwritten below. NumPy's square root is correctly rounded; torch's
-    # (MKL's) is not, 1 ulp away on ~0.6% of inputs. Calling torch's here would
-    # make the paths bit-identical but costs ~45 us in the A4 target flow at p3 (each torch
-    # call after matching is slow, and above 2048 elements it forks).
+    smallest = np.minimum(centerness, near_y)
+    # 0 / 0 (a zero far side), square roots of negative ratios and products of ratios
+    # above 1 (mixed signs) give NaN or inf in rows overwritten below. NumPy's square
+    # root is correctly rounded; torch's (MKL's) is not, 1 ulp away on ~0.6% of inputs.
+    # Calling torch's here would make the paths bit-identical but costs ~45 us in the A4
+    # target flow at p3 (each torch call after matching is slow, and above 2048 elements
+    # it forks).
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        np.multiply(denominator, far_y, out=denominator)
-        background = np.less(np.minimum(centerness, near_y, out=far_y), 0)
+        np.divide(centerness, far_x, out=centerness)
+        np.divide(near_y, far_y, out=near_y)
         np.multiply(centerness, near_y, out=centerness)
-        np.divide(centerness, denominator, out=centerness)
         np.sqrt(centerness, out=centerness)
-    np.copyto(centerness, 0, where=denominator == 0)
-    np.copyto(centerness, -1, where=background)
+    np.copyto(centerness, 0, where=smallest == 0)  # a zero near side (or far side)
+    np.copyto(centerness, -1, where=smallest < 0)
     return centerness

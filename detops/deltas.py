@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ._cache import cached_constant
-from ._checks import check_same_device, check_shape, shape_str
+from ._checks import check_number, check_same_device, check_shape, shape_str
 from ._deltas_numpy import centerness_numpy, deltas_numpy
 
 __all__ = [
@@ -145,14 +145,23 @@ def _signed_stride(op: str, stride: object, size: int, like: Tensor, dtype: torc
                 f"Tensor{shape_str(stride)}"
             )
         check_same_device(op, stride=stride, locations=like)
+        if stride.dtype == torch.bool or stride.is_complex():
+            raise TypeError(
+                f"{op}: stride must be a real (floating or integer) Tensor[L], got {stride.dtype}"
+            )
         return stride.unsqueeze(-1) * _sign(dtype, like.device)
-    if isinstance(stride, bool) or not isinstance(stride, (int, float)):
-        raise TypeError(
-            f"{op}: stride must be a positive number or a Tensor[L], got {type(stride).__name__}"
-        )
+    stride = check_number(
+        op, "stride", stride, expected="a positive number or a Tensor[L]", numpy_scalars=True
+    )
     if not stride > 0 or math.isinf(stride):
         raise ValueError(f"{op}: stride must be a positive finite number, got {stride!r}")
-    return _signed_stride_rows(float(stride), size, dtype, like.device)
+    finfo = torch.finfo(dtype)
+    if not finfo.tiny <= stride <= finfo.max:  # it would round to 0 or inf
+        raise ValueError(
+            f"{op}: stride must be a normal {dtype} number (between {finfo.tiny:g} and "
+            f"{finfo.max:g}), got {stride!r}"
+        )
+    return _signed_stride_rows(stride, size, dtype, like.device)
 
 
 @cached_constant(maxsize=64)
@@ -215,8 +224,10 @@ def fcos_get_deltas_from_locations(
             Background rows follow the README's padding rule: with a class column, a row
             whose class is -1 (its coordinates are ignored); without one, a row whose four
             coordinates are all exactly -1 (what matching writes for background).
-        stride (number or Tensor[L]): the stride in pixels (> 0), or the stride of every
-            location when several levels are concatenated.
+        stride (number or Tensor[L]): the stride in pixels (> 0, a normal number of the
+            result dtype), or the stride of every location when several levels are
+            concatenated (a real tensor whose values are not checked, as that would need a
+            host sync on CUDA: they must be positive and finite).
 
     Returns:
         Tensor[..., L, 4]: ``(l, t, r, b)``; background rows give ``(-1, -1, -1, -1)``.
@@ -269,7 +280,8 @@ def fcos_apply_deltas_to_locations(
     Args:
         deltas (Tensor[..., L, 4]): ``(l, t, r, b)`` in units of the stride.
         locations (Tensor[L, 2] or Tensor[..., L, 2]): ``(xc, yc)`` in absolute pixels.
-        stride (number or Tensor[L]): stride in pixels (> 0), or per location.
+        stride (number or Tensor[L]): stride in pixels, or per location, as for
+            :func:`fcos_get_deltas_from_locations`.
 
     Returns:
         Tensor[..., L, 4]: XYXY boxes in absolute pixels. Dtype is the promotion of the
@@ -299,16 +311,24 @@ def fcos_make_centerness_targets(deltas: Tensor) -> Tensor:
         (any delta negative, as the ``(-1, -1, -1, -1)`` rows of
         :func:`fcos_get_deltas_from_locations`) give -1. A zero denominator (a location on
         the edge of a zero-width or zero-height box) gives 0, never NaN. NaN stays NaN.
-        Small float32/float64 CPU inputs get a correctly rounded square root, others
-        torch's, which may be 1 ulp away.
+        Computed as ``sqrt((min(l, r) / max(l, r)) * (min(t, b) / max(t, b)))``, so huge or
+        tiny deltas do not overflow (``1e20`` in float32 gives 1). Rows that give -1 or 0
+        have a zero gradient. Small float32/float64 CPU inputs get a correctly rounded
+        square root, others torch's, which may be 1 ulp away.
     """
     fast = _centerness_on_numpy(deltas)
     if fast is not None:
         return fast
     op = "fcos_make_centerness_targets"
     deltas = check_shape(op, "deltas", deltas, "[..., L, 4]", dtype="floating")
-    left, top, right, bottom = deltas.unbind(-1)
-    near_x, near_y = torch.minimum(left, right), torch.minimum(top, bottom)
-    denominator = torch.maximum(left, right).mul_(torch.maximum(top, bottom))
-    centerness = torch.where(denominator == 0, 0, (near_x * near_y).div_(denominator)).sqrt_()
-    return torch.where(torch.minimum(near_x, near_y) < 0, -1, centerness)
+    pairs = deltas.unflatten(-1, (2, 2))  # [[l, t], [r, b]]
+    near = torch.minimum(pairs[..., 0, :], pairs[..., 1, :])  # min(l, r), min(t, b)
+    far = torch.maximum(pairs[..., 0, :], pairs[..., 1, :])
+    smallest = near.amin(-1)  # NaN if any delta is NaN
+    # Rows whose value is a constant (-1 for background, 0 where a near side is 0, which
+    # covers a zero far side) take the ratio of 1 / 1: no 0 / 0 or sqrt(0) there, so their
+    # gradient is 0 rather than NaN.
+    constant = (smallest <= 0).unsqueeze(-1)
+    ratio = torch.where(constant, 1, near).div(torch.where(constant, 1, far)).prod(-1)
+    centerness = torch.where(constant[..., 0], 0, ratio.sqrt())
+    return torch.where(smallest < 0, -1, centerness)

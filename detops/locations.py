@@ -100,7 +100,7 @@ def get_fpn_location_coords(
     for level, shape in shape_per_fpn_level.items():
         height, width = _level_hw(level, shape)
         name, value = f"strides_per_fpn_level[{level!r}]", strides_per_fpn_level[level]
-        stride = check_number(_OP, name, value, expected=_STRIDE)
+        stride = check_number(_OP, name, value, expected=_STRIDE, numpy_scalars=True)
         if not (stride > 0 and math.isfinite(stride)):  # a number: its repr is short
             raise ValueError(f"{_OP}: {name} must be {_STRIDE}, got {value!r}")
         # Compute in float64 so large maps stay exact before the cast to ``dtype``; the W

@@ -104,7 +104,7 @@ def _validate(
         loc = check_shape(_OP, arg, loc, "[L, 2]", dtype="floating")
         check_same_device(_OP, gt_boxes=gt_boxes, **{arg: loc})
         arg, value = f"strides_per_fpn_level[{name!r}]", strides[name]
-        stride = check_number(_OP, arg, value, expected=_STRIDE)
+        stride = check_number(_OP, arg, value, expected=_STRIDE, numpy_scalars=True)
         if not (stride > 0 and math.isfinite(stride)):  # a number: its repr is short
             raise ValueError(f"{_OP}: {arg} must be {_STRIDE}, got {value!r}")
     if size_ranges is not None:

@@ -532,6 +532,21 @@ def test_cli_ctrl_c_writes_the_rows_measured_and_exits_130(tmp_path, capsys, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.png"]
 
 
+def test_cli_ctrl_c_before_the_first_case_still_writes_the_json(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # e.g. while the environment is read, before any case
+
+    monkeypatch.setattr(detops.bench, "run_benchmarks", interrupted)
+    json_path = tmp_path / "bench.json"
+    code = main(["bench", "--quick", "--json", str(json_path)])
+    captured = capsys.readouterr()
+    assert code == 130
+    assert captured.err.splitlines()[-1].startswith("detops bench: interrupted after 0 of ")
+    data = json.loads(json_path.read_text())
+    assert data["interrupted"] is True and data["results"] == []
+    assert data["cases_done"] == 0 and data["cases_total"] > 0
+
+
 def test_chart_marks_unstable_rows(tmp_path):
     clock = FakeClock()
     cases = [

@@ -388,7 +388,7 @@ def test_numpy_centerness_within_one_ulp_of_torch_on_any_deltas(values, dtype):
 
 def test_numpy_centerness_rules_and_square_root(kernel_calls):
     # Zero denominators (also -0.0 ones) give +0, background -1, NaN stays NaN (also with
-    # a negative delta beside it, as the torch path), -0.0 on the left edge stays -0.0.
+    # a negative delta beside it, as the torch path), a -0.0 near side gives +0 too.
     nan = math.nan
     deltas = torch.tensor(
         [[0.0, 5, -0.0, 3], [-0.0, 2, 0, 0], [1, -2, 3, 4], [nan, 1, 1, 1], [nan, -1, 1, 1]]
@@ -398,7 +398,7 @@ def test_numpy_centerness_rules_and_square_root(kernel_calls):
     assert kernel_calls["centerness"] == 1
     assert centerness[:3].tolist() == [0, 0, -1] and not centerness[:2].signbit().any()
     assert centerness[3:5].isnan().all()
-    assert centerness[5].item() == 0 and centerness[5].signbit() and centerness[6] == 1
+    assert centerness[5].item() == 0 and not centerness[5].signbit() and centerness[6] == 1
     # The square root is correctly rounded (float64's root rounded to float32 is: 53 >=
     # 2 * 24 + 2 bits); torch's is 1 ulp away on ~0.6% of ratios, within 1 ulp of it here.
     ratios = torch.rand(4096, generator=torch.Generator().manual_seed(0)) * 0.99 + 1e-3
@@ -550,3 +550,81 @@ CENTERNESS_ERRORS = [
 def test_error_inputs(op, args, error, match):
     with pytest.raises(error, match=rf"{op.__name__}: .*{match}"):
         op(*args)
+
+
+def test_centerness_gradient_is_zero_on_constant_rows_and_finite_elsewhere():
+    """Background rows (-1) and rows with a zero near or far side (0) get a zero gradient,
+    not the NaN of 0 / 0 or sqrt(0) in a branch that torch.where discards; foreground rows
+    get the analytic gradient (gradcheck in float64), also through the deltas."""
+    deltas = torch.tensor(
+        [[1.0, 2, 3, 4], [-0.5, 1, 1, 1], [0, 0, 0, 0], [0, 1, 2, 3], [2, 3, 2, 3], [-1] * 4],
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    (grad,) = torch.autograd.grad(fcos_make_centerness_targets(deltas).sum(), deltas)
+    assert torch.isfinite(grad).all()
+    assert grad[1:4].eq(0).all() and grad[5].eq(0).all()
+    assert grad[0].ne(0).all()
+    foreground = deltas.detach()[[0, 4]].clone().requires_grad_()
+    assert torch.autograd.gradcheck(fcos_make_centerness_targets, (foreground,))
+
+    locations = torch.tensor([[4.0, 4.0], [30.0, 4.0]], requires_grad=True)  # 2nd: outside
+    gt = torch.tensor([[0.0, 0, 16, 16, 1], [0, 0, 16, 16, 1]], requires_grad=True)
+    centerness = fcos_make_centerness_targets(fcos_get_deltas_from_locations(locations, gt, 8))
+    centerness.clamp(min=0).sum().backward()
+    assert torch.isfinite(locations.grad).all() and torch.isfinite(gt.grad).all()
+    assert locations.grad[1].eq(0).all() and locations.grad[0].ne(0).all()
+
+
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy", "torch"])
+@pytest.mark.parametrize("value", [1e20, 1e-23, 3e38])
+def test_centerness_of_huge_and_tiny_float32_deltas_does_not_overflow(value, numpy_path):
+    rows = torch.tensor([[value] * 4, [value, value, 2 * value, value]])  # 2 * 3e38 is inf
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DELTAS_MODULE, "_NUMPY_ON_CPU", numpy_path)
+        centerness = fcos_make_centerness_targets(rows)
+    expected = ref.fcos_make_centerness_targets(rows.numpy())
+    np.testing.assert_allclose(centerness.numpy(), expected, rtol=1e-6)
+    assert centerness[0].item() == 1.0
+
+
+@pytest.mark.parametrize("stride", [np.int64(8), np.int32(8), np.float32(8.0), np.float64(8.0)])
+def test_numpy_scalar_strides_are_numbers(stride):
+    from detops import fcos_match_locations_to_gt, get_fpn_location_coords
+
+    locations = torch.tensor([[4.0, 4.0], [12.0, 4.0]])
+    gt = torch.tensor([[0.0, 0, 16, 16, 1], [-1, -1, -1, -1, -1]])
+    for op, args in [
+        (fcos_get_deltas_from_locations, (locations, gt)),
+        (fcos_apply_deltas_to_locations, (torch.ones(2, 4), locations)),
+    ]:
+        assert torch.equal(op(*args, stride), op(*args, 8)), op.__name__
+    grid = get_fpn_location_coords({"p3": (2, 3)}, {"p3": stride})
+    assert torch.equal(grid["p3"], get_fpn_location_coords({"p3": (2, 3)}, {"p3": 8})["p3"])
+    matched = fcos_match_locations_to_gt(grid, {"p3": stride}, gt)
+    assert torch.equal(matched["p3"], fcos_match_locations_to_gt(grid, {"p3": 8}, gt)["p3"])
+
+
+@pytest.mark.parametrize(
+    "stride, error, message",
+    [
+        (np.bool_(True), TypeError, r"stride must be a positive number or a Tensor\[L\], got bool"),
+        (
+            torch.ones(2, dtype=torch.bool),
+            TypeError,
+            r"stride must be a real \(floating or integer\) Tensor\[L\], got torch.bool",
+        ),
+        (
+            torch.ones(2, dtype=torch.complex64),
+            TypeError,
+            r"stride must be a real .*, got torch.complex64",
+        ),
+        (1e-300, ValueError, r"stride must be a normal torch.float32 number .* got 1e-300"),
+        (1e39, ValueError, r"stride must be a normal torch.float32 number"),
+    ],
+)
+def test_strides_that_cannot_give_finite_deltas_are_refused(stride, error, message):
+    locations = torch.tensor([[4.0, 4.0], [12.0, 4.0]])
+    gt = torch.tensor([[0.0, 0, 16, 16, 1], [0, 0, 16, 16, 1]])
+    with pytest.raises(error, match="fcos_get_deltas_from_locations: " + message):
+        fcos_get_deltas_from_locations(locations, gt, stride)

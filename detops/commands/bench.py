@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from detops._atomic import atomic_write_text
     from detops.bench import (
+        BenchReport,
         BenchSettings,
         format_bench_table,
         plot_ratios,
@@ -120,6 +121,12 @@ def run(args: argparse.Namespace) -> int:
             progress=print_progress,
         )
     except KeyboardInterrupt:  # before the first case (the runner keeps finished rows)
+        if args.json:  # no rows, but the file says so (and no chart: there is no ratio)
+            empty = BenchReport(
+                str(device), args.quick, settings, [], interrupted=True, cases_total=len(cases)
+            )
+            atomic_write_text(args.json, empty.to_json())
+            print(f"JSON written to {args.json}")
         print(f"detops bench: interrupted after 0 of {len(cases)} cases", file=sys.stderr)
         return 130
     print(format_bench_table(report), flush=True)
