@@ -321,14 +321,19 @@ def fcos_make_centerness_targets(deltas: Tensor) -> Tensor:
         return fast
     op = "fcos_make_centerness_targets"
     deltas = check_shape(op, "deltas", deltas, "[..., L, 4]", dtype="floating")
-    pairs = deltas.unflatten(-1, (2, 2))  # [[l, t], [r, b]]
-    near = torch.minimum(pairs[..., 0, :], pairs[..., 1, :])  # min(l, r), min(t, b)
-    far = torch.maximum(pairs[..., 0, :], pairs[..., 1, :])
-    smallest = near.amin(-1)  # NaN if any delta is NaN
-    # Rows whose value is a constant (-1 for background, 0 where a near side is 0, which
-    # covers a zero far side) take the ratio of 1 / 1: no 0 / 0 or sqrt(0) there, so their
-    # gradient is 0 rather than NaN.
-    constant = (smallest <= 0).unsqueeze(-1)
-    ratio = torch.where(constant, 1, near).div(torch.where(constant, 1, far)).prod(-1)
-    centerness = torch.where(constant[..., 0], 0, ratio.sqrt())
+    left, top, right, bottom = deltas.unbind(-1)
+    near_x, near_y = torch.minimum(left, right), torch.minimum(top, bottom)
+    far_x, far_y = torch.maximum(left, right), torch.maximum(top, bottom)
+    smallest = torch.minimum(near_x, near_y)  # NaN if any delta is NaN
+    # Rows whose value is a constant: -1 (background) and 0 (a zero near side, which a
+    # zero far side implies). The same arithmetic either way; with autograd recording,
+    # those rows take 1 / 1, so no 0 / 0 or sqrt(0) sends a NaN into their zero gradient.
+    if deltas.requires_grad and torch.is_grad_enabled():
+        constant = smallest <= 0
+        far_x, far_y = torch.where(constant, 1, far_x), torch.where(constant, 1, far_y)
+        ratio = torch.where(constant, 1, (near_x / far_x) * (near_y / far_y))
+        centerness = torch.where(constant, 0, ratio.sqrt())
+    else:
+        ratio = near_x.div_(far_x).mul_(near_y.div_(far_y)).sqrt_()
+        centerness = torch.where(smallest == 0, 0, ratio)
     return torch.where(smallest < 0, -1, centerness)
