@@ -81,6 +81,8 @@ def numpy_greedy_nms(
         g = None if groups is None else groups.numpy()
         if b.shape[0] <= _ALL_PAIRS_MAX or g is None:
             return torch.from_numpy(_all_pairs(b, s, g, threshold).astype(np.int64, copy=False))
+        if (g == g[0]).all():  # one group: plain NMS, which the kernel does in one call
+            return kernel(boxes, scores, iou_threshold)
         return torch.from_numpy(_group_pairs(b, s, g, threshold, iou_threshold, kernel))
 
 

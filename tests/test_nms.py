@@ -1018,3 +1018,22 @@ def test_fast_path_finite_checks_send_nan_and_inf_to_detops_path(n, strided, whe
     np.testing.assert_array_equal(nms(boxes, scores, 0.5).numpy(), expected)
     got = class_spec_nms(boxes, scores, classes, 0.5).numpy()
     np.testing.assert_array_equal(got, expected_classes)
+
+
+@pytest.mark.parametrize("n", [81, 200, 768])
+@pytest.mark.parametrize("class_id", [0, -7])
+def test_class_spec_nms_with_one_class_is_plain_nms(n, class_id, monkeypatch):
+    """Every box of one class: the NumPy path hands the whole call to torchvision's kernel
+    (one call, no sort by class); the answer is plain NMS, as the reference says."""
+    calls = []
+    kernel = sys.modules["detops.nms"]._kernel_nms
+    monkeypatch.setattr(
+        sys.modules["detops.nms"], "_kernel_nms", lambda *a: calls.append(a[0]) or kernel(*a)
+    )
+    boxes, scores, _ = random_detections(n, seed=n)
+    classes = torch.full((n,), class_id)
+    kept = class_spec_nms(boxes, scores, classes, 0.5)
+    assert len(calls) == 1 and calls[0] is boxes  # the caller's tensor, not a sorted copy
+    expected = ref.class_spec_nms(boxes.numpy(), scores.numpy(), classes.numpy(), 0.5)
+    assert kept.tolist() == list(expected)
+    assert torch.equal(kept, nms(boxes, scores, 0.5))
