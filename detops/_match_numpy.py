@@ -17,6 +17,8 @@ takes the torch path otherwise.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = ["MAX_BOXES", "match_grid_levels"]
@@ -85,30 +87,21 @@ def match_grid_levels(gt: np.ndarray, levels: list[Level]) -> np.ndarray | None:
     return np.take(table.reshape(-1, 5), picked, axis=0)
 
 
-# Small per-shape constants, by their arguments (the course's batch reuses one or two).
-_WEIGHTS: dict[int, np.ndarray] = {}
-_ROW_BASES: dict[tuple[int, int, tuple[int, ...]], np.ndarray] = {}
-
-
+# Small per-shape constants, built once (the course's batch reuses one or two); read-only.
+@functools.lru_cache(maxsize=MAX_BOXES)
 def _weights(kept: int) -> np.ndarray:
     """``2**(K - 1 - j)`` for sorted box ``j``, as a ``[K, 1]`` column."""
-    weights = _WEIGHTS.get(kept)
-    if weights is None:
-        weights = np.exp2(np.arange(kept - 1, -1, -1, dtype=np.float64))[:, None]
-        _WEIGHTS[kept] = weights  # at most MAX_BOXES entries
+    weights = np.exp2(np.arange(kept - 1, -1, -1, dtype=np.float64))[:, None]
+    weights.flags.writeable = False
     return weights
 
 
+@functools.lru_cache(maxsize=64)
 def _row_base(batch: int, kept: int, sizes: tuple[int, ...]) -> np.ndarray:
     """``b * (K + 1) + K + 1022`` for every location of image ``b``, level-major."""
-    key = (batch, kept, sizes)
-    bases = _ROW_BASES.get(key)
-    if bases is None:
-        image = np.arange(batch, dtype=np.int64) * (kept + 1) + kept + 1022
-        bases = np.concatenate([np.repeat(image, size) for size in sizes])
-        if len(_ROW_BASES) > 64:
-            _ROW_BASES.clear()
-        _ROW_BASES[key] = bases
+    image = np.arange(batch, dtype=np.int64) * (kept + 1) + kept + 1022
+    bases = np.concatenate([np.repeat(image, size) for size in sizes])
+    bases.flags.writeable = False
     return bases
 
 

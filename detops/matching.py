@@ -32,6 +32,7 @@ How the work is kept small (the contract is in the docstring of
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -391,8 +392,18 @@ def _match_numpy(
 
 
 _NumpyGrid = tuple[list[tuple[int, int]], dict[int, tuple[int, int]], np.ndarray]
-# NumPy copies of _grid_index's rebuild and coords indices, by (level sizes, shapes).
-_NUMPY_GRID_INDEX: dict[tuple, tuple[np.ndarray, np.ndarray, dict[int, tuple[int, int]]]] = {}
+
+
+@functools.lru_cache(maxsize=16)
+def _numpy_grid_index(
+    sizes: tuple[int, ...], shapes: tuple[_Shape, ...]
+) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, int]]]:
+    """NumPy views of :func:`_grid_index`'s rebuild and coords indices (CPU), and its
+    rows (never modified)."""
+    index = _grid_index(sizes, shapes, torch.device("cpu"))
+    return index.rebuild.numpy(), index.coords.numpy(), index.rows
+
+
 _NUMPY_LOCATION_DTYPES = (torch.float32, torch.float64)
 
 
@@ -410,14 +421,7 @@ def _numpy_grid_levels(locations: Mapping[str, Tensor], sizes: list[int]) -> _Nu
         and all(loc.dtype in _NUMPY_LOCATION_DTYPES for loc in locations.values())
     ):
         shapes = [shape for shape in hint if shape]
-        cached = _NUMPY_GRID_INDEX.get((key, hint))
-        if cached is None:
-            grid_index = _grid_index(key, hint, torch.device("cpu"))
-            if len(_NUMPY_GRID_INDEX) > 16:
-                _NUMPY_GRID_INDEX.clear()
-            cached = grid_index.rebuild.numpy(), grid_index.coords.numpy(), grid_index.rows
-            _NUMPY_GRID_INDEX[(key, hint)] = cached
-        rebuild, coords, rows = cached
+        rebuild, coords, rows = _numpy_grid_index(key, hint)
         flat = np.concatenate([loc.detach().numpy() for loc in locations.values()]).reshape(-1)
         if np.array_equal(flat[rebuild], flat):
             return shapes, rows, flat[coords].astype(np.float64)

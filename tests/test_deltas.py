@@ -590,19 +590,33 @@ def test_centerness_of_huge_and_tiny_float32_deltas_does_not_overflow(value, num
 
 @pytest.mark.parametrize("stride", [np.int64(8), np.int32(8), np.float32(8.0), np.float64(8.0)])
 def test_numpy_scalar_strides_are_numbers(stride):
+    """A NumPy scalar stride is accepted wherever a Python number is, with the reference's
+    answer for it."""
+    import reference.locations as ref_locations
+    import reference.matching as ref_matching
     from detops import fcos_match_locations_to_gt, get_fpn_location_coords
 
     locations = torch.tensor([[4.0, 4.0], [12.0, 4.0]])
     gt = torch.tensor([[0.0, 0, 16, 16, 1], [-1, -1, -1, -1, -1]])
-    for op, args in [
-        (fcos_get_deltas_from_locations, (locations, gt)),
-        (fcos_apply_deltas_to_locations, (torch.ones(2, 4), locations)),
-    ]:
-        assert torch.equal(op(*args, stride), op(*args, 8)), op.__name__
-    grid = get_fpn_location_coords({"p3": (2, 3)}, {"p3": stride})
-    assert torch.equal(grid["p3"], get_fpn_location_coords({"p3": (2, 3)}, {"p3": 8})["p3"])
-    matched = fcos_match_locations_to_gt(grid, {"p3": stride}, gt)
-    assert torch.equal(matched["p3"], fcos_match_locations_to_gt(grid, {"p3": 8}, gt)["p3"])
+    deltas = torch.tensor([[1.0, 0.5, 2.0, 0.0], [0.25, 1.0, 1.0, 3.0]])
+    np_locations, np_gt = locations.numpy(), gt.numpy()
+    np.testing.assert_array_equal(
+        fcos_get_deltas_from_locations(locations, gt, stride).numpy(),
+        ref.fcos_get_deltas_from_locations(np_locations, np_gt, stride),
+    )
+    np.testing.assert_array_equal(
+        fcos_apply_deltas_to_locations(deltas, locations, stride).numpy(),
+        ref.fcos_apply_deltas_to_locations(deltas.numpy(), np_locations, stride),
+    )
+    shapes, strides = {"p3": (2, 3)}, {"p3": stride}
+    grid = get_fpn_location_coords(shapes, strides)
+    np.testing.assert_array_equal(
+        grid["p3"].numpy(), ref_locations.get_fpn_location_coords(shapes, strides)["p3"]
+    )
+    matched = fcos_match_locations_to_gt(grid, strides, gt)
+    expected = ref_matching.fcos_match_locations_to_gt({"p3": grid["p3"].numpy()}, strides, np_gt)
+    np.testing.assert_array_equal(matched["p3"].numpy(), expected["p3"])
+    assert (matched["p3"][:, 4] >= 0).any()
 
 
 @pytest.mark.parametrize(
