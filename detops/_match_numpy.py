@@ -82,8 +82,12 @@ def match_grid_levels(gt: np.ndarray, levels: list[Level]) -> np.ndarray | None:
         start += batch * size
     sums += 0.5
     # The biased exponent of 0.5 + sum is 1022 + e, e the bit length of the integer sum:
-    # its leading bit is sorted box K - e, and e == 0 (no candidate) gives row K.
-    picked = _row_base(batch, kept, sizes) - (sums.view(np.int64) >> 52)
+    # its leading bit is sorted box K - e, and e == 0 (no candidate) gives row K. The row
+    # numbers are formed in the sums' own memory: at this size, every new array is a cold
+    # write (this op runs between a network's forward and backward passes).
+    picked = sums.view(np.int64)
+    np.right_shift(picked, 52, out=picked)
+    np.subtract(_row_base(batch, kept, sizes), picked, out=picked)
     return np.take(table.reshape(-1, 5), picked, axis=0)
 
 

@@ -97,9 +97,12 @@ _NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 def scale_in_place(values: Tensor, factor: Tensor) -> None:
     """``values.mul_(factor)`` for a 0-d ``factor``; on CPU in slices under the grain, so
-    that scaling a large gradient forks no thread."""
+    that scaling a large gradient forks no thread, and not at all for a factor of exactly
+    1 (``loss.backward()``'s): ``v * 1 == v`` bit for bit, NaN and -0.0 included."""
     if values.device.type != "cpu" or factor.dim() != 0 or not values.is_contiguous():
         values.mul_(factor)
+        return
+    if factor.device.type == "cpu" and not factor.is_complex() and factor.item() == 1:
         return
     for part in values.view(-1).split(SERIAL_ELEMENTS):
         part.mul_(factor)

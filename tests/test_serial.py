@@ -5,6 +5,8 @@ torch.repeat_interleave, torch.searchsorted and torch.take are the independent o
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
@@ -112,3 +114,13 @@ def test_zeros_and_scale_in_place_match_torch(dtype, shape):
     expected = values * torch.tensor(0.75, dtype=dtype)
     _serial.scale_in_place(values, torch.tensor(0.75, dtype=dtype))
     assert torch.equal(values, expected)
+
+
+@pytest.mark.parametrize("factor", [1.0, 1, -1.0, 2.0])
+def test_scale_in_place_by_one_keeps_every_bit(factor):
+    # A factor of exactly 1 skips the pass: the values must be what mul_ leaves, NaN,
+    # infinities and signed zeros included; other factors still scale.
+    values = torch.tensor([0.0, -0.0, 1.5, -2.25, math.inf, -math.inf, math.nan] * 10000)
+    expected = values * torch.tensor(factor)
+    _serial.scale_in_place(values, torch.tensor(factor))
+    assert torch.equal(values.view(torch.int32), expected.view(torch.int32))
