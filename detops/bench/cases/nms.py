@@ -29,11 +29,32 @@ def random_detections(
     return boxes, scores, classes
 
 
-def _nms_setup(n: int, with_reference: bool):
+def clustered_detections(
+    n: int, *, per_object: int = 50, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Detections as a detector's candidates look before NMS: ``n // per_object``
+    objects (centres uniform in [100, 900)^2, sides uniform in [30, 180)), each box drawn
+    around a random object with its corners moved by N(0, 0.1) of the object's side,
+    scores uniform in [0, 1), and each object's boxes of one class (0..19). NMS keeps
+    about 4% of them (the scattered :func:`random_detections` keep 40-90%)."""
+    g = torch.Generator().manual_seed(seed)
+    objects = max(1, n // per_object)
+    centres = torch.rand(objects, 2, generator=g) * 800 + 100
+    sides = torch.rand(objects, 2, generator=g) * 150 + 30
+    owner = torch.randint(0, objects, (n,), generator=g)
+    jitter = torch.randn(n, 4, generator=g) * 0.1
+    centre, side = centres[owner], sides[owner]
+    boxes = torch.cat([centre - side / 2, centre + side / 2], 1) + jitter * side.repeat(1, 2)
+    scores = torch.rand(n, generator=g)
+    object_class = torch.randint(0, CLASSES, (objects,), generator=g)
+    return boxes.float(), scores, object_class[owner]
+
+
+def _nms_setup(n: int, with_reference: bool, clustered: bool = False):
     def setup(device):
         import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
 
-        boxes, scores, _ = random_detections(n)
+        boxes, scores, _ = clustered_detections(n) if clustered else random_detections(n)
         b, s = boxes.to(device), scores.to(device)
         bn, sn = boxes.double().numpy(), scores.double().numpy()
         return BenchFunctions(
@@ -45,11 +66,11 @@ def _nms_setup(n: int, with_reference: bool):
     return setup
 
 
-def _class_setup(n: int, with_reference: bool):
+def _class_setup(n: int, with_reference: bool, clustered: bool = False):
     def setup(device):
         import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
 
-        boxes, scores, classes = random_detections(n)
+        boxes, scores, classes = clustered_detections(n) if clustered else random_detections(n)
         b, s, c = boxes.to(device), scores.to(device), classes.to(device)
         bn, sn, cn = boxes.double().numpy(), scores.double().numpy(), classes.numpy()
         return BenchFunctions(
@@ -97,6 +118,10 @@ def _batched_setup(images: int, n: int, with_reference: bool, limit: int = 100):
 
 
 _NOTES = "random boxes (see random_detections), IoU threshold 0.5"
+_CLUSTERED_NOTES = (
+    "clustered boxes, 50 per object, one class per object (see clustered_detections), "
+    "IoU threshold 0.5"
+)
 BENCHMARKS = (
     BenchCase("nms", "10", "torchvision.ops.nms", _nms_setup(10, True), notes=_NOTES),
     BenchCase("nms", "50", "torchvision.ops.nms", _nms_setup(50, True), notes=_NOTES),
@@ -106,6 +131,17 @@ BENCHMARKS = (
     BenchCase("nms", "5000", "torchvision.ops.nms", _nms_setup(5000, False), notes=_NOTES),
     BenchCase(
         "nms", "20000", "torchvision.ops.nms", _nms_setup(20000, False), quick=False, notes=_NOTES
+    ),
+    *(
+        BenchCase(
+            "nms",
+            f"{n} clustered",
+            "torchvision.ops.nms",
+            _nms_setup(n, False, clustered=True),
+            quick=n < 20000,
+            notes=_CLUSTERED_NOTES,
+        )
+        for n in (1000, 5000, 20000)
     ),
     BenchCase(
         "class_spec_nms",
@@ -156,6 +192,17 @@ BENCHMARKS = (
         _class_setup(20000, False),
         quick=False,
         notes=_NOTES,
+    ),
+    *(
+        BenchCase(
+            "class_spec_nms",
+            f"{n} clustered, 20 classes",
+            "torchvision.ops.batched_nms",
+            _class_setup(n, False, clustered=True),
+            quick=n < 20000,
+            notes=_CLUSTERED_NOTES,
+        )
+        for n in (1000, 5000, 20000)
     ),
     BenchCase(
         "batched_nms_per_image",

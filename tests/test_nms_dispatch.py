@@ -1,0 +1,95 @@
+"""Above 800 boxes on CPU, nms and class_spec_nms choose between torchvision's kernel
+(cheap on clustered detections, where it skips suppressed boxes) and detops' sparse path
+(cheap on scattered boxes) by a cost model and an estimate of the share of boxes kept.
+
+The choice must never change the answer: both routes are checked against each other and
+against the reference. The choice itself is deterministic (no timing, no random state),
+so the tests below pin it on inputs far from the boundary.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reference.nms as ref
+from detops import class_spec_nms, nms
+from detops._nms_numpy import kept_share, kernel_per_group
+from detops.bench.cases.nms import clustered_detections, random_detections
+
+NMS = sys.modules["detops.nms"]  # detops.nms the attribute is the function
+
+
+def _inputs(kind: str, n: int, dtype: torch.dtype):
+    boxes, scores, classes = (
+        clustered_detections(n, seed=n) if kind == "clustered" else random_detections(n, seed=n)
+    )
+    return boxes.to(dtype), scores.to(dtype), classes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["clustered", "scattered"])
+@pytest.mark.parametrize("n", [900, 3000])
+def test_both_routes_give_the_same_answer(n, kind, dtype, monkeypatch):
+    boxes, scores, classes = _inputs(kind, n, dtype)
+    answers = {}
+    for route in (True, False):
+        monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args, route=route: route)
+        answers[route] = (nms(boxes, scores, 0.5), class_spec_nms(boxes, scores, classes, 0.5))
+    assert torch.equal(answers[True][0], answers[False][0])
+    assert torch.equal(answers[True][1], answers[False][1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    classes=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+    threshold=st.sampled_from([0.0, 0.3, 0.5, 0.9]),
+)
+def test_kernel_per_group_matches_the_reference(n, classes, seed, threshold):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.randint(0, 40, (n, 2), generator=g).float()
+    boxes = torch.cat([xy, xy + torch.randint(1, 30, (n, 2), generator=g)], 1)
+    scores = torch.randint(0, 8, (n,), generator=g).float()  # ties: lower index first
+    ids = torch.randint(0, classes, (n,), generator=g)
+    got = kernel_per_group(boxes, scores, ids, threshold, NMS._kernel_nms)
+    expected = ref.class_spec_nms(
+        boxes.double().numpy(), scores.double().numpy(), ids.numpy(), threshold
+    )
+    assert got.tolist() == list(expected)
+
+
+@pytest.mark.parametrize("kind", ["clustered", "scattered"])
+@pytest.mark.parametrize("n", [2000, 8000])
+def test_kept_share_is_close_to_the_share_kept(kind, n):
+    boxes, scores, _ = _inputs(kind, n, torch.float32)
+    true_share = nms(boxes, scores, 0.5).shape[0] / n
+    estimate = kept_share(boxes, scores, None, functools.partial(NMS._window_nms, 0.5), 64)
+    assert estimate is not None
+    assert abs(estimate - true_share) <= 0.15, (estimate, true_share)
+
+
+@pytest.mark.parametrize("n", [2000, 8000])
+def test_clusters_go_to_the_kernel_scattered_boxes_to_the_sparse_path(n):
+    boxes, scores, classes = _inputs("clustered", n, torch.float32)
+    assert NMS._kernel_is_cheaper(boxes, scores, None, 0.5)
+    assert NMS._kernel_is_cheaper(boxes, scores, classes, 0.5)
+    boxes, scores, classes = _inputs("scattered", n, torch.float32)
+    assert not NMS._kernel_is_cheaper(boxes, scores, None, 0.5)
+    if n == 8000:  # 20 classes of 400 scattered boxes: the kernel would be ~4x slower
+        assert not NMS._kernel_is_cheaper(boxes, scores, classes, 0.5)
+
+
+def test_the_kernel_route_needs_finite_float_cpu_input():
+    boxes, scores, classes = _inputs("clustered", 2000, torch.float32)
+    bad = boxes.clone()
+    bad[5, 2] = float("inf")
+    assert not NMS._kernel_is_cheaper(bad, scores, None, 0.5)
+    assert not NMS._kernel_is_cheaper(boxes.half(), scores.half(), None, 0.5)
+    assert not NMS._kernel_is_cheaper(boxes, scores, classes.to(torch.int16), 0.5)
