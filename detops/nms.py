@@ -58,6 +58,7 @@ import contextlib
 import functools
 import math
 import struct
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -74,7 +75,13 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
-from ._nms_numpy import NUMPY_NMS_MAX_BOXES, kept_share, kernel_per_group, numpy_greedy_nms
+from ._nms_numpy import (
+    CLASS_NMS_MAX_BOXES,
+    NUMPY_NMS_MAX_BOXES,
+    kept_share,
+    kernel_per_group,
+    numpy_greedy_nms,
+)
 from ._serial import (
     SERIAL_ELEMENTS,
     bincount,
@@ -111,10 +118,12 @@ _MAX_BINS = 1 << 16
 _BUCKET_MAX = 64  # x1 buckets holding more boxes fall back to exact x-windows
 _EXPLICIT_COST = 4.0  # cost of a listed pair, in IoU values of a dense tile
 _TILE_COST = 30000  # fixed cost of a dense tile (about 20 torch calls), in IoU values
-# Below this many boxes, nms on CPU calls torchvision's kernel where its answer is ours
-# (measured on 2 cores, scattered boxes, kernel vs sparse path: 1.02 vs 1.31 ms at 600,
-# 1.57 vs 1.52 at 768, 2.04 vs 1.42 at 900).
-_KERNEL_MAX_BOXES = 800
+# Below this many boxes, nms on CPU calls torchvision's kernel where its answer is ours.
+# On scattered boxes the sparse path overtakes it from about 800 (kernel vs sparse path,
+# 2 cores: 1.57 vs 1.52 ms at 768, 2.4 vs 1.5 at 1000, 3.7 vs 2.1 at 1200), but on the
+# clustered boxes NMS usually sees the kernel takes 0.18 ms at 1000 and telling the two
+# apart costs 0.1-0.2 ms: below 1200 the kernel is never the worse choice.
+_KERNEL_MAX_BOXES = 1200
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 # Above that size the kernel is still the better tool for clustered detections, the usual
 # input of NMS: it skips suppressed boxes, computing about ``kept * N / 2`` IoU values,
@@ -127,7 +136,7 @@ _KERNEL_DTYPES = (torch.float32, torch.float64)
 # slope 1.4 beyond) or _SPARSE_GROUPED_S * N with classes. On clusters the sparse path
 # costs 1.5-4x its scattered-box time, so plain NMS takes the kernel up to
 # _KERNEL_PREFERENCE times the sparse path's scattered-box estimate.
-_KERNEL_CALL_S = 40e-6
+_KERNEL_CALL_S = 25e-6
 _KERNEL_PAIR_S = 3.5e-9
 _SPARSE_NMS_S = (
     (800, 1.5e-3),
@@ -139,6 +148,12 @@ _SPARSE_NMS_S = (
 )
 _SPARSE_GROUPED_S = 0.8e-6
 _KERNEL_PREFERENCE = 1.5
+# Up to this many boxes, a cheap sign of clusters is looked at first: the best-scored
+# _TOP_BOXES boxes suppressing _CLUSTER_HITS or more boxes each on average (clusters of
+# 50: 30-45; scattered boxes: 0.5-2 at 1k-4k; the window estimate takes 0.1-0.2 ms).
+_TOP_HITS_MAX_BOXES = 5000
+_TOP_BOXES = 4
+_CLUSTER_HITS = 8
 # Boxes in the window that kept_share runs NMS on (estimates within ~0.1 of the share).
 _SHARE_SAMPLE = 64
 _CLASS_ID_DTYPES = (torch.int64, torch.int32)  # those class_spec_nms's fast path takes
@@ -890,7 +905,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     ``nonzero`` (once per tile or batch of listed pairs) and once per round of the greedy
     resolution. Inputs are never modified.
 
-    On CPU, below 800 boxes of finite float32/float64 input, it calls torchvision's
+    On CPU, below 1200 boxes of finite float32/float64 input, it calls torchvision's
     kernel (``torch.ops.torchvision.nms``), whose answer is the same bit for bit there and
     whose single call is faster than the sparse path's few dozen tensor ops at that size;
     the NaN check then costs one reduction (about 3 µs). Above, it still calls the kernel
@@ -898,7 +913,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     many suppressed boxes and the sparse path's overlapping pairs are many): the share of
     boxes kept is estimated by running NMS on a window of about 64 boxes in the middle of
     the data (0.1-1 ms), and two cost models fitted on the development machine decide.
-    Measured there, clustered input at 1k / 5k / 20k boxes: 0.5x / 0.9x / 1.0x
+    Measured there, clustered input at 1k / 5k / 20k boxes: 1.0x / 0.9x / 1.0x
     torchvision (the sparse path alone: 0.05x / 0.16x / 0.21x); scattered boxes keep the
     sparse path.
 
@@ -974,14 +989,33 @@ def _nms_impl(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 def _window_nms(
     iou_threshold: float, boxes: Tensor, scores: Tensor, groups: Tensor | None
 ) -> Tensor:
-    """NMS of the few finite CPU boxes of kept_share's window: the kernel, or with groups the
-    NumPy path (one kernel call per class would cost more than the estimate is worth)."""
-    if groups is None:
-        return _kernel_nms(boxes, scores, iou_threshold)
-    threshold = _threshold_in(iou_threshold, boxes.dtype)
-    kept = numpy_greedy_nms(boxes, scores, groups, threshold, iou_threshold, _kernel_nms)
-    assert kept is not None  # finite input: checked by the caller
-    return kept
+    """NMS of kept_share's window (a few hundred finite CPU boxes) in one kernel call; with
+    groups, on class-offset float64 boxes: an estimate need not be exact, and a kernel
+    call per class would cost more than the estimate is worth."""
+    if groups is not None:
+        b = boxes.to(torch.float64)
+        low, high = float(b.min()), float(b.max())
+        offset = (groups - groups.min()).to(torch.float64) * (high - low + 1.0)
+        boxes = b - low + offset[:, None]
+        scores = scores.to(torch.float64)
+    return _kernel_nms(boxes, scores, iou_threshold)
+
+
+def _top_hits(b: np.ndarray, s: np.ndarray, iou_threshold: float) -> float:
+    """How many boxes each of the _TOP_BOXES best-scored boxes (kept by any NMS) would
+    suppress on average (IoU in the boxes' dtype, overflow aside the kernel's arithmetic):
+    a quick sign of clusters, tens of microseconds."""
+    n = b.shape[0]
+    k = min(_TOP_BOXES, n)
+    x1, y1, x2, y2 = np.ascontiguousarray(b.T)  # planes: long inner loops
+    top = np.argpartition(s, n - k)[n - k :, None]
+    width = np.minimum(x2[top], x2) - np.maximum(x1[top], x1)
+    height = np.minimum(y2[top], y2) - np.maximum(y1[top], y1)
+    inter = np.maximum(width, 0) * np.maximum(height, 0)
+    area = (x2 - x1) * (y2 - y1)
+    with np.errstate(all="ignore"):
+        above = inter / (area[top] + area - inter) > iou_threshold
+    return (int(np.count_nonzero(above)) - k) / k  # a box overlaps itself
 
 
 def _sparse_seconds(n: int) -> float:
@@ -1009,19 +1043,24 @@ def _kernel_is_cheaper(
             if not math.isfinite(float(b.sum(dtype=np.float64)) + float(s.sum(dtype=np.float64))):
                 return False
         if groups is None:
+            if n <= _TOP_HITS_MAX_BOXES and _top_hits(b, s, iou_threshold) >= _CLUSTER_HITS:
+                return True
             sizes = np.array([n], dtype=np.float64)
             sparse = _KERNEL_PREFERENCE * _sparse_seconds(n)
         else:
             sizes = np.unique(groups.numpy(), return_counts=True)[1].astype(np.float64)
             sparse = _SPARSE_GROUPED_S * n
+        calls = sizes.shape[0] * _KERNEL_CALL_S
+        squares = float((sizes * sizes).sum())
+        if calls + _KERNEL_PAIR_S * squares <= sparse:  # cheaper even if every box is kept
+            return True
         sample = _SHARE_SAMPLE
         share = kept_share(
             boxes, scores, groups, functools.partial(_window_nms, iou_threshold), sample
         )
     if share is None:
         return True
-    kernel = sizes.shape[0] * _KERNEL_CALL_S + _KERNEL_PAIR_S * share * float((sizes * sizes).sum())
-    return kernel <= sparse
+    return calls + _KERNEL_PAIR_S * share * squares <= sparse
 
 
 def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -1087,12 +1126,17 @@ def _class_spec_nms_impl(
     boxes: Tensor, scores: Tensor, class_ids: Tensor, iou_threshold: float
 ) -> Tensor:
     op = "class_spec_nms"
+    n = boxes.shape[0]
     with torch.no_grad():
-        if 0 < boxes.shape[0] <= NUMPY_NMS_MAX_BOXES and boxes.is_cpu:
-            kept = _numpy_nms(boxes, scores, class_ids, iou_threshold)
+        kernel_ok = functools.cache(
+            functools.partial(_kernel_is_cheaper, boxes, scores, class_ids, iou_threshold)
+        )
+        if 0 < n <= CLASS_NMS_MAX_BOXES and boxes.is_cpu:
+            large = n > NUMPY_NMS_MAX_BOXES
+            kept = _numpy_nms(boxes, scores, class_ids, iou_threshold, kernel_ok if large else None)
             if kept is not None:
                 return kept
-        if _kernel_is_cheaper(boxes, scores, class_ids, iou_threshold):
+        if n > CLASS_NMS_MAX_BOXES and kernel_ok():
             return kernel_per_group(boxes, scores, class_ids, iou_threshold, _kernel_nms)
         _check_finite_input(op, boxes, scores)
         if boxes.shape[0] == 0:
@@ -1186,16 +1230,20 @@ def _batched_nms_per_image_impl(
 
 
 def _numpy_nms(
-    boxes: Tensor, scores: Tensor, groups: Tensor | None, iou_threshold: float
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor | None,
+    iou_threshold: float,
+    kernel_ok: Callable[[], bool] | None = None,
 ) -> Tensor | None:
     """:func:`numpy_greedy_nms` in the computation dtype (float16/bfloat16 values are
     float32 ones), with torchvision's kernel for the groups it hands over; None where an
-    input value is not finite."""
+    input value is not finite, or where ``kernel_ok()`` turns the kernel down."""
     compute = _compute_dtype(boxes.dtype)
     if boxes.dtype is not compute:
         boxes, scores = boxes.to(compute), scores.to(compute)
     threshold = _threshold_in(iou_threshold, compute)
-    return numpy_greedy_nms(boxes, scores, groups, threshold, iou_threshold, _kernel_nms)
+    return numpy_greedy_nms(boxes, scores, groups, threshold, iou_threshold, _kernel_nms, kernel_ok)
 
 
 def _numpy_batched_nms(

@@ -675,7 +675,7 @@ def test_sparse_path_matches_reference_on_the_registry_cases(dtype):
     check()
 
 
-@pytest.mark.parametrize("n", [1, 10, 799, 800, 900])
+@pytest.mark.parametrize("n", [1, 10, 1199, 1200, 1300])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_kernel_and_sparse_path_agree_on_each_side_of_the_cutoff(n, dtype):
     nms_module = importlib.import_module("detops.nms")
@@ -685,7 +685,7 @@ def test_kernel_and_sparse_path_agree_on_each_side_of_the_cutoff(n, dtype):
     expected = ref.nms(boxes.double().numpy(), scores.double().numpy(), 0.5)
     np.testing.assert_array_equal(nms(boxes, scores, 0.5).numpy(), expected)
     np.testing.assert_array_equal(nms_module._sparse_nms(boxes, scores, 0.5).numpy(), expected)
-    assert nms_module._kernel_gives_our_answer(boxes, scores) == (n < 800)
+    assert nms_module._kernel_gives_our_answer(boxes, scores) == (n < 1200)
 
 
 # class_spec_nms takes a NumPy path up to NUMPY_NMS_MAX_BOXES finite boxes on CPU; the
@@ -842,7 +842,7 @@ def _valid_by_the_full_checks(boxes, scores, threshold) -> bool:
         ("scores of another length", False),
         ("scores of another dtype", False),
         ("no boxes", False),
-        ("800 boxes", False),
+        ("1200 boxes", False),
         ("meta device", False),
         ("a list", False),
     ],
@@ -870,8 +870,8 @@ def test_small_call_fast_path_takes_only_calls_the_full_checks_accept(variant, f
         scores = scores.double()
     elif variant == "no boxes":
         boxes, scores = boxes[:0], scores[:0]
-    elif variant == "800 boxes":
-        boxes, scores, _ = random_detections(800, seed=3)
+    elif variant == "1200 boxes":
+        boxes, scores, _ = random_detections(1200, seed=3)
     elif variant == "meta device":
         boxes, scores = boxes.to("meta"), scores.to("meta")
     elif variant == "a list":

@@ -1,6 +1,7 @@
-"""Above 800 boxes on CPU, nms and class_spec_nms choose between torchvision's kernel
-(cheap on clustered detections, where it skips suppressed boxes) and detops' sparse path
-(cheap on scattered boxes) by a cost model and an estimate of the share of boxes kept.
+"""Above 1200 boxes on CPU (class_spec_nms: 768), nms and class_spec_nms choose between
+torchvision's kernel (cheap on clustered detections, where it skips suppressed boxes) and
+detops' sparse path (cheap on scattered boxes) by a cost model and an estimate of the share
+of boxes kept.
 
 The choice must never change the answer: both routes are checked against each other and
 against the reference. The choice itself is deterministic (no timing, no random state),
@@ -34,7 +35,7 @@ def _inputs(kind: str, n: int, dtype: torch.dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", ["clustered", "scattered"])
-@pytest.mark.parametrize("n", [900, 3000])
+@pytest.mark.parametrize("n", [1300, 3000, 6000])
 def test_both_routes_give_the_same_answer(n, kind, dtype, monkeypatch):
     boxes, scores, classes = _inputs(kind, n, dtype)
     answers = {}
@@ -93,3 +94,30 @@ def test_the_kernel_route_needs_finite_float_cpu_input():
     assert not NMS._kernel_is_cheaper(bad, scores, None, 0.5)
     assert not NMS._kernel_is_cheaper(boxes.half(), scores.half(), None, 0.5)
     assert not NMS._kernel_is_cheaper(boxes, scores, classes.to(torch.int16), 0.5)
+
+
+def _sparse_class_spec(boxes, scores, classes, threshold):
+    order, kept = NMS._nms_core(
+        boxes[None], scores[None], classes.to(torch.int64)[None], threshold, False
+    )
+    return NMS.where_true(kept[0], order[0])[0]
+
+
+@pytest.mark.parametrize("classes", [2, 20, 400])
+@pytest.mark.parametrize("kind", ["clustered", "scattered"])
+@pytest.mark.parametrize("n", [1300, 3000])
+def test_class_spec_numpy_path_up_to_3000_boxes_equals_the_sparse_path(n, kind, classes):
+    # Up to 3000 boxes class_spec_nms takes the NumPy path (pairs, or the kernel per large
+    # class); the sparse torch path is an independent implementation of the same contract.
+    boxes, scores, _ = _inputs(kind, n, torch.float32)
+    ids = torch.randint(0, classes, (n,), generator=torch.Generator().manual_seed(n))
+    for threshold in (0.3, 0.7):
+        expected = _sparse_class_spec(boxes, scores, ids, threshold)
+        assert torch.equal(class_spec_nms(boxes, scores, ids, threshold), expected)
+
+
+def test_top_hits_tells_clusters_from_scattered_boxes():
+    boxes, scores, _ = _inputs("clustered", 2000, torch.float32)
+    assert NMS._top_hits(boxes.numpy(), scores.numpy(), 0.5) >= 20
+    boxes, scores, _ = _inputs("scattered", 2000, torch.float32)
+    assert NMS._top_hits(boxes.numpy(), scores.numpy(), 0.5) < 3
