@@ -1207,10 +1207,14 @@ def _batched_nms_per_image_impl(
     num_images = scores.shape[0]
     dev = boxes.device
     with torch.no_grad():
-        if 0 < scores.numel() <= NUMPY_NMS_MAX_BOXES and boxes.is_cpu and max_detections != 0:
-            out = _numpy_batched_nms(boxes, scores, class_ids, iou_threshold, max_detections)
-            if out is not None:
-                return out
+        if boxes.is_cpu and max_detections != 0 and scores.numel() > 0:
+            large = scores.numel() > NUMPY_NMS_MAX_BOXES
+            if not large or boxes.dtype in _KERNEL_DTYPES:
+                out = _numpy_batched_nms(
+                    boxes, scores, class_ids, iou_threshold, max_detections, large
+                )
+                if out is not None:
+                    return out
         _check_finite_input(op, boxes, scores)
         if scores.numel() == 0 or max_detections == 0:
             return torch.full((num_images, 0), -1, dtype=torch.int64, device=dev)
@@ -1252,10 +1256,13 @@ def _numpy_batched_nms(
     class_ids: Tensor | None,
     iou_threshold: float,
     max_detections: int | None,
+    large: bool = False,
 ) -> Tensor | None:
     """:func:`batched_nms_per_image` through :func:`numpy_greedy_nms` on the flattened batch,
     the image (and class) as the group; None where that path does not apply (non-finite
-    values other than ``-inf`` padding scores, class ids too far apart to combine)."""
+    values other than ``-inf`` padding scores, class ids too far apart to combine). With
+    ``large`` (more boxes than that path takes), torchvision's kernel once per group
+    where the cost model prefers it to the sparse path (clustered boxes), else None."""
     num_images, n = scores.shape
     compute = _compute_dtype(boxes.dtype)
     flat_scores = scores.detach().to(compute).reshape(-1).numpy()
@@ -1274,12 +1281,17 @@ def _numpy_batched_nms(
             key = image
     kept = torch.empty(0, dtype=torch.int64)
     if valid.size:
-        found = _numpy_nms(
-            torch.from_numpy(boxes.detach().to(compute).reshape(-1, 4).numpy()[valid]),
-            torch.from_numpy(flat_scores[valid]),
-            torch.from_numpy(key),
-            iou_threshold,
-        )
+        flat_boxes = torch.from_numpy(boxes.detach().to(compute).reshape(-1, 4).numpy()[valid])
+        flat_valid_scores = torch.from_numpy(flat_scores[valid])
+        groups = torch.from_numpy(key)
+        if large:
+            if not _kernel_is_cheaper(flat_boxes, flat_valid_scores, groups, iou_threshold):
+                return None
+            found = kernel_per_group(
+                flat_boxes, flat_valid_scores, groups, iou_threshold, _kernel_nms
+            )
+        else:
+            found = _numpy_nms(flat_boxes, flat_valid_scores, groups, iou_threshold)
         if found is None:
             return None
         kept = found

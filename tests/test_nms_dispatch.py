@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference.nms as ref
-from detops import class_spec_nms, nms
+from detops import batched_nms_per_image, class_spec_nms, nms
 from detops._nms_numpy import kept_share, kernel_per_group
 from detops.bench.cases.nms import clustered_detections, random_detections
 
@@ -54,15 +54,15 @@ def test_both_routes_give_the_same_answer(n, kind, dtype, monkeypatch):
     threshold=st.sampled_from([0.0, 0.3, 0.5, 0.9]),
 )
 def test_kernel_per_group_matches_the_reference(n, classes, seed, threshold):
+    # float64 integer boxes: the kernel's IoU and the reference's are then the same
+    # correctly rounded quotient (in float32 an IoU of exactly 0.3 rounds above 0.3).
     g = torch.Generator().manual_seed(seed)
-    xy = torch.randint(0, 40, (n, 2), generator=g).float()
+    xy = torch.randint(0, 40, (n, 2), generator=g).double()
     boxes = torch.cat([xy, xy + torch.randint(1, 30, (n, 2), generator=g)], 1)
-    scores = torch.randint(0, 8, (n,), generator=g).float()  # ties: lower index first
+    scores = torch.randint(0, 8, (n,), generator=g).double()  # ties: lower index first
     ids = torch.randint(0, classes, (n,), generator=g)
     got = kernel_per_group(boxes, scores, ids, threshold, NMS._kernel_nms)
-    expected = ref.class_spec_nms(
-        boxes.double().numpy(), scores.double().numpy(), ids.numpy(), threshold
-    )
+    expected = ref.class_spec_nms(boxes.numpy(), scores.numpy(), ids.numpy(), threshold)
     assert got.tolist() == list(expected)
 
 
@@ -121,3 +121,20 @@ def test_top_hits_tells_clusters_from_scattered_boxes():
     assert NMS._top_hits(boxes.numpy(), scores.numpy(), 0.5) >= 20
     boxes, scores, _ = _inputs("scattered", 2000, torch.float32)
     assert NMS._top_hits(boxes.numpy(), scores.numpy(), 0.5) < 3
+
+
+@pytest.mark.parametrize("route", [True, False, None], ids=["kernel", "sparse", "chosen"])
+@pytest.mark.parametrize("kind", ["clustered", "scattered"])
+def test_batched_nms_per_image_above_768_boxes_equals_per_image_calls(kind, route, monkeypatch):
+    if route is not None:
+        monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args: route)
+    data = [_inputs(kind, 400, torch.float32) for _ in range(3)]
+    boxes = torch.stack([d[0] for d in data])
+    scores = torch.stack([d[1] for d in data])
+    classes = torch.stack([d[2] for d in data])
+    scores[1, ::5] = float("-inf")  # padding
+    batched = batched_nms_per_image(boxes, scores, classes, 0.5, max_detections=50)
+    for b in range(3):
+        valid = (scores[b] > float("-inf")).nonzero().squeeze(1)
+        expected = valid[class_spec_nms(boxes[b, valid], scores[b, valid], classes[b, valid], 0.5)]
+        assert batched[b][batched[b] >= 0].tolist() == expected[:50].tolist()
