@@ -133,9 +133,9 @@ _KERNEL_DTYPES = (torch.float32, torch.float64)
 # seconds: the kernel ``_KERNEL_CALL_S + _KERNEL_PAIR_S * share * n**2`` per group, with
 # the share of kept boxes estimated on a window of the data (_nms_numpy.kept_share); the
 # sparse path on scattered boxes by _SPARSE_NMS_S (N, seconds; log-log interpolated,
-# slope 1.4 beyond) or _SPARSE_GROUPED_S * N with classes. On clusters the sparse path
-# costs 1.5-4x its scattered-box time, so plain NMS takes the kernel up to
-# _KERNEL_PREFERENCE times the sparse path's scattered-box estimate.
+# slope 1.4 beyond), _SPARSE_GROUPED_S * N with classes or _SPARSE_BATCHED_S * N for a
+# batch of images with classes, times _clustered_sparse_factor(share) (clusters cost it
+# more pairs).
 _KERNEL_CALL_S = 25e-6
 _KERNEL_PAIR_S = 3.5e-9
 _SPARSE_NMS_S = (
@@ -147,7 +147,7 @@ _SPARSE_NMS_S = (
     (20000, 100e-3),
 )
 _SPARSE_GROUPED_S = 0.8e-6
-_KERNEL_PREFERENCE = 1.5
+_SPARSE_BATCHED_S = 0.3e-6
 # Up to this many boxes, a cheap sign of clusters is looked at first: the best-scored
 # _TOP_BOXES boxes suppressing _CLUSTER_HITS or more boxes each on average (clusters of
 # 50: 30-45; scattered boxes: 0.5-2 at 1k-4k; the window estimate takes 0.1-0.2 ms).
@@ -1027,11 +1027,17 @@ def _sparse_seconds(n: int) -> float:
 
 
 def _kernel_is_cheaper(
-    boxes: Tensor, scores: Tensor, groups: Tensor | None, iou_threshold: float
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor | None,
+    iou_threshold: float,
+    sparse_per_box: float = _SPARSE_GROUPED_S,
 ) -> bool:
     """For CPU float32/float64 finite input (where the kernel's answer is ours): whether
     torchvision's kernel (once per group) is expected to beat the sparse path (see
-    ``_KERNEL_CALL_S``). A window of the data too crowded to sample counts as clustered."""
+    ``_KERNEL_CALL_S``). ``sparse_per_box``: the sparse path's seconds per box on
+    scattered input with these groups (plain NMS has its own table). A window of the data
+    too crowded to sample counts as clustered."""
     n = boxes.shape[0]
     if not (n > 0 and boxes.is_cpu and boxes.dtype in _KERNEL_DTYPES):
         return False
@@ -1046,10 +1052,10 @@ def _kernel_is_cheaper(
             if n <= _TOP_HITS_MAX_BOXES and _top_hits(b, s, iou_threshold) >= _CLUSTER_HITS:
                 return True
             sizes = np.array([n], dtype=np.float64)
-            sparse = _KERNEL_PREFERENCE * _sparse_seconds(n)
+            sparse = _sparse_seconds(n)
         else:
             sizes = np.unique(groups.numpy(), return_counts=True)[1].astype(np.float64)
-            sparse = _SPARSE_GROUPED_S * n
+            sparse = sparse_per_box * n
         calls = sizes.shape[0] * _KERNEL_CALL_S
         squares = float((sizes * sizes).sum())
         if calls + _KERNEL_PAIR_S * squares <= sparse:  # cheaper even if every box is kept
@@ -1060,7 +1066,15 @@ def _kernel_is_cheaper(
         )
     if share is None:
         return True
-    return calls + _KERNEL_PAIR_S * share * squares <= sparse
+    return calls + _KERNEL_PAIR_S * share * squares <= sparse * _clustered_sparse_factor(share)
+
+
+def _clustered_sparse_factor(share: float) -> float:
+    """How much slower than on scattered boxes the sparse path is when NMS keeps ``share``
+    of the boxes: clusters make many overlapping pairs (measured on 2 cores, clusters of
+    50 keeping 4%: 2.7x for plain NMS at 20k boxes, 3.6x with 20 classes, 6.5x for a
+    batch of 16 x 1000; scattered boxes keep 40-95%)."""
+    return min(6.0, max(1.0, 0.75 / (share + 0.15)))
 
 
 def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -1285,7 +1299,9 @@ def _numpy_batched_nms(
         flat_valid_scores = torch.from_numpy(flat_scores[valid])
         groups = torch.from_numpy(key)
         if large:
-            if not _kernel_is_cheaper(flat_boxes, flat_valid_scores, groups, iou_threshold):
+            if not _kernel_is_cheaper(
+                flat_boxes, flat_valid_scores, groups, iou_threshold, _SPARSE_BATCHED_S
+            ):
                 return None
             found = kernel_per_group(
                 flat_boxes, flat_valid_scores, groups, iou_threshold, _kernel_nms

@@ -10,7 +10,7 @@ from detops.testing.inputs import random_boxes
 
 from ._case import BenchCase, BenchFunctions
 
-__all__ = ["BENCHMARKS", "CLASSES", "THRESHOLD", "random_detections"]
+__all__ = ["BENCHMARKS", "CLASSES", "THRESHOLD", "clustered_detections", "random_detections"]
 
 THRESHOLD = 0.5
 CLASSES = 20
@@ -99,9 +99,15 @@ def _loop_of_batched_nms(boxes, scores, classes, limit):
     return out
 
 
-def _batched_setup(images: int, n: int, with_reference: bool, limit: int = 100):
+def _batched_setup(
+    images: int, n: int, with_reference: bool, limit: int = 100, clustered: bool = False
+):
     def setup(device):
-        boxes, scores, classes = random_detections(n, batch=(images,))
+        if clustered:
+            per_image = [clustered_detections(n, seed=i) for i in range(images)]
+            boxes, scores, classes = (torch.stack(parts) for parts in zip(*per_image, strict=True))
+        else:
+            boxes, scores, classes = random_detections(n, batch=(images,))
         b, s, c = boxes.to(device), scores.to(device), classes.to(device)
         bn, sn, cn = boxes.double().numpy(), scores.double().numpy(), classes.numpy()
         return BenchFunctions(
@@ -217,5 +223,12 @@ BENCHMARKS = (
         "loop of torchvision.ops.batched_nms",
         _batched_setup(16, 1000, False),
         notes=_NOTES + ", max_detections 100",
+    ),
+    BenchCase(
+        "batched_nms_per_image",
+        "16x1000 clustered, 20 classes",
+        "loop of torchvision.ops.batched_nms",
+        _batched_setup(16, 1000, False, clustered=True),
+        notes=_CLUSTERED_NOTES + ", max_detections 100",
     ),
 )
