@@ -18,6 +18,7 @@ kept is already settled.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 
@@ -85,8 +86,8 @@ def numpy_greedy_nms(
     same answer (torchvision's kernel), used one group at a time where groups are large.
     """
     # (.detach() costs a torch call; only inputs that require grad need it for .numpy())
-    b = (boxes.detach() if boxes.requires_grad else boxes).numpy()
-    s = (scores.detach() if scores.requires_grad else scores).numpy()
+    b = (boxes.detach() if boxes.requires_grad else boxes).resolve_neg().numpy()
+    s = (scores.detach() if scores.requires_grad else scores).resolve_neg().numpy()
     with np.errstate(all="ignore"):  # overflow and 0 / 0 are part of the contract
         # One reduction: NaN or inf anywhere makes it non-finite (so does an overflow,
         # which only sends the call down the caller's path, correct too).
@@ -173,8 +174,17 @@ def kernel_per_group(
     """Greedy NMS of every group by ``kernel`` (plain NMS, one call per group of two or
     more boxes), merged by descending score (ties: lower index first). CPU float32/float64
     boxes and scores, N >= 1, integer groups."""
-    b, s = boxes.detach().numpy(), scores.detach().numpy()
-    order, bounds = _by_group(s, groups.numpy())
+    b, s = boxes.detach().resolve_neg().numpy(), scores.detach().resolve_neg().numpy()
+    # By group only, index order within (stable): the kernel sorts each call by score,
+    # stably, so ties still go to the lower index.
+    g = groups.numpy()
+    order = np.argsort(g, kind="stable")
+    grouped = g[order]
+    n = g.shape[0]
+    bounds = np.empty(n + 1, dtype=bool)
+    bounds[0] = bounds[n] = True
+    np.not_equal(grouped[1:], grouped[:-1], out=bounds[1:n])
+    bounds = np.flatnonzero(bounds)
     ranked = np.ascontiguousarray(b[order])
     kept = _kernel_per_group(ranked, s[order], order, bounds.tolist(), iou_threshold, kernel, s)
     return torch.from_numpy(kept)
@@ -184,6 +194,8 @@ def kernel_per_group(
 # of boxes at its edge (estimates within ~20% of the true share on scattered and
 # clustered boxes at 768-20k), few enough to keep the estimate at ~0.1-1.5 ms.
 _MARGIN = 0.25
+# Times the window may be moved or shrunk before kept_share gives up.
+_WINDOW_TRIES = 5
 
 
 def kept_share(
@@ -193,41 +205,53 @@ def kept_share(
     local_nms: Callable[[Tensor, Tensor, Tensor | None], Tensor],
     sample: int,
 ) -> float | None:
-    """The share of boxes that greedy NMS keeps, estimated on a window of the data: the
-    boxes whose centres lie in the middle ``sqrt(sample / N)`` of the centres' x range and
-    of their y range (by quantiles: about ``sample`` boxes when x and y are independent),
-    run through NMS together with their neighbours within a quarter of the mean box size (so that
-    boxes at the window's edge see most of their suppressors), and counted inside the
-    window only (``local_nms(boxes, scores, groups)`` gives the kept indices of the
-    window's boxes). None when the window holds fewer than 16 boxes or its surroundings more
-    than ``8 * sample``. CPU float32/float64 finite boxes and scores, N >= 1.
+    """The share of boxes that greedy NMS keeps, estimated on a window of the data.
+
+    The window first spans the middle ``sqrt(sample / N)`` of the box centres' x values
+    and of their y values (by quantiles: about ``sample`` boxes when x and y are
+    independent). Its boxes are run through NMS together with their neighbours within a
+    quarter of the mean box size (so that boxes at the window's edge see most of their
+    suppressors) and counted inside the window only (``local_nms(boxes, scores, groups)``
+    gives the kept indices of the window's boxes). A window with fewer than 16 boxes (the
+    middle of a ring of boxes) moves to the centre of the best-scored box; one whose
+    surroundings hold more than ``8 * sample`` boxes (boxes along a line, a dense cluster)
+    shrinks by half. None after a few tries. CPU float32/float64 finite boxes and scores,
+    N >= 1.
 
     Greedy NMS costs torchvision's kernel about ``kept * N`` IoU values, and detops' sparse
     path about the number of overlapping pairs: the share tells the caller which is
     cheaper (clustered detections keep a few percent of their boxes, scattered ones most).
     """
-    b = boxes.detach().numpy().astype(np.float64)
+    b = boxes.detach().resolve_neg().numpy().astype(np.float64)
     n = b.shape[0]
-    centre_x, centre_y = (b[:, 0] + b[:, 2]) * 0.5, (b[:, 1] + b[:, 3]) * 0.5
-    half = min(0.5, math.sqrt(sample / n) * 0.5)
-    ranks = [max(0, int(n * (0.5 - half))), min(n - 1, int(n * (0.5 + half)))]
-    low_x, high_x = np.partition(centre_x, ranks)[ranks]
-    low_y, high_y = np.partition(centre_y, ranks)[ranks]
-    inner = (centre_x >= low_x) & (centre_x <= high_x) & (centre_y >= low_y) & (centre_y <= high_y)
-    inside = int(np.count_nonzero(inner))
-    if inside < 16:
-        return None
-    sides = b.compress(inner, axis=0)
-    margin_x = _MARGIN * max(0.0, float((sides[:, 2] - sides[:, 0]).mean()))
-    margin_y = _MARGIN * max(0.0, float((sides[:, 3] - sides[:, 1]).mean()))
-    around = np.flatnonzero(
-        (centre_x >= low_x - margin_x)
-        & (centre_x <= high_x + margin_x)
-        & (centre_y >= low_y - margin_y)
-        & (centre_y <= high_y + margin_y)
-    )
-    if around.shape[0] > 8 * sample:
-        return None
+    with np.errstate(all="ignore"):  # huge coordinates may overflow: a worse estimate only
+        centre_x, centre_y = (b[:, 0] + b[:, 2]) * 0.5, (b[:, 1] + b[:, 3]) * 0.5
+        half = min(0.5, math.sqrt(sample / n) * 0.5)
+        ranks = [max(0, int(n * (0.5 - half))), min(n - 1, int(n * (0.5 + half)))]
+        low_x, high_x = np.partition(centre_x, ranks)[ranks]
+        low_y, high_y = np.partition(centre_y, ranks)[ranks]
+        middle_x, middle_y = (low_x + high_x) * 0.5, (low_y + high_y) * 0.5
+        reach_x, reach_y = (high_x - low_x) * 0.5, (high_y - low_y) * 0.5
+        moved = False
+        for _ in range(_WINDOW_TRIES):
+            off_x, off_y = np.abs(centre_x - middle_x), np.abs(centre_y - middle_y)
+            inner = (off_x <= reach_x) & (off_y <= reach_y)
+            inside = int(np.count_nonzero(inner))
+            if inside < 16:
+                if moved:
+                    return None
+                best = int(np.argmax(scores.detach().resolve_neg().numpy()))
+                middle_x, middle_y, moved = centre_x[best], centre_y[best], True
+                continue
+            sides = b.compress(inner, axis=0)
+            margin_x = _MARGIN * max(0.0, float((sides[:, 2] - sides[:, 0]).mean()))
+            margin_y = _MARGIN * max(0.0, float((sides[:, 3] - sides[:, 1]).mean()))
+            around = np.flatnonzero((off_x <= reach_x + margin_x) & (off_y <= reach_y + margin_y))
+            if around.shape[0] <= 8 * sample:
+                break
+            reach_x, reach_y = reach_x * 0.5, reach_y * 0.5
+        else:
+            return None
     window = torch.from_numpy(around)
     local_boxes, local_scores = boxes.index_select(0, window), scores.index_select(0, window)
     local_groups = None if groups is None else groups.index_select(0, window)
@@ -281,16 +305,54 @@ def _kernel_per_group(
     kernel: Callable[[Tensor, Tensor, float], Tensor],
     s: np.ndarray,
 ) -> np.ndarray:
-    boxes, scores = torch.from_numpy(ranked), torch.from_numpy(ranked_scores)
-    kept = []
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        if hi - lo == 1:
-            kept.append(order[lo : lo + 1])
-        else:
-            found = kernel(boxes[lo:hi], scores[lo:hi], iou_threshold)
-            kept.append(order[lo + found.numpy()])
+    """Plain NMS of every group by ``kernel``, merged by score. Groups whose boxes lie in
+    x ranges that do not overlap share one kernel call: two boxes without overlap in x
+    have IoU 0 (or 0/0) in the kernel's arithmetic, so they never suppress each other
+    (threshold >= 0) and one call gives each group's own answer. A kernel call costs
+    20-40 µs: at a few dozen boxes per group that is most of the work."""
+    starts = np.asarray(bounds[:-1])
+    sizes = np.diff(bounds)
+    several = np.flatnonzero(sizes > 1)
+    kept = [order[starts[sizes == 1]]]
+    if several.shape[0]:
+        boxes, scores = torch.from_numpy(ranked), torch.from_numpy(ranked_scores)
+        low = np.minimum.reduceat(np.minimum(ranked[:, 0], ranked[:, 2]), starts)[several]
+        high = np.maximum.reduceat(np.maximum(ranked[:, 0], ranked[:, 2]), starts)[several]
+        colours = _interval_colours(low.tolist(), high.tolist())
+        for members in colours:
+            if len(members) == 1:
+                g = several[members[0]]
+                lo, hi = bounds[g], bounds[g + 1]
+                found = kernel(boxes[lo:hi], scores[lo:hi], iou_threshold)
+                kept.append(order[lo + found.numpy()])
+                continue
+            rows = np.concatenate(
+                [np.arange(bounds[several[m]], bounds[several[m] + 1]) for m in members]
+            )
+            index = torch.from_numpy(rows)
+            found = kernel(
+                boxes.index_select(0, index), scores.index_select(0, index), iou_threshold
+            )
+            kept.append(order[rows[found.numpy()]])
     merged = np.sort(np.concatenate(kept))
     return merged[np.argsort(-s[merged], kind="stable")].astype(np.int64, copy=False)
+
+
+def _interval_colours(low: list[float], high: list[float]) -> list[list[int]]:
+    """The intervals ``[low[i], high[i]]`` in as few sets of pairwise non-overlapping
+    intervals as there can be (sweep by ``low``, reusing the set whose last interval ends
+    first; touching is not overlapping), as lists of indices."""
+    colours: list[list[int]] = []
+    ends: list[tuple[float, int]] = []  # heap of (end of a set's last interval, set)
+    for i in sorted(range(len(low)), key=low.__getitem__):
+        if ends and ends[0][0] <= low[i]:
+            _, colour = heapq.heappop(ends)
+        else:
+            colour = len(colours)
+            colours.append([])
+        colours[colour].append(i)
+        heapq.heappush(ends, (high[i], colour))
+    return colours
 
 
 def _kept_ranks(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:

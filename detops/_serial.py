@@ -120,7 +120,7 @@ def has_nan(values: Tensor) -> bool:
     """Whether ``values`` holds a NaN; NumPy on CPU (serial: torch's isnan and any fork
     threads from a few thousand elements on)."""
     if values.device.type == "cpu" and values.dtype in _NUMPY_DTYPES:
-        return bool(np.isnan(values.detach().numpy()).any())
+        return bool(np.isnan(values.detach().resolve_neg().numpy()).any())
     return bool(torch.isnan(values).any())
 
 

@@ -122,7 +122,8 @@ _TILE_COST = 30000  # fixed cost of a dense tile (about 20 torch calls), in IoU 
 # On scattered boxes the sparse path overtakes it from about 800 (kernel vs sparse path,
 # 2 cores: 1.57 vs 1.52 ms at 768, 2.4 vs 1.5 at 1000, 3.7 vs 2.1 at 1200), but on the
 # clustered boxes NMS usually sees the kernel takes 0.18 ms at 1000 and telling the two
-# apart costs 0.1-0.2 ms: below 1200 the kernel is never the worse choice.
+# apart costs 0.1-0.2 ms: below 1200 the kernel is never much the worse choice (it ties
+# torchvision, which is this kernel, on every input).
 _KERNEL_MAX_BOXES = 1200
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 # Above that size the kernel is still the better tool for clustered detections, the usual
@@ -1009,11 +1010,11 @@ def _top_hits(b: np.ndarray, s: np.ndarray, iou_threshold: float) -> float:
     k = min(_TOP_BOXES, n)
     x1, y1, x2, y2 = np.ascontiguousarray(b.T)  # planes: long inner loops
     top = np.argpartition(s, n - k)[n - k :, None]
-    width = np.minimum(x2[top], x2) - np.maximum(x1[top], x1)
-    height = np.minimum(y2[top], y2) - np.maximum(y1[top], y1)
-    inter = np.maximum(width, 0) * np.maximum(height, 0)
-    area = (x2 - x1) * (y2 - y1)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # huge coordinates overflow, as in the kernel
+        width = np.minimum(x2[top], x2) - np.maximum(x1[top], x1)
+        height = np.minimum(y2[top], y2) - np.maximum(y1[top], y1)
+        inter = np.maximum(width, 0) * np.maximum(height, 0)
+        area = (x2 - x1) * (y2 - y1)
         above = inter / (area[top] + area - inter) > iou_threshold
     return (int(np.count_nonzero(above)) - k) / k  # a box overlaps itself
 
@@ -1036,15 +1037,16 @@ def _kernel_is_cheaper(
     """For CPU float32/float64 finite input (where the kernel's answer is ours): whether
     torchvision's kernel (once per group) is expected to beat the sparse path (see
     ``_KERNEL_CALL_S``). ``sparse_per_box``: the sparse path's seconds per box on
-    scattered input with these groups (plain NMS has its own table). A window of the data
-    too crowded to sample counts as clustered."""
+    scattered input with these groups (plain NMS has its own table). Data that kept_share
+    cannot sample (nearly all centres in one spot) counts as clustered. Also the finite
+    check of the kernel routes: False for NaN or infinite input."""
     n = boxes.shape[0]
     if not (n > 0 and boxes.is_cpu and boxes.dtype in _KERNEL_DTYPES):
         return False
     if groups is not None and groups.dtype not in _CLASS_ID_DTYPES:
         return False
     with torch.no_grad():
-        b, s = boxes.detach().numpy(), scores.detach().numpy()
+        b, s = boxes.detach().resolve_neg().numpy(), scores.detach().resolve_neg().numpy()
         with np.errstate(all="ignore"):
             if not math.isfinite(float(b.sum(dtype=np.float64)) + float(s.sum(dtype=np.float64))):
                 return False
@@ -1101,10 +1103,13 @@ def class_spec_nms(
     with huge coordinates and in float16 (where the offset boxes are rounded).
 
     Synchronizes with the host like :func:`nms` (plus once to map the class ids). On CPU,
-    up to 768 finite boxes take a NumPy path (``detops._nms_numpy``: each NumPy call costs
+    up to 3000 finite boxes take a NumPy path (``detops._nms_numpy``: each NumPy call costs
     a fraction of a torch call, and that fixed cost is what counts at this size; same
     arithmetic and result), with torchvision's kernel once per class where classes are
-    few and large.
+    few and large (above 768 boxes only where the cost model of :func:`nms` prefers it to
+    the sparse path). Above 3000 boxes, clustered input goes to the kernel once per class
+    (classes whose boxes do not overlap in x share a call), scattered input to the sparse
+    path, chosen as in :func:`nms`.
 
     Args:
         boxes (Tensor[N, 4]): XYXY, absolute pixels, floating dtype.
@@ -1279,7 +1284,7 @@ def _numpy_batched_nms(
     where the cost model prefers it to the sparse path (clustered boxes), else None."""
     num_images, n = scores.shape
     compute = _compute_dtype(boxes.dtype)
-    flat_scores = scores.detach().to(compute).reshape(-1).numpy()
+    flat_scores = scores.detach().to(compute).resolve_neg().reshape(-1).numpy()
     valid = np.flatnonzero(flat_scores != -np.inf)  # NaN stays, and sends us back
     image = valid // n
     if class_ids is None:
@@ -1295,7 +1300,9 @@ def _numpy_batched_nms(
             key = image
     kept = torch.empty(0, dtype=torch.int64)
     if valid.size:
-        flat_boxes = torch.from_numpy(boxes.detach().to(compute).reshape(-1, 4).numpy()[valid])
+        flat_boxes = torch.from_numpy(
+            boxes.detach().to(compute).resolve_neg().reshape(-1, 4).numpy()[valid]
+        )
         flat_valid_scores = torch.from_numpy(flat_scores[valid])
         groups = torch.from_numpy(key)
         if large:

@@ -11,10 +11,14 @@ so the tests below pin it on inputs far from the boundary.
 from __future__ import annotations
 
 import functools
+import math
 import sys
+import warnings
 
+import numpy as np
 import pytest
 import torch
+import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -138,3 +142,60 @@ def test_batched_nms_per_image_above_768_boxes_equals_per_image_calls(kind, rout
         valid = (scores[b] > float("-inf")).nonzero().squeeze(1)
         expected = valid[class_spec_nms(boxes[b, valid], scores[b, valid], classes[b, valid], 0.5)]
         assert batched[b][batched[b] >= 0].tolist() == expected[:50].tolist()
+
+
+@pytest.mark.parametrize("n", [1500, 3000])
+def test_huge_coordinates_raise_no_numpy_warning(n):
+    # The route choice computes IoU-like values in NumPy; overflow there must stay silent
+    # (as in the kernel) even where NumPy errors are set to raise.
+    boxes, scores, classes = _inputs("clustered", n, torch.float32)
+    boxes = boxes * 1e30
+    before = np.geterr()
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = nms(boxes, scores, 0.5)
+        got_classes = class_spec_nms(boxes, scores, classes, 0.5)
+    assert np.geterr() == before
+    assert torch.equal(got, torchvision.ops.nms(boxes, scores, 0.5))
+    assert torch.equal(got_classes, _sparse_class_spec(boxes, scores, classes, 0.5))
+
+
+@pytest.mark.parametrize("n", [1500, 4000])
+def test_inputs_with_the_negative_bit_set(n):
+    # z.conj().imag is a float tensor with its negative bit set: .numpy() refuses it.
+    boxes, scores, classes = _inputs("clustered", n, torch.float32)
+    neg_boxes = torch.complex(torch.zeros_like(boxes), -boxes).conj().imag
+    neg_scores = torch.complex(torch.zeros_like(scores), -scores).conj().imag
+    assert neg_boxes.is_neg() and torch.equal(neg_boxes, boxes)
+    assert torch.equal(nms(neg_boxes, neg_scores, 0.5), nms(boxes, scores, 0.5))
+    assert torch.equal(
+        class_spec_nms(neg_boxes, neg_scores, classes, 0.5),
+        class_spec_nms(boxes, scores, classes, 0.5),
+    )
+    batched = batched_nms_per_image(neg_boxes[None], neg_scores[None], classes[None], 0.5)
+    assert torch.equal(
+        batched, batched_nms_per_image(boxes[None], scores[None], classes[None], 0.5)
+    )
+
+
+@pytest.mark.parametrize("shape", ["ring", "line"])
+def test_scattered_boxes_the_middle_window_misses_stay_on_the_sparse_path(shape):
+    # Centres on a ring leave the middle of the data empty; boxes along one line put
+    # every box in the middle y band. NMS keeps ~97% of them: the kernel would be ~6x
+    # slower, and the window estimate must still find that out.
+    g = torch.Generator().manual_seed(0)
+    n = 6000
+    if shape == "ring":
+        angle = torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi
+        radius = 5000 + torch.randn(n, generator=g, dtype=torch.float64) * 20
+        cx, cy = radius * torch.cos(angle), radius * torch.sin(angle)
+        boxes = torch.stack([cx - 5, cy - 5, cx + 5, cy + 5], 1).float()
+    else:
+        x = torch.rand(n, generator=g) * 1e6
+        boxes = torch.stack([x, torch.zeros(n), x + 20, torch.full((n,), 10.0)], 1)
+    scores = torch.rand(n, generator=g)
+    window_nms = functools.partial(NMS._window_nms, 0.5)
+    share = kept_share(boxes, scores, None, window_nms, 64)
+    true_share = torchvision.ops.nms(boxes, scores, 0.5).shape[0] / n
+    assert share is not None and abs(share - true_share) <= 0.1
+    assert not NMS._kernel_is_cheaper(boxes, scores, None, 0.5)
