@@ -1107,9 +1107,8 @@ def class_spec_nms(
     a fraction of a torch call, and that fixed cost is what counts at this size; same
     arithmetic and result), with torchvision's kernel once per class where classes are
     few and large (above 768 boxes only where the cost model of :func:`nms` prefers it to
-    the sparse path). Above 3000 boxes, clustered input goes to the kernel once per class
-    (classes whose boxes do not overlap in x share a call), scattered input to the sparse
-    path, chosen as in :func:`nms`.
+    the sparse path). Above 3000 boxes, clustered input goes to the kernel once per class,
+    scattered input to the sparse path, chosen as in :func:`nms`.
 
     Args:
         boxes (Tensor[N, 4]): XYXY, absolute pixels, floating dtype.
