@@ -154,13 +154,17 @@ def _all_pairs(b: np.ndarray, s: np.ndarray, g: np.ndarray | None, t: float) -> 
 def _by_group(s: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The boxes by group, then descending score (stable), and where each group starts
     in that order (then N)."""
-    n = s.shape[0]
     order = np.lexsort((-s, g))
-    grouped = g[order]
-    bounds = np.empty(n + 1, dtype=bool)
-    bounds[0] = bounds[n] = True
-    np.not_equal(grouped[1:], grouped[:-1], out=bounds[1:n])
-    return order, np.flatnonzero(bounds)
+    return order, _group_starts(g[order])
+
+
+def _group_starts(grouped: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of ``grouped`` starts, then its length."""
+    n = grouped.shape[0]
+    starts = np.empty(n + 1, dtype=bool)
+    starts[0] = starts[n] = True
+    np.not_equal(grouped[1:], grouped[:-1], out=starts[1:n])
+    return np.flatnonzero(starts)
 
 
 def kernel_per_group(
@@ -178,12 +182,7 @@ def kernel_per_group(
     # stably, so ties still go to the lower index.
     g = groups.numpy()
     order = np.argsort(g, kind="stable")
-    grouped = g[order]
-    n = g.shape[0]
-    bounds = np.empty(n + 1, dtype=bool)
-    bounds[0] = bounds[n] = True
-    np.not_equal(grouped[1:], grouped[:-1], out=bounds[1:n])
-    bounds = np.flatnonzero(bounds)
+    bounds = _group_starts(g[order])
     ranked = np.ascontiguousarray(b[order])
     kept = _kernel_per_group(ranked, s[order], order, bounds.tolist(), iou_threshold, kernel, s)
     return torch.from_numpy(kept)

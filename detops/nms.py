@@ -996,7 +996,8 @@ def _window_nms(
     if groups is not None:
         b = boxes.to(torch.float64)
         low, high = float(b.min()), float(b.max())
-        offset = (groups - groups.min()).to(torch.float64) * (high - low + 1.0)
+        ids = groups.to(torch.float64)  # (a difference of int64 extremes would wrap)
+        offset = (ids - ids.min()) * (high - low + 1.0)
         boxes = b - low + offset[:, None]
         scores = scores.to(torch.float64)
     return _kernel_nms(boxes, scores, iou_threshold)
