@@ -164,8 +164,10 @@ def check_no_nan(op: str, name: str, value: Tensor) -> None:
         raise ValueError(f"{op}: {name} must not contain NaN, got a tensor with NaN entries")
 
 
-def check_unit_interval(op: str, name: str, value: object) -> float:
-    number = check_number(op, name, value, expected="a float in [0, 1]")
+def check_unit_interval(op: str, name: str, value: object, *, numpy_scalars: bool = False) -> float:
+    number = check_number(
+        op, name, value, expected="a float in [0, 1]", numpy_scalars=numpy_scalars
+    )
     if not 0.0 <= number <= 1.0:
         raise ValueError(f"{op}: {name} must lie in [0, 1], got {value!r}")
     return number

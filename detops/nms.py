@@ -206,12 +206,14 @@ def _check_class_ids(op: str, class_ids: object, scores: Tensor, pattern: str) -
     return class_ids
 
 
-def _check_common(op: str, boxes: Tensor, scores: Tensor, iou_threshold: object, **more) -> None:
+def _check_common(op: str, boxes: Tensor, scores: Tensor, iou_threshold: object, **more) -> float:
+    """Same devices; the threshold a real number in [0, 1] (NumPy scalars included, as
+    torchvision takes them), returned as a float."""
     if boxes.device != scores.device or any(
         isinstance(t, Tensor) and t.device != boxes.device for t in more.values()
     ):
         check_same_device(op, boxes=boxes, scores=scores, **more)
-    check_unit_interval(op, "iou_threshold", iou_threshold)
+    return check_unit_interval(op, "iou_threshold", iou_threshold, numpy_scalars=True)
 
 
 _torchvision_nms = None
@@ -935,7 +937,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
                 return _torchvision_nms_kernel()(boxes, scores, iou_threshold)
     op = "nms"
     boxes, scores = _check_boxes_scores(op, boxes, scores, batched=False)
-    _check_common(op, boxes, scores, iou_threshold)
+    iou_threshold = _check_common(op, boxes, scores, iou_threshold)
     if torch.compiler.is_compiling():  # one opaque op with a data-dependent output size
         return torch.ops.detops.nms(boxes, scores, float(iou_threshold))
     return _nms_impl(boxes, scores, iou_threshold)
@@ -1058,7 +1060,10 @@ def _kernel_is_cheaper(
             sparse = _sparse_seconds(n)
         else:
             sizes = np.unique(groups.numpy(), return_counts=True)[1].astype(np.float64)
-            sparse = sparse_per_box * n
+            # Per box for the many small groups; a group as large as plain NMS's table
+            # costs what plain NMS does (a batch without classes: one group per image).
+            large = sizes[sizes >= _SPARSE_NMS_S[0][0]]
+            sparse = sparse_per_box * n + sum(_sparse_seconds(int(m)) for m in large)
         calls = sizes.shape[0] * _KERNEL_CALL_S
         squares = float((sizes * sizes).sum())
         if calls + _KERNEL_PAIR_S * squares <= sparse:  # cheaper even if every box is kept
@@ -1135,7 +1140,7 @@ def class_spec_nms(
     op = "class_spec_nms"
     boxes, scores = _check_boxes_scores(op, boxes, scores, batched=False)
     class_ids = _check_class_ids(op, class_ids, scores, "[N]")
-    _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
+    iou_threshold = _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
     if torch.compiler.is_compiling():
         return torch.ops.detops.class_spec_nms(boxes, scores, class_ids, float(iou_threshold))
     return _class_spec_nms_impl(boxes, scores, class_ids, iou_threshold)
@@ -1207,7 +1212,7 @@ def batched_nms_per_image(
         )
         if max_detections < 0:
             raise ValueError(f"{op}: max_detections must be >= 0, got {max_detections}")
-    _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
+    iou_threshold = _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
     if torch.compiler.is_compiling():
         return torch.ops.detops.batched_nms_per_image(
             boxes, scores, class_ids, float(iou_threshold), max_detections

@@ -256,6 +256,31 @@ def download_voc2007_tiny(
     return digests
 
 
+def _unsafe_member(member: tarfile.TarInfo, dest_real: str) -> str:
+    """Why ``member`` may not be extracted into ``dest_real`` (the rules of PEP 706's data
+    filter, for Pythons that lack it), or "" when it may."""
+
+    def inside(path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == dest_real or real.startswith(dest_real + os.sep)
+
+    target = os.path.join(dest_real, member.name)
+    if not inside(target):
+        return "outside the destination"
+    if member.isdev() or not (
+        member.isfile() or member.isdir() or member.islnk() or member.issym()
+    ):
+        return "a device, FIFO or other special file"
+    if member.issym():
+        if os.path.isabs(member.linkname):
+            return "a symlink to an absolute path"
+        if not inside(os.path.join(os.path.dirname(target), member.linkname)):
+            return "a symlink leading outside the destination"
+    if member.islnk() and not inside(os.path.join(dest_real, member.linkname)):
+        return "a hard link leading outside the destination"
+    return ""
+
+
 def safe_extract_tar(
     archive: str | os.PathLike[str], destination: str | os.PathLike[str]
 ) -> list[str]:
@@ -266,17 +291,15 @@ def safe_extract_tar(
     ``ValueError`` lists them and nothing is written. Members are extracted with
     ``filter="data"`` into a temporary folder inside ``destination`` and then renamed
     into place file by file, so no file appears half-written; existing files of the same
-    name are replaced, other files are left alone.
+    name are replaced, other files are left alone. On a Python without the extraction
+    filters of PEP 706 (before 3.10.12 / 3.11.4) the same rules are checked here, and the
+    members are extracted without their owners, modes or times.
 
     Returns:
         list[str]: the extracted members' names.
     """
     op = "safe_extract_tar"
-    if not hasattr(tarfile, "data_filter"):  # pragma: no cover - Python < 3.10.12
-        raise RuntimeError(
-            f"{op}: this Python has no tarfile extraction filters (PEP 706); upgrade to "
-            "Python >= 3.10.12 / 3.11.4 / 3.12 to extract safely"
-        )
+    filters = hasattr(tarfile, "data_filter")
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     dest_real = os.path.realpath(destination)
@@ -289,6 +312,11 @@ def safe_extract_tar(
                 # a dataset archive, so it is refused outright.
                 problems.append(f"{member.name!r} (absolute path)")
                 continue
+            if not filters:
+                reason = _unsafe_member(member, dest_real)
+                if reason:
+                    problems.append(f"{member.name!r} ({reason})")
+                continue
             try:
                 tarfile.data_filter(member, dest_real)
             except tarfile.FilterError as err:
@@ -300,7 +328,11 @@ def safe_extract_tar(
             )
         staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=destination))
         try:
-            tar.extractall(staging, filter="data")
+            if filters:
+                tar.extractall(staging, filter="data")
+            else:
+                for member in members:
+                    tar.extract(member, staging, set_attrs=False)
             for folder, dirs, names in os.walk(staging):
                 rel = Path(folder).relative_to(staging)
                 (destination / rel).mkdir(parents=True, exist_ok=True)
