@@ -1310,6 +1310,7 @@ def _numpy_batched_nms(
         )
         flat_valid_scores = torch.from_numpy(flat_scores[valid])
         groups = torch.from_numpy(key)
+        found: Tensor | None
         if large:
             if not _kernel_is_cheaper(
                 flat_boxes, flat_valid_scores, groups, iou_threshold, _SPARSE_BATCHED_S
