@@ -213,6 +213,11 @@ def _check_common(op: str, boxes: Tensor, scores: Tensor, iou_threshold: object,
         isinstance(t, Tensor) and t.device != boxes.device for t in more.values()
     ):
         check_same_device(op, boxes=boxes, scores=scores, **more)
+    if boxes.device.type == "meta":
+        raise ValueError(
+            f"{op}: boxes and scores are on the meta device, which holds no values, and the "
+            "kept indices depend on the values (to trace NMS use torch.compile or torch.export)"
+        )
     return check_unit_interval(op, "iou_threshold", iou_threshold, numpy_scalars=True)
 
 

@@ -225,3 +225,17 @@ def test_one_large_group_per_image_is_costed_as_plain_nms():
         image = torch.zeros(6000, dtype=torch.int64)
         chosen = NMS._kernel_is_cheaper(boxes, scores, image, 0.5, NMS._SPARSE_BATCHED_S)
         assert chosen is kernel, kind
+
+
+def test_meta_tensors_are_refused_by_name():
+    boxes, scores, classes = (t.to("meta") for t in _inputs("scattered", 5, torch.float32))
+    calls = {
+        "nms": lambda: nms(boxes, scores, 0.5),
+        "class_spec_nms": lambda: class_spec_nms(boxes, scores, classes, 0.5),
+        "batched_nms_per_image": lambda: batched_nms_per_image(
+            boxes[None], scores[None], classes[None], 0.5
+        ),
+    }
+    for op, call in calls.items():
+        with pytest.raises(ValueError, match=rf"^{op}: boxes and scores are on the meta device"):
+            call()
