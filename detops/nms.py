@@ -1027,12 +1027,15 @@ def _top_hits(b: np.ndarray, s: np.ndarray, iou_threshold: float) -> float:
     return (int(np.count_nonzero(above)) - k) / k  # a box overlaps itself
 
 
+_SPARSE_NMS_LOG = np.log(np.array(_SPARSE_NMS_S)).T  # [log sizes, log seconds], once
+
+
 def _sparse_seconds(n: int) -> float:
     """The sparse path's time for ``n`` scattered boxes on CPU (see _SPARSE_NMS_S)."""
-    sizes, seconds = zip(*_SPARSE_NMS_S, strict=True)
-    if n >= sizes[-1]:
-        return seconds[-1] * (n / sizes[-1]) ** 1.4
-    return float(np.exp(np.interp(math.log(n), np.log(sizes), np.log(seconds))))
+    largest, seconds = _SPARSE_NMS_S[-1]
+    if n >= largest:
+        return seconds * (n / largest) ** 1.4
+    return math.exp(float(np.interp(math.log(n), *_SPARSE_NMS_LOG)))
 
 
 def _kernel_is_cheaper(

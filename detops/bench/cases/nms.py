@@ -128,6 +128,23 @@ _CLUSTERED_NOTES = (
     "clustered boxes, 50 per object, one class per object (see clustered_detections), "
     "IoU threshold 0.5"
 )
+
+
+def _clustered_cases(op: str, label: str, peer: str, setup) -> tuple[BenchCase, ...]:
+    """``op`` on 1k / 5k / 20k clustered boxes (20k only in full runs)."""
+    return tuple(
+        BenchCase(
+            op,
+            f"{n} clustered{label}",
+            peer,
+            setup(n, False, clustered=True),
+            quick=n < 20000,
+            notes=_CLUSTERED_NOTES,
+        )
+        for n in (1000, 5000, 20000)
+    )
+
+
 BENCHMARKS = (
     BenchCase("nms", "10", "torchvision.ops.nms", _nms_setup(10, True), notes=_NOTES),
     BenchCase("nms", "50", "torchvision.ops.nms", _nms_setup(50, True), notes=_NOTES),
@@ -138,17 +155,7 @@ BENCHMARKS = (
     BenchCase(
         "nms", "20000", "torchvision.ops.nms", _nms_setup(20000, False), quick=False, notes=_NOTES
     ),
-    *(
-        BenchCase(
-            "nms",
-            f"{n} clustered",
-            "torchvision.ops.nms",
-            _nms_setup(n, False, clustered=True),
-            quick=n < 20000,
-            notes=_CLUSTERED_NOTES,
-        )
-        for n in (1000, 5000, 20000)
-    ),
+    *_clustered_cases("nms", "", "torchvision.ops.nms", _nms_setup),
     BenchCase(
         "class_spec_nms",
         "10, 20 classes",
@@ -199,16 +206,8 @@ BENCHMARKS = (
         quick=False,
         notes=_NOTES,
     ),
-    *(
-        BenchCase(
-            "class_spec_nms",
-            f"{n} clustered, 20 classes",
-            "torchvision.ops.batched_nms",
-            _class_setup(n, False, clustered=True),
-            quick=n < 20000,
-            notes=_CLUSTERED_NOTES,
-        )
-        for n in (1000, 5000, 20000)
+    *_clustered_cases(
+        "class_spec_nms", ", 20 classes", "torchvision.ops.batched_nms", _class_setup
     ),
     BenchCase(
         "batched_nms_per_image",
