@@ -10,16 +10,23 @@ torchvision's kernel arithmetic bit for bit (see the :mod:`detops.nms` docstring
 ``iou = inter / ((area_i + area_j) - inter)``, compared with ``>`` against the threshold
 as :func:`detops.nms._threshold_in` gives it.
 
-The greedy order is resolved in Python over the pairs above the threshold (usually a few
-per box): box ``j`` is suppressed by a kept, higher-scored box ``i`` of its group. The
-pairs arrive sorted by ``i``, so when box ``i``'s pairs come up, whether ``i`` itself is
-kept is already settled.
+With several groups, clustered boxes (a detector's candidates: NMS keeps a few percent)
+are first resolved in rounds, all groups at once: each group's best box left is kept and
+suppresses its group's boxes; the rounds stop when they remove few boxes. Clustered
+boxes take a few rounds, a fixed number of NumPy calls each; torchvision's kernel pays
+``kept * N`` per group and ``batched_nms`` one kernel call on class-offset boxes, inexact.
+
+What the rounds leave (scattered boxes: NMS keeps most of them) is resolved in Python
+over the pairs above the threshold (usually a few per box): box ``j`` is suppressed by a
+kept, higher-scored box ``i`` of its group. The pairs arrive sorted by ``i``, so when box
+``i``'s pairs come up, whether ``i`` itself is kept is already settled.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -72,6 +79,7 @@ def numpy_greedy_nms(
     iou_threshold: float,
     kernel: Callable[[Tensor, Tensor, float], Tensor],
     kernel_ok: Callable[[], bool] | None = None,
+    finish: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Tensor | None:
     """Kept indices by descending score (ties: lower index first), or None when an input
     value is not finite (the caller then takes its own path, which handles NaN and inf),
@@ -83,6 +91,10 @@ def numpy_greedy_nms(
     already in the boxes' dtype (``_threshold_in``). Boxes of different groups never
     suppress each other. ``kernel(boxes, scores, iou_threshold)`` is plain NMS with the
     same answer (torchvision's kernel), used one group at a time where groups are large.
+    Groups are first resolved in rounds (:func:`_head_rounds`) while that pays; where
+    boxes are left that neither the pairs nor the kernel should take, ``finish(indices)``
+    (the caller's path on those boxes alone) gives the positions of the kept ones in
+    ``indices``; without ``finish``, None.
     """
     # (.detach() costs a torch call; only inputs that require grad need it for .numpy())
     b = (boxes.detach() if boxes.requires_grad else boxes).resolve_neg().numpy()
@@ -99,8 +111,32 @@ def numpy_greedy_nms(
             if kernel_ok is not None and not kernel_ok():
                 return None
             return kernel(boxes, scores, iou_threshold)
-        kept = _group_pairs(b, s, g, threshold, iou_threshold, kernel, kernel_ok)
-        return None if kept is None else torch.from_numpy(kept)
+        routes = _Routes(threshold, iou_threshold, kernel, kernel_ok)
+        order, grouped = _by_group(s, g)  # by group, then descending score, then index
+        planes = np.ascontiguousarray(b.take(order, axis=0).T)  # [4, N]: x1, y1, x2, y2
+        wh = planes[2:] - planes[:2]
+        area = wh[0] * wh[1]
+        heads, alive = _head_rounds(planes, area, grouped, threshold)
+        if heads.shape[0] == 0:  # no rounds: the pairs, or the kernel per group
+            kept = _group_pairs(s, order, grouped, planes, area, routes)
+        else:
+            kept = order.take(heads)
+            if alive.shape[0]:  # the rest, still in group and score order
+                rest = order.take(alive)
+                found = _group_pairs(
+                    s,
+                    rest,
+                    grouped.take(alive),
+                    planes.take(alive, axis=1),
+                    area.take(alive),
+                    routes,
+                )
+                if found is None and finish is not None:
+                    found = rest.take(finish(rest))
+                if found is None:
+                    return None
+                kept = np.concatenate((kept, found))
+        return None if kept is None else torch.from_numpy(_by_score(kept, s))
 
 
 # i < j, for the masks of _all_pairs (np.triu takes several NumPy calls, and at this size
@@ -152,10 +188,36 @@ def _all_pairs(b: np.ndarray, s: np.ndarray, g: np.ndarray | None, t: float) -> 
 
 
 def _by_group(s: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The boxes by group, then descending score (stable), and where each group starts
-    in that order (then N)."""
-    order = np.lexsort((-s, g))
-    return order, _group_starts(g[order])
+    """The boxes by group, then descending score, then index, and their groups in that
+    order. For float32 scores, group, score and index go into one uint64 key where they
+    fit, sorted by NumPy's SIMD sort (4-6x faster than a stable argsort at 5k-16k
+    boxes); else two stable sorts, by score and then by group (as int16 where the groups
+    span fewer than 2^15 values, which NumPy radix-sorts)."""
+    n = s.shape[0]
+    low, high = int(g.min()), int(g.max())
+    index_bits = max(1, (n - 1).bit_length())
+    if s.dtype == np.float32 and (high - low).bit_length() + index_bits <= 32:
+        key = (g - low).astype(np.uint64)
+        key <<= np.uint64(32)
+        key |= _descending_bits(s)
+        key <<= np.uint64(index_bits)
+        key |= np.arange(n, dtype=np.uint64)
+        key.sort()
+        order = (key & np.uint64((1 << index_bits) - 1)).astype(np.int64)
+        return order, g.take(order)
+    order = np.argsort(-s, kind="stable")
+    grouped = g.take(order)
+    key = (grouped - low).astype(np.int16) if high - low < 1 << 15 else grouped
+    by_group = np.argsort(key, kind="stable")
+    return order.take(by_group), grouped.take(by_group)
+
+
+def _descending_bits(s: np.ndarray) -> np.ndarray:
+    """uint64 values (below 2^32) in ascending order where the float32 ``s`` descend,
+    equal for equal scores (0.0 and -0.0 included)."""
+    bits = (-s + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into 0.0
+    flip = (bits >> np.uint32(31)) * np.uint32(0x7FFFFFFF) | np.uint32(0x80000000)
+    return (bits ^ flip).astype(np.uint64)
 
 
 def _group_starts(grouped: np.ndarray) -> np.ndarray:
@@ -184,8 +246,8 @@ def kernel_per_group(
     order = np.argsort(g, kind="stable")
     bounds = _group_starts(g[order])
     ranked = np.ascontiguousarray(b[order])
-    kept = _kernel_per_group(ranked, s[order], order, bounds.tolist(), iou_threshold, kernel, s)
-    return torch.from_numpy(kept)
+    kept = _kernel_per_group(ranked, s[order], order, bounds.tolist(), iou_threshold, kernel)
+    return torch.from_numpy(_by_score(kept, s))
 
 
 # Neighbours counted around the window, in mean box sizes: enough for most suppressors
@@ -257,29 +319,40 @@ def kept_share(
     return int(np.count_nonzero(inner[around[kept.numpy()]])) / inside
 
 
+class _Routes(NamedTuple):
+    threshold: float  # in the boxes' dtype
+    iou_threshold: float
+    kernel: Callable[[Tensor, Tensor, float], Tensor]
+    kernel_ok: Callable[[], bool] | None
+
+
 def _group_pairs(
-    b: np.ndarray,
     s: np.ndarray,
-    g: np.ndarray,
-    t: float,
-    iou_threshold: float,
-    kernel: Callable[[Tensor, Tensor, float], Tensor],
-    kernel_ok: Callable[[], bool] | None,
+    order: np.ndarray,
+    grouped: np.ndarray,
+    planes: np.ndarray,
+    area: np.ndarray,
+    routes: _Routes,
 ) -> np.ndarray | None:
-    n = b.shape[0]
-    order, bounds = _by_group(s, g)  # by group, then descending score (stable)
-    planes = b.T.take(order, axis=1)  # [4, N] contiguous: x1, y1, x2, y2 in that order
+    """The kept indices (unordered) among ``order``, boxes sorted by group, then
+    descending score, then index, with their groups, planes [4, M] and areas in that
+    order: by their pairs within groups, or by the kernel once per group where the pairs
+    are too many (None if ``kernel_ok()`` turns that down)."""
+    n = order.shape[0]
+    bounds = _group_starts(grouped)
     positions = np.arange(n)
     # later boxes of the same group
     partners = np.repeat(bounds[1:], bounds[1:] - bounds[:-1]) - positions - 1
     total = int(partners.sum())
     if total == 0:  # one box per group: all kept
-        return np.argsort(-s, kind="stable").astype(np.int64, copy=False)
-    if total > _PAIRS_PER_KERNEL_CALL * (bounds.shape[0] - 1):
-        if kernel_ok is not None and not kernel_ok():
+        return order
+    if n > CLASS_NMS_MAX_BOXES or total > _PAIRS_PER_KERNEL_CALL * (bounds.shape[0] - 1):
+        if routes.kernel_ok is not None and not routes.kernel_ok():
             return None
         ranked = np.ascontiguousarray(planes.T)
-        return _kernel_per_group(ranked, s[order], order, bounds.tolist(), iou_threshold, kernel, s)
+        return _kernel_per_group(
+            ranked, s.take(order), order, bounds.tolist(), routes.iou_threshold, routes.kernel
+        )
     src = np.repeat(positions, partners)
     dst = np.arange(1, total + 1) - np.repeat(np.cumsum(partners) - partners - positions, partners)
     p, q = planes.take(src, axis=1), planes.take(dst, axis=1)  # [4, P] contiguous
@@ -287,11 +360,73 @@ def _group_pairs(
     sides = np.minimum(p[2:], q[2:]) - np.maximum(p[:2], q[:2])
     np.maximum(sides, 0, out=sides)
     inter = sides[0] * sides[1]
-    wh = planes[2:] - planes[:2]
-    area = wh[0] * wh[1]
-    above = np.flatnonzero(inter / ((area[src] + area[dst]) - inter) > t)
-    kept = np.sort(order[_kept_ranks(src[above], dst[above], n)])
+    above = np.flatnonzero(inter / ((area[src] + area[dst]) - inter) > routes.threshold)
+    return order.take(_kept_ranks(src[above], dst[above], n))
+
+
+def _by_score(kept: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``kept`` (distinct indices) by descending score, ties: lower index first."""
+    kept = np.sort(kept)
     return kept[np.argsort(-s[kept], kind="stable")].astype(np.int64, copy=False)
+
+
+_NONE = np.empty(0, dtype=np.int64)
+# Rounds go on while the last one removed at least _ROUND_MIN + _ROUND_SHARE * (alive
+# boxes): a round costs about 10 µs + 8 ns per alive box, and the pairs or the kernel
+# about 0.4 µs per box (measured on 2 cores, 200-20k boxes, scattered and clustered; the
+# rule within 10% of the best of five tried on each).
+_ROUND_MIN = 25
+_ROUND_SHARE = 1 / 50
+
+
+def _head_rounds(
+    planes: np.ndarray, area: np.ndarray, grouped: np.ndarray, t: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy NMS of all groups at once, one kept box per group per round: the best box
+    left in each group is kept (every box before it in its group is kept or suppressed)
+    and suppresses its group's boxes above ``t``. Clustered boxes are done in a few
+    rounds (as many as the most boxes one group keeps), each a fixed number of NumPy
+    calls over the boxes left; rounds stop when they remove few boxes (scattered
+    boxes), with none kept if the first one does. Gives the positions of the kept boxes
+    and of those left, undecided: greedy NMS of these alone finishes the job, since a
+    suppressed box never suppresses.
+
+    ``planes`` [4, N] and ``area`` [N] are in group order, then descending score, then
+    index; ``grouped`` [N] the group of each position."""
+    alive = np.arange(planes.shape[1])
+    q, a, groups = planes, area, grouped  # the alive boxes' values, compacted each round
+    kept: list[np.ndarray] = []
+    with np.errstate(all="ignore"):  # 0 / 0 for empty boxes: NaN, never above t
+        while True:
+            count = alive.shape[0]
+            head = np.empty(count, dtype=bool)
+            head[0] = True
+            np.not_equal(groups[1:], groups[:-1], out=head[1:])
+            firsts = head.nonzero()[0]
+            owner = np.repeat(firsts, np.diff(firsts, append=count))
+            p = q.take(owner, axis=1)
+            sides = np.minimum(p[2:], q[2:]) - np.maximum(p[:2], q[:2])
+            np.maximum(sides, 0, out=sides)
+            inter = sides[0] * sides[1]
+            gone = inter / ((a.take(owner) + a) - inter) > t
+            gone[firsts] = True
+            stay = (~gone).nonzero()[0]
+            left = stay.shape[0]
+            worth_it = count - left >= _ROUND_MIN + _ROUND_SHARE * count
+            if not (kept or worth_it):
+                break  # scattered boxes: the pairs are cheaper
+            kept.append(alive.take(firsts))
+            if left == 0:
+                return np.concatenate(kept), _NONE
+            alive, q, a, groups = (
+                alive.take(stay),
+                q.take(stay, axis=1),
+                a.take(stay),
+                groups.take(stay),
+            )
+            if not worth_it:
+                break
+    return (np.concatenate(kept), alive) if kept else (_NONE, _NONE)
 
 
 def _kernel_per_group(
@@ -301,21 +436,20 @@ def _kernel_per_group(
     bounds: list[int],
     iou_threshold: float,
     kernel: Callable[[Tensor, Tensor, float], Tensor],
-    s: np.ndarray,
 ) -> np.ndarray:
-    """Plain NMS of every group of two or more boxes by ``kernel``, merged by score.
+    """Plain NMS of every group of two or more boxes by ``kernel``: the kept indices
+    (``order``'s values), unordered.
     (Packing groups whose boxes cannot overlap into one call, exact too, measured no
     faster: the kernel compares every kept box with every later box of its call.)"""
     boxes, scores = torch.from_numpy(ranked), torch.from_numpy(ranked_scores)
-    kept = []
+    kept: list[np.ndarray] = []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         if hi - lo == 1:
             kept.append(order[lo : lo + 1])
         else:
             found = kernel(boxes[lo:hi], scores[lo:hi], iou_threshold)
             kept.append(order[lo + found.numpy()])
-    merged = np.sort(np.concatenate(kept))
-    return merged[np.argsort(-s[merged], kind="stable")].astype(np.int64, copy=False)
+    return np.concatenate(kept)
 
 
 def _kept_ranks(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:

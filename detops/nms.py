@@ -76,10 +76,8 @@ from ._checks import (
     shape_str,
 )
 from ._nms_numpy import (
-    CLASS_NMS_MAX_BOXES,
     NUMPY_NMS_MAX_BOXES,
     kept_share,
-    kernel_per_group,
     numpy_greedy_nms,
 )
 from ._serial import (
@@ -1117,12 +1115,13 @@ def class_spec_nms(
     with huge coordinates and in float16 (where the offset boxes are rounded).
 
     Synchronizes with the host like :func:`nms` (plus once to map the class ids). On CPU,
-    up to 3000 finite boxes take a NumPy path (``detops._nms_numpy``: each NumPy call costs
-    a fraction of a torch call, and that fixed cost is what counts at this size; same
-    arithmetic and result), with torchvision's kernel once per class where classes are
-    few and large (above 768 boxes only where the cost model of :func:`nms` prefers it to
-    the sparse path). Above 3000 boxes, clustered input goes to the kernel once per class,
-    scattered input to the sparse path, chosen as in :func:`nms`.
+    finite boxes take a NumPy path (``detops._nms_numpy``: each NumPy call costs a
+    fraction of a torch call, and that fixed cost is what counts at this size; same
+    arithmetic and result). Clustered boxes are resolved there in rounds, every class at
+    once: each class's best box left is kept and suppresses its class's boxes (as many
+    rounds as the most boxes one class keeps). What the rounds leave (scattered boxes)
+    goes by pairs up to 3000 boxes, else to torchvision's kernel once per class where
+    the cost model of :func:`nms` prefers it, else to the sparse path.
 
     Args:
         boxes (Tensor[N, 4]): XYXY, absolute pixels, floating dtype.
@@ -1160,16 +1159,16 @@ def _class_spec_nms_impl(
     op = "class_spec_nms"
     n = boxes.shape[0]
     with torch.no_grad():
-        kernel_ok = functools.cache(
-            functools.partial(_kernel_is_cheaper, boxes, scores, class_ids, iou_threshold)
-        )
-        if 0 < n <= CLASS_NMS_MAX_BOXES and boxes.is_cpu:
-            large = n > NUMPY_NMS_MAX_BOXES
-            kept = _numpy_nms(boxes, scores, class_ids, iou_threshold, kernel_ok if large else None)
+        if n > 0 and boxes.is_cpu:
+            kernel_ok = finish = None
+            if n > NUMPY_NMS_MAX_BOXES:
+                kernel_ok = functools.cache(
+                    functools.partial(_kernel_is_cheaper, boxes, scores, class_ids, iou_threshold)
+                )
+                finish = functools.partial(_sparse_subset, boxes, scores, class_ids, iou_threshold)
+            kept = _numpy_nms(boxes, scores, class_ids, iou_threshold, kernel_ok, finish)
             if kept is not None:
                 return kept
-        if n > CLASS_NMS_MAX_BOXES and kernel_ok():
-            return kernel_per_group(boxes, scores, class_ids, iou_threshold, _kernel_nms)
         _check_finite_input(op, boxes, scores)
         if boxes.shape[0] == 0:
             return torch.empty(0, dtype=torch.int64, device=boxes.device)
@@ -1271,15 +1270,32 @@ def _numpy_nms(
     groups: Tensor | None,
     iou_threshold: float,
     kernel_ok: Callable[[], bool] | None = None,
+    finish: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Tensor | None:
     """:func:`numpy_greedy_nms` in the computation dtype (float16/bfloat16 values are
     float32 ones), with torchvision's kernel for the groups it hands over; None where an
-    input value is not finite, or where ``kernel_ok()`` turns the kernel down."""
+    input value is not finite, or where ``kernel_ok()`` turns the kernel down and
+    ``finish`` is None."""
     compute = _compute_dtype(boxes.dtype)
     if boxes.dtype is not compute:
         boxes, scores = boxes.to(compute), scores.to(compute)
     threshold = _threshold_in(iou_threshold, compute)
-    return numpy_greedy_nms(boxes, scores, groups, threshold, iou_threshold, _kernel_nms, kernel_ok)
+    return numpy_greedy_nms(
+        boxes, scores, groups, threshold, iou_threshold, _kernel_nms, kernel_ok, finish
+    )
+
+
+def _sparse_subset(
+    boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, subset: np.ndarray
+) -> np.ndarray:
+    """The sparse path's NMS of the boxes ``subset`` (indices) alone, groups kept apart:
+    the positions in ``subset`` of the kept ones, unordered. (:func:`numpy_greedy_nms`
+    hands over the boxes its rounds leave.)"""
+    pick = torch.from_numpy(subset)
+    classes = groups.index_select(0, pick).to(torch.int64)[None]
+    chosen = boxes.index_select(0, pick)[None], scores.index_select(0, pick)[None]
+    order, kept = _nms_core(*chosen, classes, iou_threshold, False)
+    return where_true(kept[0], order[0])[0].numpy()
 
 
 def _numpy_batched_nms(
@@ -1293,8 +1309,9 @@ def _numpy_batched_nms(
     """:func:`batched_nms_per_image` through :func:`numpy_greedy_nms` on the flattened batch,
     the image (and class) as the group; None where that path does not apply (non-finite
     values other than ``-inf`` padding scores, class ids too far apart to combine). With
-    ``large`` (more boxes than that path takes), torchvision's kernel once per group
-    where the cost model prefers it to the sparse path (clustered boxes), else None."""
+    ``large`` (more than 768 boxes), what the rounds leave goes to torchvision's kernel
+    once per group where the cost model prefers it to the sparse path, else to the
+    sparse path (those boxes alone), or, where no round paid, None."""
     num_images, n = scores.shape
     compute = _compute_dtype(boxes.dtype)
     flat_scores = scores.detach().to(compute).resolve_neg().reshape(-1).numpy()
@@ -1313,22 +1330,20 @@ def _numpy_batched_nms(
             key = image
     kept = torch.empty(0, dtype=torch.int64)
     if valid.size:
-        flat_boxes = torch.from_numpy(
-            boxes.detach().to(compute).resolve_neg().reshape(-1, 4).numpy()[valid]
-        )
-        flat_valid_scores = torch.from_numpy(flat_scores[valid])
+        flat_boxes = boxes.detach().to(compute).resolve_neg().reshape(-1, 4)
+        flat_valid_scores = torch.from_numpy(flat_scores)
+        if valid.size < flat_scores.size:  # padding to leave out
+            flat_boxes = torch.from_numpy(flat_boxes.numpy()[valid])
+            flat_valid_scores = torch.from_numpy(flat_scores[valid])
         groups = torch.from_numpy(key)
-        found: Tensor | None
+        chosen = flat_boxes, flat_valid_scores, groups, iou_threshold
+        kernel_ok = finish = None
         if large:
-            if not _kernel_is_cheaper(
-                flat_boxes, flat_valid_scores, groups, iou_threshold, _SPARSE_BATCHED_S
-            ):
-                return None
-            found = kernel_per_group(
-                flat_boxes, flat_valid_scores, groups, iou_threshold, _kernel_nms
+            kernel_ok = functools.cache(
+                functools.partial(_kernel_is_cheaper, *chosen, _SPARSE_BATCHED_S)
             )
-        else:
-            found = _numpy_nms(flat_boxes, flat_valid_scores, groups, iou_threshold)
+            finish = functools.partial(_sparse_subset, *chosen)
+        found = _numpy_nms(*chosen, kernel_ok, finish)
         if found is None:
             return None
         kept = found
