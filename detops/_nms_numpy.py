@@ -403,7 +403,10 @@ def _head_rounds(
             head[0] = True
             np.not_equal(groups[1:], groups[:-1], out=head[1:])
             firsts = head.nonzero()[0]
-            owner = np.repeat(firsts, np.diff(firsts, append=count))
+            sizes = np.empty_like(firsts)  # (np.diff(append=) costs 3x these three)
+            np.subtract(firsts[1:], firsts[:-1], out=sizes[:-1])
+            sizes[-1] = count - firsts[-1]
+            owner = np.repeat(firsts, sizes)
             p = q.take(owner, axis=1)
             sides = np.minimum(p[2:], q[2:]) - np.maximum(p[:2], q[:2])
             np.maximum(sides, 0, out=sides)
