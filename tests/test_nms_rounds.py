@@ -178,13 +178,17 @@ def test_batched_nms_per_image_on_clustered_images_equals_per_class_kernel_calls
     dtype=st.sampled_from([np.float32, np.float64]),
     seed=st.integers(0, 2**16),
 )
-def test_the_group_and_score_order_is_a_stable_lexsort(scores, spread, dtype, seed):
-    # One uint64 sort key for float32 scores whose groups fit, two stable sorts otherwise:
-    # both must order by group, then descending score (0.0 and -0.0 equal), then index.
+def test_the_order_is_by_group_then_descending_score_then_index(scores, spread, dtype, seed):
+    # A lexsort for few boxes; above, one uint64 sort key for float32 scores whose groups
+    # fit, two stable sorts otherwise: all must order by group, then descending score
+    # (0.0 and -0.0 equal), then index.
     s = np.array(scores, dtype=dtype)
     rng = np.random.default_rng(seed)
     g = rng.integers(-spread, spread, size=s.shape[0], dtype=np.int64)
-    order, grouped = numpy_nms._by_group(s, g)
-    expected = np.lexsort((np.arange(s.shape[0]), -s.astype(np.float64), g))
-    assert order.tolist() == expected.tolist()
-    assert grouped.tolist() == g[expected].tolist()
+    expected = sorted(range(s.shape[0]), key=lambda i: (g[i], -float(s[i]), i))
+    for key_sort_from in (0, 10**9):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(numpy_nms, "_KEY_SORT_MIN_BOXES", key_sort_from)
+            order, grouped = numpy_nms._by_group(s, g)
+        assert order.tolist() == expected
+        assert grouped.tolist() == g[expected].tolist()

@@ -130,8 +130,10 @@ _CLUSTERED_NOTES = (
 )
 
 
-def _clustered_cases(op: str, label: str, peer: str, setup) -> tuple[BenchCase, ...]:
-    """``op`` on 1k / 5k / 20k clustered boxes (20k only in full runs)."""
+def _clustered_cases(
+    op: str, label: str, peer: str, setup, sizes: tuple[int, ...] = (1000, 5000, 20000)
+) -> tuple[BenchCase, ...]:
+    """``op`` on clustered boxes of these sizes (20k only in full runs)."""
     return tuple(
         BenchCase(
             op,
@@ -141,7 +143,7 @@ def _clustered_cases(op: str, label: str, peer: str, setup) -> tuple[BenchCase, 
             quick=n < 20000,
             notes=_CLUSTERED_NOTES,
         )
-        for n in (1000, 5000, 20000)
+        for n in sizes
     )
 
 
@@ -206,8 +208,13 @@ BENCHMARKS = (
         quick=False,
         notes=_NOTES,
     ),
+    # (a detector's candidates for one image after its score threshold: a few hundred)
     *_clustered_cases(
-        "class_spec_nms", ", 20 classes", "torchvision.ops.batched_nms", _class_setup
+        "class_spec_nms",
+        ", 20 classes",
+        "torchvision.ops.batched_nms",
+        _class_setup,
+        sizes=(200, 500, 1000, 5000, 20000),
     ),
     BenchCase(
         "batched_nms_per_image",
@@ -222,6 +229,13 @@ BENCHMARKS = (
         "loop of torchvision.ops.batched_nms",
         _batched_setup(16, 1000, False),
         notes=_NOTES + ", max_detections 100",
+    ),
+    BenchCase(
+        "batched_nms_per_image",
+        "16x200 clustered, 20 classes",
+        "loop of torchvision.ops.batched_nms",
+        _batched_setup(16, 200, False, clustered=True),
+        notes=_CLUSTERED_NOTES + ", max_detections 100",
     ),
     BenchCase(
         "batched_nms_per_image",
