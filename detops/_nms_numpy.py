@@ -34,10 +34,12 @@ from torch import Tensor
 
 __all__ = [
     "CLASS_NMS_MAX_BOXES",
+    "CLUSTER_HITS",
     "NUMPY_NMS_MAX_BOXES",
     "kept_share",
     "kernel_per_group",
     "numpy_greedy_nms",
+    "top_hits",
 ]
 
 # Up to this many boxes class_spec_nms and batched_nms_per_image take this path on CPU
@@ -112,13 +114,20 @@ def numpy_greedy_nms(
                 return None
             return kernel(boxes, scores, iou_threshold)
         routes = _Routes(threshold, iou_threshold, kernel, kernel_ok)
+        rounds = True
+        if b.shape[0] > CLASS_NMS_MAX_BOXES and top_hits(b, s, threshold, g) < CLUSTER_HITS:
+            # No sign of clusters, too many boxes for the pairs: no rounds, and the
+            # kernel once per group or the caller's path, without sorting for nothing.
+            if kernel_ok is not None and not kernel_ok():
+                return None
+            rounds = False
         order, grouped = _by_group(s, g)  # by group, then descending score, then index
         planes = np.ascontiguousarray(b.take(order, axis=0).T)  # [4, N]: x1, y1, x2, y2
         wh = planes[2:] - planes[:2]
         area = wh[0] * wh[1]
         bounds = _group_starts(grouped)
         heads = alive = _NONE
-        if b.shape[0] >= _ROUND_GROUP_SIZE * (bounds.shape[0] - 1):
+        if rounds and b.shape[0] >= _ROUND_GROUP_SIZE * (bounds.shape[0] - 1):
             heads, alive = _head_rounds(planes, area, grouped, threshold)
         if heads.shape[0] == 0:  # no rounds: the pairs, or the kernel per group
             kept = _group_pairs(s, order, grouped, planes, area, routes, bounds)
@@ -140,6 +149,40 @@ def numpy_greedy_nms(
                     return None
                 kept = np.concatenate((kept, found))
         return None if kept is None else torch.from_numpy(_by_score(kept, s))
+
+
+# The best-scored _TOP_BOXES boxes suppressing CLUSTER_HITS or more boxes of their group
+# each on average is a sign of clusters (clusters of 50: 30-45; of 20: 12-18; scattered
+# boxes: 0.5-2 at 1k-4k).
+_TOP_BOXES = 4
+CLUSTER_HITS = 8
+
+
+def top_hits(b: np.ndarray, s: np.ndarray, t: float, g: np.ndarray | None = None) -> float:
+    """How many boxes of their group (``g``; None: one group) each of the _TOP_BOXES
+    best-scored boxes (kept by any NMS) would suppress on average (IoU in the boxes'
+    dtype, overflow aside the kernel's arithmetic): a quick sign of clusters, tens of
+    microseconds."""
+    n = b.shape[0]
+    k = min(_TOP_BOXES, n)
+    top = np.argpartition(s, n - k)[n - k :]
+    same = None
+    if g is not None:  # only the top boxes' groups: few boxes in a large batch
+        same = g[top, None] == g
+        members = np.flatnonzero(same.any(0))
+        b, same = b[members], same[:, members]
+        top = np.searchsorted(members, top)
+    x1, y1, x2, y2 = np.ascontiguousarray(b.T)  # planes: long inner loops
+    top = top[:, None]
+    with np.errstate(all="ignore"):  # huge coordinates overflow, as in the kernel
+        width = np.minimum(x2[top], x2) - np.maximum(x1[top], x1)
+        height = np.minimum(y2[top], y2) - np.maximum(y1[top], y1)
+        inter = np.maximum(width, 0) * np.maximum(height, 0)
+        area = (x2 - x1) * (y2 - y1)
+        above = inter / (area[top] + area - inter) > t
+    if same is not None:
+        above &= same
+    return (int(np.count_nonzero(above)) - k) / k  # a box overlaps itself
 
 
 # i < j, for the masks of _all_pairs (np.triu takes several NumPy calls, and at this size

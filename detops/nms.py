@@ -76,9 +76,11 @@ from ._checks import (
     shape_str,
 )
 from ._nms_numpy import (
+    CLUSTER_HITS,
     NUMPY_NMS_MAX_BOXES,
     kept_share,
     numpy_greedy_nms,
+    top_hits,
 )
 from ._serial import (
     SERIAL_ELEMENTS,
@@ -147,12 +149,9 @@ _SPARSE_NMS_S = (
 )
 _SPARSE_GROUPED_S = 0.8e-6
 _SPARSE_BATCHED_S = 0.3e-6
-# Up to this many boxes, a cheap sign of clusters is looked at first: the best-scored
-# _TOP_BOXES boxes suppressing _CLUSTER_HITS or more boxes each on average (clusters of
-# 50: 30-45; scattered boxes: 0.5-2 at 1k-4k; the window estimate takes 0.1-0.2 ms).
+# Up to this many boxes, a cheap sign of clusters is looked at first (top_hits; the
+# window estimate takes 0.1-0.2 ms).
 _TOP_HITS_MAX_BOXES = 5000
-_TOP_BOXES = 4
-_CLUSTER_HITS = 8
 # Boxes in the window that kept_share runs NMS on (estimates within ~0.1 of the share).
 _SHARE_SAMPLE = 64
 _CLASS_ID_DTYPES = (torch.int64, torch.int32)  # those class_spec_nms's fast path takes
@@ -1008,23 +1007,6 @@ def _window_nms(
     return _kernel_nms(boxes, scores, iou_threshold)
 
 
-def _top_hits(b: np.ndarray, s: np.ndarray, iou_threshold: float) -> float:
-    """How many boxes each of the _TOP_BOXES best-scored boxes (kept by any NMS) would
-    suppress on average (IoU in the boxes' dtype, overflow aside the kernel's arithmetic):
-    a quick sign of clusters, tens of microseconds."""
-    n = b.shape[0]
-    k = min(_TOP_BOXES, n)
-    x1, y1, x2, y2 = np.ascontiguousarray(b.T)  # planes: long inner loops
-    top = np.argpartition(s, n - k)[n - k :, None]
-    with np.errstate(all="ignore"):  # huge coordinates overflow, as in the kernel
-        width = np.minimum(x2[top], x2) - np.maximum(x1[top], x1)
-        height = np.minimum(y2[top], y2) - np.maximum(y1[top], y1)
-        inter = np.maximum(width, 0) * np.maximum(height, 0)
-        area = (x2 - x1) * (y2 - y1)
-        above = inter / (area[top] + area - inter) > iou_threshold
-    return (int(np.count_nonzero(above)) - k) / k  # a box overlaps itself
-
-
 _SPARSE_NMS_LOG = np.log(np.array(_SPARSE_NMS_S)).T  # [log sizes, log seconds], once
 
 
@@ -1060,7 +1042,7 @@ def _kernel_is_cheaper(
             if not math.isfinite(float(b.sum(dtype=np.float64)) + float(s.sum(dtype=np.float64))):
                 return False
         if groups is None:
-            if n <= _TOP_HITS_MAX_BOXES and _top_hits(b, s, iou_threshold) >= _CLUSTER_HITS:
+            if n <= _TOP_HITS_MAX_BOXES and top_hits(b, s, iou_threshold) >= CLUSTER_HITS:
                 return True
             sizes = np.array([n], dtype=np.float64)
             sparse = _sparse_seconds(n)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import reference.nms as ref
 from detops import batched_nms_per_image, class_spec_nms, nms
-from detops._nms_numpy import kept_share, kernel_per_group
+from detops._nms_numpy import kept_share, kernel_per_group, top_hits
 from detops.bench.cases.nms import clustered_detections, random_detections
 
 NMS = sys.modules["detops.nms"]  # detops.nms the attribute is the function
@@ -120,11 +120,26 @@ def test_class_spec_numpy_path_up_to_3000_boxes_equals_the_sparse_path(n, kind, 
         assert torch.equal(class_spec_nms(boxes, scores, ids, threshold), expected)
 
 
+def test_top_hits_counts_only_boxes_of_the_top_boxes_groups():
+    # 40 copies of one box, each in a group of its own (say, 40 images of a batch): one
+    # pile, but no box can suppress another.
+    boxes = np.tile(np.array([[10, 20, 50, 60]], dtype=np.float32), (40, 1))
+    scores = np.linspace(0, 1, 40, dtype=np.float32)
+    assert top_hits(boxes, scores, 0.5) == 39
+    assert top_hits(boxes, scores, 0.5, np.arange(40)) == 0
+    assert top_hits(boxes, scores, 0.5, np.arange(40) // 20) == 19
+    image = np.repeat(np.arange(16), 1000)
+    clustered = [clustered_detections(1000, seed=seed) for seed in range(16)]
+    boxes, scores, _ = (torch.stack(parts) for parts in zip(*clustered, strict=True))
+    flat_boxes, flat_scores = boxes.reshape(-1, 4).numpy(), scores.reshape(-1).numpy()
+    assert top_hits(flat_boxes, flat_scores, 0.5, image) >= 20
+
+
 def test_top_hits_tells_clusters_from_scattered_boxes():
     boxes, scores, _ = _inputs("clustered", 2000, torch.float32)
-    assert NMS._top_hits(boxes.numpy(), scores.numpy(), 0.5) >= 20
+    assert top_hits(boxes.numpy(), scores.numpy(), 0.5) >= 20
     boxes, scores, _ = _inputs("scattered", 2000, torch.float32)
-    assert NMS._top_hits(boxes.numpy(), scores.numpy(), 0.5) < 3
+    assert top_hits(boxes.numpy(), scores.numpy(), 0.5) < 3
 
 
 @pytest.mark.parametrize("route", [True, False, None], ids=["kernel", "sparse", "chosen"])
