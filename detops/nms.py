@@ -76,6 +76,7 @@ from ._checks import (
     shape_str,
 )
 from ._nms_numpy import (
+    CLASS_NMS_MAX_BOXES,
     CLUSTER_HITS,
     NUMPY_NMS_MAX_BOXES,
     kept_share,
@@ -1114,8 +1115,9 @@ def class_spec_nms(
     Returns:
         Tensor[K] int64: kept indices by descending score (ties: lower index first).
     """
-    if _is_small_cpu_call(boxes, scores, iou_threshold, NUMPY_NMS_MAX_BOXES + 1, class_ids):
+    if _is_small_cpu_call(boxes, scores, iou_threshold, CLASS_NMS_MAX_BOXES + 1, class_ids):
         # float32/float64, so no conversion: nothing for autograd to record (no no_grad)
+        kernel_ok, finish = _numpy_fallbacks(boxes, scores, class_ids, iou_threshold)
         kept = numpy_greedy_nms(
             boxes,
             scores,
@@ -1123,6 +1125,8 @@ def class_spec_nms(
             _threshold_in(iou_threshold, boxes.dtype),
             iou_threshold,
             _kernel_nms,
+            kernel_ok,
+            finish,
         )
         if kept is not None:
             return kept
@@ -1142,12 +1146,7 @@ def _class_spec_nms_impl(
     n = boxes.shape[0]
     with torch.no_grad():
         if n > 0 and boxes.is_cpu:
-            kernel_ok = finish = None
-            if n > NUMPY_NMS_MAX_BOXES:
-                kernel_ok = functools.cache(
-                    functools.partial(_kernel_is_cheaper, boxes, scores, class_ids, iou_threshold)
-                )
-                finish = functools.partial(_sparse_subset, boxes, scores, class_ids, iou_threshold)
+            kernel_ok, finish = _numpy_fallbacks(boxes, scores, class_ids, iou_threshold)
             kept = _numpy_nms(boxes, scores, class_ids, iou_threshold, kernel_ok, finish)
             if kept is not None:
                 return kept
@@ -1157,6 +1156,21 @@ def _class_spec_nms_impl(
         classes = class_ids.to(torch.int64)[None]
         order, kept = _nms_core(boxes[None], scores.detach()[None], classes, iou_threshold, False)
         return where_true(kept[0], order[0])[0]
+
+
+def _numpy_fallbacks(
+    boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float
+) -> tuple[Callable[[], bool] | None, Callable[[np.ndarray], np.ndarray] | None]:
+    """``kernel_ok`` and ``finish`` for :func:`numpy_greedy_nms` above 768 boxes: the
+    cost model's choice of the kernel (asked once at most) and the sparse path on the
+    boxes its rounds leave. None and None below (the pairs, or the kernel for one group)."""
+    if boxes.shape[0] <= NUMPY_NMS_MAX_BOXES:
+        return None, None
+    chosen = boxes, scores, groups, iou_threshold
+    return (
+        functools.cache(functools.partial(_kernel_is_cheaper, *chosen)),
+        functools.partial(_sparse_subset, *chosen),
+    )
 
 
 def batched_nms_per_image(
@@ -1223,9 +1237,7 @@ def _batched_nms_per_image_impl(
         if boxes.is_cpu and max_detections != 0 and scores.numel() > 0:
             large = scores.numel() > NUMPY_NMS_MAX_BOXES
             if not large or boxes.dtype in _KERNEL_DTYPES:
-                out = _numpy_batched_nms(
-                    boxes, scores, class_ids, iou_threshold, max_detections, large
-                )
+                out = _numpy_batched_nms(boxes, scores, class_ids, iou_threshold, max_detections)
                 if out is not None:
                     return out
         _check_finite_input(op, boxes, scores)
@@ -1273,11 +1285,12 @@ def _sparse_subset(
     """The sparse path's NMS of the boxes ``subset`` (indices) alone, groups kept apart:
     the positions in ``subset`` of the kept ones, unordered. (:func:`numpy_greedy_nms`
     hands over the boxes its rounds leave.)"""
-    pick = torch.from_numpy(subset)
-    classes = groups.index_select(0, pick).to(torch.int64)[None]
-    chosen = boxes.index_select(0, pick)[None], scores.index_select(0, pick)[None]
-    order, kept = _nms_core(*chosen, classes, iou_threshold, False)
-    return where_true(kept[0], order[0])[0].numpy()
+    with torch.no_grad():
+        pick = torch.from_numpy(subset)
+        classes = groups.index_select(0, pick).to(torch.int64)[None]
+        chosen = boxes.index_select(0, pick)[None], scores.index_select(0, pick)[None]
+        order, kept = _nms_core(*chosen, classes, iou_threshold, False)
+        return where_true(kept[0], order[0])[0].numpy()
 
 
 def _numpy_batched_nms(
@@ -1286,14 +1299,13 @@ def _numpy_batched_nms(
     class_ids: Tensor | None,
     iou_threshold: float,
     max_detections: int | None,
-    large: bool = False,
 ) -> Tensor | None:
     """:func:`batched_nms_per_image` through :func:`numpy_greedy_nms` on the flattened batch,
     the image (and class) as the group; None where that path does not apply (non-finite
-    values other than ``-inf`` padding scores, class ids too far apart to combine). With
-    ``large`` (more than 768 boxes), what the rounds leave goes to torchvision's kernel
-    once per group where the cost model prefers it to the sparse path, else to the
-    sparse path (those boxes alone), or, where no round paid, None."""
+    values other than ``-inf`` padding scores, class ids too far apart to combine). Above
+    768 boxes, what the rounds leave goes to torchvision's kernel once per group where
+    the cost model prefers it to the sparse path, else to the sparse path (those boxes
+    alone), or, where no round paid, None."""
     num_images, n = scores.shape
     compute = _compute_dtype(boxes.dtype)
     flat_scores = scores.detach().to(compute).resolve_neg().reshape(-1).numpy()
@@ -1319,12 +1331,11 @@ def _numpy_batched_nms(
             flat_valid_scores = torch.from_numpy(flat_scores[valid])
         groups = torch.from_numpy(key)
         chosen = flat_boxes, flat_valid_scores, groups, iou_threshold
-        kernel_ok = finish = None
-        if large:
+        kernel_ok, finish = _numpy_fallbacks(*chosen)
+        if kernel_ok is not None:  # the sparse path's cost per box in a batch
             kernel_ok = functools.cache(
                 functools.partial(_kernel_is_cheaper, *chosen, _SPARSE_BATCHED_S)
             )
-            finish = functools.partial(_sparse_subset, *chosen)
         found = _numpy_nms(*chosen, kernel_ok, finish)
         if found is None:
             return None

@@ -192,3 +192,18 @@ def test_the_order_is_by_group_then_descending_score_then_index(scores, spread, 
             order, grouped = numpy_nms._by_group(s, g)
         assert order.tolist() == expected
         assert grouped.tolist() == g[expected].tolist()
+
+
+@pytest.mark.parametrize("n", [300, 1500, 5000])
+def test_inputs_that_require_grad_or_are_strided_views(n):
+    boxes, scores, classes = clustered_detections(n, per_object=20)
+    expected = _per_class_kernel(boxes, scores, classes, 0.5)
+    wide = torch.zeros(n, 8)
+    wide[:, ::2] = boxes  # boxes as a strided view
+    leaf_boxes = wide[:, ::2].requires_grad_(False).clone().requires_grad_(True)
+    leaf_scores = scores.clone().requires_grad_(True)
+    for b, s in ((wide[:, ::2], scores[:]), (leaf_boxes, leaf_scores)):
+        got = class_spec_nms(b, s, classes, 0.5)
+        assert got.tolist() == expected and got.grad_fn is None
+        batched = batched_nms_per_image(b[None], s[None], classes[None], 0.5)
+        assert batched[0].tolist() == expected
