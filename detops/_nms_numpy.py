@@ -281,7 +281,7 @@ def _group_starts(grouped: np.ndarray) -> np.ndarray:
     starts = np.empty(n + 1, dtype=bool)
     starts[0] = starts[n] = True
     np.not_equal(grouped[1:], grouped[:-1], out=starts[1:n])
-    return np.flatnonzero(starts)
+    return starts.nonzero()[0]
 
 
 def kernel_per_group(
@@ -434,6 +434,9 @@ _NONE = np.empty(0, dtype=np.int64)
 # rule within 10% of the best of five tried on each).
 _ROUND_MIN = 25
 _ROUND_SHARE = 1 / 50
+# ... and while no more than this many boxes are left: a round on a few dozen boxes costs
+# less than the pairs' fixed cost (about 12 µs).
+_ROUND_TAIL = 64
 # Rounds are tried where groups hold this many boxes on average: with fewer, the pairs
 # are few and the first round rarely pays (scattered boxes, 20 classes, 200 boxes:
 # 10 a group, 77 µs with a first round against 55 without).
@@ -448,7 +451,7 @@ def _head_rounds(
     and suppresses its group's boxes above ``t``. Clustered boxes are done in a few
     rounds (as many as the most boxes one group keeps), each a fixed number of NumPy
     calls over the boxes left; rounds stop when they remove few boxes (scattered
-    boxes), with none kept if the first one does. Gives the positions of the kept boxes
+    boxes) and more than a few dozen are left, with none kept if the first one does. Gives the positions of the kept boxes
     and of those left, undecided: greedy NMS of these alone finishes the job, since a
     suppressed box never suppresses.
 
@@ -489,7 +492,7 @@ def _head_rounds(
                 a.take(stay),
                 groups.take(stay),
             )
-            if not worth_it:
+            if not worth_it and left > _ROUND_TAIL:
                 break
     return (np.concatenate(kept), alive) if kept else (_NONE, _NONE)
 

@@ -78,7 +78,7 @@ def clustered_inputs(draw, max_boxes=400):
 @given(
     data=clustered_inputs(),
     threshold=st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]),
-    rule=st.sampled_from([(0, 0.0), (25, 1 / 50), (0, 0.6), (5, 0.2)]),
+    rule=st.sampled_from([(0, 0.0, 0), (25, 1 / 50, 64), (0, 0.6, 0), (5, 0.2, 0)]),
 )
 def test_class_spec_nms_equals_the_reference_wherever_the_rounds_stop(data, threshold, rule):
     boxes, scores, ids = data
@@ -86,6 +86,7 @@ def test_class_spec_nms_equals_the_reference_wherever_the_rounds_stop(data, thre
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(numpy_nms, "_ROUND_MIN", rule[0])
         patch.setattr(numpy_nms, "_ROUND_SHARE", rule[1])
+        patch.setattr(numpy_nms, "_ROUND_TAIL", rule[2])
         assert class_spec_nms(boxes, scores, ids, threshold).tolist() == expected.tolist()
         for dtype in (torch.float32, torch.float64):
             b, s = boxes.to(dtype), scores.to(dtype)
@@ -104,6 +105,7 @@ def test_the_boxes_the_rounds_keep_and_leave_finish_as_the_reference(data, thres
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(numpy_nms, "_ROUND_MIN", rule[0])
             patch.setattr(numpy_nms, "_ROUND_SHARE", rule[1])
+            patch.setattr(numpy_nms, "_ROUND_TAIL", 0)
             kept, left = _rounds_of(boxes, scores, ids, threshold)
         if rule == (0, 0.0):
             assert left.size == 0 and sorted(kept.tolist()) == expected
@@ -124,6 +126,7 @@ def test_boxes_the_rounds_leave_go_to_the_kernel_or_the_sparse_path(n, kernel, m
     # no; above 3000 boxes and where the pairs are too many). Each route must be taken.
     boxes, scores, classes = clustered_detections(n, per_object=20, seed=n)
     monkeypatch.setattr(numpy_nms, "_ROUND_SHARE", 0.05)  # stop early: a large rest
+    monkeypatch.setattr(numpy_nms, "_ROUND_TAIL", 0)
     monkeypatch.setattr(numpy_nms, "_PAIRS_PER_KERNEL_CALL", 0)  # never the pairs
     monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args: kernel)
     taken = []
