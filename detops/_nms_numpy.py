@@ -451,9 +451,9 @@ def _head_rounds(
     and suppresses its group's boxes above ``t``. Clustered boxes are done in a few
     rounds (as many as the most boxes one group keeps), each a fixed number of NumPy
     calls over the boxes left; rounds stop when they remove few boxes (scattered
-    boxes) and more than a few dozen are left, with none kept if the first one does. Gives the positions of the kept boxes
-    and of those left, undecided: greedy NMS of these alone finishes the job, since a
-    suppressed box never suppresses.
+    boxes) and more than a few dozen are left, with none kept if the first one does.
+    Gives the positions of the kept boxes and of those left, undecided: greedy NMS of
+    these alone finishes the job, since a suppressed box never suppresses.
 
     ``planes`` [4, N] and ``area`` [N] are in group order, then descending score, then
     index; ``grouped`` [N] the group of each position."""
