@@ -1115,7 +1115,10 @@ def class_spec_nms(
     Returns:
         Tensor[K] int64: kept indices by descending score (ties: lower index first).
     """
-    if _is_small_cpu_call(boxes, scores, iou_threshold, CLASS_NMS_MAX_BOXES + 1, class_ids):
+    numpy_tried = _is_small_cpu_call(
+        boxes, scores, iou_threshold, CLASS_NMS_MAX_BOXES + 1, class_ids
+    )
+    if numpy_tried:
         # float32/float64, so no conversion: nothing for autograd to record (no no_grad)
         kernel_ok, finish = _numpy_fallbacks(boxes, scores, class_ids, iou_threshold)
         kept = numpy_greedy_nms(
@@ -1136,16 +1139,22 @@ def class_spec_nms(
     iou_threshold = _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
     if torch.compiler.is_compiling():
         return torch.ops.detops.class_spec_nms(boxes, scores, class_ids, float(iou_threshold))
-    return _class_spec_nms_impl(boxes, scores, class_ids, iou_threshold)
+    # (where the quick call's NumPy path gave up, for non-finite input or for the sparse
+    # path, running it again would only repeat its work)
+    return _class_spec_nms_impl(boxes, scores, class_ids, iou_threshold, not numpy_tried)
 
 
 def _class_spec_nms_impl(
-    boxes: Tensor, scores: Tensor, class_ids: Tensor, iou_threshold: float
+    boxes: Tensor,
+    scores: Tensor,
+    class_ids: Tensor,
+    iou_threshold: float,
+    numpy_path: bool = True,
 ) -> Tensor:
     op = "class_spec_nms"
     n = boxes.shape[0]
     with torch.no_grad():
-        if n > 0 and boxes.is_cpu:
+        if numpy_path and n > 0 and boxes.is_cpu:
             kernel_ok, finish = _numpy_fallbacks(boxes, scores, class_ids, iou_threshold)
             kept = _numpy_nms(boxes, scores, class_ids, iou_threshold, kernel_ok, finish)
             if kept is not None:

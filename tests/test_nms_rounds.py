@@ -210,3 +210,27 @@ def test_inputs_that_require_grad_or_are_strided_views(n):
         assert got.tolist() == expected and got.grad_fn is None
         batched = batched_nms_per_image(b[None], s[None], classes[None], 0.5)
         assert batched[0].tolist() == expected
+
+
+@pytest.mark.parametrize("n, classes", [(2000, 1), (3000, 2)])
+def test_the_numpy_path_runs_once_when_it_hands_over_to_the_sparse_path(n, classes, monkeypatch):
+    # Scattered boxes in one or two large classes: the NumPy path gives up (the cost
+    # model turns the kernel down) and the sparse path answers; the NumPy path's work and
+    # the cost model's estimate must not be repeated on the way.
+    boxes, scores, _ = random_detections(n)
+    ids = torch.arange(n) % classes
+    calls = {"numpy": 0, "model": 0}
+    numpy_path, model = NMS.numpy_greedy_nms, NMS._kernel_is_cheaper
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(NMS, "numpy_greedy_nms", counted("numpy", numpy_path))
+    monkeypatch.setattr(NMS, "_kernel_is_cheaper", counted("model", model))
+    got = class_spec_nms(boxes, scores, ids, 0.5)
+    assert calls == {"numpy": 1, "model": 1}
+    assert got.tolist() == _per_class_kernel(boxes, scores, ids, 0.5)
