@@ -120,10 +120,27 @@ def check_int(
 
 
 def check_number(
-    op: str, name: str, value: object, *, expected: str = "a number", numpy_scalars: bool = False
+    op: str,
+    name: str,
+    value: object,
+    *,
+    expected: str = "a number",
+    numpy_scalars: bool = False,
+    tensor_scalars: bool = False,
 ) -> float:
     """A Python ``int`` or ``float`` (``bool`` refused), returned as ``float``; with
-    ``numpy_scalars``, any real number (NumPy's integer and float scalars too)."""
+    ``numpy_scalars``, any real number (NumPy's integer and float scalars too); with
+    ``tensor_scalars``, also a one-element real tensor (read with ``.item()``: a host
+    sync for a CUDA tensor)."""
+    if tensor_scalars and isinstance(value, Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            raise TypeError(
+                f"{op}: {name} must be {expected}, got a {value.dtype} tensor of shape "
+                f"{shape_str(value)} (a real tensor with one element works)"
+            )
+        if value.device.type == "meta":
+            raise ValueError(f"{op}: {name} is on the meta device, which holds no value")
+        return float(value.item())
     accepted = numbers.Real if numpy_scalars else (int, float)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, accepted):
         raise TypeError(f"{op}: {name} must be {expected}, got {type(value).__name__}")
@@ -164,9 +181,16 @@ def check_no_nan(op: str, name: str, value: Tensor) -> None:
         raise ValueError(f"{op}: {name} must not contain NaN, got a tensor with NaN entries")
 
 
-def check_unit_interval(op: str, name: str, value: object, *, numpy_scalars: bool = False) -> float:
+def check_unit_interval(
+    op: str, name: str, value: object, *, numpy_scalars: bool = False, tensor_scalars: bool = False
+) -> float:
     number = check_number(
-        op, name, value, expected="a float in [0, 1]", numpy_scalars=numpy_scalars
+        op,
+        name,
+        value,
+        expected="a float in [0, 1]",
+        numpy_scalars=numpy_scalars,
+        tensor_scalars=tensor_scalars,
     )
     if not 0.0 <= number <= 1.0:
         raise ValueError(f"{op}: {name} must lie in [0, 1], got {value!r}")

@@ -205,8 +205,8 @@ def _check_class_ids(op: str, class_ids: object, scores: Tensor, pattern: str) -
 
 
 def _check_common(op: str, boxes: Tensor, scores: Tensor, iou_threshold: object, **more) -> float:
-    """Same devices; the threshold a real number in [0, 1] (NumPy scalars included, as
-    torchvision takes them), returned as a float."""
+    """Same devices; the threshold a real number in [0, 1] (NumPy scalars and one-element
+    real tensors included, as torchvision takes them), returned as a float."""
     if boxes.device != scores.device or any(
         isinstance(t, Tensor) and t.device != boxes.device for t in more.values()
     ):
@@ -216,7 +216,9 @@ def _check_common(op: str, boxes: Tensor, scores: Tensor, iou_threshold: object,
             f"{op}: boxes and scores are on the meta device, which holds no values, and the "
             "kept indices depend on the values (to trace NMS use torch.compile or torch.export)"
         )
-    return check_unit_interval(op, "iou_threshold", iou_threshold, numpy_scalars=True)
+    return check_unit_interval(
+        op, "iou_threshold", iou_threshold, numpy_scalars=True, tensor_scalars=True
+    )
 
 
 _torchvision_nms = None
@@ -1115,7 +1117,7 @@ def class_spec_nms(
     Returns:
         Tensor[K] int64: kept indices by descending score (ties: lower index first).
     """
-    numpy_tried = _is_small_cpu_call(
+    numpy_tried = class_ids is not None and _is_small_cpu_call(
         boxes, scores, iou_threshold, CLASS_NMS_MAX_BOXES + 1, class_ids
     )
     if numpy_tried:

@@ -541,6 +541,17 @@ NMS_ERRORS = [
     ((B, S, float("nan")), ValueError, r"iou_threshold must lie in \[0, 1\], got nan"),
     ((B, S, "0.5"), TypeError, r"iou_threshold must be a float in \[0, 1\], got str"),
     ((B, S, None), TypeError, r"iou_threshold must be a float in \[0, 1\], got NoneType"),
+    (
+        (B, S, torch.tensor(True)),
+        TypeError,
+        r"iou_threshold must be a float in \[0, 1\], got a torch.bool tensor of shape \[\]",
+    ),
+    (
+        (B, S, torch.tensor([0.5, 0.5])),
+        TypeError,
+        r"iou_threshold must be .*, got a torch.float32 tensor of shape \[2\]",
+    ),
+    ((B, S, torch.tensor(1.5)), ValueError, r"nms: iou_threshold must lie in \[0, 1\]"),
     ((B, NAN_S, 0.5), ValueError, r"nms: scores must not contain NaN"),
     (
         (B, META_S, 0.5),
@@ -564,6 +575,7 @@ CLASS_ERRORS = [
     ),
     ((B, S, C.bool(), 0.5), TypeError, r"class_ids must have an integer dtype, got torch.bool"),
     ((B, S, [0, 1, 0], 0.5), TypeError, r"class_ids must be a torch.Tensor, got list"),
+    ((B, S, None, 0.5), TypeError, r"class_spec_nms: class_ids must be a torch.Tensor, got None"),
     (
         (B, S, C[:2], 0.5),
         ValueError,

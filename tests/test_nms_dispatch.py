@@ -213,9 +213,18 @@ def test_scattered_boxes_the_middle_window_misses_stay_on_the_sparse_path(shape)
 
 
 @pytest.mark.parametrize(
-    "threshold", [np.float32(0.5), np.float64(0.3), np.int64(0), np.float16(0.7)], ids=repr
+    "threshold",
+    [
+        np.float32(0.5),
+        np.float64(0.3),
+        np.int64(0),
+        np.float16(0.7),
+        torch.tensor(0.5),
+        torch.tensor([0.3], dtype=torch.float64),
+    ],
+    ids=repr,
 )
-def test_numpy_scalar_thresholds_work_as_in_torchvision(threshold):
+def test_numpy_scalar_and_tensor_thresholds_work_as_in_torchvision(threshold):
     boxes, scores, classes = _inputs("scattered", 300, torch.float32)
     expected = torchvision.ops.nms(boxes, scores, threshold)  # torchvision takes them too
     assert torch.equal(nms(boxes, scores, threshold), expected)
