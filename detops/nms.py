@@ -1297,11 +1297,19 @@ def _sparse_subset(
     the positions in ``subset`` of the kept ones, unordered. (:func:`numpy_greedy_nms`
     hands over the boxes its rounds leave.)"""
     with torch.no_grad():
-        pick = torch.from_numpy(subset)
-        classes = groups.index_select(0, pick).to(torch.int64)[None]
-        chosen = boxes.index_select(0, pick)[None], scores.index_select(0, pick)[None]
+        classes = _rows_of(groups, subset).to(torch.int64)[None]
+        chosen = _rows_of(boxes, subset)[None], _rows_of(scores, subset)[None]
         order, kept = _nms_core(*chosen, classes, iou_threshold, False)
         return where_true(kept[0], order[0])[0].numpy()
+
+
+def _rows_of(values: Tensor, rows: np.ndarray) -> Tensor:
+    """``values[rows]`` for a CPU tensor, gathered by NumPy: torch's gather of thousands
+    of boxes forks its threads (see the module docstring)."""
+    plain = values.detach().resolve_neg()
+    if plain.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits as int16
+        return torch.from_numpy(plain.view(torch.int16).numpy()[rows]).view(torch.bfloat16)
+    return torch.from_numpy(plain.numpy()[rows])
 
 
 def _numpy_batched_nms(

@@ -234,3 +234,20 @@ def test_the_numpy_path_runs_once_when_it_hands_over_to_the_sparse_path(n, class
     got = class_spec_nms(boxes, scores, ids, 0.5)
     assert calls == {"numpy": 1, "model": 1}
     assert got.tolist() == _per_class_kernel(boxes, scores, ids, 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_clusters_among_scattered_boxes_in_any_float_dtype(dtype, monkeypatch):
+    # Rounds for the clusters, then the scattered rest (thousands of boxes) to the sparse
+    # path, whose boxes are gathered in NumPy (bfloat16 through its bits).
+    mixed = zip(clustered_detections(3000), random_detections(3000, seed=3), strict=True)
+    boxes, scores, classes = (torch.cat(p) for p in mixed)
+    boxes, scores = boxes.to(dtype), scores.to(dtype)
+    expected = _sparse_class_spec(boxes, scores, classes, 0.5)
+    monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args: False)
+    subsets = []
+    finish = NMS._sparse_subset
+    monkeypatch.setattr(NMS, "_sparse_subset", lambda *a: subsets.append(len(a[-1])) or finish(*a))
+    got = class_spec_nms(boxes.requires_grad_(), scores, classes, 0.5)
+    assert subsets and subsets[0] > 3000
+    assert torch.equal(got, expected)

@@ -60,6 +60,33 @@ CHILD = textwrap.dedent(
     counts["batched_nms_per_image 16x1000"] = forks(
         lambda: detops.batched_nms_per_image(boxes, scores, classes, 0.5)
     )
+    # Clustered boxes take other routes: the kernel, the rounds, the rest to the sparse path.
+    from detops.bench.cases.nms import clustered_detections
+
+    for n, per_object in ((1000, 50), (5000, 50), (20000, 50), (20000, 20)):
+        boxes, scores, classes = clustered_detections(n, per_object=per_object)
+        label = f"{n} clustered by {per_object}"
+        counts[f"nms {label}"] = forks(lambda: detops.nms(boxes, scores, 0.5))
+        counts[f"class_spec_nms {label}"] = forks(
+            lambda: detops.class_spec_nms(boxes, scores, classes, 0.5)
+        )
+    # Clusters among scattered boxes: rounds for the clusters, then the scattered rest
+    # (18k boxes) to the sparse path (the cost model's "no" to the kernel, forced here).
+    nms_module = sys.modules["detops.nms"]
+    nms_module._kernel_is_cheaper = lambda *args: False
+    subset, subsets = nms_module._sparse_subset, []
+    nms_module._sparse_subset = lambda *args: subsets.append(len(args[-1])) or subset(*args)
+    mixed = zip(clustered_detections(10000), random_detections(10000, seed=3))
+    boxes, scores, classes = (torch.cat(p) for p in mixed)
+    counts["class_spec_nms 20000 mixed, the rest to the sparse path"] = forks(
+        lambda: detops.class_spec_nms(boxes, scores, classes, 0.5)
+    )
+    assert subsets and min(subsets) > 10000, f"not the route to the sparse path: {subsets}"
+    parts = [clustered_detections(1000, seed=seed) for seed in range(16)]
+    boxes, scores, classes = (torch.stack(p) for p in zip(*parts))
+    counts["batched_nms_per_image 16x1000 clustered"] = forks(
+        lambda: detops.batched_nms_per_image(boxes, scores, classes, 0.5)
+    )
     logits = torch.randn(16, 4096, 80, generator=torch.Generator().manual_seed(0))
     targets = (torch.rand(16, 4096, 80, generator=torch.Generator().manual_seed(1)) < 0.01)
     targets = targets.float()
