@@ -230,18 +230,14 @@ BENCHMARKS = (
         _batched_setup(16, 1000, False),
         notes=_NOTES + ", max_detections 100",
     ),
-    BenchCase(
-        "batched_nms_per_image",
-        "16x200 clustered, 20 classes",
-        "loop of torchvision.ops.batched_nms",
-        _batched_setup(16, 200, False, clustered=True),
-        notes=_CLUSTERED_NOTES + ", max_detections 100",
-    ),
-    BenchCase(
-        "batched_nms_per_image",
-        "16x1000 clustered, 20 classes",
-        "loop of torchvision.ops.batched_nms",
-        _batched_setup(16, 1000, False, clustered=True),
-        notes=_CLUSTERED_NOTES + ", max_detections 100",
+    *(
+        BenchCase(
+            "batched_nms_per_image",
+            f"16x{n} clustered, 20 classes",
+            "loop of torchvision.ops.batched_nms",
+            _batched_setup(16, n, False, clustered=True),
+            notes=_CLUSTERED_NOTES + ", max_detections 100",
+        )
+        for n in (200, 1000)
     ),
 )
