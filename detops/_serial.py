@@ -16,6 +16,8 @@ the helpers below use NumPy on CPU (which forks no thread) or cut the work into 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -30,6 +32,7 @@ __all__ = [
     "scale_in_place",
     "searchsorted",
     "take",
+    "to_float32",
     "where_true",
     "zeros",
 ]
@@ -75,6 +78,16 @@ def searchsorted(sorted_sequence: Tensor, values: Tensor, *, right: bool = False
         return torch.searchsorted(sorted_sequence, values, right=right)
     dtype = torch.promote_types(sorted_sequence.dtype, values.dtype)
     n, m = sorted_sequence.shape[-1], values.shape[-1]
+    if n + m > SERIAL_ELEMENTS and n and m and dtype in _SEARCH_DTYPES:
+        # Above the grain the sort below forks: NumPy's binary search, row by row.
+        side: Literal["left", "right"] = "right" if right else "left"
+        rows = zip(
+            sorted_sequence.to(dtype).resolve_neg().reshape(-1, n).numpy(),
+            values.to(dtype).resolve_neg().reshape(-1, m).numpy(),
+            strict=True,
+        )
+        found = [np.searchsorted(row, row_values, side=side) for row, row_values in rows]
+        return torch.from_numpy(np.stack(found).astype(np.int64)).view(values.shape)
     sequence, values = sorted_sequence.to(dtype), values.to(dtype)
     parts = (sequence, values) if right else (values, sequence)
     order = torch.sort(torch.cat(parts, -1), dim=-1, stable=True).indices
@@ -93,6 +106,23 @@ def take(source: Tensor, index: Tensor) -> Tensor:
 
 
 _NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
+_SEARCH_DTYPES = (torch.float32, torch.float64, torch.int32, torch.int64)
+
+
+def to_float32(values: Tensor) -> Tensor:
+    """``values.detach().to(torch.float32)`` for float16/bfloat16 values (exact; a NaN
+    stays a NaN, its payload may differ); on CPU above the grain through NumPy, since
+    torch's conversion forks its threads there. bfloat16 is the top half of a float32:
+    its bits shifted left by 16 are the float32's bits."""
+    values = values.detach()
+    if not values.is_cpu or values.numel() <= SERIAL_ELEMENTS:
+        return values.to(torch.float32)
+    plain = values.resolve_neg()
+    if plain.dtype == torch.bfloat16:
+        bits = plain.view(torch.int16).numpy().astype(np.int32)
+        np.left_shift(bits, 16, out=bits)
+        return torch.from_numpy(bits.view(np.float32))
+    return torch.from_numpy(plain.numpy().astype(np.float32))
 
 
 def scale_in_place(values: Tensor, factor: Tensor) -> None:
@@ -121,6 +151,10 @@ def has_nan(values: Tensor) -> bool:
     threads from a few thousand elements on)."""
     if values.device.type == "cpu" and values.dtype in _NUMPY_DTYPES:
         return bool(np.isnan(values.detach().resolve_neg().numpy()).any())
+    if values.device.type == "cpu" and values.dtype == torch.bfloat16:
+        # NumPy has no bfloat16: a NaN's bits, sign aside, are above those of inf (0x7F80).
+        bits = values.detach().resolve_neg().view(torch.int16).numpy().view(np.uint16)
+        return bool(((bits & 0x7FFF) > 0x7F80).any())
     return bool(torch.isnan(values).any())
 
 

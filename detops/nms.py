@@ -91,6 +91,7 @@ from ._serial import (
     owner_index,
     searchsorted,
     take,
+    to_float32,
     where_true,
 )
 
@@ -298,6 +299,14 @@ def _check_finite_input(op: str, boxes: Tensor, scores: Tensor) -> None:
 # ----------------------------------------------------------------------------------------
 # machinery
 # ----------------------------------------------------------------------------------------
+
+
+def _in_compute_dtype(values: Tensor) -> Tensor:
+    """``values`` in their computation dtype, detached (float16/bfloat16 converted
+    without forking torch's threads)."""
+    if values.dtype in (torch.float16, torch.bfloat16):
+        return to_float32(values)
+    return values.detach()
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -572,12 +581,13 @@ def _tile_pairs(
             torch.add(row_area, col_area, out=union).sub_(inter)
             inter.div_(union)  # the IoU
             hits = (inter > thr).nonzero()  # (k, i)
-            if hits.shape[0] == 0:
-                continue
-            found.append((hits, r0, k0))
-            pending += hits.shape[0]
-            if pending >= _FLUSH:
-                flush()
+            # (in pieces: a step in a dense cluster can hit most of its 32k IoU values,
+            # and a flush of that many pairs would fork torch's threads)
+            for piece in hits.split(_FLUSH // 2):
+                found.append((piece, r0, k0))
+                pending += piece.shape[0]
+                if pending >= _FLUSH:
+                    flush()
     if found:
         flush()
     return True
@@ -602,23 +612,44 @@ def _listed_pairs(
     for a, z, size in ranges:
         if size == 0:
             continue
-        cnt = counts[a:z]
+        for r, c in _listed_rows_and_columns(counts[a:z], a, size, budget):
+            _listed_hits(cols, r, c, thr, pos, out, pair_filter)
+
+
+def _listed_rows_and_columns(cnt: Tensor, a: int, size: int, budget: int):
+    """The pairs of rows ``a, a + 1, ...`` (``cnt`` pairs each): pair ``q`` of row ``p`` is
+    column ``p + 1 + (q - first pair of p)``. On CPU built in NumPy and cut into pieces of
+    at most ``budget`` pairs: one row of a dense cluster can hold more pairs than a range
+    should (ops on more elements than ATen's grain fork torch's threads)."""
+    if cnt.device.type != "cpu":
         owner = owner_index(cnt, size)
-        r = owner + a
-        # Pair q of row p is column p + 1 + (q - first pair of p).
-        shift = torch.arange(a + 1, z + 1, device=dev) - (torch.cumsum(cnt, 0) - cnt)
-        c = torch.arange(size, device=dev) + shift.index_select(0, owner)
-        row, col = cols.index_select(1, r), cols.index_select(1, c)  # faster than cols[:, r]
-        low_high = torch.minimum(row[0:4], col[0:4])
-        overlap = low_high[0:2].add_(low_high[2:4]).clamp_(min=0)
-        inter = overlap[0] * overlap[1]
-        iou = inter.div_((row[4] + col[4]).sub_(inter))
-        hit = (iou > thr).nonzero().squeeze(1)
-        i = pos.index_select(0, r.index_select(0, hit))
-        j = pos.index_select(0, c.index_select(0, hit))
-        if pair_filter is not None:
-            i, j = where_true(pair_filter(i, j), i, j)
-        out.append((i, j))
+        shift = torch.arange(a + 1, a + cnt.numel() + 1, device=cnt.device) - (
+            torch.cumsum(cnt, 0) - cnt
+        )
+        return [(owner + a, torch.arange(size, device=cnt.device) + shift.index_select(0, owner))]
+    counts = cnt.numpy()
+    rows = np.repeat(np.arange(a, a + counts.shape[0]), counts)
+    columns = np.arange(size) - np.repeat(np.cumsum(counts) - counts, counts)
+    columns += rows + 1
+    return [
+        (torch.from_numpy(rows[lo : lo + budget]), torch.from_numpy(columns[lo : lo + budget]))
+        for lo in range(0, size, budget)
+    ]
+
+
+def _listed_hits(cols: Tensor, r: Tensor, c: Tensor, thr: float, pos: Tensor, out, pair_filter):
+    """Append the pairs ``(pos[r], pos[c])`` whose IoU is above ``thr``."""
+    row, col = cols.index_select(1, r), cols.index_select(1, c)  # faster than cols[:, r]
+    low_high = torch.minimum(row[0:4], col[0:4])
+    overlap = low_high[0:2].add_(low_high[2:4]).clamp_(min=0)
+    inter = overlap[0] * overlap[1]
+    iou = inter.div_((row[4] + col[4]).sub_(inter))
+    hit = (iou > thr).nonzero().squeeze(1)
+    i = pos.index_select(0, r.index_select(0, hit))
+    j = pos.index_select(0, c.index_select(0, hit))
+    if pair_filter is not None:
+        i, j = where_true(pair_filter(i, j), i, j)
+    out.append((i, j))
 
 
 def _suppression_pairs(
@@ -671,6 +702,10 @@ def _concat_pairs(out: list[tuple[Tensor, Tensor]], dev: torch.device) -> tuple[
         return empty, empty
     if len(out) == 1:
         return out[0]
+    if dev.type == "cpu":  # torch.cat of this many pairs (clusters: ~1M) forks its threads
+        return tuple(  # type: ignore[return-value]
+            torch.from_numpy(np.concatenate([o[k].numpy() for o in out])) for k in (0, 1)
+        )
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
@@ -850,7 +885,7 @@ def _nms_core(
     dev = boxes.device
     threshold = float(threshold)
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    b = boxes.detach().to(_compute_dtype(boxes.dtype))
+    b = _in_compute_dtype(boxes)
     x1, y1, x2, y2 = b.unbind(-1)
     width, height = x2 - x1, y2 - y1
     area = width * height
@@ -1282,8 +1317,7 @@ def _numpy_nms(
     input value is not finite, or where ``kernel_ok()`` turns the kernel down and
     ``finish`` is None."""
     compute = _compute_dtype(boxes.dtype)
-    if boxes.dtype is not compute:
-        boxes, scores = boxes.to(compute), scores.to(compute)
+    boxes, scores = _in_compute_dtype(boxes), _in_compute_dtype(scores)
     threshold = _threshold_in(iou_threshold, compute)
     return numpy_greedy_nms(
         boxes, scores, groups, threshold, iou_threshold, _kernel_nms, kernel_ok, finish

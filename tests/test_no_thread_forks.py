@@ -70,6 +70,21 @@ CHILD = textwrap.dedent(
         counts[f"class_spec_nms {label}"] = forks(
             lambda: detops.class_spec_nms(boxes, scores, classes, 0.5)
         )
+    # float16 and bfloat16 boxes take the sparse path (converted without a fork).
+    for dtype in (torch.float16, torch.bfloat16):
+        for kind, make in (("clustered", clustered_detections), ("scattered", random_detections)):
+            boxes, scores, classes = make(20000)
+            boxes, scores = boxes.to(dtype), scores.to(dtype)
+            label = f"20000 {kind} {dtype}"
+            counts[f"nms {label}"] = forks(lambda: detops.nms(boxes, scores, 0.5))
+            counts[f"class_spec_nms {label}"] = forks(
+                lambda: detops.class_spec_nms(boxes, scores, classes, 0.5)
+            )
+            counts[f"batched_nms_per_image 4x5000 {label}"] = forks(
+                lambda: detops.batched_nms_per_image(
+                    boxes.view(4, -1, 4), scores.view(4, -1), classes.view(4, -1), 0.5
+                )
+            )
     # Clusters among scattered boxes: rounds for the clusters, then the scattered rest
     # (18k boxes) to the sparse path (the cost model's "no" to the kernel, forced here).
     nms_module = sys.modules["detops.nms"]

@@ -57,6 +57,18 @@ def test_searchsorted_matches_torch_with_ties_and_batches(batch, n, m, right, da
         assert torch.equal(_serial.searchsorted(seq[0], values[0], right=right), expected[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.float16])
+@pytest.mark.parametrize("right", [False, True])
+def test_searchsorted_above_the_grain_matches_torch(dtype, right):
+    # Above ATen's grain the CPU path is NumPy's binary search (the sort would fork).
+    g = torch.Generator().manual_seed(0)
+    seq = (torch.randint(0, 500, (2, 20000), generator=g) / 4).to(dtype).sort(-1).values
+    values = (torch.randint(-10, 510, (2, 20000), generator=g) / 4).to(dtype)
+    expected = torch.searchsorted(seq, values, right=right)
+    assert torch.equal(_serial.searchsorted(seq, values, right=right), expected)
+    assert torch.equal(_serial.searchsorted(seq[1], values[1], right=right), expected[1])
+
+
 def test_searchsorted_promotes_int_values_against_float_sequence():
     seq = torch.tensor([0.5, 1.0, 1.0, 2.5], dtype=torch.float64)
     values = torch.tensor([0, 1, 2, 3])
@@ -79,10 +91,31 @@ float_lists = st.lists(
 )
 
 
-@given(values=float_lists, dtype=st.sampled_from([torch.float16, torch.float32, torch.float64]))
+@given(
+    values=float_lists,
+    dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+)
 def test_has_nan_matches_torch(values, dtype):
     tensor = torch.tensor(values, dtype=dtype)
     assert _serial.has_nan(tensor) == bool(torch.isnan(tensor).any())
+    assert _serial.has_nan(-tensor) == bool(torch.isnan(tensor).any())  # negative NaNs
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("size", [100, 160000])
+def test_to_float32_is_torchs_conversion_bit_for_bit(dtype, size):
+    # Above the grain through NumPy (bfloat16 by its bits): every value, inf, -0.0 and
+    # subnormals included, must convert exactly as torch converts it; NaN stays NaN
+    # (NumPy keeps a float16 signaling NaN signaling, torch quiets it).
+    bits = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
+    every = bits.view(dtype)
+    values = every.repeat(-(-size // every.numel()))[:size].view(-1, 4)
+    got = _serial.to_float32(values[:, ::2])  # a strided view too
+    expected = values[:, ::2].to(torch.float32)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    nan = expected.isnan()
+    assert torch.equal(got.isnan(), nan)
+    assert torch.equal(got[~nan].view(torch.int32), expected[~nan].view(torch.int32))
 
 
 @given(values=st.lists(st.integers(0, 50), max_size=60), extra=st.integers(0, 20))
