@@ -581,9 +581,12 @@ def _tile_pairs(
             torch.add(row_area, col_area, out=union).sub_(inter)
             inter.div_(union)  # the IoU
             hits = (inter > thr).nonzero()  # (k, i)
-            # (in pieces: a step in a dense cluster can hit most of its 32k IoU values,
-            # and a flush of that many pairs would fork torch's threads)
-            for piece in hits.split(_FLUSH // 2):
+            count = hits.shape[0]
+            if count == 0:
+                continue
+            # (in pieces where many: a step in a dense cluster can hit most of its 32k IoU
+            # values, and a flush of that many pairs would fork torch's threads)
+            for piece in hits.split(_FLUSH // 2) if count > _FLUSH // 2 else (hits,):
                 found.append((piece, r0, k0))
                 pending += piece.shape[0]
                 if pending >= _FLUSH:
@@ -612,21 +615,35 @@ def _listed_pairs(
     for a, z, size in ranges:
         if size == 0:
             continue
-        for r, c in _listed_rows_and_columns(counts[a:z], a, size, budget):
-            _listed_hits(cols, r, c, thr, pos, out, pair_filter)
+        cnt = counts[a:z]
+        if size > 2 * budget and dev.type == "cpu":  # (ranges end after whole rows)
+            pieces = _oversized_range(cnt, a, size, budget)
+        else:
+            owner = owner_index(cnt, size)
+            r = owner + a
+            # Pair q of row p is column p + 1 + (q - first pair of p).
+            shift = torch.arange(a + 1, z + 1, device=dev) - (torch.cumsum(cnt, 0) - cnt)
+            c = torch.arange(size, device=dev) + shift.index_select(0, owner)
+            pieces = [(r, c)]
+        for r, c in pieces:
+            row, col = cols.index_select(1, r), cols.index_select(1, c)  # faster than cols[:, r]
+            low_high = torch.minimum(row[0:4], col[0:4])
+            overlap = low_high[0:2].add_(low_high[2:4]).clamp_(min=0)
+            inter = overlap[0] * overlap[1]
+            iou = inter.div_((row[4] + col[4]).sub_(inter))
+            hit = (iou > thr).nonzero().squeeze(1)
+            i = pos.index_select(0, r.index_select(0, hit))
+            j = pos.index_select(0, c.index_select(0, hit))
+            if pair_filter is not None:
+                i, j = where_true(pair_filter(i, j), i, j)
+            out.append((i, j))
 
 
-def _listed_rows_and_columns(cnt: Tensor, a: int, size: int, budget: int):
-    """The pairs of rows ``a, a + 1, ...`` (``cnt`` pairs each): pair ``q`` of row ``p`` is
-    column ``p + 1 + (q - first pair of p)``. On CPU built in NumPy and cut into pieces of
-    at most ``budget`` pairs: one row of a dense cluster can hold more pairs than a range
-    should (ops on more elements than ATen's grain fork torch's threads)."""
-    if cnt.device.type != "cpu":
-        owner = owner_index(cnt, size)
-        shift = torch.arange(a + 1, a + cnt.numel() + 1, device=cnt.device) - (
-            torch.cumsum(cnt, 0) - cnt
-        )
-        return [(owner + a, torch.arange(size, device=cnt.device) + shift.index_select(0, owner))]
+def _oversized_range(cnt: Tensor, a: int, size: int, budget: int) -> list[tuple[Tensor, Tensor]]:
+    """The pairs (rows, columns) of rows ``a, a + 1, ...`` (``cnt`` pairs each) where they
+    are more than ``budget`` (one row of a dense cluster can hold more pairs than a range
+    should), built in NumPy and cut into pieces of ``budget``: torch ops on more elements
+    than ATen's grain fork its threads (CPU)."""
     counts = cnt.numpy()
     rows = np.repeat(np.arange(a, a + counts.shape[0]), counts)
     columns = np.arange(size) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -635,21 +652,6 @@ def _listed_rows_and_columns(cnt: Tensor, a: int, size: int, budget: int):
         (torch.from_numpy(rows[lo : lo + budget]), torch.from_numpy(columns[lo : lo + budget]))
         for lo in range(0, size, budget)
     ]
-
-
-def _listed_hits(cols: Tensor, r: Tensor, c: Tensor, thr: float, pos: Tensor, out, pair_filter):
-    """Append the pairs ``(pos[r], pos[c])`` whose IoU is above ``thr``."""
-    row, col = cols.index_select(1, r), cols.index_select(1, c)  # faster than cols[:, r]
-    low_high = torch.minimum(row[0:4], col[0:4])
-    overlap = low_high[0:2].add_(low_high[2:4]).clamp_(min=0)
-    inter = overlap[0] * overlap[1]
-    iou = inter.div_((row[4] + col[4]).sub_(inter))
-    hit = (iou > thr).nonzero().squeeze(1)
-    i = pos.index_select(0, r.index_select(0, hit))
-    j = pos.index_select(0, c.index_select(0, hit))
-    if pair_filter is not None:
-        i, j = where_true(pair_filter(i, j), i, j)
-    out.append((i, j))
 
 
 def _suppression_pairs(
@@ -702,7 +704,8 @@ def _concat_pairs(out: list[tuple[Tensor, Tensor]], dev: torch.device) -> tuple[
         return empty, empty
     if len(out) == 1:
         return out[0]
-    if dev.type == "cpu":  # torch.cat of this many pairs (clusters: ~1M) forks its threads
+    if dev.type == "cpu" and sum(o[0].shape[0] for o in out) > SERIAL_ELEMENTS:
+        # (torch.cat of this many pairs, up to ~1M on clusters, forks torch's threads)
         return tuple(  # type: ignore[return-value]
             torch.from_numpy(np.concatenate([o[k].numpy() for o in out])) for k in (0, 1)
         )
