@@ -15,6 +15,7 @@ import torch
 import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nms_paths import sparse_class_spec_nms
 from torchvision.ops.boxes import _batched_nms_coordinate_trick, _batched_nms_vanilla
 
 import reference.nms as ref
@@ -707,20 +708,9 @@ def test_kernel_and_sparse_path_agree_on_each_side_of_the_cutoff(n, dtype):
 CLASS_NMS_ENTRY = next(entry for entry in REGISTRY if entry.op is class_spec_nms)
 
 
-def _sparse_class_spec_nms(boxes, scores, class_ids, iou_threshold):
-    nms_module = importlib.import_module("detops.nms")
-    with torch.no_grad():
-        if boxes.shape[0] == 0:
-            return torch.empty(0, dtype=torch.int64)
-        order, kept = nms_module._nms_core(
-            boxes[None], scores[None], class_ids.to(torch.int64)[None], iou_threshold, False
-        )
-        return order[0][kept[0]]
-
-
 @pytest.mark.parametrize("dtype", CLASS_NMS_ENTRY.dtypes, ids=str)
 def test_class_spec_sparse_path_matches_reference_on_the_registry_cases(dtype):
-    entry = dataclasses.replace(CLASS_NMS_ENTRY, op=_sparse_class_spec_nms)
+    entry = dataclasses.replace(CLASS_NMS_ENTRY, op=sparse_class_spec_nms)
 
     @given(case=entry.strategy())
     def check(case):
@@ -770,7 +760,7 @@ def test_class_spec_numpy_paths_on_crowded_and_sparse_scenes(settings_, n, class
         boxes.double().numpy(), scores.double().numpy(), class_ids.numpy(), 0.5
     )
     np.testing.assert_array_equal(class_spec_nms(boxes, scores, class_ids, 0.5).numpy(), expected)
-    sparse = _sparse_class_spec_nms(boxes, scores, class_ids, 0.5)
+    sparse = sparse_class_spec_nms(boxes, scores, class_ids, 0.5)
     np.testing.assert_array_equal(sparse.numpy(), expected)
 
 

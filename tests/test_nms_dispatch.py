@@ -21,6 +21,7 @@ import torch
 import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nms_paths import sparse_class_spec_nms
 
 import reference.nms as ref
 from detops import batched_nms_per_image, class_spec_nms, nms
@@ -100,13 +101,6 @@ def test_the_kernel_route_needs_finite_float_cpu_input():
     assert not NMS._kernel_is_cheaper(boxes, scores, classes.to(torch.int16), 0.5)
 
 
-def _sparse_class_spec(boxes, scores, classes, threshold):
-    order, kept = NMS._nms_core(
-        boxes[None], scores[None], classes.to(torch.int64)[None], threshold, False
-    )
-    return NMS.where_true(kept[0], order[0])[0]
-
-
 @pytest.mark.parametrize("classes", [2, 20, 400])
 @pytest.mark.parametrize("kind", ["clustered", "scattered"])
 @pytest.mark.parametrize("n", [1300, 3000])
@@ -116,7 +110,7 @@ def test_class_spec_numpy_path_up_to_3000_boxes_equals_the_sparse_path(n, kind, 
     boxes, scores, _ = _inputs(kind, n, torch.float32)
     ids = torch.randint(0, classes, (n,), generator=torch.Generator().manual_seed(n))
     for threshold in (0.3, 0.7):
-        expected = _sparse_class_spec(boxes, scores, ids, threshold)
+        expected = sparse_class_spec_nms(boxes, scores, ids, threshold)
         assert torch.equal(class_spec_nms(boxes, scores, ids, threshold), expected)
 
 
@@ -172,7 +166,7 @@ def test_huge_coordinates_raise_no_numpy_warning(n):
         got_classes = class_spec_nms(boxes, scores, classes, 0.5)
     assert np.geterr() == before
     assert torch.equal(got, torchvision.ops.nms(boxes, scores, 0.5))
-    assert torch.equal(got_classes, _sparse_class_spec(boxes, scores, classes, 0.5))
+    assert torch.equal(got_classes, sparse_class_spec_nms(boxes, scores, classes, 0.5))
 
 
 @pytest.mark.parametrize("n", [1500, 4000])
@@ -183,7 +177,7 @@ def test_inputs_with_the_negative_bit_set(n):
     neg_scores = torch.complex(torch.zeros_like(scores), -scores).conj().imag
     assert neg_boxes.is_neg() and torch.equal(neg_boxes, boxes)
     assert torch.equal(nms(neg_boxes, neg_scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
-    expected = _sparse_class_spec(boxes, scores, classes, 0.5)  # the independent torch path
+    expected = sparse_class_spec_nms(boxes, scores, classes, 0.5)  # the independent torch path
     assert torch.equal(class_spec_nms(neg_boxes, neg_scores, classes, 0.5), expected)
     batched = batched_nms_per_image(neg_boxes[None], neg_scores[None], classes[None], 0.5)
     assert batched[0].tolist() == expected.tolist()

@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nms_paths import sparse_class_spec_nms
 from torchvision.ops.boxes import _batched_nms_vanilla
 
 import reference.nms as ref
@@ -31,13 +32,6 @@ def _per_class_kernel(boxes, scores, classes, threshold) -> list[int]:
     ties are put in index order (the detops contract) here."""
     kept = _batched_nms_vanilla(boxes, scores, classes, threshold).numpy()
     return kept[np.lexsort((kept, -scores.double().numpy()[kept]))].tolist()
-
-
-def _sparse_class_spec(boxes, scores, classes, threshold):
-    order, kept = NMS._nms_core(
-        boxes[None], scores[None], classes.to(torch.int64)[None], threshold, False
-    )
-    return NMS.where_true(kept[0], order[0])[0]
 
 
 def _rounds_of(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, t: float):
@@ -140,7 +134,7 @@ def test_boxes_the_rounds_leave_go_to_the_kernel_or_the_sparse_path(n, kernel, m
     got = class_spec_nms(boxes, scores, classes, 0.5)
     assert taken == ["kernel" if kernel else "sparse"]
     assert got.tolist() == _per_class_kernel(boxes, scores, classes, 0.5)
-    assert torch.equal(got, _sparse_class_spec(boxes, scores, classes, 0.5))
+    assert torch.equal(got, sparse_class_spec_nms(boxes, scores, classes, 0.5))
 
 
 @pytest.mark.parametrize("n", [1000, 5000, 20000])
@@ -243,7 +237,7 @@ def test_clusters_among_scattered_boxes_in_any_float_dtype(dtype, monkeypatch):
     mixed = zip(clustered_detections(3000), random_detections(3000, seed=3), strict=True)
     boxes, scores, classes = (torch.cat(p) for p in mixed)
     boxes, scores = boxes.to(dtype), scores.to(dtype)
-    expected = _sparse_class_spec(boxes, scores, classes, 0.5)
+    expected = sparse_class_spec_nms(boxes, scores, classes, 0.5)
     monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args: False)
     subsets = []
     finish = NMS._sparse_subset
