@@ -203,8 +203,7 @@ def _all_pairs(b: np.ndarray, s: np.ndarray, g: np.ndarray | None, t: float) -> 
     n = b.shape[0]
     order = np.argsort(-s, kind="stable")
     planes = b.T.take(order, axis=1)  # [4, N] contiguous: x1, y1, x2, y2 by score
-    lo, hi = planes[:2], planes[2:]
-    wh = hi - lo
+    wh = planes[2:] - planes[:2]
     area = wh[0] * wh[1]
     candidates = _upper(n)
     if g is not None:
@@ -223,14 +222,25 @@ def _all_pairs(b: np.ndarray, s: np.ndarray, g: np.ndarray | None, t: float) -> 
             inter = sides[0] * sides[1]
             hits = (inter / ((area[src] + area[dst]) - inter) > t).nonzero()[0]
             return order[_kept_ranks(src[hits], dst[hits], n)]
+    return order[_dense_kept(planes, area, candidates, t)]
+
+
+def _dense_kept(
+    planes: np.ndarray, area: np.ndarray, candidates: np.ndarray, t: float
+) -> np.ndarray:
+    """Positions not suppressed among N boxes in visiting order (``planes`` [4, N], their
+    areas), from the N x N IoU matrix; ``candidates`` [N, N] marks the pairs ``i < j`` that
+    may suppress (same group)."""
+    lo, hi = planes[:2], planes[2:]
     # x and y at once ([2, N, N]): min(x2) - max(x1), min(y2) - max(y1), clamped at 0
     sides = np.minimum(hi[:, :, None], hi[:, None]) - np.maximum(lo[:, :, None], lo[:, None])
     np.maximum(sides, 0, out=sides)
     inter = sides[0] * sides[1]
     above = inter / ((area[:, None] + area) - inter) > t
     above &= candidates
+    n = area.shape[0]
     src, dst = np.divmod(above.ravel().nonzero()[0], n)  # row-major: sorted by src
-    return order[_kept_ranks(src, dst, n)]
+    return _kept_ranks(src, dst, n)
 
 
 # Below this many boxes one lexsort is quicker than the key's several steps (measured on
@@ -441,6 +451,14 @@ _ROUND_TAIL = 64
 # are few and the first round rarely pays (scattered boxes, 20 classes, 200 boxes:
 # 10 a group, 77 µs with a first round against 55 without).
 _ROUND_GROUP_SIZE = 16
+# After this many rounds, once at most _DENSE_REST boxes are left, they are resolved at
+# once from their IoU matrix (about 13 µs at 7 boxes, where a round costs 9.5): by then
+# the clusters have shown that several more rounds are likely. Boxes left alone in their
+# group skip the round's arithmetic. (Both measured on 2 cores, whole class_spec_nms
+# calls on clustered boxes, interleaved against rounds without them: 200 boxes 68 -> 60
+# µs, 500: 90 either way, 800: 151 -> 135, 1000: 160 -> 149, 3000: 398 -> 329.)
+_DENSE_REST = 16
+_DENSE_REST_AFTER = 3
 
 
 def _head_rounds(
@@ -452,8 +470,10 @@ def _head_rounds(
     rounds (as many as the most boxes one group keeps), each a fixed number of NumPy
     calls over the boxes left; rounds stop when they remove few boxes (scattered
     boxes) and more than a few dozen are left, with none kept if the first one does.
-    Gives the positions of the kept boxes and of those left, undecided: greedy NMS of
-    these alone finishes the job, since a suppressed box never suppresses.
+    Boxes left alone in their group are kept; a handful left after several rounds are
+    resolved from their IoU matrix. Gives the positions of the kept boxes and of those
+    left, undecided: greedy NMS of these alone finishes the job, since a suppressed box
+    never suppresses.
 
     ``planes`` [4, N] and ``area`` [N] are in group order, then descending score, then
     index; ``grouped`` [N] the group of each position."""
@@ -467,6 +487,14 @@ def _head_rounds(
             head[0] = True
             np.not_equal(groups[1:], groups[:-1], out=head[1:])
             firsts = head.nonzero()[0]
+            if firsts.shape[0] == count:  # each box alone in its group: all kept
+                kept.append(alive)
+                return np.concatenate(kept), _NONE
+            if count <= _DENSE_REST and len(kept) >= _DENSE_REST_AFTER:
+                candidates = groups[:, None] == groups
+                candidates &= _upper(count)
+                kept.append(alive.take(_dense_kept(q, a, candidates, t)))
+                return np.concatenate(kept), _NONE
             sizes = np.empty_like(firsts)  # (np.diff(append=) costs 3x these three)
             np.subtract(firsts[1:], firsts[:-1], out=sizes[:-1])
             sizes[-1] = count - firsts[-1]

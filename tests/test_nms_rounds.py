@@ -73,14 +73,20 @@ def clustered_inputs(draw, max_boxes=400):
     data=clustered_inputs(),
     threshold=st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]),
     rule=st.sampled_from([(0, 0.0, 0), (25, 1 / 50, 64), (0, 0.6, 0), (5, 0.2, 0)]),
+    # the rest resolved from its IoU matrix: never, as shipped, after any round at any size
+    dense_rest=st.sampled_from([(0, 99), (16, 3), (400, 1), (400, 2), (8, 1)]),
 )
-def test_class_spec_nms_equals_the_reference_wherever_the_rounds_stop(data, threshold, rule):
+def test_class_spec_nms_equals_the_reference_wherever_the_rounds_stop(
+    data, threshold, rule, dense_rest
+):
     boxes, scores, ids = data
     expected = ref.class_spec_nms(boxes.numpy(), scores.numpy(), ids.numpy(), threshold)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(numpy_nms, "_ROUND_MIN", rule[0])
         patch.setattr(numpy_nms, "_ROUND_SHARE", rule[1])
         patch.setattr(numpy_nms, "_ROUND_TAIL", rule[2])
+        patch.setattr(numpy_nms, "_DENSE_REST", dense_rest[0])
+        patch.setattr(numpy_nms, "_DENSE_REST_AFTER", dense_rest[1])
         assert class_spec_nms(boxes, scores, ids, threshold).tolist() == expected.tolist()
         for dtype in (torch.float32, torch.float64):
             b, s = boxes.to(dtype), scores.to(dtype)
@@ -147,6 +153,23 @@ def test_clustered_boxes_take_the_rounds_and_scattered_boxes_do_not(n):
     boxes, scores, classes = random_detections(n)
     kept, left = _rounds_of(boxes, scores, classes, 0.5)
     assert kept.size == 0 and left.size == 0
+
+
+@pytest.mark.parametrize("n", [800, 1000, 3000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_a_few_boxes_left_after_several_rounds_are_resolved_from_their_iou_matrix(
+    n, dtype, monkeypatch
+):
+    # Clusters of 50 in 20 classes keep several boxes per class: after the third round a
+    # handful of boxes is left, resolved at once. The matrix path must be taken, and the
+    # answer be the per-class kernel's.
+    boxes, scores, classes = clustered_detections(n)
+    boxes, scores = boxes.to(dtype), scores.to(dtype)
+    dense, calls = numpy_nms._dense_kept, []
+    monkeypatch.setattr(numpy_nms, "_dense_kept", lambda *a: calls.append(a[1].size) or dense(*a))
+    got = class_spec_nms(boxes, scores, classes, 0.5)
+    assert calls and max(calls) <= numpy_nms._DENSE_REST
+    assert got.tolist() == _per_class_kernel(boxes, scores, classes, 0.5)
 
 
 @pytest.mark.parametrize("padding", [False, True])
