@@ -1,9 +1,12 @@
-"""detops' own paths of the NMS family, called past the dispatch, for tests that compare
-the dispatched call with an independent path (the sparse torch path here)."""
+"""Independent paths of class-specific NMS for tests that compare the dispatched call
+with them: detops' sparse torch path called past the dispatch, and torchvision's kernel
+once per class."""
 
 import importlib
 
+import numpy as np
 import torch
+from torchvision.ops.boxes import _batched_nms_vanilla
 
 
 def sparse_class_spec_nms(boxes, scores, class_ids, iou_threshold):
@@ -17,3 +20,10 @@ def sparse_class_spec_nms(boxes, scores, class_ids, iou_threshold):
             boxes[None], scores[None], class_ids.to(torch.int64)[None], iou_threshold, False
         )
         return nms_module.where_true(kept[0], order[0])[0]
+
+
+def per_class_kernel(boxes, scores, class_ids, iou_threshold) -> list[int]:
+    """torchvision's kernel once per class (``_batched_nms_vanilla``); its final sort by
+    score is not stable, so ties are put in index order (the detops contract) here."""
+    kept = _batched_nms_vanilla(boxes, scores, class_ids, iou_threshold).numpy()
+    return kept[np.lexsort((kept, -scores.double().numpy()[kept]))].tolist()

@@ -38,6 +38,22 @@ def _seed_loop(args, score_thresh, nms_thresh):
     return seed_style_inference(*args, score_thresh, nms_thresh, class_spec_nms=class_spec_nms)
 
 
+def _reference(args, score_thresh, nms_thresh, **options):
+    """reference.fcos_inference on the float64 copies of the head's outputs."""
+    numpy_args = [
+        {k: v.double().numpy() for k, v in a.items()} if isinstance(a, dict) and a
+        and isinstance(next(iter(a.values())), torch.Tensor) else a
+        for a in args
+    ]  # fmt: skip
+    return ref.fcos_inference(*numpy_args, score_thresh, nms_thresh, **options)
+
+
+def _assert_matches_reference(result, args, score_thresh, nms_thresh, **options):
+    expected = _reference(args, score_thresh, nms_thresh, **options)
+    got = [tuple(image) for image in result.per_image()]
+    assert_trees_close(got, expected, INFERENCE_TOLERANCES[torch.float32], f"{options}")
+
+
 def _assert_equal_to(result, per_image, tolerance=None):
     """Exactly equal, or (``tolerance``) classes exact and boxes/scores within it."""
     assert isinstance(result, FCOSDetections)
@@ -60,6 +76,7 @@ def test_batch_of_one_equals_seed_style_loop(seed, score_thresh, nms_thresh):
     expected = _seed_loop(args, score_thresh, nms_thresh)
     assert result.counts.item() == len(expected[0][0]) > 0
     _assert_equal_to(result, expected)
+    _assert_matches_reference(result, args, score_thresh, nms_thresh)
 
 
 def test_batch_equals_per_image_calls():
@@ -87,16 +104,8 @@ def test_matches_reference_with_topk_and_max_detections():
     args = _head(2, size=64, seed=4)
     for topk, max_det in [(3, None), (None, 4), (5, 2), (0, None)]:
         result = fcos_inference(*args, 0.25, 0.5, topk_candidates=topk, max_detections=max_det)
-        numpy_args = [
-            {k: v.double().numpy() for k, v in a.items()} if isinstance(a, dict) and a
-            and isinstance(next(iter(a.values())), torch.Tensor) else a
-            for a in args
-        ]  # fmt: skip
-        expected = ref.fcos_inference(*numpy_args, 0.25, 0.5, topk_candidates=topk,
-                                      max_detections=max_det)  # fmt: skip
-        got = [tuple(image) for image in result.per_image()]
-        assert_trees_close(
-            got, expected, INFERENCE_TOLERANCES[torch.float32], f"{topk=} {max_det=}"
+        _assert_matches_reference(
+            result, args, 0.25, 0.5, topk_candidates=topk, max_detections=max_det
         )
 
 
@@ -125,6 +134,7 @@ def test_all_candidates_tied():
     result = fcos_inference(locations, strides, cls, box, ctr, size, 0.3, 0.5)
     assert (result.scores[0] == 0.5).all() and (result.class_ids[0] == 0).all()
     _assert_equal_to(result, _seed_loop((locations, strides, cls, box, ctr, size), 0.3, 0.5))
+    _assert_matches_reference(result, (locations, strides, cls, box, ctr, size), 0.3, 0.5)
     # With disjoint boxes nothing is suppressed: every location, in location order.
     box = {k: torch.zeros_like(v) for k, v in box.items()}  # zero-size boxes never suppress
     result = fcos_inference(locations, strides, cls, box, ctr, size, 0.3, 0.5)
@@ -134,7 +144,10 @@ def test_all_candidates_tied():
 
 def test_single_level_and_odd_stride():
     args = _head(2, size=50, seed=8, strides={"p3": 7})
-    _assert_equal_to(fcos_inference(*args, 0.2, 0.5), _seed_loop(args, 0.2, 0.5))
+    result = fcos_inference(*args, 0.2, 0.5)
+    assert result.counts.min().item() > 0
+    _assert_equal_to(result, _seed_loop(args, 0.2, 0.5))
+    _assert_matches_reference(result, args, 0.2, 0.5)
 
 
 def test_saturated_logits():
@@ -147,6 +160,7 @@ def test_saturated_logits():
     assert (result.scores[0] == 1.0).all() and torch.isfinite(result.boxes).all()
     assert (result.boxes >= 0).all() and (result.boxes <= 64).all()
     _assert_equal_to(result, _seed_loop((locations, strides, cls, box, ctr, size), 0.3, 0.5))
+    _assert_matches_reference(result, (locations, strides, cls, box, ctr, size), 0.3, 0.5)
 
 
 def test_threshold_is_strict_in_the_score_dtype():
@@ -167,7 +181,10 @@ def test_non_finite_deltas_of_non_candidates_are_ignored():
     box_nan = {k: torch.where(low[k].all(-1, keepdim=True), math.nan, v) for k, v in box.items()}
     cls_low = {k: torch.where(low[k].all(-1, keepdim=True), -50.0, v) for k, v in cls.items()}
     result = fcos_inference(locations, strides, cls_low, box_nan, ctr, size, 0.3, 0.5)
-    assert torch.isfinite(result.boxes).all()
+    assert result.counts.item() > 0 and torch.isfinite(result.boxes).all()
+    # the same detections as with the finite deltas: non-candidates never reach the boxes
+    finite = fcos_inference(locations, strides, cls_low, box, ctr, size, 0.3, 0.5)
+    _assert_equal_to(result, finite.per_image())
 
 
 def test_inputs_not_modified_and_helpers(device):

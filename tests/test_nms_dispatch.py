@@ -21,7 +21,7 @@ import torch
 import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nms_paths import sparse_class_spec_nms
+from nms_paths import per_class_kernel, sparse_class_spec_nms
 
 import reference.nms as ref
 from detops import batched_nms_per_image, class_spec_nms, nms
@@ -49,6 +49,9 @@ def test_both_routes_give_the_same_answer(n, kind, dtype, monkeypatch):
         answers[route] = (nms(boxes, scores, 0.5), class_spec_nms(boxes, scores, classes, 0.5))
     assert torch.equal(answers[True][0], answers[False][0])
     assert torch.equal(answers[True][1], answers[False][1])
+    # and both are torchvision's answer (its kernel: plain, and once per class)
+    assert torch.equal(answers[True][0], torchvision.ops.nms(boxes, scores, 0.5))
+    assert answers[True][1].tolist() == per_class_kernel(boxes, scores, classes, 0.5)
 
 
 @settings(max_examples=60, deadline=None)

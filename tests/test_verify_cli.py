@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -303,10 +302,9 @@ def test_misbehaving_function_fails_with_reason(module, name, kind, reason):
 
 
 def test_a_hang_does_not_poison_later_calls_and_shrinks():
-    start = time.monotonic()
+    # (No bound on the wall time: a poisoned worker shows as later probes timing out.)
     report = run("wrong_nms_hangs_zero_area", "nms", timeout=0.5, shrink_seconds=2.0)
     result = only(report, "nms")
-    assert time.monotonic() - start < 40
     timeouts = [f for f in result.failures if f.kind == "timeout"]
     assert timeouts and all(f.shared for f in timeouts)
     # The probes after the hanging one ran in a fresh worker: none of them timed out.
