@@ -667,3 +667,33 @@ def test_a_benchmark_times_what_its_reference_computes(case):
     entry = entry_by_name(_ENTRY_OF_CASE.get(case.op, case.op))
     tolerance = entry.tolerances[torch.float32]
     assert_trees_close(functions.detops(), expected, tolerance, f"{case.op} {case.size}")
+
+
+# Where a case times no reference, detops' callable is checked against its peer instead,
+# where the peer is torchvision computing the same op: the same kept boxes (torchvision
+# orders tied scores arbitrarily above 1000 boxes), the same values within the registry's
+# tolerance. (fcos_loss and fcos_inference's peers are the course loops, compared with
+# detops in tests/test_fcos_loss.py and tests/test_inference.py.)
+_PEER_IS_THE_SAME_OP = {
+    "box_iou", "clip_boxes_to_image", "sigmoid_focal_loss", "nms", "class_spec_nms",
+    "batched_nms_per_image",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in BENCHMARKS if c.quick and "cpu" in c.devices and c.op in _PEER_IS_THE_SAME_OP],
+    ids=lambda c: f"{c.op}|{c.size}",
+)
+def test_a_benchmark_without_a_reference_times_what_its_peer_computes(case):
+    functions = case.setup(torch.device("cpu"))
+    if functions.reference is not None:
+        pytest.skip("checked against the reference")
+    ours, theirs = functions.detops(), functions.peer()
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+    if ours.dtype == torch.int64:  # kept indices: per row, the same set
+        assert torch.equal(ours.sort(-1).values, theirs.sort(-1).values)
+        assert ours.numel() > 0
+    else:
+        tolerance = entry_by_name(case.op).tolerances[torch.float32]
+        assert_trees_close(ours, theirs, tolerance, f"{case.op} {case.size}")
