@@ -113,10 +113,12 @@ class _Buffers:
             setattr(self, name, torch.empty(size, dtype=dtype, device=device))
         # 0-d constants: a Python scalar argument costs a hidden conversion per call, and a
         # tensor exponent keeps pow on the serial kernel (a float 0.5 becomes VML sqrt).
-        # They stay on the CPU: CUDA ops take CPU 0-d tensors as scalars (no copy, no sync).
-        self.gamma = torch.tensor(gamma, dtype=dtype)
+        # They stay on the CPU: CUDA ops take CPU 0-d tensors as scalars (no copy, no sync);
+        # meta tensors, which hold no values, take none from the CPU.
+        scalars = device if device.type == "meta" else None
+        self.gamma = torch.tensor(gamma, dtype=dtype, device=scalars)
         self.neg_weight_value = 1.0 - alpha if alpha >= 0 else 1.0
-        self.neg_weight = torch.tensor(self.neg_weight_value, dtype=dtype)
+        self.neg_weight = torch.tensor(self.neg_weight_value, dtype=dtype, device=scalars)
         self.alpha_slope = 2.0 * alpha - 1.0
         # On the buffers' device: addcmul, a ternary op, takes no CPU 0-d operand on CUDA.
         self.one = torch.ones((), dtype=dtype, device=device)

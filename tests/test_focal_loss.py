@@ -388,3 +388,26 @@ def test_error_devices():
         sigmoid_focal_loss_from_class_ids(
             torch.zeros(2, 3), torch.zeros(2, dtype=torch.long, device="cuda")
         )
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_meta_tensors_give_the_shapes_and_dtypes_of_the_cpu_call(reduction, dtype):
+    # Meta tensors hold no values: the ops answer with the output's shape and dtype (and a
+    # gradient of the inputs' shape), as torch's own ops do, for shape inference.
+    x, t = _inputs((2, 5, 3), dtype, "cpu")
+    ids = torch.tensor([[0, 2, -1, 1, 0], [2, 2, 1, -1, 0]])
+    calls = [
+        lambda x, t, ids: sigmoid_focal_loss(x, t, reduction=reduction),
+        lambda x, t, ids: sigmoid_focal_loss_grad(x, t, reduction=reduction),
+        lambda x, t, ids: sigmoid_focal_loss_from_class_ids(x, ids, reduction=reduction),
+    ]
+    for call in calls:
+        on_cpu = call(x, t, ids)
+        leaf = x.to("meta").requires_grad_()
+        on_meta = call(leaf, t.to("meta"), ids.to("meta"))
+        assert on_meta.device.type == "meta"
+        assert (on_meta.shape, on_meta.dtype) == (on_cpu.shape, on_cpu.dtype)
+        if on_meta.requires_grad:
+            on_meta.sum().backward()
+            assert leaf.grad.device.type == "meta" and leaf.grad.shape == x.shape
