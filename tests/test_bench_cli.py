@@ -565,9 +565,9 @@ def test_chart_marks_unstable_rows(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--op", "no_such_op"], "no benchmark for op no_such_op; known: "),
+        (["--op", "no_such_op"], "--op: no benchmark for op no_such_op; known: "),
         (["--device", "tpu"], "--device must be cpu or cuda"),
-        (["--repeats", "0", "--quick"], "--repeats must be at least 1"),
+        (["--repeats", "0", "--quick"], "--repeats must be at least 1, got 0"),
         (["--plot", "chart.txt"], "--plot chart.txt: the chart is a PNG"),
         (["--json", "no/such/folder/out.json"], "the folder no/such/folder does not exist"),
         (["--json", "same.png", "--plot", "same.png"], "--json and --plot name the same file"),

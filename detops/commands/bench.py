@@ -103,13 +103,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         cases = select_cases(BENCHMARKS, device, quick=args.quick, ops=args.op)
     except ValueError as error:
-        raise CommandError(str(error)) from None
+        raise CommandError(f"--op: {error}") from None
     if not cases:
         raise CommandError(f"no benchmark case runs on {device}")
     settings = BenchSettings.quick() if args.quick else BenchSettings()
     if args.repeats is not None:
         if args.repeats < 1:
-            raise CommandError("--repeats must be at least 1")
+            raise CommandError(f"--repeats must be at least 1, got {args.repeats}")
         settings = dataclasses.replace(settings, repeats=args.repeats)
     try:
         report = run_benchmarks(
