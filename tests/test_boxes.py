@@ -311,6 +311,16 @@ def test_resize_zero_area_after_clamp_is_dropped():
     assert torch.equal(out[3], torch.tensor([0.0, 5, 1, 10, 5]))
 
 
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0, 5)])
+def test_resize_of_no_rows_is_no_rows(shape, device):
+    # (the registry's strategy reaches N = 0 only now and then: pinned here)
+    gt = torch.zeros(shape, device=device)
+    out = resize_and_center_crop_boxes(gt, (375, 500), 224)
+    assert out.shape == shape and out.dtype == gt.dtype and out.device == gt.device
+    expected = ref.resize_and_center_crop_boxes(np.zeros(shape), (375, 500), 224)
+    assert expected.shape == shape
+
+
 def test_resize_batched_equals_per_image_and_keeps_dtype_device(device):
     gt = torch.cat((random_boxes((3, 8), seed=10), torch.randint(0, 20, (3, 8, 1))), dim=-1)
     gt[1, 2:5] = -1

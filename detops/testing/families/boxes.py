@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from hypothesis import strategies as st
@@ -93,14 +95,26 @@ def box_iou_cases(draw):
 
 
 @st.composite
-def gt_rows_with_padding(draw, max_rows: int = 6, *, batch: bool | None = None, **box_kwargs):
-    """``[N, 5]`` or ``[B, N, 5]`` GT rows; padding rows (all -1) at random positions."""
+def gt_rows_with_padding(
+    draw,
+    max_rows: int = 6,
+    *,
+    batch: bool | None = None,
+    num_rows: st.SearchStrategy[int] | None = None,
+    real_rows: Callable[[int], st.SearchStrategy[np.ndarray]] | None = None,
+    **box_kwargs,
+):
+    """``[N, 5]`` or ``[B, N, 5]`` GT rows; padding rows (all -1) at random positions.
+
+    ``N`` comes from ``num_rows`` (default ``0..max_rows``); ``real_rows(N)`` is the strategy
+    of one image's real rows (at most ``N``), by default :func:`gt_boxes` of ``box_kwargs``.
+    """
     batched = draw(st.booleans()) if batch is None else batch
     count = draw(st.integers(1, 3)) if batched else 1
-    rows = draw(st.integers(0, max_rows))
+    rows = draw(num_rows if num_rows is not None else st.integers(0, max_rows))
     images = []
     for _ in range(count):
-        real = draw(gt_boxes(0, rows, **box_kwargs))
+        real = draw(real_rows(rows) if real_rows else gt_boxes(0, rows, **box_kwargs))
         padded = np.full((rows, 5), -1.0)
         slots = sorted(draw(st.permutations(range(rows)))[: len(real)])
         padded[slots] = real
@@ -126,13 +140,59 @@ def clip_cases(draw):
 
 
 @st.composite
+def _span(draw, side: int, kept: tuple[float, float]) -> tuple[float, float]:
+    """``(low, high)`` along an image side of ``side`` pixels (float32 exact), where the
+    resize + center crop keeps about ``kept`` of it.
+
+    Three times in five a span overlapping the kept part (some cross one of its borders),
+    else one starting anywhere in ``[-margin, side + margin]`` (``margin = min(20,
+    side / 2)``) with a length up to the side's (inside, crossing the image's edges or the
+    crop's, or outside the crop), or an empty one (zero length) there.
+    """
+    kind = draw(st.sampled_from(["kept", "anywhere", "kept", "empty", "kept"]))
+    if kind == "kept":
+        # At least 1/64 of the side, so that 8-bit rounding (exact_in_every_dtype) keeps it
+        # > 0; starting up to half that before either border of the kept part.
+        shortest = max(0.5, side / 64)
+        low = draw(floats32(kept[0] - shortest / 2, kept[1] - shortest / 2))
+        length = draw(floats32(shortest, max(kept[1] - kept[0], shortest)))
+    else:
+        margin = min(20.0, side / 2)
+        low = draw(floats32(-margin, side + margin))
+        length = 0.0 if kind == "empty" else draw(floats32(0.5, max(side, 1.0)))
+    # low + length rounded to float32 stays >= low.
+    return low, float(np.float32(low + length))
+
+
+@st.composite
+def gt_rows_in_image(draw, max_n: int, height: int, width: int, *, num_classes: int = 20):
+    """``[N, 5]`` GT rows of a ``height x width`` image for Resize + CenterCrop, with
+    ``N <= max_n`` (all ``max_n`` in the simplest case, down to none: padding only).
+
+    Each axis is drawn by :func:`_span`; the crop keeps the central ``min(height, width)``
+    pixels of the long side (about: the op rounds), all of the short side.
+    """
+    some = draw(st.sampled_from([False, False, True]))
+    count = draw(st.integers(0, max_n)) if some else max_n
+    short = min(height, width)
+    rows = []
+    for _ in range(count):
+        x1, x2 = draw(_span(width, ((width - short) / 2, (width + short) / 2)))
+        y1, y2 = draw(_span(height, ((height - short) / 2, (height + short) / 2)))
+        rows.append((x1, y1, x2, y2, float(draw(st.integers(0, num_classes - 1)))))
+    return np.array(rows, dtype=np.float64).reshape(count, 5)
+
+
+@st.composite
 def resize_cases(draw):
+    """Boxes drawn per axis (:func:`gt_rows_in_image`): most overlap the crop, some cross
+    its border, some lie outside it or outside the image, some are empty."""
     height, width = draw(sizes), draw(sizes)
     image_size = draw(image_sizes)
-    longest = float(max(height, width))
     gt = draw(
         gt_rows_with_padding(
-            low=-20.0, high=longest + 20.0, min_size=0.5, max_size=max(longest / 2, 1.0)
+            num_rows=st.integers(0, 6).map(lambda k: 6 - k),
+            real_rows=lambda n: gt_rows_in_image(n, height, width),
         )
     )
     return exact_in_every_dtype(Case((gt, (height, width), image_size)))
