@@ -381,23 +381,31 @@ def test_function_that_ends_its_process_fails_with_reason(tmp_path):
     assert "ended the process that ran it (exit status 3)" in result.failures[0].reason
 
 
-def test_guard_reports_in_place_writes_even_with_equal_values():
+def test_guard_reports_in_place_changes_but_not_writes_that_change_nothing():
+    # "an input changed in place" (README): the values and layout are compared with a
+    # snapshot, bit for bit; a write that leaves them as they were changes nothing.
     def touch(boxes):
-        boxes.clamp_(-1e9, 1e9)  # changes nothing, but writes into the caller's tensor
+        boxes.clamp_(-1e9, 1e9)  # writes into the caller's tensor, but changes no value
+        boxes.mul_(1.0)
+        return boxes
+
+    def shrink(boxes):
+        boxes.mul_(0.5)
         return boxes
 
     def rename(levels):
         levels["extra"] = 1
         return levels
 
+    assert GuardedCall(touch, "touch", 5.0)(torch.ones(2, 4)).shape == (2, 4)
     with pytest.raises(CallFailure, match="modified its input `boxes`"):
-        GuardedCall(touch, "touch", 5.0)(torch.ones(2, 4))
+        GuardedCall(shrink, "shrink", 5.0)(torch.ones(2, 4))
     with pytest.raises(CallFailure, match=r"`levels \(keys changed\)`"):
         GuardedCall(rename, "rename", 5.0)({"p3": torch.ones(1)})
     assert GuardedCall(lambda x: x + 1, "ok", 5.0)(torch.ones(1)).item() == 2.0
     # Inside collect_problems the mutation is collected, and the value still returned.
     with collect_problems() as problems:
-        out = GuardedCall(touch, "touch", 5.0)(torch.ones(2, 4))
+        out = GuardedCall(shrink, "shrink", 5.0)(torch.ones(2, 4))
     assert out.shape == (2, 4) and problems and problems[0][1] == "mutated"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from detops._seed_names import SEED_NAMES
 
@@ -37,7 +38,8 @@ contract, or a crash, hang, input mutation, wrong type, shape, dtype or device t
 
 exit status: 0 when no checked function FAILs (with --strict: none FAILs or DEPARTS;
 MISSING and SKIPPED do not count), 1 otherwise, 2 for a bad argument or a target that
-cannot be loaded or holds none of the names.
+cannot be loaded or holds none of the names, 130 on Ctrl-C (the functions finished by then
+are reported, and written to --json with "interrupted": true).
 """
 
 
@@ -76,7 +78,9 @@ def add_parser(subparsers) -> None:
         metavar="SECONDS",
         help=f"per-call time limit for the function under test (default {DEFAULT_TIMEOUT:g})",
     )
-    parser.add_argument("--device", default="cpu", help="device of the inputs (default cpu)")
+    parser.add_argument(
+        "--device", default="cpu", help="device of the inputs: cpu or cuda[:N] (default cpu)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     parser.add_argument(
         "--strict",
@@ -105,11 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file("--json", args.json)
 
-    import torch
-
     from detops._atomic import atomic_write_text
     from detops.verify import (
         TargetError,
+        VerifyReport,
         format_report,
         load_target,
         report_to_json,
@@ -117,12 +120,7 @@ def run(args: argparse.Namespace) -> int:
         verify,
     )
 
-    try:
-        device_type = torch.device(args.device).type
-    except RuntimeError as error:
-        raise CommandError(f"--device {args.device}: {error}") from None
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise CommandError("--device cuda, but CUDA is not available here")
+    device = _checked_device(args.device)
 
     try:
         target = load_target(args.impl)
@@ -137,14 +135,59 @@ def run(args: argparse.Namespace) -> int:
             examples=examples,
             seed=args.seed,
             timeout=timeout,
-            device=args.device,
+            device=device,
             progress=None if args.quiet else stderr_progress(),
         )
     except TargetError as error:
         raise CommandError(str(error)) from None
+    except KeyboardInterrupt:  # before the first function (verify keeps finished ones)
+        if args.json:  # no functions, but the file says so
+            label = args.impl or "detops registry (fast ops vs NumPy references)"
+            mode = "registry" if args.impl is None else "functions"
+            empty = VerifyReport(
+                label, mode, examples, args.seed, timeout, device, [], interrupted=True
+            )
+            atomic_write_text(args.json, report_to_json(empty))
+            print(f"report written to {args.json}")
+        print("detops verify: interrupted before the first function", file=sys.stderr)
+        return 130
     print(format_report(report, strict=args.strict), flush=True)
     if args.json:
         atomic_write_text(args.json, report_to_json(report))
         print(f"report written to {args.json}")
+    if report.interrupted:
+        print(
+            f"detops verify: interrupted after {len(report.functions)} of {report.total} functions",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 130
     ok = report.passed_strict if args.strict else report.passed
     return 0 if ok else 1
+
+
+def _checked_device(device: str) -> str:
+    """``device`` if verify can run there: cpu, or cuda (cuda:N) where CUDA is available;
+    else a one-line error (torch's own lists every device type it knows, most of which
+    verify cannot use)."""
+    import torch
+
+    from detops.cli import CommandError
+
+    accepted = "verify runs on cpu or cuda (cuda:N for one GPU)"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"--device {device}: not a device; {accepted}") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise CommandError(f"--device {device}: {accepted}, not on {parsed.type}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(f"--device {device}, but CUDA is not available here")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise CommandError(
+                f"--device {device}: there is no such GPU here ({count} CUDA device"
+                f"{'' if count == 1 else 's'}: cuda:0 to cuda:{count - 1})"
+            )
+    return device

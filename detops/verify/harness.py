@@ -182,8 +182,25 @@ def _origin(fn: Callable[..., Any]) -> str:
         return getattr(fn, "__module__", "") or repr(fn)
 
 
+def _folder_error(spec: str, path: Path) -> TargetError:
+    scripts = sorted(p.name for p in path.glob("*.py"))
+    found = ""
+    if scripts:
+        more = f" and {len(scripts) - 5} more" if len(scripts) > 5 else ""
+        found = f" (the .py files in it: {', '.join(scripts[:5])}{more})"
+    return TargetError(
+        f"--impl {spec}: is a folder; --impl takes a .py file, a module name or "
+        f"'torchvision'{found}"
+    )
+
+
 def _import_module(spec: str):
     path = Path(spec)
+    # A folder is a target only as an importable package named like a module (``--impl
+    # mypkg`` with mypkg/__init__.py); a path such as /some/folder is never a module name.
+    is_module_name = all(part.isidentifier() for part in spec.split("."))
+    if path.is_dir() and not (is_module_name and (path / "__init__.py").is_file()):
+        raise _folder_error(spec, path)
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():
             raise TargetError(f"--impl {spec}: no such file")
@@ -229,9 +246,23 @@ def load_target(spec: str | None) -> Target:
     functions, origins = {}, {}
     for name in SEED_NAMES:
         fn = getattr(module, name, None)
-        if callable(fn):
-            functions[name] = fn
-            origins[name] = _origin(fn)
+        if fn is None:  # not defined, or a placeholder ``nms = None``: MISSING
+            continue
+        if not callable(fn):  # ``nms = 5``, or a submodule named nms: say so, not MISSING
+            where = spec
+            source = getattr(module, "__file__", None)
+            if source and not spec.endswith(".py"):
+                where = f"{spec} ({source})"
+            if inspect.ismodule(fn):
+                found = f"the module {fn.__name__}"
+            else:
+                found = f"{type(fn).__name__} {_shorten(repr(fn), 40)}"
+            raise TargetError(
+                f"--impl {where}: `{name}` is not callable: it is {found}; verify calls each "
+                "course name it finds as a function"
+            )
+        functions[name] = fn
+        origins[name] = _origin(fn)
     return Target(spec, functions, origins)
 
 
@@ -275,9 +306,21 @@ def _exception_line(exc: BaseException) -> str:
     return line
 
 
+def _layout(tensor: torch.Tensor) -> tuple:
+    return (
+        tuple(tensor.shape),
+        tensor.stride(),
+        tensor.storage_offset(),
+        tensor.dtype,
+        tensor.device,
+    )
+
+
 def _snapshot(value):
+    # Values and layout, not the version counter: a write that leaves every value as it was
+    # (``boxes.mul_(1.0)``, a clamp that clamps nothing) changes nothing the caller can see.
     if isinstance(value, torch.Tensor):
-        return ("tensor", value, value.detach().clone(), value._version)
+        return ("tensor", value, value.detach().clone(), _layout(value))
     if isinstance(value, Mapping):
         return ("map", value, {k: _snapshot(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
@@ -286,17 +329,23 @@ def _snapshot(value):
 
 
 def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit, except that any NaN equals any NaN (whatever its payload); -0.0 and 0.0
+    differ."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
+    if a.is_complex():
+        return _same_values(torch.view_as_real(a), torch.view_as_real(b))
     if a.is_floating_point():
-        return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
+        # Two floats that compare equal are the same bits, but for the sign of zero.
+        equal = (a == b) & (torch.signbit(a) == torch.signbit(b))
+        return bool((equal | (torch.isnan(a) & torch.isnan(b))).all())
     return torch.equal(a, b)
 
 
 def _changed(snapshot, path: str) -> str | None:
     kind, obj, saved = snapshot[0], snapshot[1], snapshot[2]
     if kind == "tensor":
-        if obj._version != snapshot[3] or not _same_values(obj.detach(), saved):
+        if _layout(obj) != snapshot[3] or not _same_values(obj.detach(), saved):
             return path
         return None
     if kind == "map":
@@ -645,6 +694,9 @@ class Failure:
     shared: bool = True
     departure: str = ""
     departure_tag: str = ""  # the departure in a few words
+    # A generated case whose shrinking stopped at its budget: why it may not be the
+    # smallest failing input (empty: shrunk as far as hypothesis could).
+    shrink_note: str = ""
     context: HintContext | None = field(default=None, repr=False, compare=False)
     data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -709,6 +761,15 @@ class VerifyReport:
     functions: list[FunctionReport]
     seconds: float = 0.0
     environment: dict[str, str] = field(default_factory=dict)
+    # Ctrl-C: ``functions`` holds those finished before it (the one running then is left
+    # out), ``functions_total`` how many the run was to check (None: all are there).
+    interrupted: bool = False
+    functions_total: int | None = None
+
+    @property
+    def total(self) -> int:
+        """How many functions the run was to check (more than reported when interrupted)."""
+        return len(self.functions) if self.functions_total is None else self.functions_total
 
     @property
     def checked(self) -> list[FunctionReport]:
@@ -716,13 +777,22 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
-        """Nothing FAILs (departures allowed): exit status 0."""
-        return bool(self.checked) and all(f.verdict in ("PASS", "DEPARTS") for f in self.checked)
+        """Nothing FAILs (departures allowed): exit status 0. An interrupted run has not
+        passed, whatever it found before Ctrl-C."""
+        return (
+            not self.interrupted
+            and bool(self.checked)
+            and all(f.verdict in ("PASS", "DEPARTS") for f in self.checked)
+        )
 
     @property
     def passed_strict(self) -> bool:
-        """Nothing FAILs and nothing departs (``--strict``)."""
-        return bool(self.checked) and all(f.verdict == "PASS" for f in self.checked)
+        """Nothing FAILs and nothing departs (``--strict``); never when interrupted."""
+        return (
+            not self.interrupted
+            and bool(self.checked)
+            and all(f.verdict == "PASS" for f in self.checked)
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -731,7 +801,9 @@ class VerifyReport:
 
 
 def format_value(value: Any, limit: int = 64) -> str:
-    """Readable text of an input or output tree; small arrays in full."""
+    """Readable text of an input or output tree; small arrays in full, larger ones cut to
+    their first ``limit`` values: whole rows (``first 16 of 20 rows: [[...], ...]``) where a
+    row fits, else a flat list."""
     if isinstance(value, Case):
         return format_value(value.args + ((value.kwargs,) if value.kwargs else ()), limit)
     value = to_numpy_tree(value) if isinstance(value, torch.Tensor) else value
@@ -746,6 +818,14 @@ def format_value(value: Any, limit: int = 64) -> str:
             )
             body = " ".join(line.strip() for line in body.splitlines())
             return f"array{list(value.shape)} {kind} {body}"
+        row_size = flat.size // value.shape[0] if value.ndim >= 2 else 0
+        if 0 < row_size <= limit:  # boxes[20, 4]: the first 16 boxes, one bracket each
+            rows = limit // row_size
+            body = np.array2string(
+                value[:rows], precision=8, separator=", ", threshold=limit + 1, max_line_width=10**6
+            )
+            body = " ".join(line.strip() for line in body.splitlines())
+            return f"array{list(value.shape)} {kind} first {rows} of {value.shape[0]} rows: {body}"
         head = np.array2string(flat[:limit], precision=6, separator=", ", max_line_width=10**6)
         return f"array{list(value.shape)} {kind} first {limit}: {head}"
     if isinstance(value, Mapping):
@@ -1125,12 +1205,18 @@ def _search(
         "draws": 0,
         "slowest": 0.0,
         "first": None,
+        "began": 0.0,
+        "limit": timeout,
+        "exhausted": None,  # seconds of shrinking when its budget ran out
     }
 
     def exhausted() -> bool:
-        return state["stop"] is not None and (
+        over = state["stop"] is not None and (
             time.monotonic() > state["stop"] or state["draws"] > shrink_draws
         )
+        if over and state["exhausted"] is None:
+            state["exhausted"] = time.monotonic() - state["began"]
+        return over
 
     def tick(case):
         # Shrinking also spends time drawing candidates that never reach ``run``: count and
@@ -1181,8 +1267,10 @@ def _search(
                 # then confirm the smallest hanging input with the full limit.
                 short = min(timeout, max(0.25, 20 * state["slowest"]))
                 check.run.timeout = short
+                state["limit"] = short
                 budget += 40 * short
-            state["stop"] = time.monotonic() + budget
+            state["began"] = time.monotonic()
+            state["stop"] = state["began"] + budget
         state["case"] = case
         raise _Found(failures)
 
@@ -1207,7 +1295,26 @@ def _search(
             state["last"] = [f for f in confirmed if f.key not in ignore]
         else:  # only slow under the shorter limit: report the input found first
             state["last"] = state["first"][1]
+            state["exhausted"] = None  # this one is not the result of shrinking
+    if state["exhausted"] is not None:
+        note = _shrink_note(state["key"], state["exhausted"], state["draws"], shrink_draws)
+        if state["key"] == "timeout" and state["limit"] < timeout:
+            note += (
+                f" (each try that hangs costs {state['limit']:g} s, the time limit while "
+                f"shrinking; --timeout {timeout:g} s at most)"
+            )
+        elif state["key"] == "timeout":
+            note += f" (each try that hangs costs the time limit, --timeout {timeout:g} s)"
+        for failure in state["last"] or []:
+            failure.shrink_note = note
     return state["last"] or [], state["cases"], state["abs"], state["rel"], error
+
+
+def _shrink_note(key: str | None, seconds: float, draws: int, max_draws: int) -> str:
+    """Why a shrunk input may not be the smallest: shrinking ran out of its budget."""
+    spent = f"{max_draws} tries" if draws > max_draws else f"{seconds:.0f} s"
+    verb = "hang" if key == "timeout" else "fail"
+    return f"shrinking stopped after {spent}, its budget; a smaller input may {verb} too"
 
 
 def _dedupe(failures: list[Failure]) -> list[Failure]:
@@ -1483,6 +1590,19 @@ def _verify_one(
         runner.close()
 
 
+def _check_device(device: str) -> None:
+    """cpu or cuda only: the harness compares on the CPU, forks workers for CPU inputs and
+    calls in a thread for CUDA ones; other devices (meta holds no values) are refused."""
+    try:
+        device_type = torch.device(device).type
+    except (RuntimeError, ValueError, TypeError):
+        device_type = None
+    if device_type not in ("cpu", "cuda"):
+        raise ValueError(f"verify: device must be cpu or cuda (cuda:N), got {device!r}")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"verify: device {device!r}, but CUDA is not available here")
+
+
 class Progress:
     """What :func:`verify` tells while it runs. Each method does nothing here: override
     the ones you need."""
@@ -1522,13 +1642,17 @@ def verify(
         examples: generated cases per function and dtype, at least 1.
         seed: hypothesis seed; the same seed gives the same cases.
         timeout: per-call time limit in seconds for the function under test, > 0.
-        device: where the inputs live.
+        device: where the inputs live: cpu, or cuda (cuda:N) where CUDA is available.
         shrink_seconds, shrink_draws: shrinking after a failure (per search) stops after
             this many seconds or drawn candidates, whichever comes first.
         dtypes: dtypes of the generated cases for a target with functions (default
             float32 and float64, where the registry entry has tolerances for them).
         progress: told which functions will be checked, and each one's start and report
             as it goes (:func:`stderr_progress` prints them).
+
+    KeyboardInterrupt (Ctrl-C) stops the run: the report holds the functions finished
+    before it (the one running then is left out, its worker process killed) and is flagged
+    ``interrupted``, with ``functions_total`` the number it was to check.
 
     Raises:
         TargetError: ``names`` holds a name the target cannot have.
@@ -1541,6 +1665,7 @@ def verify(
         raise ValueError(
             f"verify: timeout must be at most {MAX_TIMEOUT:g} s (a day), got {timeout!r}"
         )
+    _check_device(device)
     shrink_seconds = check_positive_number("verify", "shrink_seconds", shrink_seconds)
     shrink_draws = check_int("verify", "shrink_draws", shrink_draws, minimum=0)
     start = time.monotonic()
@@ -1552,14 +1677,17 @@ def verify(
         mode = "functions"
         jobs = _function_jobs(target, target.functions, names, options)
     progress = progress or Progress()
-    functions = []
-    progress.begin([name for name, _ in jobs])
+    functions: list[FunctionReport] = []
+    interrupted = False
     try:
+        progress.begin([name for name, _ in jobs])
         for name, job in jobs:
             progress.start(name)
             report = job()
             functions.append(report)
             progress.done(report)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         progress.end()
     return VerifyReport(
@@ -1572,6 +1700,8 @@ def verify(
         functions=functions,
         seconds=time.monotonic() - start,
         environment=environment_info(device),
+        interrupted=interrupted,
+        functions_total=len(jobs),
     )
 
 
@@ -1679,6 +1809,8 @@ def format_report(report: VerifyReport, strict: bool = False) -> str:
         ordered = [x for x in f.failures if x.shared] + f.departures
         for failure in ordered:
             where = f"probe '{failure.probe}'" if failure.probe else "generated case (shrunk)"
+            if failure.shrink_note:
+                where = "generated case (not fully shrunk)"
             lines += [
                 "",
                 f"{failure.verdict} {f.name} [{failure.dtype}, {where}]: {failure.reason}",
@@ -1686,6 +1818,8 @@ def format_report(report: VerifyReport, strict: bool = False) -> str:
             if f.origin:
                 lines.append(f"  function: {f.origin}")
             lines.append(f"  input:    {failure.input}")
+            if failure.shrink_note:
+                lines.append(f"  shrink:   {failure.shrink_note}")
             if failure.expected:
                 lines.append(f"  expected: {failure.expected}")
             if failure.actual and failure.actual != failure.reason:
@@ -1739,6 +1873,9 @@ def _verdict_line(report: VerifyReport, strict: bool = False) -> str:
         parts.append(f"{missing} missing")
     if skipped:
         parts.append(f"{skipped} skipped")
+    if report.interrupted:  # exit status 130: neither PASS nor FAIL
+        total = f"{len(report.functions)} of {verb(report.total, 'function', 'functions')}"
+        return f"INTERRUPTED after {total} in {report.seconds:.1f} s: {', '.join(parts)}"
     total = verb(len(report.functions), "function", "functions")
     return f"{'PASS' if ok else 'FAIL'}: {total} in {report.seconds:.1f} s: {', '.join(parts)}"
 
@@ -1773,13 +1910,16 @@ def _as_dict(value):
 
 def report_to_dict(report: VerifyReport) -> dict:
     """The report as JSON-ready data; each failure's ``data`` holds its input (by argument
-    name), expected and actual output as arrays ``{"shape", "dtype", "data"}``."""
+    name), expected and actual output as arrays ``{"shape", "dtype", "data"}``.
+    ``interrupted``, ``functions_done`` and ``functions_total`` say whether Ctrl-C cut the
+    run short, and where."""
     data = _as_dict(report)
     for f_data, f in zip(data["functions"], report.functions, strict=True):
         f_data["summary"] = f.summary
     data["passed"] = report.passed
     data["passed_strict"] = report.passed_strict
     data["checked"] = len(report.checked)
+    data["functions_done"] = len(report.functions)
     return _jsonable(data)
 
 

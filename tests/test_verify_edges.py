@@ -1,0 +1,314 @@
+"""``detops verify`` at its edges (found by a new-user trial): Ctrl-C keeps what
+finished, a write that changes nothing is no mutation, only cpu and cuda are devices,
+loading errors say what is wrong, and an input whose shrinking ran out of budget says so."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import detops.verify
+from detops.cli import main
+from detops.verify import harness, load_target, verify
+from detops.verify.course_api import CallFailure, collect_problems, spec_by_name
+from detops.verify.harness import ForkedRunner, GuardedCall, format_report, format_value
+
+IMPLS = Path(__file__).parent / "impls"
+FAST = {
+    "examples": 6,
+    "shrink_seconds": 1.0,
+    "shrink_draws": 150,
+    "timeout": 5.0,
+    "dtypes": (torch.float32,),
+}
+
+
+def only(report, name):
+    (result,) = [f for f in report.functions if f.name == name]
+    return result
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("detops verify: error: "), err
+    return lines[0]
+
+
+# --- 1. Ctrl-C keeps the functions finished --------------------------------------------------
+
+
+def _interrupt_in(monkeypatch, name: str, at_call: int) -> list[int]:
+    """Ctrl-C (KeyboardInterrupt) while the parent waits for ``name``'s worker, at its
+    ``at_call``-th call; returns the pids of every worker forked."""
+    pids: list[int] = []
+    calls = {"left": None}
+    start, read, verify_one = ForkedRunner._start, harness._read_message, harness._verify_one
+
+    def record_start(self):
+        start(self)
+        pids.append(self.pid)
+
+    def read_or_interrupt(fd, deadline):
+        if calls["left"] is not None:
+            calls["left"] -= 1
+            if calls["left"] == 0:
+                raise KeyboardInterrupt
+        return read(fd, deadline)
+
+    def verify_one_or_arm(fn_name, *args, **kwargs):
+        if fn_name == name:
+            calls["left"] = at_call
+        return verify_one(fn_name, *args, **kwargs)
+
+    monkeypatch.setattr(ForkedRunner, "_start", record_start)
+    monkeypatch.setattr(harness, "_read_message", read_or_interrupt)
+    monkeypatch.setattr(harness, "_verify_one", verify_one_or_arm)
+    return pids
+
+
+@pytest.mark.skipif(not ForkedRunner.available(), reason="no fork on this platform")
+@pytest.mark.parametrize("where", ["probe", "generated case"])
+def test_cli_ctrl_c_reports_the_functions_finished_and_exits_130(
+    where, tmp_path, capsys, monkeypatch
+):
+    probes = len(spec_by_name("box_iou").probes)
+    at_call = 1 if where == "probe" else probes + 2  # inside the hypothesis search
+    pids = _interrupt_in(monkeypatch, "box_iou", at_call)
+    json_path = tmp_path / "verify.json"
+    argv = ["verify", "--impl", str(IMPLS / "correct.py"), "--examples", "3"]
+    argv += ["--op", "get_fpn_location_coords", "--op", "box_iou", "--json", str(json_path)]
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 130, captured.err
+    assert captured.err.splitlines()[-1] == "detops verify: interrupted after 1 of 2 functions"
+    # The function finished is reported; the one running at Ctrl-C is neither PASS nor FAIL.
+    rows = [line.split() for line in captured.out.splitlines()]
+    assert ["get_fpn_location_coords", "PASS"] in [row[:2] for row in rows]
+    assert not any(row and row[0] == "box_iou" for row in rows), captured.out
+    last = captured.out.splitlines()[-2]  # then "report written to ..."
+    assert last.startswith("INTERRUPTED after 1 of 2 functions in "), last
+    data = json.loads(json_path.read_text())
+    assert data["interrupted"] is True and data["passed"] is False
+    assert (data["functions_done"], data["functions_total"]) == (1, 2)
+    assert [f["name"] for f in data["functions"]] == ["get_fpn_location_coords"]
+    assert data["functions"][0]["verdict"] == "PASS"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["verify.json"]  # written atomically
+    # No worker is left behind: each was ended and reaped.
+    assert pids
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def test_cli_ctrl_c_before_the_first_function_still_writes_the_json(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # e.g. while the user's module imports torch
+
+    monkeypatch.setattr(detops.verify, "load_target", interrupted)
+    json_path = tmp_path / "verify.json"
+    code = main(["verify", "--impl", str(IMPLS / "correct.py"), "--json", str(json_path)])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "detops verify: interrupted before the first function"
+    data = json.loads(json_path.read_text())
+    assert data["interrupted"] is True and data["functions"] == []
+    assert (data["functions_done"], data["functions_total"]) == (0, None)
+    assert data["passed"] is False
+
+
+def test_api_ctrl_c_returns_the_report_so_far():
+    class CtrlCAtSecond(detops.verify.Progress):
+        def start(self, name):
+            if name == "box_iou":
+                raise KeyboardInterrupt
+
+    target = load_target(str(IMPLS / "partial.py"))
+    names = ["get_fpn_location_coords", "box_iou"]
+    try:
+        report = verify(target, names=names, progress=CtrlCAtSecond(), **FAST)
+    except KeyboardInterrupt:  # not out of verify: it would end the test session
+        pytest.fail("KeyboardInterrupt escaped verify()")
+    assert report.interrupted and report.total == 2
+    assert [f.name for f in report.functions] == ["get_fpn_location_coords"]
+    assert not report.passed and not report.passed_strict
+    assert (
+        format_report(report).splitlines()[-1].startswith("INTERRUPTED after 1 of 2 functions in ")
+    )
+
+
+# --- 2. a write that changes nothing is not a mutation ---------------------------------------
+
+
+def _nan_with_payload(payload: int) -> torch.Tensor:
+    return torch.tensor([0x7FC00000 | payload], dtype=torch.int32).view(torch.float32)
+
+
+def test_values_compared_bit_for_bit_but_any_nan_equals_any_nan():
+    def rewrite_nan(x):
+        x[0:1] = _nan_with_payload(5)  # another NaN: the same value to any reader
+        return x.clone()
+
+    out = GuardedCall(rewrite_nan, "f", 5.0)(_nan_with_payload(1).clone())
+    assert torch.isnan(out).all()
+
+    def drop_the_sign_of_zero(x):
+        x.add_(0.0)  # -0.0 + 0.0 is +0.0: == says equal, the bits differ
+        return x.clone()
+
+    with pytest.raises(CallFailure, match="modified its input `x` in place"):
+        GuardedCall(drop_the_sign_of_zero, "f", 5.0)(torch.tensor([-0.0, 1.0]))
+
+    def transpose(x):
+        x.t_()  # same values, another layout
+        return x.clone()
+
+    with pytest.raises(CallFailure, match="modified its input `x` in place"):
+        GuardedCall(transpose, "f", 5.0)(torch.ones(2, 3))
+    with collect_problems() as problems:  # an in-place op on a copy is fine
+        GuardedCall(lambda x: x.clone().mul_(2), "f", 5.0)(torch.ones(2))
+    assert problems == []
+
+
+def test_an_in_place_call_that_changes_nothing_passes_and_a_real_change_fails(tmp_path):
+    noop = tmp_path / "noop_write.py"
+    noop.write_text(
+        "from detops import box_iou as _box_iou\n\n\n"
+        "def box_iou(boxes1, boxes2):\n"
+        "    boxes1.mul_(1.0)  # writes, changes nothing\n"
+        "    return _box_iou(boxes1, boxes2)\n"
+    )
+    changed = tmp_path / "real_write.py"
+    changed.write_text(
+        "from detops import box_iou as _box_iou\n\n\n"
+        "def box_iou(boxes1, boxes2):\n"
+        "    out = _box_iou(boxes1, boxes2)\n"
+        "    boxes1.add_(1.0)\n"
+        "    return out\n"
+    )
+    result = only(verify(load_target(str(noop)), **FAST), "box_iou")
+    assert result.verdict == "PASS", result.summary
+    result = only(verify(load_target(str(changed)), **FAST), "box_iou")
+    assert result.verdict == "FAIL"
+    assert "modified its input `boxes1` in place" in result.failures[0].reason
+
+
+# --- 3. devices: cpu and cuda only -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["meta", "tpu", "cuda:x", "mps"])
+def test_cli_device_other_than_cpu_or_cuda_exits_2_with_one_short_line(name, capsys):
+    code = main(["verify", "--device", name, "--op", "nms", "--examples", "1", "--quiet"])
+    assert code == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"detops verify: error: --device {name}: "), line
+    assert "verify runs on cpu or cuda" in line and len(line) < 120, line
+
+
+def test_api_refuses_a_device_other_than_cpu_or_cuda():
+    with pytest.raises(
+        ValueError, match=r"^verify: device must be cpu or cuda \(cuda:N\), got 'meta'"
+    ):
+        verify(load_target(str(IMPLS / "partial.py")), device="meta", **FAST)
+
+
+# --- 4. loading an implementation: say what is wrong -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "found"),
+    [("nms = 5\n", "it is int 5"), ("import math as nms\n", "it is the module math")],
+)
+def test_cli_a_course_name_bound_to_a_non_callable_is_named(source, found, tmp_path, capsys):
+    impl = tmp_path / "five.py"
+    impl.write_text(source)
+    assert main(["verify", "--impl", str(impl), "--examples", "1"]) == 2
+    line = one_error_line(capsys)
+    assert f"--impl {impl}: `nms` is not callable: {found};" in line, line
+
+
+def test_a_placeholder_none_is_missing_not_an_error(tmp_path):
+    impl = tmp_path / "placeholder.py"
+    impl.write_text("from detops import box_iou\n\nnms = None  # TODO\n")
+    target = load_target(str(impl))
+    assert sorted(target.functions) == ["box_iou"]
+
+
+def test_cli_a_folder_is_named_as_a_folder(tmp_path, capsys):
+    (tmp_path / "solution.py").write_text("")
+    assert main(["verify", "--impl", str(tmp_path), "--examples", "1"]) == 2
+    line = one_error_line(capsys)
+    assert f"--impl {tmp_path}: is a folder; --impl takes a .py file, a module name or " in line
+    assert "'torchvision'" in line and "solution.py" in line, line
+
+
+def test_a_package_folder_named_like_a_module_still_imports(tmp_path, monkeypatch):
+    name = "detops_trial_package"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("from detops import box_iou\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert sorted(load_target(name).functions) == ["box_iou"]
+    finally:
+        sys.modules.pop(name, None)
+
+
+# --- 5. shrinking that runs out of budget says so; rows print as rows ------------------------
+
+
+def test_a_hang_whose_shrinking_ran_out_of_budget_says_so(tmp_path):
+    impl = tmp_path / "hangs_from_three.py"
+    impl.write_text(
+        "from detops import nms as _nms\n\n\n"
+        "def nms(boxes, scores, iou_threshold=0.5):\n"
+        "    while boxes.shape[0] >= 3:\n"
+        "        pass\n"
+        "    return _nms(boxes, scores, iou_threshold)\n"
+    )
+    options = {**FAST, "timeout": 0.3, "shrink_draws": 2, "examples": 20}
+    report = verify(load_target(str(impl)), names=["nms"], **options)
+    result = only(report, "nms")
+    generated = [f for f in result.failures if f.kind == "timeout" and not f.probe]
+    assert generated, result.failures
+    note = generated[0].shrink_note
+    assert note.startswith("shrinking stopped after 2 tries, its budget;"), note
+    assert "a smaller input may hang too" in note and "--timeout 0.3 s" in note, note
+    text = format_report(report)
+    assert "generated case (not fully shrunk)]" in text
+    assert f"  shrink:   {note}" in text
+
+
+def test_a_failure_shrunk_to_the_end_has_no_note():
+    report = verify(
+        load_target(str(IMPLS / "wrong_locations_row_index.py")),
+        names=["get_fpn_location_coords"],
+        **{**FAST, "shrink_seconds": 30.0, "shrink_draws": 1000},
+    )
+    generated = [f for f in only(report, "get_fpn_location_coords").failures if not f.probe]
+    assert generated and all(not f.shrink_note for f in generated)
+    assert "generated case (shrunk)]" in format_report(report)
+    report = verify(
+        load_target(str(IMPLS / "wrong_locations_row_index.py")),
+        names=["get_fpn_location_coords"],
+        **{**FAST, "shrink_draws": 0},
+    )
+    generated = [f for f in only(report, "get_fpn_location_coords").failures if not f.probe]
+    assert generated[0].shrink_note.endswith("a smaller input may fail too")
+
+
+def test_a_large_array_prints_whole_rows():
+    boxes = np.arange(80, dtype=np.float32).reshape(20, 4)
+    text = format_value(boxes)
+    assert text.startswith("array[20, 4] float32 first 16 of 20 rows: [[ 0.,  1.,  2.,  3.], ")
+    assert text.endswith("[60., 61., 62., 63.]]")
+    flat = format_value(np.arange(100, dtype=np.float32))
+    assert flat.startswith("array[100] float32 first 64: [ 0.,  1.,")
+    wide = format_value(np.zeros((2, 100)))  # a row longer than the limit: flat
+    assert "first 64: [0., 0.," in wide
