@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from verify_helpers import FAST, IMPLS, only
 
 from detops.cli import main
 from detops.testing import EXACT, Case, Tolerance, compare_trees, entry_by_name
@@ -43,25 +44,12 @@ from detops.verify.harness import (
     format_report,
 )
 
-IMPLS = Path(__file__).parent / "impls"
 ROOT = Path(__file__).parent.parent
-FAST = {
-    "examples": 6,
-    "shrink_seconds": 1.0,
-    "shrink_draws": 150,
-    "timeout": 5.0,
-    "dtypes": (torch.float32,),
-}
 
 
 def run(module: str, *names: str, **overrides):
     options = {**FAST, **overrides}
     return verify(load_target(str(IMPLS / f"{module}.py")), names=list(names), **options)
-
-
-def only(report, name):
-    (result,) = [f for f in report.functions if f.name == name]
-    return result
 
 
 def hints_of(result, shared: bool) -> list[str]:

@@ -7,31 +7,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from verify_helpers import FAST, IMPLS, only
 
 import detops.verify
 from detops.cli import main
 from detops.verify import harness, load_target, verify
 from detops.verify.course_api import CallFailure, collect_problems, spec_by_name
 from detops.verify.harness import ForkedRunner, GuardedCall, format_report, format_value
-
-IMPLS = Path(__file__).parent / "impls"
-FAST = {
-    "examples": 6,
-    "shrink_seconds": 1.0,
-    "shrink_draws": 150,
-    "timeout": 5.0,
-    "dtypes": (torch.float32,),
-}
-
-
-def only(report, name):
-    (result,) = [f for f in report.functions if f.name == name]
-    return result
 
 
 def one_error_line(capsys) -> str:
