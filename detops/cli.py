@@ -8,6 +8,7 @@ import traceback
 from collections.abc import Sequence
 
 from . import __version__
+from ._interrupt import catching
 from .commands import COMMANDS, load_command
 
 
@@ -82,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # the command line as given, for a "resume with" hint
     prefix = f"detops {args.command}"
     try:
-        return int(args.func(args) or 0)
+        with catching():
+            return int(args.func(args) or 0)
     except CommandError as error:
         if args.debug:  # the traceback too; the exit status stays the same
             traceback.print_exc()

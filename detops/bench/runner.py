@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._interrupt import check as check_interrupt
 from .cases._case import BenchCase, BenchFunctions
 from .report import BenchReport, BenchResult
 from .timing import (
@@ -133,6 +134,7 @@ def _measure_pair(
     detops_times: list[float] = []
     peer_times: list[float] = []
     while True:
+        check_interrupt()
         begin = timer()
         new_detops, new_peer = measure_interleaved(
             detops,
@@ -200,6 +202,7 @@ def run_benchmarks(
     interrupted = False
     try:
         for index, case in enumerate(cases, 1):
+            check_interrupt()  # a Ctrl-C that garbage collection swallowed
             results.append(
                 _run_case(
                     case,

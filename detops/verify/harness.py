@@ -66,6 +66,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
 
 from .._checks import check_int, check_positive_number
+from .._interrupt import check as check_interrupt
 from ..environment import environment_info
 from ..testing.compare import Comparison, Tolerance, compare_trees, to_numpy_tree
 from ..testing.entry import OpEntry, case_to_torch
@@ -1241,6 +1242,7 @@ def _search(
     )
     @given(case=strategy.map(tick))
     def run(case):
+        check_interrupt()
         if exhausted():
             raise _Stop()
         began = time.monotonic()
@@ -1385,6 +1387,7 @@ def _run_function(
     passed: list[HintContext] = []
     if probe_check is not None:
         for probe in probes:
+            check_interrupt()
             tol = _tolerance(check.entry, probe.dtype, probe.tolerance)
             try:
                 case = probe.case()
@@ -1682,6 +1685,7 @@ def verify(
     try:
         progress.begin([name for name, _ in jobs])
         for name, job in jobs:
+            check_interrupt()  # a Ctrl-C that garbage collection swallowed
             progress.start(name)
             report = job()
             functions.append(report)

@@ -1,0 +1,87 @@
+"""A Ctrl-C that Python drops (raised inside a weakref callback or ``__del__``, where it is
+printed as "Exception ignored" and lost) still stops verify and bench when they run as
+commands (detops._interrupt), and the library outside a command is left alone."""
+
+import gc
+import os
+import signal
+import sys
+import weakref
+
+import pytest
+from verify_helpers import FAST, IMPLS
+
+import detops.verify
+from detops import _interrupt
+from detops.bench.cases._case import BenchCase, BenchFunctions
+from detops.bench.runner import BenchSettings, run_benchmarks
+from detops.verify import load_target, verify
+
+TINY = BenchSettings(warmup=1, repeats=3, max_seconds=0.2, reference_repeats=1, sample_seconds=0)
+
+
+class _Thing:
+    pass
+
+
+def _swallowed_ctrl_c(dropped: list) -> None:
+    """A real SIGINT whose KeyboardInterrupt Python drops: the handler runs inside a
+    weakref callback (the unraisable hook, replaced by the test, receives it)."""
+    thing = _Thing()
+    ref = weakref.ref(thing, lambda _: os.kill(os.getpid(), signal.SIGINT))
+    del thing
+    gc.collect()
+    assert ref() is None and dropped and dropped[-1].exc_type is KeyboardInterrupt
+
+
+@pytest.fixture
+def dropped(monkeypatch):
+    unraisable: list = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    return unraisable
+
+
+def test_a_dropped_ctrl_c_is_raised_again_at_the_next_check(dropped):
+    before = signal.getsignal(signal.SIGINT)
+    with _interrupt.catching():
+        _swallowed_ctrl_c(dropped)
+        with pytest.raises(KeyboardInterrupt):
+            _interrupt.check()
+    assert signal.getsignal(signal.SIGINT) is before
+    _interrupt.check()  # outside: nothing recorded any more
+
+
+def test_outside_a_command_nothing_is_installed_or_recorded(dropped):
+    before = signal.getsignal(signal.SIGINT)
+    _swallowed_ctrl_c(dropped)  # Python's own handler: dropped, and nothing remembers it
+    _interrupt.check()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_verify_stops_after_a_dropped_ctrl_c(dropped):
+    class DroppedAfterFirst(detops.verify.Progress):
+        def done(self, report):
+            _swallowed_ctrl_c(dropped)
+
+    target = load_target(str(IMPLS / "partial.py"))
+    names = ["get_fpn_location_coords", "box_iou"]
+    with _interrupt.catching():
+        report = verify(target, names=names, progress=DroppedAfterFirst(), **FAST)
+    assert report.interrupted and [f.name for f in report.functions] == names[:1]
+
+
+def test_bench_stops_after_a_dropped_ctrl_c(dropped):
+    calls: list[str] = []
+
+    def setup(device):
+        def detops_call():
+            calls.append("detops")
+            if len(calls) == 1:
+                _swallowed_ctrl_c(dropped)
+
+        return BenchFunctions(detops=detops_call, peer=lambda: None)
+
+    cases = [BenchCase(op, "tiny", "a peer", setup) for op in ("first", "second")]
+    with _interrupt.catching():
+        report = run_benchmarks(cases, "cpu", settings=TINY)
+    assert report.interrupted and len(report.results) < 2
