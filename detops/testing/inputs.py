@@ -33,6 +33,8 @@ def random_boxes(
         generator = torch.Generator().manual_seed(seed)
     if max_side is None:
         max_side = extent / 4
-    xy = torch.rand(*shape, 2, generator=generator) * extent
-    wh = min_side + torch.rand(*shape, 2, generator=generator) * (max_side - min_side)
+    xy = torch.rand(*shape, 2, generator=generator, dtype=torch.float32) * extent
+    wh = min_side + torch.rand(*shape, 2, generator=generator, dtype=torch.float32) * (
+        max_side - min_side
+    )
     return torch.cat((xy, xy + wh), dim=-1)

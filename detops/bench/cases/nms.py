@@ -24,7 +24,7 @@ def random_detections(
     uniform in 0..19 (float32)."""
     g = torch.Generator().manual_seed(seed)
     boxes = random_boxes((*batch, n), extent=1000.0, min_side=8.0, max_side=200.0, generator=g)
-    scores = torch.rand(*batch, n, generator=g)
+    scores = torch.rand(*batch, n, generator=g, dtype=torch.float32)
     classes = torch.randint(0, CLASSES, (*batch, n), generator=g)
     return boxes, scores, classes
 
@@ -39,13 +39,13 @@ def clustered_detections(
     about 4% of them (the scattered :func:`random_detections` keep 40-90%)."""
     g = torch.Generator().manual_seed(seed)
     objects = max(1, n // per_object)
-    centres = torch.rand(objects, 2, generator=g) * 800 + 100
-    sides = torch.rand(objects, 2, generator=g) * 150 + 30
+    centres = torch.rand(objects, 2, generator=g, dtype=torch.float32) * 800 + 100
+    sides = torch.rand(objects, 2, generator=g, dtype=torch.float32) * 150 + 30
     owner = torch.randint(0, objects, (n,), generator=g)
-    jitter = torch.randn(n, 4, generator=g) * 0.1
+    jitter = torch.randn(n, 4, generator=g, dtype=torch.float32) * 0.1
     centre, side = centres[owner], sides[owner]
     boxes = torch.cat([centre - side / 2, centre + side / 2], 1) + jitter * side.repeat(1, 2)
-    scores = torch.rand(n, generator=g)
+    scores = torch.rand(n, generator=g, dtype=torch.float32)
     object_class = torch.randint(0, CLASSES, (objects,), generator=g)
     return boxes.float(), scores, object_class[owner]
 
