@@ -747,6 +747,8 @@ def test_cli_module_name_target(capsys, monkeypatch):
         (["--timeout", "inf"], "--timeout must be positive and at most 86400 s (a day), got inf"),
         (["--timeout", "1e10"], "at most 86400 s"),
         (["--timeout", "nan"], "--timeout must be positive"),
+        (["--shrink-seconds", "0"], "--shrink-seconds must be positive and at most 86400 s"),
+        (["--shrink-seconds", "nan"], "--shrink-seconds must be positive"),
         (["--json", "no/such/folder/report.json"], "the folder no/such/folder does not exist"),
         (
             ["--impl", str(IMPLS / "partial.py"), "--op", "class_spec_nms"],
@@ -769,6 +771,7 @@ def test_the_command_and_the_harness_share_the_timeout_limits():
 
     assert command.DEFAULT_TIMEOUT == harness.DEFAULT_TIMEOUT
     assert command.MAX_TIMEOUT == harness.MAX_TIMEOUT
+    assert command.SHRINK_SECONDS == harness.SHRINK_SECONDS
 
 
 @pytest.mark.parametrize("timeout", [float("inf"), 1e10, 0.0, -1.0])
@@ -794,3 +797,19 @@ def test_a_reference_py_in_the_current_folder_is_named_not_misread(tmp_path):
         assert proc.returncode == 1
         assert f"the module 'reference' found at {tmp_path / 'reference.py'}" in proc.stderr
         assert "shadows it" in proc.stderr
+
+
+def test_cli_shrink_seconds_reaches_verify(monkeypatch, capsys):
+    import detops.verify
+
+    seen = {}
+
+    def fake_verify(target, **options):
+        seen.update(options)
+        raise detops.verify.TargetError("stop here")
+
+    monkeypatch.setattr(detops.verify, "verify", fake_verify)
+    argv = ["verify", "--impl", str(IMPLS / "correct.py"), "--shrink-seconds", "45"]
+    assert main(argv) == 2 and "stop here" in capsys.readouterr().err
+    assert seen["shrink_seconds"] == 45.0
+    assert main(argv[:3]) == 2 and seen["shrink_seconds"] == 10.0  # the default

@@ -12,6 +12,7 @@ from . import COMMANDS
 DEFAULT_EXAMPLES = 100  # detops.verify.DEFAULT_EXAMPLES, kept here so --help loads no torch
 DEFAULT_TIMEOUT = 10.0  # detops.verify.DEFAULT_TIMEOUT
 MAX_TIMEOUT = 86400.0  # detops.verify.harness.MAX_TIMEOUT
+SHRINK_SECONDS = 10.0  # detops.verify.harness.SHRINK_SECONDS
 
 
 EPILOG = f"""\
@@ -48,7 +49,7 @@ def add_parser(subparsers) -> None:
         "verify",
         help=COMMANDS["verify"],
         description="Check functions against detops' NumPy references on hand-made probes and "
-        "hypothesis-generated inputs, shrinking any failure to the smallest failing input.",
+        "hypothesis-generated inputs, shrinking any failure toward the smallest failing input.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -79,6 +80,14 @@ def add_parser(subparsers) -> None:
         help=f"per-call time limit for the function under test (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
+        "--shrink-seconds",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="time for shrinking each failure to a smaller input (default "
+        f"{SHRINK_SECONDS:g}; a hang adds 40 tries at the shorter limit it is shrunk with)",
+    )
+    parser.add_argument(
         "--device", default="cpu", help="device of the inputs: cpu or cuda[:N] (default cpu)"
     )
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
@@ -105,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < timeout <= MAX_TIMEOUT:
         raise CommandError(
             f"--timeout must be positive and at most {MAX_TIMEOUT:g} s (a day), got {timeout:g}"
+        )
+    shrink_seconds = SHRINK_SECONDS if args.shrink_seconds is None else args.shrink_seconds
+    if not 0 < shrink_seconds <= MAX_TIMEOUT:
+        raise CommandError(
+            f"--shrink-seconds must be positive and at most {MAX_TIMEOUT:g} s (a day), "
+            f"got {shrink_seconds:g}"
         )
     if args.json:
         check_output_file("--json", args.json)
@@ -136,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             timeout=timeout,
             device=device,
+            shrink_seconds=shrink_seconds,
             progress=None if args.quiet else stderr_progress(),
         )
     except TargetError as error:

@@ -1316,7 +1316,10 @@ def _shrink_note(key: str | None, seconds: float, draws: int, max_draws: int) ->
     """Why a shrunk input may not be the smallest: shrinking ran out of its budget."""
     spent = f"{max_draws} tries" if draws > max_draws else f"{seconds:.0f} s"
     verb = "hang" if key == "timeout" else "fail"
-    return f"shrinking stopped after {spent}, its budget; a smaller input may {verb} too"
+    return (
+        f"shrinking stopped after {spent}, its budget; a smaller input may {verb} too "
+        "(--shrink-seconds gives it more time)"
+    )
 
 
 def _dedupe(failures: list[Failure]) -> list[Failure]:
