@@ -4,6 +4,8 @@ Strategies here aim at the contract's edges: integer-valued locations and boxes,
 built around a location with distances such as 0 (the location on an edge), ``4s`` and
 ``8s`` (``m`` exactly on a default size bound), boxes of equal area, padding rows anywhere
 (some with real coordinates), odd strides, center sampling and explicit size ranges.
+Most matching cases also hold a box built to match some location, so that the outputs
+compared are rarely all -1.
 """
 
 from __future__ import annotations
@@ -49,25 +51,105 @@ def _coordinate(draw) -> float:
     return 0.0 if abs(value) < 2**-10 else value  # keep float64 bound sums exact
 
 
+def _matchable_levels(locations, strides, ranges) -> list[tuple[str, int, int]]:
+    """``(level, lowest m, highest m)`` for the levels with locations whose size range
+    holds an integer ``m`` (an open range ``(low, high)`` of at least two pixels)."""
+    levels = []
+    for name, loc in locations.items():
+        low, high = ranges[name]
+        lowest = math.floor(low) + 1
+        # The coarsest level has no upper bound: up to 12 strides more (huge boxes).
+        highest = math.ceil(high) - 1 if math.isfinite(high) else lowest + 12 * strides[name]
+        if len(loc) and lowest <= highest:
+            levels.append((name, lowest, highest))
+    return levels
+
+
+def _distance(draw, lowest: float, highest: float, stride: int) -> int:
+    """An integer distance in ``[lowest, highest]``, often a multiple of the stride (so
+    that on a grid another location lies exactly on that edge of the box)."""
+    lowest, highest = math.ceil(lowest), math.floor(highest)
+    multiples = range(-(-lowest // stride) * stride, highest + 1, stride)
+    if multiples and draw(st.booleans()):
+        return draw(st.sampled_from(multiples))
+    return draw(st.integers(lowest, highest))
+
+
+def _matchable_box(draw, locations, strides, ranges, radius) -> list[float] | None:
+    """A box that makes one location a candidate: integer distances of at least 1, the
+    largest ``m`` strictly inside the level's size range (from one pixel past ``low`` to
+    one short of ``high``, tiny to huge), and with center sampling the box centre less
+    than ``radius * stride`` from the location on both axes. None where no level has
+    locations and a non-empty range.
+
+    ``m`` is often one past ``low``, one short of ``high``, or ``high - stride`` (then
+    the grid neighbour one stride further from that edge can have ``m`` exactly at
+    ``high``); the distances are often multiples of the stride (grid neighbours exactly on
+    an edge)."""
+    levels = _matchable_levels(locations, strides, ranges)
+    if not levels:
+        return None
+    name, lowest, highest = draw(st.sampled_from(levels))
+    s = strides[name]
+    x, y = locations[name][draw(st.integers(0, len(locations[name]) - 1))]
+    low, high = ranges[name]
+    special = sorted({v for v in (lowest, highest, high - s, low + s) if lowest <= v <= highest})
+    m = (
+        int(draw(st.sampled_from(special)))
+        if draw(st.booleans())
+        else _distance(draw, lowest, highest, s)
+    )
+    # Opposite distances d and e put the centre (e - d) / 2 from the location.
+    reach = math.inf if radius is None else 2.0 * radius * s
+
+    def opposite(d: int) -> float:
+        """A distance in [1, m] less than ``reach`` from ``d``."""
+        if reach == math.inf:
+            return float(_distance(draw, 1, m, s))
+        lower, upper = math.floor(d - reach) + 1, math.ceil(d + reach) - 1
+        return float(_distance(draw, max(1, lower), min(m, upper), s))
+
+    near = _distance(draw, 1, m, s)
+    pair_m = [float(m), opposite(m)]
+    pair_n = [float(near), opposite(near)]
+    if draw(st.booleans()):
+        pair_m.reverse()
+    if draw(st.booleans()):
+        pair_n.reverse()
+    (left, right), (top, bottom) = (pair_m, pair_n) if draw(st.booleans()) else (pair_n, pair_m)
+    return _f32(x - left, y - top, x + right, y + bottom)
+
+
 @st.composite
-def _gt_rows(draw, locations, strides, count: int) -> np.ndarray:
-    """``[count, 5]`` real GT rows, many of them aligned with a location of some level."""
+def _gt_rows(draw, locations, strides, count: int, ranges, radius) -> np.ndarray:
+    """``[count, 5]`` real GT rows, many of them aligned with a location of some level.
+
+    Mostly one row (any of them) is built to match a location (``_matchable_box``), so
+    that most cases match something; the other kinds aim at the edges."""
     levels = [name for name, loc in locations.items() if len(loc)]
+    forced = draw(st.integers(0, count - 1)) if count and draw(st.integers(0, 5)) < 5 else -1
     rows: list[list[float]] = []
-    for _ in range(count):
-        kind = draw(st.sampled_from(["aligned", "aligned", "free", "same_area", "copy"]))
+    for i in range(count):
+        kinds = ["aligned", "aligned", "free", "same_area", "copy", "matchable"]
+        kind = "matchable" if i == forced else draw(st.sampled_from(kinds))
         if rows and kind == "copy":  # an exact duplicate: equal areas, lower index wins
             rows.append(list(rows[draw(st.integers(0, len(rows) - 1))]))
             continue
-        if kind == "aligned" and levels:
+        matchable = None
+        if kind == "matchable":
+            matchable = _matchable_box(draw, locations, strides, ranges, radius)
+        if matchable is not None:
+            box = matchable
+        elif kind in ("aligned", "matchable") and levels:
             name = draw(st.sampled_from(levels))
             x, y = locations[name][draw(st.integers(0, len(locations[name]) - 1))]
             s = strides[name]
             near = [0, 1, s / 2, s, 2 * s, 4 * s - 1, 4 * s, 4 * s + 1, 8 * s - 1, 8 * s, 8 * s + 1]
             distance = st.one_of(st.sampled_from(near), st.integers(1, 100))
             left, top, right, bottom = (float(draw(distance)) for _ in range(4))
-            if draw(st.booleans()):  # m exactly on a default bound of this level
-                m = float(draw(st.sampled_from([4 * s, 8 * s])))
+            if draw(st.booleans()):  # m exactly on a bound of this level, or a default one
+                bounds = {b for b in ranges[name] if 0 < b < math.inf} | {4 * s, 8 * s}
+                m = float(draw(st.sampled_from(sorted(bounds))))
                 others = st.integers(1, int(m) - 1)
                 sides = [m] + [float(draw(others)) for _ in range(3)]
                 left, top, right, bottom = draw(st.permutations(sides))
@@ -78,6 +160,10 @@ def _gt_rows(draw, locations, strides, count: int) -> np.ndarray:
                 w = rows[-1][2] - rows[-1][0]
                 h = rows[-1][3] - rows[-1][1]
                 w, h = (h, w) if draw(st.booleans()) else (w, h)
+                if draw(st.booleans()):  # the same centre: both can match one location
+                    x1, y1 = _f32(
+                        (rows[-1][0] + rows[-1][2] - w) / 2, (rows[-1][1] + rows[-1][3] - h) / 2
+                    )
             else:
                 w = float(draw(st.integers(-2, 130)))
                 h = float(draw(st.integers(-2, 130)))
@@ -87,20 +173,24 @@ def _gt_rows(draw, locations, strides, count: int) -> np.ndarray:
 
 
 @st.composite
-def _padded_image(draw, locations, strides, rows: int) -> np.ndarray:
+def _padded_image(draw, locations, strides, rows: int, ranges, radius) -> np.ndarray:
     real = draw(st.integers(0, rows))
+    if real == 0 and rows and draw(st.integers(0, 3)):  # fewer padding-only images
+        real = draw(st.integers(1, rows))
     gt = np.full((rows, 5), -1.0)
     slots = sorted(draw(st.permutations(range(rows)))[:real])
-    gt[slots] = draw(_gt_rows(locations, strides, real))
+    gt[slots] = draw(_gt_rows(locations, strides, real, ranges, radius))
     for slot in set(range(rows)) - set(slots):
         if draw(st.integers(0, 3)) == 0:  # padding with real coordinates: class -1 rules
-            gt[slot, :4] = draw(_gt_rows(locations, strides, 1))[0, :4]
+            gt[slot, :4] = draw(_gt_rows(locations, strides, 1, ranges, radius))[0, :4]
     return gt
 
 
 @st.composite
 def match_cases(draw, batched: bool | None = None, options: bool = True) -> Case:
     """Cases for :func:`detops.fcos_match_locations_to_gt`.
+
+    The options are drawn first so that most cases have a box that matches under them.
 
     Args:
         batched: True for ``gt_boxes [B, N, 5]``, False for ``[N, 5]`` (the course code's
@@ -119,14 +209,6 @@ def match_cases(draw, batched: bool | None = None, options: bool = True) -> Case
             points += [(_coordinate(draw), _coordinate(draw)) for _ in range(count)]
             loc = np.array(points, dtype=np.float64).reshape(-1, 2)
         locations[name] = np.ascontiguousarray(loc)
-    rows = draw(st.integers(0, 6))
-    if batched is None:
-        batched = draw(st.booleans())
-    if batched:
-        images = draw(st.integers(1, 3))
-        gt = np.stack([draw(_padded_image(locations, strides, rows)) for _ in range(images)])
-    else:
-        gt = draw(_padded_image(locations, strides, rows))
     kwargs = {}
     if options and draw(st.integers(0, 3)) == 0:
         kwargs["center_sampling_radius"] = draw(st.sampled_from([0.5, 1.0, 1.5, 2.5]))
@@ -139,6 +221,20 @@ def match_cases(draw, batched: bool | None = None, options: bool = True) -> Case
             high = draw(st.sampled_from([4.0 * s, 8.0 * s, 16.0 * s, math.inf]))
             ranges[name] = (low, max(low, high))
         kwargs["size_ranges"] = ranges
+    level_ranges = ref_matching.default_size_ranges(strides)
+    level_ranges.update(kwargs.get("size_ranges", {}))
+    radius = kwargs.get("center_sampling_radius")
+    rows = draw(st.integers(0, 6))
+    if rows == 0 and draw(st.integers(0, 3)):  # fewer cases without GT rows
+        rows = draw(st.integers(1, 6))
+    if batched is None:
+        batched = draw(st.booleans())
+    if batched:
+        images = draw(st.integers(1, 3))
+        image = _padded_image(locations, strides, rows, level_ranges, radius)
+        gt = np.stack([draw(image) for _ in range(images)])
+    else:
+        gt = draw(_padded_image(locations, strides, rows, level_ranges, radius))
     return Case((locations, strides, gt), kwargs)
 
 
