@@ -199,7 +199,7 @@ def test_cli_device_other_than_cpu_or_cuda_exits_2_with_one_short_line(name, cap
 
 def test_api_refuses_a_device_other_than_cpu_or_cuda():
     with pytest.raises(
-        ValueError, match=r"^verify: device must be cpu or cuda \(cuda:N\), got 'meta'"
+        ValueError, match=r"^verify: device 'meta': verify runs on cpu or cuda .*, not on meta$"
     ):
         verify(load_target(str(IMPLS / "partial.py")), device="meta", **FAST)
 

@@ -134,8 +134,12 @@ def run(args: argparse.Namespace) -> int:
         stderr_progress,
         verify,
     )
+    from detops.verify.harness import device_problem
 
-    device = _checked_device(args.device)
+    problem = device_problem(args.device)
+    if problem is not None:
+        raise CommandError(f"--device {args.device}: {problem}")
+    device = args.device
 
     try:
         target = load_target(args.impl)
@@ -180,30 +184,3 @@ def run(args: argparse.Namespace) -> int:
         return 130
     ok = report.passed_strict if args.strict else report.passed
     return 0 if ok else 1
-
-
-def _checked_device(device: str) -> str:
-    """``device`` if verify can run there: cpu, or cuda (cuda:N) where CUDA is available;
-    else a one-line error (torch's own lists every device type it knows, most of which
-    verify cannot use)."""
-    import torch
-
-    from detops.cli import CommandError
-
-    accepted = "verify runs on cpu or cuda (cuda:N for one GPU)"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise CommandError(f"--device {device}: not a device; {accepted}") from None
-    if parsed.type not in ("cpu", "cuda"):
-        raise CommandError(f"--device {device}: {accepted}, not on {parsed.type}")
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CommandError(f"--device {device}, but CUDA is not available here")
-        count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
-            raise CommandError(
-                f"--device {device}: there is no such GPU here ({count} CUDA device"
-                f"{'' if count == 1 else 's'}: cuda:0 to cuda:{count - 1})"
-            )
-    return device

@@ -1596,17 +1596,28 @@ def _verify_one(
         runner.close()
 
 
-def _check_device(device: str) -> None:
-    """cpu or cuda only: the harness compares on the CPU, forks workers for CPU inputs and
-    calls in a thread for CUDA ones; other devices (meta holds no values) are refused."""
+def device_problem(device: str) -> str | None:
+    """Why verify cannot run on ``device``, or None: it takes cpu, and cuda (cuda:N) where
+    that GPU exists. The harness compares on the CPU, forks workers for CPU inputs and calls
+    in a thread for CUDA ones; other devices (meta holds no values) are refused. (torch's
+    own error lists every device type it knows, most of which verify cannot use.)"""
+    accepted = "verify runs on cpu or cuda (cuda:N for one GPU)"
     try:
-        device_type = torch.device(device).type
+        parsed = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        device_type = None
-    if device_type not in ("cpu", "cuda"):
-        raise ValueError(f"verify: device must be cpu or cuda (cuda:N), got {device!r}")
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"verify: device {device!r}, but CUDA is not available here")
+        return f"not a device; {accepted}"
+    if parsed.type not in ("cpu", "cuda"):
+        return f"{accepted}, not on {parsed.type}"
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available here"
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            return (
+                f"there is no such GPU here ({count} CUDA device"
+                f"{'' if count == 1 else 's'}: cuda:0 to cuda:{count - 1})"
+            )
+    return None
 
 
 class Progress:
@@ -1671,7 +1682,9 @@ def verify(
         raise ValueError(
             f"verify: timeout must be at most {MAX_TIMEOUT:g} s (a day), got {timeout!r}"
         )
-    _check_device(device)
+    problem = device_problem(device)
+    if problem is not None:
+        raise ValueError(f"verify: device {device!r}: {problem}")
     shrink_seconds = check_positive_number("verify", "shrink_seconds", shrink_seconds)
     shrink_draws = check_int("verify", "shrink_draws", shrink_draws, minimum=0)
     start = time.monotonic()
