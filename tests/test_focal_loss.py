@@ -5,9 +5,11 @@ tests/test_against_reference.py (registry entries in detops/testing/families/los
 this file pins torchvision parity, autograd, the known peer failures and the error table.
 """
 
+import contextlib
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -411,3 +413,57 @@ def test_meta_tensors_give_the_shapes_and_dtypes_of_the_cpu_call(reduction, dtyp
         if on_meta.requires_grad:
             on_meta.sum().backward()
             assert leaf.grad.device.type == "meta" and leaf.grad.shape == x.shape
+
+
+# --- softplus on CPU in NumPy ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def warnings_as_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threshold", [None, "dtype"])
+def test_numpy_softplus_is_torch_softplus_within_a_few_ulps(dtype, threshold):
+    """The chunks' softplus runs in NumPy on CPU (exp, log1p, then z above the threshold):
+    torch's value within 4 ulps everywhere, the same special values, and no warning from
+    exp's overflow (each call sits inside a loss that must stay silent)."""
+    limit = None if threshold is None else losses._softplus_threshold(dtype)
+    finite = torch.cat(
+        [
+            torch.linspace(-120, 0 if limit is None else 120, 20001, dtype=dtype),
+            -torch.logspace(-40, 2, 500, dtype=dtype),
+            torch.tensor([0.0, -0.0, -1e-45, -3e38], dtype=dtype),
+        ]
+    )
+    if limit is not None:
+        near = torch.tensor(limit, dtype=dtype)
+        around = torch.stack([near.nextafter(near - 1), near, near.nextafter(near + 1)])
+        finite = torch.cat([finite, around, torch.logspace(-40, 38, 500, dtype=dtype)])
+    out = torch.empty_like(finite)
+    with warnings_as_errors():
+        losses._softplus_into(finite, out, limit)
+    expected = torch.nn.functional.softplus(finite, threshold=20 if limit is None else limit)
+    ulp = torch.finfo(dtype).eps * expected.abs().clamp_min(torch.finfo(dtype).tiny)
+    # (below the smallest normal, within 4 of its ulps: NumPy rounds exp(-103.97) up to
+    # the smallest subnormal float32 where torch gives 0)
+    assert ((out - expected).abs() <= 4 * ulp).all()
+    assert (out >= 0).all()
+    values = [math.nan, -math.inf] + ([] if limit is None else [math.inf])
+    special = torch.tensor(values, dtype=dtype)
+    out = torch.empty_like(special)
+    with warnings_as_errors():
+        losses._softplus_into(special, out, limit)
+    expected = torch.nn.functional.softplus(special, threshold=20 if limit is None else limit)
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out.nan_to_num(), expected.nan_to_num())
+
+
+def test_numpy_softplus_leaves_meta_tensors_to_torch():
+    z = torch.empty(5, device="meta")
+    out = torch.empty(5, device="meta")
+    losses._softplus_into(z, out, 20.0)
+    assert out.device.type == "meta" and out.shape == (5,)
