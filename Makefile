@@ -26,6 +26,7 @@ bench: $(STAMP)
 
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check detops reference tests benchmarks
+	$(PY) -m ruff format --check detops reference tests benchmarks
 	$(PY) -m mypy detops reference
 
 clean:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
-from verify_helpers import FAST, IMPLS, only
+from verify_helpers import FAST, IMPLS, gone, only
 
 from detops.cli import main
 from detops.testing import EXACT, Case, Tolerance, compare_trees, entry_by_name
@@ -37,9 +37,11 @@ from detops.verify.course_api import (
 )
 from detops.verify.harness import (
     ForkedRunner,
+    ForkServer,
     FunctionReport,
     GuardedCall,
     VerifyReport,
+    _worker_job,
     compare_bounded,
     format_report,
 )
@@ -306,26 +308,34 @@ def test_a_hang_does_not_poison_later_calls_and_shrinks():
     assert hint_text("nms", "hangs: kept box removed by its self-IoU") in shrunk.hints
 
 
-def test_forked_runner_kills_a_hang_and_starts_afresh():
+def test_forked_runner_kills_a_hang_and_starts_afresh(tmp_path):
     if not ForkedRunner.available():
         pytest.skip("no fork on this platform")
-
-    def slow_or_fast(case, dtype):
-        if case.args[0] == "hang":
-            while True:
-                pass
-        return torch.ones(2, dtype=dtype)
-
-    runner = ForkedRunner(slow_or_fast, "f", timeout=0.5)
+    impl = tmp_path / "hang_on_three.py"
+    impl.write_text(
+        "import torch\n\n\ndef box_iou(boxes1, boxes2):\n"
+        "    while boxes1.shape[0] == 3:\n"
+        "        pass\n"
+        "    return torch.zeros(boxes1.shape[0], boxes2.shape[0])\n"
+    )
+    target = load_target(str(impl))
+    job = _worker_job(target.functions["box_iou"], "box_iou", target.source, 0.5, "cpu")
+    server = ForkServer(target.source)
+    runner = ForkedRunner(server, job, "box_iou", timeout=0.5)
+    hang, ok = (Case((np.zeros((n, 4)), np.zeros((1, 4)))) for n in (3, 2))
     try:
         with pytest.raises(CallFailure, match="did not return within 0.5 s"):
-            runner(Case(("hang",)), torch.float32)
+            runner(hang, torch.float32)
         assert runner.pid is None  # killed
-        out, problems = runner(Case(("ok",)), torch.float32)
-        assert out.tolist() == [1.0, 1.0] and problems == []
+        out, problems = runner(ok, torch.float32)  # a fresh worker from the same server
+        assert out.tolist() == [[0.0], [0.0]] and problems == []
+        worker = runner.pid
+        assert worker is not None and worker != os.getpid()
     finally:
         runner.close()
-    assert runner.pid is None
+        server.close()
+    assert runner.pid is None and gone(worker)
+    assert server.process is not None and server.process.returncode == 0
 
 
 def test_cli_exits_1_not_134_for_a_function_that_hangs_in_torch(tmp_path):

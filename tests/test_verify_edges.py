@@ -5,13 +5,12 @@ loading errors say what is wrong, and an input whose shrinking ran out of budget
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import numpy as np
 import pytest
 import torch
-from verify_helpers import FAST, IMPLS, only
+from verify_helpers import FAST, IMPLS, child_pids, gone, only
 
 import detops.verify
 from detops.cli import main
@@ -35,18 +34,19 @@ def _interrupt_in(monkeypatch, name: str, at_call: int) -> list[int]:
     ``at_call``-th call; returns the pids of every worker forked."""
     pids: list[int] = []
     calls = {"left": None}
-    start, read, verify_one = ForkedRunner._start, harness._read_message, harness._verify_one
+    start, exchange = ForkedRunner._start, ForkedRunner._exchange
+    verify_one = harness._verify_one
 
     def record_start(self):
         start(self)
         pids.append(self.pid)
 
-    def read_or_interrupt(fd, deadline):
+    def exchange_or_interrupt(self, case, dtype):
         if calls["left"] is not None:
             calls["left"] -= 1
             if calls["left"] == 0:
                 raise KeyboardInterrupt
-        return read(fd, deadline)
+        return exchange(self, case, dtype)
 
     def verify_one_or_arm(fn_name, *args, **kwargs):
         if fn_name == name:
@@ -54,7 +54,7 @@ def _interrupt_in(monkeypatch, name: str, at_call: int) -> list[int]:
         return verify_one(fn_name, *args, **kwargs)
 
     monkeypatch.setattr(ForkedRunner, "_start", record_start)
-    monkeypatch.setattr(harness, "_read_message", read_or_interrupt)
+    monkeypatch.setattr(ForkedRunner, "_exchange", exchange_or_interrupt)
     monkeypatch.setattr(harness, "_verify_one", verify_one_or_arm)
     return pids
 
@@ -67,6 +67,7 @@ def test_cli_ctrl_c_reports_the_functions_finished_and_exits_130(
     probes = len(spec_by_name("box_iou").probes)
     at_call = 1 if where == "probe" else probes + 2  # inside the hypothesis search
     pids = _interrupt_in(monkeypatch, "box_iou", at_call)
+    before = child_pids()
     json_path = tmp_path / "verify.json"
     argv = ["verify", "--impl", str(IMPLS / "correct.py"), "--examples", "3"]
     argv += ["--op", "get_fpn_location_coords", "--op", "box_iou", "--json", str(json_path)]
@@ -86,11 +87,9 @@ def test_cli_ctrl_c_reports_the_functions_finished_and_exits_130(
     assert [f["name"] for f in data["functions"]] == ["get_fpn_location_coords"]
     assert data["functions"][0]["verdict"] == "PASS"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["verify.json"]  # written atomically
-    # No worker is left behind: each was ended and reaped.
-    assert pids
-    for pid in pids:
-        with pytest.raises(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+    # No worker is left behind, nor their server: each was ended and reaped.
+    assert pids and all(gone(pid) for pid in pids)
+    assert child_pids() <= before
 
 
 def test_cli_ctrl_c_before_the_first_function_still_writes_the_json(tmp_path, capsys, monkeypatch):

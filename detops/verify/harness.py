@@ -28,15 +28,20 @@ Tolerances follow the conditioning: where a spec has an error model
 element is the entry's tolerance plus the rounding error a correct formula evaluated in the
 tested dtype can make there.
 
-The harness never crashes on a bad function. In functions mode each function runs in a
-forked worker process (where the platform can fork): a call that runs past the time limit is
-killed with its worker and the next call gets a fresh one, so a hang can be shrunk like any
-other failure. A failure that the re-run of a known mistake (a mistake reference in
-:mod:`detops.verify.probes`) reproduces gets a one-line hint.
+The harness never crashes on a bad function. In functions mode on the CPU each function
+runs in a worker process (where the platform can fork): one fresh server process per
+:func:`verify` run (:class:`ForkServer`, :mod:`detops.verify._forkserver`) imports torch but
+never runs a torch op, and forks the workers, so that a worker runs the function at torch's
+default thread count (a process forked after it used OpenMP would deadlock in its first
+parallel region; the caller's process is never forked and never changed). A call that runs
+past the time limit is killed with its worker and the next call gets a fresh one, so a hang
+can be shrunk like any other failure. A failure that the re-run of a known mistake (a
+mistake reference in :mod:`detops.verify.probes`) reproduces gets a one-line hint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib
@@ -48,13 +53,15 @@ import os
 import pickle
 import select
 import signal
+import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -80,6 +87,7 @@ from .course_api import (
     SeedSpec,
     collect_problems,
     report_problem,
+    spec_by_name,
 )
 from .probes import Hint, HintContext, Probe
 
@@ -87,6 +95,7 @@ __all__ = [
     "DEFAULT_EXAMPLES",
     "DEFAULT_TIMEOUT",
     "Failure",
+    "ForkServer",
     "ForkedRunner",
     "FunctionReport",
     "GuardedCall",
@@ -142,12 +151,21 @@ class TargetError(Exception):
 
 @dataclass
 class Target:
-    """What to verify. ``functions`` is None in registry mode."""
+    """What to verify. ``functions`` is None in registry mode.
+
+    ``source`` says where :func:`load_target` found the functions (``"torchvision"``, a
+    module name, or the absolute path of a ``.py`` file), so that a worker process can load
+    them again (it checks that each has the caller's module and qualified name). A target
+    built by hand leaves it None: a worker then unpickles each function (a module-level
+    function pickles by reference). A function no worker can load runs in a thread of the
+    calling process instead (:class:`GuardedCall`, with a RuntimeWarning), where a hang
+    cannot be killed: every later call of that function fails at once."""
 
     label: str
     functions: dict[str, Callable[..., Any]] | None = None
     origins: dict[str, str] = field(default_factory=dict)
     names: tuple[str, ...] = SEED_NAMES
+    source: str | None = None
 
 
 def _torchvision_target() -> Target:
@@ -167,7 +185,8 @@ def _torchvision_target() -> Target:
     origins = {name: f"torchvision.ops.{name} {torchvision.__version__}" for name in functions}
     origins["class_spec_nms"] = f"torchvision.ops.batched_nms {torchvision.__version__}"
     names = tuple(n for n in SEED_NAMES if n in functions)
-    return Target(f"torchvision {torchvision.__version__}", functions, origins, names)
+    label = f"torchvision {torchvision.__version__}"
+    return Target(label, functions, origins, names, source="torchvision")
 
 
 def _origin(fn: Callable[..., Any]) -> str:
@@ -264,7 +283,10 @@ def load_target(spec: str | None) -> Target:
             )
         functions[name] = fn
         origins[name] = _origin(fn)
-    return Target(spec, functions, origins)
+    # How a worker process loads the same module: a file by its absolute path (a later
+    # change of the working directory changes nothing), else the module name.
+    source = str(Path(spec).resolve()) if spec.endswith(".py") or Path(spec).is_file() else spec
+    return Target(spec, functions, origins, source=source)
 
 
 # ----------------------------------------------------------------------------------------
@@ -492,7 +514,9 @@ def _run_collecting(
 
 
 class InProcessRunner:
-    """Runs in this process (registry mode, and platforms without ``fork``)."""
+    """Runs in this process: registry mode; and, through a :class:`GuardedCall` thread,
+    functions on CUDA, on platforms without ``fork``, and those no worker process can load
+    (:class:`ForkedRunner`)."""
 
     def __init__(self, run: Callable[[Case, torch.dtype], Any]):
         self.run = run
@@ -538,131 +562,509 @@ def _read_message(fd: int, deadline: float | None) -> bytes | None:
     return _read_exact(fd, _HEADER.unpack(header)[0], deadline)
 
 
-class ForkedRunner:
-    """Runs ``run(case, dtype)`` in a forked worker process with a time limit per call.
+# How long the parent waits for the fork server and its workers, at most (none of these
+# waits is for the user's code, which has the per-call limit): the server's start (importing
+# torch and the target takes seconds, far more on a loaded machine), each of its replies, a
+# fresh worker's loading of the function (where the server could not load the target), a
+# worker's exit once its socket is closed, and the server's exit once its own is.
+_SERVER_START_SECONDS = 120.0
+_SERVER_REPLY_SECONDS = 30.0
+_LOAD_SECONDS = 60.0
+_CLOSE_SECONDS = 2.0
 
-    A call that runs past the limit is a ``timeout`` failure: the worker is killed and the
-    next call forks a fresh one, so one hang does not fail later calls and shrinking still
-    finds the smallest input that hangs. A worker that dies (a segfault, ``os._exit``) is a
-    ``raised`` failure. The worker sets its own intra-op thread count to 1: OpenMP's thread
-    pool does not survive ``fork`` (the worker process is verify's own; the caller's
-    process is never changed). The function's prints go to /dev/null.
-    """
+# The server's program (``python -c``; arguments: the control socket's fd, the caller's
+# sys.path as JSON, the target's source or ""): SIGINT ignored before anything is imported
+# (Ctrl-C is the caller's to handle), stderr silenced while it imports what the caller has
+# imported already (its warnings were shown there), the caller's sys.path, so that it imports
+# the same detops and torch; then :func:`detops.verify._forkserver.main`.
+_SERVER_PROGRAM = """\
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+control, stderr = int(sys.argv[1]), os.dup(2)
+quiet = os.open(os.devnull, os.O_WRONLY)
+os.dup2(quiet, 2)
+os.close(quiet)
+import json
+sys.path[:] = json.loads(sys.argv[2])
+try:
+    from detops.verify._forkserver import main
+except BaseException as exc:
+    import pickle, struct
+    data = pickle.dumps(("failed", f"importing detops raised {type(exc).__name__}: {exc}"))
+    os.write(control, struct.pack("<Q", len(data)) + data)
+    sys.exit(1)
+main(control, sys.argv[3] or None, stderr)
+"""
 
-    def __init__(self, run: Callable[[Case, torch.dtype], Any], name: str, timeout: float):
-        self.run = run
-        self.name = name
-        self.timeout = timeout
-        self.pid: int | None = None
-        self._to_child = self._from_child = -1
+
+class _NoWorker(Exception):
+    """No worker process can run the function: the fork server could not start or is gone,
+    or a fresh worker could not load the function. Its message says which."""
+
+
+def _ended_how(status: int | None) -> str:
+    """`` (signal 11)``, `` (exit status 3)``, or nothing, from a wait status."""
+    if status is not None and os.WIFSIGNALED(status):
+        return f" (signal {os.WTERMSIG(status)})"
+    if status is not None and os.WIFEXITED(status):
+        return f" (exit status {os.WEXITSTATUS(status)})"
+    return ""
+
+
+class ForkServer:
+    """The process that forks verify's workers: a fresh Python process, one per
+    :func:`verify` run, that imports torch and detops but never runs a torch op itself. Its
+    OpenMP thread pool is never started, so that a worker forked from it runs the function at
+    torch's default thread count (a process forked after its parent used OpenMP deadlocks in
+    its first parallel region). The caller's process is never forked and never changed.
+
+    ``source`` (a :attr:`Target.source`): the server also imports the target, so that each
+    worker has its functions at once (as a process forked from the caller would), unless
+    that import starts a thread (a torch op large enough to start OpenMP's pool, say): the
+    server then starts afresh without it, and each worker imports the target itself.
+
+    :meth:`start` starts it (it imports torch while the caller goes on); :meth:`fork` asks it
+    for a worker, :meth:`wait` for a worker's exit status (after :meth:`ForkedRunner` killed
+    it, or let it exit); :meth:`close` ends it. Requests go one at a time over a Unix socket
+    pair, as length-prefixed pickles; the server ignores SIGINT, and at the end of its
+    socket (:meth:`close`, or the caller's death) it kills and reaps any worker left and
+    exits. The program it runs: :mod:`detops.verify._forkserver`.
+
+    When the server cannot start or dies, :attr:`problem` says why and every later request
+    raises :class:`_NoWorker` (the runners then fall back to a thread); no wait is
+    unbounded."""
+
+    def __init__(self, source: str | None = None) -> None:
+        self.source = source
+        self.process: subprocess.Popen[bytes] | None = None
+        self.problem: str | None = None
+        self._control: socket.socket | None = None
+        self._ready = False
+        self._busy = False  # a request is in flight (an interrupted one: out of step)
 
     @staticmethod
     def available() -> bool:
-        return hasattr(os, "fork") and sys.platform != "win32"
+        """Whether the platform can fork (not Windows)."""
+        return (
+            hasattr(os, "fork")
+            and hasattr(socket, "AF_UNIX")
+            and hasattr(socket, "send_fds")
+            and sys.platform != "win32"
+        )
 
-    def _start(self) -> None:
-        request_r, request_w = os.pipe()
-        reply_r, reply_w = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads alive
-            pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child; coverage does not follow it
-            code = 0
-            try:
-                os.close(request_w)
-                os.close(reply_r)
-                self._serve(request_r, reply_w)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(request_r)
-        os.close(reply_w)
-        self.pid, self._to_child, self._from_child = pid, request_w, reply_r
-
-    def _serve(self, requests: int, replies: int) -> None:  # pragma: no cover - in the child
-        # Only in verify's own forked worker process, never in the user's: a child forked
-        # after the parent used OpenMP deadlocks in its first parallel region (reproduced).
-        torch.set_num_threads(1)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-        while True:
-            message = _read_message(requests, None)
-            if message is None:
-                return
-            case, dtype = pickle.loads(message)
-            try:
-                output, problems = _run_collecting(self.run, case, dtype)
-                reply: tuple = ("ok", output, problems)
-            except CallFailure as failure:
-                reply = ("fail", failure.kind, failure.message, failure.key, failure.problems)
-            try:
-                payload = pickle.dumps(reply)
-            except Exception as exc:
-                payload = pickle.dumps(
-                    ("fail", "output", f"the result could not be sent back: {exc}", "output", [])
-                )
-            _write_message(replies, payload)
-
-    def _stop(self, kill: bool) -> int | None:
-        status = None
-        if self.pid is None:
-            return None
-        for fd in (self._to_child, self._from_child):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    def start(self) -> None:
+        """Start the server process, without waiting for it (nothing if it was started)."""
+        if self.process is not None or self.problem is not None:
+            return
+        if not sys.executable:
+            self.problem = "no Python executable to start the worker process server with"
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            if kill:
-                os.kill(self.pid, signal.SIGKILL)
-            _, status = os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        self.pid = None
-        return status
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _SERVER_PROGRAM,
+                    str(theirs.fileno()),
+                    json.dumps(sys.path),
+                    self.source or "",
+                ],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # the workers' prints are discarded
+                cwd=os.getcwd(),
+            )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            ours.close()
+            self.problem = f"the worker process server could not start: {_exception_line(exc)}"
+        else:
+            self._control = ours
+        finally:
+            theirs.close()
+
+    def fork(self, job: bytes) -> tuple[int, socket.socket]:
+        """A fresh worker for ``job`` (from :func:`_worker_job`): its pid, and this side of
+        the socket pair it reads requests from and writes replies to. Raises
+        :class:`_NoWorker` when the server cannot fork it."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            reply = self._request(("fork", job), theirs.fileno())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return reply[1], ours
+
+    def wait(self, pid: int) -> int | None:
+        """The raw wait status of worker ``pid``, once it has ended (the caller kills it or
+        closes its socket first); None where the server cannot tell."""
+        try:
+            return self._request(("wait", pid))[1]
+        except _NoWorker:
+            return None
+
+    def _request(self, message: tuple, fd: int | None = None) -> tuple:
+        if self.process is None and self.problem is None:
+            self.start()
+        if self.problem is not None:
+            raise _NoWorker(self.problem)
+        if self._busy:
+            raise self._fail("the worker process server was interrupted in a request")
+        assert self._control is not None
+        self._busy = True
+        if not self._ready:
+            ready = self._reply(_SERVER_START_SECONDS, "start")
+            if ready[0] != "ready":
+                raise self._fail(f"the worker process server could not start: {ready[1]}")
+            self._ready = True
+        try:
+            _write_message(self._control.fileno(), pickle.dumps(message))
+            if fd is not None:  # the worker's end of its socket pair
+                socket.send_fds(self._control, [b"\0"], [fd])
+        except OSError as exc:
+            raise self._fail(self._gone(exc)) from None
+        reply = self._reply(_SERVER_REPLY_SECONDS, "reply")
+        self._busy = False
+        return reply
+
+    def _reply(self, seconds: float, what: str) -> tuple:
+        assert self._control is not None
+        try:
+            data = _read_message(self._control.fileno(), time.monotonic() + seconds)
+        except TimeoutError:
+            raise self._fail(
+                f"the worker process server did not {what} within {seconds:g} s"
+            ) from None
+        except OSError as exc:
+            raise self._fail(self._gone(exc)) from None
+        if data is None:
+            raise self._fail(self._gone(None))
+        return pickle.loads(data)
+
+    def _gone(self, error: OSError | None) -> str:
+        """Why the control socket broke: the server's exit status, where it has ended."""
+        code = None
+        if self.process is not None:
+            try:
+                code = self.process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+        if code is None:
+            return f"the worker process server cannot be reached ({error or 'end of file'})"
+        how = f"signal {-code}" if code < 0 else f"exit status {code}"
+        return f"the worker process server ended ({how})"
+
+    def _fail(self, problem: str) -> _NoWorker:
+        """Give the server up (killed if it still runs): every later request fails."""
+        if self.problem is None:
+            self.problem = problem
+        self._end(kill=True)
+        return _NoWorker(self.problem)
 
     def close(self) -> None:
-        """End the worker (closing its pipe lets it exit; it is killed if it does not)."""
-        if self.pid is None:
+        """End the server: at the end of its socket it kills and reaps any worker left and
+        exits (killed if it has not within a few seconds; at once while it still starts,
+        when it has forked nothing)."""
+        self._end(kill=not self._ready or self._busy)
+
+    def _end(self, kill: bool) -> None:
+        process, control = self.process, self._control
+        self._control = None
+        if control is not None:
+            control.close()
+        if process is None or process.returncode is not None:
             return
-        os.close(self._to_child)
-        self._to_child = -1
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            done, _ = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                self.pid = None
-                os.close(self._from_child)
-                return
-            time.sleep(0.01)
-        self._stop(kill=True)
+        try:
+            if kill:
+                process.kill()
+            try:
+                process.wait(timeout=_CLOSE_SECONDS + 3.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        except BaseException:  # Ctrl-C while waiting: never leave the server behind
+            process.kill()
+            process.wait()
+            raise
+
+
+def _identity(fn: Callable[..., Any]) -> tuple[str | None, str | None]:
+    """What a worker checks that it loaded the same function as the caller."""
+    return getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+
+
+def _worker_job(
+    fn: Callable[..., Any], name: str, source: str | None, timeout: float, device: str
+) -> bytes | str:
+    """What a worker needs to run course function ``name`` (pickled): where to load ``fn``
+    from (the target's ``source``, else ``fn`` pickled), the caller's sys.path and the call's
+    options. A string says why ``fn`` cannot be sent to a worker (it does not pickle)."""
+    function = None
+    if source is None:
+        try:
+            function = pickle.dumps(fn)
+        except Exception as exc:
+            return f"it cannot be pickled: {_exception_line(exc)}"
+    job = {
+        "sys_path": list(sys.path),
+        "source": source,
+        "name": name,
+        "identity": _identity(fn),
+        "function": function,
+        "timeout": timeout,
+        "device": device,
+    }
+    return pickle.dumps(job)
+
+
+def _load_job(data: bytes, preloaded: Target | None) -> Callable[[Case, torch.dtype], Any]:
+    """In a worker: the function of a :func:`_worker_job`, as ``run(case, dtype)``; from
+    ``preloaded`` (the target as the fork server loaded it) where it is the job's source."""
+    job = pickle.loads(data)
+    sys.path[:] = job["sys_path"]
+    name, source = job["name"], job["source"]
+    if source is not None:
+        if preloaded is None or preloaded.source != source:
+            with _quiet_stderr():  # what its import prints, the caller's import printed
+                preloaded = load_target(source)
+        fn = (preloaded.functions or {}).get(name)
+        if fn is None or _identity(fn) != tuple(job["identity"]):
+            raise LookupError(f"{source} does not give the {name} of the caller")
+    else:
+        fn = pickle.loads(job["function"])
+    spec = spec_by_name(name)
+    timeout, device = job["timeout"], job["device"]
+
+    def run(case: Case, dtype: torch.dtype) -> Any:
+        return spec.call(_DirectCall(fn, name, timeout), case, dtype, device)
+
+    return run
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Within: file descriptor 2 goes to /dev/null."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)
+    os.close(quiet)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _die_with(parent: int) -> None:  # pragma: no cover - in a worker
+    """Linux: this process is killed when ``parent`` (the fork server) dies, so that a
+    worker stuck in the user's code never outlives it."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
+
+def _worker_main(
+    job: bytes, fd: int, server: int, preloaded: Target | None
+) -> None:  # pragma: no cover - in a worker
+    """A worker process, forked by the fork server (pid ``server``, which loaded the target
+    ``preloaded``, or None): loads the job's function, replies whether it could, then
+    serves ``(case, dtype)`` requests on socket ``fd`` until its end."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    _die_with(server)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # the function's prints are discarded
+    os.close(devnull)
+    try:
+        run = _load_job(job, preloaded)
+    except BaseException as exc:  # an import error, a sys.exit, a function not found
+        _write_message(fd, pickle.dumps(("unloadable", _exception_line(exc))))
+        return
+    _write_message(fd, pickle.dumps(("loaded",)))
+    while True:
+        message = _read_message(fd, None)
+        if message is None:
+            return
+        case, dtype = pickle.loads(message)
+        try:
+            output, problems = _run_collecting(run, case, dtype)
+            reply: tuple = ("ok", output, problems)
+        except CallFailure as failure:
+            reply = ("fail", failure.kind, failure.message, failure.key, failure.problems)
+        try:
+            payload = pickle.dumps(reply)
+        except Exception as exc:
+            payload = pickle.dumps(
+                ("fail", "output", f"the result could not be sent back: {exc}", "output", [])
+            )
+        _write_message(fd, payload)
+
+
+def _thread_note(name: str, reason: str) -> None:
+    warnings.warn(
+        f"verify: {name} runs in a thread of this process, not in a worker process "
+        f"({reason}); a call of it that hangs cannot be stopped there, and every later "
+        "call of it then fails at once",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+class ForkedRunner:
+    """Runs one function in a worker process forked by a :class:`ForkServer`, with a time
+    limit per call, at torch's default thread count.
+
+    ``job`` (from :func:`_worker_job`) says how the worker loads the function. A call that
+    runs past the limit is a ``timeout`` failure: the worker is killed and the next call
+    gets a fresh one from the same server, so one hang does not fail later calls and
+    shrinking still finds the smallest input that hangs. A worker that dies (a segfault,
+    ``os._exit``) is a ``raised`` failure. The function's prints go to /dev/null.
+
+    Where no worker can run the function (the server could not start or died, or a worker
+    could not load the function: a function defined in ``__main__``, say), the runner warns
+    and runs every later call through ``fallback()`` (a thread of this process; a hang
+    there cannot be killed, and poisons the later calls). Without a fallback, that raises
+    RuntimeError.
+    """
+
+    def __init__(
+        self,
+        server: ForkServer,
+        job: bytes,
+        name: str,
+        timeout: float,
+        fallback: Callable[[], Runner] | None = None,
+    ):
+        self.server = server
+        self.job = job
+        self.name = name
+        self.timeout = timeout
+        self.fallback = fallback
+        self.pid: int | None = None
+        self.thread: Runner | None = None  # the fallback, once no worker can run it
+        self._socket: socket.socket | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return ForkServer.available()
+
+    def _fall_back(self, reason: str, case: Case, dtype: torch.dtype):
+        """No worker can run the function: this call and every later one run in
+        ``fallback()``."""
+        if self.fallback is None:
+            raise RuntimeError(f"verify: no worker process can run {self.name}: {reason}")
+        _thread_note(self.name, reason)
+        self.thread = self.fallback()
+        return self.thread(case, dtype)
+
+    def _start(self) -> None:
+        self.pid, self._socket = self.server.fork(self.job)
+        try:
+            reply = self._await_reply(time.monotonic() + max(_LOAD_SECONDS, self.timeout))
+        except TimeoutError:
+            self._stop(kill=True)
+            seconds = max(_LOAD_SECONDS, self.timeout)
+            raise _NoWorker(f"a worker process did not load it within {seconds:g} s") from None
+        except BaseException:  # Ctrl-C: never leave the worker behind
+            self._stop(kill=True)
+            raise
+        if reply is None:
+            status = self._stop(kill=True)
+            raise _NoWorker(f"a worker process ended while loading it{_ended_how(status)}")
+        message = pickle.loads(reply)
+        if message[0] != "loaded":
+            self._stop(kill=True)
+            raise _NoWorker(f"a worker process could not load it: {message[1]}")
+
+    def _await_reply(self, deadline: float | None) -> bytes | None:
+        """The worker's next message; None when it has ended. Raises TimeoutError past
+        ``deadline``."""
+        assert self._socket is not None
+        try:
+            return _read_message(self._socket.fileno(), deadline)
+        except (ConnectionResetError, BrokenPipeError):
+            return None
+
+    def _exchange(self, case: Case, dtype: torch.dtype) -> bytes | None:
+        """Send the worker one call and wait for its reply (None: the worker ended).
+        Raises TimeoutError past the time limit."""
+        assert self._socket is not None
+        _write_message(self._socket.fileno(), pickle.dumps((case, dtype)))
+        return self._await_reply(time.monotonic() + self.timeout)
+
+    def _stop(self, kill: bool) -> int | None:
+        """Forget the worker (killed first when ``kill``); its wait status, if known."""
+        pid, sock = self.pid, self._socket
+        if pid is None:
+            return None
+        self.pid, self._socket = None, None
+        if sock is not None:
+            sock.close()
+        # A worker of a server that is gone died with it (Linux): its pid is no longer ours
+        # to signal.
+        if kill and (self.server.problem is None or not sys.platform.startswith("linux")):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return self.server.wait(pid)
+
+    def close(self) -> None:
+        """End the worker (closing its socket lets it exit; it is killed if it does not
+        within 2 s)."""
+        sock = self._socket
+        if self.pid is None or sock is None:
+            return
+        ended = False
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _CLOSE_SECONDS
+            while not ended:
+                wait = deadline - time.monotonic()
+                if wait <= 0 or not select.select([sock], [], [], wait)[0]:
+                    break
+                ended = not sock.recv(1 << 16)
+        except OSError:
+            pass
+        except BaseException:  # Ctrl-C while waiting
+            self._stop(kill=True)
+            raise
+        self._stop(kill=not ended)
 
     def __call__(self, case: Case, dtype: torch.dtype):
+        if self.thread is not None:
+            return self.thread(case, dtype)
         if self.pid is None:
-            self._start()
+            try:
+                self._start()
+            except _NoWorker as exc:
+                return self._fall_back(str(exc), case, dtype)
         try:
-            _write_message(self._to_child, pickle.dumps((case, dtype)))
-            reply = _read_message(self._from_child, time.monotonic() + self.timeout)
+            reply = self._exchange(case, dtype)
         except TimeoutError:
             self._stop(kill=True)
             raise CallFailure("timeout", _timeout_message(self.name, self.timeout)) from None
-        except BrokenPipeError:
+        except (BrokenPipeError, ConnectionResetError):
             reply = None
         except BaseException:  # KeyboardInterrupt: never leave the worker behind
             self._stop(kill=True)
             raise
         if reply is None:
             status = self._stop(kill=True)
-            how = ""
-            if status is not None and os.WIFSIGNALED(status):
-                how = f" (signal {os.WTERMSIG(status)})"
-            elif status is not None and os.WIFEXITED(status):
-                how = f" (exit status {os.WEXITSTATUS(status)})"
-            raise CallFailure("raised", f"{self.name} ended the process that ran it{how}")
+            if self.server.problem is not None:  # the worker died with its server
+                return self._fall_back(self.server.problem, case, dtype)
+            raise CallFailure(
+                "raised", f"{self.name} ended the process that ran it{_ended_how(status)}"
+            )
         message = pickle.loads(reply)
         if message[0] == "ok":
             return message[1], message[2]
@@ -1522,6 +1924,7 @@ def _function_jobs(
     functions: Mapping[str, Callable[..., Any]],
     names: Sequence[str] | None,
     options: _Options,
+    server: ForkServer | None,
 ) -> list[_Job]:
     wanted = list(target.names)
     if names:
@@ -1550,7 +1953,7 @@ def _function_jobs(
         if entry is None:
             note = f"no registry entry {spec.entry_name!r} in this detops version"
             return FunctionReport(name, "SKIPPED", origin=origin, note=note)
-        report = _verify_one(name, fn, spec, entry, options)
+        report = _verify_one(name, fn, spec, entry, options, server, target.source)
         report.origin = origin
         return report
 
@@ -1558,24 +1961,36 @@ def _function_jobs(
 
 
 def _verify_one(
-    name: str, fn: Callable[..., Any], spec: SeedSpec, entry: OpEntry, options: _Options
+    name: str,
+    fn: Callable[..., Any],
+    spec: SeedSpec,
+    entry: OpEntry,
+    options: _Options,
+    server: ForkServer | None,
+    source: str | None,
 ) -> FunctionReport:
+    """Check one function: in worker processes forked by ``server`` (None: in a thread, for
+    CUDA, which :class:`GuardedCall` runs in the caller's process, and where the platform
+    cannot fork)."""
     device, timeout = options.device, options.timeout
 
-    def run(case: Case, dtype: torch.dtype) -> Any:
-        return spec.call(_DirectCall(fn, name, timeout), case, dtype, device)
-
-    runner: ForkedRunner | InProcessRunner
-    if ForkedRunner.available() and torch.device(device).type == "cpu":
-        runner = ForkedRunner(run, name, timeout)
-    else:  # pragma: no cover - no fork (Windows), or CUDA (which a forked child cannot
-        # initialize once the parent has): a thread, which a hang poisons
+    def thread_runner() -> InProcessRunner:  # a thread, which a hang poisons
         guard = GuardedCall(fn, name, timeout)
 
         def run_guarded(case: Case, dtype: torch.dtype) -> Any:
             return spec.call(guard, case, dtype, device)
 
-        runner = InProcessRunner(run_guarded)
+        return InProcessRunner(run_guarded)
+
+    runner: ForkedRunner | InProcessRunner
+    job = None if server is None else _worker_job(fn, name, source, timeout, device)
+    if isinstance(job, bytes):
+        assert server is not None
+        runner = ForkedRunner(server, job, name, timeout, fallback=thread_runner)
+    else:
+        if job is not None:  # a function that cannot be sent to a worker
+            _thread_note(name, job)
+        runner = thread_runner()
     try:
         check = _Check(
             entry, runner, _parameter_names(entry.reference), spec.hints, spec.error_bound
@@ -1667,6 +2082,12 @@ def verify(
         progress: told which functions will be checked, and each one's start and report
             as it goes (:func:`stderr_progress` prints them).
 
+    In functions mode on the CPU each function runs in worker processes forked from one
+    fresh server process per run (:class:`ForkServer`), at torch's default thread count;
+    this process is never forked, and the server and its workers are gone when verify
+    returns. A function that cannot be sent to a worker (see :class:`Target`) runs in a
+    thread here instead, with a RuntimeWarning; so does every function on CUDA.
+
     KeyboardInterrupt (Ctrl-C) stops the run: the report holds the functions finished
     before it (the one running then is left out, its worker process killed) and is flagged
     ``interrupted``, with ``functions_total`` the number it was to check.
@@ -1689,16 +2110,23 @@ def verify(
     shrink_draws = check_int("verify", "shrink_draws", shrink_draws, minimum=0)
     start = time.monotonic()
     options = _Options(examples, seed, timeout, device, (shrink_seconds, shrink_draws), dtypes)
+    # Functions mode on the CPU: the user's functions run in worker processes, forked by a
+    # server process that this run starts and ends.
+    server: ForkServer | None = None
     if target.functions is None:
         mode = "registry"
         jobs = _registry_jobs(names, options)
     else:
         mode = "functions"
-        jobs = _function_jobs(target, target.functions, names, options)
+        if torch.device(device).type == "cpu" and ForkServer.available():
+            server = ForkServer(target.source)
+        jobs = _function_jobs(target, target.functions, names, options, server)
     progress = progress or Progress()
     functions: list[FunctionReport] = []
     interrupted = False
     try:
+        if server is not None and target.functions and any(n in target.functions for n, _ in jobs):
+            server.start()  # now: it imports torch while this process goes on
         progress.begin([name for name, _ in jobs])
         for name, job in jobs:
             check_interrupt()  # a Ctrl-C that garbage collection swallowed
@@ -1709,7 +2137,11 @@ def verify(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        progress.end()
+        try:
+            progress.end()
+        finally:
+            if server is not None:
+                server.close()  # with any worker left
     return VerifyReport(
         target=target.label,
         mode=mode,
