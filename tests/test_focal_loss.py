@@ -453,7 +453,8 @@ def test_numpy_softplus_is_torch_softplus_within_a_few_ulps(dtype, threshold):
     assert ((out - expected).abs() <= 4 * ulp).all()
     assert (out >= 0).all()
     values = [math.nan, -math.inf] + ([] if limit is None else [math.inf])
-    special = torch.tensor(values, dtype=dtype)
+    # (repeated: below losses._NUMPY_SOFTPLUS_MIN values torch's softplus runs)
+    special = torch.tensor(values, dtype=dtype).repeat(losses._NUMPY_SOFTPLUS_MIN)
     out = torch.empty_like(special)
     with warnings_as_errors():
         losses._softplus_into(special, out, limit)
@@ -462,8 +463,16 @@ def test_numpy_softplus_is_torch_softplus_within_a_few_ulps(dtype, threshold):
     assert torch.equal(out.nan_to_num(), expected.nan_to_num())
 
 
-def test_numpy_softplus_leaves_meta_tensors_to_torch():
-    z = torch.empty(5, device="meta")
-    out = torch.empty(5, device="meta")
+def test_numpy_softplus_leaves_meta_tensors_and_small_inputs_to_torch(monkeypatch):
+    size = losses._NUMPY_SOFTPLUS_MIN
+    z = torch.empty(size, device="meta")
+    out = torch.empty(size, device="meta")
     losses._softplus_into(z, out, 20.0)
-    assert out.device.type == "meta" and out.shape == (5,)
+    assert out.device.type == "meta" and out.shape == (size,)
+    called = []
+    monkeypatch.setattr(losses.np, "log1p", lambda *a, **k: called.append(1))
+    small = torch.linspace(-5, 5, size - 1)
+    out = torch.empty_like(small)
+    losses._softplus_into(small, out, 20.0)
+    assert not called
+    assert torch.equal(out, torch.nn.functional.softplus(small))
