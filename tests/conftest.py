@@ -1,4 +1,6 @@
 import os
+import signal
+import threading
 
 import pytest
 import torch
@@ -39,3 +41,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, restored afterwards. A
+    process started in the background by a non-interactive shell (``cmd &``) starts with
+    SIGINT ignored, and Python then installs no handler: a test that sends a real SIGINT
+    would see nothing happen (found running CI as ``.ci/run &``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -17,6 +17,9 @@ from detops.bench.cases._case import BenchCase, BenchFunctions
 from detops.bench.runner import BenchSettings, run_benchmarks
 from detops.verify import load_target, verify
 
+# Real SIGINTs need Python's handler, whatever the test process started with.
+pytestmark = pytest.mark.usefixtures("python_sigint_handler")
+
 TINY = BenchSettings(warmup=1, repeats=3, max_seconds=0.2, reference_repeats=1, sample_seconds=0)
 
 

@@ -94,6 +94,7 @@ def test_nothing_is_left_behind_after_a_run_and_after_a_hang(monkeypatch):
     assert child_pids() <= before
 
 
+@pytest.mark.usefixtures("python_sigint_handler")  # a real SIGINT
 def test_nothing_is_left_behind_after_ctrl_c_in_a_hanging_call(tmp_path, monkeypatch):
     marker = tmp_path / "hanging"
     impl = _impl(tmp_path, f"open({str(marker)!r}, 'w').close()\nwhile True:\n    pass")
