@@ -245,6 +245,32 @@ def test_a_package_folder_named_like_a_module_still_imports(tmp_path, monkeypatc
         sys.modules.pop(name, None)
 
 
+def test_a_plain_folder_named_like_an_installed_package_does_not_hide_it(tmp_path, monkeypatch):
+    # (a checkout of detops, run from its parent: ./detops is a folder without __init__.py)
+    (tmp_path / "detops").mkdir()
+    (tmp_path / "detops" / "README.md").write_text("")
+    monkeypatch.chdir(tmp_path)
+    target = load_target("detops")
+    assert "nms" in target.functions and target.functions["nms"].__module__ == "detops.nms"
+
+
+def test_a_plain_folder_named_like_a_module_is_named_as_a_folder(tmp_path, monkeypatch, capsys):
+    (tmp_path / "no_such_package_here").mkdir()
+    (tmp_path / "no_such_package_here" / "solution.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert main(["verify", "--impl", "no_such_package_here", "--examples", "1"]) == 2
+    finally:
+        sys.modules.pop("no_such_package_here", None)
+    line = one_error_line(capsys)
+    assert "--impl no_such_package_here: is a folder;" in line and "solution.py" in line, line
+
+
+def test_cli_an_empty_impl_is_named_as_empty(capsys):
+    assert main(["verify", "--impl", "", "--examples", "1"]) == 2
+    assert "--impl: empty;" in one_error_line(capsys)
+
+
 # --- 5. shrinking that runs out of budget says so; rows print as rows ------------------------
 
 

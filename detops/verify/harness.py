@@ -215,11 +215,15 @@ def _folder_error(spec: str, path: Path) -> TargetError:
 
 
 def _import_module(spec: str):
+    if not spec.strip():
+        raise TargetError("--impl: empty; it takes a .py file, a module name or 'torchvision'")
     path = Path(spec)
     # A folder is a target only as an importable package named like a module (``--impl
     # mypkg`` with mypkg/__init__.py); a path such as /some/folder is never a module name.
+    # A plain folder named like an installed package (a checkout of detops, run from its
+    # parent) does not hide the package: the import below decides.
     is_module_name = all(part.isidentifier() for part in spec.split("."))
-    if path.is_dir() and not (is_module_name and (path / "__init__.py").is_file()):
+    if path.is_dir() and not is_module_name:
         raise _folder_error(spec, path)
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():
@@ -244,14 +248,22 @@ def _import_module(spec: str):
             if folder in sys.path:
                 sys.path.remove(folder)
         return module
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    here = os.getcwd()
+    added = here not in sys.path  # for the import only, as the file's folder above
+    if added:
+        sys.path.insert(0, here)
     try:
-        return importlib.import_module(spec)
+        module = importlib.import_module(spec)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
         raise TargetError(f"--impl {spec}: importing it raised {_exception_line(exc)}") from exc
+    finally:
+        if added and here in sys.path:
+            sys.path.remove(here)
+    if path.is_dir() and getattr(module, "__file__", None) is None:  # a namespace package
+        raise _folder_error(spec, path)
+    return module
 
 
 def load_target(spec: str | None) -> Target:
