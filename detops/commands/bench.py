@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--device must be cpu or cuda, got {device!r}")
     if device_type == "cuda" and not torch.cuda.is_available():
         raise CommandError(
-            "--device cuda, but CUDA is not available here "
+            f"--device {device}, but CUDA is not available here "
             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})"
         )
     try:
