@@ -594,10 +594,10 @@ def test_cli_demo_bad_arguments_exit_2_before_any_step(argv, message, tmp_path, 
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
-@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
-def test_cli_bench_cuda_without_gpu_exits_2(device, capsys):
-    assert main(["bench", "--device", device]) == 2
-    assert f"--device {device}, but CUDA is not available" in capsys.readouterr().err
+@pytest.mark.parametrize("given", ["cuda", "cuda:0"])  # (not "device": conftest's)
+def test_cli_bench_cuda_without_gpu_exits_2(given, capsys):
+    assert main(["bench", "--device", given]) == 2
+    assert f"--device {given}, but CUDA is not available" in capsys.readouterr().err
 
 
 def test_bench_reads_the_shared_registry():
