@@ -214,6 +214,11 @@ def _folder_error(spec: str, path: Path) -> TargetError:
     )
 
 
+def _names_a_file(spec: str) -> bool:
+    """Whether ``--impl spec`` names a file (``.py``, or any existing file), not a module."""
+    return spec.endswith(".py") or Path(spec).is_file()
+
+
 def _import_module(spec: str):
     if not spec.strip():
         raise TargetError("--impl: empty; it takes a .py file, a module name or 'torchvision'")
@@ -225,7 +230,7 @@ def _import_module(spec: str):
     is_module_name = all(part.isidentifier() for part in spec.split("."))
     if path.is_dir() and not is_module_name:
         raise _folder_error(spec, path)
-    if spec.endswith(".py") or path.is_file():
+    if _names_a_file(spec):
         if not path.is_file():
             raise TargetError(f"--impl {spec}: no such file")
         name = "detops_verify_target_" + "".join(c if c.isalnum() else "_" for c in path.stem)
@@ -297,7 +302,7 @@ def load_target(spec: str | None) -> Target:
         origins[name] = _origin(fn)
     # How a worker process loads the same module: a file by its absolute path (a later
     # change of the working directory changes nothing), else the module name.
-    source = str(Path(spec).resolve()) if spec.endswith(".py") or Path(spec).is_file() else spec
+    source = str(Path(spec).resolve()) if _names_a_file(spec) else spec
     return Target(spec, functions, origins, source=source)
 
 
