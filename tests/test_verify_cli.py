@@ -757,8 +757,14 @@ def test_cli_module_name_target(capsys, monkeypatch):
         (["--timeout", "inf"], "--timeout must be positive and at most 86400 s (a day), got inf"),
         (["--timeout", "1e10"], "at most 86400 s"),
         (["--timeout", "nan"], "--timeout must be positive"),
-        (["--shrink-seconds", "0"], "--shrink-seconds must be positive and at most 86400 s"),
-        (["--shrink-seconds", "nan"], "--shrink-seconds must be positive"),
+        (
+            ["--shrink-seconds", "-1"],
+            "--shrink-seconds must be at least 0 (0: no shrinking) and at most 86400 s (a day)"
+            ", got -1",
+        ),
+        (["--shrink-seconds", "nan"], "--shrink-seconds must be at least 0"),
+        (["--shrink-seconds", "inf"], "at most 86400 s (a day), got inf"),
+        (["--shrink-seconds", "1e10"], "at most 86400 s (a day), got 1e+10"),
         (["--json", "no/such/folder/report.json"], "the folder no/such/folder does not exist"),
         (
             ["--impl", str(IMPLS / "partial.py"), "--op", "class_spec_nms"],
@@ -823,3 +829,22 @@ def test_cli_shrink_seconds_reaches_verify(monkeypatch, capsys):
     assert main(argv) == 2 and "stop here" in capsys.readouterr().err
     assert seen["shrink_seconds"] == 45.0
     assert main(argv[:3]) == 2 and seen["shrink_seconds"] == 10.0  # the default
+
+
+def test_cli_shrink_seconds_0_reports_the_first_failing_input_unshrunk(capsys):
+    argv = ["verify", "--impl", str(IMPLS / "wrong_locations_row_index.py")]
+    argv += ["--op", "get_fpn_location_coords", "--examples", "6", "--quiet"]
+    assert main([*argv, "--shrink-seconds", "1"]) == 1  # a FAIL, shrunk
+    assert "generated case (shrunk)]" in capsys.readouterr().out
+    assert main([*argv, "--shrink-seconds", "0"]) == 1
+    text = capsys.readouterr().out
+    assert "FAIL get_fpn_location_coords [float32, generated case (not shrunk)]" in text, text
+    lines = text.splitlines()
+    at = lines.index(next(line for line in lines if "generated case (not shrunk)]" in line))
+    assert lines[at + 1].startswith("  function: "), lines[at + 1]
+    assert lines[at + 2].startswith("  input:    shape_per_fpn_level="), lines[at + 2]
+    assert lines[at + 3] == (
+        "  shrink:   shrinking is off (--shrink-seconds 0); this is the first failing input found"
+    )
+    assert "gives it more time" not in text and "its budget" not in text
+    assert text.splitlines()[-1].startswith("FAIL: 1 function in ")

@@ -1,6 +1,7 @@
 """``detops verify`` at its edges (found by a new-user trial): Ctrl-C keeps what
 finished, a write that changes nothing is no mutation, only cpu and cuda are devices,
-loading errors say what is wrong, and an input whose shrinking ran out of budget says so."""
+loading errors say what is wrong, and an input whose shrinking ran out of budget (or was
+switched off) says so."""
 
 from __future__ import annotations
 
@@ -313,6 +314,42 @@ def test_a_failure_shrunk_to_the_end_has_no_note():
     generated = [f for f in only(report, "get_fpn_location_coords").failures if not f.probe]
     note = generated[0].shrink_note
     assert "a smaller input may fail too" in note and "--shrink-seconds" in note, note
+
+
+def test_shrink_seconds_0_reports_the_first_failing_input_found():
+    report = verify(
+        load_target(str(IMPLS / "wrong_locations_row_index.py")),
+        names=["get_fpn_location_coords"],
+        **{**FAST, "shrink_seconds": 0},
+    )
+    result = only(report, "get_fpn_location_coords")
+    assert result.verdict == "FAIL"
+    generated = [f for f in result.failures if not f.probe]
+    assert generated and all(f.input and f.data["input"] for f in generated), generated
+    note = generated[0].shrink_note
+    assert note == "shrinking is off (--shrink-seconds 0); this is the first failing input found"
+    text = format_report(report)
+    assert "generated case (not shrunk)]" in text and f"  shrink:   {note}" in text
+    assert "gives it more time" not in text and "its budget" not in text
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (
+            -1.0,
+            ValueError,
+            r"must be >= 0 \(0: no shrinking\) and at most 86400 s \(a day\), got -1.0",
+        ),
+        (float("nan"), ValueError, "must be >= 0 .*, got nan"),
+        (float("inf"), ValueError, "must be .* at most 86400 s .*, got inf"),
+        (1e10, ValueError, "must be .* at most 86400 s .*, got 10000000000.0"),
+        ("1", TypeError, "must be a number of seconds >= 0, got str"),
+    ],
+)
+def test_verify_refuses_a_bad_shrink_seconds(value, error, message):
+    with pytest.raises(error, match=f"^verify: shrink_seconds {message}"):
+        verify(load_target(str(IMPLS / "partial.py")), **{**FAST, "shrink_seconds": value})
 
 
 def test_a_large_array_prints_whole_rows():

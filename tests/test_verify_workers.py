@@ -146,6 +146,14 @@ def test_a_function_that_cannot_be_pickled_runs_in_a_thread_and_still_verifies()
     assert pids and set(pids) == {os.getpid()}
 
 
+def test_the_thread_warning_points_at_the_code_that_called_verify():
+    target = Target("by hand", {"box_iou": lambda a, b: detops_box_iou(a, b)})
+    with pytest.warns(RuntimeWarning, match="box_iou runs in a thread of this process") as seen:
+        line = sys._getframe().f_lineno + 1
+        verify(target, names=["box_iou"], **FAST)
+    assert [(w.filename, w.lineno) for w in seen] == [(__file__, line)]
+
+
 def test_a_module_level_function_goes_to_a_worker_by_reference(monkeypatch, recwarn):
     monkeypatch.setenv("DETOPS_TEST_CALLER", str(os.getpid()))
     pids = _workers(monkeypatch)
@@ -164,9 +172,11 @@ def test_a_function_no_worker_can_load_runs_in_a_thread(monkeypatch):
     box_iou.__module__, box_iou.__qualname__ = module.__name__, "box_iou"
     module.box_iou = box_iou  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, module)  # it pickles, by reference
-    with pytest.warns(RuntimeWarning, match="a worker process could not load it"):
+    with pytest.warns(RuntimeWarning, match="a worker process could not load it") as seen:
         report = verify(Target("by hand", {"box_iou": box_iou}), names=["box_iou"], **FAST)
     assert only(report, "box_iou").verdict == "PASS"
+    # Warned from inside the search (hypothesis' frames between): still points here.
+    assert [w.filename for w in seen] == [__file__]
 
 
 @pytest.mark.parametrize(

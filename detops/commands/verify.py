@@ -85,7 +85,8 @@ def add_parser(subparsers) -> None:
         default=None,
         metavar="SECONDS",
         help="time for shrinking each failure to a smaller input (default "
-        f"{SHRINK_SECONDS:g}; a hang adds 40 tries at the shorter limit it is shrunk with)",
+        f"{SHRINK_SECONDS:g}; a hang adds 40 tries at the shorter limit it is shrunk with); "
+        "0 switches shrinking off: the first failing input found is reported",
     )
     parser.add_argument(
         "--device", default="cpu", help="device of the inputs: cpu or cuda[:N] (default cpu)"
@@ -116,10 +117,10 @@ def run(args: argparse.Namespace) -> int:
             f"--timeout must be positive and at most {MAX_TIMEOUT:g} s (a day), got {timeout:g}"
         )
     shrink_seconds = SHRINK_SECONDS if args.shrink_seconds is None else args.shrink_seconds
-    if not 0 < shrink_seconds <= MAX_TIMEOUT:
+    if not 0 <= shrink_seconds <= MAX_TIMEOUT:
         raise CommandError(
-            f"--shrink-seconds must be positive and at most {MAX_TIMEOUT:g} s (a day), "
-            f"got {shrink_seconds:g}"
+            f"--shrink-seconds must be at least 0 (0: no shrinking) and at most "
+            f"{MAX_TIMEOUT:g} s (a day), got {shrink_seconds:g}"
         )
     if args.json:
         check_output_file("--json", args.json)

@@ -72,7 +72,7 @@ import torch
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
 
-from .._checks import check_int, check_positive_number
+from .._checks import check_int, check_number, check_positive_number
 from .._interrupt import check as check_interrupt
 from ..environment import environment_info
 from ..testing.compare import Comparison, Tolerance, compare_trees, to_numpy_tree
@@ -126,6 +126,8 @@ USER_DTYPES = (torch.float32, torch.float64)
 # whichever comes first (the smallest failing input found so far is reported).
 SHRINK_SECONDS = 10.0
 SHRINK_DRAWS = 1000
+# The shrink note of a failure found with shrinking switched off (a budget of 0 s).
+_NOT_SHRUNK = "shrinking is off (--shrink-seconds 0); this is the first failing input found"
 # Searches per function: after a failure is found, the search runs again with failures of
 # that kind set aside, so that independent failures (wrong values *and* a wrong dtype) are
 # all reported.
@@ -932,8 +934,34 @@ def _thread_note(name: str, reason: str) -> None:
         f"({reason}); a call of it that hangs cannot be stopped there, and every later "
         "call of it then fails at once",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=_user_stacklevel(),
     )
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning of its caller at the user's code: the first
+    frame outside detops above :func:`verify` (hypothesis' frames lie below it), or, with
+    no verify on the stack, above the caller."""
+    frames = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    start = next(
+        (
+            i
+            for i, f in enumerate(frames)
+            if f.f_code.co_name == "verify" and f.f_globals.get("__name__") == __name__
+        ),
+        0,
+    )
+    for i in range(start, len(frames)):
+        if not os.path.abspath(frames[i].f_code.co_filename).startswith(_PACKAGE_DIR):
+            return i + 1
+    return len(frames)
 
 
 class ForkedRunner:
@@ -1114,8 +1142,8 @@ class Failure:
     shared: bool = True
     departure: str = ""
     departure_tag: str = ""  # the departure in a few words
-    # A generated case whose shrinking stopped at its budget: why it may not be the
-    # smallest failing input (empty: shrunk as far as hypothesis could).
+    # A generated case whose shrinking stopped at its budget, or was switched off: why it
+    # may not be the smallest failing input (empty: shrunk as far as hypothesis could).
     shrink_note: str = ""
     context: HintContext | None = field(default=None, repr=False, compare=False)
     data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -1595,7 +1623,7 @@ class _Options:
     seed: int
     timeout: float
     device: str
-    shrink: tuple[float, int]  # (seconds, drawn candidates)
+    shrink: tuple[float, int]  # (seconds, drawn candidates); 0 s: no shrinking
     dtypes: Sequence[torch.dtype] | None  # of the generated cases, for user functions
 
 
@@ -1611,9 +1639,11 @@ def _search(
     Failures whose key is in ``ignore`` (found by an earlier search) count as passes.
     Shrinking keeps the key of the first failure and stops after ``shrink = (seconds,
     draws)``, whichever comes first; the draw count keeps the result reproducible for a
-    seed, the time limit bounds slow draws (a hang gets three more time limits)."""
+    seed, the time limit bounds slow draws (a hang gets three more time limits). With 0
+    seconds there is no shrinking: the first failing input found is reported."""
     tol = _tolerance(check.entry, dtype, None)
     shrink_seconds, shrink_draws = options.shrink
+    shrinking = shrink_seconds > 0
     timeout = options.timeout
     state: dict[str, Any] = {
         "cases": 0,
@@ -1632,9 +1662,9 @@ def _search(
 
     def exhausted() -> bool:
         over = state["stop"] is not None and (
-            time.monotonic() > state["stop"] or state["draws"] > shrink_draws
+            not shrinking or time.monotonic() > state["stop"] or state["draws"] > shrink_draws
         )
-        if over and state["exhausted"] is None:
+        if over and shrinking and state["exhausted"] is None:
             state["exhausted"] = time.monotonic() - state["began"]
         return over
 
@@ -1653,7 +1683,7 @@ def _search(
         deadline=None,
         database=None,
         derandomize=False,
-        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+        phases=(Phase.explicit, Phase.generate, Phase.shrink)[: 3 if shrinking else 2],
         suppress_health_check=list(HealthCheck),
         report_multiple_bugs=False,
         verbosity=Verbosity.quiet,
@@ -1683,7 +1713,7 @@ def _search(
             state["key"] = failures[0].key
             state["first"] = (case, failures)
             budget = shrink_seconds
-            if state["key"] == "timeout" and hasattr(check.run, "timeout"):
+            if shrinking and state["key"] == "timeout" and hasattr(check.run, "timeout"):
                 # Shrink a hang with a shorter limit (far above the slowest passing call),
                 # then confirm the smallest hanging input with the full limit.
                 short = min(timeout, max(0.25, 20 * state["slowest"]))
@@ -1717,7 +1747,10 @@ def _search(
         else:  # only slow under the shorter limit: report the input found first
             state["last"] = state["first"][1]
             state["exhausted"] = None  # this one is not the result of shrinking
-    if state["exhausted"] is not None:
+    if not shrinking:
+        for failure in state["last"] or []:
+            failure.shrink_note = _NOT_SHRUNK
+    elif state["exhausted"] is not None:
         note = _shrink_note(state["key"], state["exhausted"], state["draws"], shrink_draws)
         if state["key"] == "timeout" and state["limit"] < timeout:
             note += (
@@ -2093,7 +2126,9 @@ def verify(
         timeout: per-call time limit in seconds for the function under test, > 0.
         device: where the inputs live: cpu, or cuda (cuda:N) where CUDA is available.
         shrink_seconds, shrink_draws: shrinking after a failure (per search) stops after
-            this many seconds or drawn candidates, whichever comes first.
+            this many seconds (at most a day) or drawn candidates, whichever comes first;
+            ``shrink_seconds=0`` switches it off (the first failing input found is
+            reported).
         dtypes: dtypes of the generated cases for a target with functions (default
             float32 and float64, where the registry entry has tolerances for them).
         progress: told which functions will be checked, and each one's start and report
@@ -2123,7 +2158,14 @@ def verify(
     problem = device_problem(device)
     if problem is not None:
         raise ValueError(f"verify: device {device!r}: {problem}")
-    shrink_seconds = check_positive_number("verify", "shrink_seconds", shrink_seconds)
+    shrink_seconds = check_number(
+        "verify", "shrink_seconds", shrink_seconds, expected="a number of seconds >= 0"
+    )
+    if not 0 <= shrink_seconds <= MAX_TIMEOUT:
+        raise ValueError(
+            f"verify: shrink_seconds must be >= 0 (0: no shrinking) and at most "
+            f"{MAX_TIMEOUT:g} s (a day), got {shrink_seconds!r}"
+        )
     shrink_draws = check_int("verify", "shrink_draws", shrink_draws, minimum=0)
     start = time.monotonic()
     options = _Options(examples, seed, timeout, device, (shrink_seconds, shrink_draws), dtypes)
@@ -2278,7 +2320,9 @@ def format_report(report: VerifyReport, strict: bool = False) -> str:
         ordered = [x for x in f.failures if x.shared] + f.departures
         for failure in ordered:
             where = f"probe '{failure.probe}'" if failure.probe else "generated case (shrunk)"
-            if failure.shrink_note:
+            if failure.shrink_note == _NOT_SHRUNK:
+                where = "generated case (not shrunk)"
+            elif failure.shrink_note:
                 where = "generated case (not fully shrunk)"
             lines += [
                 "",
