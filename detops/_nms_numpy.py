@@ -16,6 +16,10 @@ suppresses its group's boxes; the rounds stop when they remove few boxes. Cluste
 boxes take a few rounds, a fixed number of NumPy calls each; torchvision's kernel pays
 ``kept * N`` per group and ``batched_nms`` one kernel call on class-offset boxes, inexact.
 
+Up to four groups with non-negative coordinates need no rounds: mirrored into a quadrant
+each (exact, see ``_MIRROR_COLUMNS``), they go to one kernel call, as ``batched_nms``'s
+offset boxes do, without its rounding.
+
 What the rounds leave (scattered boxes: NMS keeps most of them) is resolved in Python
 over the pairs above the threshold (usually a few per box): box ``j`` is suppressed by a
 kept, higher-scored box ``i`` of its group. The pairs arrive sorted by ``i``, so when box
@@ -73,6 +77,16 @@ _PAIR_LOOP_MAX = 512
 _PAIRS_PER_KERNEL_CALL = 3000
 
 
+def _numpy_view(values: Tensor) -> np.ndarray:
+    """``values`` (CPU) as a NumPy array sharing its memory. ``.numpy()`` refuses tensors
+    that require grad or carry a lazy negation; only those pay the torch calls
+    (``detach``, ``resolve_neg``) that undo it, about 1 µs each."""
+    try:
+        return values.numpy()
+    except RuntimeError:
+        return values.detach().resolve_neg().numpy()
+
+
 def numpy_greedy_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -98,9 +112,7 @@ def numpy_greedy_nms(
     (the caller's path on those boxes alone) gives the positions of the kept ones in
     ``indices``; without ``finish``, None.
     """
-    # (.detach() costs a torch call; only inputs that require grad need it for .numpy())
-    b = (boxes.detach() if boxes.requires_grad else boxes).resolve_neg().numpy()
-    s = (scores.detach() if scores.requires_grad else scores).resolve_neg().numpy()
+    b, s = _numpy_view(boxes), _numpy_view(scores)
     with np.errstate(all="ignore"):  # overflow and 0 / 0 are part of the contract
         # One reduction: NaN or inf anywhere makes it non-finite (so does an overflow,
         # which only sends the call down the caller's path, correct too).
@@ -109,10 +121,18 @@ def numpy_greedy_nms(
         g = None if groups is None else groups.numpy()
         if b.shape[0] <= _ALL_PAIRS_MAX or g is None:
             return torch.from_numpy(_all_pairs(b, s, g, threshold).astype(np.int64, copy=False))
-        if (g == g[0]).all():  # one group: plain NMS, which the kernel does in one call
+        low, high = int(g.min()), int(g.max())
+        if low == high:  # one group: plain NMS, which the kernel does in one call
             if kernel_ok is not None and not kernel_ok():
                 return None
             return kernel(boxes, scores, iou_threshold)
+        quadrant = _quadrants(g, low, high)
+        if (
+            quadrant is not None
+            and float(b.min()) >= 0
+            and (b.shape[0] <= _MIRROR_ALWAYS_MAX or _clustered(b, s, g, threshold))
+        ):  # up to four groups: one kernel call, the groups mirrored apart
+            return kernel(torch.from_numpy(_mirrored(b, quadrant)), scores, iou_threshold)
         routes = _Routes(threshold, iou_threshold, kernel, kernel_ok)
         rounds = True
         if b.shape[0] > CLASS_NMS_MAX_BOXES and top_hits(b, s, threshold, g) < CLUSTER_HITS:
@@ -127,13 +147,25 @@ def numpy_greedy_nms(
         area = wh[0] * wh[1]
         bounds = _group_starts(grouped)
         heads = alive = _NONE
+        few_groups_left = False
         if rounds and b.shape[0] >= _ROUND_GROUP_SIZE * (bounds.shape[0] - 1):
-            heads, alive = _head_rounds(planes, area, grouped, threshold)
+            heads, alive, few_groups_left = _head_rounds(planes, area, grouped, threshold)
         if heads.shape[0] == 0:  # no rounds: the pairs, or the kernel per group
             kept = _group_pairs(s, order, grouped, planes, area, routes, bounds)
         else:
             kept = order.take(heads)
-            if alive.shape[0]:  # the rest, still in group and score order
+            found = None
+            if few_groups_left:  # clusters, and many rounds to go: the kernel per group
+                rest = order.take(alive)
+                found = _kernel_per_group(
+                    np.ascontiguousarray(planes.take(alive, axis=1).T),
+                    s.take(rest),
+                    rest,
+                    _group_starts(grouped.take(alive)).tolist(),
+                    routes.iou_threshold,
+                    routes.kernel,
+                )
+            if found is None and alive.shape[0]:  # the rest, still in group and score order
                 rest = order.take(alive)
                 found = _group_pairs(
                     s,
@@ -147,8 +179,82 @@ def numpy_greedy_nms(
                     found = rest.take(finish(rest))
                 if found is None:
                     return None
+            if found is not None:
                 kept = np.concatenate((kept, found))
         return None if kept is None else torch.from_numpy(_by_score(kept, s))
+
+
+# Up to this many boxes of at most four groups go to one mirrored kernel call whatever
+# they look like (measured on 2 cores against the rounds and pairs, 2 classes: clustered
+# 64 vs 116 µs at 200 boxes, 78 vs 150 at 300 with 3 classes; scattered 163 vs 224 at
+# 200, 298 vs 321 at 300); above, where the best box suppresses a cluster (_clustered:
+# scattered boxes keep most of them, and one call pays ``kept * N`` over all groups).
+_MIRROR_ALWAYS_MAX = 300
+# Group ids spanning more values are not ranked for mirroring (an array as long as the
+# span).
+_MIRROR_SPAN = 1024
+
+
+def _clustered(b: np.ndarray, s: np.ndarray, g: np.ndarray, t: float) -> bool:
+    """Whether the best-scored box suppresses more than CLUSTER_HITS boxes of its group
+    (a cheaper :func:`top_hits` of one box, about 10 µs at a few hundred boxes): the sign
+    that NMS keeps few boxes, so the kernel's ``kept * N`` pairs are few."""
+    best = int(s.argmax())
+    x1, y1, x2, y2 = b[best].tolist()
+    width = np.minimum(b[:, 2], x2) - np.maximum(b[:, 0], x1)
+    height = np.minimum(b[:, 3], y2) - np.maximum(b[:, 1], y1)
+    np.maximum(width, 0, out=width)
+    np.maximum(height, 0, out=height)
+    inter = width * height
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    above = inter / ((area[best] + area) - inter) > t
+    above &= g == g[best]
+    return int(np.count_nonzero(above)) > CLUSTER_HITS
+
+
+# Boxes of group id ``low + q`` (q < 4) go to quadrant q in one kernel call: their x (q &
+# 1) and y (q & 2) coordinates negated, the corners swapped so that each box stays (x1,
+# y1, x2, y2). Negation is exact, and min, max and differences only change sign, so each
+# IoU the kernel computes within a group is the unmirrored one bit for bit; boxes with
+# non-negative coordinates in different quadrants never intersect (IoU 0). The columns
+# of the box each quadrant reads, and the signs it applies:
+_MIRROR_COLUMNS = np.array([[0, 1, 2, 3], [2, 1, 0, 3], [0, 3, 2, 1], [2, 3, 0, 1]])
+_MIRROR_SIGNS = {
+    np.dtype(dtype): np.array(
+        [[1, 1, 1, 1], [-1, 1, -1, 1], [1, -1, 1, -1], [-1, -1, -1, -1]], dtype=dtype
+    )
+    for dtype in (np.float32, np.float64)
+}
+for _table in (_MIRROR_COLUMNS, *_MIRROR_SIGNS.values()):
+    _table.flags.writeable = False
+
+
+def _quadrants(g: np.ndarray, low: int, high: int) -> np.ndarray | None:
+    """The quadrant (0-3) of each box, one per group, where there are at most four
+    groups (ids ``low`` to ``high``): the id's offset from ``low`` where the ids span
+    fewer than 4 values, else the group's rank (ids spanning up to _MIRROR_SPAN values).
+    None where there are more groups."""
+    if high - low < 4:
+        return g - low
+    if high - low >= _MIRROR_SPAN:
+        return None
+    offset = g - low
+    present = np.flatnonzero(np.bincount(offset))
+    if present.shape[0] > 4:
+        return None
+    rank = np.zeros(high - low + 1, dtype=np.intp)
+    rank[present] = np.arange(present.shape[0])
+    return rank.take(offset)
+
+
+def _mirrored(b: np.ndarray, quadrant: np.ndarray) -> np.ndarray:
+    """``b`` [N, 4] (non-negative) with box ``i`` moved to quadrant ``quadrant[i]`` (0-3)
+    as above: plain NMS of the result is NMS within quadrants, exactly."""
+    columns = _MIRROR_COLUMNS.take(quadrant, axis=0)
+    columns += np.arange(0, 4 * b.shape[0], 4)[:, None]
+    mirrored = np.ascontiguousarray(b).reshape(-1).take(columns)
+    mirrored *= _MIRROR_SIGNS[b.dtype].take(quadrant, axis=0)
+    return mirrored
 
 
 # The best-scored _TOP_BOXES boxes suppressing CLUSTER_HITS or more boxes of their group
@@ -431,8 +537,16 @@ def _group_pairs(
     return order.take(_kept_ranks(src[above], dst[above], n))
 
 
+# Up to this many kept boxes they are ordered by a Python sort (a clustered input keeps
+# a few dozen; NumPy's sort, argsort and gathers cost more at that size).
+_PYTHON_SORT_MAX = 64
+
+
 def _by_score(kept: np.ndarray, s: np.ndarray) -> np.ndarray:
     """``kept`` (distinct indices) by descending score, ties: lower index first."""
+    if kept.shape[0] <= _PYTHON_SORT_MAX:
+        pairs = sorted(zip((-s.take(kept)).tolist(), kept.tolist(), strict=True))
+        return np.array([index for _, index in pairs], dtype=np.int64)
     kept = np.sort(kept)
     return kept[np.argsort(-s[kept], kind="stable")].astype(np.int64, copy=False)
 
@@ -459,11 +573,17 @@ _ROUND_GROUP_SIZE = 16
 # µs, 500: 90 either way, 800: 151 -> 135, 1000: 160 -> 149, 3000: 398 -> 329.)
 _DENSE_REST = 16
 _DENSE_REST_AFTER = 3
+# After a first round on clusters, with at most _KERNEL_GROUPS_MAX groups and at least
+# _ROUNDS_LEFT_FOR_KERNEL times the boxes it removed left (about as many clusters per
+# group, which the rounds would take one at a time), the boxes left go to the kernel
+# once per group.
+_KERNEL_GROUPS_MAX = 4
+_ROUNDS_LEFT_FOR_KERNEL = 2
 
 
 def _head_rounds(
     planes: np.ndarray, area: np.ndarray, grouped: np.ndarray, t: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """Greedy NMS of all groups at once, one kept box per group per round: the best box
     left in each group is kept (every box before it in its group is kept or suppressed)
     and suppresses its group's boxes above ``t``. Clustered boxes are done in a few
@@ -476,53 +596,62 @@ def _head_rounds(
     never suppresses.
 
     ``planes`` [4, N] and ``area`` [N] are in group order, then descending score, then
-    index; ``grouped`` [N] the group of each position."""
+    index; ``grouped`` [N] the group of each position. The flag says that the first
+    round stopped them with few groups and many rounds to go (see _KERNEL_GROUPS_MAX):
+    the kernel per group suits the boxes left better. Runs under the caller's
+    ``np.errstate(all="ignore")``: 0 / 0 for empty boxes is NaN, never above ``t``."""
     alive = np.arange(planes.shape[1])
     q, a, groups = planes, area, grouped  # the alive boxes' values, compacted each round
     kept: list[np.ndarray] = []
-    with np.errstate(all="ignore"):  # 0 / 0 for empty boxes: NaN, never above t
-        while True:
-            count = alive.shape[0]
-            head = np.empty(count, dtype=bool)
-            head[0] = True
-            np.not_equal(groups[1:], groups[:-1], out=head[1:])
-            firsts = head.nonzero()[0]
-            if firsts.shape[0] == count:  # each box alone in its group: all kept
-                kept.append(alive)
-                return np.concatenate(kept), _NONE
-            if count <= _DENSE_REST and len(kept) >= _DENSE_REST_AFTER:
-                candidates = groups[:, None] == groups
-                candidates &= _upper(count)
-                kept.append(alive.take(_dense_kept(q, a, candidates, t)))
-                return np.concatenate(kept), _NONE
-            sizes = np.empty_like(firsts)  # (np.diff(append=) costs 3x these three)
-            np.subtract(firsts[1:], firsts[:-1], out=sizes[:-1])
-            sizes[-1] = count - firsts[-1]
-            owner = np.repeat(firsts, sizes)
-            p = q.take(owner, axis=1)
-            sides = np.minimum(p[2:], q[2:]) - np.maximum(p[:2], q[:2])
-            np.maximum(sides, 0, out=sides)
-            inter = sides[0] * sides[1]
-            gone = inter / ((a.take(owner) + a) - inter) > t
-            gone[firsts] = True
-            stay = (~gone).nonzero()[0]
-            left = stay.shape[0]
-            suppressed = count - left - firsts.shape[0]  # (a kept box costs the pairs little)
-            worth_it = suppressed >= _ROUND_MIN + _ROUND_SHARE * count
-            if not (kept or worth_it):
-                break  # scattered boxes: the pairs are cheaper
-            kept.append(alive.take(firsts))
-            if left == 0:
-                return np.concatenate(kept), _NONE
-            alive, q, a, groups = (
-                alive.take(stay),
-                q.take(stay, axis=1),
-                a.take(stay),
-                groups.take(stay),
-            )
-            if not worth_it and left > _ROUND_TAIL:
+    while True:
+        count = alive.shape[0]
+        head = np.empty(count, dtype=bool)
+        head[0] = True
+        np.not_equal(groups[1:], groups[:-1], out=head[1:])
+        firsts = head.nonzero()[0]
+        if firsts.shape[0] == count:  # each box alone in its group: all kept
+            kept.append(alive)
+            return np.concatenate(kept), _NONE, False
+        if count <= _DENSE_REST and len(kept) >= _DENSE_REST_AFTER:
+            candidates = groups[:, None] == groups
+            candidates &= _upper(count)
+            kept.append(alive.take(_dense_kept(q, a, candidates, t)))
+            return np.concatenate(kept), _NONE, False
+        sizes = np.empty_like(firsts)  # (np.diff(append=) costs 3x these three)
+        np.subtract(firsts[1:], firsts[:-1], out=sizes[:-1])
+        sizes[-1] = count - firsts[-1]
+        owner = np.repeat(firsts, sizes)
+        p = q.take(owner, axis=1)
+        sides = np.minimum(p[2:], q[2:]) - np.maximum(p[:2], q[:2])
+        np.maximum(sides, 0, out=sides)
+        inter = sides[0] * sides[1]
+        gone = inter / ((a.take(owner) + a) - inter) > t
+        gone[firsts] = True
+        stay = (~gone).nonzero()[0]
+        left = stay.shape[0]
+        suppressed = count - left - firsts.shape[0]  # (a kept box costs the pairs little)
+        worth_it = suppressed >= _ROUND_MIN + _ROUND_SHARE * count
+        if not (kept or worth_it):
+            break  # scattered boxes: the pairs are cheaper
+        kept.append(alive.take(firsts))
+        if left == 0:
+            return np.concatenate(kept), _NONE, False
+        alive, q, a, groups = (
+            alive.take(stay),
+            q.take(stay, axis=1),
+            a.take(stay),
+            groups.take(stay),
+        )
+        if left > _ROUND_TAIL:
+            if not worth_it:
                 break
-    return (np.concatenate(kept), alive) if kept else (_NONE, _NONE)
+            if (
+                len(kept) == 1
+                and firsts.shape[0] <= _KERNEL_GROUPS_MAX
+                and left >= _ROUNDS_LEFT_FOR_KERNEL * (count - left)
+            ):
+                return kept[0], alive, True
+    return (np.concatenate(kept), alive, False) if kept else (_NONE, _NONE, False)
 
 
 def _kernel_per_group(

@@ -313,12 +313,24 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+_FLOAT32_THRESHOLDS: dict[float, float] = {}  # threshold -> _threshold_in(it, float32)
+
+
 def _threshold_in(threshold: float, dtype: torch.dtype) -> float:
     """The largest ``dtype`` value ``t <= threshold``: for ``x`` in ``dtype``,
     ``x > t`` exactly when ``x > threshold`` (torchvision compares in float64)."""
     threshold = float(threshold)
     if dtype == torch.float64:
         return threshold
+    known = _FLOAT32_THRESHOLDS.get(threshold)
+    if known is not None:
+        return known
+    if len(_FLOAT32_THRESHOLDS) < 1024:  # (bounded: a sweep over thresholds)
+        _FLOAT32_THRESHOLDS[threshold] = _float32_at_most(threshold)
+    return _float32_at_most(threshold)
+
+
+def _float32_at_most(threshold: float) -> float:
     (t,) = struct.unpack("f", struct.pack("f", threshold))  # nearest float32 (0 <= t <= 1)
     if t > threshold:  # one float32 step down
         (bits,) = struct.unpack("I", struct.pack("f", t))
@@ -1144,7 +1156,11 @@ def class_spec_nms(
     once: each class's best box left is kept and suppresses its class's boxes (as many
     rounds as the most boxes one class keeps). What the rounds leave (scattered boxes)
     goes by pairs up to 3000 boxes, else to torchvision's kernel once per class where
-    the cost model of :func:`nms` prefers it, else to the sparse path.
+    the cost model of :func:`nms` prefers it, else to the sparse path. Up to four
+    classes with non-negative coordinates go to one kernel call instead (up to 300
+    boxes, or where the best box suppresses a cluster), each class mirrored into a
+    quadrant of its own: negating coordinates is exact, so every IoU within a class is
+    unchanged bit for bit, and boxes of different quadrants never intersect.
 
     Args:
         boxes (Tensor[N, 4]): XYXY, absolute pixels, floating dtype.

@@ -27,13 +27,16 @@ NMS = sys.modules["detops.nms"]  # detops.nms the attribute is the function
 
 
 def _rounds_of(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, t: float):
-    """_head_rounds on the inputs as numpy_greedy_nms prepares them: (kept, left)."""
+    """_head_rounds on the inputs as numpy_greedy_nms prepares them: (kept, left), where
+    ``left`` is what the rounds leave undecided (also when they stop early for the kernel
+    per group)."""
     b, s, g = boxes.numpy(), scores.numpy(), classes.numpy()
     order, grouped = numpy_nms._by_group(s, g)
     planes = np.ascontiguousarray(b.take(order, axis=0).T)
     area = (planes[2] - planes[0]) * (planes[3] - planes[1])
     threshold = NMS._threshold_in(t, boxes.dtype)
-    heads, alive = numpy_nms._head_rounds(planes, area, grouped, threshold)
+    with np.errstate(all="ignore"):  # as numpy_greedy_nms calls them (0 / 0 for empty boxes)
+        heads, alive, _ = numpy_nms._head_rounds(planes, area, grouped, threshold)
     return order.take(heads), order.take(alive)
 
 
@@ -67,9 +70,11 @@ def clustered_inputs(draw, max_boxes=400):
     rule=st.sampled_from([(0, 0.0, 0), (25, 1 / 50, 64), (0, 0.6, 0), (5, 0.2, 0)]),
     # the rest resolved from its IoU matrix: never, as shipped, after any round at any size
     dense_rest=st.sampled_from([(0, 99), (16, 3), (400, 1), (400, 2), (8, 1)]),
+    # the rest to the kernel per group after the first round: never, as shipped, always
+    kernel_after=st.sampled_from([(0, 2), (4, 2), (1000, 0)]),
 )
 def test_class_spec_nms_equals_the_reference_wherever_the_rounds_stop(
-    data, threshold, rule, dense_rest
+    data, threshold, rule, dense_rest, kernel_after
 ):
     boxes, scores, ids = data
     expected = ref.class_spec_nms(boxes.numpy(), scores.numpy(), ids.numpy(), threshold)
@@ -79,6 +84,8 @@ def test_class_spec_nms_equals_the_reference_wherever_the_rounds_stop(
         patch.setattr(numpy_nms, "_ROUND_TAIL", rule[2])
         patch.setattr(numpy_nms, "_DENSE_REST", dense_rest[0])
         patch.setattr(numpy_nms, "_DENSE_REST_AFTER", dense_rest[1])
+        patch.setattr(numpy_nms, "_KERNEL_GROUPS_MAX", kernel_after[0])
+        patch.setattr(numpy_nms, "_ROUNDS_LEFT_FOR_KERNEL", kernel_after[1])
         assert class_spec_nms(boxes, scores, ids, threshold).tolist() == expected.tolist()
         for dtype in (torch.float32, torch.float64):
             b, s = boxes.to(dtype), scores.to(dtype)
@@ -98,6 +105,7 @@ def test_the_boxes_the_rounds_keep_and_leave_finish_as_the_reference(data, thres
             patch.setattr(numpy_nms, "_ROUND_MIN", rule[0])
             patch.setattr(numpy_nms, "_ROUND_SHARE", rule[1])
             patch.setattr(numpy_nms, "_ROUND_TAIL", 0)
+            patch.setattr(numpy_nms, "_KERNEL_GROUPS_MAX", 0)  # rounds to the end
             kept, left = _rounds_of(boxes, scores, ids, threshold)
         if rule == (0, 0.0):
             assert left.size == 0 and sorted(kept.tolist()) == expected
@@ -133,6 +141,29 @@ def test_boxes_the_rounds_leave_go_to_the_kernel_or_the_sparse_path(n, kernel, m
     assert taken == ["kernel" if kernel else "sparse"]
     assert got.tolist() == per_class_kernel(boxes, scores, classes, 0.5)
     assert torch.equal(got, sparse_class_spec_nms(boxes, scores, classes, 0.5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n, classes", [(300, 2), (500, 2), (768, 3), (1000, 4), (2000, 2)])
+def test_few_classes_of_many_clusters_go_to_the_kernel_per_class_after_one_round(
+    n, classes, dtype, monkeypatch
+):
+    # Each class holds many clusters: one round keeps one box per class, and the rounds
+    # left would be about as many as the clusters, so the rest goes to the kernel. (Ids
+    # 1024 apart: up to four groups with ids spanning fewer values go to one mirrored
+    # kernel call instead, see test_nms_mirror.py.)
+    boxes, scores, ids = clustered_detections(n)
+    boxes, scores, ids = boxes.to(dtype), scores.to(dtype), ids % classes * 1024
+    taken = []
+    per_group = numpy_nms._kernel_per_group
+    monkeypatch.setattr(
+        numpy_nms, "_kernel_per_group", lambda *a: taken.append(len(a[3]) - 1) or per_group(*a)
+    )
+    got = class_spec_nms(boxes, scores, ids, 0.5)
+    assert taken == [classes]
+    assert got.tolist() == per_class_kernel(boxes, scores, ids, 0.5)
+    expected = ref.class_spec_nms(boxes.double().numpy(), scores.double().numpy(), ids.numpy(), 0.5)
+    assert sorted(got.tolist()) == sorted(expected.tolist())
 
 
 @pytest.mark.parametrize("n", [1000, 5000, 20000])

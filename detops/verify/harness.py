@@ -60,6 +60,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -946,7 +947,7 @@ def _user_stacklevel() -> int:
     frame outside detops above :func:`verify` (hypothesis' frames lie below it), or, with
     no verify on the stack, above the caller."""
     frames = []
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         frames.append(frame)
         frame = frame.f_back

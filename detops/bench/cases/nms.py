@@ -66,11 +66,14 @@ def _nms_setup(n: int, with_reference: bool, clustered: bool = False):
     return setup
 
 
-def _class_setup(n: int, with_reference: bool, clustered: bool = False):
+def _class_setup(n: int, with_reference: bool, clustered: bool = False, classes: int = CLASSES):
+    classes_kept = classes  # (ids modulo this: fewer classes, each with more objects)
+
     def setup(device):
         import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
 
-        boxes, scores, classes = clustered_detections(n) if clustered else random_detections(n)
+        boxes, scores, ids = clustered_detections(n) if clustered else random_detections(n)
+        classes = ids % classes_kept
         b, s, c = boxes.to(device), scores.to(device), classes.to(device)
         bn, sn, cn = boxes.double().numpy(), scores.double().numpy(), classes.numpy()
         return BenchFunctions(
@@ -215,6 +218,16 @@ BENCHMARKS = (
         "torchvision.ops.batched_nms",
         _class_setup,
         sizes=(200, 500, 1000, 5000, 20000),
+    ),
+    *(
+        BenchCase(
+            "class_spec_nms",
+            f"{n} clustered, 2 classes",
+            "torchvision.ops.batched_nms",
+            _class_setup(n, False, clustered=True, classes=2),
+            notes=_CLUSTERED_NOTES.replace("one class per object", "class ids modulo 2"),
+        )
+        for n in (200, 1000)
     ),
     BenchCase(
         "batched_nms_per_image",

@@ -1,0 +1,129 @@
+"""class_spec_nms of up to four classes in one kernel call (``detops._nms_numpy._mirrored``):
+the boxes of each class are mirrored into a quadrant of their own (coordinates negated,
+corners swapped), which leaves every IoU within a class bit for bit as it was and keeps
+boxes of different classes from intersecting. Checked against torchvision's kernel once
+per class (exact) and the NumPy reference, on inputs made to stress the arithmetic:
+integer and fractional coordinates, zeros, -0.0, empty and inverted boxes, touching
+boxes, tied scores.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nms_paths import per_class_kernel
+
+import reference.nms as ref
+from detops import _nms_numpy as numpy_nms
+from detops import class_spec_nms
+from detops.bench.cases.nms import clustered_detections, random_detections
+
+NMS = sys.modules["detops.nms"]  # detops.nms the attribute is the function
+
+
+@st.composite
+def few_class_inputs(draw):
+    """81 to 300 boxes (above the all-pairs path, where one call is always taken) of 2 to
+    4 consecutive class ids, non-negative coordinates in a 64 x 64 world, so that boxes of
+    one class overlap often: corners on a grid of 1/4 (or any float), some sides 0 or
+    negative, some coordinates 0.0 or -0.0; scores with ties."""
+    n = draw(st.integers(81, 300))
+    classes = draw(st.integers(2, 4))
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    corner = torch.rand(n, 2, generator=g, dtype=torch.float64) * 64
+    side = torch.rand(n, 2, generator=g, dtype=torch.float64) * 24 - 2  # some inverted
+    on_grid = draw(st.booleans())
+    if on_grid:
+        corner, side = (corner * 4).round() / 4, (side * 4).round() / 4
+    boxes = torch.cat([corner, corner + side], 1).clamp(min=0)
+    zeros = torch.rand(n, 4, generator=g) < 0.05
+    boxes[zeros] = draw(st.sampled_from([0.0, -0.0]))
+    scores = torch.randint(0, draw(st.sampled_from([4, 1000])), (n,), generator=g).double()
+    low = draw(st.sampled_from([0, -3, 1 << 40]))
+    step = draw(st.sampled_from([1, 7]))  # consecutive ids, or ids ranked to quadrants
+    ids = low + step * torch.randint(0, classes, (n,), generator=g)
+    return boxes, scores, ids, on_grid
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=few_class_inputs(), threshold=st.sampled_from([0.0, 0.3, 0.5, 0.9, 1.0]))
+def test_a_few_classes_in_one_mirrored_kernel_call_equal_per_class_calls(data, threshold):
+    boxes, scores, ids, on_grid = data
+    for dtype in (torch.float32, torch.float64):
+        b, s = boxes.to(dtype), scores.to(dtype)
+        assert class_spec_nms(b, s, ids, threshold).tolist() == per_class_kernel(
+            b, s, ids, threshold
+        )
+    if on_grid:  # exact products: the reference's float64 IoU is the kernel's
+        expected = ref.class_spec_nms(boxes.numpy(), scores.numpy(), ids.numpy(), threshold)
+        assert class_spec_nms(boxes, scores, ids, threshold).tolist() == expected.tolist()
+
+
+def _spy_mirrored(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    mirrored = numpy_nms._mirrored
+
+    def spy(b, quadrant):
+        calls.append(int(quadrant.max()) + 1)
+        return mirrored(b, quadrant)
+
+    monkeypatch.setattr(numpy_nms, "_mirrored", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize(
+    "n, classes, clustered",
+    [(200, 2, False), (300, 4, False), (500, 2, True), (1000, 3, True), (3000, 2, True)],
+)
+def test_which_inputs_take_the_one_mirrored_call(n, classes, clustered, dtype, monkeypatch):
+    # Up to _MIRROR_ALWAYS_MAX boxes any few-class input; above, clustered ones only
+    # (scattered boxes keep most of them, and one call pays kept * N over all classes).
+    make = clustered_detections if clustered else random_detections
+    boxes, scores, ids = make(n)
+    boxes, scores, ids = boxes.to(dtype).clamp(min=0), scores.to(dtype), ids % classes
+    calls = _spy_mirrored(monkeypatch)
+    got = class_spec_nms(boxes, scores, ids, 0.5)
+    assert calls == [classes]
+    assert got.tolist() == per_class_kernel(boxes, scores, ids, 0.5)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["five classes", "ids 1024 apart", "a negative coordinate", "scattered above the limit"],
+)
+def test_inputs_the_mirrored_call_does_not_take(case, monkeypatch):
+    boxes, scores, ids = clustered_detections(400)
+    boxes, ids = boxes.clamp(min=0), ids % 2
+    if case == "five classes":
+        ids = torch.arange(400) % 5
+    elif case == "ids 1024 apart":
+        ids = ids * 1024
+    elif case == "a negative coordinate":
+        boxes[7, 0] = -0.5
+    else:
+        boxes, scores, ids = random_detections(400)
+        ids = ids % 2
+    calls = _spy_mirrored(monkeypatch)
+    got = class_spec_nms(boxes, scores, ids, 0.5)
+    assert calls == []
+    assert got.tolist() == per_class_kernel(boxes, scores, ids, 0.5)
+
+
+def test_mirroring_keeps_boxes_of_different_quadrants_apart_and_sides_exact():
+    boxes = np.array([[0.0, 0.0, 3.5, 2.25], [1.0, -0.0, 1.0, 7.0], [2.0, 3.0, 1.0, 4.0]])
+    for dtype in (np.float32, np.float64):
+        b = boxes.astype(dtype)
+        for quadrant in range(4):
+            m = numpy_nms._mirrored(b, np.full(3, quadrant))
+            # widths and heights as the kernel forms them are the unmirrored ones
+            assert np.array_equal(m[:, 2] - m[:, 0], b[:, 2] - b[:, 0])
+            assert np.array_equal(m[:, 3] - m[:, 1], b[:, 3] - b[:, 1])
+            assert ((m[:, [0, 2]] <= 0) if quadrant & 1 else (m[:, [0, 2]] >= 0)).all()
+            assert ((m[:, [1, 3]] <= 0) if quadrant & 2 else (m[:, [1, 3]] >= 0)).all()
