@@ -25,7 +25,7 @@ from nms_paths import per_class_kernel, sparse_class_spec_nms
 
 import reference.nms as ref
 from detops import batched_nms_per_image, class_spec_nms, nms
-from detops._nms_numpy import kept_share, kernel_per_group, top_hits
+from detops._nms_numpy import best_box_hits, kept_share, kernel_per_group, top_hits
 from detops.bench.cases.nms import clustered_detections, random_detections
 
 NMS = sys.modules["detops.nms"]  # detops.nms the attribute is the function
@@ -115,6 +115,17 @@ def test_class_spec_numpy_path_up_to_3000_boxes_equals_the_sparse_path(n, kind, 
     for threshold in (0.3, 0.7):
         expected = sparse_class_spec_nms(boxes, scores, ids, threshold)
         assert torch.equal(class_spec_nms(boxes, scores, ids, threshold), expected)
+
+
+def test_best_box_hits_counts_the_other_boxes_of_its_group_the_best_box_suppresses():
+    boxes = np.tile(np.array([[10, 20, 50, 60]], dtype=np.float32), (40, 1))
+    boxes[30:] += 35  # 10 boxes apart from the pile (IoU with it below 0.5)
+    scores = np.linspace(1, 0, 40, dtype=np.float32)  # box 0 is the best
+    assert best_box_hits(boxes, scores, 0.5) == 29  # itself not counted
+    assert best_box_hits(boxes, scores, 0.5, np.arange(40) % 2) == 14
+    assert best_box_hits(boxes, scores, 1.0) == 0  # IoU 1 is not above 1
+    scores[35] = 2  # the best box now lies outside the pile
+    assert best_box_hits(boxes, scores, 0.5) == 9
 
 
 def test_top_hits_counts_only_boxes_of_the_top_boxes_groups():
