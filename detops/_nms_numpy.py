@@ -44,6 +44,7 @@ __all__ = [
     "kept_share",
     "kernel_per_group",
     "numpy_greedy_nms",
+    "numpy_view",
     "top_hits",
 ]
 
@@ -78,7 +79,7 @@ _PAIR_LOOP_MAX = 512
 _PAIRS_PER_KERNEL_CALL = 3000
 
 
-def _numpy_view(values: Tensor) -> np.ndarray:
+def numpy_view(values: Tensor) -> np.ndarray:
     """``values`` (CPU) as a NumPy array sharing its memory. ``.numpy()`` refuses tensors
     that require grad or carry a lazy negation; only those pay the torch calls
     (``detach``, ``resolve_neg``) that undo it, about 1 µs each."""
@@ -113,13 +114,13 @@ def numpy_greedy_nms(
     (the caller's path on those boxes alone) gives the positions of the kept ones in
     ``indices``; without ``finish``, None.
     """
-    b, s = _numpy_view(boxes), _numpy_view(scores)
+    b, s = numpy_view(boxes), numpy_view(scores)
     with np.errstate(all="ignore"):  # overflow and 0 / 0 are part of the contract
         # One reduction: NaN or inf anywhere makes it non-finite (so does an overflow,
         # which only sends the call down the caller's path, correct too).
         if not math.isfinite(sum((s @ b).tolist())):
             return None
-        g = None if groups is None else groups.numpy()
+        g = None if groups is None else numpy_view(groups)
         if b.shape[0] <= _ALL_PAIRS_MAX or g is None:
             return torch.from_numpy(_all_pairs(b, s, g, threshold).astype(np.int64, copy=False))
         low, high = int(g.min()), int(g.max())
@@ -245,7 +246,7 @@ def _quadrants(g: np.ndarray, low: int, high: int) -> np.ndarray | None:
         return g - low
     if high - low >= _MIRROR_SPAN:
         return None
-    offset = g - low
+    offset = g.astype(np.intp) - low  # (in int8, ids 128 apart would wrap around)
     present = np.flatnonzero(np.bincount(offset))
     if present.shape[0] > 4:
         return None
@@ -420,7 +421,7 @@ def kernel_per_group(
     b, s = boxes.detach().resolve_neg().numpy(), scores.detach().resolve_neg().numpy()
     # By group only, index order within (stable): the kernel sorts each call by score,
     # stably, so ties still go to the lower index.
-    g = groups.numpy()
+    g = numpy_view(groups)
     order = np.argsort(g, kind="stable")
     bounds = _group_starts(g[order])
     ranked = np.ascontiguousarray(b[order])

@@ -82,6 +82,7 @@ from ._nms_numpy import (
     best_box_hits,
     kept_share,
     numpy_greedy_nms,
+    numpy_view,
     top_hits,
 )
 from ._serial import (
@@ -1107,7 +1108,7 @@ def _kernel_is_cheaper(
             sizes = np.array([n], dtype=np.float64)
             sparse = _sparse_seconds(n)
         else:
-            sizes = np.unique(groups.numpy(), return_counts=True)[1].astype(np.float64)
+            sizes = np.unique(numpy_view(groups), return_counts=True)[1].astype(np.float64)
             # Per box for the many small groups; a group as large as plain NMS's table
             # costs what plain NMS does (a batch without classes: one group per image).
             large = sizes[sizes >= _SPARSE_NMS_S[0][0]]
@@ -1393,7 +1394,7 @@ def _numpy_batched_nms(
     if class_ids is None:
         key = image
     else:
-        classes = class_ids.reshape(-1).numpy()[valid].astype(np.int64)
+        classes = numpy_view(class_ids.reshape(-1))[valid].astype(np.int64)
         if classes.size:
             low, span = int(classes.min()), int(classes.max()) - int(classes.min()) + 1
             if span * num_images >= 1 << 62:

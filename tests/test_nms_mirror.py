@@ -20,7 +20,7 @@ from nms_paths import per_class_kernel
 
 import reference.nms as ref
 from detops import _nms_numpy as numpy_nms
-from detops import class_spec_nms
+from detops import batched_nms_per_image, class_spec_nms
 from detops.bench.cases.nms import clustered_detections, random_detections
 
 NMS = sys.modules["detops.nms"]  # detops.nms the attribute is the function
@@ -127,3 +127,33 @@ def test_mirroring_keeps_boxes_of_different_quadrants_apart_and_sides_exact():
             assert np.array_equal(m[:, 3] - m[:, 1], b[:, 3] - b[:, 1])
             assert ((m[:, [0, 2]] <= 0) if quadrant & 1 else (m[:, [0, 2]] >= 0)).all()
             assert ((m[:, [1, 3]] <= 0) if quadrant & 2 else (m[:, [1, 3]] >= 0)).all()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [(-28, 100), (-100, -50, 0, 50, 100), (0, 127)],
+    ids=["2 ids 128 apart", "5 ids", "2 ids 127 apart"],
+)
+def test_int8_class_ids_far_apart(values):
+    # The ids' offsets from the lowest are formed in a wide integer (in int8, -28 to 100
+    # wrapped around and NumPy refused the negative bin).
+    boxes, scores, _ = clustered_detections(200, seed=9)
+    ids = torch.tensor(values, dtype=torch.int8)[torch.arange(200) % len(values)]
+    got = class_spec_nms(boxes, scores, ids, 0.5)
+    assert got.tolist() == per_class_kernel(boxes, scores, ids.to(torch.int64), 0.5)
+
+
+@pytest.mark.parametrize("n", [10, 200, 1000])
+def test_lazily_negated_class_ids(n):
+    boxes, scores, ids = clustered_detections(n)
+    ids = ids % 3
+    negated = torch._neg_view(-ids)  # the same values, with the negative bit set
+    assert negated.is_neg()
+    expected = per_class_kernel(boxes, scores, ids, 0.5)
+    assert class_spec_nms(boxes, scores, negated, 0.5).tolist() == expected
+    batch = [clustered_detections(n, seed=i) for i in range(2)]
+    b, s, c = (torch.stack(parts) for parts in zip(*batch, strict=True))
+    c = c % 3
+    assert torch.equal(
+        batched_nms_per_image(b, s, torch._neg_view(-c), 0.5), batched_nms_per_image(b, s, c, 0.5)
+    )
