@@ -844,7 +844,8 @@ def test_cli_shrink_seconds_0_reports_the_first_failing_input_unshrunk(capsys):
     assert lines[at + 1].startswith("  function: "), lines[at + 1]
     assert lines[at + 2].startswith("  input:    shape_per_fpn_level="), lines[at + 2]
     assert lines[at + 3] == (
-        "  shrink:   shrinking is off (--shrink-seconds 0); this is the first failing input found"
+        "  shrink:   shrinking is off (a shrink budget of 0 s); "
+        "this is the first failing input found"
     )
     assert "gives it more time" not in text and "its budget" not in text
     assert text.splitlines()[-1].startswith("FAIL: 1 function in ")

@@ -327,7 +327,9 @@ def test_shrink_seconds_0_reports_the_first_failing_input_found():
     generated = [f for f in result.failures if not f.probe]
     assert generated and all(f.input and f.data["input"] for f in generated), generated
     note = generated[0].shrink_note
-    assert note == "shrinking is off (--shrink-seconds 0); this is the first failing input found"
+    assert note == (
+        "shrinking is off (a shrink budget of 0 s); this is the first failing input found"
+    )
     text = format_report(report)
     assert "generated case (not shrunk)]" in text and f"  shrink:   {note}" in text
     assert "gives it more time" not in text and "its budget" not in text

@@ -128,7 +128,7 @@ USER_DTYPES = (torch.float32, torch.float64)
 SHRINK_SECONDS = 10.0
 SHRINK_DRAWS = 1000
 # The shrink note of a failure found with shrinking switched off (a budget of 0 s).
-_NOT_SHRUNK = "shrinking is off (--shrink-seconds 0); this is the first failing input found"
+_NOT_SHRUNK = "shrinking is off (a shrink budget of 0 s); this is the first failing input found"
 # Searches per function: after a failure is found, the search runs again with failures of
 # that kind set aside, so that independent failures (wrong values *and* a wrong dtype) are
 # all reported.
