@@ -240,8 +240,15 @@ for _table in (_MIRROR_COLUMNS, *_MIRROR_SIGNS.values()):
 def _quadrants(g: np.ndarray, low: int, high: int) -> np.ndarray | None:
     """The quadrant (0-3) of each box, one per group, where there are at most four
     groups (ids ``low`` to ``high``): the id's offset from ``low`` where the ids span
-    fewer than 4 values, else the group's rank (ids spanning up to _MIRROR_SPAN values).
-    None where there are more groups."""
+    fewer than 4 values, else the group's rank (ids spanning up to _MIRROR_SPAN values);
+    two groups take opposite quadrants. None where there are more groups.
+
+    (Opposite quadrants are apart on both axes, as class-offset boxes are. In adjacent
+    quadrants the boxes of two groups still overlap on one axis, and the kernel's
+    ``max(0, overlap)`` there goes either way at random: the same call took 20% longer on
+    500 scattered boxes in 2 classes, 9% on 1000 clustered ones.)"""
+    if high - low == 1:  # two groups: opposite quadrants
+        return (g - low) * 3
     if high - low < 4:
         return g - low
     if high - low >= _MIRROR_SPAN:
@@ -251,7 +258,7 @@ def _quadrants(g: np.ndarray, low: int, high: int) -> np.ndarray | None:
     if present.shape[0] > 4:
         return None
     rank = np.zeros(high - low + 1, dtype=np.intp)
-    rank[present] = np.arange(present.shape[0])
+    rank[present] = np.arange(present.shape[0]) * (3 if present.shape[0] == 2 else 1)
     return rank.take(offset)
 
 

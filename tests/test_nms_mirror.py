@@ -70,7 +70,7 @@ def _spy_mirrored(monkeypatch) -> list[int]:
     mirrored = numpy_nms._mirrored
 
     def spy(b, quadrant):
-        calls.append(int(quadrant.max()) + 1)
+        calls.append(len(np.unique(quadrant)))
         return mirrored(b, quadrant)
 
     monkeypatch.setattr(numpy_nms, "_mirrored", spy)
@@ -157,3 +157,18 @@ def test_lazily_negated_class_ids(n):
     assert torch.equal(
         batched_nms_per_image(b, s, torch._neg_view(-c), 0.5), batched_nms_per_image(b, s, c, 0.5)
     )
+
+
+@pytest.mark.parametrize("ids", [(0, 1), (5, 900), (-3, -2)], ids=str)
+def test_two_classes_take_opposite_quadrants(ids, monkeypatch):
+    # Apart on both axes, as class-offset boxes are (the kernel runs faster so).
+    boxes, scores, _ = clustered_detections(200)
+    classes = torch.tensor(ids)[torch.arange(200) % 2]
+    seen = []
+    mirrored = numpy_nms._mirrored
+    monkeypatch.setattr(
+        numpy_nms, "_mirrored", lambda b, q: seen.append(sorted(set(q.tolist()))) or mirrored(b, q)
+    )
+    got = class_spec_nms(boxes, scores, classes, 0.5)
+    assert seen == [[0, 3]]
+    assert got.tolist() == per_class_kernel(boxes, scores, classes, 0.5)
