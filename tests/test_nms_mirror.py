@@ -9,8 +9,6 @@ boxes, tied scores.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -23,15 +21,13 @@ from detops import _nms_numpy as numpy_nms
 from detops import batched_nms_per_image, class_spec_nms
 from detops.bench.cases.nms import clustered_detections, random_detections
 
-NMS = sys.modules["detops.nms"]  # detops.nms the attribute is the function
-
 
 @st.composite
 def few_class_inputs(draw):
     """81 to 300 boxes (above the all-pairs path, where one call is always taken) of 2 to
-    4 consecutive class ids, non-negative coordinates in a 64 x 64 world, so that boxes of
-    one class overlap often: corners on a grid of 1/4 (or any float), some sides 0 or
-    negative, some coordinates 0.0 or -0.0; scores with ties."""
+    4 class ids (consecutive, or 7 apart), non-negative coordinates in a 64 x 64 world,
+    so that boxes of one class overlap often: corners on a grid of 1/4 (or any float),
+    some sides 0 or negative, some coordinates 0.0 or -0.0; scores with ties."""
     n = draw(st.integers(81, 300))
     classes = draw(st.integers(2, 4))
     seed = draw(st.integers(0, 2**16))
