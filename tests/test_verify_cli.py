@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
-from verify_helpers import FAST, IMPLS, gone, only
+from verify_helpers import FAST, IMPLS, child_pids, gone, only
 
 from detops.cli import main
 from detops.testing import EXACT, Case, Tolerance, compare_trees, entry_by_name
@@ -377,6 +377,53 @@ def test_function_that_ends_its_process_fails_with_reason(tmp_path):
     result = only(report, "box_iou")
     assert result.verdict == "FAIL"
     assert "ended the process that ran it (exit status 3)" in result.failures[0].reason
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (  # (not 0: were it imported here after all, this test run would end "passed")
+            "import os\n\nos._exit(7)\n",
+            "importing it ended the process that imported it (the worker process server "
+            "ended (exit status 7))",
+        ),
+        (
+            "import time\n\ntime.sleep(600)\n",
+            "importing it did not finish (the worker process server did not start within 4 s)",
+        ),
+    ],
+    ids=["os._exit(7) at import", "a hang at import"],
+)
+def test_cli_reports_a_file_whose_import_ends_or_hangs_its_process(
+    tmp_path, capsys, monkeypatch, source, message
+):
+    # The worker server imports the file before this process does: without that, os._exit
+    # (0) ended `detops verify` with status 0 and no report, and a hang hung it.
+    import detops.verify.harness as harness
+
+    monkeypatch.setattr(harness, "_SERVER_START_SECONDS", 4.0)
+    impl = tmp_path / "bad_import.py"
+    impl.write_text(source)
+    before = child_pids()
+    code = main(["verify", "--impl", str(impl), "--examples", "2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"detops verify: error: --impl {impl}: {message}; verify imports" in err, err
+    assert child_pids() <= before
+
+
+def test_cli_exit_status_is_not_0_for_a_file_that_exits_0_at_import(tmp_path):
+    impl = tmp_path / "exits_0.py"
+    impl.write_text("import os\n\nos._exit(0)\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "detops", "verify", "--impl", str(impl), "--examples", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "(exit status 0)); verify imports your file" in proc.stderr
 
 
 def test_guard_reports_in_place_changes_but_not_writes_that_change_nothing():

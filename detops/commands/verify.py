@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file("--json", args.json)
 
+    import torch
+
     from detops._atomic import atomic_write_text
     from detops.verify import (
         TargetError,
@@ -135,14 +137,32 @@ def run(args: argparse.Namespace) -> int:
         stderr_progress,
         verify,
     )
-    from detops.verify.harness import device_problem
+    from detops.verify.harness import ForkServer, device_problem, target_source
 
     problem = device_problem(args.device)
     if problem is not None:
         raise CommandError(f"--device {args.device}: {problem}")
     device = args.device
 
+    server = None
     try:
+        on_cpu = torch.device(device).type == "cpu"
+        if args.impl not in (None, "torchvision") and on_cpu and ForkServer.available():
+            # The worker server imports the target first: an import that ends its process
+            # (os._exit) or hangs is reported, instead of ending or hanging this one.
+            server = ForkServer(target_source(args.impl))
+            problem = server.wait_started()
+            if problem is not None and server.import_failure == "ended":
+                raise CommandError(
+                    f"--impl {args.impl}: importing it ended the process that imported it "
+                    f"({problem}); verify imports your file to find its functions and "
+                    "cannot go on"
+                )
+            if problem is not None and server.import_failure == "hung":
+                raise CommandError(
+                    f"--impl {args.impl}: importing it did not finish ({problem}); verify "
+                    "imports your file to find its functions and cannot go on"
+                )
         target = load_target(args.impl)
         if target.functions is not None and not target.functions:
             raise TargetError(
@@ -158,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             shrink_seconds=shrink_seconds,
             progress=None if args.quiet else stderr_progress(),
+            _server=server,
         )
     except TargetError as error:
         raise CommandError(str(error)) from None
@@ -172,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"report written to {args.json}")
         print("detops verify: interrupted before the first function", file=sys.stderr)
         return 130
+    finally:
+        if server is not None:  # (verify closes it too; a second close does nothing)
+            server.close()
     print(format_report(report, strict=args.strict), flush=True)
     if args.json:
         atomic_write_text(args.json, report_to_json(report))

@@ -86,6 +86,8 @@ def main(control_fd: int, source: str | None, stderr_fd: int) -> None:  # pragma
             importlib.import_module(name)
         except Exception:  # another torch version: the workers import what they need
             pass
+    if source:  # the caller can tell an import that ends or hangs this process
+        _write_message(control_fd, pickle.dumps(("importing", source)))
     preloaded = _preload(source, stderr_fd) if source else None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # again: the target's import may set it
     sys.stderr.flush()

@@ -303,10 +303,14 @@ def load_target(spec: str | None) -> Target:
             )
         functions[name] = fn
         origins[name] = _origin(fn)
-    # How a worker process loads the same module: a file by its absolute path (a later
-    # change of the working directory changes nothing), else the module name.
-    source = str(Path(spec).resolve()) if _names_a_file(spec) else spec
-    return Target(spec, functions, origins, source=source)
+    return Target(spec, functions, origins, source=target_source(spec))
+
+
+def target_source(spec: str) -> str:
+    """How a worker process loads the module ``--impl spec`` names: a file by its absolute
+    path (a later change of the working directory changes nothing), else the module
+    name (:attr:`Target.source`)."""
+    return str(Path(spec).resolve()) if _names_a_file(spec) else spec
 
 
 # ----------------------------------------------------------------------------------------
@@ -661,6 +665,9 @@ class ForkServer:
         self._control: socket.socket | None = None
         self._ready = False
         self._busy = False  # a request is in flight (an interrupted one: out of step)
+        # "ended" or "hung": the server was importing the target when it ended or ran past
+        # its start limit, so that import ends or hangs a process (see wait_started).
+        self.import_failure: str | None = None
 
     @staticmethod
     def available() -> bool:
@@ -734,11 +741,7 @@ class ForkServer:
             raise self._fail("the worker process server was interrupted in a request")
         assert self._control is not None
         self._busy = True
-        if not self._ready:
-            ready = self._reply(_SERVER_START_SECONDS, "start")
-            if ready[0] != "ready":
-                raise self._fail(f"the worker process server could not start: {ready[1]}")
-            self._ready = True
+        self._await_ready()
         try:
             _write_message(self._control.fileno(), pickle.dumps(message))
             if fd is not None:  # the worker's end of its socket pair
@@ -749,13 +752,45 @@ class ForkServer:
         self._busy = False
         return reply
 
-    def _reply(self, seconds: float, what: str) -> tuple:
+    def _await_ready(self) -> None:
+        if self._ready:
+            return
+        deadline = time.monotonic() + _SERVER_START_SECONDS
+        ready = self._reply(_SERVER_START_SECONDS, "start")
+        if ready[0] == "importing":  # then "ready", unless the target's import goes wrong
+            try:
+                left = max(deadline - time.monotonic(), 0.0)
+                ready = self._reply(left, "start", _SERVER_START_SECONDS)
+            except _NoWorker as error:
+                self.import_failure = "hung" if " did not start within " in str(error) else "ended"
+                raise
+        if ready[0] != "ready":
+            raise self._fail(f"the worker process server could not start: {ready[1]}")
+        self._ready = True
+
+    def wait_started(self) -> str | None:
+        """Start the server and wait until it is ready (it has imported the target, when
+        it has one): None, or why it is not (then :attr:`import_failure` says whether the
+        target's import ended the server or ran past the start limit)."""
+        if self.process is None and self.problem is None:
+            self.start()
+        if self.problem is not None:
+            return self.problem
+        try:
+            self._await_ready()
+        except _NoWorker as error:
+            return str(error)
+        return None
+
+    def _reply(self, seconds: float, what: str, limit: float | None = None) -> tuple:
+        """The next message, within ``seconds`` (``limit``: the whole limit to name when
+        it runs out, where part of it has passed already)."""
         assert self._control is not None
         try:
             data = _read_message(self._control.fileno(), time.monotonic() + seconds)
         except TimeoutError:
             raise self._fail(
-                f"the worker process server did not {what} within {seconds:g} s"
+                f"the worker process server did not {what} within {limit or seconds:g} s"
             ) from None
         except OSError as exc:
             raise self._fail(self._gone(exc)) from None
@@ -2115,6 +2150,7 @@ def verify(
     shrink_draws: int = SHRINK_DRAWS,
     dtypes: Sequence[torch.dtype] | None = None,
     progress: Progress | None = None,
+    _server: ForkServer | None = None,
 ) -> VerifyReport:
     """Check ``target`` and return the report (nothing is printed).
 
@@ -2134,6 +2170,9 @@ def verify(
             float32 and float64, where the registry entry has tolerances for them).
         progress: told which functions will be checked, and each one's start and report
             as it goes (:func:`stderr_progress` prints them).
+        _server: a :class:`ForkServer` for ``target.source`` that the caller has started
+            already (the ``detops verify`` command does, to import the target there before
+            it does itself); closed at the end like verify's own.
 
     In functions mode on the CPU each function runs in worker processes forked from one
     fresh server process per run (:class:`ForkServer`), at torch's default thread count;
@@ -2178,7 +2217,9 @@ def verify(
         jobs = _registry_jobs(names, options)
     else:
         mode = "functions"
-        if torch.device(device).type == "cpu" and ForkServer.available():
+        if _server is not None:  # started by the command, which imported the target there first
+            server = _server
+        elif torch.device(device).type == "cpu" and ForkServer.available():
             server = ForkServer(target.source)
         jobs = _function_jobs(target, target.functions, names, options, server)
     progress = progress or Progress()
