@@ -25,8 +25,10 @@ def test_the_readme_has_the_batched_loss_and_inference_examples():
 @pytest.mark.parametrize(
     "line, code", python_blocks(), ids=[f"README.md:{n}" for n, _ in python_blocks()]
 )
-def test_readme_block_runs(line, code, capsys):
+def test_readme_block_runs(line, code, capsys, monkeypatch):
     import torch
+
+    monkeypatch.chdir(README.parent)  # the examples name files of the checkout
 
     state = torch.get_rng_state()  # the examples draw random predictions: restore after
     torch.manual_seed(0)
