@@ -1095,7 +1095,7 @@ def _kernel_is_cheaper(
     if groups is not None and groups.dtype not in _CLASS_ID_DTYPES:
         return False
     with torch.no_grad():
-        b, s = boxes.detach().resolve_neg().numpy(), scores.detach().resolve_neg().numpy()
+        b, s = numpy_view(boxes), numpy_view(scores)
         with np.errstate(all="ignore"):
             if not math.isfinite(float(b.sum(dtype=np.float64)) + float(s.sum(dtype=np.float64))):
                 return False
