@@ -1145,7 +1145,7 @@ def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
 
 def class_spec_nms(
-    boxes: Tensor, scores: Tensor, class_ids: Tensor, iou_threshold: float
+    boxes: Tensor, scores: Tensor, class_ids: Tensor, iou_threshold: float = 0.5
 ) -> Tensor:
     """Class-specific NMS: :func:`nms` per class, merged and sorted by score.
 
@@ -1175,6 +1175,7 @@ def class_spec_nms(
         scores (Tensor[N]): same dtype and device as ``boxes``.
         class_ids (Tensor[N]): integer dtype (any values, negative ones included).
         iou_threshold (float): in ``[0, 1]``; suppression needs IoU ``> iou_threshold``.
+            0.5 by default, as in the course code.
 
     Returns:
         Tensor[K] int64: kept indices by descending score (ties: lower index first).

@@ -170,3 +170,8 @@ def test_two_classes_take_opposite_quadrants(ids, monkeypatch):
     got = class_spec_nms(boxes, scores, classes, 0.5)
     assert seen == [[0, 3]]
     assert got.tolist() == per_class_kernel(boxes, scores, classes, 0.5)
+
+
+def test_the_threshold_is_0_5_by_default_as_in_the_course_code():
+    boxes, scores, ids = clustered_detections(200)
+    assert class_spec_nms(boxes, scores, ids).tolist() == per_class_kernel(boxes, scores, ids, 0.5)

@@ -384,12 +384,12 @@ def test_function_that_ends_its_process_fails_with_reason(tmp_path):
     [
         (  # (not 0: were it imported here after all, this test run would end "passed")
             "import os\n\nos._exit(7)\n",
-            "importing it ended the process that imported it (the worker process server "
-            "ended (exit status 7))",
+            "importing it ended the process that imported it: the worker process server "
+            "ended (exit status 7)",
         ),
         (
             "import time\n\ntime.sleep(600)\n",
-            "importing it did not finish (the worker process server did not start within 4 s)",
+            "importing it did not finish: the worker process server did not start within 4 s",
         ),
     ],
     ids=["os._exit(7) at import", "a hang at import"],
@@ -423,7 +423,7 @@ def test_cli_exit_status_is_not_0_for_a_file_that_exits_0_at_import(tmp_path):
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    assert "(exit status 0)); verify imports your file" in proc.stderr
+    assert "ended (exit status 0); verify imports your file" in proc.stderr
 
 
 def test_guard_reports_in_place_changes_but_not_writes_that_change_nothing():

@@ -154,13 +154,13 @@ def run(args: argparse.Namespace) -> int:
             problem = server.wait_started()
             if problem is not None and server.import_failure == "ended":
                 raise CommandError(
-                    f"--impl {args.impl}: importing it ended the process that imported it "
-                    f"({problem}); verify imports your file to find its functions and "
-                    "cannot go on"
+                    f"--impl {args.impl}: importing it ended the process that imported it: "
+                    f"{problem}; verify imports your file to find its functions and cannot "
+                    "go on"
                 )
             if problem is not None and server.import_failure == "hung":
                 raise CommandError(
-                    f"--impl {args.impl}: importing it did not finish ({problem}); verify "
+                    f"--impl {args.impl}: importing it did not finish: {problem}; verify "
                     "imports your file to find its functions and cannot go on"
                 )
         target = load_target(args.impl)
