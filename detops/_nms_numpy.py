@@ -16,9 +16,11 @@ suppresses its group's boxes; the rounds stop when they remove few boxes. Cluste
 boxes take a few rounds, a fixed number of NumPy calls each; torchvision's kernel pays
 ``kept * N`` per group and ``batched_nms`` one kernel call on class-offset boxes, inexact.
 
-Up to four groups with non-negative coordinates need no rounds: mirrored into a quadrant
-each (exact, see ``_MIRROR_COLUMNS``), they go to one kernel call, as ``batched_nms``'s
-offset boxes do, without its rounding.
+Up to four groups need no rounds: with non-negative coordinates, mirrored into a
+quadrant each (exact, see ``_MIRROR_COLUMNS``), a few hundred boxes (up to 1500
+clustered ones) go to one kernel call, as ``batched_nms``'s offset boxes do, without its
+rounding; more go to the kernel once per group, or to the caller's path where its cost
+model prefers that (see ``_MIRROR_ALWAYS_MAX``).
 
 What the rounds leave (scattered boxes: NMS keeps most of them) is resolved in Python
 over the pairs above the threshold (usually a few per box): box ``j`` is suppressed by a
@@ -96,7 +98,7 @@ def numpy_greedy_nms(
     threshold: float,
     iou_threshold: float,
     kernel: Callable[[Tensor, Tensor, float], Tensor],
-    kernel_ok: Callable[[], bool] | None = None,
+    kernel_ok: Callable[..., bool] | None = None,
     finish: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Tensor | None:
     """Kept indices by descending score (ties: lower index first), or None when an input
@@ -129,15 +131,22 @@ def numpy_greedy_nms(
                 return None
             return kernel(boxes, scores, iou_threshold)
         quadrant = _quadrants(g, low, high)
-        if (
-            quadrant is not None
-            and float(b.min()) >= 0
-            and (
-                b.shape[0] <= _MIRROR_ALWAYS_MAX
-                or best_box_hits(b, s, threshold, g) >= CLUSTER_HITS
-            )
-        ):  # up to four groups: one kernel call, the groups mirrored apart
-            return kernel(torch.from_numpy(_mirrored(b, quadrant)), scores, iou_threshold)
+        if quadrant is not None:
+            limit = _MIRROR_TWO_ALWAYS_MAX if high - low == 1 else _MIRROR_ALWAYS_MAX
+            mirrorable = float(b.min()) >= 0
+            if mirrorable or b.shape[0] > _MIRROR_ALWAYS_MAX:  # (else the rounds and pairs)
+                return _few_groups(
+                    b,
+                    s,
+                    quadrant,
+                    limit,
+                    mirrorable,
+                    scores,
+                    threshold,
+                    iou_threshold,
+                    kernel,
+                    kernel_ok,
+                )
         routes = _Routes(threshold, iou_threshold, kernel, kernel_ok)
         rounds = True
         if b.shape[0] > CLASS_NMS_MAX_BOXES and top_hits(b, s, threshold, g) < CLUSTER_HITS:
@@ -192,12 +201,64 @@ def numpy_greedy_nms(
 # Up to this many boxes of at most four groups go to one mirrored kernel call whatever
 # they look like (measured on 2 cores against the rounds and pairs, 2 classes: clustered
 # 64 vs 116 µs at 200 boxes, 78 vs 150 at 300 with 3 classes; scattered 163 vs 224 at
-# 200, 298 vs 321 at 300); above, where the best box suppresses a cluster (best_box_hits:
-# scattered boxes keep most of them, and one call pays ``kept * N`` over all groups).
+# 200, 298 vs 321 at 300); above, up to _MIRROR_CLUSTERED_MAX, where the best box
+# suppresses a cluster (best_box_hits). Otherwise the kernel once per group: one call
+# pays ``kept * N`` over all groups, one per group a 1 / groups share of that (scattered
+# boxes keep most of them), for the price of sorting by group and merging by score
+# (measured on 2 cores, whole calls, per group vs mirrored vs the rounds and pairs:
+# clustered, 2 classes, 1000 boxes 348 vs 281 vs 343 µs, 2000: 700 vs 717 vs 751;
+# 3 classes, 3000: 1142 vs 1592 vs 1854; scattered, 2 classes, 400: 428 vs 396 vs 540,
+# 700: 918 vs 1034 vs 1029; 4 classes, 1000: 1068 vs 2060 vs 1906). Scattered boxes above
+# NUMPY_NMS_MAX_BOXES go to the kernel per group only where the caller's cost model, given
+# the share a scattered input keeps, prefers it to its own path (2 classes, 1000 boxes:
+# kernel 1688, the sparse path 1240 µs; 2000: 5998 vs 2600).
 _MIRROR_ALWAYS_MAX = 300
+_MIRROR_CLUSTERED_MAX = 1500
+# Two groups in opposite quadrants cost the kernel what ``batched_nms``'s one call on
+# offset boxes costs it, so up to this many boxes they take the call without the
+# best_box_hits check (about 20 µs at 400 boxes; scattered, 2 classes, 400 boxes:
+# mirrored 409 against 443 µs per group; 700: 1052 against 942).
+_MIRROR_TWO_ALWAYS_MAX = 600
+# The share of boxes that NMS keeps where the best box suppresses few (random_detections:
+# 40-90%), for the cost model.
+_SCATTERED_SHARE = 0.75
 # Group ids spanning more values are not ranked for mirroring (an array as long as the
 # span).
 _MIRROR_SPAN = 1024
+
+
+def _few_groups(
+    b: np.ndarray,
+    s: np.ndarray,
+    quadrant: np.ndarray,
+    limit: int,
+    mirrorable: bool,
+    scores: Tensor,
+    threshold: float,
+    iou_threshold: float,
+    kernel: Callable[[Tensor, Tensor, float], Tensor],
+    kernel_ok: Callable[..., bool] | None,
+) -> Tensor | None:
+    """NMS of more than _ALL_PAIRS_MAX boxes in at most four groups (``quadrant``, from
+    :func:`_quadrants`) by one mirrored kernel call (``mirrorable``: no negative
+    coordinate; up to ``limit`` boxes, more where clustered) or the kernel once per group
+    (see _MIRROR_ALWAYS_MAX); None where the caller's own path is cheaper."""
+    n = b.shape[0]
+    hits = 0 if n <= limit else best_box_hits(b, s, threshold, quadrant)
+    clustered = hits >= CLUSTER_HITS
+    if mirrorable and (n <= limit or (clustered and n <= _MIRROR_CLUSTERED_MAX)):
+        return kernel(torch.from_numpy(_mirrored(b, quadrant)), scores, iou_threshold)
+    if kernel_ok is not None and hits < 2 * CLUSTER_HITS:  # (as nms: a sure sign of clusters)
+        share = None if clustered else _SCATTERED_SHARE
+        if not kernel_ok(share=share):
+            return None
+    # By quadrant (as int8, which NumPy radix-sorts), index order within: the kernel sorts
+    # each call by score, stably, so ties still go to the lower index.
+    order = np.argsort(quadrant.astype(np.int8), kind="stable")
+    bounds = _group_starts(quadrant.take(order)).tolist()
+    ranked = np.ascontiguousarray(b.take(order, axis=0))
+    kept = _kernel_per_group(ranked, s.take(order), order, bounds, iou_threshold, kernel)
+    return torch.from_numpy(_by_score(kept, s))
 
 
 def best_box_hits(b: np.ndarray, s: np.ndarray, t: float, g: np.ndarray | None = None) -> int:
@@ -507,7 +568,7 @@ class _Routes(NamedTuple):
     threshold: float  # in the boxes' dtype
     iou_threshold: float
     kernel: Callable[[Tensor, Tensor, float], Tensor]
-    kernel_ok: Callable[[], bool] | None
+    kernel_ok: Callable[..., bool] | None
 
 
 def _group_pairs(

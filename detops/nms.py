@@ -1082,13 +1082,17 @@ def _kernel_is_cheaper(
     groups: Tensor | None,
     iou_threshold: float,
     sparse_per_box: float = _SPARSE_GROUPED_S,
+    *,
+    share: float | None = None,
 ) -> bool:
     """For CPU float32/float64 finite input (where the kernel's answer is ours): whether
     torchvision's kernel (once per group) is expected to beat the sparse path (see
     ``_KERNEL_CALL_S``). ``sparse_per_box``: the sparse path's seconds per box on
-    scattered input with these groups (plain NMS has its own table). Data that kept_share
-    cannot sample (nearly all centres in one spot) counts as clustered. Also the finite
-    check of the kernel routes: False for NaN or infinite input."""
+    scattered input with these groups (plain NMS has its own table). ``share``: the share
+    of boxes NMS keeps, where the caller knows it well enough; else it is estimated
+    (kept_share). Data that kept_share cannot sample (nearly all centres in one spot)
+    counts as clustered. Also the finite check of the kernel routes: False for NaN or
+    infinite input."""
     n = boxes.shape[0]
     if not (n > 0 and boxes.is_cpu and boxes.dtype in _KERNEL_DTYPES):
         return False
@@ -1117,10 +1121,10 @@ def _kernel_is_cheaper(
         squares = float((sizes * sizes).sum())
         if calls + _KERNEL_PAIR_S * squares <= sparse:  # cheaper even if every box is kept
             return True
-        sample = _SHARE_SAMPLE
-        share = kept_share(
-            boxes, scores, groups, functools.partial(_window_nms, iou_threshold), sample
-        )
+        if share is None:
+            share = kept_share(
+                boxes, scores, groups, functools.partial(_window_nms, iou_threshold), _SHARE_SAMPLE
+            )
     if share is None:
         return True
     return calls + _KERNEL_PAIR_S * share * squares <= sparse * _clustered_sparse_factor(share)
@@ -1165,10 +1169,12 @@ def class_spec_nms(
     rounds as the most boxes one class keeps). What the rounds leave (scattered boxes)
     goes by pairs up to 3000 boxes, else to torchvision's kernel once per class where
     the cost model of :func:`nms` prefers it, else to the sparse path. Up to four
-    classes with non-negative coordinates go to one kernel call instead (up to 300
-    boxes, or where the best box suppresses a cluster), each class mirrored into a
-    quadrant of its own: negating coordinates is exact, so every IoU within a class is
-    unchanged bit for bit, and boxes of different quadrants never intersect.
+    classes skip the rounds: with non-negative coordinates, up to 300 boxes (600 in two
+    classes, 1500 where the best box suppresses a cluster) go to one kernel call, each
+    class mirrored into a quadrant of its own (negating coordinates is exact, so every
+    IoU within a class is unchanged bit for bit, and boxes of different quadrants never
+    intersect); more go to the kernel once per class, or to the sparse path where the
+    cost model prefers it.
 
     Args:
         boxes (Tensor[N, 4]): XYXY, absolute pixels, floating dtype.
@@ -1234,7 +1240,7 @@ def _class_spec_nms_impl(
 
 def _numpy_fallbacks(
     boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float
-) -> tuple[Callable[[], bool] | None, Callable[[np.ndarray], np.ndarray] | None]:
+) -> tuple[Callable[..., bool] | None, Callable[[np.ndarray], np.ndarray] | None]:
     """``kernel_ok`` and ``finish`` for :func:`numpy_greedy_nms` above 768 boxes: the
     cost model's choice of the kernel (asked once at most) and the sparse path on the
     boxes its rounds leave. None and None below (the pairs, or the kernel for one group)."""
@@ -1337,7 +1343,7 @@ def _numpy_nms(
     scores: Tensor,
     groups: Tensor | None,
     iou_threshold: float,
-    kernel_ok: Callable[[], bool] | None = None,
+    kernel_ok: Callable[..., bool] | None = None,
     finish: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Tensor | None:
     """:func:`numpy_greedy_nms` in the computation dtype (float16/bfloat16 values are

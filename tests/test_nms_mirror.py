@@ -61,38 +61,59 @@ def test_a_few_classes_in_one_mirrored_kernel_call_equal_per_class_calls(data, t
         assert class_spec_nms(boxes, scores, ids, threshold).tolist() == expected.tolist()
 
 
-def _spy_mirrored(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    mirrored = numpy_nms._mirrored
+def _spy_routes(monkeypatch) -> dict[str, list[int]]:
+    """The mirrored call (how many quadrants it fills) and the kernel per group (how many
+    groups it is given), as class_spec_nms takes them."""
+    calls: dict[str, list[int]] = {"mirrored": [], "per group": []}
+    mirrored, per_group = numpy_nms._mirrored, numpy_nms._kernel_per_group
 
-    def spy(b, quadrant):
-        calls.append(len(np.unique(quadrant)))
+    def spy_mirrored(b, quadrant):
+        calls["mirrored"].append(len(np.unique(quadrant)))
         return mirrored(b, quadrant)
 
-    monkeypatch.setattr(numpy_nms, "_mirrored", spy)
+    def spy_per_group(ranked, ranked_scores, order, bounds, iou_threshold, kernel):
+        calls["per group"].append(len(bounds) - 1)
+        return per_group(ranked, ranked_scores, order, bounds, iou_threshold, kernel)
+
+    monkeypatch.setattr(numpy_nms, "_mirrored", spy_mirrored)
+    monkeypatch.setattr(numpy_nms, "_kernel_per_group", spy_per_group)
     return calls
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize(
-    "n, classes, clustered",
-    [(200, 2, False), (300, 4, False), (500, 2, True), (1000, 3, True), (3000, 2, True)],
+    "n, classes, clustered, route",
+    [
+        (200, 2, False, "mirrored"),  # up to 300 boxes, any few-class input
+        (300, 4, False, "mirrored"),
+        (600, 2, False, "mirrored"),  # two classes: up to 600
+        (500, 2, True, "mirrored"),  # clusters: up to 1500
+        (1000, 3, True, "mirrored"),
+        (1500, 2, True, "mirrored"),
+        (400, 3, False, "per group"),  # scattered: one call pays kept * N over all classes
+        (700, 2, False, "per group"),
+        (1000, 4, False, "per group"),  # (the cost model, given a scattered share)
+        (2000, 4, True, "per group"),  # many clusters: per class
+        (3000, 2, True, "per group"),
+        (2000, 2, False, "neither"),  # the sparse path is cheaper
+    ],
 )
-def test_which_inputs_take_the_one_mirrored_call(n, classes, clustered, dtype, monkeypatch):
-    # Up to _MIRROR_ALWAYS_MAX boxes any few-class input; above, clustered ones only
-    # (scattered boxes keep most of them, and one call pays kept * N over all classes).
+def test_which_route_a_few_classes_take(n, classes, clustered, route, dtype, monkeypatch):
     make = clustered_detections if clustered else random_detections
     boxes, scores, ids = make(n)
     boxes, scores, ids = boxes.to(dtype).clamp(min=0), scores.to(dtype), ids % classes
-    calls = _spy_mirrored(monkeypatch)
+    calls = _spy_routes(monkeypatch)
     got = class_spec_nms(boxes, scores, ids, 0.5)
-    assert calls == [classes]
+    expected = {"mirrored": [], "per group": []}
+    if route != "neither":
+        expected[route] = [classes]
+    assert calls == expected
     assert got.tolist() == per_class_kernel(boxes, scores, ids, 0.5)
 
 
 @pytest.mark.parametrize(
     "case",
-    ["five classes", "ids 1024 apart", "a negative coordinate", "scattered above the limit"],
+    ["five classes", "ids 1024 apart", "a negative coordinate"],
 )
 def test_inputs_the_mirrored_call_does_not_take(case, monkeypatch):
     boxes, scores, ids = clustered_detections(400)
@@ -101,15 +122,37 @@ def test_inputs_the_mirrored_call_does_not_take(case, monkeypatch):
         ids = torch.arange(400) % 5
     elif case == "ids 1024 apart":
         ids = ids * 1024
-    elif case == "a negative coordinate":
-        boxes[7, 0] = -0.5
     else:
-        boxes, scores, ids = random_detections(400)
-        ids = ids % 2
-    calls = _spy_mirrored(monkeypatch)
+        boxes[7, 0] = -0.5
+    calls = _spy_routes(monkeypatch)
     got = class_spec_nms(boxes, scores, ids, 0.5)
-    assert calls == []
+    assert calls["mirrored"] == []
     assert got.tolist() == per_class_kernel(boxes, scores, ids, 0.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(301, 900),
+    classes=st.integers(2, 4),
+    low=st.sampled_from([0, -3, 1 << 40]),
+    shift=st.sampled_from([0.0, -500.0]),
+    seed=st.integers(0, 2**16),
+    threshold=st.sampled_from([0.0, 0.3, 0.5, 0.9]),
+)
+def test_a_few_classes_above_the_all_pairs_limit_equal_per_class_calls(
+    n, classes, low, shift, seed, threshold
+):
+    # Scattered boxes above the mirrored call's limit, or with negative coordinates (which
+    # cannot be mirrored), take the kernel once per class: tied scores must still go to
+    # the lower index across classes, and ids far from 0 must still group correctly.
+    boxes, scores, ids = random_detections(n, seed=seed)
+    scores = (scores * 8).floor()  # ties
+    boxes, ids = boxes + shift, low + ids % classes
+    for dtype in (torch.float32, torch.float64):
+        b, s = boxes.to(dtype), scores.to(dtype)
+        assert class_spec_nms(b, s, ids, threshold).tolist() == per_class_kernel(
+            b, s, ids, threshold
+        )
 
 
 def test_mirroring_keeps_boxes_of_different_quadrants_apart_and_sides_exact():

@@ -229,6 +229,21 @@ BENCHMARKS = (
         )
         for n in (200, 1000)
     ),
+    # (few classes, more boxes: the kernel once per class, where one call pays kept * N)
+    BenchCase(
+        "class_spec_nms",
+        "1000, 4 classes",
+        "torchvision.ops.batched_nms",
+        _class_setup(1000, False, classes=4),
+        notes=_NOTES + ", class ids modulo 4",
+    ),
+    BenchCase(
+        "class_spec_nms",
+        "3000 clustered, 4 classes",
+        "torchvision.ops.batched_nms",
+        _class_setup(3000, False, clustered=True, classes=4),
+        notes=_CLUSTERED_NOTES.replace("one class per object", "class ids modulo 4"),
+    ),
     BenchCase(
         "batched_nms_per_image",
         "4x100, 20 classes",
