@@ -162,9 +162,12 @@ def numpy_greedy_nms(
         bounds = _group_starts(grouped)
         heads = alive = _NONE
         few_groups_left = False
-        if rounds and b.shape[0] >= _ROUND_GROUP_SIZE * (bounds.shape[0] - 1):
+        tried = rounds and b.shape[0] >= _ROUND_GROUP_SIZE * (bounds.shape[0] - 1)
+        if tried:
             heads, alive, few_groups_left = _head_rounds(planes, area, grouped, threshold)
         if heads.shape[0] == 0:  # no rounds: the pairs, or the kernel per group
+            if tried:  # the group heads suppressed few boxes: a scattered input
+                routes = routes._replace(share=_SCATTERED_SHARE)
             kept = _group_pairs(s, order, grouped, planes, area, routes, bounds)
         else:
             kept = order.take(heads)
@@ -569,6 +572,7 @@ class _Routes(NamedTuple):
     iou_threshold: float
     kernel: Callable[[Tensor, Tensor, float], Tensor]
     kernel_ok: Callable[..., bool] | None
+    share: float | None = None  # the share of boxes kept, for kernel_ok, where known
 
 
 def _group_pairs(
@@ -594,7 +598,7 @@ def _group_pairs(
     if total == 0:  # one box per group: all kept
         return order
     if n > CLASS_NMS_MAX_BOXES or total > _PAIRS_PER_KERNEL_CALL * (bounds.shape[0] - 1):
-        if routes.kernel_ok is not None and not routes.kernel_ok():
+        if routes.kernel_ok is not None and not routes.kernel_ok(share=routes.share):
             return None
         ranked = np.ascontiguousarray(planes.T)
         return _kernel_per_group(

@@ -351,7 +351,7 @@ def test_every_internal_path_equals_torchvision(settings_, monkeypatch):
     for name, value in settings_.items():
         monkeypatch.setattr(module, name, value)
     # (the kernel, which clustered input may be routed to above 800 boxes, is not ours)
-    monkeypatch.setattr(module, "_kernel_is_cheaper", lambda *args: False)
+    monkeypatch.setattr(module, "_kernel_is_cheaper", lambda *args, **kwargs: False)
     for n in (300, 2000):
         boxes, scores, classes = random_detections(n, seed=n)
         boxes[::7] = boxes[::7, [2, 3, 0, 1]]  # some inverted boxes

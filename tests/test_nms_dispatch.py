@@ -45,7 +45,7 @@ def test_both_routes_give_the_same_answer(n, kind, dtype, monkeypatch):
     boxes, scores, classes = _inputs(kind, n, dtype)
     answers = {}
     for route in (True, False):
-        monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args, route=route: route)
+        monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args, route=route, **kwargs: route)
         answers[route] = (nms(boxes, scores, 0.5), class_spec_nms(boxes, scores, classes, 0.5))
     assert torch.equal(answers[True][0], answers[False][0])
     assert torch.equal(answers[True][1], answers[False][1])
@@ -154,7 +154,7 @@ def test_top_hits_tells_clusters_from_scattered_boxes():
 @pytest.mark.parametrize("kind", ["clustered", "scattered"])
 def test_batched_nms_per_image_above_768_boxes_equals_per_image_calls(kind, route, monkeypatch):
     if route is not None:
-        monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args: route)
+        monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args, **kwargs: route)
     data = [_inputs(kind, 400, torch.float32) for _ in range(3)]
     boxes = torch.stack([d[0] for d in data])
     scores = torch.stack([d[1] for d in data])
@@ -267,3 +267,23 @@ def test_meta_tensors_are_refused_by_name():
     for op, call in calls.items():
         with pytest.raises(ValueError, match=rf"^{op}: boxes and scores are on the meta device"):
             call()
+
+
+@pytest.mark.parametrize("classes", [8, 2])
+def test_scattered_boxes_are_routed_without_the_window_estimate(classes, monkeypatch):
+    # Where the group heads (or, for a few classes, the best box) suppress few boxes, the
+    # cost model is given a scattered share: the window estimate (kept_share, ~0.4 ms at
+    # this size) would only confirm it.
+    boxes, scores, ids = random_detections(1500, seed=3)
+    ids = ids % classes
+    windows = []
+    share = NMS.kept_share
+
+    def counted(*args, **kwargs):
+        windows.append(args[0].shape[0])
+        return share(*args, **kwargs)
+
+    monkeypatch.setattr(NMS, "kept_share", counted)
+    got = class_spec_nms(boxes, scores, ids, 0.5)
+    assert windows == []
+    assert got.tolist() == per_class_kernel(boxes, scores, ids, 0.5)

@@ -128,7 +128,7 @@ def test_boxes_the_rounds_leave_go_to_the_kernel_or_the_sparse_path(n, kernel, m
     monkeypatch.setattr(numpy_nms, "_ROUND_SHARE", 0.05)  # stop early: a large rest
     monkeypatch.setattr(numpy_nms, "_ROUND_TAIL", 0)
     monkeypatch.setattr(numpy_nms, "_PAIRS_PER_KERNEL_CALL", 0)  # never the pairs
-    monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args: kernel)
+    monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args, **kwargs: kernel)
     taken = []
     per_group, finish = numpy_nms._kernel_per_group, NMS._sparse_subset
     monkeypatch.setattr(
@@ -286,7 +286,7 @@ def test_clusters_among_scattered_boxes_in_any_float_dtype(dtype, monkeypatch):
     # torchvision's kernel once per class on the float32 values (which hold every float16
     # and bfloat16 value exactly): independent of the sparse path the rest is sent to
     expected = per_class_kernel(boxes.float(), scores.float(), classes, 0.5)
-    monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args: False)
+    monkeypatch.setattr(NMS, "_kernel_is_cheaper", lambda *args, **kwargs: False)
     subsets = []
     finish = NMS._sparse_subset
     monkeypatch.setattr(NMS, "_sparse_subset", lambda *a: subsets.append(len(a[-1])) or finish(*a))

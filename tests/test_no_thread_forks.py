@@ -88,7 +88,7 @@ CHILD = textwrap.dedent(
     # Clusters among scattered boxes: rounds for the clusters, then the scattered rest
     # (18k boxes) to the sparse path (the cost model's "no" to the kernel, forced here).
     nms_module = sys.modules["detops.nms"]
-    nms_module._kernel_is_cheaper = lambda *args: False
+    nms_module._kernel_is_cheaper = lambda *args, **kwargs: False
     subset, subsets = nms_module._sparse_subset, []
     nms_module._sparse_subset = lambda *args: subsets.append(len(args[-1])) or subset(*args)
     mixed = zip(clustered_detections(10000), random_detections(10000, seed=3))
