@@ -1,12 +1,19 @@
-"""``detops verify`` at its edges (found by a new-user trial): Ctrl-C keeps what
-finished, a write that changes nothing is no mutation, only cpu and cuda are devices,
-loading errors say what is wrong, and an input whose shrinking ran out of budget (or was
-switched off) says so."""
+"""``detops verify`` at its edges (found by new-user trials): Ctrl-C keeps what finished
+(and, from the start, still writes the --json), a write that changes nothing is no
+mutation, only cpu and cuda are devices, loading errors say what is wrong (before the
+target is imported, where they can), an input whose shrinking ran out of budget (or was
+switched off) says so, a refusal that is a crash is not counted as a refusal, and the
+target's prints stay out of the report."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +23,16 @@ from verify_helpers import FAST, IMPLS, child_pids, gone, only
 import detops.verify
 from detops.cli import main
 from detops.verify import harness, load_target, verify
-from detops.verify.course_api import CallFailure, collect_problems, spec_by_name
-from detops.verify.harness import ForkedRunner, GuardedCall, format_report, format_value
+from detops.verify.course_api import SEED_NAMES, CallFailure, collect_problems, spec_by_name
+from detops.verify.harness import (
+    ForkedRunner,
+    ForkServer,
+    GuardedCall,
+    format_report,
+    format_value,
+)
+
+ROOT = Path(__file__).parent.parent
 
 
 def one_error_line(capsys) -> str:
@@ -363,3 +378,145 @@ def test_a_large_array_prints_whole_rows():
     assert flat.startswith("array[100] float32 first 64: [ 0.,  1.,")
     wide = format_value(np.zeros((2, 100)))  # a row longer than the limit: flat
     assert "first 64: [0., 0.," in wide
+
+
+# --- 6. a second trial: bad arguments before the import, Ctrl-C at start-up, refusals that
+# --- are crashes, the target's prints -------------------------------------------------------
+
+
+def _target_that_leaves_a_mark(tmp_path) -> tuple[Path, Path]:
+    """A file with a correct box_iou that creates a marker file when it is imported."""
+    marker = tmp_path / "imported"
+    impl = tmp_path / "leaves_a_mark.py"
+    impl.write_text(
+        f"from pathlib import Path\n\nfrom detops.boxes import box_iou\n\n"
+        f"Path({str(marker)!r}).touch()\n"
+    )
+    return impl, marker
+
+
+@pytest.mark.parametrize(
+    ("ops", "message"),
+    [
+        (["nosuchop"], f"--op: nosuchop is not a course function; known: {', '.join(SEED_NAMES)}"),
+        (["box_iou", "bogus"], "--op: bogus is not a course function; known: "),
+    ],
+    ids=["unknown op", "one unknown op of two"],
+)
+def test_cli_refuses_an_unknown_op_before_anything_imports_the_target(
+    ops, message, tmp_path, capsys, monkeypatch
+):
+    impl, marker = _target_that_leaves_a_mark(tmp_path)
+    started: list[ForkServer] = []
+    monkeypatch.setattr(ForkServer, "start", lambda server: started.append(server))
+    argv = ["verify", "--impl", str(impl), "--examples", "1"]
+    assert main([*argv, *[arg for op in ops for arg in ("--op", op)]]) == 2
+    assert one_error_line(capsys).startswith(f"detops verify: error: {message}")
+    assert not marker.exists() and not started
+
+
+def test_cli_refuses_a_missing_file_before_starting_the_worker_server(
+    tmp_path, capsys, monkeypatch
+):
+    started: list[ForkServer] = []
+    monkeypatch.setattr(ForkServer, "start", lambda server: started.append(server))
+    missing = tmp_path / "missing.py"
+    assert main(["verify", "--impl", str(missing), "--examples", "1"]) == 2
+    assert one_error_line(capsys) == f"detops verify: error: --impl {missing}: no such file"
+    assert not started
+
+
+@pytest.mark.usefixtures("python_sigint_handler")  # a real SIGINT
+def test_cli_ctrl_c_while_verify_imports_its_modules_still_writes_the_json(
+    tmp_path, capsys, monkeypatch
+):
+    # While the command checks its options and imports torch and hypothesis, Ctrl-C waits
+    # until those imports are done: a KeyboardInterrupt inside them left half-imported
+    # modules, and no --json.
+    import detops.cli
+
+    check_output_file = detops.cli.check_output_file
+
+    def ctrl_c_then_check(option, path):
+        os.kill(os.getpid(), signal.SIGINT)
+        check_output_file(option, path)
+
+    monkeypatch.setattr(detops.cli, "check_output_file", ctrl_c_then_check)
+    json_path = tmp_path / "verify.json"
+    code = main(["verify", "--impl", str(IMPLS / "correct.py"), "--json", str(json_path)])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "detops verify: interrupted before the first function", err
+    data = json.loads(json_path.read_text())
+    assert data["interrupted"] is True and data["functions"] == [] and data["passed"] is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+@pytest.mark.usefixtures("python_sigint_handler")  # the child must not inherit SIGINT ignored
+@pytest.mark.parametrize("after", [0.0, 0.5], ids=["as torch loads", "0.5 s later"])
+def test_cli_a_real_ctrl_c_during_start_up_exits_130_with_the_json(after, tmp_path):
+    json_path = tmp_path / "verify.json"
+    command = [sys.executable, "-m", "detops", "verify", "--impl", str(IMPLS / "correct.py")]
+    process = subprocess.Popen(
+        [*command, "--json", str(json_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # torch's libraries mapped: the arguments are parsed, torch is being imported.
+        while "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text():
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.005)
+        time.sleep(after)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 130, (process.returncode, out[-2000:], err[-2000:])
+    assert "Traceback" not in err, err
+    data = json.loads(json_path.read_text())
+    assert data["interrupted"] is True and data["functions"] == [] and data["passed"] is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["verify.json"]  # written atomically
+
+
+def test_a_refusal_counts_only_where_the_function_accepts_the_input_without_it():
+    nan_probe = "a NaN score is refused"
+    options = {**FAST, "shrink_seconds": 0}
+    report = verify(load_target(str(IMPLS / "wrong_raising_nms.py")), names=["nms"], **options)
+    raising = only(report, "nms")
+    assert raising.verdict == "FAIL"
+    (probe,) = [p for p in raising.probes if p.label == nan_probe]
+    assert probe.verdict == "N/A"
+    assert probe.note == (
+        "the same input without the NaN (score 0.5 in its place) fails too: nms raised "
+        "NotImplementedError: TODO: write nms (at wrong_raising_nms.py:5 in nms)"
+    )
+    assert sum(p.verdict == "PASS" for p in raising.probes) == 0
+    text = format_report(report)
+    assert f"N/A nms [float32, probe '{nan_probe}']: the same input without the NaN" in text
+    assert f"0/{len(raising.probes)}" in text
+    # detops' own nms refuses only the NaN: it passes the probe.
+    detops_nms = only(verify(load_target(None), names=["nms"], **options), "nms")
+    assert {p.label: p.verdict for p in detops_nms.probes}[nan_probe] == "PASS"
+    assert detops_nms.verdict == "PASS", detops_nms.summary
+
+
+def test_cli_the_targets_prints_go_to_stderr_and_stdout_holds_only_the_report(tmp_path, capfd):
+    impl = tmp_path / "prints.py"
+    impl.write_text(
+        "import os\n\nfrom detops.boxes import box_iou\n\n"
+        "print('printed at import')\n"
+        "os.write(1, b'written to fd 1 at import\\n')\n"
+    )
+    code = main(["verify", "--impl", str(impl), "--op", "box_iou", "--examples", "2"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert "printed at import" in err and "written to fd 1 at import" in err
+    lines = out.splitlines()
+    assert lines[0] == f"detops verify: {impl}", out
+    assert lines[-1].startswith("PASS: 1 function in "), out
+    assert "printed" not in out and "written" not in out, out

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from detops._seed_names import SEED_NAMES
 
@@ -105,39 +110,105 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Within: Ctrl-C waits, and is raised where the block ends (not when it ends with an
+    error). A KeyboardInterrupt that cuts an import short leaves its module half imported:
+    numpy then refuses to load again, and Python may end the process by SIGINT even after
+    the interrupt was handled."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(
+        signal.SIGINT
+    ) in (signal.SIG_IGN, None):
+        yield
+        return
+    pressed = False
+
+    def hold(signum, frame) -> None:
+        nonlocal pressed
+        pressed = True
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:  # to the handler that was there: detops.cli's records it too
+        signal.raise_signal(signal.SIGINT)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse a bad option value, and fill in the defaults."""
     from detops.cli import CommandError, check_output_file
 
-    examples = DEFAULT_EXAMPLES if args.examples is None else args.examples
-    timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
-    if examples < 1:
-        raise CommandError(f"--examples must be at least 1, got {examples}")
-    if not 0 < timeout <= MAX_TIMEOUT:
+    args.examples = DEFAULT_EXAMPLES if args.examples is None else args.examples
+    args.timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    if args.examples < 1:
+        raise CommandError(f"--examples must be at least 1, got {args.examples}")
+    if not 0 < args.timeout <= MAX_TIMEOUT:
         raise CommandError(
-            f"--timeout must be positive and at most {MAX_TIMEOUT:g} s (a day), got {timeout:g}"
+            f"--timeout must be positive and at most {MAX_TIMEOUT:g} s (a day), "
+            f"got {args.timeout:g}"
         )
-    shrink_seconds = SHRINK_SECONDS if args.shrink_seconds is None else args.shrink_seconds
-    if not 0 <= shrink_seconds <= MAX_TIMEOUT:
+    if args.shrink_seconds is None:
+        args.shrink_seconds = SHRINK_SECONDS
+    if not 0 <= args.shrink_seconds <= MAX_TIMEOUT:
         raise CommandError(
             f"--shrink-seconds must be at least 0 (0: no shrinking) and at most "
-            f"{MAX_TIMEOUT:g} s (a day), got {shrink_seconds:g}"
+            f"{MAX_TIMEOUT:g} s (a day), got {args.shrink_seconds:g}"
         )
     if args.json:
         check_output_file("--json", args.json)
 
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with _ctrl_c_held():
+            _check_options(args)
+            importlib.import_module("detops.verify.harness")  # torch, hypothesis: about 2 s
+    except KeyboardInterrupt:
+        return _interrupted_before_the_first_function(args)
+    return _verify(args)
+
+
+def _interrupted_before_the_first_function(args: argparse.Namespace) -> int:
+    """Ctrl-C before any function was done: the --json says so, with no functions."""
+    if args.json:
+        from detops._atomic import atomic_write_text
+        from detops.verify import VerifyReport, report_to_json
+
+        label = args.impl or "detops registry (fast ops vs NumPy references)"
+        mode = "registry" if args.impl is None else "functions"
+        empty = VerifyReport(
+            label,
+            mode,
+            args.examples,
+            args.seed,
+            args.timeout,
+            args.device,
+            [],
+            interrupted=True,
+        )
+        atomic_write_text(args.json, report_to_json(empty))
+        print(f"report written to {args.json}")
+    print("detops verify: interrupted before the first function", file=sys.stderr)
+    return 130
+
+
+def _verify(args: argparse.Namespace) -> int:
     import torch
 
     from detops._atomic import atomic_write_text
-    from detops.verify import (
-        TargetError,
-        VerifyReport,
-        format_report,
-        load_target,
-        report_to_json,
+    from detops.cli import CommandError
+    from detops.verify import TargetError, format_report, load_target, report_to_json, verify
+    from detops.verify.harness import (
+        ForkServer,
+        check_course_names,
+        check_target_spec,
+        device_problem,
         stderr_progress,
-        verify,
+        stdout_to_stderr,
+        target_source,
     )
-    from detops.verify.harness import ForkServer, device_problem, target_source
 
     problem = device_problem(args.device)
     if problem is not None:
@@ -146,53 +217,50 @@ def run(args: argparse.Namespace) -> int:
 
     server = None
     try:
-        on_cpu = torch.device(device).type == "cpu"
-        if args.impl not in (None, "torchvision") and on_cpu and ForkServer.available():
-            # The worker server imports the target first: an import that ends its process
-            # (os._exit) or hangs is reported, instead of ending or hanging this one.
-            server = ForkServer(target_source(args.impl))
-            problem = server.wait_started()
-            if problem is not None and server.import_failure == "ended":
-                raise CommandError(
-                    f"--impl {args.impl}: importing it ended the process that imported it: "
-                    f"{problem}; verify imports your file to find its functions and cannot "
-                    "go on"
+        if args.impl is not None:  # what can be refused before anything imports the target
+            check_course_names(args.op)
+            if args.impl != "torchvision":
+                check_target_spec(args.impl)
+        with stdout_to_stderr():  # the target's prints: stdout holds only the report
+            on_cpu = torch.device(device).type == "cpu"
+            if args.impl not in (None, "torchvision") and on_cpu and ForkServer.available():
+                # The worker server imports the target first: an import that ends its
+                # process (os._exit) or hangs is reported, instead of ending or hanging
+                # this one.
+                server = ForkServer(target_source(args.impl))
+                problem = server.wait_started()
+                if problem is not None and server.import_failure == "ended":
+                    raise CommandError(
+                        f"--impl {args.impl}: importing it ended the process that imported "
+                        f"it: {problem}; verify imports your file to find its functions and "
+                        "cannot go on"
+                    )
+                if problem is not None and server.import_failure == "hung":
+                    raise CommandError(
+                        f"--impl {args.impl}: importing it did not finish: {problem}; verify "
+                        "imports your file to find its functions and cannot go on"
+                    )
+            target = load_target(args.impl)
+            if target.functions is not None and not target.functions:
+                raise TargetError(
+                    f"--impl {args.impl}: defines none of the course code's functions "
+                    f"({', '.join(SEED_NAMES)})"
                 )
-            if problem is not None and server.import_failure == "hung":
-                raise CommandError(
-                    f"--impl {args.impl}: importing it did not finish: {problem}; verify "
-                    "imports your file to find its functions and cannot go on"
-                )
-        target = load_target(args.impl)
-        if target.functions is not None and not target.functions:
-            raise TargetError(
-                f"--impl {args.impl}: defines none of the course code's functions "
-                f"({', '.join(SEED_NAMES)})"
+            report = verify(
+                target,
+                names=args.op,
+                examples=args.examples,
+                seed=args.seed,
+                timeout=args.timeout,
+                device=device,
+                shrink_seconds=args.shrink_seconds,
+                progress=None if args.quiet else stderr_progress(),
+                _server=server,
             )
-        report = verify(
-            target,
-            names=args.op,
-            examples=examples,
-            seed=args.seed,
-            timeout=timeout,
-            device=device,
-            shrink_seconds=shrink_seconds,
-            progress=None if args.quiet else stderr_progress(),
-            _server=server,
-        )
     except TargetError as error:
         raise CommandError(str(error)) from None
     except KeyboardInterrupt:  # before the first function (verify keeps finished ones)
-        if args.json:  # no functions, but the file says so
-            label = args.impl or "detops registry (fast ops vs NumPy references)"
-            mode = "registry" if args.impl is None else "functions"
-            empty = VerifyReport(
-                label, mode, examples, args.seed, timeout, device, [], interrupted=True
-            )
-            atomic_write_text(args.json, report_to_json(empty))
-            print(f"report written to {args.json}")
-        print("detops verify: interrupted before the first function", file=sys.stderr)
-        return 130
+        return _interrupted_before_the_first_function(args)
     finally:
         if server is not None:  # (verify closes it too; a second close does nothing)
             server.close()

@@ -222,20 +222,37 @@ def _names_a_file(spec: str) -> bool:
     return spec.endswith(".py") or Path(spec).is_file()
 
 
-def _import_module(spec: str):
+def check_target_spec(spec: str) -> None:
+    """Raise :class:`TargetError` where ``--impl spec`` cannot name a target (empty, a plain
+    folder, a file that does not exist): what can be told without importing anything."""
     if not spec.strip():
         raise TargetError("--impl: empty; it takes a .py file, a module name or 'torchvision'")
     path = Path(spec)
     # A folder is a target only as an importable package named like a module (``--impl
     # mypkg`` with mypkg/__init__.py); a path such as /some/folder is never a module name.
     # A plain folder named like an installed package (a checkout of detops, run from its
-    # parent) does not hide the package: the import below decides.
+    # parent) does not hide the package: the import decides.
     is_module_name = all(part.isidentifier() for part in spec.split("."))
     if path.is_dir() and not is_module_name:
         raise _folder_error(spec, path)
+    if _names_a_file(spec) and not path.is_file():
+        raise TargetError(f"--impl {spec}: no such file")
+
+
+def check_course_names(names: Sequence[str] | None) -> None:
+    """Raise :class:`TargetError` where ``names`` (``--op``) holds a name that is not a
+    course function."""
+    unknown = [n for n in names or () if n not in SEED_NAMES]
+    if unknown:
+        raise TargetError(
+            f"--op: {', '.join(unknown)} is not a course function; known: {', '.join(SEED_NAMES)}"
+        )
+
+
+def _import_module(spec: str):
+    check_target_spec(spec)
+    path = Path(spec)
     if _names_a_file(spec):
-        if not path.is_file():
-            raise TargetError(f"--impl {spec}: no such file")
         name = "detops_verify_target_" + "".join(c if c.isalnum() else "_" for c in path.stem)
         module_spec = importlib.util.spec_from_file_location(name, path.resolve())
         if module_spec is None or module_spec.loader is None:
@@ -899,19 +916,38 @@ def _load_job(data: bytes, preloaded: Target | None) -> Callable[[Case, torch.dt
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Within: file descriptor 2 goes to /dev/null."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    quiet = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(quiet, 2)
-    os.close(quiet)
+def _fd_redirected(fd: int, target: int, stream: TextIO) -> Iterator[None]:
+    """Within: file descriptor ``fd`` (``stream``'s, flushed on the way in and out) writes
+    where file descriptor ``target`` does."""
+    stream.flush()
+    saved = os.dup(fd)
+    os.dup2(target, fd)
     try:
         yield
     finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
+        stream.flush()
+        os.dup2(saved, fd)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Within: file descriptor 2 goes to /dev/null."""
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    try:
+        with _fd_redirected(2, quiet, sys.stderr):
+            yield
+    finally:
+        os.close(quiet)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Within: what this process writes to stdout (``print``, or file descriptor 1) goes to
+    stderr. ``detops verify`` imports the target and runs its functions inside, so that
+    their prints never mix with the report, the one thing it writes to stdout."""
+    with _fd_redirected(1, 2, sys.stdout), contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def _die_with(parent: int) -> None:  # pragma: no cover - in a worker
@@ -1193,8 +1229,9 @@ class Failure:
 class ProbeResult:
     label: str
     dtype: str
-    verdict: str  # PASS | FAIL | DEPARTS
+    verdict: str  # PASS | FAIL | DEPARTS | N/A (its outcome says nothing: ``note`` says why)
     shared: bool = True
+    note: str = ""
 
 
 @dataclass
@@ -1538,6 +1575,8 @@ def _evaluate(
     except CallFailure as failure:
         problems = failure.problems
         if refused is not None and failure.kind == "raised":
+            if probe is not None:
+                _confirm_refusal(check, probe)
             return _soft_failures(problems, dname, text, label, data), 0.0, 0.0
         context = HintContext(case, ref_case, dtype, failure.kind, None, expected, tol)
         main = Failure(
@@ -1600,6 +1639,27 @@ def _evaluate(
             ),
         )
     return failures, result.max_abs_error, result.max_rel_error
+
+
+class _NotApplicable(Exception):
+    """A probe whose outcome says nothing about the function; the message says why."""
+
+
+def _confirm_refusal(check: _Check, probe: Probe) -> None:
+    """A function that raised on a probe's refused input refused it only if it accepts the
+    same input without what detops refuses (the probe's control); raises
+    :class:`_NotApplicable` where it does not (it raises on every input, say)."""
+    if probe.control is None:
+        raise _NotApplicable(
+            "the function raised, and this probe has no input without what detops refuses "
+            "to tell a refusal from a crash"
+        )
+    try:
+        check.run(probe.control(), probe.dtype)
+    except CallFailure as failure:
+        raise _NotApplicable(
+            f"the same input {probe.control_without} fails too: {failure.message}"
+        ) from None
 
 
 def _named_inputs(case: Case, names: Sequence[str], dtype: torch.dtype) -> dict[str, Any]:
@@ -1885,7 +1945,15 @@ def _run_function(
             except Exception as exc:  # pragma: no cover - probes are static data
                 report.note = f"probe '{probe.label}' could not be built: {exc}"
                 continue
-            found, _, _ = _evaluate(probe_check, case, probe.dtype, tol, probe=probe)
+            try:
+                found, _, _ = _evaluate(probe_check, case, probe.dtype, tol, probe=probe)
+            except _NotApplicable as why:
+                report.probes.append(
+                    ProbeResult(
+                        probe.label, _dtype_name(probe.dtype), "N/A", probe.shared, str(why)
+                    )
+                )
+                continue
             shared = probe.shared or not departures
             for failure in found:
                 failure.shared = shared
@@ -2014,12 +2082,7 @@ def _function_jobs(
 ) -> list[_Job]:
     wanted = list(target.names)
     if names:
-        unknown = [n for n in names if n not in SEED_NAMES]
-        if unknown:
-            raise TargetError(
-                f"--op: {', '.join(unknown)} is not a course function; "
-                f"known: {', '.join(SEED_NAMES)}"
-            )
+        check_course_names(names)
         wanted = [n for n in wanted if n in names]
         if not any(n in functions for n in wanted):
             raise TargetError(
@@ -2388,6 +2451,9 @@ def format_report(report: VerifyReport, strict: bool = False) -> str:
                 lines.append(f"  hint:     {hint}")
             if failure.also:
                 lines.append(f"  also on:  {', '.join(failure.also)}")
+        for probe in f.probes:
+            if probe.verdict == "N/A":
+                lines += ["", f"N/A {f.name} [{probe.dtype}, probe '{probe.label}']: {probe.note}"]
     lines += ["", _verdict_line(report, strict)]
     return "\n".join(lines)
 

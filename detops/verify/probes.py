@@ -121,7 +121,10 @@ class Probe:
     is a DEPARTS, listed with ``departure``, one line on what detops does and why.
     ``tolerance`` is used for a dtype the registry entry has no tolerance for. ``refuse``
     marks an input detops refuses (NaN scores): detops raises, whatever the reference
-    would compute.
+    would compute. Its ``control`` is the same input without what detops refuses
+    (``control_without`` says what is left out, in words): a function that raises on the
+    refused input passes the probe only where it accepts the control; where it raises
+    there too, the probe says nothing about it (N/A).
     """
 
     label: str
@@ -132,6 +135,12 @@ class Probe:
     refuse: bool = False
     tag: str = ""  # the departure in a few words, for the summary table
     shared: bool = True
+    control: Callable[[], Case] | None = None
+    control_without: str = ""
+
+    def __post_init__(self) -> None:
+        if self.refuse and (self.control is None or not self.control_without):
+            raise ValueError(f"probe {self.label!r}: a refused input needs a control input")
 
 
 def named_arguments(case: Case, names: Sequence[str], **defaults: Any) -> dict[str, Any]:
@@ -732,6 +741,8 @@ NMS_PROBES = (
         departure=_NAN_DEPARTURE,
         tag="NaN score kept",
         refuse=True,
+        control=_nms_probe([[0, 0, 10, 10], [1, 1, 11, 11]], [0.5, 0.9], 0.5),
+        control_without="without the NaN (score 0.5 in its place)",
     ),
     Probe(
         "float16 boxes",
