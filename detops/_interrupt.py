@@ -6,7 +6,9 @@ at any allocation), Python prints "Exception ignored in ..." and drops it: a lon
 goes on as if no key had been pressed (seen in verify, 2 of ~25 Ctrl-Cs). The commands
 (not the library: a signal handler is process-wide state, which is the application's)
 run inside :func:`catching`, whose handler also records the request; the long loops of
-verify and bench call :func:`check`, which raises it again where it was dropped.
+verify and bench call :func:`check`, which raises it again where it was dropped. While
+they start (checking options, importing torch), Ctrl-C is :func:`held` until the imports
+are done.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["catching", "check"]
+__all__ = ["catching", "check", "held"]
 
 _requested = False
 
@@ -51,3 +53,30 @@ def catching() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
         _requested = False
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Within: Ctrl-C waits, and is raised where the block ends (not when it ends with an
+    error). A KeyboardInterrupt that cuts an import short leaves its module half imported:
+    numpy then refuses to load again, and Python may end the process by SIGINT even after
+    the interrupt was handled. Only the main thread can set a handler, and an ignored
+    SIGINT stays ignored; there this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(
+        signal.SIGINT
+    ) in (signal.SIG_IGN, None):
+        yield
+        return
+    pressed = False
+
+    def hold(signum, frame) -> None:
+        nonlocal pressed
+        pressed = True
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:  # to the handler that was there: catching's records it too
+        signal.raise_signal(signal.SIGINT)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from . import COMMANDS
+
+if TYPE_CHECKING:
+    from detops.bench import BenchSettings
+    from detops.bench.cases._case import BenchCase
 
 EPILOG = """\
 The cases are detops.bench.cases.BENCHMARKS, the registry the pytest-benchmark suite
@@ -62,8 +67,67 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detops._interrupt import held
+
+    try:
+        with held():  # Ctrl-C waits for the imports (see detops._interrupt.held)
+            from detops._atomic import atomic_write_text
+            from detops.bench import (
+                BenchReport,
+                format_bench_table,
+                plot_ratios,
+                print_progress,
+                run_benchmarks,
+            )
+
+            cases, settings = _prepare(args)
+        report = run_benchmarks(
+            cases,
+            args.device,
+            settings=settings,
+            quick=args.quick,
+            reference=not args.no_reference,
+            progress=print_progress,
+        )
+    except KeyboardInterrupt:  # before the first case (the runner keeps finished rows)
+        if args.json:  # no rows, but the file says so (and no chart: there is no ratio)
+            empty = BenchReport(
+                str(args.device),
+                args.quick,
+                settings,
+                [],
+                interrupted=True,
+                cases_total=len(cases),
+            )
+            atomic_write_text(args.json, empty.to_json())
+            print(f"JSON written to {args.json}")
+        print(f"detops bench: interrupted after 0 of {len(cases)} cases", file=sys.stderr)
+        return 130
+    print(format_bench_table(report), flush=True)
+    if args.json:
+        atomic_write_text(args.json, report.to_json())
+        print(f"JSON written to {args.json}")
+    if args.plot:
+        plot_ratios(report, args.plot)
+        print(f"chart written to {args.plot}")
+    if report.interrupted:
+        print(
+            f"detops bench: interrupted after {len(report.results)} of {report.total} cases",
+            file=sys.stderr,
+        )
+        return 130
+    errors = [r for r in report.results if r.note.startswith("error:")]
+    return 1 if errors else 0
+
+
+def _prepare(args: argparse.Namespace) -> tuple[list[BenchCase], BenchSettings]:
+    """Refuse bad options; the cases to run and the settings."""
     import dataclasses
 
+    import torch
+
+    from detops.bench import BenchSettings, select_cases
+    from detops.bench.cases import BENCHMARKS
     from detops.cli import CommandError, check_output_file
 
     for option, path in (("--json", args.json), ("--plot", args.plot)):
@@ -73,21 +137,6 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--plot {args.plot}: the chart is a PNG; give a .png path")
     if args.json and args.plot and os.path.realpath(args.json) == os.path.realpath(args.plot):
         raise CommandError(f"--json and --plot name the same file ({args.plot}); give two paths")
-
-    import torch
-
-    from detops._atomic import atomic_write_text
-    from detops.bench import (
-        BenchReport,
-        BenchSettings,
-        format_bench_table,
-        plot_ratios,
-        print_progress,
-        run_benchmarks,
-        select_cases,
-    )
-    from detops.bench.cases import BENCHMARKS
-
     device = args.device
     try:
         device_type = torch.device(device).type
@@ -111,36 +160,4 @@ def run(args: argparse.Namespace) -> int:
         if args.repeats < 1:
             raise CommandError(f"--repeats must be at least 1, got {args.repeats}")
         settings = dataclasses.replace(settings, repeats=args.repeats)
-    try:
-        report = run_benchmarks(
-            cases,
-            device,
-            settings=settings,
-            quick=args.quick,
-            reference=not args.no_reference,
-            progress=print_progress,
-        )
-    except KeyboardInterrupt:  # before the first case (the runner keeps finished rows)
-        if args.json:  # no rows, but the file says so (and no chart: there is no ratio)
-            empty = BenchReport(
-                str(device), args.quick, settings, [], interrupted=True, cases_total=len(cases)
-            )
-            atomic_write_text(args.json, empty.to_json())
-            print(f"JSON written to {args.json}")
-        print(f"detops bench: interrupted after 0 of {len(cases)} cases", file=sys.stderr)
-        return 130
-    print(format_bench_table(report), flush=True)
-    if args.json:
-        atomic_write_text(args.json, report.to_json())
-        print(f"JSON written to {args.json}")
-    if args.plot:
-        plot_ratios(report, args.plot)
-        print(f"chart written to {args.plot}")
-    if report.interrupted:
-        print(
-            f"detops bench: interrupted after {len(report.results)} of {report.total} cases",
-            file=sys.stderr,
-        )
-        return 130
-    errors = [r for r in report.results if r.note.startswith("error:")]
-    return 1 if errors else 0
+    return cases, settings

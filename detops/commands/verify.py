@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 
+from detops._interrupt import held
 from detops._seed_names import SEED_NAMES
 
 from . import COMMANDS
@@ -110,32 +107,6 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-@contextlib.contextmanager
-def _ctrl_c_held() -> Iterator[None]:
-    """Within: Ctrl-C waits, and is raised where the block ends (not when it ends with an
-    error). A KeyboardInterrupt that cuts an import short leaves its module half imported:
-    numpy then refuses to load again, and Python may end the process by SIGINT even after
-    the interrupt was handled."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(
-        signal.SIGINT
-    ) in (signal.SIG_IGN, None):
-        yield
-        return
-    pressed = False
-
-    def hold(signum, frame) -> None:
-        nonlocal pressed
-        pressed = True
-
-    previous = signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pressed:  # to the handler that was there: detops.cli's records it too
-        signal.raise_signal(signal.SIGINT)
-
-
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse a bad option value, and fill in the defaults."""
     from detops.cli import CommandError, check_output_file
@@ -162,7 +133,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        with _ctrl_c_held():
+        with held():
             _check_options(args)
             importlib.import_module("detops.verify.harness")  # torch, hypothesis: about 2 s
     except KeyboardInterrupt:
