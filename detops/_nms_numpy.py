@@ -17,7 +17,7 @@ boxes take a few rounds, a fixed number of NumPy calls each; torchvision's kerne
 ``kept * N`` per group and ``batched_nms`` one kernel call on class-offset boxes, inexact.
 
 Up to four groups need no rounds: with non-negative coordinates, mirrored into a
-quadrant each (exact, see ``_MIRROR_COLUMNS``), a few hundred boxes (up to 1500
+quadrant each (exact, see ``_mirrored``), a few hundred boxes (up to 1500
 clustered ones) go to one kernel call, as ``batched_nms``'s offset boxes do, without its
 rounding; more go to the kernel once per group, or to the caller's path where its cost
 model prefers that (see ``_MIRROR_ALWAYS_MAX``).
@@ -278,18 +278,15 @@ def best_box_hits(b: np.ndarray, s: np.ndarray, t: float, g: np.ndarray | None =
 
 # The boxes of quadrant q (one per group, _quadrants) go to one kernel call with their x
 # (q & 1) and y (q & 2) coordinates negated, the corners swapped so that each box stays
-# (x1, y1, x2, y2). Negation is exact, and min, max and differences only change sign, so each
-# IoU the kernel computes within a group is the unmirrored one bit for bit; boxes with
-# non-negative coordinates in different quadrants never intersect (IoU 0). The columns
-# of the box each quadrant reads, and the signs it applies:
-_MIRROR_COLUMNS = np.array([[0, 1, 2, 3], [2, 1, 0, 3], [0, 3, 2, 1], [2, 3, 0, 1]])
-_MIRROR_SIGNS = {
-    np.dtype(dtype): np.array(
-        [[1, 1, 1, 1], [-1, 1, -1, 1], [1, -1, 1, -1], [-1, -1, -1, -1]], dtype=dtype
-    )
-    for dtype in (np.float32, np.float64)
-}
-for _table in (_MIRROR_COLUMNS, *_MIRROR_SIGNS.values()):
+# (x1, y1, x2, y2): a negated x column is -x2, -x1. Negation is exact, and min, max and
+# differences only change sign, so each IoU the kernel computes within a group is the
+# unmirrored one bit for bit; boxes with non-negative coordinates in different quadrants
+# never intersect (IoU 0). Each quadrant's columns that take the negated, swapped value:
+_SWAPPED = np.array([2, 3, 0, 1])
+_NEGATED = np.array(
+    [[False] * 4, [True, False, True, False], [False, True, False, True], [True] * 4]
+)
+for _table in (_SWAPPED, _NEGATED):
     _table.flags.writeable = False
 
 
@@ -320,11 +317,9 @@ _QUADRANTS = {2: (0, 3), 3: (0, 1, 2), 4: (0, 1, 2, 3)}  # by the number of grou
 def _mirrored(b: np.ndarray, quadrant: np.ndarray) -> np.ndarray:
     """``b`` [N, 4] (non-negative) with box ``i`` moved to quadrant ``quadrant[i]`` (0-3)
     as above: plain NMS of the result is NMS within quadrants, exactly."""
-    columns = _MIRROR_COLUMNS.take(quadrant, axis=0)
-    columns += np.arange(0, 4 * b.shape[0], 4)[:, None]
-    mirrored = np.ascontiguousarray(b).reshape(-1).take(columns)
-    mirrored *= _MIRROR_SIGNS[b.dtype].take(quadrant, axis=0)
-    return mirrored
+    flipped = b.take(_SWAPPED, axis=1)
+    np.negative(flipped, out=flipped)
+    return np.where(_NEGATED.take(quadrant, axis=0), flipped, b)
 
 
 # The best-scored _TOP_BOXES boxes suppressing CLUSTER_HITS or more boxes of their group
