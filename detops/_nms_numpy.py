@@ -266,10 +266,11 @@ def _few_groups(
 
 def best_box_hits(b: np.ndarray, s: np.ndarray, t: float, g: np.ndarray | None = None) -> int:
     """How many other boxes (of its group, with ``g``) the best-scored box would suppress:
-    :func:`top_hits` of one box, on the boxes' columns as they are (no copy: about 10 µs
-    at a few hundred boxes, 40 µs at 5000)."""
+    :func:`top_hits` of one box, its coordinates as scalars (about 13 µs at a few hundred
+    boxes, 31 µs at 5000)."""
     best = int(s.argmax())
-    above = _above(b[:, 0], b[:, 1], b[:, 2], b[:, 3], np.array([[best]]), t)[0]
+    x1, y1, x2, y2 = np.ascontiguousarray(b.T)  # planes: long inner loops
+    above = _above(x1, y1, x2, y2, best, t)
     if g is not None:
         above &= g == g[best]
     above[best] = False  # (an empty box does not overlap itself)
@@ -351,10 +352,11 @@ def top_hits(b: np.ndarray, s: np.ndarray, t: float, g: np.ndarray | None = None
 
 
 def _above(
-    x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, top: np.ndarray, t: float
+    x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, top: np.ndarray | int, t: float
 ) -> np.ndarray:
-    """``[K, N]``: whether box ``top[k, 0]`` and box ``n`` have IoU above ``t`` (the
-    boxes' coordinates ``[N]`` each), in the boxes' dtype, the kernel's arithmetic."""
+    """Whether box ``top`` (an index, or ``[K, 1]`` indices: then ``[K, N]``) and box
+    ``n`` have IoU above ``t`` (the boxes' coordinates ``[N]`` each), in the boxes' dtype,
+    the kernel's arithmetic."""
     with np.errstate(all="ignore"):  # huge coordinates overflow, as in the kernel
         width = np.minimum(x2[top], x2) - np.maximum(x1[top], x1)
         height = np.minimum(y2[top], y2) - np.maximum(y1[top], y1)

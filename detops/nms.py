@@ -130,6 +130,9 @@ _TILE_COST = 30000  # fixed cost of a dense tile (about 20 torch calls), in IoU 
 # torchvision, which is this kernel, on every input).
 _KERNEL_MAX_BOXES = 1200
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+# Calls of nms up to this many boxes recognised as valid in a few attribute reads skip the
+# generic checks (about 17 µs; at 1300 clustered boxes torchvision's own wrapper costs 23).
+_QUICK_CALL_MAX_BOXES = 1 << 40
 # Above that size the kernel is still the better tool for clustered detections, the usual
 # input of NMS: it skips suppressed boxes, computing about ``kept * N / 2`` IoU values,
 # while the sparse path's cost follows the overlapping pairs, which clusters make many
@@ -991,7 +994,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         Tensor[K] int64: indices of the kept boxes, by descending score (ties: lower
         index first), on the device of ``boxes``. Empty input gives an empty result.
     """
-    if _is_small_cpu_call(boxes, scores, iou_threshold, _KERNEL_MAX_BOXES):
+    if _is_small_cpu_call(boxes, scores, iou_threshold, _QUICK_CALL_MAX_BOXES):
+        if boxes.shape[0] >= _KERNEL_MAX_BOXES:  # valid: the route is chosen right away
+            return _nms_impl(boxes, scores, iou_threshold)
         with _below_autograd():
             if _all_finite(boxes, scores):
                 return _torchvision_nms_kernel()(boxes, scores, iou_threshold)
@@ -1100,8 +1105,8 @@ def _kernel_is_cheaper(
         return False
     with torch.no_grad():
         b, s = numpy_view(boxes), numpy_view(scores)
-        with np.errstate(all="ignore"):
-            if not math.isfinite(float(b.sum(dtype=np.float64)) + float(s.sum(dtype=np.float64))):
+        with np.errstate(all="ignore"):  # (NaN or inf anywhere makes the products so)
+            if not math.isfinite(sum((s @ b).tolist())):
                 return False
         if groups is None:
             if n <= _TOP_HITS_MAX_BOXES and (
