@@ -160,7 +160,9 @@ BENCHMARKS = (
     BenchCase(
         "nms", "20000", "torchvision.ops.nms", _nms_setup(20000, False), quick=False, notes=_NOTES
     ),
-    *_clustered_cases("nms", "", "torchvision.ops.nms", _nms_setup),
+    *_clustered_cases(
+        "nms", "", "torchvision.ops.nms", _nms_setup, sizes=(1000, 2000, 5000, 20000)
+    ),
     BenchCase(
         "class_spec_nms",
         "10, 20 classes",
