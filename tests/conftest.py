@@ -58,3 +58,19 @@ def python_sigint_handler():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
+def ctrl_c_at_the_option_check(python_sigint_handler, monkeypatch):
+    """A real Ctrl-C while a ``detops`` command checks its options, before it has imported
+    torch: ``detops.cli.check_output_file`` (the ``--json`` check) first sends this
+    process SIGINT."""
+    import detops.cli
+
+    check_output_file = detops.cli.check_output_file
+
+    def ctrl_c_then_check(option, path):
+        os.kill(os.getpid(), signal.SIGINT)
+        check_output_file(option, path)
+
+    monkeypatch.setattr(detops.cli, "check_output_file", ctrl_c_then_check)

@@ -10,14 +10,11 @@ import itertools
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
+from sigint_helpers import ctrl_c_while_torch_loads
 
 import detops.bench.cases
 from detops.bench import (
@@ -40,8 +37,6 @@ from detops.bench.cases import BENCHMARKS, BenchCase, BenchFunctions
 from detops.bench.report import format_ratio
 from detops.cli import main
 from detops.testing import assert_trees_close, entry_by_name
-
-ROOT = Path(__file__).parent.parent
 
 # sample_seconds=0: one call per timed sample, so that the tests can count the calls
 TINY = BenchSettings(warmup=1, repeats=3, max_seconds=0.2, reference_repeats=1, sample_seconds=0)
@@ -554,19 +549,11 @@ def test_cli_ctrl_c_before_the_first_case_still_writes_the_json(tmp_path, capsys
     assert data["cases_done"] == 0 and data["cases_total"] > 0
 
 
-def test_cli_ctrl_c_while_bench_starts_still_writes_the_json(tmp_path, capsys, monkeypatch):
+@pytest.mark.usefixtures("ctrl_c_at_the_option_check")
+def test_cli_ctrl_c_while_bench_starts_still_writes_the_json(tmp_path, capsys):
     # While the command checks its options and imports torch, Ctrl-C waits until those
     # imports are done (a KeyboardInterrupt inside an import leaves it half done), then
     # stops the run before the first case.
-    import detops.cli
-
-    check_output_file = detops.cli.check_output_file
-
-    def ctrl_c_then_check(option, path):
-        os.kill(os.getpid(), signal.SIGINT)
-        check_output_file(option, path)
-
-    monkeypatch.setattr(detops.cli, "check_output_file", ctrl_c_then_check)
     json_path = tmp_path / "bench.json"
     code = main(["bench", "--quick", "--op", "box_iou", "--json", str(json_path)])
     captured = capsys.readouterr()
@@ -580,26 +567,9 @@ def test_cli_ctrl_c_while_bench_starts_still_writes_the_json(tmp_path, capsys, m
 @pytest.mark.usefixtures("python_sigint_handler")  # the child must not inherit SIGINT ignored
 def test_cli_a_real_ctrl_c_while_torch_loads_exits_130_with_the_json(tmp_path):
     json_path = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "detops", "bench", "--quick", "--op", "box_iou"]
-    process = subprocess.Popen(
-        [*command, "--json", str(json_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        # torch's libraries mapped: the arguments are parsed, torch is being imported.
-        while "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text():
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.005)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-        process.wait()
-    assert process.returncode == 130, (process.returncode, out[-2000:], err[-2000:])
+    args = ["bench", "--quick", "--op", "box_iou", "--json", str(json_path)]
+    returncode, out, err = ctrl_c_while_torch_loads(args)
+    assert returncode == 130, (returncode, out[-2000:], err[-2000:])
     assert "Traceback" not in err, err
     data = json.loads(json_path.read_text())
     assert data["interrupted"] is True and data["results"] == []

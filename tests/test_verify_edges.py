@@ -8,16 +8,13 @@ target's prints stay out of the report."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from sigint_helpers import ctrl_c_while_torch_loads
 from verify_helpers import FAST, IMPLS, child_pids, gone, only
 
 import detops.verify
@@ -426,22 +423,11 @@ def test_cli_refuses_a_missing_file_before_starting_the_worker_server(
     assert not started
 
 
-@pytest.mark.usefixtures("python_sigint_handler")  # a real SIGINT
-def test_cli_ctrl_c_while_verify_imports_its_modules_still_writes_the_json(
-    tmp_path, capsys, monkeypatch
-):
+@pytest.mark.usefixtures("ctrl_c_at_the_option_check")
+def test_cli_ctrl_c_while_verify_imports_its_modules_still_writes_the_json(tmp_path, capsys):
     # While the command checks its options and imports torch and hypothesis, Ctrl-C waits
     # until those imports are done: a KeyboardInterrupt inside them left half-imported
     # modules, and no --json.
-    import detops.cli
-
-    check_output_file = detops.cli.check_output_file
-
-    def ctrl_c_then_check(option, path):
-        os.kill(os.getpid(), signal.SIGINT)
-        check_output_file(option, path)
-
-    monkeypatch.setattr(detops.cli, "check_output_file", ctrl_c_then_check)
     json_path = tmp_path / "verify.json"
     code = main(["verify", "--impl", str(IMPLS / "correct.py"), "--json", str(json_path)])
     assert code == 130
@@ -456,27 +442,9 @@ def test_cli_ctrl_c_while_verify_imports_its_modules_still_writes_the_json(
 @pytest.mark.parametrize("after", [0.0, 0.5], ids=["as torch loads", "0.5 s later"])
 def test_cli_a_real_ctrl_c_during_start_up_exits_130_with_the_json(after, tmp_path):
     json_path = tmp_path / "verify.json"
-    command = [sys.executable, "-m", "detops", "verify", "--impl", str(IMPLS / "correct.py")]
-    process = subprocess.Popen(
-        [*command, "--json", str(json_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        # torch's libraries mapped: the arguments are parsed, torch is being imported.
-        while "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text():
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.005)
-        time.sleep(after)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-        process.wait()
-    assert process.returncode == 130, (process.returncode, out[-2000:], err[-2000:])
+    args = ["verify", "--impl", str(IMPLS / "correct.py"), "--json", str(json_path)]
+    returncode, out, err = ctrl_c_while_torch_loads(args, after)
+    assert returncode == 130, (returncode, out[-2000:], err[-2000:])
     assert "Traceback" not in err, err
     data = json.loads(json_path.read_text())
     assert data["interrupted"] is True and data["functions"] == [] and data["passed"] is False
