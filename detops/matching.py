@@ -80,6 +80,45 @@ def default_size_ranges(
     }
 
 
+def _common_call(
+    locations: object, strides: object, gt_boxes: object, size_ranges: object, radius: object
+) -> bool:
+    """The common call, recognised in a few attribute reads: arguments that
+    :func:`_validate` accepts (dicts of plain tensors ``[L, 2]`` and of positive finite int
+    or float strides, ``gt_boxes [N, 5]`` or ``[B, N, 5]``, all floating and on one
+    device, no size ranges). Its checks take about 20 µs for three levels, a tenth of
+    the course-scale match."""
+    if not (
+        type(locations) is dict
+        and type(strides) is dict
+        and type(gt_boxes) is Tensor
+        and size_ranges is None
+        and (radius is None or _positive_finite(radius))
+        and gt_boxes.dim() in (2, 3)
+        and gt_boxes.shape[-1] == 5
+        and gt_boxes.is_floating_point()
+    ):
+        return False
+    device = gt_boxes.device
+    for name, loc in locations.items():
+        stride = strides.get(name)
+        if not (
+            type(loc) is Tensor
+            and loc.dim() == 2
+            and loc.shape[1] == 2
+            and loc.is_floating_point()
+            and loc.device == device
+            and _positive_finite(stride)
+        ):
+            return False
+    return True
+
+
+def _positive_finite(value: object) -> bool:
+    """A Python int or float (not bool) in (0, inf)."""
+    return (type(value) is int or type(value) is float) and 0 < value < math.inf
+
+
 def _validate(
     locations: object, strides: object, gt_boxes: object, size_ranges: object, radius: object
 ) -> None:
@@ -203,13 +242,20 @@ def fcos_match_locations_to_gt(
         y changes); there is no device to synchronise with there. On CUDA it reads
         nothing back: it keeps all ``N`` rows and tests every level in chunks.
     """
-    _validate(
+    if not _common_call(
         locations_per_fpn_level,
         strides_per_fpn_level,
         gt_boxes,
         size_ranges,
         center_sampling_radius,
-    )
+    ):
+        _validate(
+            locations_per_fpn_level,
+            strides_per_fpn_level,
+            gt_boxes,
+            size_ranges,
+            center_sampling_radius,
+        )
     names = list(locations_per_fpn_level)
     ranges = default_size_ranges({name: strides_per_fpn_level[name] for name in names})
     if size_ranges is not None:

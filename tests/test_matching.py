@@ -479,3 +479,54 @@ def test_error_different_devices_meta():
         ValueError, match=r"fcos_match_locations_to_gt: all tensors must be on one device.*meta"
     ):
         fcos_match_locations_to_gt({"p3": torch.zeros(4, 2, device="meta")}, {"p3": 8}, GT)
+
+
+def _variants():
+    """(label, locations, strides, gt_boxes, size_ranges, radius): a valid call and calls
+    that change one argument, valid or not."""
+    locations = {"p3": torch.rand(6, 2) * 64, "p4": torch.rand(3, 2) * 64}
+    strides = {"p3": 8, "p4": 16.0}
+    gt = torch.tensor([[1.0, 1.0, 30.0, 30.0, 2.0], [-1, -1, -1, -1, -1]])
+    yield "valid", locations, strides, gt, None, None
+    yield "batched", locations, strides, gt[None], None, None
+    wide = {**locations, "p4": locations["p4"].double()}
+    yield "float64 locations", wide, strides, gt, None, None
+    yield "radius", locations, strides, gt, None, 1.5
+    for stride in (True, 0, -8, math.nan, math.inf, np.float32(8), "8", torch.tensor(8.0)):
+        yield f"stride {stride!r}", locations, {**strides, "p4": stride}, gt, None, None
+    yield "stride missing", locations, {"p3": 8}, gt, None, None
+    for radius in (0, -1.0, math.nan, math.inf, True, np.float64(1.5)):
+        yield f"radius {radius!r}", locations, strides, gt, None, radius
+    for name, loc in (
+        ("int locations", torch.zeros(3, 2, dtype=torch.int64)),
+        ("[L, 3] locations", torch.zeros(3, 3)),
+        ("1-D locations", torch.zeros(6)),
+        ("a Parameter", torch.nn.Parameter(torch.zeros(3, 2))),
+        ("a list", [[0.0, 0.0]]),
+    ):
+        yield name, {**locations, "p4": loc}, strides, gt, None, None
+    for name, boxes in (
+        ("[N, 4] gt", gt[:, :4]),
+        ("int gt", gt.long()),
+        ("4-D gt", gt[None, None]),
+        ("gt as a list", gt.tolist()),
+    ):
+        yield name, locations, strides, boxes, None, None
+    yield "size ranges", locations, strides, gt, {"p3": (0.0, 64.0)}, None
+    yield "a tuple of levels", tuple(locations.items()), strides, gt, None, None
+
+
+@pytest.mark.parametrize("variant", list(_variants()), ids=lambda v: v[0])
+def test_the_quick_argument_check_accepts_nothing_the_full_check_refuses(variant):
+    # fcos_match_locations_to_gt skips its full checks (about 15 µs) for a call that
+    # _common_call recognises: that call must be one the full checks accept.
+    label, *arguments = variant
+    quick = matching._common_call(*arguments)
+    try:
+        matching._validate(*arguments)
+        valid = True
+    except (TypeError, ValueError):
+        valid = False
+    assert valid or not quick
+    if label in ("valid", "batched", "float64 locations", "radius"):
+        assert quick  # the common call takes the quick check
