@@ -26,6 +26,11 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def check_tensor(op: str, name: str, value: object) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.layout is not torch.strided:  # sparse, mkldnn: no op here takes them
+        raise TypeError(
+            f"{op}: {name} must be a dense (torch.strided) tensor, got layout {value.layout} "
+            "(.to_dense() converts it)"
+        )
     return value
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -39,19 +40,28 @@ def _handler(signum, frame) -> None:
 @contextlib.contextmanager
 def catching() -> Iterator[None]:
     """While inside, SIGINT raises KeyboardInterrupt as usual and is also recorded for
-    :func:`check`. The previous handler is restored on exit. Only the main thread can set
-    a handler; elsewhere this does nothing."""
+    :func:`check`; a KeyboardInterrupt that Python drops is not printed as "Exception
+    ignored in ..." (check raises it again). The previous handler and unraisable hook are
+    restored on exit. Only the main thread can set a handler; elsewhere this does
+    nothing."""
     global _requested
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous, previous_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not (_requested and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            previous_hook(unraisable)
+
     _requested = False
     signal.signal(signal.SIGINT, _handler)
+    sys.unraisablehook = hook
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
         _requested = False
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ._cache import cached_constant
-from ._checks import check_number, check_same_device, check_shape, shape_str
+from ._checks import check_number, check_same_device, check_shape, check_tensor, shape_str
 from ._deltas_numpy import centerness_numpy, deltas_numpy
 
 __all__ = [
@@ -37,6 +37,7 @@ _NUMPY_ON_CPU = True
 _NUMPY_MAX_DELTAS = 16 * 3072 * 4  # output elements
 _NUMPY_MAX_CENTERNESS = 16 * 3072  # output elements (rows)
 _NUMPY_DTYPES = (torch.float32, torch.float64)
+_STRIDED = torch.strided
 # Number strides the NumPy path takes: normal float32 numbers, with normal reciprocals.
 _NUMPY_STRIDES = (2.0**-100, 2.0**100)
 
@@ -52,7 +53,7 @@ def _numpy_takes(*tensors: Tensor) -> bool:
         return False
     grad = False
     for t in tensors:
-        if type(t) is not Tensor or t.dtype != dtype or not t.is_cpu:
+        if type(t) is not Tensor or t.dtype != dtype or not t.is_cpu or t.layout is not _STRIDED:
             return False
         grad = grad or t.requires_grad
     return not (grad and torch.is_grad_enabled())
@@ -139,6 +140,7 @@ def _signed_stride(op: str, stride: object, size: int, like: Tensor, dtype: torc
     """``[-s, -s, s, s]`` for every location, as a contiguous ``[L, 4]`` (so that the
     elementwise ops with ``[..., L, 4]`` operands run over one flat dimension)."""
     if isinstance(stride, Tensor):
+        check_tensor(op, "stride", stride)
         if stride.dim() != 1 or stride.shape[0] != size:
             raise ValueError(
                 f"{op}: stride must be a number or a Tensor[L] with L = {size}, got "

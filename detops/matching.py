@@ -94,6 +94,7 @@ def _common_call(
         and type(gt_boxes) is Tensor
         and size_ranges is None
         and (radius is None or _positive_finite(radius))
+        and gt_boxes.layout is torch.strided
         and gt_boxes.dim() in (2, 3)
         and gt_boxes.shape[-1] == 5
         and gt_boxes.is_floating_point()
@@ -104,6 +105,7 @@ def _common_call(
         stride = strides.get(name)
         if not (
             type(loc) is Tensor
+            and loc.layout is torch.strided
             and loc.dim() == 2
             and loc.shape[1] == 2
             and loc.is_floating_point()

@@ -130,6 +130,7 @@ _TILE_COST = 30000  # fixed cost of a dense tile (about 20 torch calls), in IoU 
 # torchvision, which is this kernel, on every input).
 _KERNEL_MAX_BOXES = 1200
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+_STRIDED = torch.strided
 # Calls of nms up to this many boxes recognised as valid in a few attribute reads skip the
 # generic checks (about 17 µs; at 1300 clustered boxes torchvision's own wrapper costs 23).
 _QUICK_CALL_MAX_BOXES = 1 << 40
@@ -1035,6 +1036,8 @@ def _is_small_cpu_call(
         and scores.numel() == n
         and boxes.is_cpu
         and scores.is_cpu
+        and boxes.layout is _STRIDED
+        and scores.layout is _STRIDED
     ):
         return False
     return class_ids is None or (
@@ -1043,6 +1046,7 @@ def _is_small_cpu_call(
         and class_ids.dim() == 1
         and class_ids.numel() == n
         and class_ids.is_cpu
+        and class_ids.layout is _STRIDED
     )
 
 

@@ -596,6 +596,7 @@ def test_chart_marks_unstable_rows(tmp_path):
     [
         (["--op", "no_such_op"], "--op: no benchmark for op no_such_op; known: "),
         (["--device", "tpu"], "--device must be cpu or cuda"),
+        (["--device", "cpu:1"], "--device must be cpu or cuda, got 'cpu:1'"),
         (["--repeats", "0", "--quick"], "--repeats must be at least 1, got 0"),
         (["--plot", "chart.txt"], "--plot chart.txt: the chart is a PNG"),
         (["--json", "no/such/folder/out.json"], "the folder no/such/folder does not exist"),

@@ -200,7 +200,7 @@ def test_an_in_place_call_that_changes_nothing_passes_and_a_real_change_fails(tm
 # --- 3. devices: cpu and cuda only -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["meta", "tpu", "cuda:x", "mps"])
+@pytest.mark.parametrize("name", ["meta", "tpu", "cuda:x", "mps", "cpu:1"])
 def test_cli_device_other_than_cpu_or_cuda_exits_2_with_one_short_line(name, capsys):
     code = main(["verify", "--device", name, "--op", "nms", "--examples", "1", "--quiet"])
     assert code == 2
@@ -397,8 +397,9 @@ def _target_that_leaves_a_mark(tmp_path) -> tuple[Path, Path]:
     [
         (["nosuchop"], f"--op: nosuchop is not a course function; known: {', '.join(SEED_NAMES)}"),
         (["box_iou", "bogus"], "--op: bogus is not a course function; known: "),
+        (["bogus", "nms", "also"], "--op: bogus, also are not course functions; known: "),
     ],
-    ids=["unknown op", "one unknown op of two"],
+    ids=["unknown op", "one unknown op of two", "two unknown ops"],
 )
 def test_cli_refuses_an_unknown_op_before_anything_imports_the_target(
     ops, message, tmp_path, capsys, monkeypatch
@@ -435,6 +436,7 @@ def test_cli_ctrl_c_while_verify_imports_its_modules_still_writes_the_json(tmp_p
     assert err.splitlines()[-1] == "detops verify: interrupted before the first function", err
     data = json.loads(json_path.read_text())
     assert data["interrupted"] is True and data["functions"] == [] and data["passed"] is False
+    assert data["environment"]["device"] == "cpu" and data["environment"]["torch"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
@@ -488,3 +490,11 @@ def test_cli_the_targets_prints_go_to_stderr_and_stdout_holds_only_the_report(tm
     assert lines[0] == f"detops verify: {impl}", out
     assert lines[-1].startswith("PASS: 1 function in "), out
     assert "printed" not in out and "written" not in out, out
+
+
+@pytest.mark.parametrize(
+    "examples, words", [(1, "1 generated case per dtype"), (2, "2 generated cases")]
+)
+def test_the_report_header_counts_its_cases_in_words(examples, words):
+    report = detops.verify.VerifyReport("x.py", "functions", examples, 0, 10.0, "cpu", [])
+    assert words in format_report(report).splitlines()[1]

@@ -139,10 +139,11 @@ def _prepare(args: argparse.Namespace) -> tuple[list[BenchCase], BenchSettings]:
         raise CommandError(f"--json and --plot name the same file ({args.plot}); give two paths")
     device = args.device
     try:
-        device_type = torch.device(device).type
+        parsed = torch.device(device)
     except RuntimeError:
         raise CommandError(f"--device must be cpu or cuda, got {device!r}") from None
-    if device_type not in ("cpu", "cuda"):
+    device_type = parsed.type
+    if device_type not in ("cpu", "cuda") or (device_type == "cpu" and parsed.index):
         raise CommandError(f"--device must be cpu or cuda, got {device!r}")
     if device_type == "cuda" and not torch.cuda.is_available():
         raise CommandError(

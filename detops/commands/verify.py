@@ -145,7 +145,9 @@ def _interrupted_before_the_first_function(args: argparse.Namespace) -> int:
     """Ctrl-C before any function was done: the --json says so, with no functions."""
     if args.json:
         from detops._atomic import atomic_write_text
+        from detops.environment import environment_info
         from detops.verify import VerifyReport, report_to_json
+        from detops.verify.harness import device_problem
 
         label = args.impl or "detops registry (fast ops vs NumPy references)"
         mode = "registry" if args.impl is None else "functions"
@@ -157,6 +159,7 @@ def _interrupted_before_the_first_function(args: argparse.Namespace) -> int:
             args.timeout,
             args.device,
             [],
+            environment={} if device_problem(args.device) else environment_info(args.device),
             interrupted=True,
         )
         atomic_write_text(args.json, report_to_json(empty))

@@ -245,7 +245,9 @@ def check_course_names(names: Sequence[str] | None) -> None:
     unknown = [n for n in names or () if n not in SEED_NAMES]
     if unknown:
         raise TargetError(
-            f"--op: {', '.join(unknown)} is not a course function; known: {', '.join(SEED_NAMES)}"
+            f"--op: {', '.join(unknown)} "
+            f"{'is not a course function' if len(unknown) == 1 else 'are not course functions'}; "
+            f"known: {', '.join(SEED_NAMES)}"
         )
 
 
@@ -2172,6 +2174,8 @@ def device_problem(device: str) -> str | None:
         return f"not a device; {accepted}"
     if parsed.type not in ("cpu", "cuda"):
         return f"{accepted}, not on {parsed.type}"
+    if parsed.type == "cpu" and parsed.index not in (None, 0):
+        return f"the CPU has no device {parsed.index}; {accepted}"
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             return "CUDA is not available here"
@@ -2407,16 +2411,17 @@ def format_table(report: VerifyReport, summary_width: int = 90) -> str:
 
 def format_report(report: VerifyReport, strict: bool = False) -> str:
     """The full text report: header, table, every FAIL and departure, verdict line."""
+    cases = f"{report.examples} generated case{'' if report.examples == 1 else 's'} per dtype"
     if report.mode == "registry":
         header = (
-            f"  detops' registry; {report.examples} generated cases per dtype, seed "
-            f"{report.seed}, per-call time limit {report.timeout:g} s, device {report.device}"
+            f"  detops' registry; {cases}, seed {report.seed}, per-call time limit "
+            f"{report.timeout:g} s, device {report.device}"
         )
     else:
         header = (
-            f"  functions with the course code's signatures; {report.examples} generated "
-            f"cases per dtype inside the shared contract, seed {report.seed}, per-call time "
-            f"limit {report.timeout:g} s, device {report.device}"
+            f"  functions with the course code's signatures; {cases} inside the shared "
+            f"contract, seed {report.seed}, per-call time limit {report.timeout:g} s, device "
+            f"{report.device}"
         )
     lines = [f"detops verify: {report.target}", header, "", format_table(report)]
     for f in report.functions:
