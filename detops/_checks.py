@@ -138,6 +138,7 @@ def check_number(
     ``tensor_scalars``, also a one-element real tensor (read with ``.item()``: a host
     sync for a CUDA tensor)."""
     if tensor_scalars and isinstance(value, Tensor):
+        check_tensor(op, name, value)
         if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
             raise TypeError(
                 f"{op}: {name} must be {expected}, got a {value.dtype} tensor of shape "
@@ -149,7 +150,12 @@ def check_number(
     accepted = numbers.Real if numpy_scalars else (int, float)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, accepted):
         raise TypeError(f"{op}: {name} must be {expected}, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(
+            f"{op}: {name} must be {expected}, got an int too large for a float"
+        ) from None
 
 
 def check_bool(op: str, name: str, value: object) -> bool:

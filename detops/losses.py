@@ -680,6 +680,7 @@ def sigmoid_focal_loss_from_class_ids(
 
 def _check_normalizer(op: str, normalizer: object) -> float | Tensor:
     if isinstance(normalizer, Tensor):
+        check_tensor(op, "normalizer", normalizer)
         if normalizer.dim() != 0:
             raise ValueError(
                 f"{op}: normalizer must be a float or a 0-d tensor, got a tensor of shape "

@@ -117,8 +117,13 @@ def _common_call(
 
 
 def _positive_finite(value: object) -> bool:
-    """A Python int or float (not bool) in (0, inf)."""
-    return (type(value) is int or type(value) is float) and 0 < value < math.inf
+    """A Python int or float (not bool) in (0, inf), an int within the float range."""
+    if type(value) is float:
+        return 0 < value < math.inf
+    return type(value) is int and 0 < value < _FLOAT_INT_MAX
+
+
+_FLOAT_INT_MAX = 1 << 1000  # (ints from 2**1024 on do not convert to a float)
 
 
 def _validate(
@@ -169,7 +174,9 @@ def _validate(
             if math.isnan(low) or math.isnan(high) or low > high:  # numbers: a short repr
                 raise ValueError(f"{_OP}: {arg} must be (low, high) with low <= high, got {pair!r}")
     if radius is not None:
-        value = check_number(_OP, "center_sampling_radius", radius, expected=_RADIUS)
+        value = check_number(
+            _OP, "center_sampling_radius", radius, expected=_RADIUS, numpy_scalars=True
+        )
         if not value > 0:
             raise ValueError(f"{_OP}: center_sampling_radius must be {_RADIUS}, got {radius!r}")
 
@@ -259,6 +266,8 @@ def fcos_match_locations_to_gt(
             center_sampling_radius,
         )
     names = list(locations_per_fpn_level)
+    if not names:  # no level: nothing to match
+        return {}
     ranges = default_size_ranges({name: strides_per_fpn_level[name] for name in names})
     if size_ranges is not None:
         ranges.update({k: (float(v[0]), float(v[1])) for k, v in size_ranges.items()})
@@ -270,7 +279,7 @@ def fcos_match_locations_to_gt(
         locations_per_fpn_level,
         {name: float(strides_per_fpn_level[name]) for name in names},
         ranges,
-        center_sampling_radius,
+        None if center_sampling_radius is None else float(center_sampling_radius),
         gt_boxes if batched else gt_boxes.unsqueeze(0),
         compact=on_cpu,
         detect_grid=on_cpu,

@@ -72,6 +72,7 @@ def _sparse_calls():
     yield "nms", "boxes", lambda: detops.nms(sparse(boxes), scores, 0.5)
     yield "nms", "scores", lambda: detops.nms(boxes, sparse(scores), 0.5)
     yield "nms", "boxes", lambda: detops.nms(sparse(many_boxes), many_scores, 0.5)
+    yield "nms", "iou_threshold", lambda: detops.nms(boxes, scores, sparse(torch.tensor(0.5)))
     yield (
         "class_spec_nms",
         "class_ids",
@@ -88,6 +89,13 @@ def _sparse_calls():
         "sigmoid_focal_loss",
         "inputs",
         lambda: detops.sigmoid_focal_loss(sparse(torch.rand(4, 3)), torch.rand(4, 3)),
+    )
+    cls, box, ctr = torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.zeros(2, 3, 1)
+    matched, gt_deltas = torch.full((2, 3, 5), -1.0), torch.full((2, 3, 4), -1.0)
+    yield (
+        "fcos_loss",
+        "normalizer",
+        lambda: detops.fcos_loss(cls, box, ctr, matched, gt_deltas, sparse(torch.tensor(5.0))),
     )
     yield (
         "fcos_get_deltas_from_locations",

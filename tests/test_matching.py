@@ -492,10 +492,10 @@ def _variants():
     wide = {**locations, "p4": locations["p4"].double()}
     yield "float64 locations", wide, strides, gt, None, None
     yield "radius", locations, strides, gt, None, 1.5
-    for stride in (True, 0, -8, math.nan, math.inf, np.float32(8), "8", torch.tensor(8.0)):
+    for stride in (True, 0, -8, math.nan, math.inf, 10**400, np.float32(8), "8", torch.tensor(8.0)):
         yield f"stride {stride!r}", locations, {**strides, "p4": stride}, gt, None, None
     yield "stride missing", locations, {"p3": 8}, gt, None, None
-    for radius in (0, -1.0, math.nan, math.inf, True, np.float64(1.5)):
+    for radius in (0, -1.0, math.nan, math.inf, 10**400, True, np.float64(1.5), np.float32(1.5)):
         yield f"radius {radius!r}", locations, strides, gt, None, radius
     for name, loc in (
         ("int locations", torch.zeros(3, 2, dtype=torch.int64)),
@@ -530,3 +530,29 @@ def test_the_quick_argument_check_accepts_nothing_the_full_check_refuses(variant
     assert valid or not quick
     if label in ("valid", "batched", "float64 locations", "radius"):
         assert quick  # the common call takes the quick check
+
+
+def test_huge_int_strides_and_radii_are_refused_by_name():
+    # (float() of an int from 2**1024 on raises OverflowError, which named nothing)
+    locations = get_fpn_location_coords({"p3": (2, 2)}, {"p3": 8})
+    gt = torch.tensor([[10.0, 20, 100, 150, 3]])
+    with pytest.raises(ValueError, match=r"strides_per_fpn_level\['p3'\] must be .* too large"):
+        fcos_match_locations_to_gt(locations, {"p3": 10**400}, gt)
+    with pytest.raises(ValueError, match="center_sampling_radius must be .* too large"):
+        fcos_match_locations_to_gt(locations, {"p3": 8}, gt, center_sampling_radius=10**400)
+
+
+def test_a_numpy_float32_radius_matches_as_its_float64_value():
+    locations, gt, *_ = benchmark_inputs(224, 224, STRIDES, 40, (4, 12))
+    radius = np.float32(1.1)
+    got = fcos_match_locations_to_gt(locations, STRIDES, gt, center_sampling_radius=radius)
+    expected = fcos_match_locations_to_gt(
+        locations, STRIDES, gt, center_sampling_radius=float(radius)
+    )
+    assert all(torch.equal(got[k], expected[k]) for k in STRIDES)
+
+
+def test_no_level_matches_nothing():
+    gt = torch.tensor([[10.0, 20, 100, 150, 3]])
+    assert fcos_match_locations_to_gt({}, {"p3": 8}, gt) == {}
+    assert fcos_match_locations_to_gt({}, {}, gt[None]) == {}
