@@ -255,13 +255,9 @@ def _few_groups(
         share = None if clustered else _SCATTERED_SHARE
         if not kernel_ok(share=share):
             return None
-    # By quadrant (as int8, which NumPy radix-sorts), index order within: the kernel sorts
-    # each call by score, stably, so ties still go to the lower index.
-    order = np.argsort(quadrant.astype(np.int8), kind="stable")
-    bounds = _group_starts(quadrant.take(order)).tolist()
-    ranked = np.ascontiguousarray(b.take(order, axis=0))
-    kept = _kernel_per_group(ranked, s.take(order), order, bounds, iou_threshold, kernel)
-    return torch.from_numpy(_by_score(kept, s))
+    # (the quadrants as int8, which NumPy radix-sorts)
+    by_group = _by_group_kernel(b, s, quadrant.astype(np.int8), iou_threshold, kernel)
+    return torch.from_numpy(by_group)
 
 
 def best_box_hits(b: np.ndarray, s: np.ndarray, t: float, g: np.ndarray | None = None) -> int:
@@ -485,14 +481,24 @@ def kernel_per_group(
     more boxes), merged by descending score (ties: lower index first). CPU float32/float64
     boxes and scores, N >= 1, integer groups."""
     b, s = numpy_view(boxes), numpy_view(scores)
+    return torch.from_numpy(_by_group_kernel(b, s, numpy_view(groups), iou_threshold, kernel))
+
+
+def _by_group_kernel(
+    b: np.ndarray,
+    s: np.ndarray,
+    g: np.ndarray,
+    iou_threshold: float,
+    kernel: Callable[[Tensor, Tensor, float], Tensor],
+) -> np.ndarray:
+    """:func:`kernel_per_group` on arrays: the kept indices by descending score."""
     # By group only, index order within (stable): the kernel sorts each call by score,
     # stably, so ties still go to the lower index.
-    g = numpy_view(groups)
     order = np.argsort(g, kind="stable")
-    bounds = _group_starts(g[order])
-    ranked = np.ascontiguousarray(b[order])
-    kept = _kernel_per_group(ranked, s[order], order, bounds.tolist(), iou_threshold, kernel)
-    return torch.from_numpy(_by_score(kept, s))
+    bounds = _group_starts(g.take(order)).tolist()
+    ranked = np.ascontiguousarray(b.take(order, axis=0))
+    kept = _kernel_per_group(ranked, s.take(order), order, bounds, iou_threshold, kernel)
+    return _by_score(kept, s)
 
 
 # Neighbours counted around the window, in mean box sizes: enough for most suppressors

@@ -131,9 +131,6 @@ _TILE_COST = 30000  # fixed cost of a dense tile (about 20 torch calls), in IoU 
 _KERNEL_MAX_BOXES = 1200
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 _STRIDED = torch.strided
-# Calls of nms up to this many boxes recognised as valid in a few attribute reads skip the
-# generic checks (about 17 µs; at 1300 clustered boxes torchvision's own wrapper costs 23).
-_QUICK_CALL_MAX_BOXES = 1 << 40
 # Above that size the kernel is still the better tool for clustered detections, the usual
 # input of NMS: it skips suppressed boxes, computing about ``kept * N / 2`` IoU values,
 # while the sparse path's cost follows the overlapping pairs, which clusters make many
@@ -995,8 +992,10 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         Tensor[K] int64: indices of the kept boxes, by descending score (ties: lower
         index first), on the device of ``boxes``. Empty input gives an empty result.
     """
-    if _is_small_cpu_call(boxes, scores, iou_threshold, _QUICK_CALL_MAX_BOXES):
-        if boxes.shape[0] >= _KERNEL_MAX_BOXES:  # valid: the route is chosen right away
+    if _is_common_cpu_call(boxes, scores, iou_threshold):
+        # valid: larger calls skip the generic checks too (about 17 µs; at 1300 clustered
+        # boxes torchvision's own wrapper costs 23)
+        if boxes.shape[0] >= _KERNEL_MAX_BOXES:
             return _nms_impl(boxes, scores, iou_threshold)
         with _below_autograd():
             if _all_finite(boxes, scores):
@@ -1009,15 +1008,20 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return _nms_impl(boxes, scores, iou_threshold)
 
 
-def _is_small_cpu_call(
-    boxes: object, scores: object, iou_threshold: object, max_boxes: int, class_ids: object = None
+def _is_common_cpu_call(
+    boxes: object,
+    scores: object,
+    iou_threshold: object,
+    max_boxes: int | None = None,
+    class_ids: object = None,
 ) -> bool:
     """The common call, recognised in a few attribute reads: valid arguments (what the
     checks of :func:`nms`, or of :func:`class_spec_nms` with ``class_ids``, would accept),
-    float32/float64 on CPU, 1 to ``max_boxes - 1`` boxes. At 10-50 boxes torchvision's
-    whole call takes 20-60 µs, so the generic checks (about 5 µs) would cost a large share
-    of it. (Shapes are compared through ``dim()`` and ``numel()``: comparing
-    ``torch.Size`` objects costs more. Under torch.compile nothing else is looked at.)"""
+    float32/float64 on CPU, at least 1 box (and fewer than ``max_boxes``, where given).
+    At 10-50 boxes torchvision's whole call takes 20-60 µs, so the generic checks (about
+    5 µs) would cost a large share of it. (Shapes are compared through ``dim()`` and
+    ``numel()``: comparing ``torch.Size`` objects costs more. Under torch.compile nothing
+    else is looked at.)"""
     if not (
         not torch.compiler.is_compiling()
         and isinstance(boxes, Tensor)
@@ -1029,7 +1033,8 @@ def _is_small_cpu_call(
     shape = boxes.shape
     n = shape[0] if len(shape) == 2 and shape[1] == 4 else 0
     if not (
-        0 < n < max_boxes
+        0 < n
+        and (max_boxes is None or n < max_boxes)
         and boxes.dtype in _KERNEL_DTYPES
         and scores.dtype is boxes.dtype
         and scores.dim() == 1
@@ -1195,7 +1200,7 @@ def class_spec_nms(
     Returns:
         Tensor[K] int64: kept indices by descending score (ties: lower index first).
     """
-    numpy_tried = class_ids is not None and _is_small_cpu_call(
+    numpy_tried = class_ids is not None and _is_common_cpu_call(
         boxes, scores, iou_threshold, CLASS_NMS_MAX_BOXES + 1, class_ids
     )
     if numpy_tried:

@@ -544,12 +544,13 @@ def test_huge_int_strides_and_radii_are_refused_by_name():
 
 def test_a_numpy_float32_radius_matches_as_its_float64_value():
     locations, gt, *_ = benchmark_inputs(224, 224, STRIDES, 40, (4, 12))
-    radius = np.float32(1.1)
+    radius = np.float32(1.1)  # 1.10000002384..., not 1.1
     got = fcos_match_locations_to_gt(locations, STRIDES, gt, center_sampling_radius=radius)
-    expected = fcos_match_locations_to_gt(
-        locations, STRIDES, gt, center_sampling_radius=float(radius)
+    np_locations = {k: v.numpy() for k, v in locations.items()}
+    expected = ref.fcos_match_locations_to_gt(
+        np_locations, STRIDES, gt.numpy(), center_sampling_radius=float(radius)
     )
-    assert all(torch.equal(got[k], expected[k]) for k in STRIDES)
+    assert_trees_close(got, expected, EXACT, "matched")
 
 
 def test_no_level_matches_nothing():

@@ -879,8 +879,11 @@ def test_small_call_fast_path_takes_only_calls_the_full_checks_accept(variant, f
     elif variant == "a list":
         boxes = boxes.tolist()
     module = sys.modules["detops.nms"]
-    taken = module._is_small_cpu_call(boxes, scores, threshold, module._KERNEL_MAX_BOXES)
+    taken = module._is_common_cpu_call(boxes, scores, threshold, module._KERNEL_MAX_BOXES)
     assert taken == fast
+    if variant == "1200 boxes":  # recognised too, then routed by size, not to the kernel
+        taken = module._is_common_cpu_call(boxes, scores, threshold)
+        assert taken
     if taken:
         assert _valid_by_the_full_checks(boxes, scores, threshold)
         assert torch.equal(
@@ -917,7 +920,7 @@ def test_class_spec_fast_path_takes_only_calls_the_full_checks_accept(variant, f
         ids = classes.tolist()
     module = sys.modules["detops.nms"]
     limit = module.NUMPY_NMS_MAX_BOXES + 1
-    taken = module._is_small_cpu_call(boxes, scores, 0.5, limit, ids)
+    taken = module._is_common_cpu_call(boxes, scores, 0.5, limit, ids)
     assert taken == fast
     if taken:
         assert isinstance(ids, torch.Tensor)

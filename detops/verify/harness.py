@@ -1651,11 +1651,7 @@ def _confirm_refusal(check: _Check, probe: Probe) -> None:
     """A function that raised on a probe's refused input refused it only if it accepts the
     same input without what detops refuses (the probe's control); raises
     :class:`_NotApplicable` where it does not (it raises on every input, say)."""
-    if probe.control is None:
-        raise _NotApplicable(
-            "the function raised, and this probe has no input without what detops refuses "
-            "to tell a refusal from a crash"
-        )
+    assert probe.control is not None  # (a probe of a refused input is built with one)
     try:
         check.run(probe.control(), probe.dtype)
     except CallFailure as failure:

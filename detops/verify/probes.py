@@ -713,6 +713,7 @@ NMS_HINTS = (
     _hang_hint(_HINT_SELF_IOU_HANG, "hangs: kept box removed by its self-IoU"),
 )
 
+_OVERLAPPING_PAIR = [[0, 0, 10, 10], [1, 1, 11, 11]]  # IoU 81 / 119
 NMS_PROBES = (
     Probe(
         "ordinary suppression: IoU 0.68 > 0.5 is suppressed",
@@ -736,12 +737,12 @@ NMS_PROBES = (
     ),
     Probe(
         "a NaN score is refused",
-        _nms_probe([[0, 0, 10, 10], [1, 1, 11, 11]], [np.nan, 0.9], 0.5),
+        _nms_probe(_OVERLAPPING_PAIR, [np.nan, 0.9], 0.5),
         shared=False,
         departure=_NAN_DEPARTURE,
         tag="NaN score kept",
         refuse=True,
-        control=_nms_probe([[0, 0, 10, 10], [1, 1, 11, 11]], [0.5, 0.9], 0.5),
+        control=_nms_probe(_OVERLAPPING_PAIR, [0.5, 0.9], 0.5),
         control_without="without the NaN (score 0.5 in its place)",
     ),
     Probe(
