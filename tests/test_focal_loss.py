@@ -428,9 +428,10 @@ def warnings_as_errors():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("threshold", [None, "dtype"])
 def test_numpy_softplus_is_torch_softplus_within_a_few_ulps(dtype, threshold):
-    """The chunks' softplus runs in NumPy on CPU (exp, log1p, then z above the threshold):
-    torch's value within 4 ulps everywhere, the same special values, and no warning from
-    exp's overflow (each call sits inside a loss that must stay silent)."""
+    """The NumPy softplus (exp, log1p, then z above the threshold; the chunks' route where
+    NumPy vectorizes log1p, tested on every machine): torch's value within 4 ulps
+    everywhere, the same special values, and no warning from exp's overflow (each call
+    sits inside a loss that must stay silent)."""
     limit = None if threshold is None else losses._softplus_threshold(dtype)
     finite = torch.cat(
         [
@@ -445,7 +446,7 @@ def test_numpy_softplus_is_torch_softplus_within_a_few_ulps(dtype, threshold):
         finite = torch.cat([finite, around, torch.logspace(-40, 38, 500, dtype=dtype)])
     out = torch.empty_like(finite)
     with warnings_as_errors():
-        losses._softplus_into(finite, out, limit)
+        losses._numpy_softplus_into(finite, out, limit)
     expected = torch.nn.functional.softplus(finite, threshold=20 if limit is None else limit)
     ulp = torch.finfo(dtype).eps * expected.abs().clamp_min(torch.finfo(dtype).tiny)
     # (below the smallest normal, within 4 of its ulps: NumPy rounds exp(-103.97) up to
@@ -453,27 +454,53 @@ def test_numpy_softplus_is_torch_softplus_within_a_few_ulps(dtype, threshold):
     assert ((out - expected).abs() <= 4 * ulp).all()
     assert (out >= 0).all()
     values = [math.nan, -math.inf] + ([] if limit is None else [math.inf])
-    # (repeated: below losses._NUMPY_SOFTPLUS_MIN values torch's softplus runs)
     special = torch.tensor(values, dtype=dtype).repeat(losses._NUMPY_SOFTPLUS_MIN)
     out = torch.empty_like(special)
     with warnings_as_errors():
-        losses._softplus_into(special, out, limit)
+        losses._numpy_softplus_into(special, out, limit)
     expected = torch.nn.functional.softplus(special, threshold=20 if limit is None else limit)
     assert torch.equal(out.isnan(), expected.isnan())
     assert torch.equal(out.nan_to_num(), expected.nan_to_num())
 
 
-def test_numpy_softplus_leaves_meta_tensors_and_small_inputs_to_torch(monkeypatch):
+@pytest.mark.parametrize("numpy_is_fast", [True, False])
+def test_softplus_route_follows_numpys_vectorized_log1p(monkeypatch, numpy_is_fast):
+    """Large CPU inputs take NumPy only where it vectorizes log1p; otherwise, and for
+    small inputs and meta tensors, torch's softplus, whose values the route then gives
+    exactly."""
+    monkeypatch.setattr(losses, "_NUMPY_SOFTPLUS", numpy_is_fast)
+    called = []
+    real_log1p = np.log1p
+    monkeypatch.setattr(losses.np, "log1p", lambda *a, **k: called.append(1) or real_log1p(*a, **k))
     size = losses._NUMPY_SOFTPLUS_MIN
     z = torch.empty(size, device="meta")
     out = torch.empty(size, device="meta")
     losses._softplus_into(z, out, 20.0)
     assert out.device.type == "meta" and out.shape == (size,)
-    called = []
-    monkeypatch.setattr(losses.np, "log1p", lambda *a, **k: called.append(1))
     small = torch.linspace(-5, 5, size - 1)
     out = torch.empty_like(small)
     losses._softplus_into(small, out, 20.0)
     assert not called
-    exact = torch.log1p(torch.exp(small.double()))  # (no input above the threshold here)
-    torch.testing.assert_close(out, exact.float(), rtol=4 * torch.finfo().eps, atol=0)
+    assert torch.equal(out, torch.nn.functional.softplus(small))
+    large = torch.linspace(-30, 30, size)
+    out = torch.empty_like(large)
+    losses._softplus_into(large, out, 20.0)
+    assert bool(called) is numpy_is_fast
+    if not numpy_is_fast:
+        assert torch.equal(out, torch.nn.functional.softplus(large))
+    exact = torch.nn.functional.softplus(large.double()).float()
+    torch.testing.assert_close(out, exact, rtol=4 * torch.finfo().eps, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("features", "expected"),
+    [({"AVX2": True, "AVX512_SKX": True}, True), ({"AVX2": True, "AVX512_SKX": False}, False)],
+)
+def test_numpy_log1p_is_fast_only_with_avx512_skx(monkeypatch, features, expected):
+    try:
+        from numpy._core import _multiarray_umath
+    except ImportError:  # NumPy 1
+        from numpy.core import _multiarray_umath
+
+    monkeypatch.setattr(_multiarray_umath, "__cpu_features__", features)
+    assert losses._numpy_has_fast_log1p() is expected
