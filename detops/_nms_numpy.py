@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._serial import numpy_view
+
 __all__ = [
     "CLASS_NMS_MAX_BOXES",
     "CLUSTER_HITS",
@@ -46,7 +48,6 @@ __all__ = [
     "kept_share",
     "kernel_per_group",
     "numpy_greedy_nms",
-    "numpy_view",
     "top_hits",
 ]
 
@@ -79,16 +80,6 @@ _PAIR_LOOP_MAX = 512
 # to 4000 pairs a group (1 class of 80 boxes: 84 vs 82 µs, 4 of 90: 318 vs 308, 1 of 90:
 # 80 vs 94); 20 classes of 38: 803 vs 337 µs; 2 of 150: 256 vs 350.
 _PAIRS_PER_KERNEL_CALL = 3000
-
-
-def numpy_view(values: Tensor) -> np.ndarray:
-    """``values`` (CPU) as a NumPy array sharing its memory. ``.numpy()`` refuses tensors
-    that require grad or carry a lazy negation; only those pay the torch calls
-    (``detach``, ``resolve_neg``) that undo it, about 1 µs each."""
-    try:
-        return values.numpy()
-    except RuntimeError:
-        return values.detach().resolve_neg().numpy()
 
 
 def numpy_greedy_nms(

@@ -17,7 +17,9 @@ from typing import ParamSpec, TypeVar
 import torch
 from torch import Tensor
 
+from ._boxes_numpy import box_iou_numpy
 from ._checks import check_int, check_same_device, check_shape, check_size_pair, shape_str
+from ._serial import numpy_view
 
 __all__ = [
     "box_iou",
@@ -95,7 +97,9 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
     NaN coordinates propagate to NaN IoU, as in torchvision (no check: the op never syncs).
     On CPU the pairs are computed in cache-sized blocks (see ``_IOU_BLOCK``), bit for bit
-    the same arithmetic as torchvision's.
+    the same arithmetic as torchvision's; two ``[N, 4]`` float32/float64 tensors that need
+    no gradient go through NumPy, whose calls cost a fraction of torch's (10 x 10: 46
+    against torchvision's 107 µs), with the same arithmetic and result.
 
     Args:
         boxes1 (Tensor[..., N, 4]): XYXY boxes with ``x1 <= x2`` and ``y1 <= y2`` (inverted
@@ -108,6 +112,8 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         their dtype; float16/bfloat16 and integer inputs give float32 (the default float
         dtype), computed in float32 (floats) or exactly in int32/int64 (integers).
     """
+    if _numpy_iou_takes(boxes1, boxes2):
+        return torch.from_numpy(box_iou_numpy(numpy_view(boxes1), numpy_view(boxes2)))
     op = "box_iou"
     boxes1 = _check_real(op, "boxes1", boxes1, "[..., N, 4]")
     boxes2 = _check_real(op, "boxes2", boxes2, "[..., N, 4]")
@@ -137,6 +143,36 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     if not b1.is_floating_point():
         return _box_iou_integer(b1, b2).reshape(*batch, n, m)
     return _box_iou_float(b1, b2).reshape(*batch, n, m)
+
+
+_NUMPY_IOU = True  # (tests switch the NumPy kernel off to run the torch path on CPU)
+_NUMPY_DTYPES = (torch.float32, torch.float64)
+_STRIDED = torch.strided
+
+
+def _numpy_iou_takes(boxes1: object, boxes2: object) -> bool:
+    """Whether the call goes to the NumPy kernel (:mod:`detops._boxes_numpy`), recognised
+    in a few attribute reads, without the generic checks (which cost about as much as the
+    kernel at 10 x 10): two exact ``torch.Tensor`` s of shape ``[N, 4]`` and ``[M, 4]``, on
+    CPU, strided, of one dtype, float32 or float64, needing no gradient (autograd and
+    torch.compile take the torch path)."""
+    return (
+        _NUMPY_IOU
+        and type(boxes1) is Tensor
+        and type(boxes2) is Tensor
+        and boxes1.dtype in _NUMPY_DTYPES
+        and boxes2.dtype is boxes1.dtype
+        and boxes1.dim() == 2
+        and boxes2.dim() == 2
+        and boxes1.shape[1] == 4
+        and boxes2.shape[1] == 4
+        and boxes1.is_cpu
+        and boxes2.is_cpu
+        and boxes1.layout is _STRIDED
+        and boxes2.layout is _STRIDED
+        and not ((boxes1.requires_grad or boxes2.requires_grad) and torch.is_grad_enabled())
+        and not torch.compiler.is_compiling()
+    )
 
 
 # Pairs per block on CPU. Three float32 temporaries of 2**15 pairs (128 KiB each) stay in

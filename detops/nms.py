@@ -82,7 +82,6 @@ from ._nms_numpy import (
     best_box_hits,
     kept_share,
     numpy_greedy_nms,
-    numpy_view,
     top_hits,
 )
 from ._serial import (
@@ -90,6 +89,7 @@ from ._serial import (
     bincount,
     has_nan,
     max_int,
+    numpy_view,
     owner_index,
     searchsorted,
     take,

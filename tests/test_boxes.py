@@ -1,5 +1,7 @@
 """Op-specific tests for detops.boxes: torchvision equality, pinned differences, errors."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torchvision
 from hypothesis import given
 from hypothesis import strategies as st
 
+import detops._boxes_numpy as boxes_numpy_module
 import detops.boxes as boxes_module
 import reference.boxes as ref
 from detops import (
@@ -82,6 +85,99 @@ def test_box_iou_blocking_is_invisible(block, monkeypatch):
         actual = box_iou(b1, b2)
         assert actual.shape == expected.shape
         assert torch.equal(actual, expected), (block, shape1, shape2)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 14])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_iou_numpy_kernel_blocks_are_invisible(block, dtype, monkeypatch):
+    # Row blocks of the NumPy kernel (the plain CPU call): one row, several, whole.
+    monkeypatch.setattr(boxes_numpy_module, "_BLOCK", block)
+    for seed, (n, m) in enumerate([(9, 7), (7, 1), (1, 9), (40, 3), (0, 5), (5, 0)]):
+        b1 = random_boxes((n,), seed=seed).to(dtype)
+        b2 = random_boxes((m,), seed=seed + 50).to(dtype)
+        if n and m:
+            b1[0, 2] = b1[0, 0]  # zero area
+        expected = tv_box_iou(b1, b2)
+        if n and m:
+            expected[0] = 0.0  # detops' documented 0 where torchvision's 0 / inf is 0 too
+        actual = box_iou(b1, b2)
+        assert actual.shape == (n, m) and actual.dtype == dtype
+        assert torch.equal(actual, expected), (block, n, m)
+
+
+_EDGE_VALUES = st.sampled_from(
+    [0.0, -0.0, 1.0, 3.5, -2.0, 1e30, -1e30, math.inf, -math.inf, math.nan]
+)
+
+
+@given(
+    st.one_of(
+        boxes_with_degenerate(0, 7),
+        st.lists(st.lists(_EDGE_VALUES, min_size=4, max_size=4), max_size=5).map(
+            lambda r: np.array(r, dtype=np.float64).reshape(-1, 4)
+        ),
+    ),
+    boxes_with_degenerate(0, 7),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+@pytest.mark.filterwarnings("error")
+def test_box_iou_numpy_kernel_equals_torch_path(a, b, dtype):
+    """The NumPy kernel and the torch path give the same values, bit for bit, NaN where
+    the other has NaN: degenerate boxes, infinities, huge and signed-zero coordinates;
+    and NumPy's overflow and invalid-value warnings stay silent, as torch is."""
+    ta, tb = torch.from_numpy(a).to(dtype), torch.from_numpy(b).to(dtype)
+    numpy_iou = box_iou(ta, tb)
+    boxes_module._NUMPY_IOU = False
+    try:
+        torch_iou = box_iou(ta, tb)
+    finally:
+        boxes_module._NUMPY_IOU = True
+    for x, y in ((numpy_iou, torch_iou), (box_iou(tb, ta), torch_iou.T)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert torch.equal(x.isnan(), y.isnan())
+        assert torch.equal(x.nan_to_num(), y.nan_to_num())
+
+
+def _spy_numpy_kernel(monkeypatch) -> list:
+    calls = []
+    real = boxes_module.box_iou_numpy
+    monkeypatch.setattr(boxes_module, "box_iou_numpy", lambda a, b: calls.append(1) or real(a, b))
+    return calls
+
+
+def test_box_iou_plain_cpu_float_calls_take_the_numpy_kernel(monkeypatch):
+    calls = _spy_numpy_kernel(monkeypatch)
+    b1, b2 = random_boxes((6,), seed=1), random_boxes((5,), seed=2)
+    odd_layouts = [
+        (b1.double(), b2.double()),
+        (b1.T.contiguous().T, b2),  # column-major
+        (b1[::2], b2[1:]),  # strided rows, an offset
+        (torch._neg_view(-b1), b2),  # lazy negation
+        (b1.clone().requires_grad_(), b2),  # inside no_grad below
+    ]
+    for x, y in odd_layouts[:-1]:
+        expected = tv_box_iou(x.clone(), y.clone())
+        assert torch.equal(box_iou(x, y), expected)
+    with torch.no_grad():
+        x, y = odd_layouts[-1]
+        assert torch.equal(box_iou(x, y), tv_box_iou(x, y))
+    assert len(calls) == len(odd_layouts)
+
+
+def test_box_iou_other_calls_keep_the_torch_path(monkeypatch):
+    calls = _spy_numpy_kernel(monkeypatch)
+    b1, b2 = random_boxes((6,), seed=1), random_boxes((5,), seed=2)
+    leaf = b1.clone().requires_grad_()
+    box_iou(leaf, b2).sum().backward()  # autograd
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+    box_iou(b1[None], b2[None])  # batched
+    box_iou(b1.half(), b2.half())  # float16, computed in float32 by torch
+    box_iou(b1.long(), b2.long())  # integers
+    assert calls == []
+    for bad in ((b1, b2.double()), (b1[:, :3], b2), (b1.tolist(), b2)):
+        with pytest.raises((TypeError, ValueError), match="box_iou"):
+            box_iou(*bad)
+    assert calls == []
 
 
 def test_box_iou_zero_union_is_zero_where_torchvision_gives_nan(device):
