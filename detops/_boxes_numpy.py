@@ -10,7 +10,10 @@ torch path, the pairs are computed in cache-sized blocks of rows and no thread i
 
 The operations are torchvision's, in its order, in the boxes' dtype (IEEE, no fused
 multiply-add): the result is bit for bit that of the torch path (see :mod:`detops.boxes`),
-zero-area boxes included (their area is taken as +inf, so a pair with one gives 0).
+zero-area boxes included (their area is taken as the dtype's largest, so a pair with
+one gives 0), up to the sign of a zero where coordinates tie at -0.0 and +0.0 (the
+minimum and maximum of a tie may return either, differently in the vectorized and scalar
+loops of both libraries).
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ def _box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     planes1, planes2 = np.ascontiguousarray(boxes1.T), np.ascontiguousarray(boxes2.T)
     area1 = (planes1[2] - planes1[0]) * (planes1[3] - planes1[1])
     area2 = (planes2[2] - planes2[0]) * (planes2[3] - planes2[1])
-    area1[area1 == 0] = np.inf
-    area2[area2 == 0] = np.inf
+    largest = np.finfo(boxes1.dtype).max
+    area1[area1 == 0] = largest
+    area2[area2 == 0] = largest
     out = np.empty((n, m), dtype=boxes1.dtype)
     rows = max(1, min(n, _BLOCK // max(m, 1)))
     scratch = np.empty((2, rows * m), dtype=boxes1.dtype)
@@ -47,12 +51,19 @@ def _box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
         x1a, y1a, x2a, y2a = planes1[:, r0:r1, None]
         np.minimum(x2a, x2b, out=inter)
         inter -= np.maximum(x1a, x1b, out=low)
-        np.maximum(inter, 0, out=inter)
+        _clamp_negative(inter)
         np.minimum(y2a, y2b, out=side)
         side -= np.maximum(y1a, y1b, out=low)
-        np.maximum(side, 0, out=side)
+        _clamp_negative(side)
         inter *= side
         np.add(area1[r0:r1, None], area2, out=side)
         side -= inter
         inter /= side
     return out
+
+
+def _clamp_negative(values: np.ndarray) -> None:
+    """torch's ``clamp_(min=0)``: negative values become 0, while -0.0 and NaN stay (as
+    in ``max(0, v)`` returning ``v`` on a tie); NumPy's ``maximum(v, 0)`` may return +0
+    for -0.0."""
+    np.copyto(values, 0, where=values < 0)

@@ -31,6 +31,11 @@ def check_tensor(op: str, name: str, value: object) -> Tensor:
             f"{op}: {name} must be a dense (torch.strided) tensor, got layout {value.layout} "
             "(.to_dense() converts it)"
         )
+    if value.is_nested:
+        raise TypeError(
+            f"{op}: {name} must be a dense tensor, got a nested tensor (pad it, e.g. with "
+            ".to_padded_tensor(), or pass its tensors one by one)"
+        )
     return value
 
 

@@ -16,6 +16,7 @@ the helpers below use NumPy on CPU (which forks no thread) or cut the work into 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
     "has_nan",
     "max_int",
     "numpy_view",
+    "plain_eager_mode",
     "owner_index",
     "repeat_interleave",
     "scale_in_place",
@@ -187,3 +189,28 @@ def numpy_view(values: Tensor) -> np.ndarray:
         return values.numpy()
     except RuntimeError:
         return values.detach().resolve_neg().numpy()
+
+
+# Private APIs, read once; where a torch lacks one, its check is skipped.
+_functorch_transform: Callable[[], object] = getattr(
+    getattr(torch._C, "_functorch", None), "peek_interpreter_stack", lambda: None
+)
+try:
+    from torch.autograd import forward_ad as _forward_ad
+except ImportError:  # pragma: no cover
+    _forward_ad = None  # type: ignore[assignment]
+
+
+def plain_eager_mode() -> bool:
+    """Whether torch runs plainly eager: no ``torch.func`` transform (``vmap``, ``grad``,
+    ``jvp``, ``jacfwd``, ...), no forward-AD dual level, no ``torch.jit`` trace and no
+    ``torch.compile`` watches the torch ops. Only then may an op compute through NumPy or
+    read values back to choose a path: the transforms' wrapped tensors have no memory to
+    share, a dual tensor's tangent would be dropped, and a trace would record the result
+    as a constant. About 0.5 µs."""
+    return (
+        _functorch_transform() is None
+        and (_forward_ad is None or _forward_ad._current_level < 0)
+        and not torch._C._get_tracing_state()
+        and not torch.compiler.is_compiling()
+    )

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ._boxes_numpy import box_iou_numpy
 from ._checks import check_int, check_same_device, check_shape, check_size_pair, shape_str
-from ._serial import numpy_view
+from ._serial import numpy_view, plain_eager_mode
 
 __all__ = [
     "box_iou",
@@ -154,8 +154,9 @@ def _numpy_iou_takes(boxes1: object, boxes2: object) -> bool:
     """Whether the call goes to the NumPy kernel (:mod:`detops._boxes_numpy`), recognised
     in a few attribute reads, without the generic checks (which cost about as much as the
     kernel at 10 x 10): two exact ``torch.Tensor`` s of shape ``[N, 4]`` and ``[M, 4]``, on
-    CPU, strided, of one dtype, float32 or float64, needing no gradient (autograd and
-    torch.compile take the torch path)."""
+    CPU, strided, of one dtype, float32 or float64, needing no gradient, in plain eager
+    mode (autograd, torch.func transforms, forward AD, tracing and torch.compile take the
+    torch path)."""
     return (
         _NUMPY_IOU
         and type(boxes1) is Tensor
@@ -171,7 +172,7 @@ def _numpy_iou_takes(boxes1: object, boxes2: object) -> bool:
         and boxes1.layout is _STRIDED
         and boxes2.layout is _STRIDED
         and not ((boxes1.requires_grad or boxes2.requires_grad) and torch.is_grad_enabled())
-        and not torch.compiler.is_compiling()
+        and plain_eager_mode()
     )
 
 
@@ -205,25 +206,30 @@ def _box_iou_integer(b1: Tensor, b2: Tensor) -> Tensor:
 def _box_iou_float(b1: Tensor, b2: Tensor) -> Tensor:
     """``[B, N, 4] x [B, M, 4] -> [B, N, M]`` for float32/float64 boxes."""
     batch, n, m = b1.shape[0], b1.shape[1], b2.shape[1]
-    # A zero-area box gets area +inf: a pair with it has inter == 0 (its width or height is
-    # 0, so the overlap's is too), and 0 / inf == 0 where torchvision computes 0 / 0 for two
-    # zero-area boxes. Other pairs are untouched, and NaN areas stay NaN. O(N + M) work.
-    if batch * n * m <= _IOU_SMALL:
+    # A zero-area box gets the dtype's largest area: a pair with it has inter == 0 (its
+    # width or height is 0, so the overlap's is too, and a product that underflows to 0
+    # bounds the overlap's), and 0 / (max + area) is 0 (or -0 against an area of -inf, as
+    # torchvision's 0 / -inf) where torchvision computes 0 / 0 for two zero-area boxes.
+    # Other pairs are untouched, and NaN areas stay NaN. O(N + M) work.
+    largest = torch.finfo(b1.dtype).max
+    autograd = (b1.requires_grad or b2.requires_grad) and torch.is_grad_enabled()
+    if batch * n * m <= _IOU_SMALL or autograd:
         # Few pairs: one broadcast pass with the fewest torch calls (the call's fixed cost
-        # dominates); the same arithmetic as the blocked path below.
+        # dominates); the same arithmetic as the blocked path below, whose out= ops
+        # autograd does not record.
         x1a, y1a, x2a, y2a = b1[:, :, None, :].unbind(-1)  # [B, N, 1]
         x1b, y1b, x2b, y2b = b2[:, None, :, :].unbind(-1)  # [B, 1, M]
         area_a = (x2a - x1a).mul_(y2a - y1a)
         area_b = (x2b - x1b).mul_(y2b - y1b)
-        area_a.masked_fill_(area_a == 0, float("inf"))
-        area_b.masked_fill_(area_b == 0, float("inf"))
+        area_a.masked_fill_(area_a == 0, largest)
+        area_b.masked_fill_(area_b == 0, largest)
         inter = torch.minimum(x2a, x2b).sub_(torch.maximum(x1a, x1b)).clamp_(min=0)
         inter.mul_(torch.minimum(y2a, y2b).sub_(torch.maximum(y1a, y1b)).clamp_(min=0))
         return inter.div_(area_a.add(area_b).sub_(inter))
     area1 = _area(b1)
-    area1 = area1.masked_fill(area1 == 0, float("inf"))
+    area1 = area1.masked_fill(area1 == 0, largest)
     area2 = _area(b2)
-    area2 = area2.masked_fill(area2 == 0, float("inf"))
+    area2 = area2.masked_fill(area2 == 0, largest)
     out = torch.empty((batch, n, m), dtype=b1.dtype, device=b1.device)
     # Contiguous coordinate planes [4, B, N]: the pairwise ops read unit-stride rows.
     p1 = b1.permute(2, 0, 1).contiguous()

@@ -12,6 +12,7 @@ from torch import Tensor
 from ._cache import cached_constant
 from ._checks import check_number, check_same_device, check_shape, check_tensor, shape_str
 from ._deltas_numpy import centerness_numpy, deltas_numpy
+from ._serial import plain_eager_mode
 
 __all__ = [
     "fcos_get_deltas_from_locations",
@@ -46,7 +47,7 @@ def _numpy_takes(*tensors: Tensor) -> bool:
     """Whether the tensors may go to the NumPy kernels (shapes are the caller's to check):
     exact ``torch.Tensor`` s, on CPU, of the first one's dtype, float32 or float64, none
     requiring grad while grad is enabled (autograd goes through the torch path)."""
-    if not _NUMPY_ON_CPU or torch.compiler.is_compiling():
+    if not _NUMPY_ON_CPU or not plain_eager_mode():
         return False
     dtype = tensors[0].dtype
     if dtype not in _NUMPY_DTYPES:
@@ -68,6 +69,8 @@ def _deltas_on_numpy(locations: object, gt_boxes: object, stride: object) -> Ten
     """The NumPy path of :func:`fcos_get_deltas_from_locations`, or None where it does not
     apply. It takes only valid arguments: the torch path raises every error."""
     if type(gt_boxes) is not Tensor or type(locations) is not Tensor:
+        return None
+    if gt_boxes.is_nested or locations.is_nested:  # (their shape raises)
         return None
     shape, loc_shape = gt_boxes.shape, locations.shape
     if (
@@ -104,7 +107,7 @@ def _deltas_on_numpy(locations: object, gt_boxes: object, stride: object) -> Ten
 
 def _centerness_on_numpy(deltas: object) -> Tensor | None:
     """The NumPy path of :func:`fcos_make_centerness_targets`, or None."""
-    if type(deltas) is not Tensor:
+    if type(deltas) is not Tensor or deltas.is_nested:
         return None
     shape = deltas.shape
     if len(shape) < 2 or shape[-1] != 4:

@@ -38,7 +38,7 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
-from ._serial import SERIAL_ELEMENTS, scale_in_place, zeros
+from ._serial import SERIAL_ELEMENTS, numpy_view, scale_in_place, zeros
 from .deltas import fcos_make_centerness_targets
 
 __all__ = [
@@ -179,7 +179,7 @@ def _softplus_into(z: Tensor, out: Tensor, threshold: float | None) -> None:
 
 def _numpy_softplus_into(z: Tensor, out: Tensor, threshold: float | None) -> None:
     """:func:`_softplus_into` in NumPy (CPU tensors)."""
-    values, result = z.detach().numpy(), out.numpy()
+    values, result = numpy_view(z), out.numpy()
     with np.errstate(over="ignore"):  # exp overflows above ~88 (float32): those take z
         np.exp(values, out=result)
     np.log1p(result, out=result)

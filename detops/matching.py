@@ -44,6 +44,7 @@ from torch import Tensor
 from ._cache import cached_constant
 from ._checks import check_number, check_same_device, check_shape
 from ._match_numpy import match_grid_levels
+from ._serial import plain_eager_mode
 
 __all__ = ["fcos_match_locations_to_gt", "default_size_ranges"]
 
@@ -95,6 +96,7 @@ def _common_call(
         and size_ranges is None
         and (radius is None or _positive_finite(radius))
         and gt_boxes.layout is torch.strided
+        and not gt_boxes.is_nested
         and gt_boxes.dim() in (2, 3)
         and gt_boxes.shape[-1] == 5
         and gt_boxes.is_floating_point()
@@ -271,9 +273,10 @@ def fcos_match_locations_to_gt(
     ranges = default_size_ranges({name: strides_per_fpn_level[name] for name in names})
     if size_ranges is not None:
         ranges.update({k: (float(v[0]), float(v[1])) for k, v in size_ranges.items()})
-    # The CPU path reads a few integers back (K, the grid shapes); under torch.compile the
-    # read-free path (CUDA's) traces as one graph with static output shapes, same result.
-    on_cpu = gt_boxes.device.type == "cpu" and not torch.compiler.is_compiling()
+    # The CPU path reads a few integers back (K, the grid shapes) and may run in NumPy;
+    # under torch.compile, a trace or a torch.func transform the read-free path (CUDA's)
+    # runs instead, as one graph with static output shapes, same result.
+    on_cpu = gt_boxes.device.type == "cpu" and plain_eager_mode()
     batched = gt_boxes.dim() == 3
     matched = _match(
         locations_per_fpn_level,

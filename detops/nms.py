@@ -91,6 +91,7 @@ from ._serial import (
     max_int,
     numpy_view,
     owner_index,
+    plain_eager_mode,
     searchsorted,
     take,
     to_float32,
@@ -1003,7 +1004,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     op = "nms"
     boxes, scores = _check_boxes_scores(op, boxes, scores, batched=False)
     iou_threshold = _check_common(op, boxes, scores, iou_threshold)
-    if torch.compiler.is_compiling():  # one opaque op with a data-dependent output size
+    if not plain_eager_mode():  # one opaque op with a data-dependent output size
         return torch.ops.detops.nms(boxes, scores, float(iou_threshold))
     return _nms_impl(boxes, scores, iou_threshold)
 
@@ -1020,12 +1021,13 @@ def _is_common_cpu_call(
     float32/float64 on CPU, at least 1 box (and fewer than ``max_boxes``, where given).
     At 10-50 boxes torchvision's whole call takes 20-60 µs, so the generic checks (about
     5 µs) would cost a large share of it. (Shapes are compared through ``dim()`` and
-    ``numel()``: comparing ``torch.Size`` objects costs more. Under torch.compile nothing
-    else is looked at.)"""
+    ``numel()``: comparing ``torch.Size`` objects costs more. Outside plain eager mode,
+    under torch.compile, a trace or a torch.func transform, nothing else is looked at.)"""
     if not (
-        not torch.compiler.is_compiling()
+        plain_eager_mode()
         and isinstance(boxes, Tensor)
         and isinstance(scores, Tensor)
+        and not boxes.is_nested
         and type(iou_threshold) is float
         and 0.0 <= iou_threshold <= 1.0
     ):
@@ -1222,7 +1224,7 @@ def class_spec_nms(
     boxes, scores = _check_boxes_scores(op, boxes, scores, batched=False)
     class_ids = _check_class_ids(op, class_ids, scores, "[N]")
     iou_threshold = _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
-    if torch.compiler.is_compiling():
+    if not plain_eager_mode():
         return torch.ops.detops.class_spec_nms(boxes, scores, class_ids, float(iou_threshold))
     # (where the quick call's NumPy path gave up, for non-finite input or for the sparse
     # path, running it again would only repeat its work)
@@ -1310,7 +1312,7 @@ def batched_nms_per_image(
         if max_detections < 0:
             raise ValueError(f"{op}: max_detections must be >= 0, got {max_detections}")
     iou_threshold = _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
-    if torch.compiler.is_compiling():
+    if not plain_eager_mode():
         return torch.ops.detops.batched_nms_per_image(
             boxes, scores, class_ids, float(iou_threshold), max_detections
         )

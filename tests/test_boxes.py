@@ -180,6 +180,65 @@ def test_box_iou_other_calls_keep_the_torch_path(monkeypatch):
     assert calls == []
 
 
+def _valid_boxes(shape, seed):
+    return random_boxes(shape, seed=seed)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_box_iou_under_vmap_forward_ad_and_trace_equals_torchvision():
+    """The NumPy kernel stays out of torch.func transforms, forward AD and jit traces
+    (it would fail on wrapped tensors, drop the tangent, or be traced as a constant)."""
+    import torch.autograd.forward_ad as forward_ad
+
+    a, b = _valid_boxes((3, 5), 1), _valid_boxes((3, 6), 2)
+    assert torch.equal(torch.func.vmap(box_iou)(a, b), tv_box_iou(a, b))
+    tangent = torch.rand(5, 4, generator=torch.Generator().manual_seed(3))
+    ours = torch.func.jvp(lambda x: box_iou(x, b[0]), (a[0],), (tangent,))
+    theirs = torch.func.jvp(lambda x: tv_box_iou(x, b[0]), (a[0],), (tangent,))
+    assert torch.equal(ours[0], theirs[0])
+    torch.testing.assert_close(ours[1], theirs[1], rtol=1e-6, atol=1e-7)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(a[0], tangent)
+        got = forward_ad.unpack_dual(box_iou(dual, b[0])).tangent
+    assert got is not None
+    torch.testing.assert_close(got, theirs[1], rtol=1e-6, atol=1e-7)
+    traced = torch.jit.trace(box_iou, (a[0], b[0]))
+    assert torch.equal(traced(a[1], b[2]), tv_box_iou(a[1], b[2]))
+
+
+@pytest.mark.parametrize("shape1, shape2", [((64,), (65,)), ((1,), (4097,)), ((2, 64), (2, 64))])
+def test_box_iou_gradient_above_the_broadcast_size_equals_torchvision(shape1, shape2):
+    # (the blocked path's out= ops are not recorded by autograd: above 4096 pairs the
+    # backward raised "functions with out=... arguments don't support automatic
+    # differentiation")
+    a = _valid_boxes(shape1, 4).requires_grad_()
+    b = _valid_boxes(shape2, 5)
+    weights = torch.rand(
+        *shape1[:-1], shape1[-1], shape2[-1], generator=torch.Generator().manual_seed(6)
+    )
+    (ours,) = torch.autograd.grad((box_iou(a, b) * weights).sum(), a)
+    (theirs,) = torch.autograd.grad((tv_box_iou(a, b) * weights).sum(), a)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("numpy_kernel", [True, False])
+def test_box_iou_zero_area_against_minus_inf_area_and_signed_zero_as_torchvision(
+    numpy_kernel, monkeypatch
+):
+    # A zero-area box against an inverted box of area -inf: torchvision's 0 / -inf is -0.0
+    # (an area of +inf for the zero-area box gave inf - inf = NaN); and an overlap of
+    # exactly -0.0 stays -0.0 through the clamp at 0, as in torch.
+    monkeypatch.setattr(boxes_module, "_NUMPY_IOU", numpy_kernel)
+    cases = [
+        ([[0.0, 0, 0, 1]], [[1.0, -math.inf, 0, 1]]),
+        ([[0.0, 0, 1, 1]], [[0.0, -1, 1, -0.0]]),
+    ]
+    for first, second in cases:
+        a, b = torch.tensor(first), torch.tensor(second)
+        ours, theirs = box_iou(a, b), tv_box_iou(a, b)
+        assert torch.equal(ours, theirs) and torch.equal(ours.signbit(), theirs.signbit())
+
+
 def test_box_iou_zero_union_is_zero_where_torchvision_gives_nan(device):
     points = torch.tensor([[5.0, 5, 5, 5], [1, 2, 1, 2]], device=device)  # zero area
     line = torch.tensor([[0.0, 3, 10, 3]], device=device)  # zero height

@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 
+import detops
 from detops._checks import check_int, check_number, check_positive_number, check_shape
 
 
@@ -142,3 +143,22 @@ def test_a_sparse_tensor_is_refused_by_name(op, argument, call):
     expected = f"{op}: {argument} must be a dense (torch.strided) tensor, got layout"
     with pytest.raises(TypeError, match="^" + re.escape(expected)):
         call()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda t: detops.box_iou(t, t),
+        lambda t: detops.clip_boxes_to_image(t, (10, 10)),
+        lambda t: detops.nms(t, torch.ones(2), 0.5),
+        lambda t: detops.fcos_make_centerness_targets(t),
+        lambda t: detops.fcos_get_deltas_from_locations(torch.rand(4, 2), t, 8),
+        lambda t: detops.fcos_match_locations_to_gt({"p3": torch.rand(4, 2)}, {"p3": 8}, t),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_a_nested_tensor_is_refused_by_name(call):
+    # (was a raw RuntimeError from torch: "NestedTensorImpl doesn't support sizes")
+    nested = torch.nested.nested_tensor([torch.rand(2, 4), torch.rand(3, 4)])
+    with pytest.raises(TypeError, match=r"^\w+: \w+ must be a dense tensor, got a nested"):
+        call(nested)

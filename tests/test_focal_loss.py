@@ -464,6 +464,22 @@ def test_numpy_softplus_is_torch_softplus_within_a_few_ulps(dtype, threshold):
 
 
 @pytest.mark.parametrize("numpy_is_fast", [True, False])
+def test_class_id_focal_loss_takes_negated_views_on_both_softplus_routes(
+    monkeypatch, numpy_is_fast
+):
+    # (the NumPy route viewed the logits with .numpy(), which refuses a lazy negation)
+    monkeypatch.setattr(losses, "_NUMPY_SOFTPLUS", numpy_is_fast)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 80, generator=gen) * 3
+    ids = torch.randint(-1, 80, (100,), generator=gen)
+    ours = losses.sigmoid_focal_loss_from_class_ids(torch._neg_view(-x), ids, reduction="none")
+    expected = ref.sigmoid_focal_loss_from_class_ids(
+        x.double().numpy(), ids.numpy(), reduction="none"
+    )
+    torch.testing.assert_close(ours, torch.from_numpy(expected).float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("numpy_is_fast", [True, False])
 def test_softplus_route_follows_numpys_vectorized_log1p(monkeypatch, numpy_is_fast):
     """Large CPU inputs take NumPy only where it vectorizes log1p; otherwise, and for
     small inputs and meta tensors, torch's softplus, whose values the route then gives

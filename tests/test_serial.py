@@ -157,3 +157,26 @@ def test_scale_in_place_by_one_keeps_every_bit(factor):
     expected = values * torch.tensor(factor)
     _serial.scale_in_place(values, torch.tensor(factor))
     assert torch.equal(values.view(torch.int32), expected.view(torch.int32))
+
+
+def test_plain_eager_mode_is_false_under_transforms_traces_and_dual_levels():
+    """Ops swap torch ops for NumPy only in plain eager mode: inside vmap, grad, jvp, a
+    forward-AD dual level or a jit trace, tensors may have no memory, carry tangents, or
+    be recorded, and each is reported."""
+    import torch.autograd.forward_ad as forward_ad
+
+    assert _serial.plain_eager_mode()
+    seen = []
+
+    def record(x):
+        seen.append(_serial.plain_eager_mode())
+        return x.sum()
+
+    torch.func.vmap(record)(torch.ones(2, 3))
+    torch.func.grad(record)(torch.ones(3))
+    torch.func.jvp(record, (torch.ones(3),), (torch.ones(3),))
+    with forward_ad.dual_level():
+        seen.append(_serial.plain_eager_mode())
+    torch.jit.trace(record, (torch.ones(3),), check_trace=False)
+    assert seen == [False] * 5
+    assert _serial.plain_eager_mode()
