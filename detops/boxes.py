@@ -94,6 +94,9 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         * float16/bfloat16 boxes are upcast to float32 before any arithmetic; torchvision
           subtracts the corners in float16 and upcasts afterwards, so the two differ by
           float16 rounding of the intersection's width and height. Both return float32.
+        * Likewise uint8/int8/int16 boxes are upcast to int32 first; torchvision subtracts
+          the corners in the small type, where a negative overlap wraps around (uint8
+          boxes ``[0, 0, 10, 10]`` and ``[20, 20, 30, 30]``: torchvision -1.0033, detops 0).
 
     NaN coordinates propagate to NaN IoU, as in torchvision (no check: the op never syncs).
     On CPU the pairs are computed in cache-sized blocks (see ``_IOU_BLOCK``), bit for bit
@@ -216,16 +219,17 @@ def _box_iou_float(b1: Tensor, b2: Tensor) -> Tensor:
     if batch * n * m <= _IOU_SMALL or autograd:
         # Few pairs: one broadcast pass with the fewest torch calls (the call's fixed cost
         # dominates); the same arithmetic as the blocked path below, whose out= ops
-        # autograd does not record.
+        # autograd does not record. (Out of place: torch.func's vmap has no batching
+        # rule for several in-place ops and warns.)
         x1a, y1a, x2a, y2a = b1[:, :, None, :].unbind(-1)  # [B, N, 1]
         x1b, y1b, x2b, y2b = b2[:, None, :, :].unbind(-1)  # [B, 1, M]
-        area_a = (x2a - x1a).mul_(y2a - y1a)
-        area_b = (x2b - x1b).mul_(y2b - y1b)
-        area_a.masked_fill_(area_a == 0, largest)
-        area_b.masked_fill_(area_b == 0, largest)
-        inter = torch.minimum(x2a, x2b).sub_(torch.maximum(x1a, x1b)).clamp_(min=0)
-        inter.mul_(torch.minimum(y2a, y2b).sub_(torch.maximum(y1a, y1b)).clamp_(min=0))
-        return inter.div_(area_a.add(area_b).sub_(inter))
+        area_a = (x2a - x1a) * (y2a - y1a)
+        area_b = (x2b - x1b) * (y2b - y1b)
+        area_a = area_a.masked_fill(area_a == 0, largest)
+        area_b = area_b.masked_fill(area_b == 0, largest)
+        width = (torch.minimum(x2a, x2b) - torch.maximum(x1a, x1b)).clamp(min=0)
+        inter = width * (torch.minimum(y2a, y2b) - torch.maximum(y1a, y1b)).clamp(min=0)
+        return inter / (area_a + area_b - inter)
     area1 = _area(b1)
     area1 = area1.masked_fill(area1 == 0, largest)
     area2 = _area(b2)

@@ -184,7 +184,9 @@ def _valid_boxes(shape, seed):
     return random_boxes(shape, seed=seed)
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings(
+    "error", "ignore::torch.jit.TracerWarning", "ignore:.*torch.jit.* is deprecated:FutureWarning"
+)
 def test_box_iou_under_vmap_forward_ad_and_trace_equals_torchvision():
     """The NumPy kernel stays out of torch.func transforms, forward AD and jit traces
     (it would fail on wrapped tensors, drop the tangent, or be traced as a constant)."""
@@ -276,6 +278,15 @@ def test_box_iou_half_precision_is_computed_in_float32(dtype, device):
     defined = ~torch.isnan(theirs)
     torch.testing.assert_close(actual[defined], theirs[defined], atol=2e-2, rtol=0)
     assert torch.all(actual[~defined] == 0)
+
+
+def test_box_iou_uint8_difference_pinned():
+    # torchvision subtracts uint8 corners before its upcast: the negative overlap wraps.
+    a = torch.tensor([[0, 0, 10, 10]], dtype=torch.uint8)
+    b = torch.tensor([[20, 20, 30, 30]], dtype=torch.uint8)
+    assert box_iou(a, b).item() == 0.0
+    assert box_iou(a, b).item() == box_iou(a.int(), b.int()).item()
+    assert tv_box_iou(a, b).item() < 0
 
 
 def test_box_iou_float16_corner_difference_pinned():
