@@ -3,17 +3,19 @@
 A torch op costs 2-5 µs of dispatch at any size, a NumPy call 0.5-2 µs, and the IoU is a
 dozen such calls: at the sizes of one image's boxes the calls, not the arithmetic, set the
 time. Measured on a 2-core AMD EPYC (AVX2), interleaved, float32, median µs of this kernel /
-detops' torch path / torchvision: 10 x 10: 55 / 110 / 97; 100 x 100: 120 / 279 / 223;
-300 x 300: 571 / 669 / 1169; from 500 x 500 to 2000 x 2000 the two detops paths are
-within noise of each other (1000 x 1000: 6.9 / 5.8 and 4.7 / 4.4 ms in two runs). Like the
-torch path, the pairs are computed in cache-sized blocks of rows and no thread is forked.
+detops' torch path / torchvision: 10 x 10: 58 / 128 / 97; 100 x 100: 128 / 308 / 250;
+300 x 300: 601 / 811 / 894; 1000 x 1000: 7601 / 7374 / 30660 (torchvision's time there
+swings 8-31 ms between runs). :func:`detops.boxes.box_iou` sends calls of up to
+``2**18`` pairs here, larger ones to its torch path. Like the torch path, the pairs are
+computed in cache-sized blocks of rows and no thread is forked.
 
 The operations are torchvision's, in its order, in the boxes' dtype (IEEE, no fused
-multiply-add): the result is bit for bit that of the torch path (see :mod:`detops.boxes`),
-zero-area boxes included (their area is taken as the dtype's largest, so a pair with
-one gives 0), up to the sign of a zero where coordinates tie at -0.0 and +0.0 (the
-minimum and maximum of a tie may return either, differently in the vectorized and scalar
-loops of both libraries).
+multiply-add): the result equals that of the torch path (see :mod:`detops.boxes`),
+zero-area boxes included (their area is taken as the dtype's largest, so a pair with one
+gives 0), bit for bit up to the sign of a zero: the clamp of a negative overlap at 0, and
+the minimum and maximum of coordinates that tie at -0.0 and +0.0, may give -0.0 in one
+and +0.0 in the other (they differ between the vectorized and scalar loops of each
+library too; the two compare equal).
 """
 
 from __future__ import annotations
@@ -51,19 +53,12 @@ def _box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
         x1a, y1a, x2a, y2a = planes1[:, r0:r1, None]
         np.minimum(x2a, x2b, out=inter)
         inter -= np.maximum(x1a, x1b, out=low)
-        _clamp_negative(inter)
+        np.maximum(inter, 0, out=inter)
         np.minimum(y2a, y2b, out=side)
         side -= np.maximum(y1a, y1b, out=low)
-        _clamp_negative(side)
+        np.maximum(side, 0, out=side)
         inter *= side
         np.add(area1[r0:r1, None], area2, out=side)
         side -= inter
         inter /= side
     return out
-
-
-def _clamp_negative(values: np.ndarray) -> None:
-    """torch's ``clamp_(min=0)``: negative values become 0, while -0.0 and NaN stay (as
-    in ``max(0, v)`` returning ``v`` on a tie); NumPy's ``maximum(v, 0)`` may return +0
-    for -0.0."""
-    np.copyto(values, 0, where=values < 0)
