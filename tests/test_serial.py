@@ -159,6 +159,7 @@ def test_scale_in_place_by_one_keeps_every_bit(factor):
     assert torch.equal(values.view(torch.int32), expected.view(torch.int32))
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:FutureWarning")
 def test_plain_eager_mode_is_false_under_transforms_traces_and_dual_levels():
     """Ops swap torch ops for NumPy only in plain eager mode: inside vmap, grad, jvp, a
     forward-AD dual level or a jit trace, tensors may have no memory, carry tangents, or
