@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with held():
             _check_options(args)
-            importlib.import_module("detops.verify.harness")  # torch, hypothesis: about 2 s
+            importlib.import_module("detops.verify.harness")  # torch, hypothesis: 2-5 s
     except KeyboardInterrupt:
         return _interrupted_before_the_first_function(args)
     return _verify(args)
