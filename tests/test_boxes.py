@@ -244,6 +244,21 @@ def test_box_iou_zero_area_against_minus_inf_area_and_zero_overlap_as_torchvisio
     assert box_iou(a, b).signbit().item()  # 0 / -inf, torchvision's -0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32])
+def test_clip_common_call_and_checked_call_agree(dtype):
+    """The quick argument check (plain [N, 4] floating boxes, a (height, width) tuple of
+    ints) and the checked path give torchvision's answer for every spelling of the size,
+    and the cached bounds are not changed by a call."""
+    boxes = (random_boxes((50,), seed=9) * 3 - 40).to(dtype)
+    expected = tv_clip(boxes, (40, 60))
+    for size in [(40, 60), [40, 60], torch.Size([40, 60])]:
+        assert torch.equal(clip_boxes_to_image(boxes, size), expected), size
+    assert torch.equal(clip_boxes_to_image(boxes, (40, 60)), expected)
+    for bad in [(40,), (0, 60), (40.0, 60), (True, 60)]:
+        with pytest.raises((TypeError, ValueError), match="clip_boxes_to_image: size"):
+            clip_boxes_to_image(boxes, bad)
+
+
 def test_box_iou_zero_union_is_zero_where_torchvision_gives_nan(device):
     points = torch.tensor([[5.0, 5, 5, 5], [1, 2, 1, 2]], device=device)  # zero area
     line = torch.tensor([[0.0, 3, 10, 3]], device=device)  # zero height
