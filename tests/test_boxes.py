@@ -179,10 +179,6 @@ def test_box_iou_other_calls_keep_the_torch_path(monkeypatch):
     assert calls == []
 
 
-def _valid_boxes(shape, seed):
-    return random_boxes(shape, seed=seed)
-
-
 @pytest.mark.filterwarnings(
     "error", "ignore::torch.jit.TracerWarning", "ignore:.*torch.jit.* is deprecated:FutureWarning"
 )
@@ -191,7 +187,7 @@ def test_box_iou_under_vmap_forward_ad_and_trace_equals_torchvision():
     (it would fail on wrapped tensors, drop the tangent, or be traced as a constant)."""
     import torch.autograd.forward_ad as forward_ad
 
-    a, b = _valid_boxes((3, 5), 1), _valid_boxes((3, 6), 2)
+    a, b = random_boxes((3, 5), seed=1), random_boxes((3, 6), seed=2)
     assert torch.equal(torch.func.vmap(box_iou)(a, b), tv_box_iou(a, b))
     tangent = torch.rand(5, 4, generator=torch.Generator().manual_seed(3))
     ours = torch.func.jvp(lambda x: box_iou(x, b[0]), (a[0],), (tangent,))
@@ -212,8 +208,8 @@ def test_box_iou_gradient_above_the_broadcast_size_equals_torchvision(shape1, sh
     # (the blocked path's out= ops are not recorded by autograd: above 4096 pairs the
     # backward raised "functions with out=... arguments don't support automatic
     # differentiation")
-    a = _valid_boxes(shape1, 4).requires_grad_()
-    b = _valid_boxes(shape2, 5)
+    a = random_boxes(shape1, seed=4).requires_grad_()
+    b = random_boxes(shape2, seed=5)
     weights = torch.rand(
         *shape1[:-1], shape1[-1], shape2[-1], generator=torch.Generator().manual_seed(6)
     )
