@@ -23,6 +23,12 @@ from torch import Tensor
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def is_dense_strided(value: Tensor) -> bool:
+    """The layouts :func:`check_tensor` accepts (``torch.strided``, not nested), for the
+    quick argument checks that skip it."""
+    return value.layout is torch.strided and not value.is_nested
+
+
 def check_tensor(op: str, name: str, value: object) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")

@@ -19,7 +19,14 @@ from torch import Tensor
 
 from ._boxes_numpy import box_iou_numpy
 from ._cache import cached_constant
-from ._checks import check_int, check_same_device, check_shape, check_size_pair, shape_str
+from ._checks import (
+    check_int,
+    check_same_device,
+    check_shape,
+    check_size_pair,
+    is_dense_strided,
+    shape_str,
+)
 from ._serial import numpy_view, plain_eager_mode
 
 __all__ = [
@@ -152,7 +159,6 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 _NUMPY_IOU = True  # (tests switch the NumPy kernel off to run the torch path on CPU)
 _NUMPY_DTYPES = (torch.float32, torch.float64)
-_STRIDED = torch.strided
 # Above, the torch path's blocks are as fast (1000 x 1000 on an AMD EPYC: 7.4 against
 # 7.6 ms) and were measured on more machines.
 _NUMPY_MAX_PAIRS = 1 << 18
@@ -169,6 +175,8 @@ def _numpy_iou_takes(boxes1: object, boxes2: object) -> bool:
         _NUMPY_IOU
         and type(boxes1) is Tensor
         and type(boxes2) is Tensor
+        and is_dense_strided(boxes1)
+        and is_dense_strided(boxes2)
         and boxes1.dtype in _NUMPY_DTYPES
         and boxes2.dtype is boxes1.dtype
         and boxes1.dim() == 2
@@ -177,8 +185,6 @@ def _numpy_iou_takes(boxes1: object, boxes2: object) -> bool:
         and boxes2.shape[1] == 4
         and boxes1.is_cpu
         and boxes2.is_cpu
-        and boxes1.layout is _STRIDED
-        and boxes2.layout is _STRIDED
         and boxes1.shape[0] * boxes2.shape[0] <= _NUMPY_MAX_PAIRS
         and not ((boxes1.requires_grad or boxes2.requires_grad) and torch.is_grad_enabled())
         and plain_eager_mode()
@@ -306,8 +312,7 @@ def _is_common_clip_call(boxes: object, size: object) -> bool:
     ints as a tuple or ``torch.Size``: what the checks accept, seen in a few reads."""
     return (
         type(boxes) is Tensor
-        and boxes.layout is _STRIDED
-        and not boxes.is_nested
+        and is_dense_strided(boxes)
         and boxes.dim() == 2
         and boxes.shape[1] == 4
         and boxes.is_floating_point()

@@ -10,7 +10,14 @@ import torch
 from torch import Tensor
 
 from ._cache import cached_constant
-from ._checks import check_number, check_same_device, check_shape, check_tensor, shape_str
+from ._checks import (
+    check_number,
+    check_same_device,
+    check_shape,
+    check_tensor,
+    is_dense_strided,
+    shape_str,
+)
 from ._deltas_numpy import centerness_numpy, deltas_numpy
 from ._serial import plain_eager_mode
 
@@ -38,7 +45,6 @@ _NUMPY_ON_CPU = True
 _NUMPY_MAX_DELTAS = 16 * 3072 * 4  # output elements
 _NUMPY_MAX_CENTERNESS = 16 * 3072  # output elements (rows)
 _NUMPY_DTYPES = (torch.float32, torch.float64)
-_STRIDED = torch.strided
 # Number strides the NumPy path takes: normal float32 numbers, with normal reciprocals.
 _NUMPY_STRIDES = (2.0**-100, 2.0**100)
 
@@ -54,7 +60,7 @@ def _numpy_takes(*tensors: Tensor) -> bool:
         return False
     grad = False
     for t in tensors:
-        if type(t) is not Tensor or t.dtype != dtype or not t.is_cpu or t.layout is not _STRIDED:
+        if type(t) is not Tensor or t.dtype != dtype or not t.is_cpu or not is_dense_strided(t):
             return False
         grad = grad or t.requires_grad
     return not (grad and torch.is_grad_enabled())
@@ -70,7 +76,7 @@ def _deltas_on_numpy(locations: object, gt_boxes: object, stride: object) -> Ten
     apply. It takes only valid arguments: the torch path raises every error."""
     if type(gt_boxes) is not Tensor or type(locations) is not Tensor:
         return None
-    if gt_boxes.is_nested or locations.is_nested:  # (their shape raises)
+    if not (is_dense_strided(gt_boxes) and is_dense_strided(locations)):  # (shapes next)
         return None
     shape, loc_shape = gt_boxes.shape, locations.shape
     if (
@@ -107,7 +113,7 @@ def _deltas_on_numpy(locations: object, gt_boxes: object, stride: object) -> Ten
 
 def _centerness_on_numpy(deltas: object) -> Tensor | None:
     """The NumPy path of :func:`fcos_make_centerness_targets`, or None."""
-    if type(deltas) is not Tensor or deltas.is_nested:
+    if type(deltas) is not Tensor or not is_dense_strided(deltas):
         return None
     shape = deltas.shape
     if len(shape) < 2 or shape[-1] != 4:

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ._cache import cached_constant
-from ._checks import check_number, check_same_device, check_shape
+from ._checks import check_number, check_same_device, check_shape, is_dense_strided
 from ._match_numpy import match_grid_levels
 from ._serial import plain_eager_mode
 
@@ -95,8 +95,7 @@ def _common_call(
         and type(gt_boxes) is Tensor
         and size_ranges is None
         and (radius is None or _positive_finite(radius))
-        and gt_boxes.layout is torch.strided
-        and not gt_boxes.is_nested
+        and is_dense_strided(gt_boxes)
         and gt_boxes.dim() in (2, 3)
         and gt_boxes.shape[-1] == 5
         and gt_boxes.is_floating_point()
@@ -107,7 +106,7 @@ def _common_call(
         stride = strides.get(name)
         if not (
             type(loc) is Tensor
-            and loc.layout is torch.strided
+            and is_dense_strided(loc)
             and loc.dim() == 2
             and loc.shape[1] == 2
             and loc.is_floating_point()

@@ -73,6 +73,7 @@ from ._checks import (
     check_shape,
     check_tensor,
     check_unit_interval,
+    is_dense_strided,
     shape_str,
 )
 from ._nms_numpy import (
@@ -131,7 +132,6 @@ _TILE_COST = 30000  # fixed cost of a dense tile (about 20 torch calls), in IoU 
 # torchvision, which is this kernel, on every input).
 _KERNEL_MAX_BOXES = 1200
 _KERNEL_DTYPES = (torch.float32, torch.float64)
-_STRIDED = torch.strided
 # Above that size the kernel is still the better tool for clustered detections, the usual
 # input of NMS: it skips suppressed boxes, computing about ``kept * N / 2`` IoU values,
 # while the sparse path's cost follows the overlapping pairs, which clusters make many
@@ -1027,7 +1027,8 @@ def _is_common_cpu_call(
         plain_eager_mode()
         and isinstance(boxes, Tensor)
         and isinstance(scores, Tensor)
-        and not boxes.is_nested
+        and is_dense_strided(boxes)
+        and is_dense_strided(scores)
         and type(iou_threshold) is float
         and 0.0 <= iou_threshold <= 1.0
     ):
@@ -1043,17 +1044,15 @@ def _is_common_cpu_call(
         and scores.numel() == n
         and boxes.is_cpu
         and scores.is_cpu
-        and boxes.layout is _STRIDED
-        and scores.layout is _STRIDED
     ):
         return False
     return class_ids is None or (
         isinstance(class_ids, Tensor)
+        and is_dense_strided(class_ids)
         and class_ids.dtype in _CLASS_ID_DTYPES
         and class_ids.dim() == 1
         and class_ids.numel() == n
         and class_ids.is_cpu
-        and class_ids.layout is _STRIDED
     )
 
 
