@@ -20,7 +20,7 @@ Up to four groups need no rounds: with non-negative coordinates, mirrored into a
 quadrant each (exact, see ``_mirrored``), a few hundred boxes (up to 1500
 clustered ones) go to one kernel call, as ``batched_nms``'s offset boxes do, without its
 rounding; more go to the kernel once per group, or to the caller's path where its cost
-model prefers that (see ``_MIRROR_ALWAYS_MAX``).
+model prefers that (see ``MIRROR_ALWAYS_MAX``).
 
 What the rounds leave (scattered boxes: NMS keeps most of them) is resolved in Python
 over the pairs above the threshold (usually a few per box): box ``j`` is suppressed by a
@@ -41,9 +41,14 @@ from torch import Tensor
 from ._serial import numpy_view
 
 __all__ = [
+    "ALL_PAIRS_MAX",
     "CLASS_NMS_MAX_BOXES",
     "CLUSTER_HITS",
+    "MIRROR_ALWAYS_MAX",
+    "MIRROR_TWO_ALWAYS_MAX",
+    "NEGATED",
     "NUMPY_NMS_MAX_BOXES",
+    "SWAPPED",
     "best_box_hits",
     "kept_share",
     "kernel_per_group",
@@ -64,7 +69,7 @@ CLASS_NMS_MAX_BOXES = 3000
 # takes more calls but no N^2 work (measured on 2 cores, whole class_spec_nms calls, mask
 # vs listed: 20 classes 32.5 vs 41.0 µs at 64 boxes, 34.6 vs 41.5 at 80, 44.4 vs 47.2 at
 # 112; 2 classes 66.3 vs 69.3 at 80, 81.8 vs 76.9 at 96; 1 class 83.6 vs 83.4 at 80).
-_ALL_PAIRS_MAX = 80
+ALL_PAIRS_MAX = 80
 # Up to this many boxes, where at least 1 / _DENSE_SHARE of all pairs share a group (few
 # groups), the IoU of every pair is computed at once as a matrix instead of pair by pair
 # (1 class: 48.5 vs 52.9 µs at 50 boxes, 39.4 vs 41.1 at 32; pair by pair from the mask
@@ -114,18 +119,18 @@ def numpy_greedy_nms(
         if not math.isfinite(sum((s @ b).tolist())):
             return None
         g = None if groups is None else numpy_view(groups)
-        if b.shape[0] <= _ALL_PAIRS_MAX or g is None:
+        if b.shape[0] <= ALL_PAIRS_MAX or g is None:
             return torch.from_numpy(_all_pairs(b, s, g, threshold).astype(np.int64, copy=False))
         low, high = int(g.min()), int(g.max())
         if low == high:  # one group: plain NMS, which the kernel does in one call
             if kernel_ok is not None and not kernel_ok():
                 return None
             return kernel(boxes, scores, iou_threshold)
-        quadrant = _quadrants(g, low, high)
+        quadrant, groups_present = _quadrants(g, low, high)
         if quadrant is not None:
-            limit = _MIRROR_TWO_ALWAYS_MAX if high - low == 1 else _MIRROR_ALWAYS_MAX
+            limit = MIRROR_TWO_ALWAYS_MAX if groups_present == 2 else MIRROR_ALWAYS_MAX
             mirrorable = float(b.min()) >= 0
-            if mirrorable or b.shape[0] > _MIRROR_ALWAYS_MAX:  # (else the rounds and pairs)
+            if mirrorable or b.shape[0] > MIRROR_ALWAYS_MAX:  # (else the rounds and pairs)
                 return _few_groups(
                     b,
                     s,
@@ -206,13 +211,15 @@ def numpy_greedy_nms(
 # NUMPY_NMS_MAX_BOXES go to the kernel per group only where the caller's cost model, given
 # the share a scattered input keeps, prefers it to its own path (2 classes, 1000 boxes:
 # kernel 1688, the sparse path 1240 µs; 2000: 5998 vs 2600).
-_MIRROR_ALWAYS_MAX = 300
+MIRROR_ALWAYS_MAX = 300
 _MIRROR_CLUSTERED_MAX = 1500
 # Two groups in opposite quadrants cost the kernel what ``batched_nms``'s one call on
-# offset boxes costs it, so up to this many boxes they take the call without the
-# best_box_hits check (about 20 µs at 400 boxes; scattered, 2 classes, 400 boxes:
-# mirrored 409 against 443 µs per group; 700: 1052 against 942).
-_MIRROR_TWO_ALWAYS_MAX = 600
+# offset boxes costs it, so up to this many boxes (where batched_nms makes that call)
+# they take the call without the best_box_hits check (about 20 µs at 400 boxes, 30-70 in
+# a whole call at 1000; scattered, 2 classes, 400 boxes: mirrored 409 against 443 µs per
+# group; 700: 1052 against 942; 1000 boxes, interleaved with batched_nms: mirrored 2961,
+# per group 2976, batched_nms 3045).
+MIRROR_TWO_ALWAYS_MAX = 1000
 # The share of boxes that NMS keeps where the best box suppresses few (random_detections:
 # 40-90%), for the cost model.
 _SCATTERED_SHARE = 0.75
@@ -233,10 +240,10 @@ def _few_groups(
     kernel: Callable[[Tensor, Tensor, float], Tensor],
     kernel_ok: Callable[..., bool] | None,
 ) -> Tensor | None:
-    """NMS of more than _ALL_PAIRS_MAX boxes in at most four groups (``quadrant``, from
+    """NMS of more than ALL_PAIRS_MAX boxes in at most four groups (``quadrant``, from
     :func:`_quadrants`) by one mirrored kernel call (``mirrorable``: no negative
     coordinate; up to ``limit`` boxes, more where clustered) or the kernel once per group
-    (see _MIRROR_ALWAYS_MAX); None where the caller's own path is cheaper."""
+    (see MIRROR_ALWAYS_MAX); None where the caller's own path is cheaper."""
     n = b.shape[0]
     hits = 0 if n <= limit else best_box_hits(b, s, threshold, quadrant)
     clustered = hits >= CLUSTER_HITS
@@ -270,33 +277,33 @@ def best_box_hits(b: np.ndarray, s: np.ndarray, t: float, g: np.ndarray | None =
 # differences only change sign, so each IoU the kernel computes within a group is the
 # unmirrored one bit for bit; boxes with non-negative coordinates in different quadrants
 # never intersect (IoU 0). Each quadrant's columns that take the negated, swapped value:
-_SWAPPED = np.array([2, 3, 0, 1])
-_NEGATED = np.array(
+SWAPPED = np.array([2, 3, 0, 1])
+NEGATED = np.array(
     [[False] * 4, [True, False, True, False], [False, True, False, True], [True] * 4]
 )
-for _table in (_SWAPPED, _NEGATED):
+for _table in (SWAPPED, NEGATED):
     _table.flags.writeable = False
 
 
-def _quadrants(g: np.ndarray, low: int, high: int) -> np.ndarray | None:
+def _quadrants(g: np.ndarray, low: int, high: int) -> tuple[np.ndarray | None, int]:
     """The quadrant (0-3) of each box, one per group, where there are at most four
-    groups (ids ``low`` to ``high``, spanning fewer than _MIRROR_SPAN values); None where
-    there are more. Two groups take opposite quadrants: apart on both axes, as
-    class-offset boxes are. (In adjacent quadrants the boxes of two groups still overlap
-    on one axis, and the kernel's ``max(0, overlap)`` there goes either way at random:
-    the same call took 20% longer on 500 scattered boxes in 2 classes, 9% on 1000
-    clustered ones.)"""
+    groups (ids ``low`` to ``high``, spanning fewer than _MIRROR_SPAN values), and how
+    many groups there are; None (and 0) where there are more. Two groups take opposite
+    quadrants: apart on both axes, as class-offset boxes are. (In adjacent quadrants the
+    boxes of two groups still overlap on one axis, and the kernel's ``max(0, overlap)``
+    there goes either way at random: the same call took 20% longer on 500 scattered boxes
+    in 2 classes, 9% on 1000 clustered ones.)"""
     if high - low == 1:  # the common two classes, without counting them
-        return (g - low) * 3
+        return (g - low) * 3, 2
     if high - low >= _MIRROR_SPAN:
-        return None
+        return None, 0
     offset = g.astype(np.intp) - low  # (in int8, ids 128 apart would wrap around)
     present = np.flatnonzero(np.bincount(offset))
     if present.shape[0] > 4:
-        return None
+        return None, 0
     quadrant = np.zeros(high - low + 1, dtype=np.intp)
     quadrant[present] = _QUADRANTS[present.shape[0]]
-    return quadrant.take(offset)
+    return quadrant.take(offset), present.shape[0]
 
 
 _QUADRANTS = {2: (0, 3), 3: (0, 1, 2), 4: (0, 1, 2, 3)}  # by the number of groups
@@ -305,9 +312,9 @@ _QUADRANTS = {2: (0, 3), 3: (0, 1, 2), 4: (0, 1, 2, 3)}  # by the number of grou
 def _mirrored(b: np.ndarray, quadrant: np.ndarray) -> np.ndarray:
     """``b`` [N, 4] (non-negative) with box ``i`` moved to quadrant ``quadrant[i]`` (0-3)
     as above: plain NMS of the result is NMS within quadrants, exactly."""
-    flipped = b.take(_SWAPPED, axis=1)
+    flipped = b.take(SWAPPED, axis=1)
     np.negative(flipped, out=flipped)
-    return np.where(_NEGATED.take(quadrant, axis=0), flipped, b)
+    return np.where(NEGATED.take(quadrant, axis=0), flipped, b)
 
 
 # The best-scored _TOP_BOXES boxes suppressing CLUSTER_HITS or more boxes of their group
@@ -354,7 +361,7 @@ def _above(
 
 # i < j, for the masks of _all_pairs (np.triu takes several NumPy calls, and at this size
 # the calls, not the arithmetic, are the cost); read only, sliced to N x N.
-_UPPER = np.triu(np.ones((_ALL_PAIRS_MAX, _ALL_PAIRS_MAX), dtype=bool), 1)
+_UPPER = np.triu(np.ones((ALL_PAIRS_MAX, ALL_PAIRS_MAX), dtype=bool), 1)
 _UPPER.flags.writeable = False
 
 

@@ -720,15 +720,15 @@ def test_class_spec_sparse_path_matches_reference_on_the_registry_cases(dtype):
 
 
 NUMPY_PATHS = {
-    "pairs read from one mask": {"_ALL_PAIRS_MAX": 10**9, "_DENSE_MAX": 0},
+    "pairs read from one mask": {"ALL_PAIRS_MAX": 10**9, "_DENSE_MAX": 0},
     "IoU of all pairs in one matrix": {
-        "_ALL_PAIRS_MAX": 10**9,
+        "ALL_PAIRS_MAX": 10**9,
         "_DENSE_MAX": 10**9,
         "_DENSE_SHARE": 10**9,
     },
-    "pairs of each group": {"_ALL_PAIRS_MAX": 0, "_PAIRS_PER_KERNEL_CALL": 10**9},
-    "kernel once per group": {"_ALL_PAIRS_MAX": 0, "_PAIRS_PER_KERNEL_CALL": 0},
-    "greedy box by box": {"_ALL_PAIRS_MAX": 0, "_PAIR_LOOP_MAX": 0},
+    "pairs of each group": {"ALL_PAIRS_MAX": 0, "_PAIRS_PER_KERNEL_CALL": 10**9},
+    "kernel once per group": {"ALL_PAIRS_MAX": 0, "_PAIRS_PER_KERNEL_CALL": 0},
+    "greedy box by box": {"ALL_PAIRS_MAX": 0, "_PAIR_LOOP_MAX": 0},
 }
 
 

@@ -9,6 +9,8 @@ boxes, tied scores.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,8 @@ import reference.nms as ref
 from detops import _nms_numpy as numpy_nms
 from detops import batched_nms_per_image, class_spec_nms
 from detops.bench.cases.nms import clustered_detections, random_detections
+
+nms_module = importlib.import_module("detops.nms")  # (detops.nms is also the function)
 
 
 @st.composite
@@ -66,16 +70,22 @@ def _spy_routes(monkeypatch) -> dict[str, list[int]]:
     groups it is given), as class_spec_nms takes them."""
     calls: dict[str, list[int]] = {"mirrored": [], "per group": []}
     mirrored, per_group = numpy_nms._mirrored, numpy_nms._kernel_per_group
+    mirrored_in_torch = nms_module._mirrored_boxes
 
     def spy_mirrored(b, quadrant):
         calls["mirrored"].append(len(np.unique(quadrant)))
         return mirrored(b, quadrant)
+
+    def spy_mirrored_in_torch(b, quadrant):
+        calls["mirrored"].append(len(quadrant.unique()))
+        return mirrored_in_torch(b, quadrant)
 
     def spy_per_group(ranked, ranked_scores, order, bounds, iou_threshold, kernel):
         calls["per group"].append(len(bounds) - 1)
         return per_group(ranked, ranked_scores, order, bounds, iou_threshold, kernel)
 
     monkeypatch.setattr(numpy_nms, "_mirrored", spy_mirrored)
+    monkeypatch.setattr(nms_module, "_mirrored_boxes", spy_mirrored_in_torch)
     monkeypatch.setattr(numpy_nms, "_kernel_per_group", spy_per_group)
     return calls
 
@@ -86,12 +96,14 @@ def _spy_routes(monkeypatch) -> dict[str, list[int]]:
     [
         (200, 2, False, "mirrored"),  # up to 300 boxes, any few-class input
         (300, 4, False, "mirrored"),
-        (600, 2, False, "mirrored"),  # two classes: up to 600
+        (600, 2, False, "mirrored"),  # two classes: up to 1000 (batched_nms's one call)
+        (700, 2, False, "mirrored"),
+        (1000, 2, False, "mirrored"),
         (500, 2, True, "mirrored"),  # clusters: up to 1500
         (1000, 3, True, "mirrored"),
         (1500, 2, True, "mirrored"),
         (400, 3, False, "per group"),  # scattered: one call pays kept * N over all classes
-        (700, 2, False, "per group"),
+        (1100, 2, False, "neither"),  # above 1000: the cost model picks the sparse path
         (1000, 4, False, "per group"),  # (the cost model, given a scattered share)
         (2000, 4, True, "per group"),  # many clusters: per class
         (3000, 2, True, "per group"),
@@ -206,9 +218,14 @@ def test_two_classes_take_opposite_quadrants(ids, monkeypatch):
     boxes, scores, _ = clustered_detections(200)
     classes = torch.tensor(ids)[torch.arange(200) % 2]
     seen = []
-    mirrored = numpy_nms._mirrored
+    mirrored, mirrored_in_torch = numpy_nms._mirrored, nms_module._mirrored_boxes
     monkeypatch.setattr(
         numpy_nms, "_mirrored", lambda b, q: seen.append(sorted(set(q.tolist()))) or mirrored(b, q)
+    )
+    monkeypatch.setattr(
+        nms_module,
+        "_mirrored_boxes",
+        lambda b, q: seen.append(sorted(set(q.tolist()))) or mirrored_in_torch(b, q),
     )
     got = class_spec_nms(boxes, scores, classes, 0.5)
     assert seen == [[0, 3]]
@@ -218,3 +235,39 @@ def test_two_classes_take_opposite_quadrants(ids, monkeypatch):
 def test_the_threshold_is_0_5_by_default_as_in_the_course_code():
     boxes, scores, ids = clustered_detections(200)
     assert class_spec_nms(boxes, scores, ids).tolist() == per_class_kernel(boxes, scores, ids, 0.5)
+
+
+@pytest.mark.parametrize(
+    "case", ["int32 ids", "boxes requiring grad", "ids far from 0", "inf coordinate", "NaN score"]
+)
+def test_the_torch_built_mirrored_call_on_odd_inputs(case, monkeypatch):
+    # Consecutive ids, 81-1000 boxes: the mirrored boxes are built with torch ops
+    # (nms._mirrored_boxes); inputs it must not take fall through to the NumPy path.
+    boxes, scores, ids = clustered_detections(400, seed=3)
+    ids = ids % 2
+    if case == "int32 ids":
+        ids = ids.to(torch.int32)
+    elif case == "boxes requiring grad":
+        boxes.requires_grad_()
+    elif case == "ids far from 0":
+        ids = ids + (1 << 40)
+    elif case == "inf coordinate":
+        boxes[5, 2] = float("inf")
+    elif case == "NaN score":
+        scores[7] = float("nan")
+    calls = _spy_routes(monkeypatch)
+    if case == "NaN score":
+        with pytest.raises(ValueError, match="class_spec_nms: scores must not contain NaN"):
+            class_spec_nms(boxes, scores, ids, 0.5)
+        return
+    got = class_spec_nms(boxes, scores, ids, 0.5)
+    expected_calls = [] if case == "inf coordinate" else [2]
+    assert calls["mirrored"] == expected_calls
+    if case == "inf coordinate":  # the reference's inf - inf is NaN: IoU 0, as detops'
+        with np.errstate(invalid="ignore"):
+            expected = ref.class_spec_nms(
+                boxes.double().numpy(), scores.double().numpy(), ids.numpy(), 0.5
+            ).tolist()
+    else:
+        expected = per_class_kernel(boxes.detach(), scores, ids.to(torch.int64), 0.5)
+    assert got.tolist() == expected

@@ -56,6 +56,9 @@ CHILD = textwrap.dedent(
         counts[f"class_spec_nms {n}"] = forks(
             lambda: detops.class_spec_nms(boxes, scores, classes, 0.5)
         )
+        counts[f"class_spec_nms {n}, 2 classes (mirrored at 1000)"] = forks(
+            lambda: detops.class_spec_nms(boxes, scores, classes % 2, 0.5)
+        )
     boxes, scores, classes = random_detections(1000, seed=1, batch=(16,))
     counts["batched_nms_per_image 16x1000"] = forks(
         lambda: detops.batched_nms_per_image(boxes, scores, classes, 0.5)
