@@ -80,13 +80,10 @@ from ._nms_numpy import (
     ALL_PAIRS_MAX,
     CLASS_NMS_MAX_BOXES,
     CLUSTER_HITS,
-    MIRROR_ALWAYS_MAX,
-    MIRROR_TWO_ALWAYS_MAX,
-    NEGATED,
     NUMPY_NMS_MAX_BOXES,
-    SWAPPED,
     best_box_hits,
     kept_share,
+    mirrored_call,
     numpy_greedy_nms,
     top_hits,
 )
@@ -175,18 +172,6 @@ _CLASS_ID_DTYPES = (torch.int64, torch.int32)  # those class_spec_nms's fast pat
 _PYTHON_SUM_MAX = 24
 _PYTHON_SCORE_SUM_MAX = 64
 _DENSE = 16  # groups with G * S * S <= budget / _DENSE take the all-pairs path
-# class_spec_nms of non-negative boxes whose class ids span at most four consecutive
-# values goes to one kernel call on boxes mirrored with torch ops (each class into a
-# quadrant, exact: see detops._nms_numpy), by the span of the ids (last - first), up to
-# the NumPy path's limits for a mirrored call whatever the boxes look like: two classes
-# up to 1000 boxes, where torchvision.ops.batched_nms makes the same single call on
-# class-offset boxes. Built with torch ops, the mirrored boxes cost the kernel call after
-# them less than NumPy's (measured interleaved with batched_nms, clustered, 2 classes:
-# 131 / 140 / 299 µs at 200 / 500 / 1000 boxes against NumPy's 155 / 154 / 316 and
-# batched_nms's 177 / 172 / 327).
-_MIRROR_TORCH_MAX = {1: MIRROR_TWO_ALWAYS_MAX, 2: MIRROR_ALWAYS_MAX, 3: MIRROR_ALWAYS_MAX}
-_MIRROR_SWAPPED = torch.from_numpy(SWAPPED.astype(np.int64))
-_MIRROR_NEGATED = torch.from_numpy(NEGATED.copy())
 _NUMPY_GREEDY = True  # the greedy resolution on CPU runs in NumPy (tests switch it off)
 
 
@@ -1221,8 +1206,11 @@ def class_spec_nms(
     numpy_tried = class_ids is not None and _is_common_cpu_call(
         boxes, scores, iou_threshold, CLASS_NMS_MAX_BOXES + 1, class_ids
     )
+    group_range = None
     if numpy_tried and boxes.shape[0] > ALL_PAIRS_MAX:
-        kept = _mirrored_kernel_call(boxes, scores, class_ids, iou_threshold)
+        first, last = class_ids.aminmax()
+        group_range = int(first), int(last)
+        kept = mirrored_call(boxes, scores, class_ids, group_range, iou_threshold, _kernel_nms)
         if kept is not None:
             return kept
     if numpy_tried:
@@ -1237,6 +1225,7 @@ def class_spec_nms(
             _kernel_nms,
             kernel_ok,
             finish,
+            group_range,
         )
         if kept is not None:
             return kept
@@ -1249,36 +1238,6 @@ def class_spec_nms(
     # (where the quick call's NumPy path gave up, for non-finite input or for the sparse
     # path, running it again would only repeat its work)
     return _class_spec_nms_impl(boxes, scores, class_ids, iou_threshold, not numpy_tried)
-
-
-def _mirrored_kernel_call(
-    boxes: Tensor, scores: Tensor, class_ids: Tensor, iou_threshold: float
-) -> Tensor | None:
-    """:func:`class_spec_nms` of the common call (see ``_MIRROR_TORCH_MAX``) as one
-    kernel call on mirrored boxes, or None where it does not apply: class ids spanning
-    more values, more boxes, a negative coordinate, a non-finite value. Two classes take
-    opposite quadrants (apart on both axes), three or four one quadrant each."""
-    with _below_autograd():
-        first, last = class_ids.aminmax()
-        span = int(last) - int(first)
-        limit = _MIRROR_TORCH_MAX.get(span)
-        if limit is None or boxes.shape[0] > limit:
-            return None
-        low, high = boxes.aminmax()  # NaN gives NaN, and fails both tests
-        if not (float(low) >= 0 and float(high) < math.inf and math.isfinite(scores.sum())):
-            return None
-        quadrant = class_ids - first
-        if span == 1:
-            quadrant = quadrant * 3
-        mirrored = _mirrored_boxes(boxes, quadrant)
-        return _torchvision_nms_kernel()(mirrored, scores, iou_threshold)
-
-
-def _mirrored_boxes(boxes: Tensor, quadrant: Tensor) -> Tensor:
-    """``detops._nms_numpy._mirrored`` in torch ops: box ``i`` moved to quadrant
-    ``quadrant[i]`` (0-3), its x (quadrant & 1) and y (quadrant & 2) negated and swapped."""
-    flipped = boxes.index_select(1, _MIRROR_SWAPPED).neg_()
-    return torch.where(_MIRROR_NEGATED.index_select(0, quadrant), flipped, boxes)
 
 
 def _class_spec_nms_impl(

@@ -9,8 +9,6 @@ boxes, tied scores.
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -22,8 +20,6 @@ import reference.nms as ref
 from detops import _nms_numpy as numpy_nms
 from detops import batched_nms_per_image, class_spec_nms
 from detops.bench.cases.nms import clustered_detections, random_detections
-
-nms_module = importlib.import_module("detops.nms")  # (detops.nms is also the function)
 
 
 @st.composite
@@ -70,22 +66,22 @@ def _spy_routes(monkeypatch) -> dict[str, list[int]]:
     groups it is given), as class_spec_nms takes them."""
     calls: dict[str, list[int]] = {"mirrored": [], "per group": []}
     mirrored, per_group = numpy_nms._mirrored, numpy_nms._kernel_per_group
-    mirrored_in_torch = nms_module._mirrored_boxes
+    mirrored_pair = numpy_nms._mirrored_pair
 
     def spy_mirrored(b, quadrant):
-        calls["mirrored"].append(len(np.unique(quadrant)))
+        calls["mirrored"].append(len(quadrant.unique()))
         return mirrored(b, quadrant)
 
-    def spy_mirrored_in_torch(b, quadrant):
-        calls["mirrored"].append(len(quadrant.unique()))
-        return mirrored_in_torch(b, quadrant)
+    def spy_mirrored_pair(b, second):
+        calls["mirrored"].append(len(second.unique()))
+        return mirrored_pair(b, second)
 
     def spy_per_group(ranked, ranked_scores, order, bounds, iou_threshold, kernel):
         calls["per group"].append(len(bounds) - 1)
         return per_group(ranked, ranked_scores, order, bounds, iou_threshold, kernel)
 
     monkeypatch.setattr(numpy_nms, "_mirrored", spy_mirrored)
-    monkeypatch.setattr(nms_module, "_mirrored_boxes", spy_mirrored_in_torch)
+    monkeypatch.setattr(numpy_nms, "_mirrored_pair", spy_mirrored_pair)
     monkeypatch.setattr(numpy_nms, "_kernel_per_group", spy_per_group)
     return calls
 
@@ -168,16 +164,20 @@ def test_a_few_classes_above_the_all_pairs_limit_equal_per_class_calls(
 
 
 def test_mirroring_keeps_boxes_of_different_quadrants_apart_and_sides_exact():
-    boxes = np.array([[0.0, 0.0, 3.5, 2.25], [1.0, -0.0, 1.0, 7.0], [2.0, 3.0, 1.0, 4.0]])
-    for dtype in (np.float32, np.float64):
-        b = boxes.astype(dtype)
+    boxes = torch.tensor([[0.0, 0.0, 3.5, 2.25], [1.0, -0.0, 1.0, 7.0], [2.0, 3.0, 1.0, 4.0]])
+    for dtype in (torch.float32, torch.float64):
+        b = boxes.to(dtype)
         for quadrant in range(4):
-            m = numpy_nms._mirrored(b, np.full(3, quadrant))
+            m = numpy_nms._mirrored(b, torch.full((3,), quadrant))
             # widths and heights as the kernel forms them are the unmirrored ones
-            assert np.array_equal(m[:, 2] - m[:, 0], b[:, 2] - b[:, 0])
-            assert np.array_equal(m[:, 3] - m[:, 1], b[:, 3] - b[:, 1])
+            assert torch.equal(m[:, 2] - m[:, 0], b[:, 2] - b[:, 0])
+            assert torch.equal(m[:, 3] - m[:, 1], b[:, 3] - b[:, 1])
             assert ((m[:, [0, 2]] <= 0) if quadrant & 1 else (m[:, [0, 2]] >= 0)).all()
             assert ((m[:, [1, 3]] <= 0) if quadrant & 2 else (m[:, [1, 3]] >= 0)).all()
+            assert torch.equal(b, boxes.to(dtype))  # the input is left alone
+            if quadrant in (0, 3):  # two groups: the shorter form gives the same boxes
+                pair = numpy_nms._mirrored_pair(b, torch.full((3,), quadrant == 3))
+                assert torch.equal(pair, m) and torch.equal(pair.signbit(), m.signbit())
 
 
 @pytest.mark.parametrize(
@@ -218,14 +218,16 @@ def test_two_classes_take_opposite_quadrants(ids, monkeypatch):
     boxes, scores, _ = clustered_detections(200)
     classes = torch.tensor(ids)[torch.arange(200) % 2]
     seen = []
-    mirrored, mirrored_in_torch = numpy_nms._mirrored, nms_module._mirrored_boxes
+    mirrored, mirrored_pair = numpy_nms._mirrored, numpy_nms._mirrored_pair
     monkeypatch.setattr(
         numpy_nms, "_mirrored", lambda b, q: seen.append(sorted(set(q.tolist()))) or mirrored(b, q)
     )
     monkeypatch.setattr(
-        nms_module,
-        "_mirrored_boxes",
-        lambda b, q: seen.append(sorted(set(q.tolist()))) or mirrored_in_torch(b, q),
+        numpy_nms,
+        "_mirrored_pair",
+        lambda b, second: (
+            seen.append(sorted({3 * v for v in second.tolist()})) or mirrored_pair(b, second)
+        ),
     )
     got = class_spec_nms(boxes, scores, classes, 0.5)
     assert seen == [[0, 3]]
@@ -241,8 +243,8 @@ def test_the_threshold_is_0_5_by_default_as_in_the_course_code():
     "case", ["int32 ids", "boxes requiring grad", "ids far from 0", "inf coordinate", "NaN score"]
 )
 def test_the_torch_built_mirrored_call_on_odd_inputs(case, monkeypatch):
-    # Consecutive ids, 81-1000 boxes: the mirrored boxes are built with torch ops
-    # (nms._mirrored_boxes); inputs it must not take fall through to the NumPy path.
+    # Consecutive ids, 81-1000 boxes: numpy_nms.mirrored_call, in torch ops only; inputs
+    # it must not take fall through to the NumPy path.
     boxes, scores, ids = clustered_detections(400, seed=3)
     ids = ids % 2
     if case == "int32 ids":
