@@ -38,7 +38,6 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
-from ._memory import empty_output
 from ._serial import SERIAL_ELEMENTS, numpy_view, scale_in_place, zeros
 from .deltas import fcos_make_centerness_targets
 
@@ -395,8 +394,8 @@ def _focal_dense_pass(
     size = _chunk_size(device, n)
     if positives is not None:  # chunks of whole rows
         size = max(size // positives.num_classes, 1) * positives.num_classes
-    loss = empty_output(n, dtype, device) if reduction == "none" else None
-    grad = empty_output(n, dtype, device) if want_grad else None
+    loss = torch.empty(n, dtype=dtype, device=device) if reduction == "none" else None
+    grad = torch.empty(n, dtype=dtype, device=device) if want_grad else None
     sums = []
     convert_x = dtype != cdt
     convert_t = t_flat is not None and t_flat.dtype != cdt
@@ -555,9 +554,6 @@ def sigmoid_focal_loss(
     ``gradcheck``) recomputes it from the saved ``inputs`` (a reference, not a copy). Peak
     extra memory: the gradient, the ``none`` output and 1 MiB of chunk buffers (measured at
     16 x 20267 x 80: 1.0x the input for ``sum``, 2.0x for ``none``; torchvision 10x).
-    On Linux, a gradient or ``none`` output of 32 MiB or more is advised to use huge pages
-    (``detops._memory``): its first writes then cost ~50 page faults instead of ~25k
-    (at 16 x 20267 x 80 on a 2-core VM: forward+backward 301 -> 255 ms).
 
     Numerics: where every target of a chunk is 0 or 1 (checked on CPU), ``z = (1 - 2t) x``
     gives ``ce = softplus(z)`` and ``1 - p_t = sigmoid(z)``, each to full relative
