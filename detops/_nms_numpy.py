@@ -45,6 +45,8 @@ __all__ = [
     "CLASS_NMS_MAX_BOXES",
     "CLUSTER_HITS",
     "MIRROR_ALWAYS_MAX",
+    "MIRROR_CALL_MAX_BOXES",
+    "MIRROR_CALL_MAX_SPAN",
     "MIRROR_TWO_ALWAYS_MAX",
     "NUMPY_NMS_MAX_BOXES",
     "best_box_hits",
@@ -251,7 +253,7 @@ def _few_groups(
     hits = 0 if n <= limit else best_box_hits(b, s, threshold, quadrant)
     clustered = hits >= CLUSTER_HITS
     if mirrorable and (n <= limit or (clustered and n <= _MIRROR_CLUSTERED_MAX)):
-        return kernel(_mirrored(boxes, torch.from_numpy(quadrant)), scores, iou_threshold)
+        return kernel(torch.from_numpy(_mirrored_array(b, quadrant)), scores, iou_threshold)
     if kernel_ok is not None and hits < 2 * CLUSTER_HITS:  # (as nms: a sure sign of clusters)
         share = None if clustered else _SCATTERED_SHARE
         if not kernel_ok(share=share):
@@ -280,11 +282,15 @@ def best_box_hits(b: np.ndarray, s: np.ndarray, t: float, g: np.ndarray | None =
 # differences only change sign, so each IoU the kernel computes within a group is the
 # unmirrored one bit for bit; boxes with non-negative coordinates in different quadrants
 # never intersect (IoU 0). Each quadrant's columns that take the negated, swapped value:
-# (never modified in place)
-_SWAPPED_COLUMNS = torch.tensor([2, 3, 0, 1])
-_NEGATED_COLUMNS = torch.tensor(
+_SWAPPED_INDEX = np.array([2, 3, 0, 1])
+_NEGATED_ROWS = np.array(
     [[False] * 4, [True, False, True, False], [False, True, False, True], [True] * 4]
 )
+for _table in (_SWAPPED_INDEX, _NEGATED_ROWS):
+    _table.flags.writeable = False
+# (the same tables for torch; never modified in place)
+_SWAPPED_COLUMNS = torch.from_numpy(_SWAPPED_INDEX.copy())
+_NEGATED_COLUMNS = torch.from_numpy(_NEGATED_ROWS.copy())
 
 
 def _quadrants(g: np.ndarray, low: int, high: int) -> tuple[np.ndarray | None, int]:
@@ -320,6 +326,15 @@ def _mirrored(boxes: Tensor, quadrant: Tensor) -> Tensor:
     return torch.where(_NEGATED_COLUMNS.index_select(0, quadrant), flipped, boxes)
 
 
+def _mirrored_array(b: np.ndarray, quadrant: np.ndarray) -> np.ndarray:
+    """:func:`_mirrored` in NumPy, for the NumPy path (after NumPy's checks, NumPy's
+    mirroring leaves the kernel call quicker than torch's: 156 against 177 µs, 200
+    clustered boxes of 4 classes, interleaved)."""
+    flipped = b.take(_SWAPPED_INDEX, axis=1)
+    np.negative(flipped, out=flipped)
+    return np.where(_NEGATED_ROWS.take(quadrant, axis=0), flipped, b)
+
+
 def _mirrored_pair(boxes: Tensor, second: Tensor) -> Tensor:
     """:func:`_mirrored` of two groups, into quadrants 0 and 3 (``second``: [N] bool, the
     boxes of quadrant 3), in two ops fewer."""
@@ -332,6 +347,8 @@ def _mirrored_pair(boxes: Tensor, second: Tensor) -> Tensor:
 # gate (two classes: up to 1000, where torchvision.ops.batched_nms makes the same one
 # call on class-offset boxes).
 _MIRROR_CALL_MAX = {1: MIRROR_TWO_ALWAYS_MAX, 2: MIRROR_ALWAYS_MAX, 3: MIRROR_ALWAYS_MAX}
+MIRROR_CALL_MAX_SPAN = max(_MIRROR_CALL_MAX)
+MIRROR_CALL_MAX_BOXES = max(_MIRROR_CALL_MAX.values())
 
 
 def mirrored_call(

@@ -66,7 +66,7 @@ def _spy_routes(monkeypatch) -> dict[str, list[int]]:
     groups it is given), as class_spec_nms takes them."""
     calls: dict[str, list[int]] = {"mirrored": [], "per group": []}
     mirrored, per_group = numpy_nms._mirrored, numpy_nms._kernel_per_group
-    mirrored_pair = numpy_nms._mirrored_pair
+    mirrored_pair, mirrored_array = numpy_nms._mirrored_pair, numpy_nms._mirrored_array
 
     def spy_mirrored(b, quadrant):
         calls["mirrored"].append(len(quadrant.unique()))
@@ -76,12 +76,17 @@ def _spy_routes(monkeypatch) -> dict[str, list[int]]:
         calls["mirrored"].append(len(second.unique()))
         return mirrored_pair(b, second)
 
+    def spy_mirrored_array(b, quadrant):
+        calls["mirrored"].append(len(np.unique(quadrant)))
+        return mirrored_array(b, quadrant)
+
     def spy_per_group(ranked, ranked_scores, order, bounds, iou_threshold, kernel):
         calls["per group"].append(len(bounds) - 1)
         return per_group(ranked, ranked_scores, order, bounds, iou_threshold, kernel)
 
     monkeypatch.setattr(numpy_nms, "_mirrored", spy_mirrored)
     monkeypatch.setattr(numpy_nms, "_mirrored_pair", spy_mirrored_pair)
+    monkeypatch.setattr(numpy_nms, "_mirrored_array", spy_mirrored_array)
     monkeypatch.setattr(numpy_nms, "_kernel_per_group", spy_per_group)
     return calls
 
@@ -175,6 +180,9 @@ def test_mirroring_keeps_boxes_of_different_quadrants_apart_and_sides_exact():
             assert ((m[:, [0, 2]] <= 0) if quadrant & 1 else (m[:, [0, 2]] >= 0)).all()
             assert ((m[:, [1, 3]] <= 0) if quadrant & 2 else (m[:, [1, 3]] >= 0)).all()
             assert torch.equal(b, boxes.to(dtype))  # the input is left alone
+            array = numpy_nms._mirrored_array(b.numpy(), np.full(3, quadrant))
+            assert torch.equal(torch.from_numpy(array), m)  # the NumPy path's form
+            assert torch.equal(torch.from_numpy(array).signbit(), m.signbit())
             if quadrant in (0, 3):  # two groups: the shorter form gives the same boxes
                 pair = numpy_nms._mirrored_pair(b, torch.full((3,), quadrant == 3))
                 assert torch.equal(pair, m) and torch.equal(pair.signbit(), m.signbit())
@@ -219,6 +227,12 @@ def test_two_classes_take_opposite_quadrants(ids, monkeypatch):
     classes = torch.tensor(ids)[torch.arange(200) % 2]
     seen = []
     mirrored, mirrored_pair = numpy_nms._mirrored, numpy_nms._mirrored_pair
+    mirrored_array = numpy_nms._mirrored_array
+    monkeypatch.setattr(
+        numpy_nms,
+        "_mirrored_array",
+        lambda b, q: seen.append(sorted(set(q.tolist()))) or mirrored_array(b, q),
+    )
     monkeypatch.setattr(
         numpy_nms, "_mirrored", lambda b, q: seen.append(sorted(set(q.tolist()))) or mirrored(b, q)
     )
