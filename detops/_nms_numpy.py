@@ -20,7 +20,9 @@ Up to four groups need no rounds: with non-negative coordinates, mirrored into a
 quadrant each (exact, see ``_mirrored``), a few hundred boxes (up to 1500
 clustered ones) go to one kernel call, as ``batched_nms``'s offset boxes do, without its
 rounding; more go to the kernel once per group, or to the caller's path where its cost
-model prefers that (see ``MIRROR_ALWAYS_MAX``).
+model prefers that (see ``MIRROR_ALWAYS_MAX``). Where the group ids are consecutive,
+:func:`mirrored_call` does this in torch ops only, before any NumPy call: the kernel
+call runs quicker after torch ops than after NumPy's (see ``_mirrored``).
 
 What the rounds leave (scattered boxes: NMS keeps most of them) is resolved in Python
 over the pairs above the threshold (usually a few per box): box ``j`` is suppressed by a
