@@ -137,7 +137,6 @@ def numpy_greedy_nms(
             mirrorable = float(b.min()) >= 0
             if mirrorable or b.shape[0] > MIRROR_ALWAYS_MAX:  # (else the rounds and pairs)
                 return _few_groups(
-                    boxes,
                     b,
                     s,
                     quadrant,
@@ -235,7 +234,6 @@ _MIRROR_SPAN = 1024
 
 
 def _few_groups(
-    boxes: Tensor,
     b: np.ndarray,
     s: np.ndarray,
     quadrant: np.ndarray,
