@@ -20,9 +20,10 @@ Up to four groups need no rounds: with non-negative coordinates, mirrored into a
 quadrant each (exact, see ``_mirrored``), a few hundred boxes (up to 1500
 clustered ones) go to one kernel call, as ``batched_nms``'s offset boxes do, without its
 rounding; more go to the kernel once per group, or to the caller's path where its cost
-model prefers that (see ``MIRROR_ALWAYS_MAX``). Where the group ids are consecutive,
-:func:`mirrored_call` does this in torch ops only, before any NumPy call: the kernel
-call runs quicker after torch ops than after NumPy's (see ``_mirrored``).
+model prefers that (see ``MIRROR_ALWAYS_MAX``). Where the group ids are two
+consecutive values, :func:`mirrored_call` does this in torch ops only, before any NumPy
+call: the kernel call runs quicker after torch ops than after NumPy's (see
+``_mirrored_pair``).
 
 What the rounds leave (scattered boxes: NMS keeps most of them) is resolved in Python
 over the pairs above the threshold (usually a few per box): box ``j`` is suppressed by a
@@ -48,7 +49,6 @@ __all__ = [
     "CLUSTER_HITS",
     "MIRROR_ALWAYS_MAX",
     "MIRROR_CALL_MAX_BOXES",
-    "MIRROR_CALL_MAX_SPAN",
     "MIRROR_TWO_ALWAYS_MAX",
     "NUMPY_NMS_MAX_BOXES",
     "best_box_hits",
@@ -253,7 +253,7 @@ def _few_groups(
     hits = 0 if n <= limit else best_box_hits(b, s, threshold, quadrant)
     clustered = hits >= CLUSTER_HITS
     if mirrorable and (n <= limit or (clustered and n <= _MIRROR_CLUSTERED_MAX)):
-        return kernel(torch.from_numpy(_mirrored_array(b, quadrant)), scores, iou_threshold)
+        return kernel(torch.from_numpy(_mirrored(b, quadrant)), scores, iou_threshold)
     if kernel_ok is not None and hits < 2 * CLUSTER_HITS:  # (as nms: a sure sign of clusters)
         share = None if clustered else _SCATTERED_SHARE
         if not kernel_ok(share=share):
@@ -288,23 +288,25 @@ _NEGATED_ROWS = np.array(
 )
 for _table in (_SWAPPED_INDEX, _NEGATED_ROWS):
     _table.flags.writeable = False
-# (the same tables for torch; never modified in place)
-_SWAPPED_COLUMNS = torch.from_numpy(_SWAPPED_INDEX.copy())
-_NEGATED_COLUMNS = torch.from_numpy(_NEGATED_ROWS.copy())
+_SWAPPED_COLUMNS = torch.from_numpy(_SWAPPED_INDEX.copy())  # (for torch; never modified)
 
 
 def _quadrants(g: np.ndarray, low: int, high: int) -> tuple[np.ndarray | None, int]:
     """The quadrant (0-3) of each box, one per group, where there are at most four
-    groups (ids ``low`` to ``high``, spanning fewer than _MIRROR_SPAN values), and how
-    many groups there are; None (and 0) where there are more. Two groups take opposite
+    groups (ids ``low`` to ``high``; ranked by a bincount where they span fewer than
+    _MIRROR_SPAN values, else by a sort), and how many groups there are; None (and 0)
+    where there are more. Two groups take opposite
     quadrants: apart on both axes, as class-offset boxes are. (In adjacent quadrants the
     boxes of two groups still overlap on one axis, and the kernel's ``max(0, overlap)``
     there goes either way at random: the same call took 20% longer on 500 scattered boxes
     in 2 classes, 9% on 1000 clustered ones.)"""
     if high - low == 1:  # the common two classes, without counting them
         return (g - low) * 3, 2
-    if high - low >= _MIRROR_SPAN:
-        return None, 0
+    if high - low >= _MIRROR_SPAN:  # ids far apart: ranked by a sort instead
+        ids, rank = np.unique(g, return_inverse=True)
+        if ids.shape[0] > 4:
+            return None, 0
+        return np.array(_QUADRANTS[ids.shape[0]]).take(rank), ids.shape[0]
     offset = g.astype(np.intp) - low  # (in int8, ids 128 apart would wrap around)
     present = np.flatnonzero(np.bincount(offset))
     if present.shape[0] > 4:
@@ -317,38 +319,32 @@ def _quadrants(g: np.ndarray, low: int, high: int) -> tuple[np.ndarray | None, i
 _QUADRANTS = {2: (0, 3), 3: (0, 1, 2), 4: (0, 1, 2, 3)}  # by the number of groups
 
 
-def _mirrored(boxes: Tensor, quadrant: Tensor) -> Tensor:
-    """``boxes`` [N, 4] (non-negative) with box ``i`` moved to quadrant ``quadrant[i]``
-    (0-3) as above: plain NMS of the result is NMS within quadrants, exactly. Built with
-    torch ops: they leave the kernel call after them quicker than NumPy's (15-25 µs in an
-    interleaved loop at 200-1000 boxes: ``batched_nms``'s offset is torch ops too)."""
-    flipped = boxes.index_select(1, _SWAPPED_COLUMNS).neg_()
-    return torch.where(_NEGATED_COLUMNS.index_select(0, quadrant), flipped, boxes)
-
-
-def _mirrored_array(b: np.ndarray, quadrant: np.ndarray) -> np.ndarray:
-    """:func:`_mirrored` in NumPy, for the NumPy path (after NumPy's checks, NumPy's
-    mirroring leaves the kernel call quicker than torch's: 156 against 177 µs, 200
-    clustered boxes of 4 classes, interleaved)."""
+def _mirrored(b: np.ndarray, quadrant: np.ndarray) -> np.ndarray:
+    """``b`` [N, 4] (non-negative) with box ``i`` moved to quadrant ``quadrant[i]`` (0-3)
+    as above: plain NMS of the result is NMS within quadrants, exactly. (In NumPy, after
+    the NumPy path's checks: torch's mirroring there left the kernel call slower, 177
+    against 156 µs at 200 clustered boxes of 4 classes, interleaved.)"""
     flipped = b.take(_SWAPPED_INDEX, axis=1)
     np.negative(flipped, out=flipped)
     return np.where(_NEGATED_ROWS.take(quadrant, axis=0), flipped, b)
 
 
 def _mirrored_pair(boxes: Tensor, second: Tensor) -> Tensor:
-    """:func:`_mirrored` of two groups, into quadrants 0 and 3 (``second``: [N] bool, the
-    boxes of quadrant 3), in two ops fewer."""
+    """:func:`_mirrored` of two groups in torch ops, into quadrants 0 and 3 (``second``:
+    [N] bool, the boxes of quadrant 3). After torch ops alone, the kernel call runs
+    quicker than after NumPy's (measured interleaved with ``batched_nms``, whose offset
+    is torch ops too: 200 / 500 / 1000 clustered boxes, 131 / 140 / 299 µs against 155 /
+    154 / 316 with NumPy's checks and mirroring)."""
     flipped = boxes.index_select(1, _SWAPPED_COLUMNS).neg_()
     return torch.where(second.unsqueeze(1), flipped, boxes)
 
 
-# Consecutive class ids spanning this many values (last - first) go to mirrored_call up
-# to this many boxes: the limits of the mirrored call that the boxes' look does not
-# gate (two classes: up to 1000, where torchvision.ops.batched_nms makes the same one
-# call on class-offset boxes).
-_MIRROR_CALL_MAX = {1: MIRROR_TWO_ALWAYS_MAX, 2: MIRROR_ALWAYS_MAX, 3: MIRROR_ALWAYS_MAX}
-MIRROR_CALL_MAX_SPAN = max(_MIRROR_CALL_MAX)
-MIRROR_CALL_MAX_BOXES = max(_MIRROR_CALL_MAX.values())
+# mirrored_call takes two consecutive group ids, up to this many boxes (where
+# torchvision.ops.batched_nms makes the same one call on class-offset boxes). (Ids two or
+# three apart could hold two groups or more: which, and so which quadrants, takes
+# counting, which the NumPy path does; the torch route put ids 0 and 2 in adjacent
+# quadrants, 455 against 374 µs for ids 0 and 1 at 300 scattered boxes.)
+MIRROR_CALL_MAX_BOXES = MIRROR_TWO_ALWAYS_MAX
 
 
 def mirrored_call(
@@ -359,28 +355,21 @@ def mirrored_call(
     iou_threshold: float,
     kernel: Callable[[Tensor, Tensor, float], Tensor],
 ) -> Tensor | None:
-    """Greedy NMS within groups as one ``kernel`` call on mirrored boxes (see
-    :func:`_mirrored`), in torch ops only, where the group ids are consecutive and the
-    call is taken whatever the boxes look like (``_MIRROR_CALL_MAX``); None where it
-    does not apply: ids spanning more values, more boxes, a negative coordinate, a
-    non-finite value. ``boxes`` [N, 4] and ``scores`` [N] are CPU float32/float64 (same
-    dtype), ``groups`` [N] int32/int64 with ids from ``group_range[0]`` to
-    ``group_range[1]``. Two groups take opposite quadrants (apart on both axes), three or
-    four one each."""
+    """Greedy NMS within two groups as one ``kernel`` call on mirrored boxes (see
+    :func:`_mirrored_pair`: opposite quadrants, apart on both axes), in torch ops only, where
+    the group ids are two consecutive values, up to ``MIRROR_CALL_MAX_BOXES`` boxes of
+    any look; None where it does not apply: other ids, more boxes, a negative
+    coordinate, a non-finite value. ``boxes`` [N, 4] and ``scores`` [N] are CPU
+    float32/float64 (same dtype), ``groups`` [N] int32/int64 with ids from
+    ``group_range[0]`` to ``group_range[1]``."""
     first, last = group_range
-    span = last - first
-    limit = _MIRROR_CALL_MAX.get(span)
-    if limit is None or boxes.shape[0] > limit:
+    if last - first != 1 or boxes.shape[0] > MIRROR_CALL_MAX_BOXES:
         return None
     with torch.no_grad():  # (the output is indices: nothing to record)
         low, high = boxes.aminmax()  # NaN gives NaN, which fails both tests
         if not (float(low) >= 0 and float(high) < math.inf and math.isfinite(scores.sum())):
             return None
-        if span == 1:
-            mirrored = _mirrored_pair(boxes, groups != first)
-        else:
-            mirrored = _mirrored(boxes, groups - first)
-        return kernel(mirrored, scores, iou_threshold)
+        return kernel(_mirrored_pair(boxes, groups != first), scores, iou_threshold)
 
 
 # The best-scored _TOP_BOXES boxes suppressing CLUSTER_HITS or more boxes of their group

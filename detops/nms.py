@@ -81,7 +81,6 @@ from ._nms_numpy import (
     CLASS_NMS_MAX_BOXES,
     CLUSTER_HITS,
     MIRROR_CALL_MAX_BOXES,
-    MIRROR_CALL_MAX_SPAN,
     NUMPY_NMS_MAX_BOXES,
     best_box_hits,
     kept_share,
@@ -1211,9 +1210,9 @@ def class_spec_nms(
     group_range = None
     n = boxes.shape[0]
     if numpy_tried and ALL_PAIRS_MAX < n <= MIRROR_CALL_MAX_BOXES:
-        # (eight ids, spread out, refute most inputs with many classes before a reduction)
+        # (eight ids, spread out, refute most inputs with more classes before a reduction)
         sample = numpy_view(class_ids)[:: n // 8].tolist()
-        if max(sample) - min(sample) <= MIRROR_CALL_MAX_SPAN:
+        if max(sample) - min(sample) <= 1:
             first, last = class_ids.aminmax()
             group_range = int(first), int(last)
             kept = mirrored_call(boxes, scores, class_ids, group_range, iou_threshold, _kernel_nms)
