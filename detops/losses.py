@@ -229,10 +229,10 @@ def _dense_chunk(x: Tensor, t: Tensor, b: _Buffers, alpha: float, gamma: float, 
 
 def _binary_targets(t: Tensor, b: _Buffers) -> bool:
     """Whether every target of the chunk is exactly 0 or 1: ``t - t * t`` is 0 there and
-    nonzero (or NaN, which ``any`` counts) anywhere else, tiny and huge targets included.
-    One host sync."""
+    nonzero (or NaN) anywhere else, tiny and huge targets included. One host sync.
+    (``any()`` instead of ``abs_().sum()`` saves an op but took 62 against 20 µs a chunk.)"""
     torch.addcmul(t, t, t, value=-1.0, out=b.e)
-    return not b.e.any().item()
+    return b.e.abs_().sum().item() == 0
 
 
 def _binary_chunk(
