@@ -149,11 +149,12 @@ def test_few_classes_of_many_clusters_go_to_the_kernel_per_class_after_one_round
     n, classes, dtype, monkeypatch
 ):
     # Each class holds many clusters: one round keeps one box per class, and the rounds
-    # left would be about as many as the clusters, so the rest goes to the kernel. (Ids
-    # 1024 apart: up to four groups with ids spanning fewer values go to one mirrored
-    # kernel call instead, see test_nms_mirror.py.)
+    # left would be about as many as the clusters, so the rest goes to the kernel (above
+    # 300 boxes the kernel per class is taken at once). (Negative coordinates: up to four
+    # groups with non-negative ones go to one mirrored kernel call instead, see
+    # test_nms_mirror.py.)
     boxes, scores, ids = clustered_detections(n)
-    boxes, scores, ids = boxes.to(dtype), scores.to(dtype), ids % classes * 1024
+    boxes, scores, ids = (boxes - 2000).to(dtype), scores.to(dtype), ids % classes * 1024
     taken = []
     per_group = numpy_nms._kernel_per_group
     monkeypatch.setattr(
