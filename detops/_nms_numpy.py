@@ -20,7 +20,7 @@ Up to four groups need no rounds: with non-negative coordinates, mirrored into a
 quadrant each (exact, see ``_mirrored``), a few hundred boxes (up to 1500
 clustered ones) go to one kernel call, as ``batched_nms``'s offset boxes do, without its
 rounding; more go to the kernel once per group, or to the caller's path where its cost
-model prefers that (see ``MIRROR_ALWAYS_MAX``). Where the group ids are two
+model prefers that (see ``_MIRROR_ALWAYS_MAX``). Where the group ids are two
 consecutive values, :func:`mirrored_call` does this in torch ops only, before any NumPy
 call: the kernel call runs quicker after torch ops than after NumPy's (see
 ``_mirrored_pair``).
@@ -44,12 +44,8 @@ from torch import Tensor
 from ._serial import numpy_view
 
 __all__ = [
-    "ALL_PAIRS_MAX",
     "CLASS_NMS_MAX_BOXES",
     "CLUSTER_HITS",
-    "MIRROR_ALWAYS_MAX",
-    "MIRROR_CALL_MAX_BOXES",
-    "MIRROR_TWO_ALWAYS_MAX",
     "NUMPY_NMS_MAX_BOXES",
     "best_box_hits",
     "kept_share",
@@ -72,7 +68,7 @@ CLASS_NMS_MAX_BOXES = 3000
 # takes more calls but no N^2 work (measured on 2 cores, whole class_spec_nms calls, mask
 # vs listed: 20 classes 32.5 vs 41.0 µs at 64 boxes, 34.6 vs 41.5 at 80, 44.4 vs 47.2 at
 # 112; 2 classes 66.3 vs 69.3 at 80, 81.8 vs 76.9 at 96; 1 class 83.6 vs 83.4 at 80).
-ALL_PAIRS_MAX = 80
+_ALL_PAIRS_MAX = 80
 # Up to this many boxes, where at least 1 / _DENSE_SHARE of all pairs share a group (few
 # groups), the IoU of every pair is computed at once as a matrix instead of pair by pair
 # (1 class: 48.5 vs 52.9 µs at 50 boxes, 39.4 vs 41.1 at 32; pair by pair from the mask
@@ -99,7 +95,6 @@ def numpy_greedy_nms(
     kernel: Callable[[Tensor, Tensor, float], Tensor],
     kernel_ok: Callable[..., bool] | None = None,
     finish: Callable[[np.ndarray], np.ndarray] | None = None,
-    group_range: tuple[int, int] | None = None,
 ) -> Tensor | None:
     """Kept indices by descending score (ties: lower index first), or None when an input
     value is not finite (the caller then takes its own path, which handles NaN and inf),
@@ -114,8 +109,7 @@ def numpy_greedy_nms(
     Groups are first resolved in rounds (:func:`_head_rounds`) while that pays; where
     boxes are left that neither the pairs nor the kernel should take, ``finish(indices)``
     (the caller's path on those boxes alone) gives the positions of the kept ones in
-    ``indices``; without ``finish``, None. ``group_range``: the lowest and highest group
-    id, where the caller has them.
+    ``indices``; without ``finish``, None.
     """
     b, s = numpy_view(boxes), numpy_view(scores)
     with np.errstate(all="ignore"):  # overflow and 0 / 0 are part of the contract
@@ -124,18 +118,18 @@ def numpy_greedy_nms(
         if not math.isfinite(sum((s @ b).tolist())):
             return None
         g = None if groups is None else numpy_view(groups)
-        if b.shape[0] <= ALL_PAIRS_MAX or g is None:
+        if b.shape[0] <= _ALL_PAIRS_MAX or g is None:
             return torch.from_numpy(_all_pairs(b, s, g, threshold).astype(np.int64, copy=False))
-        low, high = (int(g.min()), int(g.max())) if group_range is None else group_range
+        low, high = int(g.min()), int(g.max())
         if low == high:  # one group: plain NMS, which the kernel does in one call
             if kernel_ok is not None and not kernel_ok():
                 return None
             return kernel(boxes, scores, iou_threshold)
         quadrant, groups_present = _quadrants(g, low, high)
         if quadrant is not None:
-            limit = MIRROR_TWO_ALWAYS_MAX if groups_present == 2 else MIRROR_ALWAYS_MAX
+            limit = _MIRROR_TWO_ALWAYS_MAX if groups_present == 2 else _MIRROR_ALWAYS_MAX
             mirrorable = float(b.min()) >= 0
-            if mirrorable or b.shape[0] > MIRROR_ALWAYS_MAX:  # (else the rounds and pairs)
+            if mirrorable or b.shape[0] > _MIRROR_ALWAYS_MAX:  # (else the rounds and pairs)
                 return _few_groups(
                     b,
                     s,
@@ -216,7 +210,7 @@ def numpy_greedy_nms(
 # NUMPY_NMS_MAX_BOXES go to the kernel per group only where the caller's cost model, given
 # the share a scattered input keeps, prefers it to its own path (2 classes, 1000 boxes:
 # kernel 1688, the sparse path 1240 µs; 2000: 5998 vs 2600).
-MIRROR_ALWAYS_MAX = 300
+_MIRROR_ALWAYS_MAX = 300
 _MIRROR_CLUSTERED_MAX = 1500
 # Two groups in opposite quadrants cost the kernel what ``batched_nms``'s one call on
 # offset boxes costs it, so up to this many boxes (where batched_nms makes that call)
@@ -224,7 +218,7 @@ _MIRROR_CLUSTERED_MAX = 1500
 # a whole call at 1000; scattered, 2 classes, 400 boxes: mirrored 409 against 443 µs per
 # group; 700: 1052 against 942; 1000 boxes, interleaved with batched_nms: mirrored 2961,
 # per group 2976, batched_nms 3045).
-MIRROR_TWO_ALWAYS_MAX = 1000
+_MIRROR_TWO_ALWAYS_MAX = 1000
 # The share of boxes that NMS keeps where the best box suppresses few (random_detections:
 # 40-90%), for the cost model.
 _SCATTERED_SHARE = 0.75
@@ -245,10 +239,10 @@ def _few_groups(
     kernel: Callable[[Tensor, Tensor, float], Tensor],
     kernel_ok: Callable[..., bool] | None,
 ) -> Tensor | None:
-    """NMS of more than ALL_PAIRS_MAX boxes in at most four groups (``quadrant``, from
+    """NMS of more than _ALL_PAIRS_MAX boxes in at most four groups (``quadrant``, from
     :func:`_quadrants`) by one mirrored kernel call (``mirrorable``: no negative
     coordinate; up to ``limit`` boxes, more where clustered) or the kernel once per group
-    (see MIRROR_ALWAYS_MAX); None where the caller's own path is cheaper."""
+    (see _MIRROR_ALWAYS_MAX); None where the caller's own path is cheaper."""
     n = b.shape[0]
     hits = 0 if n <= limit else best_box_hits(b, s, threshold, quadrant)
     clustered = hits >= CLUSTER_HITS
@@ -346,26 +340,35 @@ def _mirrored_pair(boxes: Tensor, second: Tensor) -> Tensor:
 # three apart could hold two groups or more: which, and so which quadrants, takes
 # counting, which the NumPy path does; the torch route put ids 0 and 2 in adjacent
 # quadrants, 455 against 374 µs for ids 0 and 1 at 300 scattered boxes.)
-MIRROR_CALL_MAX_BOXES = MIRROR_TWO_ALWAYS_MAX
+_MIRROR_CALL_MAX_BOXES = _MIRROR_TWO_ALWAYS_MAX
+# ... and from this many (fewer go to the all-pairs path, quicker at that size; a copy,
+# so that tests forcing other NumPy routes through _ALL_PAIRS_MAX leave it alone).
+_MIRROR_CALL_MIN_BOXES = _ALL_PAIRS_MAX + 1
 
 
 def mirrored_call(
     boxes: Tensor,
     scores: Tensor,
     groups: Tensor,
-    group_range: tuple[int, int],
     iou_threshold: float,
     kernel: Callable[[Tensor, Tensor, float], Tensor],
 ) -> Tensor | None:
     """Greedy NMS within two groups as one ``kernel`` call on mirrored boxes (see
-    :func:`_mirrored_pair`: opposite quadrants, apart on both axes), in torch ops only, where
-    the group ids are two consecutive values, up to ``MIRROR_CALL_MAX_BOXES`` boxes of
-    any look; None where it does not apply: other ids, more boxes, a negative
-    coordinate, a non-finite value. ``boxes`` [N, 4] and ``scores`` [N] are CPU
-    float32/float64 (same dtype), ``groups`` [N] int32/int64 with ids from
-    ``group_range[0]`` to ``group_range[1]``."""
-    first, last = group_range
-    if last - first != 1 or boxes.shape[0] > MIRROR_CALL_MAX_BOXES:
+    :func:`_mirrored_pair`: opposite quadrants, apart on both axes), in torch ops only,
+    where the group ids are two consecutive values, from ``_MIRROR_CALL_MIN_BOXES`` up to
+    ``_MIRROR_CALL_MAX_BOXES`` boxes of any look; None where it does not apply:
+    other sizes or ids, a negative coordinate, a non-finite value. ``boxes`` [N, 4] and
+    ``scores`` [N] are CPU float32/float64 (same dtype), ``groups`` [N] int32/int64, as
+    :func:`numpy_greedy_nms` takes them."""
+    n = boxes.shape[0]
+    if not _MIRROR_CALL_MIN_BOXES <= n <= _MIRROR_CALL_MAX_BOXES:
+        return None
+    # Eight ids, spread out, refute most inputs of more classes before a reduction.
+    sample = numpy_view(groups)[:: n // 8].tolist()
+    if max(sample) - min(sample) > 1:
+        return None
+    first, last = (int(value) for value in groups.aminmax())
+    if last - first != 1:
         return None
     with torch.no_grad():  # (the output is indices: nothing to record)
         low, high = boxes.aminmax()  # NaN gives NaN, which fails both tests
@@ -418,7 +421,7 @@ def _above(
 
 # i < j, for the masks of _all_pairs (np.triu takes several NumPy calls, and at this size
 # the calls, not the arithmetic, are the cost); read only, sliced to N x N.
-_UPPER = np.triu(np.ones((ALL_PAIRS_MAX, ALL_PAIRS_MAX), dtype=bool), 1)
+_UPPER = np.triu(np.ones((_ALL_PAIRS_MAX, _ALL_PAIRS_MAX), dtype=bool), 1)
 _UPPER.flags.writeable = False
 
 

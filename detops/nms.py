@@ -77,10 +77,8 @@ from ._checks import (
     shape_str,
 )
 from ._nms_numpy import (
-    ALL_PAIRS_MAX,
     CLASS_NMS_MAX_BOXES,
     CLUSTER_HITS,
-    MIRROR_CALL_MAX_BOXES,
     NUMPY_NMS_MAX_BOXES,
     best_box_hits,
     kept_share,
@@ -1207,18 +1205,10 @@ def class_spec_nms(
     numpy_tried = class_ids is not None and _is_common_cpu_call(
         boxes, scores, iou_threshold, CLASS_NMS_MAX_BOXES + 1, class_ids
     )
-    group_range = None
-    n = boxes.shape[0]
-    if numpy_tried and ALL_PAIRS_MAX < n <= MIRROR_CALL_MAX_BOXES:
-        # (eight ids, spread out, refute most inputs with more classes before a reduction)
-        sample = numpy_view(class_ids)[:: n // 8].tolist()
-        if max(sample) - min(sample) <= 1:
-            first, last = class_ids.aminmax()
-            group_range = int(first), int(last)
-            kept = mirrored_call(boxes, scores, class_ids, group_range, iou_threshold, _kernel_nms)
-            if kept is not None:
-                return kept
     if numpy_tried:
+        kept = mirrored_call(boxes, scores, class_ids, iou_threshold, _kernel_nms)
+        if kept is not None:
+            return kept
         # float32/float64, so no conversion: nothing for autograd to record (no no_grad)
         kernel_ok, finish = _numpy_fallbacks(boxes, scores, class_ids, iou_threshold)
         kept = numpy_greedy_nms(
@@ -1230,7 +1220,6 @@ def class_spec_nms(
             _kernel_nms,
             kernel_ok,
             finish,
-            group_range,
         )
         if kept is not None:
             return kept

@@ -583,6 +583,8 @@ CLASS_ERRORS = [
         r"class_ids must have shape \[N\] = \[3\] \(from scores \[3\]\), got \[2\]",
     ),
     ((B[:, :2], S, C, 0.5), ValueError, r"class_spec_nms: boxes must have shape \[N, 4\]"),
+    ((B.tolist(), S, C, 0.5), TypeError, r"class_spec_nms: boxes must be a torch.Tensor, got list"),
+    ((B[0, 0], S, C, 0.5), ValueError, r"class_spec_nms: boxes must have shape \[N, 4\], got \[\]"),
     ((B, S.half(), C, 0.5), TypeError, r"class_spec_nms: scores must have the dtype of boxes"),
     ((B, S, C, 2.0), ValueError, r"class_spec_nms: iou_threshold must lie in \[0, 1\]"),
     (
@@ -720,15 +722,15 @@ def test_class_spec_sparse_path_matches_reference_on_the_registry_cases(dtype):
 
 
 NUMPY_PATHS = {
-    "pairs read from one mask": {"ALL_PAIRS_MAX": 10**9, "_DENSE_MAX": 0},
+    "pairs read from one mask": {"_ALL_PAIRS_MAX": 10**9, "_DENSE_MAX": 0},
     "IoU of all pairs in one matrix": {
-        "ALL_PAIRS_MAX": 10**9,
+        "_ALL_PAIRS_MAX": 10**9,
         "_DENSE_MAX": 10**9,
         "_DENSE_SHARE": 10**9,
     },
-    "pairs of each group": {"ALL_PAIRS_MAX": 0, "_PAIRS_PER_KERNEL_CALL": 10**9},
-    "kernel once per group": {"ALL_PAIRS_MAX": 0, "_PAIRS_PER_KERNEL_CALL": 0},
-    "greedy box by box": {"ALL_PAIRS_MAX": 0, "_PAIR_LOOP_MAX": 0},
+    "pairs of each group": {"_ALL_PAIRS_MAX": 0, "_PAIRS_PER_KERNEL_CALL": 10**9},
+    "kernel once per group": {"_ALL_PAIRS_MAX": 0, "_PAIRS_PER_KERNEL_CALL": 0},
+    "greedy box by box": {"_ALL_PAIRS_MAX": 0, "_PAIR_LOOP_MAX": 0},
 }
 
 
