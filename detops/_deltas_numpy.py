@@ -148,14 +148,18 @@ def _background(gt_boxes: np.ndarray) -> np.ndarray:
 
 def centerness_numpy(deltas: np.ndarray) -> np.ndarray:
     """:func:`detops.fcos_make_centerness_targets` of a ``[..., L, 4]`` float array with
-    at least one row: the torch path's operations on the four column views; the result
-    is the torch path's bit for bit but for the square root (1 ulp apart at most)."""
-    left, top, right, bottom = (deltas[..., i] for i in range(4))
-    centerness = np.minimum(left, right)  # near x, then the result
-    near_y = np.minimum(top, bottom)
-    far_x = np.maximum(left, right)
-    far_y = np.maximum(top, bottom)
-    smallest = np.minimum(centerness, near_y)
+    at least one row: the torch path's operations; the result is the torch path's bit for
+    bit but for the square root (1 ulp apart at most).
+
+    The deltas are first copied to ``[4, rows]`` (one transposing copy), so that each step
+    is one call over long contiguous rows, both axes at once: ``(l, t)`` against ``(r, b)``.
+    """
+    rows = deltas.reshape(-1, 4)
+    columns = np.empty((4, rows.shape[0]), dtype=deltas.dtype)
+    np.copyto(columns.T, rows)
+    near = np.minimum(columns[:2], columns[2:])  # (near x, near y)
+    far = np.maximum(columns[:2], columns[2:])
+    smallest = np.minimum(near[0], near[1])
     # 0 / 0 (a zero far side), square roots of negative ratios and products of ratios
     # above 1 (mixed signs) give NaN or inf in rows overwritten below. NumPy's square
     # root is correctly rounded; torch's (MKL's) is not, 1 ulp away on ~0.6% of inputs.
@@ -163,10 +167,9 @@ def centerness_numpy(deltas: np.ndarray) -> np.ndarray:
     # target flow at p3 (each torch call after matching is slow, and above 2048 elements
     # it forks).
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        np.divide(centerness, far_x, out=centerness)
-        np.divide(near_y, far_y, out=near_y)
-        np.multiply(centerness, near_y, out=centerness)
+        np.divide(near, far, out=near)
+        centerness = np.multiply(near[0], near[1])
         np.sqrt(centerness, out=centerness)
     np.copyto(centerness, 0, where=smallest == 0)  # a zero near side (or far side)
     np.copyto(centerness, -1, where=smallest < 0)
-    return centerness
+    return centerness.reshape(deltas.shape[:-1])

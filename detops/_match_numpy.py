@@ -49,36 +49,26 @@ def match_grid_levels(gt: np.ndarray, levels: list[Level]) -> np.ndarray | None:
         return np.full((batch * sum(sizes), 5), -1, dtype=gt.dtype)
     # Padding rows become NaN boxes: NaN area (sorted last), and no location is inside.
     corners = gt[..., :4].astype(np.float64)
-    corners[~real] = np.nan
+    np.copyto(corners, np.nan, where=~real[..., None])
     area = (corners[..., 2] - corners[..., 0]) * (corners[..., 3] - corners[..., 1])
     order = np.argsort(area, axis=1, kind="stable")[:, :kept]  # by (area, index), NaN last
     images = np.arange(batch)[:, None]
     # Row b * (K + 1) + j of ``table`` is sorted box j of image b; j = K is a row of -1s.
     table = np.full((batch, kept + 1, 5), -1, dtype=gt.dtype)
     table[:, :kept] = gt[images, order]
-    edges = corners[images, order]  # [B, K, 4]
-    x1, y1, x2, y2 = (edges[..., c : c + 1] for c in range(4))  # [B, K, 1]
-    weights = _weights(kept)
+    # The sorted boxes' edges as [top-left / bottom-right, x / y, 1, B * K]: long rows.
+    edges = np.ascontiguousarray(corners[images, order].reshape(-1, 4).T).reshape(2, 2, 1, -1)
+    inside, inner, first_inner = _axis_factors(edges, levels, batch, kept)
     # 0.5 + the weight sum of every location, level-major as the output.
     sums = np.empty(batch * sum(sizes))
     start = 0
-    for (xs, ys, low, high, reach), size in zip(levels, sizes, strict=True):
-        lower_x, upper_x = np.maximum(x1, x2 - high), np.minimum(x2, x1 + high)
-        lower_y, upper_y = np.maximum(y1, y2 - high), np.minimum(y2, y1 + high)
-        if reach is not None:
-            centre_x, centre_y = (x1 + x2) * 0.5, (y1 + y2) * 0.5
-            lower_x = np.maximum(lower_x, centre_x - reach)
-            upper_x = np.minimum(upper_x, centre_x + reach)
-            lower_y = np.maximum(lower_y, centre_y - reach)
-            upper_y = np.minimum(upper_y, centre_y + reach)
-        inside_x = (xs > lower_x) & (xs < upper_x)  # [B, K, W]
-        inside_y = (ys > lower_y) & (ys < upper_y)  # [B, K, H]
+    for level, ((xs, ys, low, _, _), size) in enumerate(zip(levels, sizes, strict=True)):
         block = sums[start : start + batch * size].reshape(batch, len(ys), len(xs))
-        np.matmul(_transposed(inside_y), inside_x * weights, out=block)  # [B, H, W]
+        left, right = _level_operands(inside, level, len(xs), len(ys))
+        np.matmul(left, right, out=block)
         if low > 0:  # m > low fails exactly inside the closed inner box
-            inner_x = inside_x & (xs >= x2 - low) & (xs <= x1 + low)
-            inner_y = inside_y & (ys >= y2 - low) & (ys <= y1 + low)
-            block -= np.matmul(_transposed(inner_y), inner_x * weights)
+            left, right = _level_operands(inner, level - first_inner, len(xs), len(ys))
+            block -= np.matmul(left, right)
         start += batch * size
     sums += 0.5
     # The biased exponent of 0.5 + sum is 1022 + e, e the bit length of the integer sum:
@@ -94,8 +84,8 @@ def match_grid_levels(gt: np.ndarray, levels: list[Level]) -> np.ndarray | None:
 # Small per-shape constants, built once (the course's batch reuses one or two); read-only.
 @functools.lru_cache(maxsize=MAX_BOXES)
 def _weights(kept: int) -> np.ndarray:
-    """``2**(K - 1 - j)`` for sorted box ``j``, as a ``[K, 1]`` column."""
-    weights = np.exp2(np.arange(kept - 1, -1, -1, dtype=np.float64))[:, None]
+    """``2**(K - 1 - j)`` for sorted box ``j``, ``[K]``."""
+    weights = np.exp2(np.arange(kept - 1, -1, -1, dtype=np.float64))
     weights.flags.writeable = False
     return weights
 
@@ -109,6 +99,74 @@ def _row_base(batch: int, kept: int, sizes: tuple[int, ...]) -> np.ndarray:
     return bases
 
 
-def _transposed(factors: np.ndarray) -> np.ndarray:
-    """``[..., K, S]`` bools as ``[..., S, K]`` float64 (the left operand of the product)."""
-    return np.swapaxes(factors, -1, -2).astype(np.float64)
+def _axis_factors(
+    edges: np.ndarray, levels: list[Level], batch: int, kept: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per axis (x, y), level, grid value (padded to the longest axis), image and sorted
+    box ``[2, Lv, S, B, K]``: whether the value lies inside the box's candidate interval on
+    that axis (``inside``), and inside its closed inner interval too (``inner``, only for
+    the levels from the first whose ``low`` is above 0: before it the inner interval is
+    empty), as float64 factors; the x factors carry the box weights. Returns ``inside``,
+    ``inner`` and that first level.
+
+    ``edges`` is ``[2, 2, 1, B * K]``: (top-left, bottom-right) x (x, y). Per level and
+    axis, with ``(lo, hi)`` the box's edges on that axis, the candidate interval is
+    ``(max(lo, hi - high), min(hi, lo + high))``, narrowed to ``(centre - reach, centre +
+    reach)`` with centre sampling, and the inner interval is ``[hi - low, lo + low]``: the
+    torch path's bounds, in float64, formed once per level and axis. Padding values are
+    NaN, inside nothing.
+    """
+    top_left, bottom_right = edges[0][:, None], edges[1][:, None]  # [2, 1, 1, B * K]
+    high, low, reach = _level_constants(tuple((h, lo, r) for _, _, lo, h, r in levels))
+    lower = np.maximum(top_left, bottom_right - high)  # [2, Lv, 1, B * K]
+    upper = np.minimum(bottom_right, top_left + high)
+    if reach is not None:
+        centre = (top_left + bottom_right) * 0.5
+        lower = np.maximum(lower, centre - reach)
+        upper = np.minimum(upper, centre + reach)
+    longest = max(max(len(level[0]), len(level[1])) for level in levels)
+    values = np.full((2, len(levels), longest, 1), np.nan)
+    for i, (xs, ys, *_) in enumerate(levels):
+        values[0, i, : len(xs), 0] = xs
+        values[1, i, : len(ys), 0] = ys
+    inside = values > lower  # [2, Lv, S, B * K]
+    inside &= values < upper
+    # The inner interval is empty where low is 0: from the first level with low > 0 on.
+    first = next((i for i, level in enumerate(levels) if level[2] > 0), len(levels))
+    later = values[:, first:]
+    inner = later >= bottom_right - low[first:]
+    inner &= later <= top_left + low[first:]
+    inner &= inside[:, first:]
+    weights = _weights(kept)
+    factors = []
+    for bools in (inside, inner):
+        factor = bools.astype(np.float64).reshape(bools.shape[:3] + (batch, kept))
+        factor[0] *= weights
+        factors.append(factor)
+    return factors[0], factors[1], first
+
+
+def _level_operands(
+    factors: np.ndarray, level: int, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[B, H, K]`` y factors and ``[B, K, W]`` x factors of one level (views, in layouts
+    that BLAS takes)."""
+    return (
+        factors[1, level, :height].transpose(1, 0, 2),
+        factors[0, level, :width].transpose(1, 2, 0),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _level_constants(
+    ranges: tuple[tuple[float, float, float | None], ...],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(high, low, reach)`` per level as ``[Lv, 1, 1]`` columns (read-only; reach None
+    without centre sampling), from ``(high, low, reach)`` per level."""
+
+    def column(i: int) -> np.ndarray:
+        values = np.array([level[i] for level in ranges], dtype=np.float64).reshape(-1, 1, 1)
+        values.flags.writeable = False
+        return values
+
+    return column(0), column(1), None if ranges[0][2] is None else column(2)
