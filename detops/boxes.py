@@ -300,11 +300,41 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
         op = "clip_boxes_to_image"
         boxes = _check_real(op, "boxes", boxes, "[..., 4] or [..., 5]")
         height, width = check_size_pair(op, "size", size)
-    lower, upper = _clip_bounds(boxes.shape[-1], height, width, boxes.dtype, boxes.device)
+    columns = boxes.shape[-1]
+    if columns == 4 and boxes.numel() >= 4 * _CLIP_LONG_ROWS_FROM and boxes.is_contiguous():
+        # out= records no autograd, and a compiled graph gets the one clamp to fuse.
+        if not (boxes.requires_grad and torch.is_grad_enabled()) and plain_eager_mode():
+            return _clip_in_long_rows(boxes, height, width)
+    lower, upper = _clip_bounds(columns, height, width, boxes.dtype, boxes.device, 1)
     clipped = torch.clamp(boxes, lower, upper)
-    if boxes.shape[-1] == 4:
+    if columns == 4:
         return clipped
     return torch.where(boxes[..., 4:5] == -1, boxes, clipped)
+
+
+# Values per row of the clamp on long rows: a clamp of [N, 4] by [4] bounds runs its inner
+# loop over 4 elements, and of [N / 64, 256] by [256] bounds over 256: interleaved medians
+# on a 2-core AMD EPYC, one clamp / long rows / torchvision: 1000 boxes 13 / 37 / 42 us,
+# 10k 35 / 46 / 67 us, 20k 56 / 51 / 80 us, 50k 123 / 66 / 121 us, 100k 445 / 99 / 319 us,
+# 1M 4.3 / 1.1 / 3.6 ms. Below 16384 boxes the extra calls cost more than they save.
+_CLIP_ROW = 4 * 64
+_CLIP_LONG_ROWS_FROM = 16384  # boxes
+
+
+def _clip_in_long_rows(boxes: Tensor, height: int, width: int) -> Tensor:
+    """The clamp of contiguous ``[..., 4]`` boxes over rows of :data:`_CLIP_ROW` values,
+    the last few boxes on their own."""
+    flat = boxes.view(-1)
+    lower, upper = _clip_bounds(4, height, width, boxes.dtype, boxes.device, _CLIP_ROW // 4)
+    clipped = torch.empty_like(boxes)
+    out = clipped.view(-1)
+    whole = flat.numel() // _CLIP_ROW * _CLIP_ROW
+    rows = (-1, _CLIP_ROW)
+    torch.clamp(flat[:whole].view(rows), lower, upper, out=out[:whole].view(rows))
+    if whole < flat.numel():
+        rest = flat.numel() - whole
+        torch.clamp(flat[whole:], lower[:rest], upper[:rest], out=out[whole:])
+    return clipped
 
 
 def _is_common_clip_call(boxes: object, size: object) -> bool:
@@ -327,19 +357,20 @@ def _is_common_clip_call(boxes: object, size: object) -> bool:
 
 @cached_constant(maxsize=64)
 def _clip_bounds(
-    columns: int, height: int, width: int, dtype: torch.dtype, device: torch.device
+    columns: int, height: int, width: int, dtype: torch.dtype, device: torch.device, boxes: int
 ) -> tuple[Tensor, Tensor]:
-    """Per-column bounds of the one clamp (cached: two small tensors built per call cost
-    more than the clamp of a thousand boxes). The class column's bounds are the dtype's
-    extremes (+-inf for floats), which leave it unchanged."""
+    """Per-column bounds of the clamp, repeated for ``boxes`` boxes (cached: two small
+    tensors built per call cost more than the clamp of a thousand boxes). The class
+    column's bounds are the dtype's extremes (+-inf for floats), which leave it
+    unchanged."""
     if dtype.is_floating_point:
         low, high = float("-inf"), float("inf")
     else:  # e.g. uint8 boxes in a 640-px image: bounds saturate at the dtype's range
         low, high = torch.iinfo(dtype).min, torch.iinfo(dtype).max
         width, height = min(width, high), min(height, high)
-    lower = torch.tensor((0, 0, 0, 0, low)[:columns], dtype=dtype, device=device)
-    upper = torch.tensor((width, height, width, height, high)[:columns], dtype=dtype, device=device)
-    return lower, upper
+    lower = torch.tensor((0, 0, 0, 0, low)[:columns] * boxes, dtype=dtype, device=device)
+    upper = (width, height, width, height, high)[:columns] * boxes
+    return lower, torch.tensor(upper, dtype=dtype, device=device)
 
 
 @_size_was_image_size

@@ -371,6 +371,41 @@ def test_clip_equals_torchvision(n, dtype, device):
         assert torch.equal(actual, tv_clip(boxes, size)), size
 
 
+@pytest.mark.parametrize("shape", [(16383, 4), (16384, 4), (20_003, 4), (3, 7001, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32, torch.uint8])
+def test_clip_of_many_boxes_equals_torchvision(shape, dtype, device):
+    """From 16384 boxes the clamp runs over rows of 64 boxes, the last few boxes on their
+    own: below, at and above the route's bound, with and without a tail, batched, and
+    with NaN and infinite coordinates where the dtype has them."""
+    boxes = random_boxes(shape[:-1], seed=sum(shape), extent=900.0) - 200
+    if dtype.is_floating_point:
+        boxes.view(-1)[[0, 5, -1, -6]] = torch.tensor([math.nan, math.inf, -math.inf, math.nan])
+    else:
+        boxes = boxes.clamp(0, 255)
+    boxes = boxes.to(device, dtype)
+    for size in [(301, 517), (1, 1)]:
+        actual = clip_boxes_to_image(boxes, size)
+        assert actual.shape == boxes.shape and actual.dtype == dtype
+        # torchvision's clamp refuses a uint8 bound above 255: clip the same values as int32.
+        wide = boxes.int() if dtype == torch.uint8 else boxes
+        expected = tv_clip(wide, size).to(dtype)
+        assert torch.equal(actual.nan_to_num(-7.0), expected.nan_to_num(-7.0)), size
+
+
+def test_clip_of_many_boxes_keeps_autograd_and_odd_layouts():
+    """Boxes that need a gradient, or are not contiguous, take the one clamp: the
+    gradient is torchvision's, and a transposed view clips as its contiguous copy."""
+    boxes = (random_boxes((20_000,), seed=4, extent=900.0) - 200).requires_grad_()
+    clip_boxes_to_image(boxes, (301, 517)).sum().backward()
+    expected = boxes.detach().clone().requires_grad_()
+    tv_clip(expected, (301, 517)).sum().backward()
+    assert torch.equal(boxes.grad, expected.grad)
+    columns = boxes.detach().t().contiguous().t()
+    assert not columns.is_contiguous()
+    clipped = clip_boxes_to_image(columns, (301, 517))
+    assert torch.equal(clipped, tv_clip(columns.contiguous(), (301, 517)))
+
+
 def test_clip_batched_and_integer_valued_equal_torchvision():
     boxes = _integer_valued_boxes(1000, seed=9).float().reshape(10, 100, 4) * 5
     assert torch.equal(clip_boxes_to_image(boxes, (100, 150)), tv_clip(boxes, (100, 150)))

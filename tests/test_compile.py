@@ -53,6 +53,16 @@ def test_op_compiles_with_fullgraph_and_equals_eager(name):
 
 
 @pytest.mark.slow
+def test_clip_of_many_boxes_compiles_with_fullgraph_and_equals_eager():
+    """From 16384 boxes eager mode clamps over long rows with out= views; compiled, the op
+    is the one clamp."""
+    boxes = random_detections(20_003, seed=8)[0] - 50
+    compiled = torch.compile(detops.clip_boxes_to_image, fullgraph=True, backend="aot_eager")
+    expected = detops.clip_boxes_to_image(boxes, (300, 400))
+    torch.testing.assert_close(compiled(boxes, (300, 400)), expected, rtol=0, atol=0)
+
+
+@pytest.mark.slow
 def test_compiled_nms_still_refuses_nan():
     boxes, scores, _ = random_detections(10, seed=7)
     scores[3] = float("nan")
