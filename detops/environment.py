@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["environment_info"]
+__all__ = ["device_problem", "environment_info"]
 
 
 def _cpu_model() -> str:
@@ -75,3 +75,32 @@ def _torchvision_version() -> str:
             if found:
                 return found.group(1)
     return importlib.metadata.version("torchvision")
+
+
+def device_problem(device: object, command: str) -> str | None:
+    """Why ``command`` (verify, bench) cannot run on ``device``, or None: the commands take
+    cpu, and cuda (cuda:N) where that GPU exists; other devices (meta holds no values) are
+    refused. (torch's own error lists every device type it knows, most of which the
+    commands cannot use.)"""
+    accepted = f"{command} runs on cpu or cuda (cuda:N for one GPU)"
+    try:
+        parsed = torch.device(device)  # type: ignore[call-overload]
+    except (RuntimeError, ValueError, TypeError):
+        return f"not a device; {accepted}"
+    if parsed.type not in ("cpu", "cuda"):
+        return f"{accepted}, not on {parsed.type}"
+    if parsed.type == "cpu" and parsed.index not in (None, 0):
+        return f"the CPU has no device {parsed.index}; {accepted}"
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            return (
+                f"CUDA is not available here (torch {torch.__version__}, built for CUDA "
+                f"{torch.version.cuda})"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            return (
+                f"there is no such GPU here ({count} CUDA device"
+                f"{'' if count == 1 else 's'}: cuda:0 to cuda:{count - 1})"
+            )
+    return None

@@ -595,8 +595,13 @@ def test_chart_marks_unstable_rows(tmp_path):
     ("argv", "message"),
     [
         (["--op", "no_such_op"], "--op: no benchmark for op no_such_op; known: "),
-        (["--device", "tpu"], "--device must be cpu or cuda"),
-        (["--device", "cpu:1"], "--device must be cpu or cuda, got 'cpu:1'"),
+        (["--device", "tpu"], "--device tpu: not a device; bench runs on cpu or cuda (cuda:N for"),
+        (
+            ["--device", "meta"],
+            "--device meta: bench runs on cpu or cuda (cuda:N for one GPU), not",
+        ),
+        (["--device", "cpu:1"], "--device cpu:1: the CPU has no device 1; bench runs on cpu or"),
+        (["--device", "cuda:x"], "--device cuda:x: not a device; bench runs on cpu or cuda"),
         (["--repeats", "0", "--quick"], "--repeats must be at least 1, got 0"),
         (["--plot", "chart.txt"], "--plot chart.txt: the chart is a PNG"),
         (["--json", "no/such/folder/out.json"], "the folder no/such/folder does not exist"),
@@ -627,7 +632,7 @@ def test_cli_demo_bad_arguments_exit_2_before_any_step(argv, message, tmp_path, 
 @pytest.mark.parametrize("given", ["cuda", "cuda:0"])  # (not "device": conftest's)
 def test_cli_bench_cuda_without_gpu_exits_2(given, capsys):
     assert main(["bench", "--device", given]) == 2
-    assert f"--device {given}, but CUDA is not available" in capsys.readouterr().err
+    assert f"--device {given}: CUDA is not available here (torch " in capsys.readouterr().err
 
 
 def test_bench_reads_the_shared_registry():

@@ -124,11 +124,10 @@ def _prepare(args: argparse.Namespace) -> tuple[list[BenchCase], BenchSettings]:
     """Refuse bad options; the cases to run and the settings."""
     import dataclasses
 
-    import torch
-
     from detops.bench import BenchSettings, select_cases
     from detops.bench.cases import BENCHMARKS
     from detops.cli import CommandError, check_output_file
+    from detops.environment import device_problem
 
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
@@ -138,18 +137,9 @@ def _prepare(args: argparse.Namespace) -> tuple[list[BenchCase], BenchSettings]:
     if args.json and args.plot and os.path.realpath(args.json) == os.path.realpath(args.plot):
         raise CommandError(f"--json and --plot name the same file ({args.plot}); give two paths")
     device = args.device
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise CommandError(f"--device must be cpu or cuda, got {device!r}") from None
-    device_type = parsed.type
-    if device_type not in ("cpu", "cuda") or (device_type == "cpu" and parsed.index):
-        raise CommandError(f"--device must be cpu or cuda, got {device!r}")
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise CommandError(
-            f"--device {device}, but CUDA is not available here "
-            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})"
-        )
+    problem = device_problem(device, "bench")
+    if problem is not None:
+        raise CommandError(f"--device {device}: {problem}")
     try:
         cases = select_cases(BENCHMARKS, device, quick=args.quick, ops=args.op)
     except ValueError as error:

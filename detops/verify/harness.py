@@ -75,6 +75,7 @@ from hypothesis import strategies as st
 
 from .._checks import check_int, check_number, check_positive_number
 from .._interrupt import check as check_interrupt
+from ..environment import device_problem as _device_problem
 from ..environment import environment_info
 from ..testing.compare import Comparison, Tolerance, compare_trees, to_numpy_tree
 from ..testing.entry import OpEntry, case_to_torch
@@ -2159,29 +2160,10 @@ def _verify_one(
 
 
 def device_problem(device: str) -> str | None:
-    """Why verify cannot run on ``device``, or None: it takes cpu, and cuda (cuda:N) where
-    that GPU exists. The harness compares on the CPU, forks workers for CPU inputs and calls
-    in a thread for CUDA ones; other devices (meta holds no values) are refused. (torch's
-    own error lists every device type it knows, most of which verify cannot use.)"""
-    accepted = "verify runs on cpu or cuda (cuda:N for one GPU)"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        return f"not a device; {accepted}"
-    if parsed.type not in ("cpu", "cuda"):
-        return f"{accepted}, not on {parsed.type}"
-    if parsed.type == "cpu" and parsed.index not in (None, 0):
-        return f"the CPU has no device {parsed.index}; {accepted}"
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            return "CUDA is not available here"
-        count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
-            return (
-                f"there is no such GPU here ({count} CUDA device"
-                f"{'' if count == 1 else 's'}: cuda:0 to cuda:{count - 1})"
-            )
-    return None
+    """Why verify cannot run on ``device``, or None (:func:`detops.environment.device_problem`).
+    The harness compares on the CPU, forks workers for CPU inputs and calls in a thread
+    for CUDA ones."""
+    return _device_problem(device, "verify")
 
 
 class Progress:
