@@ -5,16 +5,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ._checks import check_int, check_number
+from ._serial import plain_eager_mode
 
 __all__ = ["get_fpn_location_coords"]
 
 _OP = "get_fpn_location_coords"
 _DIM = "a non-negative integer"
 _STRIDE = "a positive finite number"
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _describe(value: object) -> str:
@@ -103,13 +106,34 @@ def get_fpn_location_coords(
         stride = check_number(_OP, name, value, expected=_STRIDE, numpy_scalars=True)
         if not (stride > 0 and math.isfinite(stride)):  # a number: its repr is short
             raise ValueError(f"{_OP}: {name} must be {_STRIDE}, got {value!r}")
-        # Compute in float64 so large maps stay exact before the cast to ``dtype``; the W
-        # x-values and H y-values are cast, then broadcast into the [H, W, 2] grid (one
-        # copy per column, no float64 grid: fewer, smaller ops).
-        ys = (torch.arange(height, dtype=torch.float64, device=device) + offset) * stride
-        xs = (torch.arange(width, dtype=torch.float64, device=device) + offset) * stride
-        grid = torch.empty(height, width, 2, dtype=dtype, device=device)
-        grid[..., 0] = xs.to(dtype)
-        grid[..., 1] = ys.to(dtype)[:, None]
-        coords[level] = grid.view(height * width, 2)
+        coords[level] = _grid(height, width, stride, offset, dtype, device)
     return coords
+
+
+def _grid(
+    height: int,
+    width: int,
+    stride: float,
+    offset: float,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> Tensor:
+    """The ``[H * W, 2]`` centres of one level. Computed in float64 so large maps stay
+    exact before the cast to ``dtype``; the W x-values and H y-values are cast, then
+    broadcast into the [H, W, 2] grid (one copy per column, no float64 grid). For float32
+    and float64 on the CPU in plain eager mode, the same steps run in NumPy: a dozen small
+    torch ops cost about 60 µs a level, NumPy's about 10."""
+    on_cpu = device == "cpu" or (isinstance(device, torch.device) and device.type == "cpu")
+    if on_cpu and dtype in _NUMPY_DTYPES and plain_eager_mode():
+        ys_np = (np.arange(height, dtype=np.float64) + offset) * stride
+        xs_np = (np.arange(width, dtype=np.float64) + offset) * stride
+        array = np.empty((height, width, 2), dtype=_NUMPY_DTYPES[dtype])
+        array[..., 0] = xs_np
+        array[..., 1] = ys_np[:, None]
+        return torch.from_numpy(array).view(height * width, 2)
+    ys = (torch.arange(height, dtype=torch.float64, device=device) + offset) * stride
+    xs = (torch.arange(width, dtype=torch.float64, device=device) + offset) * stride
+    grid = torch.empty(height, width, 2, dtype=dtype, device=device)
+    grid[..., 0] = xs.to(dtype)
+    grid[..., 1] = ys.to(dtype)[:, None]
+    return grid.view(height * width, 2)

@@ -3,7 +3,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import detops.locations as locations_module
 import reference.locations as ref
 from detops import fcos_match_locations_to_gt, get_fpn_location_coords
 
@@ -48,6 +51,31 @@ def test_large_map_is_exact_in_float32():
     coords = get_fpn_location_coords({"p": (1, 1, 3000, 3000)}, {"p": 8})["p"]
     expected = ref.get_fpn_location_coords({"p": (3000, 3000)}, {"p": 8})["p"]
     np.testing.assert_array_equal(coords.numpy(), expected)
+
+
+@settings(max_examples=40)
+@given(
+    height=st.integers(0, 40),
+    width=st.integers(0, 40),
+    stride=st.floats(0.01, 300.0),
+    offset=st.floats(-2.0, 2.0),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+)
+def test_numpy_and_torch_paths_equal_the_reference_cast_once(height, width, stride, offset, dtype):
+    """float32/float64 CPU levels are built in NumPy, others in torch: both compute in
+    float64 and cast once, so both equal the reference cast to the dtype, for strides and
+    offsets whose products round."""
+    shapes, strides = {"p": (height, width)}, {"p": stride}
+    expected = ref.get_fpn_location_coords(shapes, strides, offset=offset)["p"]
+    expected = torch.from_numpy(expected).to(dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        for numpy_dtypes in (locations_module._NUMPY_DTYPES, {}):
+            patch.setattr(locations_module, "_NUMPY_DTYPES", numpy_dtypes)
+            for device in ("cpu", torch.device("cpu")):
+                coords = get_fpn_location_coords(shapes, strides, dtype, device, offset=offset)
+                out = coords["p"]
+                assert out.dtype == dtype and out.shape == (height * width, 2)
+                assert out.is_contiguous() and torch.equal(out, expected), (numpy_dtypes, device)
 
 
 ERROR_INPUTS = [
