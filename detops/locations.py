@@ -17,6 +17,7 @@ __all__ = ["get_fpn_location_coords"]
 _OP = "get_fpn_location_coords"
 _DIM = "a non-negative integer"
 _STRIDE = "a positive finite number"
+_OFFSET = "a finite number"
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
@@ -73,7 +74,8 @@ def get_fpn_location_coords(
             Must have the same level names as ``shape_per_fpn_level``.
         dtype (torch.dtype): floating dtype of the result.
         device (torch.device or str): device of the result.
-        offset (float): cell-relative position of the location; 0.5 is the cell centre.
+        offset (float): cell-relative position of the location (a finite number); 0.5 is
+            the cell centre.
 
     Returns:
         dict[str, Tensor[H*W, 2]]: ``(xc, yc)`` per level, in the order of
@@ -99,6 +101,9 @@ def get_fpn_location_coords(
         got = dtype if isinstance(dtype, torch.dtype) else type(dtype).__name__
         raise TypeError(f"{_OP}: dtype must be a floating torch.dtype, got {got}")
 
+    offset = check_number(_OP, "offset", offset, expected=_OFFSET, numpy_scalars=True)
+    if not math.isfinite(offset):
+        raise ValueError(f"{_OP}: offset must be {_OFFSET}, got {offset!r}")
     coords = {}
     for level, shape in shape_per_fpn_level.items():
         height, width = _level_hw(level, shape)

@@ -121,6 +121,28 @@ def test_error_stride_rejected_as_by_the_matcher(stride):
         fcos_match_locations_to_gt({"p3": torch.zeros(4, 2)}, {"p3": stride}, gt)
 
 
+@pytest.mark.parametrize(
+    ("offset", "error", "message"),
+    [
+        ("0.5", TypeError, r"offset must be a finite number, got str$"),
+        (torch.tensor(0.5), TypeError, r"offset must be a finite number, got Tensor$"),
+        (True, TypeError, r"offset must be a finite number, got bool$"),
+        (math.nan, ValueError, r"offset must be a finite number, got nan$"),
+        (-math.inf, ValueError, r"offset must be a finite number, got -inf$"),
+    ],
+)
+def test_error_offset(offset, error, message):
+    with pytest.raises(error, match=rf"^get_fpn_location_coords: {message}"):
+        get_fpn_location_coords({"p3": (2, 2)}, {"p3": 8}, offset=offset)
+
+
+def test_numpy_scalar_offset_equals_its_float():
+    expected = get_fpn_location_coords({"p3": (3, 2)}, {"p3": 8}, offset=0.25)["p3"]
+    for offset in (np.float32(0.25), np.float64(0.25)):
+        out = get_fpn_location_coords({"p3": (3, 2)}, {"p3": 8}, offset=offset)["p3"]
+        assert torch.equal(out, expected)
+
+
 def test_error_bad_stride_and_dtype():
     with pytest.raises(ValueError, match=r"strides_per_fpn_level\['p3'\] must be a positive"):
         get_fpn_location_coords({"p3": (2, 2)}, {"p3": 0})
