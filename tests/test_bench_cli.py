@@ -173,15 +173,18 @@ def test_short_calls_are_timed_in_batches_and_reported_per_call():
         warmup=1, repeats=3, max_retries=0, reference_repeats=1, sample_seconds=0.01
     )
     (result,) = run_benchmarks([case], "cpu", settings=settings, timer=clock).results
-    # one warm-up call, one calibration call (already a tenth of a sample), 3 samples
-    assert calls.count("detops") == 1 + 1 + 3 * 10 and calls.count("peer") == 1 + 1 + 3 * 3
+    # one warm-up call, one calibration call (already a tenth of a sample), 3 samples, each
+    # after one untimed call (both are under 10 sample lengths: rewarmed)
+    assert calls.count("detops") == 1 + 1 + 3 * (1 + 10)
+    assert calls.count("peer") == 1 + 1 + 3 * (1 + 3)
     assert result.detops.calls_per_sample == 10 and result.peer_timing.calls_per_sample == 3
     assert result.detops.samples == pytest.approx([0.001] * 3)  # per call, not per batch
     assert result.peer_timing.samples == pytest.approx([0.004] * 3)
     assert result.ratio == pytest.approx(4.0)
-    # Batches alternate as single calls did: detops' 10, the peer's 3, the peer's 3, ...
+    # Batches alternate as single calls did: detops' 1 + 10, the peer's 1 + 3 twice, ...
     timed = [c for c in calls[4:] if c != "reference"]
-    assert timed[:10] == ["detops"] * 10 and timed[10:16] == ["peer"] * 6
+    assert timed[:11] == ["detops"] * 11 and timed[11:19] == ["peer"] * 8
+    assert timed[19:30] == ["detops"] * 11
 
 
 def test_a_call_that_fills_a_sample_after_warming_up_is_timed_alone():
@@ -194,8 +197,53 @@ def test_a_call_that_fills_a_sample_after_warming_up_is_timed_alone():
         warmup=2, repeats=3, max_retries=0, reference_repeats=1, sample_seconds=0.01
     )
     (result,) = run_benchmarks([case], "cpu", settings=settings, timer=clock).results
-    assert calls.count("detops") == 2 + 3 and result.detops.calls_per_sample == 1
-    assert calls.count("peer") == 2 + 1 + 3 * 10 and result.peer_timing.calls_per_sample == 10
+    # Both are under 10 sample lengths (100 ms): one untimed call before each sample.
+    assert calls.count("detops") == 2 + 3 * 2 and result.detops.calls_per_sample == 1
+    assert calls.count("peer") == 2 + 1 + 3 * 11 and result.peer_timing.calls_per_sample == 10
+    assert result.detops.samples == pytest.approx([0.02] * 3)
+
+
+def _cold_after_other(clock, calls, name, cold, warm):
+    """A fake callable that takes ``cold`` seconds right after another one, else ``warm``."""
+
+    def run():
+        clock.now += warm if calls and calls[-1] == name else cold
+        calls.append(name)
+
+    return run
+
+
+@pytest.mark.parametrize("rewarm_samples", [10.0, 0.0])
+def test_each_sample_of_a_fast_callable_follows_an_untimed_call_of_its_own(rewarm_samples):
+    """A call right after the other function is slower (cold caches, the allocator's state).
+    With one call a sample every timed call would be such a call; the untimed call before
+    each sample makes every timed call follow a call of its own function. Switched off
+    (``rewarm_samples=0``), the samples are the cold calls."""
+    calls: list[str] = []
+    clock = FakeClock()
+
+    def setup(device):
+        return BenchFunctions(
+            detops=_cold_after_other(clock, calls, "detops", cold=0.005, warm=0.001),
+            peer=_cold_after_other(clock, calls, "peer", cold=0.008, warm=0.002),
+        )
+
+    case = BenchCase("fake", "tiny", "a peer", setup)
+    settings = BenchSettings(
+        warmup=2,
+        repeats=4,
+        max_retries=0,
+        sample_seconds=0.001,  # one call a sample; rewarmed below 10 ms
+        rewarm_samples=rewarm_samples,
+    )
+    (result,) = run_benchmarks([case], "cpu", settings=settings, timer=clock).results
+    assert result.detops.calls_per_sample == result.peer_timing.calls_per_sample == 1
+    if rewarm_samples:
+        assert result.detops.samples == pytest.approx([0.001] * 4)
+        assert result.peer_timing.samples == pytest.approx([0.002] * 4)
+    else:  # ABBA: a sample is warm only where its function also ended the round before
+        assert result.detops.samples == pytest.approx([0.005, 0.005, 0.001, 0.005])
+        assert result.peer_timing.samples == pytest.approx([0.008, 0.002, 0.008, 0.002])
 
 
 def test_calibration_grows_the_batch_until_it_is_long_enough_to_time():

@@ -210,7 +210,9 @@ def format_bench_table(report: BenchReport) -> str:
         "ratio = peer median / detops median (> 1: detops is faster); range = peer q25 / "
         "detops q75 to peer q75 / detops q25.",
         f"+-: half the interquartile range (q25-q75) over the median. Timed runs alternate "
-        f"detops and peer (ABBA...), up to {s.repeats} rounds after {s.warmup} warm-up each.",
+        f"detops and peer (ABBA...), up to {s.repeats} rounds after {s.warmup} warm-up each; "
+        f"a sample of a call under {s.rewarm_samples * s.sample_seconds * 1e3:g} ms starts "
+        "with one untimed call.",
         f"unstable: an IQR over {s.max_relative_iqr:.0%} of the median, detops and peer IQRs "
         f"overlapping, or under {s.min_repeats} runs, after up to {s.max_retries} re-measure(s).",
         f"total {report.seconds:.1f} s",

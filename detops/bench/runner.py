@@ -45,7 +45,13 @@ class BenchSettings:
     rounds (one timed sample of each), cut short after ``max_seconds`` per callable once
     ``min_repeats`` rounds are done. A sample is as many back-to-back calls as fill
     ``sample_seconds`` (:func:`detops.bench.calibrate_calls`), divided by their number: one
-    call where a warm-up run after the first already took that long. A row whose spread is
+    call where a warm-up run after the first already took that long. A callable whose
+    fastest warm-up call took less than ``rewarm_samples`` sample lengths is called once,
+    untimed, before each of its samples: every timed call then follows a call of the same
+    function, so the number of calls in a sample (which the machine's speed at calibration
+    decides) does not decide how many timed calls run in the other function's wake, cache-
+    and allocator-wise (two back-to-back quick runs read a course-style peer at 5.7 ms,
+    one call a sample, then at 2.4 ms, three a sample). A row whose spread is
     wide or whose detops and peer IQRs overlap (see :func:`detops.bench.instability`,
     ``max_relative_iqr``) gets one more batch of rounds, up to ``max_retries`` times, then
     is flagged unstable. The reference is timed on its own after (``reference_warmup``,
@@ -60,6 +66,7 @@ class BenchSettings:
     repeats: int = 15
     max_seconds: float = 5.0  # per callable and batch of rounds, after warm-up
     sample_seconds: float = 0.01  # a timed sample: enough back-to-back calls to fill it
+    rewarm_samples: float = 10.0  # faster callables get an untimed call before each sample
     min_repeats: int = 3
     max_retries: int = 2
     max_relative_iqr: float = 0.25
@@ -130,6 +137,8 @@ def _measure_pair(
         warm_and_slow = settings.warmup >= 2 and fastest[which] >= settings.sample_seconds
         if not over_budget and not warm_and_slow:
             calls[which] = calibrate_calls(fn, settings.sample_seconds, timer=timer)
+    rewarm_below = settings.rewarm_samples * settings.sample_seconds
+    rewarm = (fastest[0] < rewarm_below, fastest[1] < rewarm_below)
     rounds = 1 if over_budget else settings.repeats
     detops_times: list[float] = []
     peer_times: list[float] = []
@@ -144,6 +153,7 @@ def _measure_pair(
             min_rounds=min(settings.min_repeats, rounds),
             start_round=len(detops_times),
             calls=(calls[0], calls[1]),
+            rewarm=rewarm,
             timer=timer,
         )
         batch_seconds = timer() - begin

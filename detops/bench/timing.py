@@ -121,10 +121,14 @@ def measure_interleaved(
     min_rounds: int = 1,
     start_round: int = 0,
     calls: tuple[int, int] = (1, 1),
+    rewarm: tuple[bool, bool] = (False, False),
     timer: Timer = time.perf_counter,
 ) -> tuple[list[float], list[float]]:
     """Per-call wall times of ``first`` and ``second`` timed in alternation, one sample of
-    each per round; a sample is ``calls[i]`` back-to-back calls, divided by their number.
+    each per round; a sample is ``calls[i]`` back-to-back calls, divided by their number,
+    after one untimed call where ``rewarm[i]`` (so that every timed call follows a call of
+    its own function, whatever ``calls[i]`` is: a sample of one call would otherwise time
+    only calls made in the other function's wake, a sample of ten one such call in ten).
 
     Round ``k`` runs ``first`` then ``second`` when ``start_round + k`` is even and
     ``second`` then ``first`` when it is odd (ABBAAB...), so that both see the same machine
@@ -142,6 +146,8 @@ def measure_interleaved(
         order = (0, 1) if (start_round + k) % 2 == 0 else (1, 0)
         for which in order:
             fn, n = functions[which], calls[which]
+            if rewarm[which]:
+                fn()
             start = timer()
             for _ in range(n):
                 fn()

@@ -17,8 +17,9 @@ EPILOG = """\
 The cases are detops.bench.cases.BENCHMARKS, the registry the pytest-benchmark suite
 (pytest benchmarks --benchmark-only) also runs. Per case: detops and the peer (torchvision,
 or the course code's loop where torchvision has no such op) are warmed up, then timed in
-alternation (ABBA...) so both see the same machine state; at small sizes the NumPy reference
-is timed on its own after. CUDA work is synchronized inside the timed call.
+alternation (ABBA...) so both see the same machine state, each sample of a fast call after
+one untimed call of its own; at small sizes the NumPy reference is timed on its own after.
+CUDA work is synchronized inside the timed call.
 
 ratio = peer median / detops median: above 1 detops is faster. Each time is shown with its
 spread (+- half the interquartile range) and the ratio with its range (peer q25 / detops q75
