@@ -38,7 +38,14 @@ def match_grid_levels(gt: np.ndarray, levels: list[Level]) -> np.ndarray | None:
 
     ``gt`` is ``[B, N, 5]`` (float32 or float64). Returns the buffer ``[B * sum(L), 5]``
     in ``gt``'s dtype, or None when some image has more than :data:`MAX_BOXES` real boxes.
+    Infinite coordinates give NaN areas and bounds (``inf - inf``, ``inf * 0``) as in the
+    torch path, without NumPy's RuntimeWarning: a NaN bound admits no location.
     """
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _match_grid_levels(gt, levels)
+
+
+def _match_grid_levels(gt: np.ndarray, levels: list[Level]) -> np.ndarray | None:
     batch, count, _ = gt.shape
     real = gt[..., 4] != -1
     kept = int(real.sum(1).max()) if batch * count else 0

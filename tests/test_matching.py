@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -35,6 +36,8 @@ def _torch_case(case, dtype=torch.float64, device="cpu"):
 
 
 # ------------------------------------------------------------------------- known values
+
+STRIDES_2 = {"p3": 8, "p4": 16}
 
 
 def test_default_size_ranges_sorted_by_stride():
@@ -290,6 +293,32 @@ def test_a4_benchmark_batch_matches_the_reference(radius, numpy_path, monkeypatc
     )
     assert_trees_close(out, expected, EXACT, f"A4 batch, radius {radius}")
     assert sum(int((v[..., 4] >= 0).sum()) for v in out.values()) > 100
+
+
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy", "torch"])
+def test_infinite_coordinates_match_the_reference_without_warnings(numpy_path, monkeypatch):
+    """Infinite box edges make NaN areas and bounds (inf - inf, inf * 0); the NumPy path
+    warned about them (and raised under warnings-as-errors), the torch path did not."""
+    monkeypatch.setattr(matching, "_NUMPY_MATCH", numpy_path)
+    inf = math.inf
+    locations = get_fpn_location_coords({"p3": (8, 8), "p4": (4, 4)}, STRIDES_2)
+    rows = [
+        [-inf, 0.0, inf, 20.0, 3.0],  # infinite width
+        [-inf, 5.0, inf, 5.0, 1.0],  # infinite width times zero height: NaN area
+        [0.0, 0.0, inf, inf, 2.0],
+        [inf, inf, inf, inf, 0.0],
+        [10.0, 10.0, 40.0, 50.0, 2.0],
+        [-1.0, -1.0, -1.0, -1.0, -1.0],
+    ]
+    gt = torch.tensor([rows, rows[::-1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = fcos_match_locations_to_gt(locations, STRIDES_2, gt)
+    with warnings.catch_warnings():  # (the reference's own float arithmetic warns)
+        warnings.simplefilter("ignore")
+        np_locations = {k: v.double().numpy() for k, v in locations.items()}
+        expected = ref.fcos_match_locations_to_gt(np_locations, STRIDES_2, gt.double().numpy())
+    assert_trees_close(out, expected, EXACT, f"infinite edges, numpy={numpy_path}")
 
 
 def test_grid_shapes_remembered_from_a_call_are_checked_on_the_next():
