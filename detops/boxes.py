@@ -284,7 +284,11 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     GT rows ``(x1, y1, x2, y2, class)`` the class column is never changed and padding rows
     (class == -1) are returned untouched. Boxes that end up with zero width or height are
     kept (use :func:`resize_and_center_crop_boxes` for the dataset path that drops them).
-    NaN coordinates stay NaN. The input is not modified.
+    NaN coordinates stay NaN. The input is not modified. Where autograd records the call,
+    the gradient is torchvision's: 1 strictly inside the bounds, 0 outside, at a bound and
+    at NaN. From 16384 contiguous boxes (not recorded) the clamp runs vectorized over long
+    rows: a ``-0.0`` coordinate may come back as ``+0.0`` (equal as numbers), where
+    torchvision's strided clamp keeps the sign.
 
     Args:
         boxes (Tensor[..., 4] or Tensor[..., 5]): XYXY boxes or GT rows, floating or integer.
@@ -301,9 +305,10 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
         boxes = _check_real(op, "boxes", boxes, "[..., 4] or [..., 5]")
         height, width = check_size_pair(op, "size", size)
     columns = boxes.shape[-1]
+    if boxes.requires_grad and torch.is_grad_enabled():
+        return _clip_recorded(boxes, height, width)
     if columns == 4 and boxes.numel() >= 4 * _CLIP_LONG_ROWS_FROM and boxes.is_contiguous():
-        # out= records no autograd, and a compiled graph gets the one clamp to fuse.
-        if not (boxes.requires_grad and torch.is_grad_enabled()) and plain_eager_mode():
+        if plain_eager_mode():  # (a compiled graph gets the one clamp to fuse)
             return _clip_in_long_rows(boxes, height, width)
     lower, upper = _clip_bounds(columns, height, width, boxes.dtype, boxes.device, 1)
     clipped = torch.clamp(boxes, lower, upper)
@@ -319,6 +324,21 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
 # 1M 4.3 / 1.1 / 3.6 ms. Below 16384 boxes the extra calls cost more than they save.
 _CLIP_ROW = 4 * 64
 _CLIP_LONG_ROWS_FROM = 16384  # boxes
+
+
+def _clip_recorded(boxes: Tensor, height: int, width: int) -> Tensor:
+    """The clip where autograd records it: torchvision's own ops (a clamp of the x and of
+    the y columns by number bounds), so the gradient is torchvision's too. (A clamp by
+    bound tensors gives 0.5 at a value equal to a bound and 1 at NaN; the number bounds
+    give 0 at both.) GT rows keep their class column and their padding rows."""
+    coordinates = boxes[..., :4]
+    xs = coordinates[..., 0::2].clamp(min=0, max=width)
+    ys = coordinates[..., 1::2].clamp(min=0, max=height)
+    clipped = torch.stack((xs, ys), dim=-1).reshape(coordinates.shape)
+    if boxes.shape[-1] == 4:
+        return clipped
+    clipped = torch.cat((clipped, boxes[..., 4:]), dim=-1)
+    return torch.where(boxes[..., 4:5] == -1, boxes, clipped)
 
 
 def _clip_in_long_rows(boxes: Tensor, height: int, width: int) -> Tensor:

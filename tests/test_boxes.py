@@ -392,6 +392,37 @@ def test_clip_of_many_boxes_equals_torchvision(shape, dtype, device):
         assert torch.equal(actual.nan_to_num(-7.0), expected.nan_to_num(-7.0)), size
 
 
+@pytest.mark.parametrize("shape", [(6,), (2, 3), (20_000,)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clip_gradient_is_torchvisions_at_bounds_and_nan(shape, dtype):
+    """Values on a bound and NaN: a clamp by bound tensors gave 0.5 and 1 where torchvision
+    gives 0 (found by the new-user trial); inside 1, outside 0, as torchvision."""
+    pattern = torch.tensor(
+        [[0.0, 5.0, 320.0, math.nan], [-3.0, 200.0, 400.0, 199.5], [0.0, 0.0, 320.0, 200.0]]
+    )
+    rows = pattern.repeat(math.prod(shape) // 3 + 1, 1)[: math.prod(shape)]
+    boxes = rows.reshape(*shape, 4).to(dtype).requires_grad_()
+    clip_boxes_to_image(boxes, (200, 320)).sum().backward()
+    expected = boxes.detach().clone().requires_grad_()
+    tv_clip(expected, (200, 320)).sum().backward()
+    assert torch.equal(boxes.grad, expected.grad)
+    assert boxes.grad.reshape(-1, 4)[0].tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_clip_gradient_of_gt_rows_passes_class_and_padding_through():
+    rows = torch.tensor(
+        [[0.0, 5.0, 320.0, 250.0, 3.0], [-1.0, -1.0, -1.0, -1.0, -1.0], [10.0, -2, 20, 30, 1]],
+        requires_grad=True,
+    )
+    clipped = clip_boxes_to_image(rows, (200, 320))
+    assert torch.equal(clipped.detach(), clip_boxes_to_image(rows.detach(), (200, 320)))
+    clipped.sum().backward()
+    coordinates = rows.detach()[[0, 2], :4].clone().requires_grad_()
+    tv_clip(coordinates, (200, 320)).sum().backward()
+    assert torch.equal(rows.grad[[0, 2], :4], coordinates.grad)
+    assert rows.grad[:, 4].tolist() == [1.0, 1.0, 1.0] and rows.grad[1].tolist() == [1.0] * 5
+
+
 def test_clip_of_many_boxes_keeps_autograd_and_odd_layouts():
     """Boxes that need a gradient, or are not contiguous, take the one clamp: the
     gradient is torchvision's, and a transposed view clips as its contiguous copy."""
