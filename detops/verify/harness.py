@@ -607,10 +607,13 @@ def _read_message(fd: int, deadline: float | None) -> bytes | None:
 
 
 # How long the parent waits for the fork server and its workers, at most (none of these
-# waits is for the user's code, which has the per-call limit): the server's start (importing
-# torch and the target takes seconds, far more on a loaded machine), each of its replies, a
-# fresh worker's loading of the function (where the server could not load the target), a
-# worker's exit once its socket is closed, and the server's exit once its own is.
+# waits is for the user's code, which has the per-call limit): the server's own start
+# (importing torch and detops takes seconds, far more on a loaded machine), then its import
+# of the target (each phase its own limit: a slow start must not count as a target whose
+# import hangs), each of its replies, a fresh worker's loading of the function (where the
+# server could not load the target), a worker's exit once its socket is closed, and the
+# server's exit once its own is.
+_SERVER_WARM_SECONDS = 120.0
 _SERVER_START_SECONDS = 120.0
 _SERVER_REPLY_SECONDS = 30.0
 _LOAD_SECONDS = 60.0
@@ -775,12 +778,10 @@ class ForkServer:
     def _await_ready(self) -> None:
         if self._ready:
             return
-        deadline = time.monotonic() + _SERVER_START_SECONDS
-        ready = self._reply(_SERVER_START_SECONDS, "start")
+        ready = self._reply(_SERVER_WARM_SECONDS, "start")
         if ready[0] == "importing":  # then "ready", unless the target's import goes wrong
             try:
-                left = max(deadline - time.monotonic(), 0.0)
-                ready = self._reply(left, "start", _SERVER_START_SECONDS)
+                ready = self._reply(_SERVER_START_SECONDS, "start")
             except _NoWorker as error:
                 self.import_failure = "hung" if " did not start within " in str(error) else "ended"
                 raise
@@ -802,15 +803,14 @@ class ForkServer:
             return str(error)
         return None
 
-    def _reply(self, seconds: float, what: str, limit: float | None = None) -> tuple:
-        """The next message, within ``seconds`` (``limit``: the whole limit to name when
-        it runs out, where part of it has passed already)."""
+    def _reply(self, seconds: float, what: str) -> tuple:
+        """The next message, within ``seconds``."""
         assert self._control is not None
         try:
             data = _read_message(self._control.fileno(), time.monotonic() + seconds)
         except TimeoutError:
             raise self._fail(
-                f"the worker process server did not {what} within {limit or seconds:g} s"
+                f"the worker process server did not {what} within {seconds:g} s"
             ) from None
         except OSError as exc:
             raise self._fail(self._gone(exc)) from None
