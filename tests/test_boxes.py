@@ -415,7 +415,10 @@ def test_clip_gradient_of_gt_rows_passes_class_and_padding_through():
         requires_grad=True,
     )
     clipped = clip_boxes_to_image(rows, (200, 320))
-    assert torch.equal(clipped.detach(), clip_boxes_to_image(rows.detach(), (200, 320)))
+    real = rows.detach()[[0, 2]]
+    assert torch.equal(clipped.detach()[[0, 2], :4], tv_clip(real[:, :4], (200, 320)))
+    assert torch.equal(clipped.detach()[:, 4], rows.detach()[:, 4])  # classes unchanged
+    assert torch.equal(clipped.detach()[1], rows.detach()[1])  # padding untouched
     clipped.sum().backward()
     coordinates = rows.detach()[[0, 2], :4].clone().requires_grad_()
     tv_clip(coordinates, (200, 320)).sum().backward()

@@ -136,11 +136,11 @@ def test_error_offset(offset, error, message):
         get_fpn_location_coords({"p3": (2, 2)}, {"p3": 8}, offset=offset)
 
 
-def test_numpy_scalar_offset_equals_its_float():
-    expected = get_fpn_location_coords({"p3": (3, 2)}, {"p3": 8}, offset=0.25)["p3"]
-    for offset in (np.float32(0.25), np.float64(0.25)):
+def test_numpy_scalar_offsets_equal_the_reference():
+    for offset in (np.float32(0.3), np.float64(0.3)):
+        expected = ref.get_fpn_location_coords({"p3": (3, 2)}, {"p3": 8}, offset=float(offset))
         out = get_fpn_location_coords({"p3": (3, 2)}, {"p3": 8}, offset=offset)["p3"]
-        assert torch.equal(out, expected)
+        assert torch.equal(out, torch.from_numpy(expected["p3"]).float()), offset
 
 
 def test_error_bad_stride_and_dtype():
