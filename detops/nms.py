@@ -163,13 +163,13 @@ _TOP_HITS_MAX_BOXES = 5000
 # Boxes in the window that kept_share runs NMS on (estimates within ~0.1 of the share).
 _SHARE_SAMPLE = 64
 _CLASS_ID_DTYPES = (torch.int64, torch.int32)  # those class_spec_nms's fast path takes
-# Up to this many boxes the finite check sums in Python, above in torch (measured in whole
-# nms calls, interleaved: 22.3 us against 22.7 at 25 boxes, 21.9 against 21.0 at 32, 29.9
-# against 26.4 at 64); the scores alone up to _PYTHON_SCORE_SUM_MAX (boxes in torch, the
-# scores in Python against torch: 22.8 vs 23.7 us at 40, 23.7 vs 24.7 at 64, 35.6 vs 35.3
-# at 100).
+# Up to this many boxes the finite check sums in Python, above by dot products (measured
+# in whole nms calls, interleaved, on the Intel Xeon: 22.3 us against 22.7 at 25 boxes
+# for torch sums, 21.9 against 21.0 at 32, 29.9 against 26.4 at 64; on the AMD EPYC, dot
+# products against torch sums, ratios to torchvision: 0.86-0.88x against 0.83-0.86x at
+# 25, 0.87-0.88x against 0.78-0.85x at 32, 0.89-0.92x against 0.85-0.86x at 50, 0.90-0.91x
+# against 0.84-0.86x at 64, 0.86-0.92x against 0.86-0.91x at 100).
 _PYTHON_SUM_MAX = 24
-_PYTHON_SCORE_SUM_MAX = 64
 _DENSE = 16  # groups with G * S * S <= budget / _DENSE take the all-pairs path
 _NUMPY_GREEDY = True  # the greedy resolution on CPU runs in NumPy (tests switch it off)
 
@@ -282,17 +282,20 @@ def _all_finite(boxes: Tensor, scores: Tensor) -> bool:
     """Whether every value is finite, from sums: a NaN or inf anywhere makes them
     non-finite (a finite input whose sum overflows reads as non-finite too, which only
     sends the call down detops' own path). Up to _PYTHON_SUM_MAX boxes the values are
-    summed in Python, above by torch sums (serial at this size; called below autograd,
-    they record no graph for inputs that require grad), the scores still in Python up to
-    _PYTHON_SCORE_SUM_MAX. Any check just before the kernel slows the kernel beyond its
-    own cost; these slowed it least (measured interleaved at 200 boxes: by 2.7 µs,
-    against 3.4 after NumPy's isfinite and 8.6 after a NumPy dot product, the check
-    before)."""
+    summed in Python; above, the sums of squares are dot products (BLAS, serial at this
+    size; called below autograd, they record no graph for inputs that require grad).
+    Any torch call just before the kernel slows the kernel beyond its own cost (the
+    kernel's dozen ops run colder after other code: on the AMD EPYC, at 50 boxes, a
+    ``view`` before the kernel added 5 µs to a 39 µs call); the dot products slowed it
+    least of the checks measured (torch sums, NumPy sums and dot products, Python sums:
+    see _PYTHON_SUM_MAX)."""
     n = boxes.shape[0]
-    if n <= _PYTHON_SUM_MAX and boxes.is_contiguous():
-        return math.isfinite(sum(boxes.view(-1).tolist()) + sum(scores.tolist()))
-    score_sum = sum(scores.tolist()) if n <= _PYTHON_SCORE_SUM_MAX else scores.sum().item()
-    return math.isfinite(boxes.sum().item() + score_sum)
+    if boxes.is_contiguous():
+        flat = boxes.view(-1)
+        if n <= _PYTHON_SUM_MAX:
+            return math.isfinite(sum(flat.tolist()) + sum(scores.tolist()))
+        return math.isfinite(torch.dot(flat, flat).item() + torch.dot(scores, scores).item())
+    return math.isfinite(boxes.sum().item() + scores.sum().item())
 
 
 def _check_finite_input(op: str, boxes: Tensor, scores: Tensor) -> None:

@@ -1029,6 +1029,27 @@ def test_fast_path_finite_checks_send_nan_and_inf_to_detops_path(n, strided, whe
     np.testing.assert_array_equal(got, expected_classes)
 
 
+@pytest.mark.parametrize("n", [25, 50, 1000])  # (up to 24 boxes Python sums in float64)
+def test_fast_path_finite_check_overflow_only_changes_the_route(n, monkeypatch):
+    """Finite float32 scores near 1e20, whose squares and sums overflow: the finite check
+    reads them as non-finite and sends the call to detops' own path, whose answer is still
+    torchvision's and the reference's."""
+    boxes, scores, _ = random_detections(n, seed=5)
+    scores = scores * 1e20 + 1e20
+    assert torch.isfinite(scores).all() and torch.isinf((scores * scores).sum())
+    routes = []
+    impl = sys.modules["detops.nms"]._nms_impl
+    monkeypatch.setattr(
+        sys.modules["detops.nms"], "_nms_impl", lambda *a: routes.append(a) or impl(*a)
+    )
+    got = nms(boxes, scores, 0.5)
+    assert torch.equal(got, torchvision.ops.nms(boxes, scores, 0.5))
+    np.testing.assert_array_equal(
+        got.numpy(), ref.nms(boxes.double().numpy(), scores.double().numpy(), 0.5)
+    )
+    assert len(routes) == 1  # detops' own path, not the quick kernel call
+
+
 @pytest.mark.parametrize("n", [81, 200, 768])
 @pytest.mark.parametrize("class_id", [0, -7])
 def test_class_spec_nms_with_one_class_is_plain_nms(n, class_id, monkeypatch):
