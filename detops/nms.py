@@ -1117,30 +1117,33 @@ def _kernel_is_cheaper(
         return False
     if groups is not None and groups.dtype not in _CLASS_ID_DTYPES:
         return False
-    with torch.no_grad():
-        b, s = numpy_view(boxes), numpy_view(scores)
-        with np.errstate(all="ignore"):  # (NaN or inf anywhere makes the products so)
-            if not math.isfinite(sum((s @ b).tolist())):
-                return False
-        if groups is None:
-            if n <= _TOP_HITS_MAX_BOXES and (
-                best_box_hits(b, s, iou_threshold) >= 2 * CLUSTER_HITS
-                or top_hits(b, s, iou_threshold) >= CLUSTER_HITS
-            ):
-                return True
-            sizes = np.array([n], dtype=np.float64)
-            sparse = _sparse_seconds(n)
-        else:
-            sizes = np.unique(numpy_view(groups), return_counts=True)[1].astype(np.float64)
-            # Per box for the many small groups; a group as large as plain NMS's table
-            # costs what plain NMS does (a batch without classes: one group per image).
-            large = sizes[sizes >= _SPARSE_NMS_S[0][0]]
-            sparse = sparse_per_box * n + sum(_sparse_seconds(int(m)) for m in large)
-        calls = sizes.shape[0] * _KERNEL_CALL_S
-        squares = float((sizes * sizes).sum())
-        if calls + _KERNEL_PAIR_S * squares <= sparse:  # cheaper even if every box is kept
+    # (NumPy views, no torch op: torch.no_grad() only around kept_share, whose torch ops
+    # would record a graph; measured in whole calls, 2000 clustered boxes, interleaved
+    # with torchvision on the AMD EPYC: 0.87-0.91x -> 0.90-0.92x)
+    b, s = numpy_view(boxes), numpy_view(scores)
+    with np.errstate(all="ignore"):  # (NaN or inf anywhere makes the products so)
+        if not math.isfinite(sum((s @ b).tolist())):
+            return False
+    if groups is None:
+        if n <= _TOP_HITS_MAX_BOXES and (
+            best_box_hits(b, s, iou_threshold) >= 2 * CLUSTER_HITS
+            or top_hits(b, s, iou_threshold) >= CLUSTER_HITS
+        ):
             return True
-        if share is None:
+        sizes = np.array([n], dtype=np.float64)
+        sparse = _sparse_seconds(n)
+    else:
+        sizes = np.unique(numpy_view(groups), return_counts=True)[1].astype(np.float64)
+        # Per box for the many small groups; a group as large as plain NMS's table
+        # costs what plain NMS does (a batch without classes: one group per image).
+        large = sizes[sizes >= _SPARSE_NMS_S[0][0]]
+        sparse = sparse_per_box * n + sum(_sparse_seconds(int(m)) for m in large)
+    calls = sizes.shape[0] * _KERNEL_CALL_S
+    squares = float((sizes * sizes).sum())
+    if calls + _KERNEL_PAIR_S * squares <= sparse:  # cheaper even if every box is kept
+        return True
+    if share is None:
+        with torch.no_grad():
             share = kept_share(
                 boxes, scores, groups, functools.partial(_window_nms, iou_threshold), _SHARE_SAMPLE
             )
