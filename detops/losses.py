@@ -38,6 +38,7 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
+from ._memory import populate_pages
 from ._serial import SERIAL_ELEMENTS, numpy_view, scale_in_place, zeros
 from .deltas import fcos_make_centerness_targets
 
@@ -397,6 +398,9 @@ def _focal_dense_pass(
         size = max(size // positives.num_classes, 1) * positives.num_classes
     loss = torch.empty(n, dtype=dtype, device=device) if reduction == "none" else None
     grad = torch.empty(n, dtype=dtype, device=device) if want_grad else None
+    for output in (loss, grad):  # written whole, chunk by chunk: map their pages at once
+        if output is not None:
+            populate_pages(output)
     sums = []
     convert_x = dtype != cdt
     convert_t = t_flat is not None and t_flat.dtype != cdt
