@@ -129,16 +129,33 @@ def to_float32(values: Tensor) -> Tensor:
 
 
 def scale_in_place(values: Tensor, factor: Tensor) -> None:
-    """``values.mul_(factor)`` for a 0-d ``factor``; on CPU in slices under the grain, so
-    that scaling a large gradient forks no thread, and not at all for a factor of exactly
-    1 (``loss.backward()``'s): ``v * 1 == v`` bit for bit, NaN and -0.0 included."""
-    if values.device.type != "cpu" or factor.dim() != 0 or not values.is_contiguous():
+    """``values.mul_(factor)`` for a 0-d ``factor`` or one of ``values``' shape (any
+    strides, e.g. the expanded gradient of a ``sum``); on CPU in slices under the grain,
+    so that scaling a large gradient forks no thread, and not at all for a 0-d factor of
+    exactly 1 (``loss.backward()``'s): ``v * 1 == v`` bit for bit, NaN and -0.0 included.
+    Each product is the one a single ``mul_`` gives. Other factors (broadcast shapes, other
+    devices) take one ``mul_``."""
+    if values.device.type != "cpu" or factor.device.type != "cpu" or not values.is_contiguous():
         values.mul_(factor)
         return
-    if factor.device.type == "cpu" and not factor.is_complex() and factor.item() == 1:
+    if factor.dim() == 0:
+        if not factor.is_complex() and factor.item() == 1:
+            return
+        for part in values.view(-1).split(SERIAL_ELEMENTS):
+            part.mul_(factor)
         return
-    for part in values.view(-1).split(SERIAL_ELEMENTS):
-        part.mul_(factor)
+    if factor.shape != values.shape:
+        values.mul_(factor)
+        return
+    width = values.shape[-1]
+    if values.dim() > 1 and 0 < width <= SERIAL_ELEMENTS:
+        # rows of the last dim (an expanded factor flattens to a view, no copy)
+        rows, factor_rows = values.view(-1, width), factor.flatten(0, -2)
+        step = SERIAL_ELEMENTS // width
+    else:
+        rows, factor_rows, step = values.view(-1), factor.reshape(-1), SERIAL_ELEMENTS
+    for start in range(0, rows.shape[0], step):
+        rows[start : start + step].mul_(factor_rows[start : start + step])
 
 
 def zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -314,7 +314,7 @@ class _PositiveRows:
             self.flat = valid_rows * num_classes + ids_np[valid_rows]
             self._spans: dict[int, tuple[int, int, Tensor]] = {}
             xg = x2d.reshape(-1).index_select(0, torch.from_numpy(self.flat))
-            self.loss, self.grad = self._positive_terms(xg, loss_dtype, x2d.dtype, want_grad)
+            self.loss, self.grad = self._serial_positive_terms(xg, loss_dtype, x2d.dtype, want_grad)
             return
         self.valid = torch.empty(rows, dtype=torch.bool, device=device)
         self.index = torch.empty(rows, 1, dtype=torch.int64, device=device)
@@ -333,6 +333,29 @@ class _PositiveRows:
             self.loss[r0:r1] = loss
             if self.grad is not None and grad is not None:
                 self.grad[r0:r1] = grad
+
+    def _serial_positive_terms(
+        self, xg: Tensor, loss_dtype: torch.dtype, grad_dtype: torch.dtype, want_grad: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`_positive_terms` of CPU logits in slices of at most _CHUNK values: each op
+        stays under ATen's grain, so none forks torch's threads (a fork in a process that
+        later forks itself can hang the child), and the values do not depend on the thread
+        count (a split across threads moves elements between the vectorized loop and its
+        scalar tail, whose results may differ in the last bit)."""
+        count = xg.numel()
+        if count <= _CHUNK:
+            return self._positive_terms(xg, loss_dtype, grad_dtype, want_grad)
+        loss = torch.empty(count, dtype=loss_dtype)
+        grad = torch.empty(count, dtype=grad_dtype) if want_grad else None
+        for start in range(0, count, _CHUNK):
+            stop = min(start + _CHUNK, count)
+            part_loss, part_grad = self._positive_terms(
+                xg[start:stop], loss_dtype, grad_dtype, want_grad
+            )
+            loss[start:stop] = part_loss
+            if grad is not None and part_grad is not None:
+                grad[start:stop] = part_grad
+        return loss, grad
 
     def _positive_terms(
         self, xg: Tensor, loss_dtype: torch.dtype, grad_dtype: torch.dtype, want_grad: bool

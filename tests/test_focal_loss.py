@@ -520,3 +520,49 @@ def test_numpy_log1p_is_fast_only_with_avx512_skx(monkeypatch, features, expecte
 
     monkeypatch.setattr(_multiarray_umath, "__cpu_features__", features)
     assert losses._numpy_has_fast_log1p() is expected
+
+
+def _many_positives():
+    """40,003 rows of 3 classes, every row positive: more positive entries than a chunk
+    (an odd count: split across threads, the halves end between vector lanes)."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(40003, 3, generator=gen, dtype=torch.float32) * 4
+    ids = torch.randint(0, 3, (40003,), generator=gen)
+    return x, ids
+
+
+def _class_id_loss_and_grad(x, ids, reduction):
+    leaf = x.clone().requires_grad_()
+    loss = losses.sigmoid_focal_loss_from_class_ids(leaf, ids, reduction=reduction)
+    loss.sum().backward()
+    return loss.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_class_ids_with_more_positives_than_a_chunk_meet_torchvision(reduction):
+    x, ids = _many_positives()
+    ours = _class_id_loss_and_grad(x, ids, reduction)
+    leaf = x.double().requires_grad_()
+    one_hot = torch.nn.functional.one_hot(ids, 3).double()
+    expected = torchvision.ops.sigmoid_focal_loss(leaf, one_hot, reduction=reduction)
+    expected.sum().backward()
+    for got, want in zip(ours, (expected.detach(), leaf.grad), strict=True):
+        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_class_ids_with_more_positives_than_a_chunk_do_not_depend_on_threads(reduction):
+    """Found by a new-user trial: above one chunk of positives their terms ran as single
+    torch ops, which split across torch's threads; the split moved elements between the
+    vectorized loop and its scalar tail, and the last bit changed with the thread count
+    (loss 7e-9, gradient 2e-8 apart). In chunks, every thread count gives the same bits."""
+    x, ids = _many_positives()
+    default = _class_id_loss_and_grad(x, ids, reduction)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = _class_id_loss_and_grad(x, ids, reduction)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(default, single, strict=True):
+        assert torch.equal(a, b)

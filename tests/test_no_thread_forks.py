@@ -111,6 +111,33 @@ CHILD = textwrap.dedent(
     counts["sigmoid_focal_loss 16x4096x80"] = forks(
         lambda: detops.sigmoid_focal_loss(logits, targets, reduction="sum")
     )
+    # torch.autograd.grad, not .backward(): accumulating into .grad would fork (an add of
+    # 5M values), and so would the test's own .sum() of a 5M-value loss
+    leaf = logits.clone().requires_grad_()
+    grad_output = torch.rand(16, 4096, 80, generator=torch.Generator().manual_seed(4))
+    expanded = torch.ones(()).expand(16, 4096, 80)  # what .sum().backward() hands back
+
+    def backward_of_none(gradient):
+        loss = detops.sigmoid_focal_loss(leaf, targets, reduction="none")
+        torch.autograd.grad(loss, leaf, gradient)
+
+    counts["sigmoid_focal_loss none, backward of a [16, 4096, 80] gradient"] = forks(
+        lambda: backward_of_none(grad_output)
+    )
+    counts["sigmoid_focal_loss none, backward of an expanded gradient"] = forks(
+        lambda: backward_of_none(expanded)
+    )
+    # 40,000 positive entries: more than one chunk of them
+    many = torch.randint(0, 3, (40000,), generator=torch.Generator().manual_seed(2))
+    wide = torch.randn(40000, 3, generator=torch.Generator().manual_seed(3)).requires_grad_()
+
+    def class_ids_step():
+        loss = detops.sigmoid_focal_loss_from_class_ids(wide, many, reduction="sum")
+        torch.autograd.grad(loss, wide)
+
+    counts["sigmoid_focal_loss_from_class_ids, 40000 positives, forward and backward"] = forks(
+        class_ids_step
+    )
     from detops.bench.cases.losses import concat_levels, random_head_outputs
     from detops.bench.cases.targets import benchmark_inputs
     from detops.testing.inputs import A4_STRIDES

@@ -159,6 +159,37 @@ def test_scale_in_place_by_one_keeps_every_bit(factor):
     assert torch.equal(values.view(torch.int32), expected.view(torch.int32))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape, layout",
+    [
+        ((16, 2027, 80), "contiguous"),  # rows of 80: 408 rows a slice
+        ((16, 2027, 80), "expanded"),  # the gradient of a sum: stride 0 everywhere
+        ((16, 2027, 80), "permuted"),
+        ((70000,), "contiguous"),
+        ((3, 40000), "contiguous"),  # a row longer than a slice: flat slices
+        ((0, 5), "contiguous"),
+    ],
+)
+def test_scale_in_place_by_a_tensor_of_the_same_shape_matches_mul(dtype, shape, layout):
+    """reduction="none" hands backward a gradient of the loss's shape; scaled in slices,
+    each product is mul_'s (NaN, infinities and signed zeros included)."""
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(shape, generator=gen, dtype=dtype)
+    if values.numel():
+        values.view(-1)[:6] = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, 1e-310])
+    if layout == "expanded":
+        factor = torch.tensor(-1.5, dtype=dtype).expand(shape)
+    elif layout == "permuted":
+        factor = torch.randn(shape[::-1], generator=gen, dtype=dtype).permute(2, 1, 0)
+    else:
+        factor = torch.randn(shape, generator=gen, dtype=dtype)
+    expected = values * factor
+    _serial.scale_in_place(values, factor)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    assert torch.equal(values.view(bits), expected.view(bits))
+
+
 @pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:FutureWarning")
 def test_plain_eager_mode_is_false_under_transforms_traces_and_dual_levels():
     """Ops swap torch ops for NumPy only in plain eager mode: inside vmap, grad, jvp, a
