@@ -259,20 +259,10 @@ def _few_groups(
 
 def best_box_hits(b: np.ndarray, s: np.ndarray, t: float, g: np.ndarray | None = None) -> int:
     """How many other boxes (of its group, with ``g``) the best-scored box would suppress:
-    :func:`top_hits` of one box (IoU in the boxes' dtype, overflow aside the kernel's
-    arithmetic), x and y at once on ``[2, N]`` planes: a dozen NumPy calls (about 13 µs at a
-    few hundred boxes, 31 µs at 5000, warm; each call costs more where the caller's kernel
-    call has just run)."""
+    :func:`top_hits` of one box (about 13 µs at a few hundred boxes, 31 µs at 5000, warm;
+    see :func:`_above`)."""
     best = int(s.argmax())
-    planes = np.ascontiguousarray(b.T)  # [4, N]: x1, y1, x2, y2
-    top = planes[:, best : best + 1]  # [4, 1]
-    with np.errstate(all="ignore"):  # huge coordinates overflow, as in the kernel
-        sides = np.minimum(planes[2:], top[2:]) - np.maximum(planes[:2], top[:2])
-        np.maximum(sides, 0, out=sides)
-        inter = sides[0] * sides[1]
-        extent = planes[2:] - planes[:2]
-        area = extent[0] * extent[1]
-        above = inter / ((area[best] + area) - inter) > t
+    above = _above(np.ascontiguousarray(b.T), best, t)
     if g is not None:
         above &= g == g[best]
     above[best] = False  # (an empty box does not overlap itself)
@@ -407,25 +397,30 @@ def top_hits(b: np.ndarray, s: np.ndarray, t: float, g: np.ndarray | None = None
         members = np.flatnonzero(same.any(0))
         b, same = b[members], same[:, members]
         top = np.searchsorted(members, top)
-    x1, y1, x2, y2 = np.ascontiguousarray(b.T)  # planes: long inner loops
-    above = _above(x1, y1, x2, y2, top[:, None], t)
+    above = _above(np.ascontiguousarray(b.T), top[:, None], t)
     if same is not None:
         above &= same
     return (int(np.count_nonzero(above)) - k) / k  # a box overlaps itself
 
 
-def _above(
-    x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, top: np.ndarray | int, t: float
-) -> np.ndarray:
+def _above(planes: np.ndarray, top: np.ndarray | int, t: float) -> np.ndarray:
     """Whether box ``top`` (an index, or ``[K, 1]`` indices: then ``[K, N]``) and box
-    ``n`` have IoU above ``t`` (the boxes' coordinates ``[N]`` each), in the boxes' dtype,
-    the kernel's arithmetic."""
+    ``n`` have IoU above ``t``, from the ``[4, N]`` planes x1, y1, x2, y2 (contiguous rows:
+    long inner loops), in the boxes' dtype, the kernel's arithmetic. x and y go together
+    as ``[2, ...]`` sides: a dozen NumPy calls, each costing more where the caller's
+    kernel call has just run."""
+    corners = planes[:, top]  # [4] or [4, K, 1]
+    if corners.ndim == 1:
+        corners, others = corners[:, None], planes  # [4, 1] against [4, N]
+    else:
+        others = planes[:, None]  # [4, K, 1] against [4, 1, N]
     with np.errstate(all="ignore"):  # huge coordinates overflow, as in the kernel
-        width = np.minimum(x2[top], x2) - np.maximum(x1[top], x1)
-        height = np.minimum(y2[top], y2) - np.maximum(y1[top], y1)
-        inter = np.maximum(width, 0) * np.maximum(height, 0)
-        area = (x2 - x1) * (y2 - y1)
-        return inter / (area[top] + area - inter) > t
+        sides = np.minimum(others[2:], corners[2:]) - np.maximum(others[:2], corners[:2])
+        np.maximum(sides, 0, out=sides)
+        inter = sides[0] * sides[1]
+        extent = planes[2:] - planes[:2]
+        area = extent[0] * extent[1]
+        return inter / ((area[top] + area) - inter) > t
 
 
 # i < j, for the masks of _all_pairs (np.triu takes several NumPy calls, and at this size

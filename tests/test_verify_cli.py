@@ -401,7 +401,7 @@ def test_cli_reports_a_file_whose_import_ends_or_hangs_its_process(
     # (0) ended `detops verify` with status 0 and no report, and a hang hung it.
     import detops.verify.harness as harness
 
-    monkeypatch.setattr(harness, "_SERVER_START_SECONDS", 4.0)
+    monkeypatch.setattr(harness, "_TARGET_IMPORT_SECONDS", 4.0)
     impl = tmp_path / "bad_import.py"
     impl.write_text(source)
     before = child_pids()

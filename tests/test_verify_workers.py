@@ -191,7 +191,7 @@ def test_a_function_no_worker_can_load_runs_in_a_thread(monkeypatch):
 def test_a_server_that_fails_to_start_makes_a_thread_not_a_hang(monkeypatch, program, reason):
     before = child_pids()
     monkeypatch.setattr(harness, "_SERVER_PROGRAM", program)
-    monkeypatch.setattr(harness, "_SERVER_WARM_SECONDS", 1.0)
+    monkeypatch.setattr(harness, "_SERVER_START_SECONDS", 1.0)
     with pytest.warns(RuntimeWarning, match=re.escape(reason)):
         report = verify(load_target(str(IMPLS / "correct.py")), names=["box_iou"], **FAST)
     assert only(report, "box_iou").verdict == "PASS"
@@ -200,11 +200,11 @@ def test_a_server_that_fails_to_start_makes_a_thread_not_a_hang(monkeypatch, pro
 
 def test_the_servers_own_start_does_not_count_against_the_target_import_limit(monkeypatch):
     """The server imports torch and detops (seconds, more on a loaded machine) before the
-    target; only the target's import has ``_SERVER_START_SECONDS``. With one limit for
+    target; only the target's import has ``_TARGET_IMPORT_SECONDS``. With one limit for
     both, the 4 s limit of the hang-at-import CLI test ran out during torch's import under
     load, and `detops verify` then imported the hanging file in its own process. Here the
     limit (1 s) is shorter than the server's own start, and the server still serves."""
-    monkeypatch.setattr(harness, "_SERVER_START_SECONDS", 1.0)
+    monkeypatch.setattr(harness, "_TARGET_IMPORT_SECONDS", 1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a thread fallback would warn
         report = verify(load_target(str(IMPLS / "correct.py")), names=["box_iou"], **FAST)

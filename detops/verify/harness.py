@@ -613,8 +613,8 @@ def _read_message(fd: int, deadline: float | None) -> bytes | None:
 # import hangs), each of its replies, a fresh worker's loading of the function (where the
 # server could not load the target), a worker's exit once its socket is closed, and the
 # server's exit once its own is.
-_SERVER_WARM_SECONDS = 120.0
 _SERVER_START_SECONDS = 120.0
+_TARGET_IMPORT_SECONDS = 120.0
 _SERVER_REPLY_SECONDS = 30.0
 _LOAD_SECONDS = 60.0
 _CLOSE_SECONDS = 2.0
@@ -778,10 +778,10 @@ class ForkServer:
     def _await_ready(self) -> None:
         if self._ready:
             return
-        ready = self._reply(_SERVER_WARM_SECONDS, "start")
+        ready = self._reply(_SERVER_START_SECONDS, "start")
         if ready[0] == "importing":  # then "ready", unless the target's import goes wrong
             try:
-                ready = self._reply(_SERVER_START_SECONDS, "start")
+                ready = self._reply(_TARGET_IMPORT_SECONDS, "start")
             except _NoWorker as error:
                 self.import_failure = "hung" if " did not start within " in str(error) else "ended"
                 raise
