@@ -1191,7 +1191,8 @@ def class_spec_nms(
     rounds as the most boxes one class keeps). What the rounds leave (scattered boxes)
     goes by pairs up to 3000 boxes, else to torchvision's kernel once per class where
     the cost model of :func:`nms` prefers it, else to the sparse path. Up to four
-    classes skip the rounds: with non-negative coordinates, up to 300 boxes (1000 in two
+    classes skip the rounds: with non-negative coordinates (or negative ones that still
+    leave the classes apart once mirrored), up to 300 boxes (1000 in two
     classes, 1500 where the best box suppresses a cluster) go to one kernel call, each
     class mirrored into a quadrant of its own (negating coordinates is exact, so every
     IoU within a class is unchanged bit for bit, and boxes of different quadrants never

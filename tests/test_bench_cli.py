@@ -781,3 +781,22 @@ def test_a_benchmark_without_a_reference_times_what_its_peer_computes(case):
     else:
         tolerance = entry_by_name(case.op).tolerances[torch.float32]
         assert_trees_close(ours, theirs, tolerance, f"{case.op} {case.size}")
+
+
+@pytest.mark.parametrize(
+    "op, size",
+    [("nms", "50"), ("nms", "1000 clustered"), ("class_spec_nms", "200 clustered, 20 classes")],
+)
+def test_nms_cases_take_their_inputs_in_turn_on_both_sides(op, size):
+    # A figure from one input repeated depends on the CPU's branch predictor (README,
+    # Benchmarks): each side takes ROTATION different inputs in turn, the same ones in the
+    # same order, so call k of detops and call k of torchvision compute the same NMS.
+    (case,) = [c for c in BENCHMARKS if c.op == op and c.size == size]
+    functions = case.setup(torch.device("cpu"))
+    rotation = detops.bench.cases.nms.ROTATION
+    ours = [functions.detops() for _ in range(rotation + 1)]
+    theirs = [functions.peer() for _ in range(rotation + 1)]
+    for k, (mine, peer) in enumerate(zip(ours, theirs, strict=True)):
+        assert torch.equal(mine.sort().values, peer.sort().values), f"call {k}"
+    assert len({tuple(kept.tolist()) for kept in theirs[:rotation]}) == rotation
+    assert torch.equal(theirs[rotation], theirs[0])  # round again from the first input

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 import reference.nms as ref
@@ -10,7 +12,14 @@ from detops.testing.inputs import random_boxes
 
 from ._case import BenchCase, BenchFunctions
 
-__all__ = ["BENCHMARKS", "CLASSES", "THRESHOLD", "clustered_detections", "random_detections"]
+__all__ = [
+    "BENCHMARKS",
+    "CLASSES",
+    "ROTATION",
+    "THRESHOLD",
+    "clustered_detections",
+    "random_detections",
+]
 
 THRESHOLD = 0.5
 CLASSES = 20
@@ -50,17 +59,40 @@ def clustered_detections(
     return boxes.float(), scores, object_class[owner]
 
 
+# Each timed callable takes this many inputs (seeds 0, 1, ...) in turn. On one input
+# repeated, torchvision's kernel ran quicker than it runs on new data (AMD EPYC: 148 µs at
+# 200 random boxes against 207-212 on 8-64 inputs in turn; 237 against 312-318 at 1000
+# clustered ones): its branches on box values are learned over repeats (the likely cause),
+# so a figure from one input depends on the CPU's branch predictor. 16 inputs lost all
+# of that gain there (8 most of it).
+ROTATION = 16
+
+
+def _in_turn(call, inputs):
+    """A zero-argument callable: ``call(*inputs[k % len(inputs)])`` on its ``k``-th call,
+    counting from 0 (each callable made here counts its own calls)."""
+    following = itertools.cycle(inputs).__next__
+    return lambda: call(*following())
+
+
+def _detections(n: int, clustered: bool):
+    """ROTATION inputs ``(boxes, scores, classes)`` of ``n`` boxes, seeds 0, 1, ..."""
+    draw = clustered_detections if clustered else random_detections
+    return [draw(n, seed=seed) for seed in range(ROTATION)]
+
+
 def _nms_setup(n: int, with_reference: bool, clustered: bool = False):
     def setup(device):
         import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
 
-        boxes, scores, _ = clustered_detections(n) if clustered else random_detections(n)
-        b, s = boxes.to(device), scores.to(device)
-        bn, sn = boxes.double().numpy(), scores.double().numpy()
+        inputs = [(b.to(device), s.to(device)) for b, s, _ in _detections(n, clustered)]
+        arrays = [(b.double().numpy(), s.double().numpy()) for b, s, _ in _detections(n, clustered)]
         return BenchFunctions(
-            detops=lambda: nms(b, s, THRESHOLD),
-            peer=lambda: torchvision.ops.nms(b, s, THRESHOLD),
-            reference=(lambda: ref.nms(bn, sn, THRESHOLD)) if with_reference else None,
+            detops=_in_turn(lambda b, s: nms(b, s, THRESHOLD), inputs),
+            peer=_in_turn(lambda b, s: torchvision.ops.nms(b, s, THRESHOLD), inputs),
+            reference=_in_turn(lambda b, s: ref.nms(b, s, THRESHOLD), arrays)
+            if with_reference
+            else None,
         )
 
     return setup
@@ -72,14 +104,13 @@ def _class_setup(n: int, with_reference: bool, clustered: bool = False, classes:
     def setup(device):
         import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
 
-        boxes, scores, ids = clustered_detections(n) if clustered else random_detections(n)
-        classes = ids % classes_kept
-        b, s, c = boxes.to(device), scores.to(device), classes.to(device)
-        bn, sn, cn = boxes.double().numpy(), scores.double().numpy(), classes.numpy()
+        drawn = [(b, s, ids % classes_kept) for b, s, ids in _detections(n, clustered)]
+        inputs = [tuple(t.to(device) for t in parts) for parts in drawn]
+        arrays = [(b.double().numpy(), s.double().numpy(), c.numpy()) for b, s, c in drawn]
         return BenchFunctions(
-            detops=lambda: class_spec_nms(b, s, c, THRESHOLD),
-            peer=lambda: torchvision.ops.batched_nms(b, s, c, THRESHOLD),
-            reference=(lambda: ref.class_spec_nms(bn, sn, cn, THRESHOLD))
+            detops=_in_turn(lambda b, s, c: class_spec_nms(b, s, c, THRESHOLD), inputs),
+            peer=_in_turn(lambda b, s, c: torchvision.ops.batched_nms(b, s, c, THRESHOLD), inputs),
+            reference=_in_turn(lambda b, s, c: ref.class_spec_nms(b, s, c, THRESHOLD), arrays)
             if with_reference
             else None,
         )
@@ -131,6 +162,7 @@ _CLUSTERED_NOTES = (
     "clustered boxes, 50 per object, one class per object (see clustered_detections), "
     "IoU threshold 0.5"
 )
+_IN_TURN = f"; {ROTATION} inputs (seeds 0-{ROTATION - 1}), which each side takes in turn"
 
 
 def _clustered_cases(
@@ -144,21 +176,30 @@ def _clustered_cases(
             peer,
             setup(n, False, clustered=True),
             quick=n < 20000,
-            notes=_CLUSTERED_NOTES,
+            notes=_CLUSTERED_NOTES + _IN_TURN,
         )
         for n in sizes
     )
 
 
 BENCHMARKS = (
-    BenchCase("nms", "10", "torchvision.ops.nms", _nms_setup(10, True), notes=_NOTES),
-    BenchCase("nms", "50", "torchvision.ops.nms", _nms_setup(50, True), notes=_NOTES),
-    BenchCase("nms", "200", "torchvision.ops.nms", _nms_setup(200, True), notes=_NOTES),
-    BenchCase("nms", "500", "torchvision.ops.nms", _nms_setup(500, False), notes=_NOTES),
-    BenchCase("nms", "1000", "torchvision.ops.nms", _nms_setup(1000, False), notes=_NOTES),
-    BenchCase("nms", "5000", "torchvision.ops.nms", _nms_setup(5000, False), notes=_NOTES),
+    BenchCase("nms", "10", "torchvision.ops.nms", _nms_setup(10, True), notes=_NOTES + _IN_TURN),
+    BenchCase("nms", "50", "torchvision.ops.nms", _nms_setup(50, True), notes=_NOTES + _IN_TURN),
+    BenchCase("nms", "200", "torchvision.ops.nms", _nms_setup(200, True), notes=_NOTES + _IN_TURN),
+    BenchCase("nms", "500", "torchvision.ops.nms", _nms_setup(500, False), notes=_NOTES + _IN_TURN),
     BenchCase(
-        "nms", "20000", "torchvision.ops.nms", _nms_setup(20000, False), quick=False, notes=_NOTES
+        "nms", "1000", "torchvision.ops.nms", _nms_setup(1000, False), notes=_NOTES + _IN_TURN
+    ),
+    BenchCase(
+        "nms", "5000", "torchvision.ops.nms", _nms_setup(5000, False), notes=_NOTES + _IN_TURN
+    ),
+    BenchCase(
+        "nms",
+        "20000",
+        "torchvision.ops.nms",
+        _nms_setup(20000, False),
+        quick=False,
+        notes=_NOTES + _IN_TURN,
     ),
     *_clustered_cases(
         "nms", "", "torchvision.ops.nms", _nms_setup, sizes=(1000, 2000, 5000, 20000)
@@ -168,42 +209,42 @@ BENCHMARKS = (
         "10, 20 classes",
         "torchvision.ops.batched_nms",
         _class_setup(10, True),
-        notes=_NOTES,
+        notes=_NOTES + _IN_TURN,
     ),
     BenchCase(
         "class_spec_nms",
         "50, 20 classes",
         "torchvision.ops.batched_nms",
         _class_setup(50, True),
-        notes=_NOTES,
+        notes=_NOTES + _IN_TURN,
     ),
     BenchCase(
         "class_spec_nms",
         "200, 20 classes",
         "torchvision.ops.batched_nms",
         _class_setup(200, True),
-        notes=_NOTES,
+        notes=_NOTES + _IN_TURN,
     ),
     BenchCase(
         "class_spec_nms",
         "500, 20 classes",
         "torchvision.ops.batched_nms",
         _class_setup(500, False),
-        notes=_NOTES,
+        notes=_NOTES + _IN_TURN,
     ),
     BenchCase(
         "class_spec_nms",
         "1000, 20 classes",
         "torchvision.ops.batched_nms",
         _class_setup(1000, False),
-        notes=_NOTES,
+        notes=_NOTES + _IN_TURN,
     ),
     BenchCase(
         "class_spec_nms",
         "5000, 20 classes",
         "torchvision.ops.batched_nms",
         _class_setup(5000, False),
-        notes=_NOTES,
+        notes=_NOTES + _IN_TURN,
     ),
     BenchCase(
         "class_spec_nms",
@@ -211,7 +252,7 @@ BENCHMARKS = (
         "torchvision.ops.batched_nms",
         _class_setup(20000, False),
         quick=False,
-        notes=_NOTES,
+        notes=_NOTES + _IN_TURN,
     ),
     # (a detector's candidates for one image after its score threshold: a few hundred)
     *_clustered_cases(
@@ -227,7 +268,7 @@ BENCHMARKS = (
             f"{n} clustered, 2 classes",
             "torchvision.ops.batched_nms",
             _class_setup(n, False, clustered=True, classes=2),
-            notes=_CLUSTERED_NOTES.replace("one class per object", "class ids modulo 2"),
+            notes=_CLUSTERED_NOTES.replace("one class per object", "class ids modulo 2") + _IN_TURN,
         )
         for n in (200, 1000)
     ),
@@ -237,14 +278,14 @@ BENCHMARKS = (
         "1000, 4 classes",
         "torchvision.ops.batched_nms",
         _class_setup(1000, False, classes=4),
-        notes=_NOTES + ", class ids modulo 4",
+        notes=_NOTES + ", class ids modulo 4" + _IN_TURN,
     ),
     BenchCase(
         "class_spec_nms",
         "3000 clustered, 4 classes",
         "torchvision.ops.batched_nms",
         _class_setup(3000, False, clustered=True, classes=4),
-        notes=_CLUSTERED_NOTES.replace("one class per object", "class ids modulo 4"),
+        notes=_CLUSTERED_NOTES.replace("one class per object", "class ids modulo 4") + _IN_TURN,
     ),
     BenchCase(
         "batched_nms_per_image",
