@@ -327,9 +327,7 @@ def _apart_once_mirrored(b: np.ndarray, negated: np.ndarray) -> bool:
     coordinates there are then at most the other's lowest, so the kernel's
     ``max(0, min(x2) - max(x1))`` is 0, and so is their IoU. A rounded sum has the exact
     sum's sign.) Boxes a little outside the image often pass: their class's boxes lie
-    near one border, the other classes' away from it. (In NumPy, on contiguous rows:
-    :func:`mirrored_call` up to the kernel took 127 µs at 1000 clustered boxes in two
-    classes, against 180 µs with this check in torch ops, interleaved.)"""
+    near one border, the other classes' away from it. (In NumPy, on contiguous rows.)"""
     planes = np.ascontiguousarray(b.T)
     lowest = np.minimum(planes[:2], planes[2:])  # [2, N]: each box's lowest x and y
     kept = np.where(negated, np.inf, lowest).min(1)
@@ -381,9 +379,9 @@ def mirrored_call(
 ) -> Tensor | None:
     """Greedy NMS within two groups as one ``kernel`` call on mirrored boxes (see
     :func:`_mirrored_pair`: opposite quadrants, apart on both axes), in torch ops (and,
-    for negative coordinates, NumPy's check), where the group ids are two consecutive
-    values, from ``_MIRROR_CALL_MIN_BOXES`` up to ``_MIRROR_CALL_MAX_BOXES`` boxes of any
-    look; None where it does not apply:
+    for negative coordinates, a NumPy check where torch's quick one fails), where the
+    group ids are two consecutive values, from ``_MIRROR_CALL_MIN_BOXES`` up to
+    ``_MIRROR_CALL_MAX_BOXES`` boxes of any look; None where it does not apply:
     other sizes or ids, negative coordinates that leave the groups overlapping once
     mirrored (:func:`_apart_once_mirrored`), a non-finite value. ``boxes`` [N, 4] and
     ``scores`` [N] are CPU float32/float64 (same dtype), ``groups`` [N] int32/int64, as
@@ -403,11 +401,24 @@ def mirrored_call(
         if not (float(high) < math.inf and math.isfinite(scores.sum())):
             return None
         second = groups != first
-        if float(low) < 0:  # (quadrant 3: the second group negated on both axes)
-            negated = np.broadcast_to(numpy_view(second), (2, n))
-            if not _apart_once_mirrored(numpy_view(boxes), negated):
-                return None
+        if float(low) < 0 and not _pair_apart_once_mirrored(boxes, second):
+            return None
         return kernel(_mirrored_pair(boxes, second), scores, iou_threshold)
+
+
+def _pair_apart_once_mirrored(boxes: Tensor, second: Tensor) -> bool:
+    """:func:`_apart_once_mirrored` for quadrants 0 and 3 (``second``: the boxes of
+    quadrant 3, negated on both axes). First each group's lowest coordinate on either
+    axis: two full reductions in torch, and where their sum is >= 0 so is each axis's
+    (measured in whole calls at 200 clustered boxes, interleaved: 150 µs against 199 for
+    the per-axis test in NumPy, 170 in torch); where it is not, the test per axis."""
+    apart = second.unsqueeze(1)
+    first_low = torch.where(apart, math.inf, boxes).min()
+    second_low = torch.where(apart, boxes, math.inf).min()
+    if float(first_low) + float(second_low) >= 0:
+        return True
+    negated = np.broadcast_to(numpy_view(second), (2, second.shape[0]))
+    return _apart_once_mirrored(numpy_view(boxes), negated)
 
 
 # The best-scored _TOP_BOXES boxes suppressing CLUSTER_HITS or more boxes of their group

@@ -146,6 +146,7 @@ def test_clustered_classes_that_cannot_be_mirrored_take_the_kernel_per_class(n, 
         ("negative y, classes overlapping once mirrored", False),
         ("negative x, classes apart once mirrored", True),
         ("negative x and y, classes apart once mirrored", True),
+        ("negative y, the negated class near 0 on x: apart on each axis", True),
     ],
 )
 def test_inputs_the_mirrored_call_takes_or_not(case, mirrored, classes, monkeypatch):
@@ -160,6 +161,8 @@ def test_inputs_the_mirrored_call_takes_or_not(case, mirrored, classes, monkeypa
     first, other = (int((ids == k).nonzero()[0]) for k in (0, negated))
     if case == "five classes":
         ids = torch.arange(400) % 5
+    elif "near 0 on x" in case:  # (the lowest coordinates of each class sum to -1)
+        boxes[first, 1], boxes[other, 0] = -3.0, 2.0
     elif "overlapping" in case:
         boxes[first, axis] = -0.5  # the negated class's lowest coordinate there: 0.25
         boxes[other, axis], boxes[other, axis + 2] = 0.25, 0.25 + 1e-3
