@@ -18,16 +18,19 @@ from sigint_helpers import ctrl_c_while_torch_loads
 
 import detops.bench.cases
 from detops.bench import (
+    BenchReport,
     BenchResult,
     BenchSettings,
     Timing,
     busy_warning,
     calibrate_calls,
     calls_per_sample,
+    fault_note,
     format_bench_table,
     instability,
     measure_interleaved,
     own_load_share,
+    page_faults,
     plot_ratios,
     quartiles,
     run_benchmarks,
@@ -153,6 +156,62 @@ def test_measure_interleaved_alternates_who_goes_first_and_keeps_the_pairs():
     calls.clear()
     a, b = measure_interleaved(first, second, rounds=10, max_seconds=5, min_rounds=2, timer=clock)
     assert len(a) == len(b) == 2
+
+
+def test_page_faults_per_call_go_to_the_function_that_made_them():
+    faults = 0
+
+    def fault(pages):
+        def run():
+            nonlocal faults
+            faults += pages
+
+        return run
+
+    counted: tuple[list[float], list[float]] = ([], [])
+    measure_interleaved(
+        fault(30),
+        fault(0),
+        rounds=4,
+        calls=(3, 1),
+        rewarm=(True, False),  # (the untimed call's faults are not the sample's)
+        faults=counted,
+        fault_counter=lambda: faults,
+    )
+    assert counted == ([30.0] * 4, [0.0] * 4)
+    # Where the OS counts none, nothing is recorded and nothing breaks.
+    nothing: tuple[list[float], list[float]] = ([], [])
+    measure_interleaved(fault(1), fault(1), rounds=2, faults=nothing, fault_counter=lambda: None)
+    assert nothing == ([], [])
+
+
+@pytest.mark.skipif(page_faults() is None, reason="no page-fault count on this OS")
+def test_page_faults_count_first_touches_of_fresh_memory():
+    # 64 MiB: above glibc's largest mmap threshold, so every call maps fresh pages.
+    def fresh():
+        torch.ones(16 << 20)
+
+    counted: tuple[list[float], list[float]] = ([], [])
+    measure_interleaved(fresh, lambda: None, rounds=3, faults=counted)
+    assert min(counted[0]) >= 16  # at least one per 4 MiB, even in 2 MiB huge pages
+    assert max(counted[1]) < min(counted[0])
+
+
+def test_rows_with_many_page_faults_get_a_note():
+    quiet = Timing.from_samples([1e-3, 1e-3, 1e-3], faults_per_call=[0.0, 2.0, 1.0])
+    faulting = Timing.from_samples([9e-3, 9e-3, 9e-3], faults_per_call=[9700.0, 9733.0, 9800.0])
+    assert faulting.faults_per_call == 9733.0 and quiet.faults_per_call == 1.0
+    row = BenchResult("box_iou", "1000x1000", "cpu", "torchvision.ops.box_iou", quiet, faulting)
+    assert "page faults a call: detops 1, peer 9733" in fault_note(row)
+    assert fault_note(BenchResult("box_iou", "10x10", "cpu", "tv", quiet, quiet)) == ""
+    report = BenchReport("cpu", True, TINY, [row], {}, 1.0)
+    assert "box_iou | 1000x1000: page faults a call: detops 1, peer 9733" in (
+        format_bench_table(report)
+    )
+    assert (
+        json.loads(report.to_json())["results"][0]["timings"]["peer"]["page_faults_per_call"]
+        == 9733.0
+    )
 
 
 def test_calls_per_sample_fills_the_sample_time():
@@ -480,10 +539,13 @@ def test_json_structure_keeps_the_old_keys_and_adds_the_spread():
         "q75",
         "iqr",
         "calls_per_sample",
+        "page_faults_per_call",
         "samples",
     }
     assert detops["samples"] == pytest.approx([0.001] * 4)
     assert detops["calls_per_sample"] == 1
+    # (counted in the process around fake calls: a number where the OS counts faults)
+    assert (detops["page_faults_per_call"] is None) == (page_faults() is None)
     assert detops["iqr"] == pytest.approx(0.0, abs=1e-12)
     assert stable["ratio_peer_over_detops"] == pytest.approx(4.0)
     assert stable["ratio_low"] == pytest.approx(4.0) == stable["ratio_high"]

@@ -10,12 +10,15 @@ Per case, detops and the peer are warmed up, then timed in alternation (ABBA...)
 both see the same machine state; CUDA work is synchronized inside the timed call. The
 report gives each callable's median, quartiles and min/max, and ``ratio = peer median /
 detops median`` (a speed-up, > 1 when detops is faster) with its range; rows whose spread
-stays wide or whose detops and peer IQRs overlap are flagged unstable.
+stays wide or whose detops and peer IQRs overlap are flagged unstable, and rows where a
+side faults many fresh pages a call get a note (their time depends on the allocator's
+state, which can differ between runs).
 """
 
 from .report import (
     BenchReport,
     BenchResult,
+    fault_note,
     format_bench_table,
     format_seconds,
     plot_ratios,
@@ -33,6 +36,7 @@ from .timing import (
     measure,
     measure_interleaved,
     own_load_share,
+    page_faults,
     quartiles,
     synchronized,
 )
@@ -46,6 +50,7 @@ __all__ = [
     "calibrate_calls",
     "calls_per_sample",
     "environment_info",
+    "fault_note",
     "format_bench_table",
     "format_seconds",
     "plot_ratios",
@@ -55,6 +60,7 @@ __all__ = [
     "measure",
     "measure_interleaved",
     "own_load_share",
+    "page_faults",
     "quartiles",
     "run_benchmarks",
     "select_cases",

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BenchReport",
     "BenchResult",
+    "FAULT_NOTE_MIN",
+    "fault_note",
     "format_bench_table",
     "format_ratio",
     "format_seconds",
@@ -173,6 +175,28 @@ def format_header(report: BenchReport) -> list[str]:
     return lines
 
 
+# A side faulting this many pages a call (1 MiB of fresh 4 KiB pages) gets a note.
+FAULT_NOTE_MIN = 256
+
+
+def fault_note(result: BenchResult) -> str:
+    """A note where detops or the peer faults FAULT_NOTE_MIN pages a call or more: their
+    first touches of fresh memory, whose cost rides on the allocator's state (see
+    :func:`detops.bench.timing.page_faults`), so its time can differ between runs."""
+    counts = {
+        name: timing.faults_per_call
+        for name, timing in (("detops", result.detops), ("peer", result.peer_timing))
+        if timing is not None and timing.faults_per_call is not None
+    }
+    if not any(count >= FAULT_NOTE_MIN for count in counts.values()):
+        return ""
+    listed = ", ".join(f"{name} {count:.0f}" for name, count in counts.items())
+    return (
+        f"page faults a call: {listed} (fresh memory; how much a call gets depends on "
+        "the allocator's state, so its time can differ between runs)"
+    )
+
+
 def format_bench_table(report: BenchReport) -> str:
     columns = ("op", "size", "device", "detops", "peer", "peer median", "ratio", "range")
     header = (*columns, "reference", "flag")
@@ -223,7 +247,11 @@ def format_bench_table(report: BenchReport) -> str:
     for r in report.results:
         text = "; ".join(
             part
-            for part in (r.note, f"unstable: {r.unstable_reason}" if r.unstable else "")
+            for part in (
+                r.note,
+                f"unstable: {r.unstable_reason}" if r.unstable else "",
+                fault_note(r),
+            )
             if part
         )
         if text:

@@ -142,6 +142,7 @@ def _measure_pair(
     rounds = 1 if over_budget else settings.repeats
     detops_times: list[float] = []
     peer_times: list[float] = []
+    faults: tuple[list[float], list[float]] = ([], [])
     while True:
         check_interrupt()
         begin = timer()
@@ -155,12 +156,13 @@ def _measure_pair(
             calls=(calls[0], calls[1]),
             rewarm=rewarm,
             timer=timer,
+            faults=faults,
         )
         batch_seconds = timer() - begin
         detops_times += new_detops
         peer_times += new_peer
-        result.detops = Timing.from_samples(detops_times, calls[0])
-        result.peer_timing = Timing.from_samples(peer_times, calls[1])
+        result.detops = Timing.from_samples(detops_times, calls[0], faults[0])
+        result.peer_timing = Timing.from_samples(peer_times, calls[1], faults[1])
         reason = instability(
             result.detops,
             result.peer_timing,

@@ -28,11 +28,28 @@ __all__ = [
     "load_average",
     "measure",
     "measure_interleaved",
+    "page_faults",
     "quartiles",
     "synchronized",
 ]
 
 Timer = Callable[[], float]
+FaultCounter = Callable[[], "int | None"]
+
+
+def page_faults() -> int | None:
+    """This process's page faults so far (minor and major, all threads), or None where
+    the OS does not count them for Python (Windows). A first touch of fresh memory faults
+    once per page; how much of a call's memory is fresh depends on the allocator's state
+    (whether it hands back pages it kept or new ones from the OS), which earlier work in
+    the process decides, so a call that faults a lot can take a different time in
+    another run."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt + usage.ru_majflt
 
 
 def synchronized(fn: Callable[[], Any], device: torch.device | str) -> Callable[[], Any]:
@@ -123,6 +140,8 @@ def measure_interleaved(
     calls: tuple[int, int] = (1, 1),
     rewarm: tuple[bool, bool] = (False, False),
     timer: Timer = time.perf_counter,
+    faults: tuple[list[float], list[float]] | None = None,
+    fault_counter: FaultCounter = page_faults,
 ) -> tuple[list[float], list[float]]:
     """Per-call wall times of ``first`` and ``second`` timed in alternation, one sample of
     each per round; a sample is ``calls[i]`` back-to-back calls, divided by their number,
@@ -134,7 +153,9 @@ def measure_interleaved(
     ``second`` then ``first`` when it is odd (ABBAAB...), so that both see the same machine
     state and neither always runs in the other's wake. Stops after ``rounds`` rounds, or
     earlier once ``max_seconds`` have passed and ``min_rounds`` rounds are done. No warm-up:
-    run each callable before. Wrap CUDA work with :func:`synchronized`.
+    run each callable before. Wrap CUDA work with :func:`synchronized`. With ``faults``,
+    each sample's page faults per call (``fault_counter``, read outside the timed calls)
+    are appended to the list of its function, where the counter gives them.
 
     Returns:
         (first's times, second's times), one entry per round, in seconds per call.
@@ -148,10 +169,15 @@ def measure_interleaved(
             fn, n = functions[which], calls[which]
             if rewarm[which]:
                 fn()
+            faults_before = fault_counter() if faults is not None else None
             start = timer()
             for _ in range(n):
                 fn()
             times[which].append((timer() - start) / n)
+            if faults is not None and faults_before is not None:
+                faults_after = fault_counter()
+                if faults_after is not None:
+                    faults[which].append((faults_after - faults_before) / n)
         if k + 1 >= min_rounds and timer() - begin > max_seconds:
             break
     return times
@@ -181,9 +207,17 @@ class Timing:
     q75: float
     samples: list[float] = field(default_factory=list, repr=False)
     calls_per_sample: int = 1  # each sample is the mean of this many back-to-back calls
+    faults_per_call: float | None = None  # median over the samples (see page_faults)
 
     @classmethod
-    def from_samples(cls, samples: Sequence[float], calls_per_sample: int = 1) -> Timing:
+    def from_samples(
+        cls,
+        samples: Sequence[float],
+        calls_per_sample: int = 1,
+        faults_per_call: Sequence[float] = (),
+    ) -> Timing:
+        """The spread of ``samples``; ``faults_per_call``, one per sample where counted,
+        gives :attr:`faults_per_call` (their median)."""
         q25, median, q75 = quartiles(samples)
         return cls(
             median,
@@ -194,6 +228,7 @@ class Timing:
             q75,
             list(samples),
             calls_per_sample,
+            statistics.median(faults_per_call) if faults_per_call else None,
         )
 
     @property
@@ -216,6 +251,7 @@ class Timing:
             "q75": self.q75,
             "iqr": self.iqr,
             "calls_per_sample": self.calls_per_sample,
+            "page_faults_per_call": self.faults_per_call,
             "samples": list(self.samples),
         }
 
