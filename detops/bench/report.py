@@ -191,10 +191,15 @@ def fault_note(result: BenchResult) -> str:
     if not any(count >= FAULT_NOTE_MIN for count in counts.values()):
         return ""
     listed = ", ".join(f"{name} {count:.0f}" for name, count in counts.items())
-    return (
-        f"page faults a call: {listed} (fresh memory; how much a call gets depends on "
-        "the allocator's state, so its time can differ between runs)"
-    )
+    return f"page faults a call: {listed}"
+
+
+_FAULT_FOOTNOTE = (
+    "page faults a call: first touches of fresh memory, noted from "
+    f"{FAULT_NOTE_MIN} a call; how much of a call's memory comes fresh depends on the "
+    "allocator's state, which earlier work in the process decides, so such a row can read "
+    "differently in another run."
+)
 
 
 def format_bench_table(report: BenchReport) -> str:
@@ -258,6 +263,8 @@ def format_bench_table(report: BenchReport) -> str:
             notes.append(f"  {r.op} | {r.size}: {text}")
     if notes:
         lines += ["notes:", *notes]
+        if any(fault_note(r) for r in report.results):
+            lines.append(_FAULT_FOOTNOTE)
     return "\n".join(lines)
 
 
