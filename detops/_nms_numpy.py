@@ -244,8 +244,10 @@ def _few_groups(
 ) -> Tensor | None:
     """NMS of more than _ALL_PAIRS_MAX boxes in at most four groups (``quadrant``, from
     :func:`_quadrants`) by one mirrored kernel call (``mirrorable``: no negative
-    coordinate; up to ``limit`` boxes, more where clustered) or the kernel once per group
-    (see _MIRROR_ALWAYS_MAX); None where the caller's own path is cheaper."""
+    coordinate, or groups apart once mirrored; up to ``limit`` boxes, more where
+    clustered) or the kernel once per group (see _MIRROR_ALWAYS_MAX); None where the
+    caller's own path is cheaper. Where not mirrorable, the best box's hits (a sign of
+    clusters) decide whether the caller's cost model is asked, whatever the size."""
     n = b.shape[0]
     hits = 0 if mirrorable and n <= limit else best_box_hits(b, s, threshold, quadrant)
     clustered = hits >= CLUSTER_HITS

@@ -85,8 +85,9 @@ def _nms_setup(n: int, with_reference: bool, clustered: bool = False):
     def setup(device):
         import torchvision  # the peer, imported when a benchmark runs (verify never needs it)
 
-        inputs = [(b.to(device), s.to(device)) for b, s, _ in _detections(n, clustered)]
-        arrays = [(b.double().numpy(), s.double().numpy()) for b, s, _ in _detections(n, clustered)]
+        drawn = [(b, s) for b, s, _ in _detections(n, clustered)]
+        inputs = [(b.to(device), s.to(device)) for b, s in drawn]
+        arrays = [(b.double().numpy(), s.double().numpy()) for b, s in drawn]
         return BenchFunctions(
             detops=_in_turn(lambda b, s: nms(b, s, THRESHOLD), inputs),
             peer=_in_turn(lambda b, s: torchvision.ops.nms(b, s, THRESHOLD), inputs),
