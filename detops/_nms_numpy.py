@@ -318,6 +318,7 @@ def _quadrants(g: np.ndarray, low: int, high: int) -> tuple[np.ndarray | None, i
 
 
 _QUADRANTS = {2: (0, 3), 3: (0, 1, 2), 4: (0, 1, 2, 3)}  # by the number of groups
+_AXIS_BITS = np.array([[1], [2]])  # a quadrant's bits: x negated, y negated
 
 
 def _apart_once_mirrored(b: np.ndarray, negated: np.ndarray) -> bool:
@@ -335,9 +336,6 @@ def _apart_once_mirrored(b: np.ndarray, negated: np.ndarray) -> bool:
     kept = np.where(negated, np.inf, lowest).min(1)
     flipped = np.where(negated, lowest, np.inf).min(1)
     return bool((kept + flipped >= 0).all())
-
-
-_AXIS_BITS = np.array([[1], [2]])  # quadrant bits: x negated, y negated
 
 
 def _mirrored(b: np.ndarray, quadrant: np.ndarray) -> np.ndarray:

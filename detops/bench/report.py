@@ -249,21 +249,17 @@ def format_bench_table(report: BenchReport) -> str:
     if report.interrupted:
         lines.append(f"INTERRUPTED: {len(report.results)} of {report.total} cases measured.")
     notes = []
+    faulting = False
     for r in report.results:
-        text = "; ".join(
-            part
-            for part in (
-                r.note,
-                f"unstable: {r.unstable_reason}" if r.unstable else "",
-                fault_note(r),
-            )
-            if part
-        )
+        faults = fault_note(r)
+        faulting = faulting or bool(faults)
+        unstable = f"unstable: {r.unstable_reason}" if r.unstable else ""
+        text = "; ".join(part for part in (r.note, unstable, faults) if part)
         if text:
             notes.append(f"  {r.op} | {r.size}: {text}")
     if notes:
         lines += ["notes:", *notes]
-        if any(fault_note(r) for r in report.results):
+        if faulting:
             lines.append(_FAULT_FOOTNOTE)
     return "\n".join(lines)
 

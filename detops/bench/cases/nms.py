@@ -166,128 +166,53 @@ _CLUSTERED_NOTES = (
 _IN_TURN = f"; {ROTATION} inputs (seeds 0-{ROTATION - 1}), which each side takes in turn"
 
 
-def _clustered_cases(
-    op: str, label: str, peer: str, setup, sizes: tuple[int, ...] = (1000, 5000, 20000)
-) -> tuple[BenchCase, ...]:
-    """``op`` on clustered boxes of these sizes (20k only in full runs)."""
-    return tuple(
-        BenchCase(
-            op,
-            f"{n} clustered{label}",
-            peer,
-            setup(n, False, clustered=True),
-            quick=n < 20000,
-            notes=_CLUSTERED_NOTES + _IN_TURN,
-        )
-        for n in sizes
+def _notes(clustered: bool, classes: int = CLASSES) -> str:
+    if not clustered:
+        notes = _NOTES if classes == CLASSES else f"{_NOTES}, class ids modulo {classes}"
+    else:
+        notes = _CLUSTERED_NOTES
+        if classes != CLASSES:
+            notes = notes.replace("one class per object", f"class ids modulo {classes}")
+    return notes + _IN_TURN
+
+
+def _nms_case(n: int, *, clustered: bool = False, reference: bool = False) -> BenchCase:
+    """``nms`` on ``n`` boxes against torchvision (20k only in full runs)."""
+    return BenchCase(
+        "nms",
+        f"{n} clustered" if clustered else str(n),
+        "torchvision.ops.nms",
+        _nms_setup(n, reference, clustered),
+        quick=n < 20000,
+        notes=_notes(clustered),
+    )
+
+
+def _class_case(
+    n: int, *, classes: int = CLASSES, clustered: bool = False, reference: bool = False
+) -> BenchCase:
+    """``class_spec_nms`` on ``n`` boxes of ``classes`` classes against torchvision's
+    ``batched_nms`` (20k only in full runs)."""
+    return BenchCase(
+        "class_spec_nms",
+        f"{n}{' clustered' if clustered else ''}, {classes} classes",
+        "torchvision.ops.batched_nms",
+        _class_setup(n, reference, clustered, classes),
+        quick=n < 20000,
+        notes=_notes(clustered, classes),
     )
 
 
 BENCHMARKS = (
-    BenchCase("nms", "10", "torchvision.ops.nms", _nms_setup(10, True), notes=_NOTES + _IN_TURN),
-    BenchCase("nms", "50", "torchvision.ops.nms", _nms_setup(50, True), notes=_NOTES + _IN_TURN),
-    BenchCase("nms", "200", "torchvision.ops.nms", _nms_setup(200, True), notes=_NOTES + _IN_TURN),
-    BenchCase("nms", "500", "torchvision.ops.nms", _nms_setup(500, False), notes=_NOTES + _IN_TURN),
-    BenchCase(
-        "nms", "1000", "torchvision.ops.nms", _nms_setup(1000, False), notes=_NOTES + _IN_TURN
-    ),
-    BenchCase(
-        "nms", "5000", "torchvision.ops.nms", _nms_setup(5000, False), notes=_NOTES + _IN_TURN
-    ),
-    BenchCase(
-        "nms",
-        "20000",
-        "torchvision.ops.nms",
-        _nms_setup(20000, False),
-        quick=False,
-        notes=_NOTES + _IN_TURN,
-    ),
-    *_clustered_cases(
-        "nms", "", "torchvision.ops.nms", _nms_setup, sizes=(1000, 2000, 5000, 20000)
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "10, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(10, True),
-        notes=_NOTES + _IN_TURN,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "50, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(50, True),
-        notes=_NOTES + _IN_TURN,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "200, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(200, True),
-        notes=_NOTES + _IN_TURN,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "500, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(500, False),
-        notes=_NOTES + _IN_TURN,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "1000, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(1000, False),
-        notes=_NOTES + _IN_TURN,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "5000, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(5000, False),
-        notes=_NOTES + _IN_TURN,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "20000, 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(20000, False),
-        quick=False,
-        notes=_NOTES + _IN_TURN,
-    ),
+    *(_nms_case(n, reference=n <= 200) for n in (10, 50, 200, 500, 1000, 5000, 20000)),
+    *(_nms_case(n, clustered=True) for n in (1000, 2000, 5000, 20000)),
+    *(_class_case(n, reference=n <= 200) for n in (10, 50, 200, 500, 1000, 5000, 20000)),
     # (a detector's candidates for one image after its score threshold: a few hundred)
-    *_clustered_cases(
-        "class_spec_nms",
-        ", 20 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup,
-        sizes=(200, 500, 1000, 5000, 20000),
-    ),
-    *(
-        BenchCase(
-            "class_spec_nms",
-            f"{n} clustered, 2 classes",
-            "torchvision.ops.batched_nms",
-            _class_setup(n, False, clustered=True, classes=2),
-            notes=_CLUSTERED_NOTES.replace("one class per object", "class ids modulo 2") + _IN_TURN,
-        )
-        for n in (200, 1000)
-    ),
+    *(_class_case(n, clustered=True) for n in (200, 500, 1000, 5000, 20000)),
+    *(_class_case(n, classes=2, clustered=True) for n in (200, 1000)),
     # (few classes, more boxes: the kernel once per class, where one call pays kept * N)
-    BenchCase(
-        "class_spec_nms",
-        "1000, 4 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(1000, False, classes=4),
-        notes=_NOTES + ", class ids modulo 4" + _IN_TURN,
-    ),
-    BenchCase(
-        "class_spec_nms",
-        "3000 clustered, 4 classes",
-        "torchvision.ops.batched_nms",
-        _class_setup(3000, False, clustered=True, classes=4),
-        notes=_CLUSTERED_NOTES.replace("one class per object", "class ids modulo 4") + _IN_TURN,
-    ),
+    _class_case(1000, classes=4),
+    _class_case(3000, classes=4, clustered=True),
     BenchCase(
         "batched_nms_per_image",
         "4x100, 20 classes",
