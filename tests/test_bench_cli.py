@@ -6,6 +6,7 @@ fake callables advance by fixed amounts, so their timings (and what is unstable)
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -212,6 +213,45 @@ def test_rows_with_many_page_faults_get_a_note():
         json.loads(report.to_json())["results"][0]["timings"]["peer"]["page_faults_per_call"]
         == 9733.0
     )
+
+
+def test_each_row_says_what_it_times_and_names_a_cut_peer_in_full():
+    """A case's notes (its workload) reach the row, the JSON and the text report, once per
+    op and workload with the sizes that share it; a peer name the table cuts is given in
+    full there."""
+    clock = FakeClock()
+    calls: list[str] = []
+    long_peer = "course-style per-image loop (match, deltas, centerness) over 16 images"
+    cases = [
+        dataclasses.replace(
+            _timed_case(clock, calls, [0.001], [0.002], reference=(), size=size),
+            notes="random boxes, IoU threshold 0.5",
+        )
+        for size in ("10", "50")
+    ]
+    cases.append(
+        dataclasses.replace(
+            _timed_case(clock, calls, [0.001], [0.002], reference=(), op="other"), peer=long_peer
+        )
+    )
+    cases.append(_timed_case(clock, calls, [0.001], [0.002], reference=(), op="plain"))
+    settings = BenchSettings(warmup=1, repeats=3, max_retries=0, reference_repeats=1)
+    report = run_benchmarks(cases, "cpu", settings=settings, timer=clock)
+    assert [r.workload for r in report.results] == [
+        "random boxes, IoU threshold 0.5",
+        "random boxes, IoU threshold 0.5",
+        "",
+        "",
+    ]
+    table = format_bench_table(report)
+    assert long_peer not in table.partition("what each row times:")[0]  # cut in the table
+    assert table.splitlines()[-3:] == [
+        "what each row times:",
+        "  fake (10; 50): random boxes, IoU threshold 0.5",
+        f"  other (tiny): peer: {long_peer}",
+    ]
+    rows = json.loads(report.to_json())["results"]
+    assert rows[0]["workload"] == "random boxes, IoU threshold 0.5" and rows[3]["workload"] == ""
 
 
 def test_calls_per_sample_fills_the_sample_time():
@@ -516,6 +556,7 @@ def test_json_structure_keeps_the_old_keys_and_adds_the_spread():
         "size",
         "device",
         "peer",
+        "workload",
         "detops_median_s",
         "peer_median_s",
         "reference_median_s",

@@ -896,3 +896,20 @@ def test_cli_shrink_seconds_0_reports_the_first_failing_input_unshrunk(capsys):
     )
     assert "gives it more time" not in text and "its budget" not in text
     assert text.splitlines()[-1].startswith("FAIL: 1 function in ")
+
+
+@pytest.mark.parametrize("inside", [True, False])
+def test_cli_names_the_failing_function_by_a_path_under_the_working_directory_or_absolute(
+    capsys, monkeypatch, tmp_path, inside
+):
+    """A FAIL block names the function's file relative to the working directory when the
+    file lies inside it, else by its absolute path (no ``../..`` climbing out)."""
+    monkeypatch.chdir(IMPLS.parent if inside else tmp_path)
+    impl = IMPLS / "wrong_nms_ge.py"
+    argv = ["verify", "--impl", str(impl), "--op", "nms", "--examples", "6", "--quiet"]
+    assert main(argv) == 1
+    functions = [line for line in capsys.readouterr().out.splitlines() if "function: " in line]
+    assert functions, "no FAIL block named its function"
+    shown = os.path.join(IMPLS.name, impl.name) if inside else str(impl)
+    for line in functions:
+        assert line.startswith(f"  function: {shown}:"), line

@@ -40,6 +40,7 @@ class BenchResult:
     unstable: bool = False
     unstable_reason: str = ""
     retries: int = 0
+    workload: str = ""  # what the case times (its BenchCase.notes)
 
     @property
     def ratio(self) -> float | None:
@@ -64,6 +65,7 @@ class BenchResult:
             "size": self.size,
             "device": self.device,
             "peer": self.peer,
+            "workload": self.workload,
             "detops_median_s": self.detops.median if self.detops else None,
             "peer_median_s": self.peer_timing.median if self.peer_timing else None,
             "reference_median_s": self.reference.median if self.reference else None,
@@ -214,7 +216,7 @@ def format_bench_table(report: BenchReport) -> str:
                 r.size,
                 r.device,
                 _with_spread(r.detops),
-                _short(r.peer, 48),
+                _short(r.peer, _PEER_WIDTH),
                 _with_spread(r.peer_timing),
                 "-" if ratio is None else f"{format_ratio(ratio)}x",
                 _ratio_range(r),
@@ -261,7 +263,27 @@ def format_bench_table(report: BenchReport) -> str:
         lines += ["notes:", *notes]
         if faulting:
             lines.append(_FAULT_FOOTNOTE)
+    lines += _workloads(report.results)
     return "\n".join(lines)
+
+
+_PEER_WIDTH = 48  # the table's peer column cuts longer names
+
+
+def _workloads(results: list[BenchResult]) -> list[str]:
+    """ "what each row times": per op and workload (rows of the same op sharing one), its
+    sizes and the case's description, and the peer in full where the table cut it."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for r in results:
+        if r.workload or len(r.peer) > _PEER_WIDTH:
+            groups.setdefault((r.op, r.workload, r.peer), []).append(r.size)
+    lines = []
+    for (op, workload, peer), sizes in groups.items():
+        parts = [workload] if workload else []
+        if len(peer) > _PEER_WIDTH:
+            parts.append(f"peer: {peer}")
+        lines.append(f"  {op} ({'; '.join(dict.fromkeys(sizes))}): {'; '.join(parts)}")
+    return ["what each row times:", *lines] if lines else []
 
 
 def plot_ratios(report: BenchReport, path: str | Path) -> Path:

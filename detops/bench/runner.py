@@ -261,7 +261,7 @@ def _run_case(
     timer: Timer,
     progress: Callable[[str], None] | None,
 ) -> BenchResult:
-    result = BenchResult(case.op, case.size, str(device), case.peer)
+    result = BenchResult(case.op, case.size, str(device), case.peer, workload=case.notes)
     if elapsed() > settings.stop_seconds:
         result.note = "skipped: time budget spent"
         return result

@@ -194,16 +194,26 @@ def _torchvision_target() -> Target:
 
 
 def _origin(fn: Callable[..., Any]) -> str:
+    """``file:line`` of a function: the file relative to the working directory when it
+    lies inside it, else absolute (never a path climbing out with ``..``)."""
     try:
         source = inspect.getsourcefile(fn) or "?"
         line = inspect.getsourcelines(fn)[1]
-        try:
-            source = os.path.relpath(source)
-        except ValueError:
-            pass
-        return f"{source}:{line}"
     except (TypeError, OSError):
         return getattr(fn, "__module__", "") or repr(fn)
+    return f"{_shown_path(source)}:{line}"
+
+
+def _shown_path(source: str) -> str:
+    if source == "?":
+        return source
+    absolute = os.path.abspath(source)
+    try:
+        relative = os.path.relpath(absolute)
+    except ValueError:  # another drive (Windows)
+        return absolute
+    climbs_out = relative == os.pardir or relative.startswith(os.pardir + os.sep)
+    return absolute if climbs_out else relative
 
 
 def _folder_error(spec: str, path: Path) -> TargetError:

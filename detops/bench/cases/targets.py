@@ -255,7 +255,7 @@ BENCHMARKS = tuple(
         peer,
         _bench(kind, *spec, with_reference=small),
         quick=small,
-        notes="fcos_targets is the path as a user writes it: one batched "
+        notes="the target path as a user writes it: one batched "
         "fcos_match_locations_to_gt, then per level fcos_get_deltas_from_locations and "
         "fcos_make_centerness_targets"
         if kind == "targets"
