@@ -323,9 +323,14 @@ def fcos_make_centerness_targets(deltas: Tensor) -> Tensor:
         :func:`fcos_get_deltas_from_locations`) give -1. A zero denominator (a location on
         the edge of a zero-width or zero-height box) gives 0, never NaN. NaN stays NaN.
         Computed as ``sqrt((min(l, r) / max(l, r)) * (min(t, b) / max(t, b)))``, so huge or
-        tiny deltas do not overflow (``1e20`` in float32 gives 1). Rows that give -1 or 0
-        have a zero gradient. Small float32/float64 CPU inputs get a correctly rounded
-        square root, others torch's, which may be 1 ulp away.
+        tiny deltas do not overflow (``1e20`` in float32 gives 1). The product of the two
+        ratios is rounded in the input dtype, so a centerness below the square root of its
+        smallest normal number (about 1e-19 in float32, 1e-154 in float64) loses relative
+        precision, and one below about 3e-23 (float32) is 0. (For pixel-centred locations
+        in an image up to 10^4 pixels wide, each float32 ratio is at least about 5e-12: far
+        from that range.) Rows that give -1 or 0 have a zero gradient. Small float32/float64
+        CPU inputs get a correctly rounded square root, others torch's, which may be 1 ulp
+        away.
     """
     fast = _centerness_on_numpy(deltas)
     if fast is not None:
