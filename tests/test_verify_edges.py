@@ -498,3 +498,27 @@ def test_cli_the_targets_prints_go_to_stderr_and_stdout_holds_only_the_report(tm
 def test_the_report_header_counts_its_cases_in_words(examples, words):
     report = detops.verify.VerifyReport("x.py", "functions", examples, 0, 10.0, "cpu", [])
     assert words in format_report(report).splitlines()[1]
+
+
+def test_generated_matching_cases_keep_to_the_level_names_the_course_code_knows():
+    """The course's matcher sets its size ranges by level name (p3: no lower bound, p5: no
+    upper one); detops by stride order. Generated cases reach the course's function only
+    where the two agree: two levels p3, p4 are renamed p3, p5, and one level alone (no
+    course range is (0, inf)) is outside the shared contract."""
+    from detops.testing.strategies import Case
+
+    spec = spec_by_name("fcos_match_locations_to_gt")
+    assert spec.prepare is not None and spec.domain is not None
+    gt = np.array([[0.0, 0.0, 40.0, 40.0, 1.0]])
+    points = np.array([[4.0, 4.0]])
+    two = spec.prepare(Case(({"p3": points, "p4": points}, {"p3": 8, "p4": 16}, gt), {}))
+    assert two is not None
+    locations, strides, _ = two.args
+    assert list(locations) == ["p3", "p5"] and strides == {"p3": 8, "p5": 16}
+    assert spec.domain(two, torch.float32) is None
+    one = spec.prepare(Case(({"p3": points}, {"p3": 4}, gt), {}))
+    assert one is not None
+    assert "levels other than the course's p3" in spec.domain(one, torch.float32)
+    three = {"p3": 8, "p4": 16, "p5": 32}
+    full = spec.prepare(Case(({k: points for k in three}, three, gt), {}))
+    assert full is not None and spec.domain(full, torch.float32) is None

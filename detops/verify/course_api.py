@@ -369,9 +369,14 @@ def _prepare_matching(case: Case) -> Case | None:
     # The course code has neither ``size_ranges`` nor ``center_sampling_radius``: drop them
     # so the reference uses the defaults it hard-codes. Padding rows are all -1 in the
     # course's data: a class -1 row with real coordinates becomes such a row.
+    # The course's matcher names its levels (see _course_size_ranges): two generated
+    # levels p3 and p4 become p3 and p5, where its ranges are detops' (one level has none).
     locations, strides, gt = case.args[:3]
     gt = np.array(gt, dtype=np.float64, copy=True)
     gt[gt[..., 4] == -1] = -1.0
+    if list(locations) == ["p3", "p4"] and list(strides) == ["p3", "p4"]:
+        locations = {"p3": locations["p3"], "p5": locations["p4"]}
+        strides = {"p3": strides["p3"], "p5": strides["p4"]}
     return Case((locations, strides, gt), {})
 
 
@@ -416,11 +421,29 @@ def _size_bound_ties(locations: Mapping[str, Any], strides: Mapping[str, Any], g
     return False
 
 
+def _course_size_ranges(strides: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """The size ranges of the course's matcher, which names its levels: ``p3`` has no lower
+    bound and ``p5`` no upper one (``stride * 4`` and ``stride * 8`` otherwise)."""
+    return {
+        level: (
+            0.0 if level == "p3" else 4.0 * float(s),
+            float("inf") if level == "p5" else 8.0 * float(s),
+        )
+        for level, s in strides.items()
+    }
+
+
 def _matching_domain(ref_case: Case, dtype: torch.dtype) -> str | None:
     locations, strides, gt = ref_case.args[:3]
     gt = np.asarray(gt)
     if gt.shape[-2] == 0:
         return "an image with zero GT rows (the course pads every image to 40 rows)"
+    levels = {level: strides[level] for level in locations}
+    if _course_size_ranges(levels) != default_size_ranges(levels):
+        return (
+            "levels other than the course's p3 (finest) to p5 (coarsest): its matcher "
+            "names them for the size ranges, detops orders them by stride"
+        )
     padding = gt[..., 4] == -1
     if (padding & ~(gt[..., :4] == -1).all(axis=-1)).any():
         return "a padding row (class -1) with real coordinates"

@@ -1,5 +1,6 @@
 """The course's provided functions, written as the course code writes them: the matcher
-(the ``1e8 - area`` float32 quality; a crash on an image with zero GT rows) and
+(size ranges by level name, ``p3`` without a lower bound and ``p5`` without an upper one;
+the ``1e8 - area`` float32 quality; a crash on an image with zero GT rows) and
 ``class_spec_nms`` (the ``boxes + class_id * (max + 1)`` offset trick over torchvision's
 ``nms``).
 
@@ -14,7 +15,6 @@ from torchvision.ops import nms
 
 
 def fcos_match_locations_to_gt(locations_per_fpn_level, strides_per_fpn_level, gt_boxes):
-    order = sorted(locations_per_fpn_level, key=lambda level: strides_per_fpn_level[level])
     matched_gt_boxes = {}
     for level_name, centers in locations_per_fpn_level.items():
         stride = strides_per_fpn_level[level_name]
@@ -24,8 +24,8 @@ def fcos_match_locations_to_gt(locations_per_fpn_level, strides_per_fpn_level, g
         pairwise_dist = pairwise_dist.permute(1, 0, 2)
         match_matrix = pairwise_dist.min(dim=2).values > 0
         pairwise_dist = pairwise_dist.max(dim=2).values
-        lower_bound = stride * 4 if level_name != order[0] else 0
-        upper_bound = stride * 8 if level_name != order[-1] else float("inf")
+        lower_bound = stride * 4 if level_name != "p3" else 0
+        upper_bound = stride * 8 if level_name != "p5" else float("inf")
         match_matrix &= (pairwise_dist > lower_bound) & (pairwise_dist < upper_bound)
         gt_areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
         match_matrix = match_matrix.to(torch.float32)
