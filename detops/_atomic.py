@@ -1,16 +1,17 @@
 """Atomic file writes: write to a temporary file in the target's folder, then ``os.replace``.
 
 A reader never sees a half-written file: it sees the old file or the new one. The
-temporary file lives in the same folder so the final rename stays on one filesystem.
-``tempfile.mkstemp`` creates it with mode 0600; before the rename it gets the mode a plain
-``open(path, "w")`` would give (``0o666 & ~umask``), so results are readable as usual.
+temporary file lives in the same folder so the final rename stays on one filesystem. It
+is created as ``tempfile.mkstemp`` creates one (mode 0600, never over an existing file);
+before the rename it gets the mode a plain ``open(path, "w")`` would give
+(``0o666 & ~umask``), so results are readable as usual.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -48,17 +49,28 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # The name is chosen before the file is created, inside the block that removes it: a
+    # Ctrl-C that lands while it is being created (inside tempfile.mkstemp, it would leave
+    # a file nobody knows the name of) still removes it.
+    tmp = _temporary_name(target)
     try:
+        while True:
+            try:  # mkstemp's creation: the caller's own file, mode 0600, never an existing one
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                break
+            except FileExistsError:  # another file's name: leave it, draw another
+                tmp = _temporary_name(target)
         yield tmp
         os.chmod(tmp, _new_file_mode())
         os.replace(tmp, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _temporary_name(target: Path) -> Path:
+    return target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
 
 
 @contextlib.contextmanager
