@@ -1,4 +1,6 @@
+import io
 import os
+import pickle
 
 import pytest
 import torch
@@ -235,3 +237,137 @@ def test_symlinked_folders_followed_inside_refused_outside_no_loop(tmp_path):
     os.symlink(tmp_path / "outside", images / "out")
     with pytest.raises(ValueError, match=r"links pointing outside: \[out/\]"):
         LabelFileDataset(images, labels)
+
+
+# --- empty datasets, unreadable files, argument types -----------------------------------
+
+
+def jpeg_cut_past_its_header(path):
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=generator)
+    buffer = io.BytesIO()
+    Image.fromarray(noise.numpy()).save(buffer, format="JPEG", quality=95)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with Image.open(path) as image:  # the header is intact: only decoding fails
+        assert image.size == (32, 32)
+    return path
+
+
+def test_folder_per_class_leaves_out_hidden_folders(tmp_path):
+    write_image(tmp_path / ".cache" / "x.jpg")
+    write_image(tmp_path / ".ipynb_checkpoints" / "y.png")
+    write_image(tmp_path / "cat" / "a.jpg")
+    write_image(tmp_path / "dog" / "b.jpg")
+    dataset = folder_per_class_dataset(tmp_path)
+    assert isinstance(dataset, ImageFolder)
+    assert dataset.classes == ["cat", "dog"]
+    assert dataset.class_to_idx == {"cat": 0, "dog": 1}
+    names = [(os.path.relpath(p, tmp_path), label) for p, label in dataset.samples]
+    assert names == [("cat/a.jpg", 0), ("dog/b.jpg", 1)]
+    image, label = pickle.loads(pickle.dumps(dataset))[1]  # DataLoader workers pickle it
+    assert image.size == (5, 4) and label == 1
+
+
+def test_folder_per_class_only_hidden_folders_raises(tmp_path):
+    write_image(tmp_path / ".ipynb_checkpoints" / "y.png")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"folder_per_class_dataset: found no class folder .*\[\.ipynb_checkpoints\]",
+    ):
+        folder_per_class_dataset(tmp_path)
+
+
+def test_folder_per_class_unreadable_images(tmp_path):
+    write_image(tmp_path / "cat" / "a.jpg")
+    (tmp_path / "dog" / "b.jpg").parent.mkdir()
+    (tmp_path / "dog" / "b.jpg").write_bytes(b"not an image")
+    with pytest.raises(
+        ValueError, match=r"folder_per_class_dataset: .*cannot open .*\[dog/b.jpg \(Unidentified"
+    ):
+        folder_per_class_dataset(tmp_path)
+
+    jpeg_cut_past_its_header(tmp_path / "dog" / "b.jpg")
+    dataset = folder_per_class_dataset(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"folder_per_class_dataset: cannot decode image .*dog/b.jpg: OSError"
+    ) as info:
+        dataset[1]
+    assert isinstance(info.value.__cause__, OSError)
+
+
+@pytest.mark.parametrize("content", ["", "# only a comment\n\n"])
+def test_label_file_with_no_images_raises(tmp_path, content):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels.txt").write_text(content)
+    with pytest.raises(ValueError, match=r"LabelFileDataset: .*images' holds no images"):
+        LabelFileDataset(tmp_path / "images", tmp_path / "labels.txt")
+
+
+def test_per_image_with_no_images_raises(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    with pytest.raises(ValueError, match=r"PerImageLabelDataset: .*images' holds no images"):
+        PerImageLabelDataset(tmp_path / "images", tmp_path / "labels")
+
+
+def test_label_file_not_utf8_names_op_and_file(label_file_layout):
+    images, labels = label_file_layout
+    labels.write_bytes("001.JPG 0\ncafé.jpg 1\n".encode("latin-1"))
+    with pytest.raises(
+        ValueError, match=r"LabelFileDataset: .*labels.txt must be UTF-8 text"
+    ) as info:
+        LabelFileDataset(images, labels)
+    assert isinstance(info.value.__cause__, UnicodeDecodeError)
+
+
+def test_per_image_label_file_not_utf8_names_op_and_file(per_image_layout):
+    images, labels = per_image_layout
+    (labels / "a.txt").write_bytes(b"\xff\xfe0")
+    (labels / "b.txt").write_text("0")
+    (labels / "c" / "d.txt").write_text("1")
+    with pytest.raises(ValueError, match=r"PerImageLabelDataset: .*a.txt must be UTF-8 text"):
+        PerImageLabelDataset(images, labels)
+
+
+@pytest.mark.parametrize("multi_label", ["no", 1, None])
+def test_per_image_multi_label_must_be_a_bool(per_image_layout, multi_label):
+    images, labels = per_image_layout
+    got = type(multi_label).__name__
+    with pytest.raises(
+        TypeError, match=rf"PerImageLabelDataset: multi_label must be a bool, got {got}"
+    ):
+        PerImageLabelDataset(images, labels, multi_label=multi_label)
+
+
+def test_label_file_unreadable_images(label_file_layout):
+    images, labels = label_file_layout
+    (images / "002.jpg").write_bytes(b"GIF89a but not really")
+    labels.write_text("001.JPG 0\n002.jpg 1\nsub/003.png 2\n")
+    with pytest.raises(
+        ValueError, match=r"LabelFileDataset: .*PIL cannot open .*\[002.jpg \(Unidentified"
+    ):
+        LabelFileDataset(images, labels)
+
+    jpeg_cut_past_its_header(images / "002.jpg")
+    dataset = LabelFileDataset(images, labels)
+    with pytest.raises(ValueError, match=r"LabelFileDataset: cannot decode image .*002.jpg"):
+        dataset[1]
+
+
+def test_per_image_unreadable_images(per_image_layout):
+    images, labels = per_image_layout
+    (images / "b.png").write_bytes(b"")
+    for name in ("a", "b", "c/d"):
+        (labels / f"{name}.txt").write_text("0")
+    with pytest.raises(
+        ValueError, match=r"PerImageLabelDataset: .*PIL cannot open .*\[b.png \(Unidentified"
+    ):
+        PerImageLabelDataset(images, labels)
+
+    (images / "b.png").unlink()
+    jpeg_cut_past_its_header(images / "b.jpg")
+    dataset = PerImageLabelDataset(images, labels)
+    assert dataset[0][0].size == (5, 4)
+    with pytest.raises(ValueError, match=r"PerImageLabelDataset: cannot decode image .*b.jpg"):
+        dataset[1]

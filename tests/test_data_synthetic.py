@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+import detops.data.synthetic as synthetic_module
+from detops._atomic import atomic_write_bytes
 from detops.data import (
     SYNTHETIC_CLASSES,
     SYNTHETIC_COLORS,
@@ -144,3 +146,71 @@ def test_second_call_writes_nothing_and_new_parameters_rewrite(tmp_path):
 def test_argument_errors(tmp_path, kwargs, error, match):
     with pytest.raises(error, match=r"make_synthetic_detection_dataset: " + match):
         make_synthetic_detection_dataset(tmp_path, **kwargs)
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_refuses_a_real_voc_folder_and_changes_nothing(tmp_path):
+    # The CLI's `train --data synthetic --data-dir DIR` once replaced DIR's own JSON files.
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "JPEGImages" / "000005.jpg").write_bytes(b"a real photo")
+    entries = [["./here/JPEGImages/000005.jpg", [{"xyxy": [1, 2, 30, 40], "name": "cow"}]]]
+    for split in ("train", "val"):
+        (tmp_path / f"voc07_{split}.json").write_text(json.dumps(entries))
+    before = _tree(tmp_path)
+    for overwrite in (False, True):
+        with pytest.raises(
+            ValueError,
+            match=r"make_synthetic_detection_dataset: .* holds files that are not a synthetic "
+            r"set made by this function .*\[JPEGImages, voc07_train.json, voc07_val.json\]; "
+            r"nothing was changed",
+        ):
+            make_synthetic_detection_dataset(tmp_path, num_train=2, num_val=1, overwrite=overwrite)
+    assert _tree(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["JPEGImages", "voc07_train.json", "voc07_val.json"]
+    )
+
+
+def test_root_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "data"
+    path.write_text("not a folder")
+    refused = r"make_synthetic_detection_dataset: root must be a folder .*data"
+    with pytest.raises(ValueError, match=refused + r"', which is a file"):
+        make_synthetic_detection_dataset(path, num_train=1, num_val=1)
+    with pytest.raises(ValueError, match=refused + r"/sub', where a folder cannot be created"):
+        make_synthetic_detection_dataset(path / "sub", num_train=1, num_val=1)
+    assert path.read_text() == "not a folder"
+    with pytest.raises(
+        TypeError, match=r"root must be a path \(str or os.PathLike\), got NoneType"
+    ):
+        make_synthetic_detection_dataset(None)
+
+
+def test_empty_folder_is_used_and_an_interrupted_set_is_rewritten(tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    make_synthetic_detection_dataset(empty, num_train=1, num_val=1, image_size=32)
+    assert (empty / "synthetic.json").is_file() and (empty / "voc07_val.json").is_file()
+
+    # A run stopped after its first image leaves the record, marked incomplete, so the
+    # folder is still recognised as a synthetic set and the next call rewrites it.
+    written = []
+
+    def stop_after_one_image(path, data, **kwargs):
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        return atomic_write_bytes(path, data, **kwargs)
+
+    root = tmp_path / "interrupted"
+    monkeypatch.setattr(synthetic_module, "atomic_write_bytes", stop_after_one_image)
+    with pytest.raises(KeyboardInterrupt):
+        make_synthetic_detection_dataset(root, num_train=2, num_val=1, image_size=32)
+    monkeypatch.undo()
+    assert json.loads((root / "synthetic.json").read_text())["complete"] is False
+    make_synthetic_detection_dataset(root, num_train=2, num_val=1, image_size=32)
+    assert "complete" not in json.loads((root / "synthetic.json").read_text())
+    assert len(json.loads((root / "voc07_train.json").read_text())) == 2

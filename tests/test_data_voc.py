@@ -117,12 +117,90 @@ def test_dataloader_batches_the_triple(tmp_path):
         ([["/abs/a.png", []]], ValueError, r"image path must stay inside"),
         ([["./here/a.png", [{"xyxy": [0, 0, 1, 1], "name": "cat"}] * 3]], ValueError,
          r"has 3 boxes, more than max_boxes=2"),
+        ([], ValueError, r"voc07_train.json holds no images"),
+        ([["./here/a.png", [{"xyxy": [0, 0, 2, 2], "name": "cat"},
+                            {"xyxy": [3, 1, 2, 4], "name": "dog"}]]], ValueError,
+         r"voc07_train.json entry 0 \(./here/a.png\) box 1 is inverted: .*got \[3, 1, 2, 4\]"),
+        ([["./here/a.png", [{"xyxy": [1, 3, 2, 2], "name": "cat"}]]], ValueError,
+         r"entry 0 \(./here/a.png\) box 0 is inverted"),
     ],
 )  # fmt: skip
 def test_json_errors(tmp_path, entries, error, match):
     write_voc(tmp_path, entries, {"a.png": (4, 4, (0, 0, 0))})
     with pytest.raises(error, match=r"VOC2007DetectionTiny: .*" + match):
         VOC2007DetectionTiny(tmp_path, image_size=4, max_boxes=2)
+
+
+def test_empty_val_split_raises(tmp_path):
+    write_voc(tmp_path, [["a.png", []]], {"a.png": (4, 4, (0, 0, 0))})
+    (tmp_path / "voc07_val.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"VOC2007DetectionTiny: .*voc07_val.json holds no images"):
+        VOC2007DetectionTiny(tmp_path, "val", image_size=4)
+
+
+def test_inverted_box_from_the_trial_names_file_entry_and_box(tmp_path):
+    entries = [
+        ["./here/a.png", []],
+        ["./here/b.png", [{"xyxy": [50, 60, 10, 10], "name": "cat"}]],
+    ]
+    write_voc(tmp_path, entries, {"a.png": (80, 80, (0, 0, 0)), "b.png": (80, 80, (0, 0, 0))})
+    with pytest.raises(ValueError) as info:
+        VOC2007DetectionTiny(tmp_path, image_size=80)
+    message = str(info.value)
+    assert message.startswith("VOC2007DetectionTiny: ")
+    assert str(tmp_path / "voc07_train.json") + " entry 1 (./here/b.png) box 0" in message
+    assert "[50, 60, 10, 10]" in message
+
+
+def test_zero_width_box_is_kept_as_an_empty_row(tmp_path):
+    # The course code keeps zero-width boxes; they become -1 rows like boxes cropped away.
+    entries = [["a.png", [{"xyxy": [2, 1, 2, 3], "name": "cat"}]]]
+    write_voc(tmp_path, entries, {"a.png": (4, 4, (0, 0, 0))})
+    dataset = VOC2007DetectionTiny(tmp_path, image_size=4, max_boxes=1)
+    assert dataset.instances[0][1].tolist() == [[2, 1, 2, 3, VOC_CLASSES.index("cat")]]
+    assert dataset[0][2].tolist() == [[-1] * 5]
+
+
+def jpeg_bytes(size=64):
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=generator)
+    buffer = io.BytesIO()
+    Image.fromarray(noise.numpy()).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_unreadable_images_raise_at_build_naming_them(tmp_path):
+    # The trial's cases: a JPEG cut to 400 bytes (its Huffman tables cut: PIL's header
+    # read fails with "Truncated File Read") and a .jpg holding no image.
+    entries = [["ok.png", []], ["cut.jpg", []], ["bad.jpg", []], ["empty.png", []]]
+    write_voc(tmp_path, entries, {"ok.png": (4, 4, (0, 0, 0))})
+    (tmp_path / "cut.jpg").write_bytes(jpeg_bytes()[:400])
+    (tmp_path / "bad.jpg").write_bytes(b"this is not a JPEG" * 10)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError) as info:
+        VOC2007DetectionTiny(tmp_path, image_size=4)
+    message = str(info.value)
+    assert message.startswith("VOC2007DetectionTiny: ")
+    assert "voc07_train.json lists images that PIL cannot open" in message
+    assert "cut.jpg (" in message
+    assert "bad.jpg (UnidentifiedImageError: " in message
+    assert "empty.png (UnidentifiedImageError: " in message
+    assert "ok.png" not in message
+
+
+def test_image_damaged_past_its_header_raises_naming_it_when_read(tmp_path):
+    write_voc(tmp_path, [["ok.png", []], ["cut.jpg", []]], {"ok.png": (4, 4, (0, 0, 0))})
+    data = jpeg_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with Image.open(tmp_path / "cut.jpg") as image:  # the header is intact
+        assert image.size == (64, 64)
+    dataset = VOC2007DetectionTiny(tmp_path, image_size=4)
+    assert dataset[0][1].shape == (3, 4, 4)
+    with pytest.raises(
+        ValueError, match=r"VOC2007DetectionTiny: cannot decode image .*cut.jpg: OSError"
+    ) as info:
+        dataset[1]
+    assert isinstance(info.value.__cause__, OSError)
 
 
 def test_argument_errors(tmp_path):

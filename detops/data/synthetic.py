@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from .._atomic import atomic_write_bytes, atomic_write_text
 from .._checks import check_int
+from ._paths import bracketed_listing
 
 __all__ = [
     "SYNTHETIC_CLASSES",
@@ -156,22 +157,34 @@ def make_synthetic_detection_dataset(
 
     Each JSON file is a list of ``["./here/images/<split>_<i>.png", [{"xyxy": [x1, y1, x2,
     y2], "name": <class>}, ...]]`` entries, coordinates in pixels of the stored image.
-    Every file is written atomically (temporary file + rename), the JSON files and the
-    parameter record last. A second call with the same parameters finds the record and
-    writes nothing; other parameters (or ``overwrite=True``) rewrite the set.
+    Every file is written atomically (temporary file + rename): first the record, marked
+    incomplete, then the images, the JSON files, and last the record of the parameters. A
+    second call with the same parameters finds the record and writes nothing; other
+    parameters, a damaged or interrupted set (or ``overwrite=True``) rewrite the set.
+
+    ``root`` must be new, empty, or a set this function wrote (it holds ``synthetic.json``):
+    any other folder, such as a real VOC dataset with its own ``voc07_train.json``, is
+    refused before anything is written, so its files cannot be replaced.
 
     Args:
-        root: the dataset folder (created).
+        root: the dataset folder (created when missing).
         num_train: images in the train split (>= 1).
         num_val: images in the val split (>= 1).
         image_size: the side of the square images in pixels (>= 32). Load with the same
             ``image_size`` so Resize + CenterCrop leave the image as it is.
         seed: the seed; image ``i`` of a split depends only on ``(seed, split, i)``.
-        overwrite: rewrite even when the record says the set is there.
+        overwrite: rewrite even when the record says the set is there (a folder that is
+            not a synthetic set is refused all the same).
 
     Returns:
         tuple[str, ...]: :data:`SYNTHETIC_CLASSES`, the class names in label order;
         pass it as ``class_names`` to :class:`~detops.data.VOC2007DetectionTiny`.
+
+    Raises:
+        TypeError: ``root`` is not a path; a non-int count, size or seed.
+        ValueError: ``root`` is a file (or under one); ``root`` is a non-empty folder that
+            is not a synthetic set made by this function (nothing is changed); a count,
+            size or seed out of range.
     """
     for name, value, low in (
         ("num_train", num_train, 1),
@@ -182,7 +195,16 @@ def make_synthetic_detection_dataset(
             raise ValueError(f"{_OP}: {name} must be >= {low}, got {value}")
     check_int(_OP, "seed", seed, minimum=0, expected="a non-negative int")
 
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(
+            f"{_OP}: root must be a path (str or os.PathLike), got {type(root).__name__}"
+        )
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(
+            f"{_OP}: root must be a folder (new, empty, or a synthetic set), got "
+            f"{str(root)!r}, which is a file"
+        )
     params = {
         "format": _FORMAT_VERSION,
         "num_train": num_train,
@@ -195,9 +217,25 @@ def make_synthetic_detection_dataset(
     splits = {"train": num_train, "val": num_val}
     if not overwrite and _is_complete(root, record, params, splits):
         return SYNTHETIC_CLASSES
+    if root.is_dir() and _read_record(record) is None:
+        foreign = sorted(entry.name for entry in root.iterdir())
+        if foreign:
+            raise ValueError(
+                f"{_OP}: {str(root)!r} holds files that are not a synthetic set made by this "
+                f"function (it has no {record.name} record): {bracketed_listing(foreign)}; "
+                "nothing was changed. Choose a new or empty folder; a VOC-format dataset is "
+                "read as it is by VOC2007DetectionTiny (detops train --data PATH)."
+            )
+    try:
+        (root / "images").mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise ValueError(
+            f"{_OP}: root must be a folder (new, empty, or a synthetic set), got "
+            f"{str(root)!r}, where a folder cannot be created: {err}"
+        ) from err
 
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    record.unlink(missing_ok=True)
+    # Written first, so an interrupted run leaves a folder recognised as ours (and rewritten).
+    atomic_write_text(record, json.dumps({**params, "complete": False}, indent=1))
     for split, count in splits.items():
         entries = []
         for index in range(count):
@@ -210,11 +248,17 @@ def make_synthetic_detection_dataset(
     return SYNTHETIC_CLASSES
 
 
-def _is_complete(root: Path, record: Path, params: dict, splits: dict[str, int]) -> bool:
+def _read_record(record: Path) -> dict | None:
+    """The parameter record this function writes, or None when ``record`` is not one."""
     try:
-        if json.loads(record.read_text()) != params:
-            return False
+        value = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) and "format" in value else None
+
+
+def _is_complete(root: Path, record: Path, params: dict, splits: dict[str, int]) -> bool:
+    if _read_record(record) != params:
         return False
     for split, count in splits.items():
         if not (root / f"voc07_{split}.json").is_file():

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
@@ -17,6 +16,7 @@ from torchvision import transforms
 from .._checks import check_int
 from ..boxes import pad_gt_boxes, resize_and_center_crop_boxes
 from ._paths import bracketed_listing, checked_relative_path
+from .classification import _load_rgb, _unreadable_images
 from .download import download_voc2007_tiny
 
 __all__ = ["VOC_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "VOC2007DetectionTiny"]
@@ -48,9 +48,14 @@ class VOC2007DetectionTiny(Dataset):
     all -1, in place) and are padded to ``max_boxes`` rows with
     :func:`detops.boxes.pad_gt_boxes`.
 
-    The JSON is checked completely when the dataset is built: its structure, every class
-    name, the number of boxes per image, every image path (inside ``dataset_dir`` and
-    present on disk).
+    The JSON is checked completely when the dataset is built: its structure, that it lists
+    at least one image, every class name, every box (finite, ``x1 <= x2`` and ``y1 <= y2``),
+    the number of boxes per image, every image path (inside ``dataset_dir`` and present on
+    disk) and every image header (PIL opens it; no pixels are decoded, so this stays cheap).
+    A zero-width or zero-height box is accepted, as the course code accepts it: like a box
+    left empty by the crop, it becomes an all -1 row. Damage past an image's header (a
+    truncated JPEG) shows when the item is read: ``dataset[i]`` raises ``ValueError``
+    naming the file, chained from PIL's error.
 
     Args:
         dataset_dir: the folder holding the JSON files and the images.
@@ -74,9 +79,10 @@ class VOC2007DetectionTiny(Dataset):
 
     Raises:
         FileNotFoundError: the JSON file is missing (names the ways to get it).
-        ValueError: a malformed entry (names the entry), an unknown class name (names it),
+        ValueError: a JSON file listing no images, a malformed entry (names the entry), an
+            inverted box (names the entry and the box), an unknown class name (names it),
             more than ``max_boxes`` boxes in an image, an image path leaving
-            ``dataset_dir``, images missing on disk (listed).
+            ``dataset_dir``, images missing on disk or that PIL cannot open (listed).
     """
 
     def __init__(
@@ -137,6 +143,11 @@ class VOC2007DetectionTiny(Dataset):
                 f"{_OP}: {json_path} must hold a list of [image_path, annotations] entries, "
                 f"got {type(raw).__name__}"
             )
+        if not raw:
+            raise ValueError(
+                f"{_OP}: {json_path} holds no images; expected at least one "
+                "[image_path, annotations] entry"
+            )
         instances = []
         unknown: dict[str, int] = {}
         missing = []
@@ -177,6 +188,12 @@ class VOC2007DetectionTiny(Dataset):
                         f"{_OP}: {where} box {k} must be {{'xyxy': [x1, y1, x2, y2] (finite "
                         f"numbers), 'name': str}}, got {str(ann)[:120]}"
                     )
+                x1, y1, x2, y2 = xyxy
+                if x2 < x1 or y2 < y1:
+                    raise ValueError(
+                        f"{_OP}: {where} ({path}) box {k} is inverted: xyxy must have "
+                        f"x1 <= x2 and y1 <= y2, got {xyxy}"
+                    )
                 if name not in self.class_to_idx:
                     unknown.setdefault(name, index)
                     continue
@@ -196,6 +213,14 @@ class VOC2007DetectionTiny(Dataset):
                 f"{_OP}: {json_path} lists images missing under {str(self.dataset_dir)!r}: "
                 f"{bracketed_listing(missing)}"
             )
+        unreadable = _unreadable_images(
+            (os.path.relpath(full, self.dataset_dir), full) for full, _ in instances
+        )
+        if unreadable:
+            raise ValueError(
+                f"{_OP}: {json_path} lists images that PIL cannot open (not an image, or a "
+                f"damaged header): {bracketed_listing(unreadable)}"
+            )
         return instances
 
     def __len__(self) -> int:
@@ -203,8 +228,7 @@ class VOC2007DetectionTiny(Dataset):
 
     def __getitem__(self, index: int) -> tuple[str, Tensor, Tensor]:
         image_path, boxes = self.instances[index]
-        with open(image_path, "rb") as handle:
-            image = Image.open(handle).convert("RGB")
+        image = _load_rgb(_OP, image_path)
         width, height = image.size
         boxes = resize_and_center_crop_boxes(boxes, (height, width), self.image_size)
         gt_boxes = pad_gt_boxes([boxes], self.max_boxes)[0]
