@@ -342,19 +342,28 @@ def mean_average_precision(
     gt_counts = torch.tensor([g["boxes"].shape[0] for g in gts], dtype=i64, device=device)
     gt_image = owner_index(gt_counts, gt_labels.shape[0])
 
-    checks = [
-        ((det_labels < 0) | (det_labels >= num_classes)).any(),
-        ((gt_labels < 0) | (gt_labels >= num_classes)).any(),
-        det_boxes.isnan().any(),
-        gt_boxes.isnan().any(),
-        det_scores.isnan().any(),
+    # (flag, message, the rows breaking it, their values, owning image of each row)
+    offences = [
+        (det_labels < 0) | (det_labels >= num_classes),
+        (gt_labels < 0) | (gt_labels >= num_classes),
+        det_boxes.isnan().any(1),
+        gt_boxes.isnan().any(1),
+        det_scores.isnan(),
     ]
+    checks = [rows.any() for rows in offences]
     messages = [
         f"detections labels must lie in [0, {num_classes})",
         f"ground_truths labels must lie in [0, {num_classes}) (remove padding rows of -1)",
         "detections boxes must not contain NaN",
         "ground_truths boxes must not contain NaN",
         "detections scores must not contain NaN",
+    ]
+    where = [
+        ("detections", "labels", det_labels, det_image, det_counts),
+        ("ground_truths", "labels", gt_labels, gt_image, gt_counts),
+        ("detections", "boxes", det_boxes, det_image, det_counts),
+        ("ground_truths", "boxes", gt_boxes, gt_image, gt_counts),
+        ("detections", "scores", det_scores, det_image, det_counts),
     ]
     gt_crowd = gt_area = None
     if protocol == "coco":
@@ -382,10 +391,19 @@ def mean_average_precision(
             checks.append(values.isnan().any())
             messages.append("ground_truths area must not contain NaN")
 
-    # Validation: one sync for all checks.
-    for flag, message in zip(torch.stack(checks).tolist(), messages, strict=True):
-        if flag:
-            raise ValueError(f"{_OP}: {message}, got a tensor that does not")
+    # Validation: one sync for all checks; the first offending row is named after that.
+    flags = torch.stack(checks).tolist()
+    for index, (flag, message) in enumerate(zip(flags, messages, strict=True)):
+        if not flag:
+            continue
+        if index >= len(offences):  # the COCO area check
+            raise ValueError(f"{_OP}: {message}, got a NaN area")
+        side, key, values, image, counts = where[index]
+        first = int(offences[index].nonzero()[0, 0])
+        owner = int(image[first])
+        row = first - int(counts[:owner].sum())
+        got = values[first].tolist()
+        raise ValueError(f"{_OP}: {message}, got {got} at {side}[{owner}]['{key}'][{row}]")
 
     if protocol == "coco":
         return _coco(

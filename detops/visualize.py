@@ -141,10 +141,16 @@ def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont
         return ImageFont.load_default()
 
 
+#: Upscaling stops where the longer side would pass this (a 4000 x 1 picture would become
+#: 1,280,000 px wide, more than PIL opens).
+MAX_UPSCALED_SIDE = 4096
+
+
 def _upscale_factor(height: int, width: int, min_side: int | None) -> int:
     if not min_side or min(height, width) >= min_side:
         return 1
-    return math.ceil(min_side / max(1, min(height, width)))
+    wanted = math.ceil(min_side / max(1, min(height, width)))
+    return max(1, min(wanted, MAX_UPSCALED_SIDE // max(1, height, width)))
 
 
 def _text_color(fill: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -273,7 +279,8 @@ def draw_detections(
         score_threshold (float): minimum score to draw a prediction.
         width (int): line width in pixels (of the drawn, possibly upscaled, image).
         min_side (int, optional): an image whose shorter side is below this is upscaled by
-            the smallest whole factor that reaches it (nearest neighbour); None: never.
+            the smallest whole factor that reaches it (nearest neighbour), as far as the
+            longer side stays within ``MAX_UPSCALED_SIDE`` (4096 px); None: never.
         legend (bool, optional): add a strip under the image naming the styles (GT dashed,
             each predicted class's colour). Default: when GT boxes are given.
 
@@ -418,8 +425,14 @@ def save_png(image: Tensor, path: str | os.PathLike[str]) -> Path:
 
     Args:
         image (Tensor[3, H, W] or [1, H, W]): uint8, or float in [0, 1].
-        path: the destination (parent folders are created).
+        path: the destination, ending in ``.png`` (any case; parent folders are created).
+
+    Raises:
+        ValueError: a path with another extension (PNG bytes in ``x.jpg`` would be misread
+            by tools that trust the name).
     """
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"save_png: path must end in .png, got {os.fspath(path)!r}")
     pixels = _as_uint8("save_png", image).permute(1, 2, 0).contiguous().numpy()
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG")

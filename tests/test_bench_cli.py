@@ -779,6 +779,14 @@ def test_cli_demo_bad_arguments_exit_2_before_any_step(argv, message, tmp_path, 
     assert not out.exists()  # nothing ran, nothing was written
 
 
+def test_cli_demo_out_that_is_a_file_exits_2(tmp_path, capsys):
+    taken = tmp_path / "demo"
+    taken.write_text("a file")
+    assert main(["demo", "--out", str(taken)]) == 2
+    assert f"--out {taken} exists and is not a folder" in capsys.readouterr().err
+    assert taken.read_text() == "a file"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
 @pytest.mark.parametrize("given", ["cuda", "cuda:0"])  # (not "device": conftest's)
 def test_cli_bench_cuda_without_gpu_exits_2(given, capsys):

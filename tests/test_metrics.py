@@ -315,7 +315,14 @@ ERROR_INPUTS = [
         ([GOOD_D], [gt([[0, 0, 1, 1]], [-1])], 1),
         {},
         ValueError,
-        r"ground_truths labels must lie in \[0, 1\) \(remove padding rows",
+        r"ground_truths labels must lie in \[0, 1\) \(remove padding rows of -1\), got -1 "
+        r"at ground_truths\[0\]\['labels'\]\[0\]",
+    ),
+    (
+        ([GOOD_D, det([[0, 0, 1, 1], [0, 0, 2, 2]], [0, 5], [0.5, 0.4])], [GOOD_G, GOOD_G], 2),
+        {},
+        ValueError,
+        r"detections labels must lie in \[0, 2\), got 5 at detections\[1\]\['labels'\]\[1\]",
     ),
     (
         ([det([[0, 0, 1, 1]], [3], [0.5])], [GOOD_G], 2),
@@ -333,7 +340,8 @@ ERROR_INPUTS = [
         ([GOOD_D], [gt([[0, 0, float("nan"), 1]], [0])], 1),
         {},
         ValueError,
-        r"ground_truths boxes must not contain NaN",
+        r"ground_truths boxes must not contain NaN, got \[0.0, 0.0, nan, 1.0\] at "
+        r"ground_truths\[0\]\['boxes'\]\[0\]",
     ),
     (
         ([GOOD_D], [{"boxes": [[0, 0, 1, 1]], "labels": GOOD_G["labels"]}], 1),

@@ -376,3 +376,40 @@ def test_evaluate_command_usage_errors(tmp_path, capsys):
     argv = ["evaluate", "--checkpoint", str(tmp_path / "ckpt.pt"), "--score-thresh", "2"]
     assert main(argv) == 2
     assert "--score-thresh must lie in [0, 1], got 2.0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_reads_the_data_the_checkpoint_was_trained_on(tmp_path, capsys, monkeypatch):
+    """Without --data, evaluate scores the checkpoint's own --data folder (not the synthetic
+    default); a folder that has gone since is one line naming --data, exit 2."""
+    from detops.cli import main
+    from detops.data import make_synthetic_detection_dataset
+
+    monkeypatch.chdir(tmp_path)  # where the synthetic default (data/synthetic) would go
+    folder = tmp_path / "voc"
+    make_synthetic_detection_dataset(folder, num_train=4, num_val=3, image_size=64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convs on a shared 2-core machine; restored below
+    try:
+        tiny = [
+            "--data", str(folder), "--classes", "circle,square,triangle,cross",
+            "--image-size", "64", "--batch-size", "2", "--iterations", "1",
+            "--fpn-channels", "8", "--stem-channels", "8", "--warmup-iterations", "0",
+            "--no-progress", "--device", "cpu",
+        ]  # fmt: skip
+        assert main(["train", "--output-dir", str(tmp_path / "run"), *tiny]) == 0
+        capsys.readouterr()
+        argv = ["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt")]
+        argv += ["--output-dir", str(tmp_path / "eval"), "--device", "cpu"]
+        assert main(argv) == 0
+        report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+        assert report["data"] == str(folder) and report["images"] == 3
+        assert not (tmp_path / "data").exists()  # no synthetic set made in the default place
+        folder.rename(tmp_path / "moved")
+        capsys.readouterr()
+        assert main(argv) == 2
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert "the checkpoint's data must be 'synthetic' or a folder" in err
+    assert "pass --data PATH" in err

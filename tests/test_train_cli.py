@@ -104,6 +104,44 @@ def test_detect_writes_annotated_pngs(trained, tmp_path, capsys):
     assert "wide.jpg:" in printed and "grey.png:" in printed
 
 
+def test_detect_names_a_cut_image_and_a_folder_and_counts_what_it_wrote(
+    trained, tmp_path, capsys, monkeypatch
+):
+    """A file cut short passes the header check and fails to decode: one line naming it and
+    how many outputs were written (exit 2). A folder is named as one. Ctrl-C says how many
+    were written."""
+    root, _ = trained
+    good = root / "data" / "images" / "val_00000.png"
+    whole = tmp_path / "whole.jpg"
+    Image.open(good).resize((96, 96)).save(whole, quality=95)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[:-200])  # the header is whole: it fails to decode
+    out = tmp_path / "out"
+    ckpt = str(root / "run" / "checkpoint.pt")
+    argv = ["detect", "--checkpoint", ckpt, "--output-dir", str(out), "--device", "cpu"]
+    assert main([*argv, str(good), str(cut)]) == 2
+    message = one_line_error(capsys, "detect")
+    assert message.startswith(f"{cut} is an unreadable image (OSError: ")
+    assert message.endswith("; 1 of 2 images written")
+    assert sorted(p.name for p in out.iterdir()) == ["val_00000.png"]
+    assert main([*argv, str(tmp_path)]) == 2
+    assert one_line_error(capsys, "detect") == f"folder(s), not image files: {tmp_path}"
+    real = detops.visualize.save_detections_png
+    calls = []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(detops.visualize, "save_detections_png", interrupt_second)
+    assert main([*argv, str(good), str(whole)]) == 130
+    assert capsys.readouterr().err.strip() == (
+        f"detops detect: interrupted; 1 of 2 images written to {out}"
+    )
+
+
 def one_line_error(capsys, command: str) -> str:
     """The single stderr line of a usage error, without the prefix."""
     err = capsys.readouterr().err.strip().splitlines()
@@ -166,6 +204,8 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
         (["--iterations", "0"], "--iterations must be >= 1, got 0"),
         (["--nms-thresh", "2"], r"--nms-thresh must lie in \[0, 1\], got 2.0"),
         (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["--data", ".", "--classes", "cat,dog,cat"], "--classes names cat more than once"),
+        (["--classes", "a,b"], "--classes is for --data PATH: the synthetic set's classes"),
     ],
 )
 def test_train_usage_errors_are_one_line_and_exit_2(argv, pattern, tmp_path, capsys):
@@ -180,6 +220,50 @@ def test_train_rejects_a_missing_data_folder(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path),
                  *TINY]) == 2  # fmt: skip
     assert "--data must be 'synthetic' or a folder" in one_line_error(capsys, "train")
+
+
+def test_train_rejects_a_data_file_and_a_data_dir_file_in_one_line(tmp_path, capsys):
+    afile = tmp_path / "voc07_train.json"
+    afile.write_text("[]")
+    assert main(["train", "--data", str(afile), "--output-dir", str(tmp_path / "run"),
+                 *TINY]) == 2  # fmt: skip
+    assert "(a file, not a folder)" in one_line_error(capsys, "train")
+    assert main(["train", "--data-dir", str(afile), "--output-dir", str(tmp_path / "run"),
+                 *TINY]) == 2  # fmt: skip
+    assert f"--data-dir {afile} exists and is not a folder" in one_line_error(capsys, "train")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_data_folder_the_loader_refuses_is_an_input_error(tmp_path, capsys):
+    """What the dataset loader finds wrong with --data PATH (here: a JSON it cannot parse)
+    is one line naming the file, exit 2, not an unexpected failure."""
+    data = tmp_path / "voc"
+    data.mkdir()
+    (data / "voc07_train.json").write_text("[{not json")
+    (data / "voc07_val.json").write_text("[]")
+    assert main(["train", "--data", str(data), "--output-dir", str(tmp_path / "run"),
+                 *TINY]) == 2  # fmt: skip
+    message = one_line_error(capsys, "train")
+    assert "voc07_train.json is not valid JSON" in message and "--debug" not in message
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "started"),
+    [("--lr", "0.5", "with --lr 0.02"), ("--seed", "7", "with --seed 0"),
+     ("--batch-size", "1", "with --batch-size 2")],
+)  # fmt: skip
+def test_rerun_with_another_run_defining_option_names_no_resume(
+    trained, capsys, option, value, started
+):
+    """A resumed run keeps the settings it started with, so a re-run that changes one of
+    them (and would record the new value in metrics.json) is refused."""
+    _, args = trained
+    before = (trained[0] / "run" / "metrics.json").read_text()
+    assert main([*args, option, value]) == 2
+    message = one_line_error(capsys, "train")
+    assert f"holds a run started {started}, not with {option} {value}" in message
+    assert "--no-resume" in message
+    assert (trained[0] / "run" / "metrics.json").read_text() == before
 
 
 def test_rerun_with_other_iterations_names_no_resume(trained, tmp_path, capsys):
@@ -245,7 +329,9 @@ def test_ctrl_c_and_unexpected_errors_in_detect(trained, tmp_path, capsys, monke
     with monkeypatch.context() as patch:
         patch.setattr(detops.visualize, "save_detections_png", interrupt)
         assert main(argv) == 130
-        assert capsys.readouterr().err.strip() == "detops detect: interrupted"
+        assert capsys.readouterr().err.strip() == (
+            f"detops detect: interrupted; 0 of 1 images written to {tmp_path}"
+        )
         patch.setattr(detops.visualize, "save_detections_png", fail)
         assert main(argv) == 1
         assert capsys.readouterr().err.strip() == (
@@ -266,11 +352,14 @@ def _subparser(name: str) -> argparse.ArgumentParser:
     raise AssertionError("no subcommands registered")
 
 
-@pytest.mark.parametrize("command", ["train", "detect"])
+@pytest.mark.parametrize("command", ["train", "detect", "evaluate"])
 def test_help_explains_every_option(command, capsys):
     sub = _subparser(command)
     for action in sub._actions:
         assert action.help and action.help != argparse.SUPPRESS, action.option_strings
+        assert not action.help.startswith("(default"), action.option_strings  # says what
+        if action.default not in (None, False, argparse.SUPPRESS) and action.dest != "help":
+            assert "default" in action.help, action.option_strings
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0

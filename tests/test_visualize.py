@@ -65,6 +65,13 @@ def test_small_images_are_upscaled_by_a_whole_factor():
     assert draw_detections(big).shape == (3, 400, 500)
 
 
+def test_upscaling_stops_where_the_longer_side_would_pass_4096_px():
+    """A 1 x 4000 strip would need a factor of 320 (1,280,000 px, more than PIL opens)."""
+    assert draw_detections(torch.zeros(3, 1, 4000, dtype=torch.uint8)).shape == (3, 1, 4000)
+    assert draw_detections(torch.zeros(3, 10, 1000, dtype=torch.uint8)).shape == (3, 40, 4000)
+    assert draw_detections(torch.zeros(3, 5000, 2, dtype=torch.uint8)).shape == (3, 5000, 2)
+
+
 def _tag_rows(out: torch.Tensor, color) -> torch.Tensor:
     """Rows holding a run of at least 8 pixels of the tag colour (a filled tag)."""
     match = (out == torch.tensor(color, dtype=torch.uint8).view(3, 1, 1)).all(0)
@@ -184,3 +191,11 @@ def test_bad_image():
         draw_detections(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
     with pytest.raises(TypeError, match=r"save_png: image must be uint8 or floating"):
         save_png(torch.zeros(3, 4, 4, dtype=torch.int32), "never-written.png")
+
+
+def test_save_png_refuses_another_extension(tmp_path):
+    image = torch.zeros(3, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"save_png: path must end in \.png, got '.*x\.jpg'"):
+        save_png(image, tmp_path / "x.jpg")
+    assert list(tmp_path.iterdir()) == []
+    assert save_png(image, tmp_path / "y.PNG").read_bytes()[:4] == b"\x89PNG"

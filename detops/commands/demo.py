@@ -195,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
     if args.train_iterations < 1:
         raise CommandError(f"--train-iterations must be at least 1, got {args.train_iterations}")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {args.out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     steps: list[tuple[str, str, Callable[[], tuple[int, list[Path]]]]] = []
     if "verify" not in args.skip:

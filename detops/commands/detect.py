@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from detops.cli import CommandError
@@ -64,7 +65,9 @@ def add_parser(subparsers) -> None:
         "trained at)",
     )
     parser.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)"
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N or auto (default: auto, cuda if available)",
     )
     parser.set_defaults(func=run_detect)
 
@@ -79,6 +82,9 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     check_device_name(args.device)
     check_checkpoint_file(args.checkpoint)
+    folders = [path for path in args.images if Path(path).is_dir()]
+    if folders:
+        raise CommandError(f"folder(s), not image files: {', '.join(folders)}")
     missing = [path for path in args.images if not Path(path).is_file()]
     if missing:
         raise CommandError(f"no such image file(s): {', '.join(missing)}")
@@ -107,7 +113,6 @@ def run_detect(args: argparse.Namespace) -> int:
     _check_images(args.images)
 
     import torch
-    from PIL import Image
     from torchvision import transforms
     from torchvision.transforms.functional import pil_to_tensor
 
@@ -129,34 +134,55 @@ def run_detect(args: argparse.Namespace) -> int:
         ]
     )
     output = Path(args.output_dir)
-    written: set[Path] = set()
-    for path in args.images:
-        with Image.open(path) as handle:
-            picture = handle.convert("RGB")
-        size = (picture.height, picture.width)
-        with torch.no_grad():
-            (found,) = model(
-                transform(picture).unsqueeze(0).to(device),
-                test_score_thresh=args.score_thresh,
-                test_nms_thresh=args.nms_thresh,
-            ).as_dicts()
-        boxes = center_crop_boxes_to_original(found["boxes"].cpu().float(), size, image_size)
-        target = output / f"{Path(path).stem}.png"
-        if target in written:  # two inputs with one name: a.jpg and a.png, or dir1/a dir2/a
-            target = output / f"{Path(path).stem}_{len(written)}.png"
-        written.add(target)
-        save_detections_png(
-            target,
-            pil_to_tensor(picture),
-            boxes=boxes,
-            labels=found["labels"].cpu(),
-            scores=found["scores"].cpu(),
-            class_names=class_names,
+    written: list[Path] = []
+    try:
+        for path in args.images:
+            picture = _decoded(path, f"{len(written)} of {len(args.images)} images written")
+            size = (picture.height, picture.width)
+            with torch.no_grad():
+                (found,) = model(
+                    transform(picture).unsqueeze(0).to(device),
+                    test_score_thresh=args.score_thresh,
+                    test_nms_thresh=args.nms_thresh,
+                ).as_dicts()
+            boxes = center_crop_boxes_to_original(found["boxes"].cpu().float(), size, image_size)
+            target = output / f"{Path(path).stem}.png"
+            if target in written:  # two inputs, one name: a.jpg and a.png, or dir1/a dir2/a
+                target = output / f"{Path(path).stem}_{len(written)}.png"
+            save_detections_png(  # atomic: an interrupted write leaves no partial PNG
+                target,
+                pil_to_tensor(picture),
+                boxes=boxes,
+                labels=found["labels"].cpu(),
+                scores=found["scores"].cpu(),
+                class_names=class_names,
+            )
+            written.append(target)
+            listed = ", ".join(
+                f"{class_names[int(c)] if class_names else int(c)} {float(s):.2f}"
+                for c, s in zip(found["labels"], found["scores"], strict=True)
+            )
+            count = f"{len(boxes)} detection{'' if len(boxes) == 1 else 's'}"
+            print(f"{path}: {count}{': ' + listed if listed else ''} -> {target}")
+    except KeyboardInterrupt:
+        print(
+            f"\ndetops detect: interrupted; {len(written)} of {len(args.images)} images "
+            f"written to {output}",
+            file=sys.stderr,
+            flush=True,
         )
-        listed = ", ".join(
-            f"{class_names[int(c)] if class_names else int(c)} {float(s):.2f}"
-            for c, s in zip(found["labels"], found["scores"], strict=True)
-        )
-        count = f"{len(boxes)} detection{'' if len(boxes) == 1 else 's'}"
-        print(f"{path}: {count}{': ' + listed if listed else ''} -> {target}")
+        return 130
     return 0
+
+
+def _decoded(path: str, progress: str):
+    """The whole RGB picture: a file cut short passes the header check and fails here."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as handle:
+            return handle.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:
+        raise CommandError(
+            f"{path} is an unreadable image ({type(error).__name__}: {error}); {progress}"
+        ) from error

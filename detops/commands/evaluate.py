@@ -28,6 +28,7 @@ per class, and writes into --output-dir:
   pr_curves.png   per class, COCO precision against recall at IoU 0.5 and 0.75
                   (area all, 100 detections per image)
 
+By default it reads the data the checkpoint was trained on (its stored --data).
 --data synthetic regenerates (or reuses) the synthetic set the checkpoint was trained on,
 with the parameters stored in it; --data PATH reads PATH/voc07_<split>.json. Boxes are
 scored in the resized, centre-cropped frame the model sees, so COCO's small / medium /
@@ -50,10 +51,10 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--data",
-        default="synthetic",
+        default=None,
         metavar="synthetic|PATH",
         help="'synthetic' (the checkpoint's own synthetic set) or a folder holding "
-        "voc07_<split>.json (default: synthetic)",
+        "voc07_<split>.json (default: the data the checkpoint was trained on)",
     )
     parser.add_argument(
         "--data-dir",
@@ -61,7 +62,12 @@ def add_parser(subparsers) -> None:
         metavar="DIR",
         help="where the synthetic set lives (default: the one the checkpoint was trained on)",
     )
-    parser.add_argument("--split", default="val", choices=("train", "val"), help="(default: val)")
+    parser.add_argument(
+        "--split",
+        default="val",
+        choices=("train", "val"),
+        help="which split of the data to score (default: val)",
+    )
     parser.add_argument(
         "--output-dir",
         default="runs/evaluate",
@@ -77,9 +83,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--nms-thresh", type=float, default=0.5, help="IoU threshold of NMS (default: 0.5)"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="(default: 8)")
     parser.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)"
+        "--batch-size", type=int, default=8, help="images per forward pass (default: 8)"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N or auto (default: auto, cuda if available)",
     )
     parser.set_defaults(func=run_evaluate)
 
@@ -91,23 +101,49 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_device_name(args.device)
     check_checkpoint_file(args.checkpoint)
-    if args.data != "synthetic":
-        root = Path(args.data).expanduser()
-        if not root.is_dir():
-            raise CommandError(
-                f"--data must be 'synthetic' or a folder, got {args.data!r} (no such folder)"
-            )
-        if not (root / f"voc07_{args.split}.json").is_file():
-            raise CommandError(f"--data {args.data}: the folder has no voc07_{args.split}.json")
+    if args.data not in (None, "synthetic"):
+        _check_data_folder("--data", args.data, args.split)
+    if args.data_dir is not None and Path(args.data_dir).expanduser().is_file():
+        raise CommandError(f"--data-dir {args.data_dir} exists and is not a folder")
     check_output_dir(args.output_dir)
 
 
-def _dataset(args: argparse.Namespace, extra: dict, class_names: list[str]):
+def _check_data_folder(option: str, data: str, split: str) -> None:
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        kind = "a file, not a folder" if root.exists() else "no such folder"
+        raise CommandError(f"{option} must be 'synthetic' or a folder, got {data!r} ({kind})")
+    if not (root / f"voc07_{split}.json").is_file():
+        raise CommandError(f"{option} {data}: the folder has no voc07_{split}.json")
+
+
+def _data_of(args: argparse.Namespace, stored: dict) -> str:
+    """--data as given, else the data the checkpoint was trained on (checked like --data)."""
+    if args.data is not None:
+        return args.data
+    trained_on = str(stored.get("data") or "synthetic")
+    if trained_on != "synthetic":
+        try:
+            _check_data_folder("the checkpoint's data", trained_on, args.split)
+        except CommandError as error:
+            raise CommandError(f"{error}; pass --data PATH") from None
+    return trained_on
+
+
+def _dataset(args: argparse.Namespace, data: str, extra: dict, class_names: list[str]):
+    """The split to score; what the loader finds wrong with the data is an input error."""
+    try:
+        return _load_dataset(args, data, extra, class_names)
+    except (ValueError, FileNotFoundError) as error:
+        raise CommandError(str(error)) from error
+
+
+def _load_dataset(args: argparse.Namespace, data: str, extra: dict, class_names: list[str]):
     from detops.data import VOC2007DetectionTiny, make_synthetic_detection_dataset
 
     stored = extra.get("args") or {}
     image_size = int(extra["image_size"])
-    if args.data == "synthetic":
+    if data == "synthetic":
         root = Path(args.data_dir or stored.get("data_dir") or "data/synthetic")
         make_synthetic_detection_dataset(
             root,
@@ -117,7 +153,7 @@ def _dataset(args: argparse.Namespace, extra: dict, class_names: list[str]):
             seed=int(stored.get("seed", 0)),
         )
     else:
-        root = Path(args.data).expanduser()
+        root = Path(data).expanduser()
     return VOC2007DetectionTiny(
         root,
         args.split,
@@ -197,7 +233,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model.to(device).eval()
     num_classes = int(extra["model"]["num_classes"])
     class_names = list(extra.get("class_names") or [str(c) for c in range(num_classes)])
-    dataset = _dataset(args, extra, class_names)
+    data = _data_of(args, extra.get("args") or {})
+    dataset = _dataset(args, data, extra, class_names)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
     with torch.no_grad():
         detections, ground_truths = predict_detections(
@@ -237,7 +274,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     output = Path(args.output_dir)
     report = {
         "checkpoint": str(args.checkpoint),
-        "data": args.data,
+        "data": data,
         "split": args.split,
         "images": len(dataset),
         "detections": count,

@@ -170,7 +170,9 @@ def add_parser(subparsers) -> None:
         "--deterministic", action="store_true", help="deterministic cuDNN kernels (GPU only)"
     )
     run.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)"
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N or auto (default: auto, cuda if available)",
     )
     run.add_argument(
         "--threads",
@@ -198,6 +200,24 @@ _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 _WEIGHT_NAMES = ("IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT")
 # Arguments that do not describe the run (not stored in the checkpoint or metrics.json).
 _NOT_STORED = ("func", "argv", "debug", "command")
+# Options that decide what a run computes: a re-run resumes only with the values it started
+# with (a resumed run would silently keep its own, and metrics.json would record the new).
+_RUN_DEFINING = (
+    "data",
+    "num_train",
+    "num_val",
+    "classes",
+    "max_boxes",
+    "backbone_weights",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_iterations",
+    "clip_grad_norm",
+    "seed",
+    "deterministic",
+)
 
 
 def check_device_name(name: str) -> None:
@@ -274,8 +294,15 @@ def _check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         need(0 <= value <= 1, f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
     if args.classes is not None:
-        names = args.classes.split(",")
-        need(all(n.strip() for n in names), f"--classes has an empty name: {args.classes!r}")
+        names = [n.strip() for n in args.classes.split(",")]
+        need(all(names), f"--classes has an empty name: {args.classes!r}")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        need(not repeated, f"--classes names {', '.join(repeated)} more than once")
+        need(
+            args.data != "synthetic",
+            "--classes is for --data PATH: the synthetic set's classes are fixed "
+            "(circle,square,triangle,cross)",
+        )
     check_device_name(args.device)
     if args.backbone_weights is not None and args.backbone_weights not in _WEIGHT_NAMES:
         need(
@@ -287,7 +314,8 @@ def _check_args(args: argparse.Namespace) -> None:
         root = Path(args.data).expanduser()
         need(
             root.is_dir(),
-            f"--data must be 'synthetic' or a folder, got {args.data!r} (no such folder)",
+            f"--data must be 'synthetic' or a folder, got {args.data!r} "
+            f"({'a file, not a folder' if root.exists() else 'no such folder'})",
         )
         for split in ("train", "val"):
             need(
@@ -299,6 +327,12 @@ def _check_args(args: argparse.Namespace) -> None:
         not output.exists() or output.is_dir(),
         f"--output-dir {args.output_dir} exists and is not a folder",
     )
+    if args.data == "synthetic":
+        data_dir = Path(args.data_dir).expanduser()
+        need(
+            not data_dir.exists() or data_dir.is_dir(),
+            f"--data-dir {args.data_dir} exists and is not a folder",
+        )
 
 
 def resume_command(argv: Sequence[str]) -> str:
@@ -337,7 +371,25 @@ def _check_resume(checkpoint: Path, args: argparse.Namespace, model_config: dict
             raise CommandError(
                 f"{checkpoint} holds a run with another {what} ({old}, got {new}); {start_over}"
             )
+    stored_args = extra.get("args") or {}
+    for name in _RUN_DEFINING:
+        if name in stored_args and stored_args[name] != getattr(args, name):
+            option = f"--{name.replace('_', '-')}"
+            started = _as_given(option, stored_args[name])
+            raise CommandError(
+                f"{checkpoint} holds a run started {started}, not "
+                f"{_as_given(option, getattr(args, name))} (a resumed run keeps its own "
+                f"settings); run it {started} to resume it, or {start_over}"
+            )
     return int(state.get("iteration", 0))
+
+
+def _as_given(option: str, value: object) -> str:
+    """How an option's value reads on a command line: ``with --lr 0.02``, ``without
+    --classes``, ``with --deterministic``."""
+    if value is None or value is False:
+        return f"without {option}"
+    return f"with {option}" if value is True else f"with {option} {value}"
 
 
 def _class_names(args: argparse.Namespace) -> tuple[str, ...]:
@@ -349,6 +401,15 @@ def _class_names(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _datasets(args: argparse.Namespace, class_names: tuple[str, ...]):
+    """The train and val sets; what is wrong with the data (a ValueError or a missing
+    file from the loaders) is an input error."""
+    try:
+        return _load_datasets(args, class_names)
+    except (ValueError, FileNotFoundError) as error:
+        raise CommandError(str(error)) from error
+
+
+def _load_datasets(args: argparse.Namespace, class_names: tuple[str, ...]):
     from detops.data import VOC2007DetectionTiny, make_synthetic_detection_dataset
 
     if args.data == "synthetic":
