@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from . import __version__
 from ._interrupt import catching
@@ -62,6 +63,23 @@ class CommandError(Exception):
     on one line (no traceback) and exits 2."""
 
 
+@contextlib.contextmanager
+def unreadable_images_are_input_errors() -> Iterator[None]:
+    """Inside: an image a dataset cannot decode when it is read (damage past its header)
+    becomes a :class:`CommandError` naming it, also when a DataLoader worker raised it
+    (torch re-raises it with the worker's traceback in the message; its last line is the
+    original)."""
+    from detops.data import UnreadableImageError
+
+    try:
+        yield
+    except UnreadableImageError as error:
+        message = str(error)
+        if message.startswith("Caught "):  # ("...UnreadableImageError: <original message>")
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        raise CommandError(message) from error
+
+
 def _one_line(text: str, limit: int = 1200) -> str:
     """The first line of ``text``, cut to ``limit`` characters."""
     lines = text.strip().splitlines()
@@ -98,7 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # an unexpected failure: one line, not a traceback
         if args.debug:
             traceback.print_exc()
-            print(f"{prefix}: error: {type(error).__name__}", file=sys.stderr, flush=True)
+            print(
+                f"{prefix}: error: {type(error).__name__}: {_one_line(str(error))}",
+                file=sys.stderr,
+                flush=True,
+            )
             return 1
         print(
             f"{prefix}: error: {type(error).__name__}: {_one_line(str(error))} "

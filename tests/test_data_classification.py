@@ -10,6 +10,7 @@ from torchvision.datasets import ImageFolder
 from detops.data import (
     LabelFileDataset,
     PerImageLabelDataset,
+    UnreadableImageError,
     folder_per_class_dataset,
     is_image_file,
 )
@@ -290,7 +291,8 @@ def test_folder_per_class_unreadable_images(tmp_path):
     jpeg_cut_past_its_header(tmp_path / "dog" / "b.jpg")
     dataset = folder_per_class_dataset(tmp_path)
     with pytest.raises(
-        ValueError, match=r"folder_per_class_dataset: cannot decode image .*dog/b.jpg: OSError"
+        UnreadableImageError,
+        match=r"folder_per_class_dataset: cannot decode image .*dog/b.jpg: OSError",
     ) as info:
         dataset[1]
     assert isinstance(info.value.__cause__, OSError)
@@ -351,7 +353,8 @@ def test_label_file_unreadable_images(label_file_layout):
 
     jpeg_cut_past_its_header(images / "002.jpg")
     dataset = LabelFileDataset(images, labels)
-    with pytest.raises(ValueError, match=r"LabelFileDataset: cannot decode image .*002.jpg"):
+    decode = r"LabelFileDataset: cannot decode image .*002.jpg"
+    with pytest.raises(UnreadableImageError, match=decode):
         dataset[1]
 
 
@@ -369,5 +372,6 @@ def test_per_image_unreadable_images(per_image_layout):
     jpeg_cut_past_its_header(images / "b.jpg")
     dataset = PerImageLabelDataset(images, labels)
     assert dataset[0][0].size == (5, 4)
-    with pytest.raises(ValueError, match=r"PerImageLabelDataset: cannot decode image .*b.jpg"):
+    decode = r"PerImageLabelDataset: cannot decode image .*b.jpg"
+    with pytest.raises(UnreadableImageError, match=decode):
         dataset[1]

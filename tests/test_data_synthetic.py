@@ -174,6 +174,13 @@ def test_refuses_a_real_voc_folder_and_changes_nothing(tmp_path):
     )
 
 
+def test_a_folder_holding_only_hidden_files_is_used_and_keeps_them(tmp_path):
+    (tmp_path / ".DS_Store").write_bytes(b"finder")
+    make_synthetic_detection_dataset(tmp_path, num_train=2, num_val=1, image_size=32)
+    assert (tmp_path / ".DS_Store").read_bytes() == b"finder"
+    assert (tmp_path / "voc07_train.json").is_file()
+
+
 def test_root_that_is_a_file_is_refused(tmp_path):
     path = tmp_path / "data"
     path.write_text("not a folder")

@@ -15,6 +15,7 @@ from detops.data import (
     VOC_CLASSES,
     ChecksumError,
     RemoteFile,
+    UnreadableImageError,
     UnverifiedDownloadWarning,
     VOC2007DetectionTiny,
     download_voc2007_tiny,
@@ -197,7 +198,7 @@ def test_image_damaged_past_its_header_raises_naming_it_when_read(tmp_path):
     dataset = VOC2007DetectionTiny(tmp_path, image_size=4)
     assert dataset[0][1].shape == (3, 4, 4)
     with pytest.raises(
-        ValueError, match=r"VOC2007DetectionTiny: cannot decode image .*cut.jpg: OSError"
+        UnreadableImageError, match=r"VOC2007DetectionTiny: cannot decode image .*cut.jpg: OSError"
     ) as info:
         dataset[1]
     assert isinstance(info.value.__cause__, OSError)

@@ -405,6 +405,10 @@ def test_evaluate_reads_the_data_the_checkpoint_was_trained_on(tmp_path, capsys,
         report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
         assert report["data"] == str(folder) and report["images"] == 3
         assert not (tmp_path / "data").exists()  # no synthetic set made in the default place
+        capsys.readouterr()
+        assert main([*argv, "--data", "synthetic"]) == 2  # refused before a set is written
+        assert "but the checkpoint was trained on --data" in capsys.readouterr().err
+        assert not (tmp_path / "data").exists()
         folder.rename(tmp_path / "moved")
         capsys.readouterr()
         assert main(argv) == 2

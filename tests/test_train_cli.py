@@ -124,8 +124,10 @@ def test_detect_names_a_cut_image_and_a_folder_and_counts_what_it_wrote(
     assert message.startswith(f"{cut} is an unreadable image (OSError: ")
     assert message.endswith("; 1 of 2 images written")
     assert sorted(p.name for p in out.iterdir()) == ["val_00000.png"]
-    assert main([*argv, str(tmp_path)]) == 2
-    assert one_line_error(capsys, "detect") == f"folder(s), not image files: {tmp_path}"
+    assert main([*argv, str(tmp_path), str(tmp_path / "nowhere.png")]) == 2
+    assert one_line_error(capsys, "detect") == (
+        f"folder(s), not image files: {tmp_path}; no such image file(s): {tmp_path}/nowhere.png"
+    )
     real = detops.visualize.save_detections_png
     calls = []
 
@@ -247,6 +249,56 @@ def test_a_data_folder_the_loader_refuses_is_an_input_error(tmp_path, capsys):
     assert "voc07_train.json is not valid JSON" in message and "--debug" not in message
 
 
+def _voc_folder(root):
+    """A small VOC-format folder (the synthetic set's files, read through --data PATH)."""
+    from detops.data import make_synthetic_detection_dataset
+
+    make_synthetic_detection_dataset(root, num_train=4, num_val=2, image_size=64)
+    return ["--data", str(root), "--classes", "circle,square,triangle,cross"]
+
+
+def _voc_tiny():
+    """TINY without the synthetic set's own options."""
+    tiny = list(TINY)
+    for option in ("--num-train", "--num-val"):
+        at = tiny.index(option)
+        del tiny[at : at + 2]
+    return tiny
+
+
+def test_an_image_damaged_past_its_header_is_an_input_error_naming_it(tmp_path, capsys):
+    """The header check at build time passes; decoding the val image fails after training:
+    one line naming the file, exit 2 (was an 'unexpected' exit 1)."""
+    data = _voc_folder(tmp_path / "voc")
+    damaged = tmp_path / "voc" / "images" / "val_00001.png"
+    damaged.write_bytes(damaged.read_bytes()[:-300])
+    argv = ["train", *data, "--output-dir", str(tmp_path / "run"), *_voc_tiny()]
+    assert main(argv) == 2
+    message = one_line_error(capsys, "train")
+    assert message.startswith("VOC2007DetectionTiny: cannot decode image ")
+    assert "val_00001.png" in message
+
+
+def test_a_moved_data_folder_resumes_and_other_data_is_refused(tmp_path, capsys):
+    """A run is tied to its data's voc07_*.json, not to the folder's spelling or place."""
+    data = _voc_folder(tmp_path / "voc")
+    argv = ["train", "--output-dir", str(tmp_path / "run"), *_voc_tiny()]
+    assert main([*argv, *data]) == 0
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["extra"]["args"]["data"] == str((tmp_path / "voc").resolve())  # absolute
+    (tmp_path / "voc").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main([*argv, "--data", str(tmp_path / "moved") + "/", *data[2:]]) == 0
+    assert "resuming from iteration 2 of 2" in capsys.readouterr().out
+    other = tmp_path / "other"
+    _voc_folder(other)
+    train_json = other / "voc07_train.json"
+    train_json.write_text(json.dumps(json.loads(train_json.read_text())[:3]))
+    assert main([*argv, "--data", str(other), *data[2:]]) == 2
+    message = one_line_error(capsys, "train")
+    assert "holds a run on other data" in message and "--no-resume" in message
+
+
 @pytest.mark.parametrize(
     ("option", "value", "started"),
     [("--lr", "0.5", "with --lr 0.02"), ("--seed", "7", "with --seed 0"),
@@ -342,6 +394,8 @@ def test_ctrl_c_and_unexpected_errors_in_detect(trained, tmp_path, capsys, monke
         assert main(["--debug", *argv]) == 1
         err = capsys.readouterr().err
         assert "Traceback (most recent call last)" in err and "RuntimeError: disk on fire" in err
+        last = err.strip().splitlines()[-1]
+        assert last == "detops detect: error: RuntimeError: disk on fire ..."
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:

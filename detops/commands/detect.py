@@ -83,11 +83,11 @@ def _check_args(args: argparse.Namespace) -> None:
     check_device_name(args.device)
     check_checkpoint_file(args.checkpoint)
     folders = [path for path in args.images if Path(path).is_dir()]
-    if folders:
-        raise CommandError(f"folder(s), not image files: {', '.join(folders)}")
-    missing = [path for path in args.images if not Path(path).is_file()]
-    if missing:
-        raise CommandError(f"no such image file(s): {', '.join(missing)}")
+    missing = [path for path in args.images if not Path(path).exists()]
+    problems = [f"folder(s), not image files: {', '.join(folders)}"] if folders else []
+    problems += [f"no such image file(s): {', '.join(missing)}"] if missing else []
+    if problems:
+        raise CommandError("; ".join(problems))
     check_output_dir(args.output_dir)
 
 

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from detops.cli import CommandError
+from detops.cli import CommandError, unreadable_images_are_input_errors
 
 from . import COMMANDS
 from ._checkpoint import (
@@ -119,9 +119,14 @@ def _check_data_folder(option: str, data: str, split: str) -> None:
 
 def _data_of(args: argparse.Namespace, stored: dict) -> str:
     """--data as given, else the data the checkpoint was trained on (checked like --data)."""
+    trained_on = str(stored.get("data") or "synthetic")
+    if args.data == "synthetic" and trained_on != "synthetic":  # (before a set is written)
+        raise CommandError(
+            f"--data synthetic, but the checkpoint was trained on --data {trained_on}, not "
+            "on the synthetic set; pass --data PATH (or leave --data out for its own data)"
+        )
     if args.data is not None:
         return args.data
-    trained_on = str(stored.get("data") or "synthetic")
     if trained_on != "synthetic":
         try:
             _check_data_folder("the checkpoint's data", trained_on, args.split)
@@ -236,7 +241,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     data = _data_of(args, extra.get("args") or {})
     dataset = _dataset(args, data, extra, class_names)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
-    with torch.no_grad():
+    with torch.no_grad(), unreadable_images_are_input_errors():
         detections, ground_truths = predict_detections(
             model, loader, score_thresh=args.score_thresh, nms_thresh=args.nms_thresh, device=device
         )

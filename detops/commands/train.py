@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from detops.cli import CommandError
+from detops.cli import CommandError, unreadable_images_are_input_errors
 
 from . import COMMANDS
 
@@ -203,8 +204,7 @@ _NOT_STORED = ("func", "argv", "debug", "command")
 # Options that decide what a run computes: a re-run resumes only with the values it started
 # with (a resumed run would silently keep its own, and metrics.json would record the new).
 _RUN_DEFINING = (
-    "data",
-    "num_train",
+    "num_train",  # (these two for the synthetic set only)
     "num_val",
     "classes",
     "max_boxes",
@@ -371,8 +371,18 @@ def _check_resume(checkpoint: Path, args: argparse.Namespace, model_config: dict
             raise CommandError(
                 f"{checkpoint} holds a run with another {what} ({old}, got {new}); {start_over}"
             )
+    stored_identity = extra.get("data_identity")
+    if stored_identity is not None and stored_identity != data_identity(args):
+        started = (extra.get("args") or {}).get("data", "?")
+        raise CommandError(
+            f"{checkpoint} holds a run on other data ({started}; --data {args.data} differs "
+            f"in kind or in its voc07_train.json / voc07_val.json); {start_over}"
+        )
     stored_args = extra.get("args") or {}
+    unused = ("num_train", "num_val") if args.data != "synthetic" else ()
     for name in _RUN_DEFINING:
+        if name in unused:
+            continue
         if name in stored_args and stored_args[name] != getattr(args, name):
             option = f"--{name.replace('_', '-')}"
             started = _as_given(option, stored_args[name])
@@ -382,6 +392,17 @@ def _check_resume(checkpoint: Path, args: argparse.Namespace, model_config: dict
                 f"settings); run it {started} to resume it, or {start_over}"
             )
     return int(state.get("iteration", 0))
+
+
+def data_identity(args: argparse.Namespace) -> str:
+    """What makes two runs' data the same wherever it lies: the synthetic set (its
+    parameters are options of their own), or the SHA-256 of a folder's two JSON files."""
+    if args.data == "synthetic":
+        return "synthetic"
+    digest = hashlib.sha256()
+    for split in ("train", "val"):
+        digest.update((Path(args.data).expanduser() / f"voc07_{split}.json").read_bytes())
+    return f"voc07 json sha256 {digest.hexdigest()}"
 
 
 def _as_given(option: str, value: object) -> str:
@@ -438,7 +459,8 @@ def run_train(args: argparse.Namespace) -> int:
     _check_args(args)  # usage errors first: nothing is imported or written before them
     # Under torchrun (WORLD_SIZE > 1): one process per rank, DistributedDataParallel.
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _train(args, rank=0, world=1)
+        with unreadable_images_are_input_errors():  # (found when an image is read)
+            return _train(args, rank=0, world=1)
     import torch
     import torch.distributed as dist
 
@@ -447,7 +469,8 @@ def run_train(args: argparse.Namespace) -> int:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
-        return _train(args, rank=dist.get_rank(), world=dist.get_world_size())
+        with unreadable_images_are_input_errors():
+            return _train(args, rank=dist.get_rank(), world=dist.get_world_size())
     finally:
         dist.destroy_process_group()
 
@@ -478,6 +501,11 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
     output = Path(args.output_dir)
     checkpoint = output / "checkpoint.pt"
     argv = getattr(args, "argv", None) or ["train"]
+    # Stored (and recorded in metrics.json) as absolute paths: evaluate finds the data from
+    # any working directory.
+    if args.data != "synthetic":
+        args.data = str(Path(args.data).expanduser().resolve())
+    args.data_dir = str(Path(args.data_dir).expanduser().resolve())
     stored_args = {k: v for k, v in vars(args).items() if k not in _NOT_STORED}
 
     started = time.perf_counter()
@@ -566,6 +594,7 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
             loss_curve_path=output / "loss_curve.png",
             progress=not args.no_progress,
             extra_state={
+                "data_identity": data_identity(args),
                 "model": model_config,
                 "class_names": list(class_names),
                 "image_size": args.image_size,

@@ -11,6 +11,7 @@ from .classification import (
     IMAGE_EXTENSIONS,
     LabelFileDataset,
     PerImageLabelDataset,
+    UnreadableImageError,
     folder_per_class_dataset,
     is_image_file,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "LabelFileDataset",
     "PerImageLabelDataset",
     "RemoteFile",
+    "UnreadableImageError",
     "UnverifiedDownloadWarning",
     "VOC2007DetectionTiny",
     "download_voc2007_tiny",

@@ -52,6 +52,7 @@ __all__ = [
     "folder_per_class_dataset",
     "LabelFileDataset",
     "PerImageLabelDataset",
+    "UnreadableImageError",
     "is_image_file",
 ]
 
@@ -133,14 +134,22 @@ _IMAGE_ERRORS = (
 )
 
 
+class UnreadableImageError(ValueError):
+    """An image of a dataset that fails to decode when it is read (damage past the header,
+    which the check at build time cannot see); the message names the dataset and the file.
+    A ``ValueError``, so that commands can tell bad data from a failure of their own."""
+
+
 def _load_rgb(op: str, path: str) -> Image.Image:
-    """The image at ``path`` decoded to RGB; PIL's errors become a ``ValueError`` naming
-    ``op`` and ``path``."""
+    """The image at ``path`` decoded to RGB; PIL's errors become an
+    :class:`UnreadableImageError` naming ``op`` and ``path``."""
     try:
         with open(path, "rb") as handle:
             return Image.open(handle).convert("RGB")
     except _IMAGE_ERRORS as err:
-        raise ValueError(f"{op}: cannot decode image {path}: {type(err).__name__}: {err}") from err
+        raise UnreadableImageError(
+            f"{op}: cannot decode image {path}: {type(err).__name__}: {err}"
+        ) from err
 
 
 def _unreadable_images(paths: Iterable[tuple[str, str | os.PathLike[str]]]) -> list[str]:

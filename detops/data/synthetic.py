@@ -162,9 +162,10 @@ def make_synthetic_detection_dataset(
     second call with the same parameters finds the record and writes nothing; other
     parameters, a damaged or interrupted set (or ``overwrite=True``) rewrite the set.
 
-    ``root`` must be new, empty, or a set this function wrote (it holds ``synthetic.json``):
-    any other folder, such as a real VOC dataset with its own ``voc07_train.json``, is
-    refused before anything is written, so its files cannot be replaced.
+    ``root`` must be new, empty (hidden files such as ``.DS_Store`` aside), or a set this
+    function wrote (it holds ``synthetic.json``): any other folder, such as a real VOC
+    dataset with its own ``voc07_train.json``, is refused before anything is written, so
+    its files cannot be replaced.
 
     Args:
         root: the dataset folder (created when missing).
@@ -218,7 +219,8 @@ def make_synthetic_detection_dataset(
     if not overwrite and _is_complete(root, record, params, splits):
         return SYNTHETIC_CLASSES
     if root.is_dir() and _read_record(record) is None:
-        foreign = sorted(entry.name for entry in root.iterdir())
+        # (hidden files, .DS_Store or .git, are no dataset: they stay, untouched)
+        foreign = sorted(entry.name for entry in root.iterdir() if not entry.name.startswith("."))
         if foreign:
             raise ValueError(
                 f"{_OP}: {str(root)!r} holds files that are not a synthetic set made by this "
