@@ -7,11 +7,11 @@
   download) and :func:`make_synthetic_detection_dataset` (the same format, no download).
 """
 
+from ._images import UnreadableImageError
 from .classification import (
     IMAGE_EXTENSIONS,
     LabelFileDataset,
     PerImageLabelDataset,
-    UnreadableImageError,
     folder_per_class_dataset,
     is_image_file,
 )

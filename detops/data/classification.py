@@ -21,8 +21,9 @@ Shared rules (the seed broke each of them silently):
   raises ``ValueError`` naming it.
 - Every image file must open with PIL: its header is read when the dataset is built
   (cheap, no pixels decoded), and files whose header PIL cannot read raise ``ValueError``
-  listing them. Damage past the header (a truncated JPEG) shows only when the pixels are decoded:
-  then ``dataset[i]`` raises ``ValueError`` naming the file, chained from PIL's error.
+  listing them. Damage past the header (a truncated JPEG) shows only when the pixels are
+  decoded: then ``dataset[i]`` raises :class:`~detops.data.UnreadableImageError` (a
+  ``ValueError``) naming the file, chained from PIL's error.
 
 So the layout, the labels and every image header are checked when the dataset is built,
 and errors surface before training starts; only the pixels are read later.
@@ -33,8 +34,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -45,6 +45,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .._checks import check_bool
+from ._images import load_rgb, raise_if_unreadable
 from ._paths import bracketed_listing, checked_relative_path, is_inside
 
 __all__ = [
@@ -52,7 +53,6 @@ __all__ = [
     "folder_per_class_dataset",
     "LabelFileDataset",
     "PerImageLabelDataset",
-    "UnreadableImageError",
     "is_image_file",
 ]
 
@@ -123,62 +123,6 @@ def _scan(op: str, root: Path, keep: Callable[[str], bool]) -> list[str]:
     return sorted(found)
 
 
-# What PIL raises on a file it cannot read: a bad header, truncated data, a broken chunk.
-_IMAGE_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    struct.error,
-    Image.DecompressionBombError,
-)
-
-
-class UnreadableImageError(ValueError):
-    """An image of a dataset that fails to decode when it is read (damage past the header,
-    which the check at build time cannot see); the message names the dataset and the file.
-    A ``ValueError``, so that commands can tell bad data from a failure of their own."""
-
-
-def _load_rgb(op: str, path: str) -> Image.Image:
-    """The image at ``path`` decoded to RGB; PIL's errors become an
-    :class:`UnreadableImageError` naming ``op`` and ``path``."""
-    try:
-        with open(path, "rb") as handle:
-            return Image.open(handle).convert("RGB")
-    except _IMAGE_ERRORS as err:
-        raise UnreadableImageError(
-            f"{op}: cannot decode image {path}: {type(err).__name__}: {err}"
-        ) from err
-
-
-def _unreadable_images(paths: Iterable[tuple[str, str | os.PathLike[str]]]) -> list[str]:
-    """``"name (reason)"`` for each ``(name, path)`` whose header PIL cannot read.
-
-    ``Image.open`` reads the header only (for a JPEG, the markers before the compressed
-    data; no pixels are decoded): well under a millisecond per image (about 60 us for a
-    500x375 JPEG), cheap enough to run on every image at build time.
-    """
-    bad = []
-    for name, path in paths:
-        try:
-            with Image.open(path):
-                pass
-        except _IMAGE_ERRORS as err:
-            bad.append(f"{name} ({type(err).__name__}: {err})")
-    return bad
-
-
-def _raise_if_unreadable(op: str, root: Path, names: Iterable[str]) -> None:
-    """Raise one ValueError listing the images under ``root`` that PIL cannot open."""
-    bad = _unreadable_images((name, root / name) for name in names)
-    if bad:
-        raise ValueError(
-            f"{op}: images under {str(root)!r} that PIL cannot open (not an image, or a "
-            f"damaged header): {bracketed_listing(bad)}"
-        )
-
-
 def _read_label_text(op: str, path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
@@ -246,9 +190,9 @@ def folder_per_class_dataset(
         str(folder),
         transform=transform,
         target_transform=target_transform,
-        loader=functools.partial(_load_rgb, op),
+        loader=functools.partial(load_rgb, op),
     )
-    _raise_if_unreadable(op, folder, (os.path.relpath(path, folder) for path, _ in dataset.samples))
+    raise_if_unreadable(op, folder, (os.path.relpath(path, folder) for path, _ in dataset.samples))
     return dataset
 
 
@@ -269,7 +213,7 @@ class _ImageLabelSamples(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         path, label = self.samples[index]
-        image = _load_rgb(self._op, path)
+        image = load_rgb(self._op, path)
         if self.transform is not None:
             image = self.transform(image)
         target = self._target(label)
@@ -360,7 +304,7 @@ class LabelFileDataset(_ImageLabelSamples):
                 f"{op}: {str(self.image_dir)!r} holds no images and {self.label_file} lists "
                 f"none; expected at least one image with an extension in {IMAGE_EXTENSIONS}"
             )
-        _raise_if_unreadable(op, self.image_dir, sorted(labels))
+        raise_if_unreadable(op, self.image_dir, sorted(labels))
         self.samples = [(str(self.image_dir / name), labels[name]) for name in sorted(labels)]
         self.targets: list[int] = [label for _, label in self.samples]
 
@@ -442,7 +386,7 @@ class PerImageLabelDataset(_ImageLabelSamples):
                 f"no label files; expected at least one image with an extension in "
                 f"{IMAGE_EXTENSIONS}"
             )
-        _raise_if_unreadable(op, self.image_dir, images)
+        raise_if_unreadable(op, self.image_dir, images)
 
         self.samples = []
         lengths: dict[int, str] = {}

@@ -15,8 +15,8 @@ from torchvision import transforms
 
 from .._checks import check_int
 from ..boxes import pad_gt_boxes, resize_and_center_crop_boxes
+from ._images import load_rgb, unreadable_images
 from ._paths import bracketed_listing, checked_relative_path
-from .classification import _load_rgb, _unreadable_images
 from .download import download_voc2007_tiny
 
 __all__ = ["VOC_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "VOC2007DetectionTiny"]
@@ -54,8 +54,9 @@ class VOC2007DetectionTiny(Dataset):
     disk) and every image header (PIL opens it; no pixels are decoded, so this stays cheap).
     A zero-width or zero-height box is accepted, as the course code accepts it: like a box
     left empty by the crop, it becomes an all -1 row. Damage past an image's header (a
-    truncated JPEG) shows when the item is read: ``dataset[i]`` raises ``ValueError``
-    naming the file, chained from PIL's error.
+    truncated JPEG) shows when the item is read: ``dataset[i]`` raises
+    :class:`~detops.data.UnreadableImageError` (a ``ValueError``) naming the file, chained
+    from PIL's error.
 
     Args:
         dataset_dir: the folder holding the JSON files and the images.
@@ -213,7 +214,7 @@ class VOC2007DetectionTiny(Dataset):
                 f"{_OP}: {json_path} lists images missing under {str(self.dataset_dir)!r}: "
                 f"{bracketed_listing(missing)}"
             )
-        unreadable = _unreadable_images(
+        unreadable = unreadable_images(
             (os.path.relpath(full, self.dataset_dir), full) for full, _ in instances
         )
         if unreadable:
@@ -228,7 +229,7 @@ class VOC2007DetectionTiny(Dataset):
 
     def __getitem__(self, index: int) -> tuple[str, Tensor, Tensor]:
         image_path, boxes = self.instances[index]
-        image = _load_rgb(_OP, image_path)
+        image = load_rgb(_OP, image_path)
         width, height = image.size
         boxes = resize_and_center_crop_boxes(boxes, (height, width), self.image_size)
         gt_boxes = pad_gt_boxes([boxes], self.max_boxes)[0]
