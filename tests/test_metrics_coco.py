@@ -338,26 +338,24 @@ def test_error_ground_truth_keys(ground, error, match):
 
 
 # ------------------------------------------------------------------ the evaluate command
+# A 2-iteration training run on 64 px images (its data options come with each test).
+_TINY_TRAIN = [
+    "--image-size", "64", "--batch-size", "2", "--iterations", "2", "--fpn-channels", "8",
+    "--stem-channels", "8", "--warmup-iterations", "0", "--no-progress", "--device", "cpu",
+]  # fmt: skip
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_evaluate_command_writes_table_json_and_curves(tmp_path, capsys):
     from detops.cli import main
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convs on a shared 2-core machine; restored below
-    try:
-        tiny = [
-            "--data-dir", str(tmp_path / "data"), "--num-train", "4", "--num-val", "3",
-            "--image-size", "64", "--batch-size", "2", "--iterations", "2",
-            "--fpn-channels", "8", "--stem-channels", "8", "--warmup-iterations", "0",
-            "--no-progress", "--device", "cpu",
-        ]  # fmt: skip
-        assert main(["train", "--output-dir", str(tmp_path / "run"), *tiny]) == 0
-        capsys.readouterr()
-        out_dir = tmp_path / "eval"
-        argv = ["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt")]
-        assert main([*argv, "--output-dir", str(out_dir), "--device", "cpu"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    data = ["--data-dir", str(tmp_path / "data"), "--num-train", "4", "--num-val", "3"]
+    assert main(["train", "--output-dir", str(tmp_path / "run"), *data, *_TINY_TRAIN]) == 0
+    capsys.readouterr()
+    out_dir = tmp_path / "eval"
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt")]
+    assert main([*argv, "--output-dir", str(out_dir), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "AP @[IoU=0.50:0.95 | area=   all | maxDets=100]" in printed
     assert "VOC devkit mAP@0.5" in printed
@@ -379,41 +377,32 @@ def test_evaluate_command_usage_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_evaluate_reads_the_data_the_checkpoint_was_trained_on(tmp_path, capsys, monkeypatch):
     """Without --data, evaluate scores the checkpoint's own --data folder (not the synthetic
-    default); a folder that has gone since is one line naming --data, exit 2."""
+    default); --data synthetic is refused before a set is written; a folder that has gone
+    since is one line naming --data, exit 2."""
     from detops.cli import main
     from detops.data import make_synthetic_detection_dataset
 
     monkeypatch.chdir(tmp_path)  # where the synthetic default (data/synthetic) would go
     folder = tmp_path / "voc"
     make_synthetic_detection_dataset(folder, num_train=4, num_val=3, image_size=64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convs on a shared 2-core machine; restored below
-    try:
-        tiny = [
-            "--data", str(folder), "--classes", "circle,square,triangle,cross",
-            "--image-size", "64", "--batch-size", "2", "--iterations", "1",
-            "--fpn-channels", "8", "--stem-channels", "8", "--warmup-iterations", "0",
-            "--no-progress", "--device", "cpu",
-        ]  # fmt: skip
-        assert main(["train", "--output-dir", str(tmp_path / "run"), *tiny]) == 0
-        capsys.readouterr()
-        argv = ["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt")]
-        argv += ["--output-dir", str(tmp_path / "eval"), "--device", "cpu"]
-        assert main(argv) == 0
-        report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-        assert report["data"] == str(folder) and report["images"] == 3
-        assert not (tmp_path / "data").exists()  # no synthetic set made in the default place
-        capsys.readouterr()
-        assert main([*argv, "--data", "synthetic"]) == 2  # refused before a set is written
-        assert "but the checkpoint was trained on --data" in capsys.readouterr().err
-        assert not (tmp_path / "data").exists()
-        folder.rename(tmp_path / "moved")
-        capsys.readouterr()
-        assert main(argv) == 2
-    finally:
-        torch.set_num_threads(threads)
+    data = ["--data", str(folder), "--classes", "circle,square,triangle,cross"]
+    assert main(["train", "--output-dir", str(tmp_path / "run"), *data, *_TINY_TRAIN]) == 0
+    capsys.readouterr()
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt")]
+    argv += ["--output-dir", str(tmp_path / "eval"), "--device", "cpu"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["data"] == str(folder.resolve()) and report["images"] == 3
+    assert not (tmp_path / "data").exists()  # no synthetic set made in the default place
+    capsys.readouterr()
+    assert main([*argv, "--data", "synthetic"]) == 2  # refused before a set is written
+    assert "but the checkpoint was trained on --data" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+    folder.rename(tmp_path / "moved")
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert "the checkpoint's data must be 'synthetic' or a folder" in err
     assert "pass --data PATH" in err
