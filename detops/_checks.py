@@ -170,9 +170,16 @@ def check_number(
 
 
 def check_bool(op: str, name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
-    return value
+    """A Python or NumPy bool (``numpy.bool_`` as ``bool``); anything else, an int or a
+    string included, is a TypeError naming the type (module-qualified where it is not a
+    builtin: NumPy 2 calls ``numpy.bool_`` "bool")."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    kind = type(value)
+    shown = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+    raise TypeError(f"{op}: {name} must be a bool, got {shown}")
 
 
 def shape_str(value: Tensor) -> str:

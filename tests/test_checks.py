@@ -2,11 +2,18 @@
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
 import detops
-from detops._checks import check_int, check_number, check_positive_number, check_shape
+from detops._checks import (
+    check_bool,
+    check_int,
+    check_number,
+    check_positive_number,
+    check_shape,
+)
 
 
 @pytest.mark.parametrize(
@@ -162,3 +169,18 @@ def test_a_nested_tensor_is_refused_by_name(call):
     nested = torch.nested.nested_tensor([torch.rand(2, 4), torch.rand(3, 4)])
     with pytest.raises(TypeError, match=r"^\w+: \w+ must be a dense tensor, got a nested"):
         call(nested)
+
+
+def test_check_bool_takes_python_and_numpy_bools_and_names_other_types():
+    assert check_bool("op", "flag", True) is True
+    assert check_bool("op", "flag", np.bool_(False)) is False  # a plain bool comes back
+    assert type(check_bool("op", "flag", np.bool_(True))) is bool
+    for value, shown in (
+        (1, "int"),
+        ("no", "str"),
+        (None, "NoneType"),
+        (np.int64(1), "numpy.int64"),
+        (torch.tensor(True), "torch.Tensor"),
+    ):
+        with pytest.raises(TypeError, match=rf"^op: flag must be a bool, got {re.escape(shown)}$"):
+            check_bool("op", "flag", value)
