@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from . import __version__
+from ._errors import InputError
 from ._interrupt import catching
 from .commands import COMMANDS, load_command
 
@@ -63,21 +63,14 @@ class CommandError(Exception):
     on one line (no traceback) and exits 2."""
 
 
-@contextlib.contextmanager
-def unreadable_images_are_input_errors() -> Iterator[None]:
-    """Inside: an image a dataset cannot decode when it is read (damage past its header)
-    becomes a :class:`CommandError` naming it, also when a DataLoader worker raised it
-    (torch re-raises it with the worker's traceback in the message; its last line is the
-    original)."""
-    from detops.data import UnreadableImageError
-
-    try:
-        yield
-    except UnreadableImageError as error:
-        message = str(error)
-        if message.startswith("Caught "):  # ("...UnreadableImageError: <original message>")
-            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-        raise CommandError(message) from error
+def input_error_message(error: Exception) -> str:
+    """The message of a :class:`CommandError` or an :class:`~detops._errors.InputError`. An
+    input error raised in a DataLoader worker comes back with the worker's traceback in its
+    message (torch re-raises it so); its last line holds the original message."""
+    message = str(error)
+    if isinstance(error, InputError) and message.startswith("Caught "):
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return message
 
 
 def _one_line(text: str, limit: int = 1200) -> str:
@@ -93,8 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``detops ARGV``; returns the exit status.
 
     0: success; 1: a command failed, or an unexpected exception (one line on stderr, the
-    traceback with ``--debug``); 2: a usage or input error (argparse's, or a
-    :class:`CommandError`); 130: interrupted by Ctrl-C.
+    traceback with ``--debug``); 2: a usage or input error (argparse's, a
+    :class:`CommandError`, or an :class:`~detops._errors.InputError` such as an image a
+    dataset cannot decode); 130: interrupted by Ctrl-C.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
@@ -103,10 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with catching():
             return int(args.func(args) or 0)
-    except CommandError as error:
+    except (CommandError, InputError) as error:
         if args.debug:  # the traceback too; the exit status stays the same
             traceback.print_exc()
-        print(f"{prefix}: error: {_one_line(str(error))}", file=sys.stderr, flush=True)
+        line = _one_line(input_error_message(error))
+        print(f"{prefix}: error: {line}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         if args.debug:

@@ -342,29 +342,32 @@ def mean_average_precision(
     gt_counts = torch.tensor([g["boxes"].shape[0] for g in gts], dtype=i64, device=device)
     gt_image = owner_index(gt_counts, gt_labels.shape[0])
 
-    # (flag, message, the rows breaking it, their values, owning image of each row)
-    offences = [
-        (det_labels < 0) | (det_labels >= num_classes),
-        (gt_labels < 0) | (gt_labels >= num_classes),
-        det_boxes.isnan().any(1),
-        gt_boxes.isnan().any(1),
-        det_scores.isnan(),
-    ]
-    checks = [rows.any() for rows in offences]
-    messages = [
-        f"detections labels must lie in [0, {num_classes})",
-        f"ground_truths labels must lie in [0, {num_classes}) (remove padding rows of -1)",
-        "detections boxes must not contain NaN",
-        "ground_truths boxes must not contain NaN",
-        "detections scores must not contain NaN",
-    ]
-    where = [
-        ("detections", "labels", det_labels, det_image, det_counts),
-        ("ground_truths", "labels", gt_labels, gt_image, gt_counts),
-        ("detections", "boxes", det_boxes, det_image, det_counts),
-        ("ground_truths", "boxes", gt_boxes, gt_image, gt_counts),
-        ("detections", "scores", det_scores, det_image, det_counts),
-    ]
+    # Rules on the inputs: message, (input, owning image and count per image), key, values,
+    # the rows breaking it. One host sync checks them all; the first offender is named.
+    dets_side = ("detections", det_image, det_counts)
+    gts_side = ("ground_truths", gt_image, gt_counts)
+    rules = [
+        (
+            f"detections labels must lie in [0, {num_classes})",
+            dets_side, "labels", det_labels, (det_labels < 0) | (det_labels >= num_classes),
+        ),
+        (
+            f"ground_truths labels must lie in [0, {num_classes}) (remove padding rows of -1)",
+            gts_side, "labels", gt_labels, (gt_labels < 0) | (gt_labels >= num_classes),
+        ),
+        (
+            "detections boxes must not contain NaN",
+            dets_side, "boxes", det_boxes, det_boxes.isnan().any(1),
+        ),
+        (
+            "ground_truths boxes must not contain NaN",
+            gts_side, "boxes", gt_boxes, gt_boxes.isnan().any(1),
+        ),
+        (
+            "detections scores must not contain NaN",
+            dets_side, "scores", det_scores, det_scores.isnan(),
+        ),
+    ]  # fmt: skip
     gt_crowd = gt_area = None
     if protocol == "coco":
         # COCO's XYWH, as a results file would hold it; areas as loadRes computes them.
@@ -388,22 +391,20 @@ def mean_average_precision(
             ).to(device)
             values = torch.cat([gts[i]["area"].to(f64) for i in has_area])
             gt_area = gt_area.index_put((rows,), values)
-            checks.append(values.isnan().any())
-            messages.append("ground_truths area must not contain NaN")
+            # (a NaN box, whose computed area is NaN too, is named by its own rule first)
+            message = "ground_truths area must not contain NaN"
+            rules.append((message, gts_side, "area", gt_area, gt_area.isnan()))
 
-    # Validation: one sync for all checks; the first offending row is named after that.
-    flags = torch.stack(checks).tolist()
-    for index, (flag, message) in enumerate(zip(flags, messages, strict=True)):
-        if not flag:
-            continue
-        if index >= len(offences):  # the COCO area check
-            raise ValueError(f"{_OP}: {message}, got a NaN area")
-        side, key, values, image, counts = where[index]
-        first = int(offences[index].nonzero()[0, 0])
-        owner = int(image[first])
-        row = first - int(counts[:owner].sum())
-        got = values[first].tolist()
-        raise ValueError(f"{_OP}: {message}, got {got} at {side}[{owner}]['{key}'][{row}]")
+    flags = torch.stack([breaking.any() for *_, breaking in rules]).tolist()
+    for flag, (message, (side, image, counts), key, values, breaking) in zip(
+        flags, rules, strict=True
+    ):
+        if flag:
+            first = int(breaking.nonzero()[0, 0])
+            owner = int(image[first])
+            row = first - int(counts[:owner].sum())
+            got = values[first].tolist()
+            raise ValueError(f"{_OP}: {message}, got {got} at {side}[{owner}]['{key}'][{row}]")
 
     if protocol == "coco":
         return _coco(

@@ -478,10 +478,11 @@ def test_no_warmup_note_for_a_short_warmup(trained, capsys):
 @pytest.mark.parametrize("workers", [0, 1])
 def test_an_unreadable_image_is_an_input_error_also_from_a_dataloader_worker(workers):
     """torch re-raises a worker's exception with the worker's traceback in its message; the
-    command error keeps only the original message, naming the file."""
+    one line detops prints keeps only the original message, naming the file."""
     from torch.utils.data import DataLoader, Dataset
 
-    from detops.cli import CommandError, unreadable_images_are_input_errors
+    from detops._errors import InputError
+    from detops.cli import input_error_message
     from detops.data import UnreadableImageError
 
     message = "VOC2007DetectionTiny: cannot decode image /x/val_1.png: OSError: truncated"
@@ -493,6 +494,6 @@ def test_an_unreadable_image_is_an_input_error_also_from_a_dataloader_worker(wor
         def __getitem__(self, index):
             raise UnreadableImageError(message)
 
-    with pytest.raises(CommandError) as info, unreadable_images_are_input_errors():
+    with pytest.raises(InputError) as info:
         list(DataLoader(Damaged(), num_workers=workers))
-    assert str(info.value) == message
+    assert input_error_message(info.value) == message

@@ -177,12 +177,12 @@ def run_detect(args: argparse.Namespace) -> int:
 
 def _decoded(path: str, progress: str):
     """The whole RGB picture: a file cut short passes the header check and fails here."""
-    from PIL import Image
+    from detops.data._images import UnreadableImageError, load_rgb
 
     try:
-        with Image.open(path) as handle:
-            return handle.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as error:
+        return load_rgb("detect", path)
+    except UnreadableImageError as error:
+        cause = error.__cause__
         raise CommandError(
-            f"{path} is an unreadable image ({type(error).__name__}: {error}); {progress}"
-        ) from error
+            f"{path} is an unreadable image ({type(cause).__name__}: {cause}); {progress}"
+        ) from cause

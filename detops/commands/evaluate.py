@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from detops.cli import CommandError, unreadable_images_are_input_errors
+from detops.cli import CommandError
 
 from . import COMMANDS
 from ._checkpoint import (
@@ -241,7 +241,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     data = _data_of(args, extra.get("args") or {})
     dataset = _dataset(args, data, extra, class_names)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
-    with torch.no_grad(), unreadable_images_are_input_errors():
+    with torch.no_grad():
         detections, ground_truths = predict_detections(
             model, loader, score_thresh=args.score_thresh, nms_thresh=args.nms_thresh, device=device
         )

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from detops.cli import CommandError, unreadable_images_are_input_errors
+from detops.cli import CommandError
 
 from . import COMMANDS
 
@@ -341,9 +341,11 @@ def resume_command(argv: Sequence[str]) -> str:
     return shlex.join([sys.executable, "-m", "detops", *[a for a in argv if a != "--no-resume"]])
 
 
-def _check_resume(checkpoint: Path, args: argparse.Namespace, model_config: dict) -> int:
+def _check_resume(
+    checkpoint: Path, args: argparse.Namespace, model_config: dict, identity: str
+) -> int:
     """The iteration a re-run resumes from (0: a fresh run); a checkpoint of another run is
-    a usage error naming --no-resume."""
+    a usage error naming --no-resume. ``identity``: this run's :func:`_data_identity`."""
     if args.no_resume or not checkpoint.exists():
         return 0
     from detops.training import load_checkpoint
@@ -372,7 +374,7 @@ def _check_resume(checkpoint: Path, args: argparse.Namespace, model_config: dict
                 f"{checkpoint} holds a run with another {what} ({old}, got {new}); {start_over}"
             )
     stored_identity = extra.get("data_identity")
-    if stored_identity is not None and stored_identity != data_identity(args):
+    if stored_identity is not None and stored_identity != identity:
         started = (extra.get("args") or {}).get("data", "?")
         raise CommandError(
             f"{checkpoint} holds a run on other data ({started}; --data {args.data} differs "
@@ -394,7 +396,7 @@ def _check_resume(checkpoint: Path, args: argparse.Namespace, model_config: dict
     return int(state.get("iteration", 0))
 
 
-def data_identity(args: argparse.Namespace) -> str:
+def _data_identity(args: argparse.Namespace) -> str:
     """What makes two runs' data the same wherever it lies: the synthetic set (its
     parameters are options of their own), or the SHA-256 of a folder's two JSON files."""
     if args.data == "synthetic":
@@ -459,8 +461,7 @@ def run_train(args: argparse.Namespace) -> int:
     _check_args(args)  # usage errors first: nothing is imported or written before them
     # Under torchrun (WORLD_SIZE > 1): one process per rank, DistributedDataParallel.
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        with unreadable_images_are_input_errors():  # (found when an image is read)
-            return _train(args, rank=0, world=1)
+        return _train(args, rank=0, world=1)
     import torch
     import torch.distributed as dist
 
@@ -469,8 +470,7 @@ def run_train(args: argparse.Namespace) -> int:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
-        with unreadable_images_are_input_errors():
-            return _train(args, rank=dist.get_rank(), world=dist.get_world_size())
+        return _train(args, rank=dist.get_rank(), world=dist.get_world_size())
     finally:
         dist.destroy_process_group()
 
@@ -516,7 +516,8 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
         "stem_channels": list(args.stem_channels),
         "center_sampling_radius": args.center_sampling_radius,
     }
-    resume_from = _check_resume(checkpoint, args, model_config)
+    identity = _data_identity(args)
+    resume_from = _check_resume(checkpoint, args, model_config, identity)
     seed_everything(args.seed + rank, deterministic=args.deterministic)  # per-rank streams
     if world > 1:  # rank 0 writes the synthetic set (once); the others then read it
         if main:
@@ -594,7 +595,7 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
             loss_curve_path=output / "loss_curve.png",
             progress=not args.no_progress,
             extra_state={
-                "data_identity": data_identity(args),
+                "data_identity": identity,
                 "model": model_config,
                 "class_names": list(class_names),
                 "image_size": args.image_size,

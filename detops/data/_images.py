@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .._errors import InputError
 from ._paths import bracketed_listing
 
 __all__ = ["UnreadableImageError", "load_rgb", "raise_if_unreadable", "unreadable_images"]
@@ -30,10 +31,10 @@ _IMAGE_ERRORS = (
 )
 
 
-class UnreadableImageError(ValueError):
+class UnreadableImageError(InputError):
     """An image of a dataset that fails to decode when it is read (damage past the header,
     which the check at build time cannot see); the message names the dataset and the file.
-    A ``ValueError``, so that commands can tell bad data from a failure of their own."""
+    A ``ValueError``; the command line reports it as an input error (exit 2)."""
 
 
 def load_rgb(op: str, path: str) -> Image.Image:
