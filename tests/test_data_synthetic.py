@@ -134,6 +134,28 @@ def test_second_call_writes_nothing_and_new_parameters_rewrite(tmp_path):
     assert (tmp_path / "images" / "val_00000.png").is_file()
 
 
+def test_a_smaller_set_removes_the_images_of_the_larger_one_and_nothing_else(tmp_path):
+    make_synthetic_detection_dataset(tmp_path, num_train=4, num_val=3, image_size=48)
+    (tmp_path / "images" / "train_00009.txt").write_text("mine")  # not a name it writes
+    (tmp_path / "images" / "notes.png").write_bytes(b"mine")
+    make_synthetic_detection_dataset(tmp_path, num_train=2, num_val=1, image_size=48)
+    kept = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert kept == [
+        "notes.png",
+        "train_00000.png",
+        "train_00001.png",
+        "train_00009.txt",
+        "val_00000.png",
+    ]
+    listed = [
+        entry[0]
+        for split in ("train", "val")
+        for entry in json.loads((tmp_path / f"voc07_{split}.json").read_text())
+    ]
+    written = ["train_00000.png", "train_00001.png", "val_00000.png"]
+    assert listed == [f"./here/images/{name}" for name in written]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

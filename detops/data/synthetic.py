@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -160,7 +161,8 @@ def make_synthetic_detection_dataset(
     Every file is written atomically (temporary file + rename): first the record, marked
     incomplete, then the images, the JSON files, and last the record of the parameters. A
     second call with the same parameters finds the record and writes nothing; other
-    parameters, a damaged or interrupted set (or ``overwrite=True``) rewrite the set.
+    parameters, a damaged or interrupted set (or ``overwrite=True``) rewrite the set, and
+    a smaller set removes the images a larger one left (names it writes, nothing else).
 
     ``root`` must be new, empty (hidden files such as ``.DS_Store`` aside), or a set this
     function wrote (it holds ``synthetic.json``): any other folder, such as a real VOC
@@ -246,8 +248,22 @@ def make_synthetic_detection_dataset(
             atomic_write_bytes(root / rel, _png_bytes(pixels), fsync=False)
             entries.append([f"./here/{rel}", objects])
         atomic_write_text(root / f"voc07_{split}.json", json.dumps(entries))
+    _remove_images_beyond(root / "images", splits)
     atomic_write_text(record, json.dumps(params, indent=1))
     return SYNTHETIC_CLASSES
+
+
+_IMAGE_NAME = re.compile(r"(?P<split>train|val)_(?P<index>\d{5,})\.png")
+
+
+def _remove_images_beyond(images: Path, splits: dict[str, int]) -> None:
+    """Delete the images a larger set written here before left behind (``val_00200.png``
+    when the set now has 128 val images): only names this function writes, so nothing
+    else in the folder is touched."""
+    for entry in images.iterdir():
+        name = _IMAGE_NAME.fullmatch(entry.name)
+        if name and int(name["index"]) >= splits[name["split"]] and entry.is_file():
+            entry.unlink()
 
 
 def _read_record(record: Path) -> dict | None:
