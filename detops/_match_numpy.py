@@ -109,12 +109,12 @@ def _row_base(batch: int, kept: int, sizes: tuple[int, ...]) -> np.ndarray:
 def _axis_factors(
     edges: np.ndarray, levels: list[Level], batch: int, kept: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per axis (x, y), level, grid value (padded to the longest axis), image and sorted
-    box ``[2, Lv, S, B, K]``: whether the value lies inside the box's candidate interval on
-    that axis (``inside``), and inside its closed inner interval too (``inner``, only for
-    the levels from the first whose ``low`` is above 0: before it the inner interval is
-    empty), as float64 factors; the x factors carry the box weights. Returns ``inside``,
-    ``inner`` and that first level.
+    """Per axis (x, y), level, grid value (padded to the longest axis; for ``inner``, the
+    longest of its levels), image and sorted box ``[2, Lv, S, B, K]``: whether the value
+    lies inside the box's candidate interval on that axis (``inside``), and inside its
+    closed inner interval too (``inner``, only for the levels from the first whose ``low``
+    is above 0: before it the inner interval is empty), as float64 factors; the x factors
+    carry the box weights. Returns ``inside``, ``inner`` and that first level.
 
     ``edges`` is ``[2, 2, 1, B * K]``: (top-left, bottom-right) x (x, y). Per level and
     axis, with ``(lo, hi)`` the box's edges on that axis, the candidate interval is
@@ -138,12 +138,14 @@ def _axis_factors(
         values[1, i, : len(ys), 0] = ys
     inside = values > lower  # [2, Lv, S, B * K]
     inside &= values < upper
-    # The inner interval is empty where low is 0: from the first level with low > 0 on.
+    # The inner interval is empty where low is 0: from the first level with low > 0 on,
+    # padded only to the longest axis among those levels (coarser: shorter axes).
     first = next((i for i, level in enumerate(levels) if level[2] > 0), len(levels))
-    later = values[:, first:]
+    span = max((max(len(level[0]), len(level[1])) for level in levels[first:]), default=0)
+    later = values[:, first:, :span]
     inner = later >= bottom_right - low[first:]
     inner &= later <= top_left + low[first:]
-    inner &= inside[:, first:]
+    inner &= inside[:, first:, :span]
     weights = _weights(kept)
     factors = []
     for bools in (inside, inner):
