@@ -104,6 +104,29 @@ def test_detect_writes_annotated_pngs(trained, tmp_path, capsys):
     assert "wide.jpg:" in printed and "grey.png:" in printed
 
 
+def test_detect_never_writes_over_an_input_image(trained, tmp_path, capsys):
+    root, _ = trained
+    source = Image.open(root / "data" / "images" / "val_00000.png")
+    (tmp_path / "b").mkdir()
+    for name in ("a.png", "a.jpg", "a_1.png", "b/a.png"):
+        source.save(tmp_path / name)
+    inputs = ["a.png", "a.jpg", "b/a.png", "a_1.png"]  # the output folder is theirs
+    before = {name: (tmp_path / name).read_bytes() for name in inputs}
+    argv = ["--checkpoint", str(root / "run" / "checkpoint.pt"), "--device", "cpu"]
+    assert (
+        main(["detect", *argv, "--output-dir", str(tmp_path)] + [str(tmp_path / n) for n in inputs])
+        == 0
+    )
+    assert {name: (tmp_path / name).read_bytes() for name in inputs} == before
+    printed = [line.split(" -> ")[1] for line in capsys.readouterr().out.splitlines()]
+    assert [os.path.basename(line) for line in printed] == [
+        "a_2.png",
+        "a_3.png",
+        "a_4.png",
+        "a_1_1.png",
+    ]
+
+
 def test_detect_names_a_cut_image_and_a_folder_and_counts_what_it_wrote(
     trained, tmp_path, capsys, monkeypatch
 ):

@@ -46,7 +46,8 @@ def add_parser(subparsers) -> None:
         "--output-dir",
         default="detections",
         metavar="DIR",
-        help="where <image name>.png files are written (default: detections)",
+        help="where <image name>.png files are written, <image name>_1.png where that name "
+        "is an input image or an earlier image's (default: detections)",
     )
     parser.add_argument(
         "--score-thresh",
@@ -136,7 +137,7 @@ def run_detect(args: argparse.Namespace) -> int:
     output = Path(args.output_dir)
     written: list[Path] = []
     try:
-        for path in args.images:
+        for path, target in zip(args.images, _output_paths(args.images, output), strict=True):
             picture = _decoded(path, f"{len(written)} of {len(args.images)} images written")
             size = (picture.height, picture.width)
             with torch.no_grad():
@@ -146,9 +147,6 @@ def run_detect(args: argparse.Namespace) -> int:
                     test_nms_thresh=args.nms_thresh,
                 ).as_dicts()
             boxes = center_crop_boxes_to_original(found["boxes"].cpu().float(), size, image_size)
-            target = output / f"{Path(path).stem}.png"
-            if target in written:  # two inputs, one name: a.jpg and a.png, or dir1/a dir2/a
-                target = output / f"{Path(path).stem}_{len(written)}.png"
             save_detections_png(  # atomic: an interrupted write leaves no partial PNG
                 target,
                 pil_to_tensor(picture),
@@ -173,6 +171,25 @@ def run_detect(args: argparse.Namespace) -> int:
         )
         return 130
     return 0
+
+
+def _output_paths(images: list[str], output: Path) -> list[Path]:
+    """``<output>/<image name>.png`` per image, ``<image name>_<k>.png`` (the smallest
+    ``k`` from 1 that is free) where that name is taken: by an earlier image's picture
+    (``a.jpg`` and ``a.png``, or ``dir1/a.png`` and ``dir2/a.png``) or by an input image
+    itself (``--output-dir`` the images' own folder), which is never written over."""
+    inputs = {Path(image).resolve() for image in images}
+    taken: set[Path] = set()
+    paths = []
+    for image in images:
+        stem = Path(image).stem
+        target, k = output / f"{stem}.png", 0
+        while target.resolve() in inputs or target.resolve() in taken:
+            k += 1
+            target = output / f"{stem}_{k}.png"
+        taken.add(target.resolve())
+        paths.append(target)
+    return paths
 
 
 def _decoded(path: str, progress: str):
