@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
-__all__ = ["catching", "check", "held"]
+__all__ = ["catching", "check", "held", "raised_during_interrupt"]
 
 _requested = False
 
@@ -90,3 +90,19 @@ def held() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if pressed:  # to the handler that was there: catching's records it too
         signal.raise_signal(signal.SIGINT)
+
+
+def raised_during_interrupt(error: BaseException) -> bool:
+    """Whether a ``KeyboardInterrupt`` is among the exceptions ``error`` was raised while
+    handling (its ``__context__`` and ``__cause__`` chain)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error.__context__, error.__cause__]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        pending += [current.__context__, current.__cause__]
+    return False

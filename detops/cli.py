@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from ._errors import InputError
-from ._interrupt import catching
+from ._interrupt import catching, raised_during_interrupt
 from .commands import COMMANDS, load_command
 
 
@@ -104,11 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix}: error: {line}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
-        if args.debug:
-            traceback.print_exc()
-        print(f"\n{prefix}: interrupted", file=sys.stderr, flush=True)
-        return 130
+        return _interrupted(prefix, args.debug)
     except Exception as error:  # an unexpected failure: one line, not a traceback
+        if raised_during_interrupt(error):  # a library's own error for the Ctrl-C
+            return _interrupted(prefix, args.debug)
         if args.debug:
             traceback.print_exc()
             print(
@@ -124,6 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         return 1
+
+
+def _interrupted(prefix: str, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"\n{prefix}: interrupted", file=sys.stderr, flush=True)
+    return 130
 
 
 if __name__ == "__main__":

@@ -137,12 +137,21 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
 
     The bytes go to a temporary file in the same directory, are flushed and fsynced, and the
     file is renamed over ``path`` with ``os.replace``: a reader (or a run killed mid-write)
-    sees either the old checkpoint or the new one, never half of one.
+    sees either the old checkpoint or the new one, never half of one. A Ctrl-C during the
+    write raises ``KeyboardInterrupt`` (and leaves no temporary file).
     """
     from ._atomic import atomic_open
+    from ._interrupt import raised_during_interrupt
 
-    with atomic_open(path) as handle:
-        torch.save(dict(state), handle)
+    try:
+        with atomic_open(path) as handle:
+            torch.save(dict(state), handle)
+    except RuntimeError as error:
+        # torch.save's zip writer turns a Ctrl-C raised inside its calls of handle.write
+        # into "RuntimeError: [enforce fail ...] unexpected pos": the interrupt it was.
+        if not raised_during_interrupt(error):
+            raise
+        raise KeyboardInterrupt from error
     return Path(path)
 
 

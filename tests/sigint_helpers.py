@@ -1,4 +1,5 @@
-"""A real Ctrl-C sent to a ``detops`` command while it starts, for the CLI tests."""
+"""Ctrl-C for the tests: a real SIGINT sent to a ``detops`` command while it starts, and
+one that lands inside ``torch.save``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).parent.parent
 
@@ -37,3 +40,32 @@ def ctrl_c_while_torch_loads(args: list[str], after: float = 0.0) -> tuple[int, 
         process.kill()
         process.wait()
     return process.returncode, out, err
+
+
+class _InterruptedWrites:
+    """A file whose third write raises KeyboardInterrupt, as a Ctrl-C landing there would."""
+
+    def __init__(self, handle):
+        self.handle, self.writes = handle, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 3:
+            raise KeyboardInterrupt
+        return self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()
+
+
+def interrupt_torch_save(monkeypatch, call: int) -> None:
+    """Make the ``call``-th ``torch.save`` (counting from 1) be interrupted mid-write."""
+    real, calls = torch.save, []
+
+    def save(obj, handle, *args, **kwargs):
+        calls.append(None)
+        if len(calls) == call:
+            handle = _InterruptedWrites(handle)
+        return real(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)

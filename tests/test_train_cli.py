@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from sigint_helpers import interrupt_torch_save
 
 import detops.training
 import detops.visualize
@@ -389,6 +390,18 @@ def test_ctrl_c_in_train_saves_says_how_to_resume_and_exits_130(
     assert metrics["resumed_from"] == 3 and metrics["iterations"] == 4
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_exits_130_with_the_resume_hint(
+    trained, tmp_path, capsys, monkeypatch
+):
+    args = _copy_run(trained, tmp_path)
+    args[args.index("--iterations") + 1] = "4"
+    interrupt_torch_save(monkeypatch, call=2)  # the periodic checkpoint of iteration 2
+    assert main([*args, "--no-resume"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted; checkpoint at iteration 2 of 4" in err[0], err
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")] == []
+
+
 def test_ctrl_c_and_unexpected_errors_in_detect(trained, tmp_path, capsys, monkeypatch):
     root, _ = trained
     image = str(root / "data" / "images" / "val_00000.png")
@@ -401,12 +414,21 @@ def test_ctrl_c_and_unexpected_errors_in_detect(trained, tmp_path, capsys, monke
     def fail(*args, **kwargs):
         raise RuntimeError("disk on fire\nsecond line")
 
+    def wrapped_interrupt(*args, **kwargs):  # a library's own error for the Ctrl-C
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos")  # noqa: B904
+
     with monkeypatch.context() as patch:
         patch.setattr(detops.visualize, "save_detections_png", interrupt)
         assert main(argv) == 130
         assert capsys.readouterr().err.strip() == (
             f"detops detect: interrupted; 0 of 1 images written to {tmp_path}"
         )
+        patch.setattr(detops.visualize, "save_detections_png", wrapped_interrupt)
+        assert main(argv) == 130
+        assert capsys.readouterr().err.strip() == "detops detect: interrupted"
         patch.setattr(detops.visualize, "save_detections_png", fail)
         assert main(argv) == 1
         assert capsys.readouterr().err.strip() == (

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sigint_helpers import interrupt_torch_save
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -139,6 +140,29 @@ def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
     # The old checkpoint is intact and no temporary file is left behind.
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_a_ctrl_c_inside_torch_save_is_a_keyboard_interrupt(tmp_path, monkeypatch):
+    """torch.save turns it into "RuntimeError: [enforce fail ...] unexpected pos", which
+    the CLI reported as an unexpected error (exit 1, no resume hint)."""
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}})
+    interrupt_torch_save(monkeypatch, call=1)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"model": {"w": torch.zeros(2), "b": torch.zeros(3)}})
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    with pytest.raises(RuntimeError, match="disk"):  # other errors stay what they are
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "save", _raises(RuntimeError("disk")))
+            save_checkpoint(path, {"model": {}})
+
+
+def _raises(error):
+    def call(*args, **kwargs):
+        raise error
+
+    return call
 
 
 def test_load_checkpoint_rejects_a_file_without_model(tmp_path):
