@@ -66,6 +66,12 @@ def _check_image_dict(
     missing = [k for k in keys if k not in item]
     if missing:
         raise ValueError(f"{op}: {where} must have keys {list(keys)}, got {sorted(item)}")
+    if "difficult" in item:  # the devkit's flag: ignoring it would count those GT as misses
+        raise ValueError(
+            f"{op}: {where} has a 'difficult' key, which is not supported (the devkit leaves "
+            "difficult GT out of both true and false positives; this function does not): "
+            "remove those GT boxes, or the key to count them as ordinary GT"
+        )
     out = {k: check_tensor(op, f"{where}[{k!r}]", item[k]) for k in (*keys, *optional) if k in item}
     boxes = out["boxes"]
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
@@ -107,6 +113,20 @@ def _check_image_dict(
         if key == "area" and not value.is_floating_point():
             raise TypeError(f"{op}: {where}['area'] must have a floating dtype, got {value.dtype}")
     return out
+
+
+def _listed(iou_thresholds: object) -> tuple:
+    """``iou_thresholds`` as a tuple of its values: a sequence (not a string), or a 1-D
+    NumPy array or tensor (``np.linspace(0.5, 0.95, 10)``), read as Python numbers."""
+    values = iou_thresholds
+    if hasattr(values, "tolist") and getattr(values, "ndim", None) == 1:
+        values = values.tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(
+            f"{_OP}: iou_thresholds must be None or a sequence of floats in [0, 1] (a list, "
+            f"tuple, or 1-D array), got {type(iou_thresholds).__name__}"
+        )
+    return tuple(values)
 
 
 def _group_starts(keys: Tensor, size: int) -> tuple[Tensor, Tensor]:
@@ -225,12 +245,13 @@ def mean_average_precision(
             (integer), ``scores [K]`` (float, higher is more confident). ``K`` may be 0.
         ground_truths (list[dict]): per image, ``boxes [G, 4]``, ``labels [G]`` and for
             COCO optionally ``iscrowd [G]`` and ``area [G]``; same length as
-            ``detections``. ``G`` may be 0.
+            ``detections``. ``G`` may be 0. VOC's ``difficult`` flags are not supported: a
+            ``"difficult"`` key raises ValueError (other extra keys are not read).
         num_classes (int): number of classes ``C``.
         iou_threshold (float): VOC only: the IoU a true positive needs (``>=``), in [0, 1].
         protocol (str): ``"voc"`` or ``"coco"``.
         iou_thresholds (sequence of float, optional): VOC only: several thresholds, each in
-            [0, 1]; it replaces ``iou_threshold``.
+            [0, 1] (a list, a tuple or a 1-D array); it replaces ``iou_threshold``.
         voc_plus_one (bool): VOC only: widths and heights are ``x2 - x1 + 1``.
 
     Returns:
@@ -297,7 +318,7 @@ def mean_average_precision(
             )
         thresholds: tuple[float, ...] = _COCO_IOU
     else:
-        thresholds = (iou_threshold,) if iou_thresholds is None else tuple(iou_thresholds)
+        thresholds = (iou_threshold,) if iou_thresholds is None else _listed(iou_thresholds)
         name = "iou_threshold" if iou_thresholds is None else "iou_thresholds"
         if not thresholds:
             raise ValueError(f"{_OP}: iou_thresholds must hold at least one threshold, got ()")

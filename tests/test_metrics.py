@@ -287,6 +287,28 @@ ERROR_INPUTS = [
         r"iou_threshold must lie in \[0, 1\], got 1.5",
     ),
     (([GOOD_D], [GOOD_G], 1), {"iou_thresholds": ()}, ValueError, r"at least one threshold"),
+    *(
+        (
+            ([GOOD_D], [GOOD_G], 1),
+            {"iou_thresholds": value},
+            TypeError,
+            r"iou_thresholds must be None or a sequence of floats in \[0, 1\] \(a list, tuple, "
+            rf"or 1-D array\), got {name}",
+        )
+        for value, name in ((0.5, "float"), ("0.5", "str"), (torch.tensor(0.5), "Tensor"))
+    ),
+    (
+        ([GOOD_D], [GOOD_G], 1),
+        {"iou_thresholds": np.array([0.5, 1.5])},
+        ValueError,
+        r"iou_thresholds must lie in \[0, 1\], got 1.5",
+    ),
+    (
+        ([GOOD_D], [GOOD_G | {"difficult": torch.tensor([True])}], 1),
+        {},
+        ValueError,
+        r"ground_truths\[0\] has a 'difficult' key, which is not supported",
+    ),
     (
         ([{"boxes": GOOD_D["boxes"], "labels": GOOD_D["labels"]}], [GOOD_G], 1),
         {},
@@ -350,6 +372,17 @@ ERROR_INPUTS = [
         r"ground_truths\[0\]\['boxes'\] must be a torch.Tensor, got list",
     ),
 ]
+
+
+def test_iou_thresholds_may_be_an_array_or_a_tensor():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    dets = [det(boxes.tolist(), [0, 0], [0.9, 0.8])]
+    gts = [gt((boxes + torch.tensor([0.0, 0, 2, 0])).tolist(), [0, 0])]  # IoU 10/12
+    listed = mean_average_precision(dets, gts, 1, iou_thresholds=[0.5, 0.9])
+    assert float(listed["map"]) == 0.5  # AP 1 at 0.5, 0 at 0.9
+    for values in (np.array([0.5, 0.9]), torch.tensor([0.5, 0.9], dtype=torch.float64)):
+        other = mean_average_precision(dets, gts, 1, iou_thresholds=values)
+        assert float(other["map"]) == float(listed["map"])
 
 
 @pytest.mark.parametrize(("args", "kwargs", "error", "match"), ERROR_INPUTS)
