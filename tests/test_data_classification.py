@@ -97,6 +97,15 @@ def test_label_file_space_and_comma_separators_sorted(label_file_layout):
     assert image.getpixel((0, 0))[0] > 150 and label == 1
 
 
+def test_label_file_names_may_hold_spaces(label_file_layout):
+    images, labels = label_file_layout
+    write_image(images / "IMG 004.jpg", (9, 9, 9))
+    write_image(images / "my 1 img.png", (9, 9, 9))
+    labels.write_text("001.JPG 0\n002.jpg 1\nsub/003.png 2\nIMG 004.jpg 3\nmy 1 img.png,4\n")
+    rel = {os.path.relpath(p, images): y for p, y in LabelFileDataset(images, labels).samples}
+    assert rel["IMG 004.jpg"] == 3 and rel["my 1 img.png"] == 4 and len(rel) == 5
+
+
 def test_label_file_transforms(label_file_layout):
     images, labels = label_file_layout
     labels.write_text("001.JPG 0\n002.jpg 1\nsub/003.png 2\n")

@@ -58,6 +58,8 @@ __all__ = [
 
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(IMG_EXTENSIONS)
 _SEPARATOR = re.compile(r"\s*,\s*|\s+")
+# A label file's line: the label is the last field, so a filename may hold spaces.
+_NAME_AND_LABEL = re.compile(r"(?P<name>.+?)(?:\s*,\s*|\s+)(?P<label>[+-]?\d+)")
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
@@ -225,8 +227,9 @@ class _ImageLabelSamples(Dataset):
 class LabelFileDataset(_ImageLabelSamples):
     """Images in one folder, labels in one text file: ``filename label`` per line.
 
-    The separator is whitespace or a comma (``001.jpg 0``, ``001.jpg,0``, ``001.jpg, 0``).
-    Blank lines and lines starting with ``#`` are skipped. A filename may name a file in a
+    The separator is whitespace or a comma (``001.jpg 0``, ``001.jpg,0``, ``001.jpg, 0``);
+    the label is the last field, so a filename may hold spaces (``IMG 001.jpg 0``). Blank
+    lines and lines starting with ``#`` are skipped. A filename may name a file in a
     sub-folder (``cats/001.jpg``) but must stay inside ``image_dir``.
 
     Args:
@@ -273,23 +276,27 @@ class LabelFileDataset(_ImageLabelSamples):
             if not line or line.startswith("#"):
                 continue
             where = f"{self.label_file}:{lineno}"
-            parts = _SEPARATOR.split(line)
-            if len(parts) != 2 or not _INTEGER.fullmatch(parts[1]) or int(parts[1]) < 0:
+            fields = _NAME_AND_LABEL.fullmatch(line)
+            listed = fields["name"] if fields else ""
+            # (a name without an image extension but with a separator: a field too many)
+            extra_field = not is_image_file(listed) and _SEPARATOR.search(listed)
+            if fields is None or int(fields["label"]) < 0 or extra_field:
                 raise ValueError(
                     f"{op}: {where}: expected 'filename label' (separated by a space or a "
                     f"comma, label a non-negative integer), got {raw!r}"
                 )
-            name = checked_relative_path(op, self.image_dir, parts[0], where)
+            name = checked_relative_path(op, self.image_dir, listed, where)
             if not is_image_file(name):
                 raise ValueError(
                     f"{op}: {where}: filename must have an image extension "
-                    f"{IMAGE_EXTENSIONS} (any case), got {parts[0]!r}"
+                    f"{IMAGE_EXTENSIONS} (any case), got {listed!r}"
                 )
+            label = int(fields["label"])
             if name in labels:
                 raise ValueError(
                     f"{op}: {where}: {name!r} is listed twice (first on line {first_line[name]})"
                 )
-            labels[name] = int(parts[1])
+            labels[name] = label
             first_line[name] = lineno
 
         on_disk = set(_scan(op, self.image_dir, is_image_file))
