@@ -157,10 +157,17 @@ def check_number(
             )
         if value.device.type == "meta":
             raise ValueError(f"{op}: {name} is on the meta device, which holds no value")
+        if value.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"{op}: {name} is a tensor that requires grad; its value is read as a number, "
+                f"so no gradient would reach it (pass {name}.detach() or a float)"
+            )
         return float(value.item())
     accepted = numbers.Real if numpy_scalars else (int, float)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, accepted):
-        raise TypeError(f"{op}: {name} must be {expected}, got {type(value).__name__}")
+        kind = type(value)  # (NumPy's scalars qualified: "got float32" reads like a float)
+        shown = qualified_type_name(value) if kind.__module__ == "numpy" else kind.__name__
+        raise TypeError(f"{op}: {name} must be {expected}, got {shown}")
     try:
         return float(value)
     except OverflowError:  # an int beyond the float range
@@ -177,9 +184,17 @@ def check_bool(op: str, name: str, value: object) -> bool:
         return value
     if isinstance(value, np.bool_):
         return bool(value)
+    raise TypeError(f"{op}: {name} must be a bool, got {qualified_type_name(value)}")
+
+
+def qualified_type_name(value: object) -> str:
+    """The type's name, module-qualified where it is not a builtin (``numpy.float32``,
+    ``torch.Tensor``): NumPy 2 names ``numpy.bool_`` "bool" and ``numpy.float64`` "float64"."""
     kind = type(value)
-    shown = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
-    raise TypeError(f"{op}: {name} must be a bool, got {shown}")
+    if kind.__module__ == "builtins":
+        return kind.__name__
+    module = "torch" if kind is Tensor else kind.__module__
+    return f"{module}.{kind.__name__}"
 
 
 def shape_str(value: Tensor) -> str:

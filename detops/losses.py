@@ -20,13 +20,14 @@ where torchvision's autograd gradient is NaN.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ._checks import (
     check_floating,
@@ -65,8 +66,13 @@ _SPARSE_POSITIVES_ON_CPU = True
 
 
 def _check_alpha_gamma(op: str, alpha: object, gamma: object) -> tuple[float, float]:
-    alpha = check_number(op, "alpha", alpha, expected="a float")
-    gamma = check_number(op, "gamma", gamma, expected="a float")
+    # (as torchvision takes them: NumPy scalars and one-element tensors too)
+    alpha = check_number(
+        op, "alpha", alpha, expected="a number", numpy_scalars=True, tensor_scalars=True
+    )
+    gamma = check_number(
+        op, "gamma", gamma, expected="a number", numpy_scalars=True, tensor_scalars=True
+    )
     if not (0.0 <= alpha <= 1.0) and alpha != -1.0:
         raise ValueError(f"{op}: alpha must lie in [0, 1] or be -1 (no weighting), got {alpha}")
     if not (gamma >= 0.0 and math.isfinite(gamma)):
@@ -87,6 +93,25 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 _BUFFER_NAMES = ("e", "l", "n", "p", "q", "w", "x", "t")
+
+
+def _first_derivatives_only(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """An autograd Function's ``backward`` that refuses ``create_graph=True`` (grad mode is
+    on inside a backward exactly then) with a RuntimeError naming ``ctx.op``. Its closed-form
+    gradient carries no graph, and ``once_differentiable`` only fails where the incoming
+    gradient requires grad: a focal loss added to another loss got a Hessian without its
+    own term, silently."""
+
+    @functools.wraps(backward)
+    def checked(ctx: Any, *grad_outputs: Tensor) -> Any:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{ctx.op}: its backward gives first derivatives only; a backward with "
+                "create_graph=True (for a second derivative) is not supported"
+            )
+        return backward(ctx, *grad_outputs)
+
+    return checked
 
 
 class _Buffers:
@@ -530,13 +555,14 @@ class _SigmoidFocalLoss(torch.autograd.Function):
             inputs, targets, class_ids, alpha, gamma, reduction, want_grad, out_dtype
         )
         ctx.options = (alpha, gamma, reduction)
+        ctx.op = op
         ctx.grad = grad
         if want_grad:
             ctx.save_for_backward(inputs, targets, class_ids)
         return loss
 
     @staticmethod
-    @once_differentiable
+    @_first_derivatives_only
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         alpha, gamma, reduction = ctx.options
         grad, ctx.grad = ctx.grad, None
@@ -599,8 +625,9 @@ def sigmoid_focal_loss(
             [0, 1]: 0/1 labels or soft targets. Treated as constants: no gradient flows to
             them, and a ``targets`` that requires grad (with grad mode on) raises, so the
             gradient is never dropped silently (``detach()`` it first).
-        alpha (float): weight of the positive class in [0, 1], or -1 for no weighting.
-        gamma (float): focusing exponent, ``>= 0``.
+        alpha (float): weight of the positive class in [0, 1], or -1 for no weighting. A
+            Python or NumPy number, or a one-element tensor that does not require grad.
+        gamma (float): focusing exponent, ``>= 0``; the same kinds of number.
         reduction (str): ``"none"`` (shape of ``inputs``), ``"mean"`` or ``"sum"`` (0-d).
             The mean over an empty input is 0 (torchvision gives NaN) and still has a
             gradient path (an empty gradient).
@@ -614,10 +641,10 @@ def sigmoid_focal_loss(
             unknown reduction; targets requiring grad.
 
     Note:
-        First derivatives only: the backward is ``once_differentiable``; a gradient taken
-        with ``create_graph=True`` carries no graph. Reductions accumulate per-chunk sums
-        in float64 and round once into the output dtype (a float16 sum above 65504 is inf,
-        as torchvision's).
+        First derivatives only: a backward with ``create_graph=True`` raises RuntimeError
+        (rather than give a second derivative without this loss's term). Reductions
+        accumulate per-chunk sums in float64 and round once into the output dtype (a
+        float16 sum above 65504 is inf, as torchvision's).
     """
     return _dense_focal("sigmoid_focal_loss", inputs, targets, alpha, gamma, reduction)
 
@@ -822,8 +849,8 @@ def fcos_loss(
         promoted to at least float32 (float16/bfloat16 predictions give float32 losses,
         as autocast does); the normalizer in that dtype promoted with a tensor
         ``normalizer``'s. Device: that of the predictions. Gradients flow to the three
-        predictions only (first derivatives; a second backward through the same graph
-        recomputes them).
+        predictions only (first derivatives: a backward with ``create_graph=True``
+        raises RuntimeError; a second backward through the same graph recomputes them).
     """
     op = "fcos_loss"
     patterns = {
@@ -1033,12 +1060,13 @@ class _FCOSLossSums(torch.autograd.Function):
         sums, grads = _fcos_loss_sums(cls, box, ctr, class_ids, gt_deltas, loss_dtype, needs)
         ctx.grads = grads
         ctx.options = (loss_dtype, needs)
+        ctx.op = "fcos_loss"
         if any(needs):
             ctx.save_for_backward(cls, box, ctr, class_ids, gt_deltas)
         return sums
 
     @staticmethod
-    @once_differentiable
+    @_first_derivatives_only
     def backward(
         ctx: Any, grad_cls: Tensor, grad_box: Tensor, grad_ctr: Tensor
     ) -> tuple[Tensor | None, ...]:

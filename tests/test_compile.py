@@ -179,6 +179,16 @@ def test_focal_losses_compile_with_fullgraph_and_their_gradients_equal_eager(cla
 
 
 @pytest.mark.slow
+def test_compiled_focal_loss_refuses_a_second_derivative():
+    # (AOTAutograd's own guard: the registered backward was traced without grad)
+    loss_fn, (leaf,) = focal_call(False, "sum")
+    compiled = torch.compile(lambda x: loss_fn(x) + (x**3).sum(), backend="aot_eager")
+    (grad,) = torch.autograd.grad(compiled(leaf), leaf, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not currently support double backward"):
+        torch.autograd.grad(grad.sum(), leaf)
+
+
+@pytest.mark.slow
 def test_fcos_loss_compiles_with_fullgraph_and_its_gradients_equal_eager():
     locations, gt, flat_locations, flat_strides = benchmark_inputs(
         64, 64, A4_STRIDES, rows=10, real=(1, 4), device="cpu"

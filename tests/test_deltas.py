@@ -622,7 +622,11 @@ def test_numpy_scalar_strides_are_numbers(stride):
 @pytest.mark.parametrize(
     "stride, error, message",
     [
-        (np.bool_(True), TypeError, r"stride must be a positive number or a Tensor\[L\], got bool"),
+        (
+            np.bool_(True),
+            TypeError,
+            r"stride must be a positive number or a Tensor\[L\], got numpy.bool",
+        ),
         (
             torch.ones(2, dtype=torch.bool),
             TypeError,

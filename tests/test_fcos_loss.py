@@ -184,6 +184,15 @@ def test_empty_locations():
     assert normalizer.item() == pytest.approx(90.0)
 
 
+def test_a_second_derivative_is_refused():
+    _, _, preds, matched, gt_deltas = _batch(5, size=64)
+    leaves = tuple(p.double().requires_grad_() for p in preds)
+    losses, _ = fcos_loss(*leaves, matched.double(), gt_deltas.double(), 150.0)
+    total = sum(losses.values()) + (leaves[0] ** 2).sum()
+    with pytest.raises(RuntimeError, match="fcos_loss: its backward gives first derivatives"):
+        torch.autograd.grad(total, leaves, create_graph=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_predictions_give_float32_losses(dtype):
     _, _, preds, matched, gt_deltas = _batch(5, size=64)

@@ -142,16 +142,20 @@ def test_second_backward_recomputes_the_same_gradient():
     assert first.abs().sum() > 0
 
 
-def test_no_second_derivative():
-    # The backward is once_differentiable: a gradient taken with create_graph=True carries
-    # no graph, so differentiating it again fails loudly instead of giving a wrong Hessian.
+@pytest.mark.parametrize("with_another_term", [False, True])
+def test_no_second_derivative(with_another_term):
+    # The closed-form gradient carries no graph: a backward with create_graph=True raises,
+    # also where the focal loss is one term of a sum (once_differentiable let that
+    # through: the Hessian of focal + (x**3).sum() came out without the focal term).
     x, t = _inputs((3, 4), torch.float64, "cpu")
     leaf = x.requires_grad_()
     loss = sigmoid_focal_loss(leaf, t, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, leaf, create_graph=True)
-    assert not grad.requires_grad
-    with pytest.raises(RuntimeError, match="does not require grad"):
-        grad.sum().backward()
+    if with_another_term:
+        loss = loss + (leaf**3).sum()
+    with pytest.raises(RuntimeError, match="sigmoid_focal_loss: its backward gives first "):
+        torch.autograd.grad(loss, leaf, create_graph=True)
+    (grad,) = torch.autograd.grad(loss, leaf)  # first derivatives still work
+    assert grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -354,7 +358,12 @@ ERROR_INPUTS = [
     (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2)), {"alpha": -0.5}, ValueError,
      r"alpha must lie in \[0, 1\] or be -1.*got -0.5"),
     (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2)), {"alpha": "a"}, TypeError,
-     r"alpha must be a float, got str"),
+     r"alpha must be a number, got str"),
+    (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2)), {"gamma": torch.ones(2)}, TypeError,
+     r"gamma must be a number, got a torch.float32 tensor of shape \[2\]"),
+    (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2)),
+     {"alpha": torch.tensor(0.25, requires_grad=True)}, ValueError,
+     r"alpha is a tensor that requires grad; its value is read as a number"),
     (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2)), {"gamma": -1.0}, ValueError,
      r"gamma must be a finite number >= 0, got -1.0"),
     (sigmoid_focal_loss, (torch.zeros(2), torch.zeros(2)), {"gamma": math.inf}, ValueError,
@@ -374,6 +383,20 @@ ERROR_INPUTS = [
     (sigmoid_focal_loss_grad, (torch.zeros(2), torch.zeros(2)), {"reduction": "x"}, ValueError,
      r"sigmoid_focal_loss_grad: reduction must be one of"),
 ]  # fmt: skip
+
+
+def test_alpha_and_gamma_as_numpy_scalars_and_tensors_as_torchvision_takes_them():
+    x = torch.randn(3, 5, dtype=torch.float64)
+    t = (torch.rand(3, 5) < 0.3).double()
+    plain = sigmoid_focal_loss(x, t, alpha=0.25, gamma=2.0, reduction="sum")
+    for alpha, gamma in (
+        (np.float32(0.25), np.int64(2)),
+        (torch.tensor(0.25), torch.tensor(2)),
+        (torch.tensor([0.25]), np.float64(2.0)),
+    ):
+        assert torch.equal(sigmoid_focal_loss(x, t, alpha, gamma, reduction="sum"), plain)
+    with pytest.raises(TypeError, match=r"alpha must be a number, got numpy.bool"):
+        sigmoid_focal_loss(x, t, alpha=np.bool_(True))
 
 
 @pytest.mark.parametrize(("fn", "args", "kwargs", "error", "match"), ERROR_INPUTS)
