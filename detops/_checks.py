@@ -251,19 +251,47 @@ def check_positive_number(op: str, name: str, value: object, *, finite: bool = F
 
 
 def check_size_pair(op: str, name: str, value: object) -> tuple[int, int]:
-    """A ``(height, width)`` pair of positive integers."""
+    """A ``(height, width)`` pair of positive integers: a tuple, list or ``torch.Size`` of
+    Python or NumPy ints or one-element integer tensors, or a 1-D integer tensor or array
+    of two (``orig_target_sizes[i]``), as torchvision's box ops take them. (Floats, which
+    torchvision would clamp to as well, are refused: a size counts pixels.)"""
+    pair = value
+    if isinstance(value, (Tensor, np.ndarray)) and value.ndim == 1 and _integer_valued(value):
+        pair = value.tolist()
+    elif isinstance(value, (tuple, list, torch.Size)) and len(value) == 2:
+        pair = [_scalar_of(v) for v in value]
     if (
-        not isinstance(value, (tuple, list, torch.Size))
-        or len(value) != 2
-        or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+        not isinstance(pair, (tuple, list, torch.Size))
+        or len(pair) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in pair)
     ):
         shown = repr(value)
         if isinstance(value, Tensor):
-            shown = f"a tensor of shape {shape_str(value)}"
+            shown = f"a {value.dtype} tensor of shape {shape_str(value)}"
         raise TypeError(f"{op}: {name} must be a (height, width) pair of ints, got {shown}")
-    if value[0] <= 0 or value[1] <= 0:
-        raise ValueError(f"{op}: {name} must be a positive (height, width) pair, got {value!r}")
-    return int(value[0]), int(value[1])
+    height, width = int(pair[0]), int(pair[1])
+    if height <= 0 or width <= 0:
+        raise ValueError(
+            f"{op}: {name} must be a positive (height, width) pair, got {(height, width)!r}"
+        )
+    return height, width
+
+
+def _scalar_of(value: object) -> object:
+    """A 0-d integer tensor's or NumPy integer's value as a Python int; else ``value``."""
+    if isinstance(value, (Tensor, np.integer)) and value.ndim == 0 and _integer_valued(value):
+        return int(value.item())
+    return value
+
+
+def _integer_valued(value: object) -> bool:
+    """An integer (not bool) tensor or NumPy array/scalar; on a device that holds values."""
+    if isinstance(value, Tensor):
+        return (
+            not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+            and value.device.type != "meta"
+        )
+    return isinstance(value, (np.ndarray, np.integer)) and np.issubdtype(value.dtype, np.integer)
 
 
 def check_level_keys(

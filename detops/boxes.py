@@ -83,14 +83,15 @@ def _size_was_image_size(func: Callable[_P, _R]) -> Callable[_P, _R]:
 
 
 def _upcast(value: Tensor) -> Tensor:
-    # As torchvision.ops: float16/bfloat16 -> float32, small integers -> int32, so products
-    # of coordinates neither overflow nor lose precision.
+    # float16/bfloat16 -> float32 as torchvision.ops; integers -> int64 (torchvision: int32
+    # for the small types, where an area of int16 or int32 coordinates overflows), so the
+    # products of coordinates below 2**31 neither overflow nor lose precision.
     if value.is_floating_point():
         return value if value.dtype in (torch.float32, torch.float64) else value.float()
-    return value if value.dtype in (torch.int32, torch.int64) else value.int()
+    return value if value.dtype == torch.int64 else value.long()
 
 
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
     """Intersection over union of every pair of boxes; a drop-in for ``torchvision.ops.box_iou``.
 
     ``IoU = inter / union`` with ``inter = max(0, min(x2) - max(x1)) * max(0, min(y2) - max(y1))``
@@ -102,9 +103,15 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         * float16/bfloat16 boxes are upcast to float32 before any arithmetic; torchvision
           subtracts the corners in float16 and upcasts afterwards, so the two differ by
           float16 rounding of the intersection's width and height. Both return float32.
-        * Likewise uint8/int8/int16 boxes are upcast to int32 first; torchvision subtracts
-          the corners in the small type, where a negative overlap wraps around (uint8
-          boxes ``[0, 0, 10, 10]`` and ``[20, 20, 30, 30]``: torchvision -1.0033, detops 0).
+        * Likewise integer boxes are computed in int64; torchvision subtracts the corners
+          of uint8/int8/int16 boxes in the small type, where a negative overlap wraps
+          around (uint8 boxes ``[0, 0, 10, 10]`` and ``[20, 20, 30, 30]``: torchvision
+          -1.0033, detops 0), and multiplies in int32, where an area above 2**31 wraps
+          (int32 ``[0, 0, 50000, 50000]`` against ``[0, 0, 40000, 40000]``: torchvision
+          -0.891, detops 0.64).
+        * Boxes of two dtypes are both converted to their promoted dtype first; torchvision
+          computes each set's areas in its own dtype, so the two may differ in the last
+          bits (float32 with float64) and where an integer area overflows.
 
     NaN coordinates propagate to NaN IoU, as in torchvision (no check: the op never syncs).
     On CPU the pairs are computed in cache-sized blocks (see ``_IOU_BLOCK``), bit for bit
@@ -113,41 +120,48 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     torch's (10 x 10: 58 against torchvision's 97 µs), with the same arithmetic and result
     up to the sign of a zero.
 
+    ``fmt`` names the boxes' format as in torchvision: ``"xyxy"``, ``"xywh"`` (corner,
+    width, height) or ``"cxcywh"`` (centre, width, height). The other two formats follow
+    torchvision's arithmetic: corners ``x + w`` or ``cx -+ w / 2`` and ``area = w * h``
+    (computed after the upcast below). torchvision's rotated formats (``"xywhr"``,
+    ``"cxcywhr"``, ``"xyxyxyxy"``) are not supported: ValueError.
+
     Args:
-        boxes1 (Tensor[..., N, 4]): XYXY boxes with ``x1 <= x2`` and ``y1 <= y2`` (inverted
-            boxes give what the formula gives, as in torchvision). Floating or integer dtype.
-        boxes2 (Tensor[..., M, 4]): XYXY boxes, same dtype and device as ``boxes1``. Leading
-            dims broadcast against those of ``boxes1``.
+        boxes1 (Tensor[..., N, 4]): boxes in ``fmt``; XYXY with ``x1 <= x2`` and
+            ``y1 <= y2`` (inverted boxes give what the formula gives, as in torchvision).
+            Floating or integer dtype.
+        boxes2 (Tensor[..., M, 4]): boxes in ``fmt`` on the device of ``boxes1`` (another
+            dtype is promoted with it). Leading dims broadcast against those of ``boxes1``.
+        fmt (str): ``"xyxy"`` (the default), ``"xywh"`` or ``"cxcywh"``.
 
     Returns:
         Tensor[..., N, M]: pairwise IoU. dtype as torchvision: float32/float64 inputs keep
         their dtype; float16/bfloat16 and integer inputs give float32 (the default float
-        dtype), computed in float32 (floats) or exactly in int32/int64 (integers).
+        dtype), computed in float32 (floats) or in int64 (integers: exact intersections
+        and areas for coordinates below 2**31 in magnitude, every int32 and smaller
+        input included; larger int64 coordinates overflow, as in torchvision).
     """
-    if _numpy_iou_takes(boxes1, boxes2):
+    xyxy = type(fmt) is str and fmt == "xyxy"
+    if xyxy and _numpy_iou_takes(boxes1, boxes2):
         return torch.from_numpy(box_iou_numpy(numpy_view(boxes1), numpy_view(boxes2)))
     op = "box_iou"
+    if not xyxy:
+        _check_box_format(op, fmt)
     boxes1 = _check_real(op, "boxes1", boxes1, "[..., N, 4]")
     boxes2 = _check_real(op, "boxes2", boxes2, "[..., N, 4]")
-    if boxes1.dtype != boxes2.dtype:
-        raise TypeError(
-            f"{op}: boxes1 and boxes2 must have the same dtype, got {boxes1.dtype} and "
-            f"{boxes2.dtype}"
-        )
     check_same_device(op, boxes1=boxes1, boxes2=boxes2)
+    if boxes1.dtype != boxes2.dtype:  # (torchvision's ops promote too, after the areas)
+        common = torch.promote_types(boxes1.dtype, boxes2.dtype)
+        boxes1, boxes2 = boxes1.to(common), boxes2.to(common)
+    if not xyxy:
+        _broadcast_batch(op, boxes1, boxes2)
+        return _box_iou_of_format(_upcast(boxes1), _upcast(boxes2), fmt)
     if boxes1.dim() == 2 and boxes2.dim() == 2:  # the common call, without broadcasting
         b1, b2 = _upcast(boxes1)[None], _upcast(boxes2)[None]
         if not b1.is_floating_point():
             return _box_iou_integer(b1, b2)[0]
         return _box_iou_float(b1, b2)[0]
-    try:
-        batch = torch.broadcast_shapes(boxes1.shape[:-2], boxes2.shape[:-2])
-    except RuntimeError:
-        raise ValueError(
-            f"{op}: the leading (batch) dims of boxes1 and boxes2 must broadcast, got "
-            f"{shape_str(boxes1)} and {shape_str(boxes2)}"
-        ) from None
-
+    batch = _broadcast_batch(op, boxes1, boxes2)
     n, m = boxes1.shape[-2], boxes2.shape[-2]
     flat = math.prod(batch)
     b1 = _upcast(boxes1).expand(*batch, n, 4).reshape(flat, n, 4)
@@ -155,6 +169,51 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     if not b1.is_floating_point():
         return _box_iou_integer(b1, b2).reshape(*batch, n, m)
     return _box_iou_float(b1, b2).reshape(*batch, n, m)
+
+
+_BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+_ROTATED_FORMATS = ("xywhr", "cxcywhr", "xyxyxyxy")
+
+
+def _check_box_format(op: str, fmt: object) -> None:
+    if isinstance(fmt, str) and fmt in _BOX_FORMATS:
+        return
+    if isinstance(fmt, str) and fmt in _ROTATED_FORMATS:
+        raise ValueError(
+            f"{op}: fmt must be one of {list(_BOX_FORMATS)}, got {fmt!r}: rotated boxes are "
+            "not supported (torchvision.ops.box_iou computes their IoU)"
+        )
+    shown = repr(fmt) if isinstance(fmt, str) else type(fmt).__name__
+    raise ValueError(f"{op}: fmt must be one of {list(_BOX_FORMATS)}, got {shown}")
+
+
+def _broadcast_batch(op: str, boxes1: Tensor, boxes2: Tensor) -> torch.Size:
+    """The broadcast of the two leading (batch) shapes; ValueError where they do not."""
+    try:
+        return torch.broadcast_shapes(boxes1.shape[:-2], boxes2.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"{op}: the leading (batch) dims of boxes1 and boxes2 must broadcast, got "
+            f"{shape_str(boxes1)} and {shape_str(boxes2)}"
+        ) from None
+
+
+def _box_iou_of_format(b1: Tensor, b2: Tensor, fmt: str) -> Tensor:
+    """IoU of ``"xywh"`` or ``"cxcywh"`` boxes (upcast) in torchvision's arithmetic: corners
+    ``x + w`` or ``cx -+ w / 2``, ``area = w * h``; a zero union gives 0."""
+    a, b = b1[..., :, None, :], b2[..., None, :, :]  # [..., N, 1, 4], [..., 1, M, 4]
+    if fmt == "xywh":
+        lt = torch.maximum(a[..., :2], b[..., :2])
+        rb = torch.minimum(a[..., :2] + a[..., 2:], b[..., :2] + b[..., 2:])
+    else:
+        lt = torch.maximum(a[..., :2] - a[..., 2:] / 2, b[..., :2] - b[..., 2:] / 2)
+        rb = torch.minimum(a[..., :2] + a[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2)
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = (a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3]) - inter
+    empty = union == 0  # (divided by 1 there, so that no 0 / 0 reaches a gradient)
+    iou = inter / torch.where(empty, torch.ones_like(union), union)
+    return torch.where(empty, torch.zeros_like(iou), iou)
 
 
 _NUMPY_IOU = True  # (tests switch the NumPy kernel off to run the torch path on CPU)

@@ -28,18 +28,22 @@ def _iou_one(a, b):
     return inter / union
 
 
-def box_iou(boxes1, boxes2):
+def box_iou(boxes1, boxes2, fmt="xyxy"):
     """IoU of every pair: out[..., i, j] = IoU(boxes1[..., i, :], boxes2[..., j, :]).
 
     Args:
-        boxes1: array [..., N, 4], XYXY.
-        boxes2: array [..., M, 4], XYXY; leading dims broadcast against those of boxes1.
+        boxes1: array [..., N, 4] in ``fmt``.
+        boxes2: array [..., M, 4] in ``fmt``; leading dims broadcast against those of boxes1.
+        fmt: "xyxy", "xywh" (corner, width, height) or "cxcywh" (centre, width, height);
+            a box given by its width and height has the area width * height.
 
     Returns:
         float64 array [..., N, M]; a pair whose union area is 0 gives 0.
     """
     b1 = np.asarray(boxes1, dtype=np.float64)
     b2 = np.asarray(boxes2, dtype=np.float64)
+    if fmt != "xyxy":
+        return _box_iou_by_size(b1, b2, fmt)
     batch = np.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
     n, m = b1.shape[-2], b2.shape[-2]
     b1 = np.broadcast_to(b1, batch + (n, 4))
@@ -50,6 +54,36 @@ def box_iou(boxes1, boxes2):
             for j in range(m):
                 out[idx + (i, j)] = _iou_one(b1[idx + (i,)], b2[idx + (j,)])
     return out
+
+
+def _box_iou_by_size(b1, b2, fmt):
+    """:func:`box_iou` of boxes given by a corner or centre, a width and a height."""
+    batch = np.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
+    n, m = b1.shape[-2], b2.shape[-2]
+    b1 = np.broadcast_to(b1, batch + (n, 4))
+    b2 = np.broadcast_to(b2, batch + (m, 4))
+    out = np.zeros(batch + (n, m), dtype=np.float64)
+    for idx in np.ndindex(*batch):
+        for i in range(n):
+            for j in range(m):
+                a, b = b1[idx + (i,)], b2[idx + (j,)]
+                inter = 1.0
+                for axis in (0, 1):
+                    low_a, high_a = _extent(a, axis, fmt)
+                    low_b, high_b = _extent(b, axis, fmt)
+                    inter *= max(0.0, min(high_a, high_b) - max(low_a, low_b))
+                union = a[2] * a[3] + b[2] * b[3] - inter
+                out[idx + (i, j)] = 0.0 if union == 0.0 else inter / union
+    return out
+
+
+def _extent(box, axis, fmt):
+    """``(low, high)`` of one box on one axis (0: x, 1: y)."""
+    if fmt == "xywh":
+        return box[axis], box[axis] + box[axis + 2]
+    if fmt == "cxcywh":
+        return box[axis] - box[axis + 2] / 2, box[axis] + box[axis + 2] / 2
+    raise ValueError(f"box_iou: fmt must be 'xyxy', 'xywh' or 'cxcywh', got {fmt!r}")
 
 
 def _is_padding(row):

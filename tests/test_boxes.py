@@ -173,7 +173,9 @@ def test_box_iou_other_calls_keep_the_torch_path(monkeypatch):
     box_iou(b1.long(), b2.long())  # integers
     box_iou(random_boxes((513,), seed=3), random_boxes((512,), seed=4))  # over 2**18 pairs
     assert calls == []
-    for bad in ((b1, b2.double()), (b1[:, :3], b2), (b1.tolist(), b2)):
+    box_iou(b1, b2.double())  # two dtypes: promoted by torch
+    assert calls == []
+    for bad in ((b1[:, :3], b2), (b1.tolist(), b2)):
         with pytest.raises((TypeError, ValueError), match="box_iou"):
             box_iou(*bad)
     assert calls == []
@@ -301,6 +303,86 @@ def test_box_iou_uint8_difference_pinned():
     assert tv_box_iou(a, b).item() < 0
 
 
+def _sized(boxes: np.ndarray, fmt: str) -> np.ndarray:
+    """XYXY boxes as ``fmt`` ("xywh" or "cxcywh"), computed in float64."""
+    wh = boxes[:, 2:] - boxes[:, :2]
+    corner = boxes[:, :2] if fmt == "xywh" else boxes[:, :2] + wh / 2
+    return np.concatenate([corner, wh], axis=1)
+
+
+@pytest.mark.parametrize("fmt", ["xywh", "cxcywh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@given(a=boxes_with_degenerate(0, 6), b=boxes_with_degenerate(0, 6))
+def test_box_iou_other_formats_equal_the_reference_and_torchvision(fmt, dtype, a, b):
+    ta, tb = (torch.from_numpy(_sized(x, fmt)).to(dtype) for x in (a, b))
+    ours = box_iou(ta, tb, fmt=fmt)
+    expected = ref.box_iou(ta.double().numpy(), tb.double().numpy(), fmt=fmt)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(ours.double().numpy(), expected, rtol=tolerance, atol=tolerance)
+    theirs = tv_box_iou(ta, tb, fmt=fmt)  # the same arithmetic; NaN for a zero union
+    defined = ~torch.isnan(theirs)
+    assert torch.equal(ours[defined], theirs[defined])
+    assert torch.all(ours[~defined] == 0)
+
+
+def test_box_iou_other_formats_broadcast_and_differentiate():
+    a = torch.tensor([[[10.0, 10, 4, 6]], [[0, 0, 2, 2]]], dtype=torch.float64)  # [2, 1, 4]
+    b = torch.tensor([[11.0, 10, 4, 6], [10, 10, 0, 0]], dtype=torch.float64)  # [2, 4]
+    iou = box_iou(a, b, fmt="cxcywh")
+    assert iou.shape == (2, 1, 2)
+    assert iou[0, 0, 0].item() == pytest.approx(18 / 30) and iou[1, 0, 1].item() == 0.0
+    leaf = a.clone().requires_grad_()
+    box_iou(leaf, b, fmt="xywh").sum().backward()
+    assert torch.isfinite(leaf.grad).all()  # the zero-area pair adds no NaN
+    assert torch.autograd.gradcheck(lambda x: box_iou(x, b[:1], fmt="xywh"), (leaf,))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "match"),
+    [
+        ("cxcywhr", r"box_iou: fmt must be one of \['xyxy', 'xywh', 'cxcywh'\], got 'cxcywhr': "
+         r"rotated boxes are not supported"),
+        ("XYXY", r"box_iou: fmt must be one of .*, got 'XYXY'$"),
+        (None, r"box_iou: fmt must be one of .*, got NoneType$"),
+    ],
+)  # fmt: skip
+def test_box_iou_format_errors(fmt, match):
+    with pytest.raises(ValueError, match=match):
+        box_iou(BOXES, BOXES, fmt=fmt)
+
+
+def test_box_iou_takes_torchvisions_arguments():
+    import inspect
+
+    ours, theirs = inspect.signature(box_iou), inspect.signature(tv_box_iou)
+    assert [(p.name, p.default, p.kind) for p in ours.parameters.values()] == [
+        (p.name, p.default, p.kind) for p in theirs.parameters.values()
+    ]
+    assert torch.equal(box_iou(BOXES, BOXES, "xyxy"), box_iou(BOXES, BOXES))
+
+
+def test_box_iou_int32_and_int16_areas_do_not_overflow():
+    # int32 areas of 50000-px boxes wrap in torchvision; detops computes in int64.
+    a = torch.tensor([[0, 0, 50000, 50000]], dtype=torch.int32)
+    b = torch.tensor([[0, 0, 40000, 40000]], dtype=torch.int32)
+    assert box_iou(a, b).item() == pytest.approx(0.64, rel=1e-7)
+    assert tv_box_iou(a, b).item() < 0
+    full = torch.tensor([[-32768, -32768, 32767, 32767]], dtype=torch.int16)
+    half = torch.tensor([[-32768, -32768, 0, 32767]], dtype=torch.int16)
+    assert box_iou(full, half).item() == pytest.approx(32768 / 65535, rel=1e-7)
+
+
+def test_box_iou_of_two_dtypes_is_computed_in_their_promotion():
+    b1 = random_boxes((7,), seed=1)
+    b2 = random_boxes((5,), seed=2).double()
+    assert torch.equal(box_iou(b1, b2), box_iou(b1.double(), b2))
+    ints = (b2 * 10).long()
+    mixed = box_iou(ints, b1)
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed, box_iou(ints.float(), b1))
+    torch.testing.assert_close(mixed, tv_box_iou(ints, b1))
+
+
 def test_box_iou_float16_corner_difference_pinned():
     # 2047 - 0.5 = 2046.5 is not a float16 number (spacing 1 above 1024): torchvision's
     # width becomes 2046 (ties to even), detops keeps 2046.5 by upcasting first.
@@ -342,7 +424,6 @@ BOX_IOU_ERRORS = [
         ValueError,
         r"box_iou: boxes2 must have shape \[\.\.\., N, 4\], got \[4\]",
     ),
-    ((BOXES, BOXES.double()), TypeError, r"same dtype, got torch.float32 and torch.float64"),
     ((BOXES.bool(), BOXES.bool()), TypeError, r"boxes1 must have a floating or integer dtype"),
     ((BOXES.tolist(), BOXES), TypeError, r"box_iou: boxes1 must be a torch.Tensor, got list"),
     ((torch.zeros(2, 3, 4), torch.zeros(3, 3, 4)), ValueError, r"leading \(batch\) dims"),
@@ -472,6 +553,20 @@ def test_clip_uint8_boxes_with_a_large_image():
     assert torch.equal(clip_boxes_to_image(boxes, (100, 200)), tv_clip(boxes, (100, 200)))
 
 
+def test_clip_takes_the_sizes_torchvision_takes():
+    boxes = _integer_valued_boxes(50, seed=3).float() * 3
+    expected = tv_clip(boxes, (100, 200))
+    for size in (
+        torch.tensor([100, 200]),
+        np.array([100, 200]),
+        (np.int64(100), np.int32(200)),
+        (torch.tensor(100), torch.tensor(200)),
+        [100, 200],
+        torch.Size([100, 200]),
+    ):
+        assert torch.equal(clip_boxes_to_image(boxes, size), expected), size
+
+
 CLIP_ERRORS = [
     (
         (BOXES, (0, 10)),
@@ -482,6 +577,10 @@ CLIP_ERRORS = [
     ((BOXES, (10,)), TypeError, r"size must be a \(height, width\) pair of ints, got \(10,\)"),
     ((BOXES, (10.0, 5)), TypeError, r"pair of ints"),
     ((BOXES, 224), TypeError, r"pair of ints, got 224"),
+    ((BOXES, torch.tensor([10.0, 5.0])), TypeError, r"pair of ints, got a torch.float32 tensor"),
+    ((BOXES, torch.tensor([10, 5, 1])), TypeError, r"pair of ints, got a torch.int64 tensor"),
+    ((BOXES, (torch.tensor(True), 5)), TypeError, r"pair of ints"),
+    ((BOXES, np.array([0, 5])), ValueError, r"must be a positive \(height, width\) pair"),
     (
         (torch.zeros(3, 6), (10, 10)),
         ValueError,
