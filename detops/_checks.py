@@ -145,7 +145,8 @@ def check_number(
     tensor_scalars: bool = False,
 ) -> float:
     """A Python ``int`` or ``float`` (``bool`` refused), returned as ``float``; with
-    ``numpy_scalars``, any real number (NumPy's integer and float scalars too); with
+    ``numpy_scalars``, any real number (NumPy's integer and float scalars and 0-d arrays
+    too); with
     ``tensor_scalars``, also a one-element real tensor (read with ``.item()``: a host
     sync for a CUDA tensor)."""
     if tensor_scalars and isinstance(value, Tensor):
@@ -163,6 +164,8 @@ def check_number(
                 f"so no gradient would reach it (pass {name}.detach() or a float)"
             )
         return float(value.item())
+    if numpy_scalars and isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]  # a 0-d array's scalar (np.array(0.5)), checked as one
     accepted = numbers.Real if numpy_scalars else (int, float)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, accepted):
         kind = type(value)  # (NumPy's scalars qualified: "got float32" reads like a float)

@@ -60,6 +60,13 @@ def test_number_checks_refuse_bools_and_name_the_argument():
     assert check_number("op", "x", 2) == 2.0
     with pytest.raises(TypeError, match="op: x must be a number, got str"):
         check_number("op", "x", "2")
+    for numpy_value in (np.float32(0.5), np.array(0.5), np.array(1, dtype=np.int8)):
+        assert check_number("op", "x", numpy_value, numpy_scalars=True) == float(numpy_value)
+        with pytest.raises(TypeError, match="op: x must be a number, got numpy."):
+            check_number("op", "x", numpy_value)
+    for refused in (np.array([0.5]), np.array(True), np.array("0.5")):
+        with pytest.raises(TypeError, match="op: x must be a number, got numpy."):
+            check_number("op", "x", refused, numpy_scalars=True)
     with pytest.raises(ValueError, match=r"op: s must be finite and > 0, got inf"):
         check_positive_number("op", "s", float("inf"), finite=True)
     assert check_positive_number("op", "s", float("inf")) == float("inf")
