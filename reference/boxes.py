@@ -9,6 +9,8 @@ pixels [x1, x2) x [y1, y2). GT rows are (x1, y1, x2, y2, class); padding rows ar
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -42,8 +44,7 @@ def box_iou(boxes1, boxes2, fmt="xyxy"):
     """
     b1 = np.asarray(boxes1, dtype=np.float64)
     b2 = np.asarray(boxes2, dtype=np.float64)
-    if fmt != "xyxy":
-        return _box_iou_by_size(b1, b2, fmt)
+    pair_iou = _iou_one if fmt == "xyxy" else functools.partial(_iou_one_by_size, fmt=fmt)
     batch = np.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
     n, m = b1.shape[-2], b2.shape[-2]
     b1 = np.broadcast_to(b1, batch + (n, 4))
@@ -52,29 +53,19 @@ def box_iou(boxes1, boxes2, fmt="xyxy"):
     for idx in np.ndindex(*batch):
         for i in range(n):
             for j in range(m):
-                out[idx + (i, j)] = _iou_one(b1[idx + (i,)], b2[idx + (j,)])
+                out[idx + (i, j)] = pair_iou(b1[idx + (i,)], b2[idx + (j,)])
     return out
 
 
-def _box_iou_by_size(b1, b2, fmt):
-    """:func:`box_iou` of boxes given by a corner or centre, a width and a height."""
-    batch = np.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
-    n, m = b1.shape[-2], b2.shape[-2]
-    b1 = np.broadcast_to(b1, batch + (n, 4))
-    b2 = np.broadcast_to(b2, batch + (m, 4))
-    out = np.zeros(batch + (n, m), dtype=np.float64)
-    for idx in np.ndindex(*batch):
-        for i in range(n):
-            for j in range(m):
-                a, b = b1[idx + (i,)], b2[idx + (j,)]
-                inter = 1.0
-                for axis in (0, 1):
-                    low_a, high_a = _extent(a, axis, fmt)
-                    low_b, high_b = _extent(b, axis, fmt)
-                    inter *= max(0.0, min(high_a, high_b) - max(low_a, low_b))
-                union = a[2] * a[3] + b[2] * b[3] - inter
-                out[idx + (i, j)] = 0.0 if union == 0.0 else inter / union
-    return out
+def _iou_one_by_size(a, b, fmt):
+    """:func:`_iou_one` of two boxes given by a corner or centre, a width and a height."""
+    inter = 1.0
+    for axis in (0, 1):
+        low_a, high_a = _extent(a, axis, fmt)
+        low_b, high_b = _extent(b, axis, fmt)
+        inter *= max(0.0, min(high_a, high_b) - max(low_a, low_b))
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return 0.0 if union == 0.0 else inter / union
 
 
 def _extent(box, axis, fmt):
