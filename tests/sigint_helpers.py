@@ -42,30 +42,17 @@ def ctrl_c_while_torch_loads(args: list[str], after: float = 0.0) -> tuple[int, 
     return process.returncode, out, err
 
 
-class _InterruptedWrites:
-    """A file whose third write raises KeyboardInterrupt, as a Ctrl-C landing there would."""
-
-    def __init__(self, handle):
-        self.handle, self.writes = handle, 0
-
-    def write(self, data):
-        self.writes += 1
-        if self.writes == 3:
-            raise KeyboardInterrupt
-        return self.handle.write(data)
-
-    def flush(self):
-        self.handle.flush()
-
-
 def interrupt_torch_save(monkeypatch, call: int) -> None:
-    """Make the ``call``-th ``torch.save`` (counting from 1) be interrupted mid-write."""
+    """Make the ``call``-th ``torch.save`` (counting from 1) stop with KeyboardInterrupt
+    after writing part of its file, as a Ctrl-C landing inside it would."""
     real, calls = torch.save, []
 
-    def save(obj, handle, *args, **kwargs):
+    def save(obj, f, *args, **kwargs):
         calls.append(None)
-        if len(calls) == call:
-            handle = _InterruptedWrites(handle)
-        return real(obj, handle, *args, **kwargs)
+        if len(calls) != call:
+            return real(obj, f, *args, **kwargs)
+        with open(f, "wb") as handle:  # (detops saves to a path)
+            handle.write(b"PK half a checkpoint")
+        raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", save)
