@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
-__all__ = ["catching", "check", "held", "raised_during_interrupt"]
+__all__ = ["catching", "check", "held", "interrupts_ignored", "raised_during_interrupt"]
 
 _requested = False
 
@@ -90,6 +90,21 @@ def held() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if pressed:  # to the handler that was there: catching's records it too
         signal.raise_signal(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def interrupts_ignored() -> Iterator[None]:
+    """Within: Ctrl-C does nothing, for a command that is already stopping on one and
+    prints how to resume (a second Ctrl-C there cut the line short). Main thread only,
+    as :func:`held`; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def raised_during_interrupt(error: BaseException) -> bool:

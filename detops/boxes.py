@@ -183,8 +183,9 @@ def _check_box_format(op: str, fmt: object) -> None:
             f"{op}: fmt must be one of {list(_BOX_FORMATS)}, got {fmt!r}: rotated boxes are "
             "not supported (torchvision.ops.box_iou computes their IoU)"
         )
-    shown = repr(fmt) if isinstance(fmt, str) else type(fmt).__name__
-    raise ValueError(f"{op}: fmt must be one of {list(_BOX_FORMATS)}, got {shown}")
+    if not isinstance(fmt, str):
+        raise TypeError(f"{op}: fmt must be one of {list(_BOX_FORMATS)}, got {type(fmt).__name__}")
+    raise ValueError(f"{op}: fmt must be one of {list(_BOX_FORMATS)}, got {fmt!r}")
 
 
 def _broadcast_batch(op: str, boxes1: Tensor, boxes2: Tensor) -> torch.Size:
@@ -274,7 +275,9 @@ def _box_iou_integer(b1: Tensor, b2: Tensor) -> Tensor:
     inter.mul_(torch.minimum(y2a, y2b).sub_(torch.maximum(y1a, y1b)).clamp_(min=0))
     union = (_area(b1)[..., :, None] + _area(b2)[..., None, :]).sub_(inter)
     union.masked_fill_(union == 0, 1)  # union 0 means both areas 0, so inter is 0 too
-    return inter / union
+    # (divided in float64, then rounded once to the default float dtype, as true division
+    # would give it: dividing the int64 values in float32 rounded each first, 1.3 ulp off)
+    return (inter.double() / union.double()).to(torch.get_default_dtype())
 
 
 def _box_iou_float(b1: Tensor, b2: Tensor) -> Tensor:

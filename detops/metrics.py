@@ -66,7 +66,7 @@ def _check_image_dict(
     missing = [k for k in keys if k not in item]
     if missing:
         raise ValueError(f"{op}: {where} must have keys {list(keys)}, got {sorted(item)}")
-    if "difficult" in item:  # the devkit's flag: ignoring it would count those GT as misses
+    if arg == "ground_truths" and "difficult" in item:  # ignored, they would count as misses
         raise ValueError(
             f"{op}: {where} has a 'difficult' key, which is not supported (the devkit leaves "
             "difficult GT out of both true and false positives; this function does not): "

@@ -347,7 +347,7 @@ def test_box_iou_other_formats_broadcast_and_differentiate():
     ],
 )  # fmt: skip
 def test_box_iou_format_errors(fmt, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(TypeError if fmt is None else ValueError, match=match):
         box_iou(BOXES, BOXES, fmt=fmt)
 
 
@@ -367,6 +367,12 @@ def test_box_iou_int32_and_int16_areas_do_not_overflow():
     b = torch.tensor([[0, 0, 40000, 40000]], dtype=torch.int32)
     assert box_iou(a, b).item() == pytest.approx(0.64, rel=1e-7)
     assert tv_box_iou(a, b).item() < 0
+    rng = np.random.default_rng(0)  # the float64 ratio of the exact integers, rounded once
+    corners = rng.integers(0, 25000, (2, 200, 2))
+    sides = rng.integers(1, 25000, (2, 200, 2))
+    pairs = torch.from_numpy(np.concatenate([corners, corners + sides], -1)).int()
+    exact = ref.box_iou(pairs[0].double().numpy(), pairs[1].double().numpy())
+    assert torch.equal(box_iou(pairs[0], pairs[1]), torch.from_numpy(exact).float())
     full = torch.tensor([[-32768, -32768, 32767, 32767]], dtype=torch.int16)
     half = torch.tensor([[-32768, -32768, 0, 32767]], dtype=torch.int16)
     assert box_iou(full, half).item() == pytest.approx(32768 / 65535, rel=1e-7)

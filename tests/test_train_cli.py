@@ -223,7 +223,7 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "pattern"),
     [
-        (["--lr", "-1"], "--lr must be > 0, got -1.0"),
+        (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
         (["--threads", "0"], "--threads must be >= 1, got 0"),
         (["--image-size", "10"], "--image-size must be at least 64 .*got 10"),
         (["--num-train", "0"], "--num-train must be >= 1, got 0"),
@@ -388,6 +388,38 @@ def test_ctrl_c_in_train_saves_says_how_to_resume_and_exits_130(
     assert "resuming from iteration 3 of 4" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["resumed_from"] == 3 and metrics["iterations"] == 4
+
+
+def test_ctrl_c_before_training_and_a_second_ctrl_c_still_give_the_resume_line(
+    trained, tmp_path, capsys, monkeypatch
+):
+    import signal
+
+    import detops.commands.train as train_command
+
+    args = _copy_run(trained, tmp_path)
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # while the datasets are built
+        patch.setattr(train_command, "_datasets", interrupted)
+        assert main([*args, "--no-resume"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("detops train: interrupted; resume with: "), err
+
+    real_load = detops.training.load_checkpoint
+
+    def load_and_press_again(*a, **kw):  # a second Ctrl-C while the line is prepared
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_load(*a, **kw)
+
+    with monkeypatch.context() as patch:
+        interrupt_torch_save(patch, call=2)
+        patch.setattr(detops.training, "load_checkpoint", load_and_press_again)
+        assert main([*args, "--iterations", "4", "--no-resume"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted; checkpoint at iteration 2 of 4" in err[0], err
 
 
 def test_ctrl_c_while_a_checkpoint_is_written_exits_130_with_the_resume_hint(

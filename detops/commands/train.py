@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from detops._interrupt import interrupts_ignored
 from detops.cli import CommandError
 
 from . import COMMANDS
@@ -267,11 +268,11 @@ def _check_args(args: argparse.Namespace) -> None:
         f"--image-size must be at least {MIN_IMAGE_SIZE} (the FPN's coarsest level has stride "
         f"32 and needs 2 x 2 locations), got {args.image_size}",
     )
-    need(math.isfinite(args.lr) and args.lr > 0, f"--lr must be > 0, got {args.lr}")
+    need(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a finite number > 0, got {args.lr}")
     need(0 <= args.momentum < 1, f"--momentum must lie in [0, 1), got {args.momentum}")
     need(
         math.isfinite(args.weight_decay) and args.weight_decay >= 0,
-        f"--weight-decay must be >= 0, got {args.weight_decay}",
+        f"--weight-decay must be a finite number >= 0, got {args.weight_decay}",
     )
     need(
         args.warmup_iterations >= 0,
@@ -279,13 +280,13 @@ def _check_args(args: argparse.Namespace) -> None:
     )
     need(
         math.isfinite(args.clip_grad_norm) and args.clip_grad_norm >= 0,
-        f"--clip-grad-norm must be >= 0 (0 disables), got {args.clip_grad_norm}",
+        f"--clip-grad-norm must be a finite number >= 0 (0 disables), got {args.clip_grad_norm}",
     )
     if args.center_sampling_radius is not None:
         radius = args.center_sampling_radius
         need(
             math.isfinite(radius) and radius > 0,
-            f"--center-sampling-radius must be > 0, got {radius}",
+            f"--center-sampling-radius must be a finite number > 0, got {radius}",
         )
     need(args.threads is None or args.threads >= 1, f"--threads must be >= 1, got {args.threads}")
     need(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
@@ -461,7 +462,17 @@ def run_train(args: argparse.Namespace) -> int:
     _check_args(args)  # usage errors first: nothing is imported or written before them
     # Under torchrun (WORLD_SIZE > 1): one process per rank, DistributedDataParallel.
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _train(args, rank=0, world=1)
+        try:
+            return _train(args, rank=0, world=1)
+        except KeyboardInterrupt:  # before or after the training loop (which says more)
+            with interrupts_ignored():
+                print(
+                    f"\ndetops train: interrupted; resume with: "
+                    f"{resume_command(getattr(args, 'argv', None) or ['train'])}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return 130
     import torch
     import torch.distributed as dist
 
@@ -603,19 +614,20 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
             },
         )
     except KeyboardInterrupt:
-        saved = None
-        if checkpoint.exists():
-            saved = int(load_checkpoint(checkpoint)["iteration"])
-        where = (
-            f"checkpoint at iteration {saved} of {args.iterations} in {checkpoint}"
-            if saved
-            else "no checkpoint written yet"
-        )
-        say(
-            f"\ndetops train: interrupted; {where}; resume with: {resume_command(argv)}",
-            file=sys.stderr,
-            flush=True,
-        )
+        with interrupts_ignored():  # (a second Ctrl-C must not cut this line short)
+            saved = None
+            if checkpoint.exists():
+                saved = int(load_checkpoint(checkpoint)["iteration"])
+            where = (
+                f"checkpoint at iteration {saved} of {args.iterations} in {checkpoint}"
+                if saved
+                else "no checkpoint written yet"
+            )
+            say(
+                f"\ndetops train: interrupted; {where}; resume with: {resume_command(argv)}",
+                file=sys.stderr,
+                flush=True,
+            )
         return 130
     trained = time.perf_counter()
     val_loader = DataLoader(
