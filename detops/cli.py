@@ -6,6 +6,7 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from ._errors import InputError
@@ -22,11 +23,31 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse's parser with a usage error on one line (``prog: error: message``), as
+    every other error of the commands, instead of the usage block then the message."""
+
+    def error(self, message: str) -> NoReturn:
+        self._fail(self.prog, message)
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, with an unknown option named by its command's prog."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            self._fail(prog, f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+    def _fail(self, prog: str, message: str) -> NoReturn:
+        self.exit(2, f"{prog}: error: {message} (see {prog} --help)\n")
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv``: every command is listed, but only the one ``argv`` chooses is
     imported and given its full parser (all of them when ``argv`` is None)."""
     chosen = None if argv is None else _chosen_command(argv)
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="detops",
         description="Vetted FCOS tensor ops: verify implementations against NumPy references, "
         "benchmark them, train and run the FCOS detector.",
@@ -37,7 +58,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="show the full traceback of an unexpected error or of Ctrl-C",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_OneLineErrors
+    )
     for name, help_line in COMMANDS.items():
         if argv is None or name == chosen:
             load_command(name).add_parser(subparsers)

@@ -70,6 +70,31 @@ def test_unknown_command_is_a_usage_error():
     assert "invalid choice: 'trian'" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "--iterations", "abc"],
+         "detops train: error: argument --iterations: invalid int value: 'abc' "
+         "(see detops train --help)"),
+        (["train", "--bogus"],
+         "detops train: error: unrecognized arguments: --bogus (see detops train --help)"),
+        (["detect"],
+         "detops detect: error: the following arguments are required: IMAGE, --checkpoint "
+         "(see detops detect --help)"),
+        (["bench", "--repeats", "x"],
+         "detops bench: error: argument --repeats: invalid int value: 'x' "
+         "(see detops bench --help)"),
+    ],
+)  # fmt: skip
+def test_argparse_usage_errors_are_one_line(argv, expected, capsys):
+    from detops.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [expected]
+
+
 def test_every_public_name_resolves_and_nms_is_the_op():
     import detops.inference  # imports the submodule detops.nms  # noqa: F401
     from detops import nms as nms_module_name
