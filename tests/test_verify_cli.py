@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -268,14 +269,16 @@ def test_ordinary_suppression_is_probed():
 
 # --- robustness: raising, hanging, mutating, wrong dtype/device/shape -----------------------
 
-ROBUSTNESS_CASES = [
-    ("wrong_raising", "box_iou", "raised", "raised NotImplementedError: TODO: write box_iou"),
-    ("wrong_hanging", "clip_boxes_to_image", "timeout", "did not return within"),
-    ("wrong_mutating", "clip_boxes_to_image", "mutated", "modified its input `boxes` in place"),
-    ("wrong_dtype", "box_iou", "output", "has dtype float64, expected float32"),
-    ("wrong_device", "get_fpn_location_coords", "output", "is on device meta, expected cpu"),
-    ("wrong_shape", "fcos_make_centerness_targets", "output", "has shape [1, 1], expected [1]"),
-]
+ROBUSTNESS_CASES = [  # (module, function, failure kind, pattern of its reason)
+    ("wrong_raising", "box_iou", "raised", r"raised NotImplementedError: TODO: write box_iou"),
+    ("wrong_hanging", "clip_boxes_to_image", "timeout", r"did not return within"),
+    ("wrong_mutating", "clip_boxes_to_image", "mutated", r"modified its input `boxes` in place"),
+    ("wrong_dtype", "box_iou", "output", r"has dtype float64, expected float32"),
+    ("wrong_device", "get_fpn_location_coords", "output", r"is on device meta, expected cpu"),
+    # (the rows left depend on how far shrinking got within its time budget: any N)
+    ("wrong_shape", "fcos_make_centerness_targets", "output",
+     r"has shape \[(\d+), 1\], expected \[\1\]"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -288,12 +291,13 @@ def test_misbehaving_function_fails_with_reason(module, name, kind, reason):
     assert result.verdict == "FAIL"
     failure = result.failures[0]
     assert failure.kind == kind, failure
-    assert reason in failure.reason, failure.reason
+    assert re.search(reason, failure.reason), failure.reason
 
 
 def test_a_hang_does_not_poison_later_calls_and_shrinks():
     # (No bound on the wall time: a poisoned worker shows as later probes timing out.)
-    report = run("wrong_nms_hangs_zero_area", "nms", timeout=0.5, shrink_seconds=2.0)
+    # (a budget the shrinker does not reach on a loaded machine: it stops when done)
+    report = run("wrong_nms_hangs_zero_area", "nms", timeout=0.5, shrink_seconds=120.0)
     result = only(report, "nms")
     timeouts = [f for f in result.failures if f.kind == "timeout"]
     assert timeouts and all(f.shared for f in timeouts)
@@ -881,7 +885,7 @@ def test_cli_shrink_seconds_reaches_verify(monkeypatch, capsys):
 def test_cli_shrink_seconds_0_reports_the_first_failing_input_unshrunk(capsys):
     argv = ["verify", "--impl", str(IMPLS / "wrong_locations_row_index.py")]
     argv += ["--op", "get_fpn_location_coords", "--examples", "6", "--quiet"]
-    assert main([*argv, "--shrink-seconds", "1"]) == 1  # a FAIL, shrunk
+    assert main([*argv, "--shrink-seconds", "120"]) == 1  # a FAIL, shrunk (stops when done)
     assert "generated case (shrunk)]" in capsys.readouterr().out
     assert main([*argv, "--shrink-seconds", "0"]) == 1
     text = capsys.readouterr().out
