@@ -54,8 +54,13 @@ def check_floating(op: str, name: str, value: Tensor) -> None:
 
 
 def check_integer_dtype(op: str, name: str, value: Tensor) -> None:
-    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+    if not _has_integer_dtype(value):
         raise TypeError(f"{op}: {name} must have an integer dtype, got {value.dtype}")
+
+
+def _has_integer_dtype(value: Tensor) -> bool:
+    """An integer dtype: neither floating, complex nor bool."""
+    return not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
 
 
 _ShapePattern = tuple[tuple[bool, int, tuple[tuple[int, int], ...]], ...]
@@ -290,10 +295,7 @@ def _scalar_of(value: object) -> object:
 def _integer_valued(value: object) -> bool:
     """An integer (not bool) tensor or NumPy array/scalar; on a device that holds values."""
     if isinstance(value, Tensor):
-        return (
-            not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
-            and value.device.type != "meta"
-        )
+        return _has_integer_dtype(value) and value.device.type != "meta"
     return isinstance(value, (np.ndarray, np.integer)) and np.issubdtype(value.dtype, np.integer)
 
 

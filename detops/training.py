@@ -141,21 +141,15 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     write raises ``KeyboardInterrupt`` (and leaves no temporary file).
     """
     from ._atomic import atomic_path
-    from ._interrupt import raised_during_interrupt
 
-    try:
-        with atomic_path(path) as temporary:
-            # Given a path, torch's C++ writer writes the file itself. Given a Python file,
-            # it calls its write() from C++, where a Ctrl-C became "RuntimeError: [enforce
-            # fail ...] unexpected pos" and, on a second Ctrl-C, an abort (exit 134) when
-            # the broken writer was destroyed.
-            torch.save(dict(state), os.fspath(temporary))
-            with open(temporary, "rb") as written:
-                os.fsync(written.fileno())
-    except RuntimeError as error:
-        if not raised_during_interrupt(error):  # (any such error left: the interrupt)
-            raise
-        raise KeyboardInterrupt from error
+    with atomic_path(path) as temporary:
+        # Given a path, torch's C++ writer writes the file itself. Given a Python file, it
+        # calls its write() from C++, where a Ctrl-C became "RuntimeError: [enforce fail
+        # ...] unexpected pos" and, on a second Ctrl-C, an abort (exit 134) when the broken
+        # writer was destroyed.
+        torch.save(dict(state), os.fspath(temporary))
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
     return Path(path)
 
 

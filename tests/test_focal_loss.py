@@ -389,6 +389,8 @@ def test_alpha_and_gamma_as_numpy_scalars_and_tensors_as_torchvision_takes_them(
     x = torch.randn(3, 5, dtype=torch.float64)
     t = (torch.rand(3, 5) < 0.3).double()
     plain = sigmoid_focal_loss(x, t, alpha=0.25, gamma=2.0, reduction="sum")
+    expected = ref.sigmoid_focal_loss(x.numpy(), t.numpy(), 0.25, 2.0, reduction="sum")
+    torch.testing.assert_close(plain, torch.tensor(float(expected), dtype=torch.float64))
     for alpha, gamma in (
         (np.float32(0.25), np.int64(2)),
         (torch.tensor(0.25), torch.tensor(2)),

@@ -152,16 +152,6 @@ def test_a_ctrl_c_inside_torch_save_is_a_keyboard_interrupt(tmp_path, monkeypatc
             save_checkpoint(path, {"model": {"w": torch.zeros(2), "b": torch.zeros(3)}})
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
-    # torch.save given a Python file turns a Ctrl-C inside its writes into this error:
-    # should one still come out of it, it is the interrupt it was.
-    wrapped = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 46 vs 0")
-    wrapped.__context__ = KeyboardInterrupt()
-    for error, expected in ((wrapped, KeyboardInterrupt), (RuntimeError("disk"), RuntimeError)):
-        with monkeypatch.context() as patch:
-            patch.setattr(torch, "save", _raises(error))
-            with pytest.raises(expected):
-                save_checkpoint(path, {"model": {}})
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
 def test_save_checkpoint_writes_through_a_path_not_a_python_file(tmp_path, monkeypatch):
@@ -170,13 +160,6 @@ def test_save_checkpoint_writes_through_a_path_not_a_python_file(tmp_path, monke
     monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: seen.append(f) or real(obj, f))
     save_checkpoint(tmp_path / "c.pt", {"model": {"w": torch.ones(2)}})
     assert len(seen) == 1 and isinstance(seen[0], str)
-
-
-def _raises(error):
-    def call(*args, **kwargs):
-        raise error
-
-    return call
 
 
 def test_load_checkpoint_rejects_a_file_without_model(tmp_path):

@@ -460,19 +460,28 @@ def _silent(*args, **kwargs) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     _check_args(args)  # usage errors first: nothing is imported or written before them
-    # Under torchrun (WORLD_SIZE > 1): one process per rank, DistributedDataParallel.
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        try:
-            return _train(args, rank=0, world=1)
-        except KeyboardInterrupt:  # before or after the training loop (which says more)
+    try:
+        return _run_train(args)
+    except KeyboardInterrupt:  # before or after the training loop (whose handler says more)
+        if int(os.environ.get("RANK", "0")) == 0:  # (under torchrun, rank 0 speaks)
             with interrupts_ignored():
                 print(
-                    f"\ndetops train: interrupted; resume with: "
-                    f"{resume_command(getattr(args, 'argv', None) or ['train'])}",
+                    f"\ndetops train: interrupted; resume with: {resume_command(_argv(args))}",
                     file=sys.stderr,
                     flush=True,
                 )
-            return 130
+        return 130
+
+
+def _argv(args: argparse.Namespace) -> Sequence[str]:
+    """The command line as given (set by the CLI's main()), for the resume hint."""
+    return getattr(args, "argv", None) or ["train"]
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    # Under torchrun (WORLD_SIZE > 1): one process per rank, DistributedDataParallel.
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _train(args, rank=0, world=1)
     import torch
     import torch.distributed as dist
 
@@ -511,7 +520,7 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
         torch.set_num_threads(args.threads)  # an application may set process-wide state
     output = Path(args.output_dir)
     checkpoint = output / "checkpoint.pt"
-    argv = getattr(args, "argv", None) or ["train"]
+    argv = _argv(args)
     # Stored (and recorded in metrics.json) as absolute paths: evaluate finds the data from
     # any working directory.
     if args.data != "synthetic":
