@@ -218,6 +218,15 @@ except ImportError:  # pragma: no cover
     _forward_ad = None  # type: ignore[assignment]
 
 
+def under_function_transform() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``, ``hessian``, ...)
+    or a forward-AD dual level is active: then an op with a hand-written autograd
+    Function computes through differentiable torch ops instead."""
+    return _functorch_transform() is not None or (
+        _forward_ad is not None and _forward_ad._current_level >= 0
+    )
+
+
 def plain_eager_mode() -> bool:
     """Whether torch runs plainly eager: no ``torch.func`` transform (``vmap``, ``grad``,
     ``jvp``, ``jacfwd``, ...), no forward-AD dual level, no ``torch.jit`` trace and no

@@ -40,7 +40,14 @@ from ._checks import (
     shape_str,
 )
 from ._memory import populate_pages
-from ._serial import SERIAL_ELEMENTS, numpy_view, scale_in_place, zeros
+from ._serial import (
+    SERIAL_ELEMENTS,
+    numpy_view,
+    plain_eager_mode,
+    scale_in_place,
+    under_function_transform,
+    zeros,
+)
 from .deltas import fcos_make_centerness_targets
 
 __all__ = [
@@ -641,8 +648,12 @@ def sigmoid_focal_loss(
             unknown reduction; targets requiring grad.
 
     Note:
-        First derivatives only: a backward with ``create_graph=True`` raises RuntimeError
-        (rather than give a second derivative without this loss's term). Reductions
+        Eager autograd gives first derivatives only: a backward with ``create_graph=True``
+        raises RuntimeError (rather than give a second derivative without this loss's
+        term). Under ``torch.func`` transforms (``grad``, ``vmap``, ``jvp``, ``hessian``,
+        ...) and forward-mode AD the same formulas run as plain torch ops (slower, with
+        input-sized intermediates), and every derivative order is autograd's; there,
+        as in torchvision, a gradient also reaches ``targets``. Reductions
         accumulate per-chunk sums in float64 and round once into the output dtype (a
         float16 sum above 65504 is inf, as torchvision's).
     """
@@ -708,6 +719,13 @@ def sigmoid_focal_loss_grad(
         if reduction == "mean":
             scale = scale / max(grad.numel(), 1)
         return grad * scale
+    if under_function_transform():  # (requires_grad_ is refused there)
+        x, t, alpha, gamma, reduction = _check_dense(op, inputs, targets, alpha, gamma, reduction)
+
+        def total(logits: Tensor) -> Tensor:
+            return _composite_focal(logits, t, None, alpha, gamma, reduction, x.dtype).sum()
+
+        return torch.func.grad(total)(x)
     with torch.enable_grad():
         x = inputs.detach().requires_grad_()
         t = targets.detach() if isinstance(targets, Tensor) else targets
@@ -849,8 +867,10 @@ def fcos_loss(
         promoted to at least float32 (float16/bfloat16 predictions give float32 losses,
         as autocast does); the normalizer in that dtype promoted with a tensor
         ``normalizer``'s. Device: that of the predictions. Gradients flow to the three
-        predictions only (first derivatives: a backward with ``create_graph=True``
-        raises RuntimeError; a second backward through the same graph recomputes them).
+        predictions only (eager autograd gives first derivatives: a backward with
+        ``create_graph=True`` raises RuntimeError; a second backward through the same
+        graph recomputes them). Under ``torch.func`` transforms and forward-mode AD the
+        sums run as plain torch ops, as :func:`sigmoid_focal_loss` does there.
     """
     op = "fcos_loss"
     patterns = {
@@ -908,7 +928,16 @@ def fcos_loss(
     new_normalizer = new_positives + momentum * old
     denominator = new_normalizer * batch
     denominator = torch.where(denominator == 0, 1.0, denominator).to(loss_dtype)
-    if torch.compiler.is_compiling():
+    if under_function_transform() and not torch.compiler.is_compiling():
+        loss_cls, loss_box, loss_ctr = _composite_fcos_loss_sums(
+            pred_cls_logits,
+            pred_boxreg_deltas,
+            pred_ctr_logits,
+            class_ids,
+            matched_gt_deltas.detach(),
+            loss_dtype,
+        )
+    elif torch.compiler.is_compiling():
         loss_cls, loss_box, loss_ctr = _fcos_loss_sums_op(
             pred_cls_logits,
             pred_boxreg_deltas,
@@ -941,7 +970,7 @@ def _class_ids(classes: Tensor) -> tuple[Tensor, Tensor]:
     if (
         classes.device.type == "cpu"
         and classes.dtype in (torch.float32, torch.float64)
-        and not torch.compiler.is_compiling()
+        and plain_eager_mode()
     ):
         values = classes.numpy()
         with np.errstate(invalid="ignore"):  # NaN and inf classes: background, as in torch
@@ -1082,6 +1111,78 @@ class _FCOSLossSums(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------------------
+# torch.func transforms and forward-mode AD: the losses as differentiable torch ops
+# ----------------------------------------------------------------------------------------
+# The fused autograd Functions give first derivatives by hand, which vmap, jvp and
+# higher-order derivatives cannot see through. Under those transforms the same formulas
+# (module docstring) run as plain torch ops, and autograd derives every order. Slower and
+# input-sized intermediates, but these are transforms users reach for in analysis, where
+# torchvision's focal loss works too.
+
+
+def _composite_focal(
+    inputs: Tensor,
+    targets: Tensor | None,
+    class_ids: Tensor | None,
+    alpha: float,
+    gamma: float,
+    reduction: str,
+    out_dtype: torch.dtype,
+) -> Tensor:
+    """The focal loss of the module docstring in differentiable torch ops. ``ce`` is
+    ``t * softplus(-x) + (1 - t) * softplus(x)`` (both terms non-negative, smooth at
+    ``x = 0``); ``q ** gamma`` is taken where ``q > 0`` and is 0 where ``q`` underflows,
+    the limit of the term and of its derivatives (autograd's ``q ** (gamma - 1)`` there
+    would be inf, and the gradient NaN)."""
+    x = inputs.to(_compute_dtype(inputs.dtype))
+    if class_ids is not None:
+        classes = torch.arange(x.shape[-1], device=x.device)
+        t = (class_ids.unsqueeze(-1) == classes).to(x.dtype)
+    else:
+        assert targets is not None
+        t = targets.to(x.dtype)
+    threshold = _softplus_threshold(x.dtype)
+    softplus = torch.nn.functional.softplus
+    loss = t * softplus(-x, threshold=threshold) + (1 - t) * softplus(x, threshold=threshold)
+    if gamma != 0:
+        q = torch.sigmoid(x) * (1 - t) + torch.sigmoid(-x) * t
+        positive = q > 0
+        modulating = torch.where(positive, torch.where(positive, q, 1.0) ** gamma, 0.0)
+        loss = loss * modulating
+    if alpha >= 0:
+        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    if reduction == "none":
+        return loss.to(out_dtype)
+    total = loss.sum(dtype=torch.float64 if loss.device.type != "mps" else None)
+    if reduction == "mean":
+        total = total / max(loss.numel(), 1)
+    return total.to(out_dtype)
+
+
+def _composite_fcos_loss_sums(
+    cls: Tensor,
+    box: Tensor,
+    ctr: Tensor,
+    class_ids: Tensor,
+    gt_deltas: Tensor,
+    loss_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The three sums of :func:`fcos_loss` in differentiable torch ops, every row computed
+    and the uncounted ones zeroed (the rules of :func:`_box_and_centerness_sums`)."""
+    loss_cls = _composite_focal(cls, None, class_ids, 0.25, 2.0, "sum", loss_dtype)
+    gt = gt_deltas.to(loss_dtype)
+    inside = (gt >= 0).all(dim=-1, keepdim=True)
+    loss_box = torch.where(inside, box.to(loss_dtype) - gt, 0).abs().sum() * 0.25
+    centerness = fcos_make_centerness_targets(gt)
+    counted = centerness >= 0
+    target = torch.where(counted, centerness, 0)
+    logits = ctr[..., 0].to(loss_dtype)
+    softplus = torch.nn.functional.softplus(-logits, threshold=_softplus_threshold(loss_dtype))
+    loss_ctr = torch.where(counted, (1 - target) * logits + softplus, 0).sum()
+    return loss_cls, loss_box, loss_ctr
+
+
+# ----------------------------------------------------------------------------------------
 # torch.compile: the fused losses as opaque custom ops with a registered backward
 # ----------------------------------------------------------------------------------------
 # Eager calls use the autograd Functions above (their backward scales the saved gradient in
@@ -1099,13 +1200,15 @@ def _apply_focal(
     reduction: str,
     op: str,
 ) -> Tensor:
-    if not torch.compiler.is_compiling():
-        return _SigmoidFocalLoss.apply(
-            inputs, targets, class_ids, alpha, gamma, reduction, op, inputs.dtype
-        )
-    want_grad = inputs.requires_grad and torch.is_grad_enabled()
-    loss, _ = _focal_op(inputs, targets, class_ids, alpha, gamma, reduction, want_grad)
-    return loss
+    if torch.compiler.is_compiling():
+        want_grad = inputs.requires_grad and torch.is_grad_enabled()
+        loss, _ = _focal_op(inputs, targets, class_ids, alpha, gamma, reduction, want_grad)
+        return loss
+    if under_function_transform():
+        return _composite_focal(inputs, targets, class_ids, alpha, gamma, reduction, inputs.dtype)
+    return _SigmoidFocalLoss.apply(
+        inputs, targets, class_ids, alpha, gamma, reduction, op, inputs.dtype
+    )
 
 
 @torch.library.custom_op("detops::sigmoid_focal_loss", mutates_args=())

@@ -1,0 +1,213 @@
+"""The losses under torch.func transforms (grad, vmap, jvp, hessian) and forward-mode AD.
+
+Their eager autograd Functions give hand-written first derivatives, which those transforms
+cannot see through (torch raised "must override the setup_context staticmethod");
+torchvision's focal loss, plain torch ops, works under all of them. Under a transform the
+losses run as differentiable torch ops: these tests compare what the transforms give with
+the NumPy reference (values and closed-form gradients), with finite differences of the
+reference gradient (second derivatives) and with the eager closed-form gradient.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings
+from torch.func import grad, grad_and_value, hessian, jvp, vmap
+
+import reference.losses as ref
+from detops.losses import (
+    fcos_loss,
+    sigmoid_focal_loss,
+    sigmoid_focal_loss_from_class_ids,
+    sigmoid_focal_loss_grad,
+)
+from detops.testing.compare import assert_trees_close
+from detops.testing.families.losses import (
+    FCOS_LOSS_TOLERANCES,
+    FOCAL_TOLERANCES,
+    class_id_cases,
+    fcos_loss_cases,
+    focal_cases,
+)
+
+F64 = FOCAL_TOLERANCES[torch.float64]
+
+
+def _close(actual, expected, tolerance=F64):
+    assert_trees_close(actual, expected, tolerance)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_jvp_decompositions():
+    # torch's first jvp loads decompositions through torch.jit.script, which warns.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        yield
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=focal_cases())
+def test_grad_gives_the_reference_loss_and_gradient(case):
+    x, t = (torch.from_numpy(a) for a in case.args)
+
+    def summed(logits):
+        return sigmoid_focal_loss(logits, t, **case.kwargs).sum()
+
+    gradient, value = grad_and_value(summed)(x)
+    expected = ref.sigmoid_focal_loss(*case.args, **case.kwargs)
+    _close(value, torch.as_tensor(np.sum(expected)))
+    _close(gradient, torch.from_numpy(ref.sigmoid_focal_loss_grad(*case.args, **case.kwargs)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=class_id_cases())
+def test_grad_of_the_class_id_form_gives_the_reference_gradient(case):
+    x, ids = (torch.from_numpy(a) for a in case.args)
+    gradient = grad(lambda z: sigmoid_focal_loss_from_class_ids(z, ids, **case.kwargs).sum())(x)
+    one_hot = ref._one_hot(case.args[1], case.args[0].shape[-1])
+    expected = ref.sigmoid_focal_loss_grad(case.args[0], one_hot, **case.kwargs)
+    _close(gradient, torch.from_numpy(expected))
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=focal_cases())
+def test_vmap_gives_the_reference_loss_of_every_slice(case):
+    x, t = (torch.from_numpy(a) for a in case.args)
+    stacked_x, stacked_t = torch.stack([x, -x, 0.5 * x]), torch.stack([t, t, 1 - t])
+    losses = vmap(lambda a, b: sigmoid_focal_loss(a, b, **case.kwargs))(stacked_x, stacked_t)
+    expected = [
+        ref.sigmoid_focal_loss(a.numpy(), b.numpy(), **case.kwargs)
+        for a, b in zip(stacked_x, stacked_t, strict=True)
+    ]
+    _close(losses, torch.from_numpy(np.stack(expected)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=focal_cases())
+def test_jvp_is_the_reference_gradient_times_the_tangent(case):
+    x, t = (torch.from_numpy(a) for a in case.args)
+    kwargs = dict(case.kwargs, reduction="none")
+    tangent = torch.linspace(-1.0, 2.0, x.numel(), dtype=x.dtype).reshape(x.shape)
+    value, derivative = jvp(lambda z: sigmoid_focal_loss(z, t, **kwargs), (x,), (tangent,))
+    elementwise = ref.sigmoid_focal_loss_grad(*case.args, **kwargs)
+    _close(value, torch.from_numpy(ref.sigmoid_focal_loss(*case.args, **kwargs)))
+    _close(derivative, torch.from_numpy(elementwise) * tangent)
+
+
+def test_forward_mode_ad_outside_torch_func():
+    x = torch.tensor([-3.0, -0.5, 0.0, 2.0, 7.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0, 0.3, 1.0, 0.0], dtype=torch.float64)
+    tangent = torch.tensor([1.0, -2.0, 0.5, 3.0, 1.0], dtype=torch.float64)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, tangent)
+        loss = sigmoid_focal_loss(dual, t, 0.25, 2.0)
+        derivative = torch.autograd.forward_ad.unpack_dual(loss).tangent
+    expected = ref.sigmoid_focal_loss_grad(x.numpy(), t.numpy(), 0.25, 2.0) * tangent.numpy()
+    _close(derivative, torch.from_numpy(expected))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("target", [0.0, 1.0, 0.3])
+def test_hessian_is_the_derivative_of_the_reference_gradient(gamma, target):
+    # The loss is elementwise: its Hessian is diagonal, each entry the derivative of the
+    # reference's closed-form gradient, here by central differences (error ~1e-9).
+    x = torch.tensor([-8.0, -2.5, -0.3, 0.0, 0.4, 3.0, 8.0], dtype=torch.float64)
+    t = torch.full_like(x, target)
+    h = hessian(lambda z: sigmoid_focal_loss(z, t, 0.25, gamma, "sum"))(x)
+    step = 1e-5
+    x_np, t_np = x.numpy(), t.numpy()
+    plus = ref.sigmoid_focal_loss_grad(x_np + step, t_np, 0.25, gamma)
+    minus = ref.sigmoid_focal_loss_grad(x_np - step, t_np, 0.25, gamma)
+    expected = (plus - minus) / (2 * step)
+    torch.testing.assert_close(h.diagonal(), torch.from_numpy(expected), rtol=1e-6, atol=1e-8)
+    assert torch.count_nonzero(h - torch.diag(h.diagonal())) == 0
+
+
+@pytest.mark.parametrize("gamma", [0.1, 0.5])
+def test_grad_is_finite_at_saturated_logits_where_torchvision_gives_nan(gamma):
+    x = torch.tensor([1e4, -1e4, 100.0, -100.0], dtype=torch.float64)
+    t = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    ours = grad(lambda z: sigmoid_focal_loss(z, t, 0.25, gamma, "sum"))(x)
+    expected = ref.sigmoid_focal_loss_grad(x.numpy(), t.numpy(), 0.25, gamma)
+    _close(ours, torch.from_numpy(expected))
+    peer = grad(lambda z: torchvision.ops.sigmoid_focal_loss(z, t, 0.25, gamma, "sum"))(x)
+    assert torch.isnan(peer).any()  # the departure this pins
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_grad_keeps_the_input_dtype(dtype):
+    x = torch.tensor([-2.0, 0.0, 1.5], dtype=dtype)
+    t = torch.tensor([0.0, 1.0, 1.0], dtype=dtype)
+    gradient = grad(lambda z: sigmoid_focal_loss(z, t, reduction="mean"))(x)
+    assert gradient.dtype == dtype
+    expected = ref.sigmoid_focal_loss_grad(x.double().numpy(), t.double().numpy(), reduction="mean")
+    _close(gradient.double(), torch.from_numpy(expected), FOCAL_TOLERANCES[dtype])
+
+
+def _fcos_total(cls, box, ctr, gt_boxes, gt_deltas, normalizer, momentum):
+    losses, _ = fcos_loss(cls, box, ctr, gt_boxes, gt_deltas, normalizer, momentum=momentum)
+    return losses["loss_cls"] + losses["loss_box"] + losses["loss_ctr"]
+
+
+def _total_of(reference_losses):
+    return torch.tensor(sum(float(v) for v in reference_losses.values()), dtype=torch.float64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=fcos_loss_cases())
+def test_fcos_loss_grad_matches_the_eager_closed_form_gradient(case):
+    cls, box, ctr, gt_boxes, gt_deltas = (torch.from_numpy(a) for a in case.args[:5])
+    normalizer = case.args[5]
+    normalizer = torch.from_numpy(normalizer) if isinstance(normalizer, np.ndarray) else normalizer
+    rest = (gt_boxes, gt_deltas, normalizer, case.kwargs["momentum"])
+
+    gradients, value = grad_and_value(_fcos_total, argnums=(0, 1, 2))(cls, box, ctr, *rest)
+    expected_losses, _ = ref.fcos_loss(*case.args, **case.kwargs)
+    _close(value, _total_of(expected_losses), FCOS_LOSS_TOLERANCES[torch.float64])
+    leaves = [p.clone().requires_grad_() for p in (cls, box, ctr)]
+    eager = torch.autograd.grad(_fcos_total(*leaves, *rest), leaves)
+    _close(gradients, eager)
+
+
+def test_fcos_loss_under_vmap_over_an_ensemble():
+    gen = torch.Generator().manual_seed(3)
+    members, batch, locations, classes = 3, 2, 6, 4
+    cls = torch.randn(members, batch, locations, classes, generator=gen, dtype=torch.float64)
+    box = torch.rand(members, batch, locations, 4, generator=gen, dtype=torch.float64) * 4
+    ctr = torch.randn(members, batch, locations, 1, generator=gen, dtype=torch.float64)
+    gt_boxes = torch.full((batch, locations, 5), -1.0, dtype=torch.float64)
+    gt_deltas = torch.full((batch, locations, 4), -1.0, dtype=torch.float64)
+    gt_boxes[:, ::2, 4] = torch.tensor([0.0, 3.0, 1.0], dtype=torch.float64)
+    gt_deltas[:, ::2] = torch.rand(batch, 3, 4, generator=gen, dtype=torch.float64) * 5
+    totals = vmap(lambda c, b, r: _fcos_total(c, b, r, gt_boxes, gt_deltas, 10.0, 0.9))(
+        cls, box, ctr
+    )
+    for k in range(members):
+        args = [a[k].numpy() for a in (cls, box, ctr)] + [gt_boxes.numpy(), gt_deltas.numpy()]
+        expected, _ = ref.fcos_loss(*args, 10.0, momentum=0.9)
+        _close(totals[k], _total_of(expected), FCOS_LOSS_TOLERANCES[torch.float64])
+
+
+def test_eager_create_graph_is_still_refused():
+    x = torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(sigmoid_focal_loss(x, t, reduction="sum"), x, create_graph=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=focal_cases())
+def test_the_gradient_function_under_vmap_gives_the_reference_gradient(case):
+    x, t = (torch.from_numpy(a) for a in case.args)
+    stacked_x, stacked_t = torch.stack([x, -x]), torch.stack([t, 1 - t])
+    gradients = vmap(lambda a, b: sigmoid_focal_loss_grad(a, b, **case.kwargs))(
+        stacked_x, stacked_t
+    )
+    expected = [
+        ref.sigmoid_focal_loss_grad(a.numpy(), b.numpy(), **case.kwargs)
+        for a, b in zip(stacked_x, stacked_t, strict=True)
+    ]
+    _close(gradients, torch.from_numpy(np.stack(expected)))
