@@ -184,6 +184,8 @@ def test_detect_usage_errors_are_one_line_and_exit_2(trained, tmp_path, capsys, 
     image = root / "data" / "images" / "val_00000.png"
     text = tmp_path / "notes.png"
     text.write_text("not a picture\n")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
     readme = tmp_path / "README.md"
     readme.write_text("# a readme\n")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
@@ -195,6 +197,9 @@ def test_detect_usage_errors_are_one_line_and_exit_2(trained, tmp_path, capsys, 
         (["--checkpoint", str(tmp_path / "nope.pt"), str(image)], r"--checkpoint .*no such file"),
         (["--checkpoint", ckpt, str(tmp_path / "x.png")], r"no such image file\(s\): .*x\.png"),
         (["--checkpoint", ckpt, str(text)], r"notes\.png is not an image"),
+        (["--checkpoint", ckpt, str(text), str(image), str(empty)],  # every bad one named
+         r"^2 of 3 inputs are not usable: .*notes\.png is not an image PIL can read; "
+         r".*empty\.jpg is not an image PIL can read$"),
         (["--checkpoint", ckpt, "--score-thresh", "5", str(image)],
          r"--score-thresh must lie in \[0, 1\], got 5"),
         (["--checkpoint", ckpt, "--image-size", "0", str(image)],

@@ -92,10 +92,15 @@ def _check_args(args: argparse.Namespace) -> None:
     check_output_dir(args.output_dir)
 
 
+_LISTED_BAD_IMAGES = 20
+
+
 def _check_images(paths: list[str]) -> None:
-    """Every input must be an image PIL can read (reads headers only)."""
+    """Every input must be an image PIL can read (reads headers only); every one that is
+    not is named (up to 20, then a count), so that one run finds them all."""
     from PIL import Image, UnidentifiedImageError
 
+    bad = []
     for path in paths:
         try:
             with Image.open(path) as handle:
@@ -106,7 +111,14 @@ def _check_images(paths: list[str]) -> None:
                 if isinstance(error, UnidentifiedImageError)
                 else (f"an unreadable image ({type(error).__name__})")
             )
-            raise CommandError(f"{path} is {kind}") from error
+            bad.append(f"{path} is {kind}")
+    if len(bad) == 1:
+        raise CommandError(bad[0])
+    if bad:
+        listed = "; ".join(bad[:_LISTED_BAD_IMAGES])
+        more = len(bad) - _LISTED_BAD_IMAGES
+        tail = f"; and {more} more" if more > 0 else ""
+        raise CommandError(f"{len(bad)} of {len(paths)} inputs are not usable: {listed}{tail}")
 
 
 def run_detect(args: argparse.Namespace) -> int:
