@@ -27,7 +27,7 @@ from ._checks import (
     is_dense_strided,
     shape_str,
 )
-from ._serial import numpy_view, plain_eager_mode
+from ._serial import numpy_view, plain_eager_mode, under_function_transform
 
 __all__ = [
     "box_iou",
@@ -290,11 +290,11 @@ def _box_iou_float(b1: Tensor, b2: Tensor) -> Tensor:
     # Other pairs are untouched, and NaN areas stay NaN. O(N + M) work.
     largest = torch.finfo(b1.dtype).max
     autograd = (b1.requires_grad or b2.requires_grad) and torch.is_grad_enabled()
-    if batch * n * m <= _IOU_SMALL or autograd:
+    if batch * n * m <= _IOU_SMALL or autograd or under_function_transform():
         # Few pairs: one broadcast pass with the fewest torch calls (the call's fixed cost
         # dominates); the same arithmetic as the blocked path below, whose out= ops
-        # autograd does not record. (Out of place: torch.func's vmap has no batching
-        # rule for several in-place ops and warns.)
+        # neither autograd nor torch.func's transforms (vmap, forward-mode AD) take.
+        # (Out of place: vmap has no batching rule for several in-place ops and warns.)
         x1a, y1a, x2a, y2a = b1[:, :, None, :].unbind(-1)  # [B, N, 1]
         x1b, y1b, x2b, y2b = b2[:, None, :, :].unbind(-1)  # [B, 1, M]
         area_a = (x2a - x1a) * (y2a - y1a)
@@ -346,11 +346,12 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     GT rows ``(x1, y1, x2, y2, class)`` the class column is never changed and padding rows
     (class == -1) are returned untouched. Boxes that end up with zero width or height are
     kept (use :func:`resize_and_center_crop_boxes` for the dataset path that drops them).
-    NaN coordinates stay NaN. The input is not modified. Where autograd records the call,
-    the gradient is torchvision's: 1 strictly inside the bounds, 0 outside, at a bound and
-    at NaN. From 16384 contiguous boxes (not recorded) the clamp runs vectorized over long
-    rows: a ``-0.0`` coordinate may come back as ``+0.0`` (equal as numbers), where
-    torchvision's strided clamp keeps the sign.
+    NaN coordinates stay NaN. The input is not modified. Where autograd records the call
+    (forward-mode AD and torch.func transforms included), the derivative is
+    torchvision's: 1 strictly inside the bounds, 0 outside, at a bound and at NaN. From
+    16384 contiguous boxes (not recorded) the clamp runs vectorized over long rows: a
+    ``-0.0`` coordinate may come back as ``+0.0`` (equal as numbers), where torchvision's
+    strided clamp keeps the sign.
 
     Args:
         boxes (Tensor[..., 4] or Tensor[..., 5]): XYXY boxes or GT rows, floating or integer.
@@ -367,7 +368,8 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
         boxes = _check_real(op, "boxes", boxes, "[..., 4] or [..., 5]")
         height, width = check_size_pair(op, "size", size)
     columns = boxes.shape[-1]
-    if boxes.requires_grad and torch.is_grad_enabled():
+    # (Forward-mode AD and torch.func transforms record too, without requires_grad.)
+    if (boxes.requires_grad and torch.is_grad_enabled()) or under_function_transform():
         return _clip_recorded(boxes, height, width)
     if columns == 4 and boxes.numel() >= 4 * _CLIP_LONG_ROWS_FROM and boxes.is_contiguous():
         if plain_eager_mode():  # (a compiled graph gets the one clamp to fuse)
@@ -538,7 +540,7 @@ def resize_and_center_crop_boxes(
     device = gt_boxes.device
     scale = torch.tensor((new_w / width, new_h / height) * 2, dtype=torch.float64, device=device)
     shift = torch.tensor((left, top) * 2, dtype=torch.float64, device=device)
-    xy = (boxes[..., :4] * scale - shift).clamp_(min=0, max=size)
+    xy = (boxes[..., :4] * scale - shift).clamp(min=0, max=size)
     drop = (xy[..., 0] >= xy[..., 2]) | (xy[..., 1] >= xy[..., 3]) | (boxes[..., 4] == -1)
     out = torch.cat((xy, boxes[..., 4:5]), dim=-1).masked_fill_(drop[..., None], -1)
     return out.to(gt_boxes.dtype)
@@ -582,7 +584,7 @@ def center_crop_boxes_to_original(
     shift = torch.tensor((left, top) * 2, dtype=torch.float64, device=device)
     scale = torch.tensor((width / new_w, height / new_h) * 2, dtype=torch.float64, device=device)
     upper = torch.tensor((width, height) * 2, dtype=torch.float64, device=device)
-    xy = torch.minimum((wide[..., :4] + shift).mul_(scale).clamp_(min=0), upper)
+    xy = torch.minimum((wide[..., :4] + shift).mul_(scale).clamp(min=0), upper)
     if boxes.shape[-1] == 4:
         return xy.to(boxes.dtype)
     xy = torch.where(wide[..., 4:5] == -1, wide[..., :4], xy)

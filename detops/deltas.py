@@ -268,10 +268,15 @@ def fcos_get_deltas_from_locations(
     if locations.dtype != dtype:
         locations = locations.to(dtype)
     # (x1 - xc) / -s equals (xc - x1) / s bit for bit. The subtraction makes a new
-    # contiguous tensor, in the promoted dtype, that is then divided in place.
+    # contiguous tensor, in the promoted dtype, that is then divided in place (out of
+    # place under torch.func transforms: vmap refuses an in-place op whose other operand
+    # is batched where self is not, e.g. a vmapped stride).
     deltas = torch.sub(coordinates.to(dtype), torch.cat((locations, locations), dim=-1))
+    if not plain_eager_mode():
+        return (deltas / denominator).masked_fill(background, -1)
     deltas = deltas.contiguous().div_(denominator)  # sub keeps an odd input layout
-    wide = _wide_rows(deltas)
+    # (The fill through a wider view is invisible to autograd: only without a graph.)
+    wide = None if deltas.requires_grad else _wide_rows(deltas)
     if wide is not None:
         wide[0].masked_fill_(background, wide[1])
         return deltas

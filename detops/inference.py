@@ -20,6 +20,7 @@ from ._checks import (
     check_unit_interval,
     shape_str,
 )
+from ._serial import under_function_transform
 from .boxes import clip_boxes_to_image
 from .deltas import fcos_apply_deltas_to_locations
 from .nms import batched_nms_per_image
@@ -312,7 +313,11 @@ def fcos_inference(
             boxes = fcos_apply_deltas_to_locations(deltas, locations, strides_per_fpn_level[level])
             boxes = clip_boxes_to_image(boxes, (height, width))
             # Non-candidates never reach NMS; zero their boxes so NaN/inf there cannot matter.
-            boxes = boxes.masked_fill_((best == -math.inf).unsqueeze(2), 0.0)
+            non_candidates = (best == -math.inf).unsqueeze(2)
+            if under_function_transform():  # (vmap: the boxes may be unbatched, best not)
+                boxes = boxes.masked_fill(non_candidates, 0.0)
+            else:
+                boxes = boxes.masked_fill_(non_candidates, 0.0)
             boxes_per_level.append(boxes)
             scores_per_level.append(best)
             class_ids_per_level.append(class_ids)

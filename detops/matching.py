@@ -44,7 +44,7 @@ from torch import Tensor
 from ._cache import cached_constant
 from ._checks import check_number, check_same_device, check_shape, is_dense_strided
 from ._match_numpy import match_grid_levels
-from ._serial import plain_eager_mode
+from ._serial import plain_eager_mode, under_function_transform
 
 __all__ = ["fcos_match_locations_to_gt", "default_size_ranges"]
 
@@ -371,7 +371,10 @@ def _match(
     # ``sums[g]``: 0.5 + the weight sum of group g at every location, level-major:
     # level i fills the contiguous block [B * start_i, B * (start_i + L_i)) as [B, L_i].
     total = batch * sum(sizes)
-    sums = [corners.new_empty(total) for _ in groups]
+    # (Under torch.func transforms the blocks are concatenated instead of written into
+    # place: vmap refuses to write batched locations' sums into an unbatched buffer.)
+    pieces: list[list[Tensor]] | None = [[] for _ in groups] if under_function_transform() else None
+    sums = [corners.new_empty(total) for _ in groups] if pieces is None else []
     grids: dict[str, tuple[int, int]] = {}  # the grid levels' (H, W)
     bits: Tensor | None = None
     grid_rows: dict[int, tuple[int, int]] = {}  # level -> its first rows of ``bits``
@@ -404,8 +407,14 @@ def _match(
         else:
             level_bounds = (lower[i], upper[i], inner_lo[i], inner_hi[i])
             parts = _dense_sums(level_bounds, locations[name], groups, inner, chunk_elements)
+            if pieces is not None:
+                for listed, part in zip(pieces, parts, strict=True):
+                    listed.append(part.reshape(-1))
+                continue
             for target, part in zip(sums, parts, strict=True):
                 target[block] = part.view(-1)
+    if pieces is not None:
+        sums = [torch.cat(listed) if listed else corners.new_empty(0) for listed in pieces]
     picked = _decode(sums, groups, batch, kept, tuple(sizes), device)
     matched = torch.embedding(table, picked)  # [B * sum(L), 5], level-major
     result = {}

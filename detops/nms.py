@@ -1009,7 +1009,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     boxes, scores = _check_boxes_scores(op, boxes, scores, batched=False)
     iou_threshold = _check_common(op, boxes, scores, iou_threshold)
     if not plain_eager_mode():  # one opaque op with a data-dependent output size
-        return torch.ops.detops.nms(boxes, scores, float(iou_threshold))
+        # (Detached: indices have no derivative, and an input that requires grad would
+        # send the op through an autograd wrapper that torch.func's grad refuses.)
+        return torch.ops.detops.nms(boxes.detach(), scores.detach(), float(iou_threshold))
     return _nms_impl(boxes, scores, iou_threshold)
 
 
@@ -1235,7 +1237,9 @@ def class_spec_nms(
     class_ids = _check_class_ids(op, class_ids, scores, "[N]")
     iou_threshold = _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
     if not plain_eager_mode():
-        return torch.ops.detops.class_spec_nms(boxes, scores, class_ids, float(iou_threshold))
+        return torch.ops.detops.class_spec_nms(  # (detached: see nms)
+            boxes.detach(), scores.detach(), class_ids, float(iou_threshold)
+        )
     # (where the quick call's NumPy path gave up, for non-finite input or for the sparse
     # path, running it again would only repeat its work)
     return _class_spec_nms_impl(boxes, scores, class_ids, iou_threshold, not numpy_tried)
@@ -1323,8 +1327,8 @@ def batched_nms_per_image(
             raise ValueError(f"{op}: max_detections must be >= 0, got {max_detections}")
     iou_threshold = _check_common(op, boxes, scores, iou_threshold, class_ids=class_ids)
     if not plain_eager_mode():
-        return torch.ops.detops.batched_nms_per_image(
-            boxes, scores, class_ids, float(iou_threshold), max_detections
+        return torch.ops.detops.batched_nms_per_image(  # (detached: see nms)
+            boxes.detach(), scores.detach(), class_ids, float(iou_threshold), max_detections
         )
     return _batched_nms_per_image_impl(boxes, scores, class_ids, iou_threshold, max_detections)
 

@@ -1,11 +1,14 @@
-"""The losses under torch.func transforms (grad, vmap, jvp, hessian) and forward-mode AD.
+"""The ops under torch.func transforms (grad, vmap, jvp, hessian) and forward-mode AD.
 
-Their eager autograd Functions give hand-written first derivatives, which those transforms
-cannot see through (torch raised "must override the setup_context staticmethod");
-torchvision's focal loss, plain torch ops, works under all of them. Under a transform the
-losses run as differentiable torch ops: these tests compare what the transforms give with
-the NumPy reference (values and closed-form gradients), with finite differences of the
-reference gradient (second derivatives) and with the eager closed-form gradient.
+The losses' eager autograd Functions give hand-written first derivatives, which those
+transforms cannot see through (torch raised "must override the setup_context
+staticmethod"); torchvision's focal loss, plain torch ops, works under all of them. Under a
+transform the losses run as differentiable torch ops: these tests compare what the
+transforms give with the NumPy reference (values and closed-form gradients), with finite
+differences of the reference gradient (second derivatives) and with the eager closed-form
+gradient. The other ops' fast paths (in-place and ``out=`` ops, NumPy, a wider view) are
+left for plain ones there; each case below failed or gave a wrong derivative before, where
+torchvision or plain torch did not (found by an audit of every op under the transforms).
 """
 
 import warnings
@@ -17,7 +20,13 @@ import torchvision
 from hypothesis import given, settings
 from torch.func import grad, grad_and_value, hessian, jvp, vmap
 
+import detops
+import reference.boxes as ref_boxes
+import reference.deltas as ref_deltas
+import reference.inference as ref_inference
 import reference.losses as ref
+import reference.matching as ref_matching
+import reference.nms as ref_nms
 from detops.losses import (
     fcos_loss,
     sigmoid_focal_loss,
@@ -211,3 +220,144 @@ def test_the_gradient_function_under_vmap_gives_the_reference_gradient(case):
         for a, b in zip(stacked_x, stacked_t, strict=True)
     ]
     _close(gradients, torch.from_numpy(np.stack(expected)))
+
+
+# ---------------------------------------------------------------------------------------
+# the other ops
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("class_column", [False, True])
+def test_deltas_background_rows_get_no_gradient(dtype, class_column):
+    # Background rows are the constant (-1, -1, -1, -1): their gradient is 0. Foreground
+    # rows: d/d(x1, y1, x2, y2) of (xc - x1, yc - y1, x2 - xc, y2 - yc) / s summed is
+    # (-1, -1, 1, 1) / s. (float32/16/bfloat16 filled the rows through a wider view that
+    # autograd does not see, and their gradient came out as a foreground row's.)
+    locations = torch.tensor([[4.0, 4.0], [12.0, 4.0], [20.0, 20.0]], dtype=dtype)
+    rows = [[1.0, 1.0, 15.0, 14.0], [-1.0, -1.0, -1.0, -1.0], [2.0, 3.0, 30.0, 28.0]]
+    if class_column:
+        rows = [r + [c] for r, c in zip(rows, [2.0, -1.0, 0.0], strict=True)]
+        rows[1][:4] = [5.0, 5.0, 9.0, 9.0]  # (a class of -1 marks it; its corners are ignored)
+    gt = torch.tensor(rows, dtype=dtype, requires_grad=True)
+    detops.fcos_get_deltas_from_locations(locations, gt, 8).sum().backward()
+    foreground = [-0.125, -0.125, 0.125, 0.125] + ([0.0] if class_column else [])
+    expected = [foreground, [0.0] * len(foreground), foreground]
+    assert gt.grad.tolist() == expected
+    transformed = grad(lambda g: detops.fcos_get_deltas_from_locations(locations, g, 8).sum())(
+        gt.detach()
+    )
+    assert transformed.tolist() == expected
+
+
+def test_deltas_vmap_over_strides_gives_the_reference_deltas():
+    locations = torch.tensor([[4.0, 4.0], [12.0, 4.0]], dtype=torch.float64)
+    gt = torch.tensor(
+        [[1.0, 1.0, 15.0, 14.0, 2.0], [0.0, 0.0, 20.0, 20.0, -1.0]], dtype=torch.float64
+    )
+    strides = torch.tensor([[8.0, 16.0], [16.0, 32.0]], dtype=torch.float64)
+    deltas = vmap(lambda s: detops.fcos_get_deltas_from_locations(locations, gt, s))(strides)
+    expected = [
+        ref_deltas.fcos_get_deltas_from_locations(locations.numpy(), gt.numpy(), s.numpy())
+        for s in strides
+    ]
+    _close(deltas, torch.from_numpy(np.stack(expected)))
+
+
+def _ordered_boxes(count, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(count, 4, generator=gen, dtype=torch.float64).cumsum(-1) * 10
+
+
+def test_box_iou_of_many_pairs_under_vmap_and_jvp_as_torchvision():
+    # 65 x 64 pairs: above the pair count from which eager calls fill blocks with out= ops.
+    a, b = _ordered_boxes(65, 0), _ordered_boxes(64, 1)
+    batched = vmap(detops.box_iou)(a[None], b[None])
+    _close(batched[0], torch.from_numpy(ref_boxes.box_iou(a.numpy(), b.numpy())))
+    tangent = torch.linspace(-1.0, 1.0, a.numel(), dtype=a.dtype).reshape(a.shape)
+    _, ours = jvp(lambda x: detops.box_iou(x, b), (a,), (tangent,))
+    _, peer = jvp(lambda x: torchvision.ops.box_iou(x, b), (a,), (tangent,))
+    torch.testing.assert_close(ours, peer, rtol=1e-12, atol=1e-12)
+
+
+def test_clip_forward_mode_derivative_is_torchvisions_at_the_bounds():
+    # x1 = 0, x2 = width, y2 = height lie on a bound: derivative 0 there, as torchvision's
+    # (a clamp by bound tensors gives 0.5); NaN gets 0 too.
+    boxes = torch.tensor(
+        [[0.0, 2.0, 20.0, 10.0], [3.0, float("nan"), 25.0, 4.0]], dtype=torch.float64
+    )
+    ours = torch.func.jacfwd(lambda x: detops.clip_boxes_to_image(x, (10, 20)).sum())(boxes)
+    peer = torch.func.jacfwd(lambda x: torchvision.ops.clip_boxes_to_image(x, (10, 20)).sum())(
+        boxes
+    )
+    assert ours.tolist() == peer.tolist() == [[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 1.0]]
+
+
+def test_matching_under_vmap_over_locations_gives_the_reference_match():
+    strides = {"p3": 8}
+    grid = detops.get_fpn_location_coords({"p3": (4, 4)}, strides, dtype=torch.float64)["p3"]
+    gt = torch.tensor(
+        [[2.0, 3.0, 20.0, 18.0, 1.0], [9.0, 1.0, 31.0, 30.0, 0.0]], dtype=torch.float64
+    )
+    shifted = torch.stack([grid, grid + 0.5, grid * 0.75])
+    matched = vmap(lambda loc: detops.fcos_match_locations_to_gt({"p3": loc}, strides, gt)["p3"])(
+        shifted
+    )
+    for k, loc in enumerate(shifted):
+        expected = ref_matching.fcos_match_locations_to_gt({"p3": loc.numpy()}, strides, gt.numpy())
+        _close(matched[k], torch.from_numpy(expected["p3"]))
+
+
+def test_nms_family_under_grad_selects_the_reference_kept_scores():
+    # A user's grad through the scores NMS keeps: 1 for each kept box, 0 for the others.
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],
+            [1.0, 1.0, 11.0, 11.0],
+            [20.0, 20.0, 30.0, 30.0],
+            [0.5, 0.0, 10.0, 10.0],
+        ],
+        dtype=torch.float64,
+    )
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6], dtype=torch.float64)
+    classes = torch.tensor([0, 0, 1, 1])
+
+    def indicator(kept):
+        out = np.zeros(4)
+        out[np.asarray(kept)] = 1.0
+        return out.tolist()
+
+    got = grad(lambda s: s[detops.nms(boxes, s, 0.5)].sum())(scores)
+    assert got.tolist() == indicator(ref_nms.nms(boxes.numpy(), scores.numpy(), 0.5))
+    got = grad(lambda s: s[detops.class_spec_nms(boxes, s, classes, 0.5)].sum())(scores)
+    expected = ref_nms.class_spec_nms(boxes.numpy(), scores.numpy(), classes.numpy(), 0.5)
+    assert got.tolist() == indicator(expected)
+    kept = lambda s: detops.batched_nms_per_image(boxes[None], s, classes[None], 0.5)  # noqa: E731
+    got = grad(lambda s: s.gather(1, kept(s).clamp(min=0)).sum())(scores[None])
+    assert got[0].tolist() == indicator(expected)
+
+
+def test_fcos_inference_under_vmap_over_the_class_logits():
+    strides = {"p3": 8}
+    locations = detops.get_fpn_location_coords({"p3": (2, 2)}, strides, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 1, 4, 2, generator=gen, dtype=torch.float64)
+    deltas = torch.rand(1, 4, 4, generator=gen, dtype=torch.float64) * 2
+    centerness = torch.randn(1, 4, 1, generator=gen, dtype=torch.float64)
+
+    def best(cls):
+        found = detops.fcos_inference(
+            locations, strides, {"p3": cls}, {"p3": deltas}, {"p3": centerness}, (16, 16),
+            0.0, 0.5, max_detections=1,
+        )  # fmt: skip
+        return found.boxes, found.scores
+
+    boxes, scores = vmap(best)(logits)
+    for k in range(3):
+        ((ref_boxes_k, _, ref_scores_k),) = ref_inference.fcos_inference(
+            {"p3": locations["p3"].numpy()}, strides, {"p3": logits[k].numpy()},
+            {"p3": deltas.numpy()}, {"p3": centerness.numpy()}, (16, 16), 0.0, 0.5,
+            max_detections=1,
+        )  # fmt: skip
+        _close(boxes[k, 0, :1], torch.from_numpy(ref_boxes_k))
+        _close(scores[k, 0, :1], torch.from_numpy(ref_scores_k))
