@@ -583,8 +583,12 @@ def center_crop_boxes_to_original(
     device = boxes.device
     shift = torch.tensor((left, top) * 2, dtype=torch.float64, device=device)
     scale = torch.tensor((width / new_w, height / new_h) * 2, dtype=torch.float64, device=device)
-    upper = torch.tensor((width, height) * 2, dtype=torch.float64, device=device)
-    xy = torch.minimum((wide[..., :4] + shift).mul_(scale).clamp(min=0), upper)
+    mapped = (wide[..., :4] + shift).mul_(scale)
+    # Number bounds per axis, as clip_boxes_to_image: the derivative at a bound is 0
+    # (torch.minimum against a bound tensor splits a tie: 0.5).
+    xs = mapped[..., 0::2].clamp(min=0, max=width)
+    ys = mapped[..., 1::2].clamp(min=0, max=height)
+    xy = torch.stack((xs, ys), dim=-1).reshape(mapped.shape)
     if boxes.shape[-1] == 4:
         return xy.to(boxes.dtype)
     xy = torch.where(wide[..., 4:5] == -1, wide[..., :4], xy)

@@ -274,7 +274,9 @@ def fcos_inference(
         ``scores [B, K]`` and ``counts [B]``; ``K`` is the largest count of one image (0
         when nothing is detected). Use ``.per_image()`` or ``.as_dicts()`` for per-image
         tensors. Boxes have the promoted dtype of deltas and locations; scores the dtype of
-        the class logits (float16/bfloat16 scores are computed in float32, then cast).
+        the class logits (float16/bfloat16 scores are computed in float32, then cast). NMS
+        runs on boxes and scores in the promotion of those two dtypes (float16 boxes and
+        float32 scores: float32).
         Device: that of the inputs.
     """
     batch, _ = _validate(
@@ -324,8 +326,14 @@ def fcos_inference(
         boxes = torch.cat(boxes_per_level, dim=1)
         scores = torch.cat(scores_per_level, dim=1)
         class_ids = torch.cat(class_ids_per_level, dim=1)
+        # NMS takes one dtype: boxes and scores in their promotion (both convert exactly).
+        nms_dtype = torch.promote_types(boxes.dtype, scores.dtype)
         keep = batched_nms_per_image(
-            boxes, scores, class_ids, float(nms_thresh), max_detections=max_det
+            boxes.to(nms_dtype),
+            scores.to(nms_dtype),
+            class_ids,
+            float(nms_thresh),
+            max_detections=max_det,
         )  # [B, K], -1 padded, by descending score
         valid = keep >= 0
         index = keep.clamp(min=0)

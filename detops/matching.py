@@ -239,7 +239,9 @@ def fcos_match_locations_to_gt(
         that row, class included), or a row of -1 where no box matches. Dtype and device
         are those of ``gt_boxes``. ``N = 0``, all-padding GT or an empty level give rows of
         -1 (or an empty tensor). A batched call equals stacking the per-image calls. The
-        levels' tensors are contiguous views into one buffer.
+        levels' tensors are contiguous views into one buffer. Autograd sees a gather, as
+        the course code's ``gt_boxes[matched_idxs]``: each matched row's gradient reaches
+        the GT row it copies, the -1 rows' none (on every path and device).
 
     Note:
         No Python loop runs over images, boxes or locations (one runs over levels, and
@@ -325,7 +327,8 @@ def _match(
     names = list(locations)
     sizes = [locations[n].shape[0] for n in names]
     batch, count, _ = gt.shape
-    if compact and detect_grid and _NUMPY_MATCH and gt.dtype in _NUMPY_DTYPES:
+    recorded = gt.requires_grad and torch.is_grad_enabled()  # (NumPy would drop the graph)
+    if compact and detect_grid and _NUMPY_MATCH and gt.dtype in _NUMPY_DTYPES and not recorded:
         by_numpy = _match_numpy(locations, strides, ranges, radius, gt, names, sizes)
         if by_numpy is not None:
             return by_numpy

@@ -723,6 +723,26 @@ def test_inverse_round_trips_boxes_inside_the_crop(height, width, image_size, un
     assert torch.all(back[~keep] == -1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_inverse_derivative_is_zero_at_the_image_bounds(dtype):
+    # As clip_boxes_to_image (torchvision's convention): d original / d crop is the scale
+    # strictly inside the image, 0 at a bound and beyond. A box edge mapped exactly onto
+    # the width got half the scale (torch.minimum splits a tie).
+    height, width, size = 480, 360, 224
+    (new_h, new_w), (top, left) = ref.resized_and_crop_geometry((height, width), size)
+    assert (left, width / new_w * (size + left)) == (0, width)  # x' = 224 maps onto W
+    rows = torch.tensor([[0.0, 20.0, 224.0, 100.0], [5.0, 10.0, 230.0, 50.0]], dtype=dtype)
+    leaf = rows.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(
+        center_crop_boxes_to_original(leaf, (height, width), size).sum(), leaf
+    )
+    sx, sy = width / new_w, height / new_h
+    expected = [[0.0, sy, 0.0, sy], [sx, sy, 0.0, sy]]  # x1 = 0 and x2 = W are bounds
+    rtol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
+    expected = torch.tensor(expected, dtype=torch.float64)
+    torch.testing.assert_close(grad.double(), expected, rtol=rtol, atol=0)
+
+
 def test_inverse_keeps_rows_class_padding_and_clamps_to_the_image():
     rows = torch.tensor([[0.0, 0, 224, 224, 3], [-1, -1, -1, -1, -1], [-10, 5, 300, 20, 1]])
     out = center_crop_boxes_to_original(rows, (333, 500), 224)

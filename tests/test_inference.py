@@ -218,6 +218,53 @@ def test_float64_and_half_logits():
     assert half.counts.item() > 0
 
 
+# (logits, deltas and locations dtypes): NMS takes one dtype, and scores are computed in
+# float32 or wider while boxes keep the deltas' dtype; these raised "scores must have the
+# dtype of boxes" before (so did FCOS.half() and .bfloat16() in eval mode).
+MIXED_DTYPES = [
+    (torch.float16, torch.float16, torch.float16),
+    (torch.bfloat16, torch.bfloat16, torch.bfloat16),
+    (torch.float32, torch.float16, torch.float16),
+    (torch.float64, torch.float32, torch.float32),
+    (torch.float32, torch.float64, torch.float64),
+]
+# Boxes decoded in float16 / bfloat16 at up to 64 px: a few roundings of 2**-5 / 2**-2 px.
+_HALF_BOX_ATOL = {torch.float16: 0.25, torch.bfloat16: 2.0}
+
+
+@pytest.mark.parametrize(("cls_dtype", "box_dtype", "loc_dtype"), MIXED_DTYPES)
+def test_half_and_mixed_dtypes_match_the_reference(cls_dtype, box_dtype, loc_dtype):
+    locations, strides, cls, box, ctr, size = _head(2, size=64, seed=21)
+    args = (
+        {k: v.to(loc_dtype) for k, v in locations.items()}, strides,
+        {k: v.to(cls_dtype) for k, v in cls.items()}, {k: v.to(box_dtype) for k, v in box.items()},
+        {k: v.to(cls_dtype) for k, v in ctr.items()}, size,
+    )  # fmt: skip
+    # Half boxes round by a pixel's fraction, which can move an IoU across an NMS
+    # threshold: there nothing is suppressed (IoU > 1 never holds), and the NMS call still
+    # takes the half boxes with float32 scores.
+    half_boxes = torch.promote_types(box_dtype, loc_dtype) in _HALF_BOX_ATOL
+    nms_thresh = 1.0 if half_boxes else 0.5
+    result = fcos_inference(*args, 0.3, nms_thresh)
+    assert result.boxes.dtype == torch.promote_types(box_dtype, loc_dtype)
+    assert result.scores.dtype == cls_dtype
+    expected = _reference(args, 0.3, nms_thresh)
+    assert [len(e[0]) for e in expected] == result.counts.tolist()
+    assert min(result.counts.tolist()) > 0
+    box_atol = _HALF_BOX_ATOL.get(result.boxes.dtype, 1e-4)
+    score_rtol = {torch.float16: 2e-3, torch.bfloat16: 1e-2}.get(cls_dtype, 1e-5)
+    for (boxes, class_ids, scores), (ref_boxes, ref_ids, ref_scores) in zip(
+        result.per_image(), expected, strict=True
+    ):
+        assert class_ids.tolist() == ref_ids.tolist()
+        torch.testing.assert_close(
+            boxes.double(), torch.from_numpy(ref_boxes), rtol=0, atol=box_atol
+        )
+        torch.testing.assert_close(
+            scores.double(), torch.from_numpy(ref_scores), rtol=score_rtol, atol=1e-6
+        )
+
+
 def _valid_args():
     return _head(1, size=32, seed=13)
 

@@ -586,3 +586,32 @@ def test_no_level_matches_nothing():
     gt = torch.tensor([[10.0, 20, 100, 150, 3]])
     assert fcos_match_locations_to_gt({}, {"p3": 8}, gt) == {}
     assert fcos_match_locations_to_gt({}, {}, gt[None]) == {}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("real_boxes", [2, 53])  # (53: more than one group of 52 boxes)
+def test_gradient_reaches_the_gt_rows_it_copies(dtype, real_boxes):
+    # Autograd sees a gather (the course code's gt_boxes[matched_idxs]): the gradient of
+    # the matched rows' sum at GT row i is the number of locations matched to it, in every
+    # column, and 0 for padding. On CPU the NumPy path dropped the graph (float32/float64,
+    # up to 52 boxes): no grad_fn, so a backward skipped it.
+    strides = {"p3": 8, "p4": 16}
+    locations = get_fpn_location_coords({"p3": (8, 8), "p4": (4, 4)}, strides, dtype=dtype)
+    gen = torch.Generator().manual_seed(real_boxes)
+    corner = torch.randint(0, 40, (real_boxes, 2), generator=gen).double()
+    side = torch.randint(4, 40, (real_boxes, 2), generator=gen).double()
+    classes = torch.arange(real_boxes).double()[:, None]  # distinct rows
+    rows = torch.cat([corner, corner + side, classes], 1)
+    rows = torch.cat([rows, torch.full((1, 5), -1.0, dtype=torch.float64)])
+    gt = rows.to(dtype, copy=True).requires_grad_()
+    matched = fcos_match_locations_to_gt(locations, strides, gt)
+    total = sum(level.sum() for level in matched.values())
+    (gradient,) = torch.autograd.grad(total, gt)
+    expected_rows = ref.fcos_match_locations_to_gt(
+        {k: v.double().numpy() for k, v in locations.items()}, strides, rows.numpy()
+    )
+    every_row = np.concatenate(list(expected_rows.values()))
+    counts = [float((every_row == row).all(axis=1).sum()) for row in rows.numpy()[:-1]]
+    expected = torch.tensor([[c] * 5 for c in counts] + [[0.0] * 5], dtype=torch.float64)
+    assert sum(counts) > 0
+    assert torch.equal(gradient.double(), expected)

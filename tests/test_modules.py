@@ -6,6 +6,7 @@ Small inputs throughout (64 px, 16 channels): RegNetX-400MF itself cannot be shr
 
 from __future__ import annotations
 
+import copy
 import math
 import urllib.error
 
@@ -240,6 +241,26 @@ def test_eval_forward_is_exactly_fcos_inference(tiny_fcos):
         expected = fcos_inference(locations, STRIDES, cls, box, ctr, (64, 64), 0.2, 0.6)
     assert isinstance(detections, FCOSDetections)
     assert int(detections.counts.sum()) > 0 and detections.boxes.shape[0] == 2
+    for name in FCOSDetections._fields:
+        assert torch.equal(getattr(detections, name), getattr(expected, name)), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_eval_forward_in_half_precision(tiny_fcos, dtype):
+    # The module builds its locations in the images' dtype; its scores are computed in
+    # float32. This raised "scores must have the dtype of boxes" before.
+    model = copy.deepcopy(tiny_fcos).to(dtype).eval()
+    images = batch()[0].to(dtype)
+    with torch.no_grad():
+        model.pred_net.pred_cls.bias.fill_(2.0)
+        detections = model(images, test_score_thresh=0.2, test_nms_thresh=0.6)
+        feats = model.backbone(images)
+        cls, box, ctr = model.pred_net(feats)
+        shapes = {k: v.shape for k, v in feats.items()}
+        locations = get_fpn_location_coords(shapes, STRIDES, dtype=dtype)
+        expected = fcos_inference(locations, STRIDES, cls, box, ctr, (64, 64), 0.2, 0.6)
+    assert detections.boxes.dtype == detections.scores.dtype == dtype
+    assert int(detections.counts.sum()) > 0
     for name in FCOSDetections._fields:
         assert torch.equal(getattr(detections, name), getattr(expected, name)), name
 
