@@ -652,8 +652,9 @@ def sigmoid_focal_loss(
         raises RuntimeError (rather than give a second derivative without this loss's
         term). Under ``torch.func`` transforms (``grad``, ``vmap``, ``jvp``, ``hessian``,
         ...) and forward-mode AD the same formulas run as plain torch ops (slower, with
-        input-sized intermediates), and every derivative order is autograd's; there,
-        as in torchvision, a gradient also reaches ``targets``. Reductions
+        input-sized intermediates), and every derivative order is autograd's (a jvp
+        carries a tangent of ``targets`` through too, as torchvision's does; ``grad``
+        with respect to ``targets`` raises, as in eager). Reductions
         accumulate per-chunk sums in float64 and round once into the output dtype (a
         float16 sum above 65504 is inf, as torchvision's).
     """
