@@ -705,9 +705,13 @@ def _nms_domain(ref_case: Case, dtype: torch.dtype) -> str | None:
         return "NaN or infinite values"
     if len(np.unique(scores)) != len(scores):
         return "tied scores"
+    off = ~np.eye(len(boxes), dtype=bool)
+    if (off & zero_union(boxes, boxes)).any():
+        # NaN IoU: torchvision never suppresses on it, the course's queue (keep IoU <= t)
+        # drops the later box
+        return "two zero-area boxes (IoU 0 / 0)"
     iou = iou_matrix(boxes)  # the registry's vectorized float64 IoU: this runs on every case
     bound = _iou_bound(boxes, boxes, _eps(dtype))
-    off = ~np.eye(len(boxes), dtype=bool)
     if (off & (np.abs(iou - float(a["iou_threshold"])) <= bound)).any():
         return "an IoU within rounding error of the threshold"
     return None
@@ -757,11 +761,19 @@ def _check_loss(out, case: Case, dtype: torch.dtype, device: str):
 
 
 def _focal_domain(ref_case: Case, dtype: torch.dtype) -> str | None:
-    x = np.asarray(focal_arguments(ref_case)["inputs"], dtype=np.float64)
+    a = focal_arguments(ref_case)
+    x = np.asarray(a["inputs"], dtype=np.float64)
     if x.size == 0:
         return "an empty input"
     if not np.isfinite(x).all():
         return "NaN or infinite logits"
+    # The course pipeline passes one-hot targets and alpha 0.25: forms exact only there
+    # (pt = exp(-ce), alpha_t by where(t == 1)) are correct for it.
+    t = np.asarray(a["targets"], dtype=np.float64)
+    if not np.isin(t, (0.0, 1.0)).all():
+        return "soft targets (the course passes one-hot targets)"
+    if float(a["alpha"]) < 0:
+        return "alpha -1 (the course passes 0.25)"
     return None
 
 

@@ -729,6 +729,15 @@ NMS_PROBES = (
         _nms_probe([[0, 0, 10, 10], [5, 5, 5, 5], [1, 1, 11, 11]], [0.9, 0.8, 0.7], 0.5),
     ),
     Probe(
+        "two zero-area boxes (their IoU is 0 / 0)",
+        _nms_probe([[0, 0, 0, 10], [5, 0, 5, 10], [20, 20, 30, 30]], [0.9, 0.8, 0.7], 0.5),
+        shared=False,
+        departure="the IoU of two zero-area boxes is 0 / 0 = NaN, and NaN > iou_threshold "
+        "is false: detops and torchvision keep both; a queue that keeps the boxes with "
+        "IoU <= iou_threshold drops the later one (NaN <= t is false too)",
+        tag="zero-area pair",
+    ),
+    Probe(
         "tied scores keep index order",
         _nms_probe([[0, 0, 1, 1], [2, 0, 3, 1], [4, 0, 5, 1]], [0.5, 0.5, 0.5], 0.5),
         shared=False,
@@ -855,6 +864,13 @@ FOCAL_HINTS = (
     ),
 )
 
+_FOCAL_OUTSIDE_PIPELINE = (
+    "the course pipeline passes one-hot targets and alpha 0.25; soft targets and alpha -1 "
+    "(no weighting) are outside it, and forms exact only for 0/1 targets (pt = exp(-ce), "
+    "alpha_t by where(t == 1)) are correct there. detops and torchvision compute the "
+    "formula for every target in [0, 1]"
+)
+
 FOCAL_PROBES = (
     Probe(
         "saturated logits +-1e4",
@@ -867,6 +883,9 @@ FOCAL_PROBES = (
     Probe(
         "large |x| with a soft target (x = -10000, t = 0.00137, no alpha, gamma 0)",
         _focal_probe([-10000.0], [float(np.float32(0.00137))], alpha=-1.0, gamma=0.0),
+        shared=False,
+        departure=_FOCAL_OUTSIDE_PIPELINE,
+        tag="soft target",
     ),
     Probe(
         "mean over an empty input is 0",
