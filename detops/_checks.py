@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -94,7 +94,11 @@ def _parse_shape_pattern(pattern: str) -> _ShapePattern:
 def _shape_matches(shape: Sequence[int], pattern: str) -> bool:
     parsed = _PARSED_PATTERNS.get(pattern)
     if parsed is None:
-        parsed = _PARSED_PATTERNS[pattern] = _parse_shape_pattern(pattern)
+        parsed = _parse_shape_pattern(pattern)
+        # (Not while torch.compile traces: it guards on the dict, and a pattern added by
+        # the first compiled call made the second one recompile.)
+        if not torch.compiler.is_compiling():
+            _PARSED_PATTERNS[pattern] = parsed
     for any_leading, ndim, fixed in parsed:
         if (len(shape) >= ndim if any_leading else len(shape) == ndim) and all(
             shape[i] == size for i, size in fixed
@@ -130,14 +134,16 @@ def check_shape(
 def check_int(
     op: str, name: str, value: object, *, minimum: int | None = None, expected: str | None = None
 ) -> int:
-    """A Python ``int`` (``bool`` refused), at least ``minimum`` when given."""
+    """A Python ``int`` (``bool`` refused), at least ``minimum`` when given; a
+    ``torch.SymInt`` (a traced size, e.g. a feature map's under torch.export with dynamic
+    dims) counts as one."""
     if expected is None:
         expected = "an int" if minimum is None else f"an int >= {minimum}"
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
         raise TypeError(f"{op}: {name} must be {expected}, got {type(value).__name__}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{op}: {name} must be {expected}, got {value}")
-    return value
+    return cast(int, value)  # (a SymInt stands in for an int)
 
 
 def check_number(
@@ -261,7 +267,8 @@ def check_positive_number(op: str, name: str, value: object, *, finite: bool = F
 def check_size_pair(op: str, name: str, value: object) -> tuple[int, int]:
     """A ``(height, width)`` pair of positive integers: a tuple, list or ``torch.Size`` of
     Python or NumPy ints or one-element integer tensors, or a 1-D integer tensor or array
-    of two (``orig_target_sizes[i]``), as torchvision's box ops take them. (Floats, which
+    of two (``orig_target_sizes[i]``), as torchvision's box ops take them, or traced
+    ``torch.SymInt`` sizes. (Floats, which
     torchvision would clamp to as well, are refused: a size counts pixels.)"""
     pair = value
     if isinstance(value, (Tensor, np.ndarray)) and value.ndim == 1 and _integer_valued(value):
@@ -271,18 +278,22 @@ def check_size_pair(op: str, name: str, value: object) -> tuple[int, int]:
     if (
         not isinstance(pair, (tuple, list, torch.Size))
         or len(pair) != 2
-        or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in pair)
+        or any(
+            isinstance(v, bool) or not isinstance(v, (int, np.integer, torch.SymInt)) for v in pair
+        )
     ):
         shown = repr(value)
         if isinstance(value, Tensor):
             shown = f"a {value.dtype} tensor of shape {shape_str(value)}"
         raise TypeError(f"{op}: {name} must be a (height, width) pair of ints, got {shown}")
-    height, width = int(pair[0]), int(pair[1])
+    # (A torch.SymInt, a traced size under torch.export's dynamic dims, stays one: int()
+    # would fix it to the example's value.)
+    height, width = (v if isinstance(v, torch.SymInt) else int(v) for v in pair)
     if height <= 0 or width <= 0:
         raise ValueError(
             f"{op}: {name} must be a positive (height, width) pair, got {(height, width)!r}"
         )
-    return height, width
+    return cast(int, height), cast(int, width)
 
 
 def _scalar_of(value: object) -> object:

@@ -371,8 +371,10 @@ def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     # (Forward-mode AD and torch.func transforms record too, without requires_grad.)
     if (boxes.requires_grad and torch.is_grad_enabled()) or under_function_transform():
         return _clip_recorded(boxes, height, width)
-    if columns == 4 and boxes.numel() >= 4 * _CLIP_LONG_ROWS_FROM and boxes.is_contiguous():
-        if plain_eager_mode():  # (a compiled graph gets the one clamp to fuse)
+    # (A compiled graph gets the one clamp to fuse; plain_eager_mode() is asked first, so
+    # that tracing puts no guard on the number of boxes, which export's dynamic dims refuse.)
+    if columns == 4 and plain_eager_mode() and boxes.is_contiguous():
+        if boxes.numel() >= 4 * _CLIP_LONG_ROWS_FROM:
             return _clip_in_long_rows(boxes, height, width)
     lower, upper = _clip_bounds(columns, height, width, boxes.dtype, boxes.device, 1)
     clipped = torch.clamp(boxes, lower, upper)

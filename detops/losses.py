@@ -929,33 +929,20 @@ def fcos_loss(
     new_normalizer = new_positives + momentum * old
     denominator = new_normalizer * batch
     denominator = torch.where(denominator == 0, 1.0, denominator).to(loss_dtype)
-    if under_function_transform() and not torch.compiler.is_compiling():
-        loss_cls, loss_box, loss_ctr = _composite_fcos_loss_sums(
-            pred_cls_logits,
-            pred_boxreg_deltas,
-            pred_ctr_logits,
-            class_ids,
-            matched_gt_deltas.detach(),
-            loss_dtype,
-        )
-    elif torch.compiler.is_compiling():
-        loss_cls, loss_box, loss_ctr = _fcos_loss_sums_op(
-            pred_cls_logits,
-            pred_boxreg_deltas,
-            pred_ctr_logits,
-            class_ids,
-            matched_gt_deltas.detach(),
-            loss_dtype,
-        )[:3]
+    sums_of = (
+        pred_cls_logits,
+        pred_boxreg_deltas,
+        pred_ctr_logits,
+        class_ids,
+        matched_gt_deltas.detach(),
+        loss_dtype,
+    )
+    if torch.compiler.is_compiling():
+        loss_cls, loss_box, loss_ctr = _fcos_loss_sums_op(*sums_of)[:3]
+    elif under_function_transform():
+        loss_cls, loss_box, loss_ctr = _composite_fcos_loss_sums(*sums_of)
     else:
-        loss_cls, loss_box, loss_ctr = _FCOSLossSums.apply(
-            pred_cls_logits,
-            pred_boxreg_deltas,
-            pred_ctr_logits,
-            class_ids,
-            matched_gt_deltas.detach(),
-            loss_dtype,
-        )
+        loss_cls, loss_box, loss_ctr = _FCOSLossSums.apply(*sums_of)
     losses = {
         "loss_cls": loss_cls / denominator,
         "loss_box": loss_box / denominator,
@@ -1246,14 +1233,16 @@ def _(
 
 def _focal_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     ctx.save_for_backward(output[1])
-    ctx.scale = 1.0 / max(inputs[0].numel(), 1) if inputs[5] == "mean" else 1.0
+    ctx.count = max(inputs[0].numel(), 1) if inputs[5] == "mean" else None
 
 
 def _focal_backward(
     ctx: Any, grad_loss: Tensor, _grad_of_grad: Tensor
 ) -> tuple[Tensor | None, ...]:
     (grad,) = ctx.saved_tensors
-    return grad * (grad_loss * ctx.scale), None, None, None, None, None, None
+    if ctx.count is not None:  # (divided as eager's backward does: g * (1 / n) is not g / n)
+        grad_loss = grad_loss / ctx.count
+    return grad * grad_loss, None, None, None, None, None, None
 
 
 _focal_op.register_autograd(_focal_backward, setup_context=_focal_setup_context)

@@ -148,7 +148,9 @@ def _assert_equals_eager(result, call, monkeypatch):
 def _loss_and_grads(loss_fn, leaves):
     loss = loss_fn(*leaves)
     total = sum(loss.values()) if isinstance(loss, dict) else loss.sum()
-    return (loss, *torch.autograd.grad(total, leaves))
+    # (An upstream gradient other than 1, as a loss weight makes: the compiled focal
+    # 'mean' backward multiplied by 1 / n where eager divides by n, 1 ulp apart.)
+    return (loss, *torch.autograd.grad(total * 0.7, leaves))
 
 
 def focal_call(class_ids: bool, reduction: str):
@@ -260,6 +262,44 @@ def test_fcos_detector_with_post_processing_exports_and_equals_eager():
     torch.testing.assert_close(
         tuple(program.module()(images)), tuple(model(images)), rtol=0, atol=0
     )
+
+
+def test_fcos_detector_exports_with_dynamic_batch_and_image_size():
+    # Non-strict export (the default): the feature map sizes and the image size reach the
+    # checks as SymInts (refused as "not an int" before), and the clip's long-row branch
+    # put a guard on the box count (which a dynamic batch refused).
+    from torch.export import Dim
+
+    from detops.nn import FCOS
+
+    torch.manual_seed(0)
+    model = FCOS(num_classes=4, fpn_channels=16, stem_channels=[16]).eval()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    size = Dim("size", max=16)
+    dims = {0: Dim("batch", max=64), 2: 32 * size, 3: 32 * size}
+    program = torch.export.export(model, (images,), dynamic_shapes=(dims,))
+    for shape in [(2, 3, 64, 64), (3, 3, 96, 96)]:
+        other = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(
+            tuple(program.module()(other)), tuple(model(other)), rtol=0, atol=0
+        )
+
+
+def test_a_second_identical_compiled_call_does_not_recompile(monkeypatch):
+    # The shape-pattern cache was filled during the first trace, which dynamo guards on
+    # (an empty cache: as in a fresh process).
+    monkeypatch.setattr(detops._checks, "_PARSED_PATTERNS", {})
+    compilations = []
+
+    def backend(graph, example_inputs):
+        compilations.append(graph)
+        return graph.forward
+
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11]])
+    compiled = torch.compile(lambda a, b: detops.box_iou(a, b) * 2, fullgraph=True, backend=backend)
+    for _ in range(3):
+        compiled(boxes, boxes + 0.5)
+    assert len(compilations) == 1
 
 
 @pytest.mark.parametrize("name", ["nms", "class_spec_nms", "box_iou", "clip_boxes_to_image"])
