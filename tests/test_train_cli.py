@@ -200,6 +200,9 @@ def test_detect_usage_errors_are_one_line_and_exit_2(trained, tmp_path, capsys, 
         (["--checkpoint", ckpt, str(text), str(image), str(empty)],  # every bad one named
          r"^2 of 3 inputs are not usable: .*notes\.png is not an image PIL can read; "
          r".*empty\.jpg is not an image PIL can read$"),
+        (["--checkpoint", ckpt, str(text), str(tmp_path / "gone.png"), str(empty)],  # one run
+         r"^no such image file\(s\): .*gone\.png; 2 of 3 inputs are not usable: .*notes\.png "
+         r"is not an image PIL can read; .*empty\.jpg is not an image PIL can read$"),
         (["--checkpoint", ckpt, "--score-thresh", "5", str(image)],
          r"--score-thresh must lie in \[0, 1\], got 5"),
         (["--checkpoint", ckpt, "--image-size", "0", str(image)],

@@ -83,12 +83,6 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     check_device_name(args.device)
     check_checkpoint_file(args.checkpoint)
-    folders = [path for path in args.images if Path(path).is_dir()]
-    missing = [path for path in args.images if not Path(path).exists()]
-    problems = [f"folder(s), not image files: {', '.join(folders)}"] if folders else []
-    problems += [f"no such image file(s): {', '.join(missing)}"] if missing else []
-    if problems:
-        raise CommandError("; ".join(problems))
     check_output_dir(args.output_dir)
 
 
@@ -96,12 +90,19 @@ _LISTED_BAD_IMAGES = 20
 
 
 def _check_images(paths: list[str]) -> None:
-    """Every input must be an image PIL can read (reads headers only); every one that is
-    not is named (up to 20, then a count), so that one run finds them all."""
+    """Every input must be an image file PIL can read (reads headers only); one error
+    names every one that is not (folders, missing files, then unreadable files, up to 20
+    of those and a count), so that one run finds them all."""
     from PIL import Image, UnidentifiedImageError
 
+    folders = [path for path in paths if Path(path).is_dir()]
+    missing = [path for path in paths if not Path(path).exists()]
+    problems = [f"folder(s), not image files: {', '.join(folders)}"] if folders else []
+    problems += [f"no such image file(s): {', '.join(missing)}"] if missing else []
     bad = []
     for path in paths:
+        if not Path(path).is_file():
+            continue
         try:
             with Image.open(path) as handle:
                 handle.verify()
@@ -109,16 +110,18 @@ def _check_images(paths: list[str]) -> None:
             kind = (
                 "not an image PIL can read"
                 if isinstance(error, UnidentifiedImageError)
-                else (f"an unreadable image ({type(error).__name__})")
+                else f"an unreadable image ({type(error).__name__}: {error})"
             )
             bad.append(f"{path} is {kind}")
-    if len(bad) == 1:
-        raise CommandError(bad[0])
-    if bad:
+    if len(bad) == 1 and not problems:
+        problems.append(bad[0])
+    elif bad:
         listed = "; ".join(bad[:_LISTED_BAD_IMAGES])
         more = len(bad) - _LISTED_BAD_IMAGES
         tail = f"; and {more} more" if more > 0 else ""
-        raise CommandError(f"{len(bad)} of {len(paths)} inputs are not usable: {listed}{tail}")
+        problems.append(f"{len(bad)} of {len(paths)} inputs are not usable: {listed}{tail}")
+    if problems:
+        raise CommandError("; ".join(problems))
 
 
 def run_detect(args: argparse.Namespace) -> int:
