@@ -363,8 +363,14 @@ def test_a_hang_does_not_poison_later_calls_and_shrinks():
     assert later and later["tied scores keep index order"] == "PASS", later
     shrunk = next(f for f in timeouts if not f.probe)
     boxes = np.asarray(shrunk.data["input"]["boxes"])
-    assert boxes.shape[0] <= 2, shrunk.input  # the shrinker reached a tiny hanging input
-    assert hint_text("nms", "hangs: kept box removed by its self-IoU") in shrunk.hints
+    # The shrinker reaches a tiny hanging input (1 box here when idle; each candidate that
+    # still hangs costs the 0.5 s limit and a new worker), or, on a loaded machine, says it
+    # stopped at its budget: never a large input passed off as shrunk.
+    if shrunk.shrink_note:
+        assert "stopped" in shrunk.shrink_note, shrunk.shrink_note
+    else:
+        assert boxes.shape[0] <= 2, shrunk.input
+        assert hint_text("nms", "hangs: kept box removed by its self-IoU") in shrunk.hints
 
 
 def test_forked_runner_kills_a_hang_and_starts_afresh(tmp_path):
