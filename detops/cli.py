@@ -105,8 +105,12 @@ def _one_line(text: str, limit: int = 1200) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, program: bool = False) -> int:
     """Run ``detops ARGV``; returns the exit status.
+
+    ``program``: the process is detops' own (see :func:`entry`), so a command may set
+    process-wide state for its run (``bench`` fixes the C allocator's thresholds: see
+    :mod:`detops._allocator`). Called from Python, nothing of the process changes.
 
     0: success; 1: a command failed, or an unexpected exception (one line on stderr, the
     traceback with ``--debug``); 2: a usage or input error (argparse's, a
@@ -116,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     args.argv = argv  # the command line as given, for a "resume with" hint
+    args.program = program
     prefix = f"detops {args.command}"
     try:
         with catching():
@@ -155,5 +160,10 @@ def _interrupted(prefix: str, debug: bool) -> int:
     return 130
 
 
+def entry() -> NoReturn:
+    """The ``detops`` script and ``python -m detops``: :func:`main` as a program."""
+    sys.exit(main(program=True))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

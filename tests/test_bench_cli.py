@@ -911,3 +911,92 @@ def test_nms_cases_take_their_inputs_in_turn_on_both_sides(op, size):
         assert torch.equal(mine.sort().values, peer.sort().values), f"call {k}"
     assert len({tuple(kept.tolist()) for kept in theirs[:rotation]}) == rotation
     assert torch.equal(theirs[rotation], theirs[0])  # round again from the first input
+
+
+_GLIBC = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"
+_FAULTS_SCRIPT = """
+import resource, sys
+import numpy as np
+if sys.argv[1] == "fixed":
+    from detops._allocator import steady_allocator
+    steady_allocator()
+def three_buffers():  # 20 MB each: mapped at first, then from the heap, then trimmed
+    a, b, c = (np.ones(5_000_000, np.float32) for _ in range(3))
+    del a, b, c
+for _ in range(2):
+    three_buffers()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    three_buffers()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
+"""
+
+
+def _faults_a_round(mode: str) -> int:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FAULTS_SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))},
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not _GLIBC, reason="glibc's malloc thresholds")
+def test_steady_allocator_keeps_freed_buffers_from_coming_back_as_fresh_pages():
+    # With glibc's moving thresholds, three 20 MB buffers freed together are given back to
+    # the system and fault again at every round; with the thresholds fixed, none.
+    default = _faults_a_round("default")
+    if default < 256:
+        pytest.skip(f"this glibc kept the buffers by itself ({default} faults a round)")
+    assert _faults_a_round("fixed") == 0
+
+
+def _run_bench_program(tmp_path, env_extra: dict[str, str]) -> tuple[dict, str]:
+    import subprocess
+
+    json_path = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
+    env.update(env_extra)
+    argv = ["--quick", "--op", "get_fpn_location_coords", "--repeats", "2", "--no-reference"]
+    done = subprocess.run(
+        [sys.executable, "-m", "detops", "bench", *argv, "--json", str(json_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(json_path.read_text())["environment"], done.stdout
+
+
+@pytest.mark.skipif(not _GLIBC, reason="glibc's malloc thresholds")
+def test_bench_as_a_program_fixes_the_allocator_and_says_so(tmp_path):
+    environment, out = _run_bench_program(tmp_path, {})
+    assert environment["allocator"].endswith(
+        "trim threshold 1 GiB and mmap threshold 32 MiB fixed for this run"
+    )
+    assert f"allocator: {environment['allocator']}" in out.splitlines()
+    # A user's own malloc settings are theirs: nothing is changed, and the report says so.
+    environment, out = _run_bench_program(tmp_path, {"MALLOC_TRIM_THRESHOLD_": "131072"})
+    assert environment["allocator"].endswith("as set in the environment (MALLOC_TRIM_THRESHOLD_)")
+
+
+def test_bench_called_from_python_leaves_the_allocator_alone(tmp_path, capsys, monkeypatch):
+    import detops._allocator as allocator
+
+    def refuse():
+        raise AssertionError("main() called from Python changed the process's allocator")
+
+    monkeypatch.setattr(allocator, "steady_allocator", refuse)
+    json_path = tmp_path / "bench.json"
+    argv = ["--quick", "--op", "get_fpn_location_coords", "--repeats", "2", "--no-reference"]
+    assert main(["bench", *argv, "--json", str(json_path)]) == 0
+    described = json.loads(json_path.read_text())["environment"]["allocator"]
+    assert described == allocator.allocator_description()
+    assert "defaults" in described and "fixed for this run" not in described
+    assert f"allocator: {described}" in capsys.readouterr().out

@@ -171,6 +171,8 @@ def format_header(report: BenchReport) -> list[str]:
         f"{_load(env.get('load_average_1m_end'))} at end, this run's share of it "
         f"{_load(env.get('own_load_share'))}",
     ]
+    if env.get("allocator"):
+        lines.append(f"allocator: {env['allocator']}")
     if env.get("cuda"):
         lines[0] += f"; CUDA {env['cuda']}"
     lines += report.warnings

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._allocator import allocator_description
 from .._interrupt import check as check_interrupt
 from .cases._case import BenchCase, BenchFunctions
 from .report import BenchReport, BenchResult
@@ -206,6 +207,7 @@ def run_benchmarks(
     load_start = load_average()
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     environment: dict[str, object] = dict(environment_info(device))
+    environment["allocator"] = allocator_description()
     start = timer()
     start_warning = busy_warning(os.cpu_count(), load_start, None)
     if progress and start_warning:

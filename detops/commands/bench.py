@@ -25,8 +25,11 @@ ratio = peer median / detops median: above 1 detops is faster. Each time is show
 spread (+- half the interquartile range) and the ratio with its range (peer q25 / detops q75
 to peer q75 / detops q25). A row with a wide spread, or whose detops and peer IQRs overlap,
 is re-measured, then flagged "unstable". The header names the CPU, torch's thread count,
-the versions and the load average, with a WARNING when the machine is busy. Ctrl-C stops:
-the rows measured so far are printed and written, and the exit status is 130.
+the versions, the load average (with a WARNING when the machine is busy) and the C
+allocator: run as a program, bench fixes glibc malloc's trim and mmap thresholds first, so
+that whether a call's buffers come back as fresh pages does not depend on the cases run
+before it (malloc settings in the environment are kept). Ctrl-C stops: the rows measured
+so far are printed and written, and the exit status is 130.
 
 examples:
   python -m detops bench --quick
@@ -70,6 +73,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from detops._interrupt import held
 
+    if getattr(args, "program", False):  # before torch allocates anything
+        from detops._allocator import steady_allocator
+
+        steady_allocator()
     try:
         with held():  # Ctrl-C waits for the imports (see detops._interrupt.held)
             from detops._atomic import atomic_write_text
