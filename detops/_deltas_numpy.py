@@ -18,7 +18,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["deltas_numpy", "centerness_numpy"]
+__all__ = ["apply_numpy", "centerness_numpy", "deltas_numpy"]
 
 # A row of four coordinates (or deltas) as one element, by float dtype.
 _ROW = {
@@ -128,6 +128,43 @@ def deltas_numpy(
     # Background rows, written as one element each.
     np.putmask(out.view(_ROW[dtype])[..., 0], _background(gt_boxes), _minus_one_row(dtype))
     return out
+
+
+def apply_numpy(
+    deltas: np.ndarray, locations: np.ndarray, stride: float | np.ndarray
+) -> np.ndarray:
+    """:func:`detops.fcos_apply_deltas_to_locations` for arrays of one float dtype:
+    ``max(d, 0) * [-s, -s, s, s] + (xc, yc, xc, yc)``, the torch path's three operations
+    in its order (``xc + (-s) * l``, which equals ``xc - s * l``), bit for bit where no
+    location coordinate is 0.
+
+    ``deltas [..., L, 4]`` with at least one row, ``locations [L, 2] or [..., L, 2]``
+    (batch dims those of ``deltas``), ``stride`` a positive finite number or a ``[L]``
+    array of the dtype. Returns a new contiguous ``[..., L, 4]``. (``np.maximum`` turns a
+    delta of -0.0 into +0.0 where torch's clamp keeps -0.0; the products then differ only
+    in the sign of a zero, which adding a non-zero coordinate erases.)
+    """
+    dtype = deltas.dtype
+    size = deltas.shape[-2]
+    flat_shape = deltas.shape[:-2] + (4 * size,)
+    out = np.empty(flat_shape, dtype=dtype)
+    # (against an array of zeros: twice as fast as against a scalar 0 in NumPy 2.4)
+    np.maximum(deltas.reshape(flat_shape), _zeros(4 * size, dtype), out=out)  # NaN stays
+    if isinstance(stride, np.ndarray):
+        pattern = np.repeat(stride, 4) * _sign_pattern(size, dtype)
+    else:
+        pattern = _sign_pattern(size, dtype) * dtype.type(stride)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf * 0 (a zero stride): NaN
+        np.multiply(out, pattern, out=out)
+        np.add(out, _centers(locations, size), out=out)
+    return out.reshape(deltas.shape)
+
+
+@functools.lru_cache(maxsize=16)
+def _zeros(size: int, dtype: np.dtype) -> np.ndarray:
+    zeros = np.zeros(size, dtype=dtype)
+    zeros.flags.writeable = False
+    return zeros
 
 
 def _background(gt_boxes: np.ndarray) -> np.ndarray:

@@ -203,12 +203,16 @@ def test_centerness_is_scale_invariant(scale, data):
 # (detops._deltas_numpy); the switch runs the torch path that every other input takes.
 
 DELTAS_MODULE = sys.modules["detops.deltas"]
-PATH_ENTRIES = ("fcos_get_deltas_from_locations", "fcos_make_centerness_targets")
+PATH_ENTRIES = (
+    "fcos_get_deltas_from_locations",
+    "fcos_apply_deltas_to_locations",
+    "fcos_make_centerness_targets",
+)
 
 
 def _count_kernel_calls(monkeypatch):
-    """How many times each NumPy kernel runs (``{"deltas": n, "centerness": n}``)."""
-    calls = {"deltas": 0, "centerness": 0}
+    """How many times each NumPy kernel runs (``{"deltas": n, "centerness": n, "apply": n}``)."""
+    calls = {"deltas": 0, "centerness": 0, "apply": 0}
 
     def spy(name, kernel):
         def wrapped(*args):
@@ -221,6 +225,7 @@ def _count_kernel_calls(monkeypatch):
     monkeypatch.setattr(
         DELTAS_MODULE, "centerness_numpy", spy("centerness", DELTAS_MODULE.centerness_numpy)
     )
+    monkeypatch.setattr(DELTAS_MODULE, "apply_numpy", spy("apply", DELTAS_MODULE.apply_numpy))
     return calls
 
 
@@ -417,7 +422,7 @@ def test_the_numpy_path_is_taken_only_where_it_applies(kernel_calls, monkeypatch
     locations = torch.tensor([[4.0, 4], [12, 4]])
     expected = fcos_get_deltas_from_locations(locations, gt, 8)
     centerness = fcos_make_centerness_targets(expected)
-    assert kernel_calls == {"deltas": 1, "centerness": 1}
+    assert kernel_calls == {"deltas": 1, "centerness": 1, "apply": 0}
 
     # Taken: float64, a stride tensor, batched locations, tensors requiring grad while
     # grad is disabled.
@@ -428,7 +433,7 @@ def test_the_numpy_path_is_taken_only_where_it_applies(kernel_calls, monkeypatch
         grad_deltas = expected.clone().requires_grad_()
         fcos_make_centerness_targets(grad_deltas)
         fcos_get_deltas_from_locations(locations.clone().requires_grad_(), gt, 8)
-    assert kernel_calls == {"deltas": 5, "centerness": 3}
+    assert kernel_calls == {"deltas": 5, "centerness": 3, "apply": 0}
 
     # Not taken: grad needed (and it flows), half dtypes, mixed dtypes, a stride tensor of
     # another dtype, a NumPy stride, the switch off, over the cutoffs.
@@ -443,7 +448,7 @@ def test_the_numpy_path_is_taken_only_where_it_applies(kernel_calls, monkeypatch
     fcos_get_deltas_from_locations(locations.double(), gt, 8)
     fcos_get_deltas_from_locations(locations, gt, torch.tensor([8, 8]))
     fcos_get_deltas_from_locations(locations, gt, np.float64(8.0))
-    assert kernel_calls == {"deltas": 5, "centerness": 3}
+    assert kernel_calls == {"deltas": 5, "centerness": 3, "apply": 0}
 
     def both(*args):
         deltas = fcos_get_deltas_from_locations(*args)
@@ -456,12 +461,86 @@ def test_the_numpy_path_is_taken_only_where_it_applies(kernel_calls, monkeypatch
     monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_MAX_DELTAS", gt.numel() // 5 * 4 - 1)
     monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_MAX_CENTERNESS", gt.numel() // 5 - 1)
     both(locations, gt, 8)
-    assert kernel_calls == {"deltas": 5, "centerness": 3}
+    assert kernel_calls == {"deltas": 5, "centerness": 3, "apply": 0}
     # At the cutoffs, taken again.
     monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_MAX_DELTAS", gt.numel() // 5 * 4)
     monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_MAX_CENTERNESS", gt.numel() // 5)
     both(locations, gt, 8)
-    assert kernel_calls == {"deltas": 6, "centerness": 4}
+    assert kernel_calls == {"deltas": 6, "centerness": 4, "apply": 0}
+
+
+def test_the_numpy_apply_path_is_taken_only_where_it_applies(kernel_calls, monkeypatch):
+    deltas = torch.tensor([[[1.0, 2, 3, 4], [-1, -1, -1, -1]]] * 3)
+    locations = torch.tensor([[4.0, 4], [12, 4]])
+    expected = fcos_apply_deltas_to_locations(deltas, locations, 8)
+    assert expected.tolist()[0] == [[-4.0, -12, 28, 36], [12, 4, 12, 4]]
+    assert kernel_calls["apply"] == 1
+
+    # Taken: float64, a stride tensor of the dtype, batched locations, tensors requiring
+    # grad while grad is disabled.
+    fcos_apply_deltas_to_locations(deltas.double(), locations.double(), 8)
+    fcos_apply_deltas_to_locations(deltas, locations, torch.tensor([8.0, 8.0]))
+    fcos_apply_deltas_to_locations(deltas, locations.expand(3, 2, 2), 8)
+    with torch.no_grad():
+        fcos_apply_deltas_to_locations(deltas.clone().requires_grad_(), locations, 8)
+    assert kernel_calls["apply"] == 5
+
+    # Not taken: grad needed (and it flows), half and mixed dtypes, a stride tensor of
+    # another dtype, a NumPy stride, a location coordinate of 0, the switch off, over the
+    # cutoff.
+    grad_deltas = deltas.clone().requires_grad_()
+    fcos_apply_deltas_to_locations(grad_deltas, locations, 8).sum().backward()
+    assert grad_deltas.grad is not None and grad_deltas.grad[:, 0].abs().sum() > 0
+    for dtype in (torch.float16, torch.bfloat16):
+        boxes = fcos_apply_deltas_to_locations(deltas.to(dtype), locations.to(dtype), 8)
+        assert torch.equal(boxes, expected.to(dtype))
+    fcos_apply_deltas_to_locations(deltas.double(), locations, 8)
+    fcos_apply_deltas_to_locations(deltas, locations, torch.tensor([8, 8]))
+    fcos_apply_deltas_to_locations(deltas, locations, np.float64(8.0))
+    at_zero = torch.tensor([[0.0, 4], [12, 4]])
+    assert fcos_apply_deltas_to_locations(deltas, at_zero, 8)[0, 0].tolist() == [-8, -12, 24, 36]
+    assert kernel_calls["apply"] == 5
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_ON_CPU", False)
+    assert torch.equal(fcos_apply_deltas_to_locations(deltas, locations, 8), expected)
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_ON_CPU", True)
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_MAX_APPLY", deltas.numel() - 1)
+    assert torch.equal(fcos_apply_deltas_to_locations(deltas, locations, 8), expected)
+    assert kernel_calls["apply"] == 5
+    monkeypatch.setattr(DELTAS_MODULE, "_NUMPY_MAX_APPLY", deltas.numel())  # at the cutoff
+    assert torch.equal(fcos_apply_deltas_to_locations(deltas, locations, 8), expected)
+    assert kernel_calls["apply"] == 6
+
+
+@given(
+    data=delta_inputs(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    delta_layout=st.sampled_from(LAYOUTS),
+    location_layout=st.sampled_from(LAYOUTS),
+)
+def test_numpy_apply_is_bitwise_the_torch_apply(data, dtype, delta_layout, location_layout):
+    # Deltas at the edges (signed zeros, -1, infinities, NaN, subnormals, huge values)
+    # decoded by both paths: the same bits but for NaN payloads (which NaN comes out of
+    # NaN + NaN is IEEE's choice), and the torch path wherever a coordinate is 0.
+    locations, rows, stride = data
+    locations = _layout(torch.tensor(locations).to(dtype), location_layout)
+    deltas = _layout(torch.tensor(rows[..., :4]).to(dtype), delta_layout)
+    if isinstance(stride, np.ndarray):
+        stride = torch.tensor(stride).to(dtype)
+    before = deltas.clone(), locations.clone()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        calls = _count_kernel_calls(monkeypatch)
+        fast, slow = _both_paths(
+            monkeypatch, fcos_apply_deltas_to_locations, deltas, locations, stride
+        )
+        numpy_ran = calls["apply"] == 1
+        assert numpy_ran == bool(locations.ne(0).all())
+    assert fast.dtype == slow.dtype == dtype and fast.shape == slow.shape
+    assert fast.is_contiguous() or not numpy_ran
+    assert torch.equal(fast.isnan(), slow.isnan())
+    bits = fast.view(_BITS[dtype]), slow.view(_BITS[dtype])
+    assert torch.equal(bits[0][~slow.isnan()], bits[1][~slow.isnan()]), (fast, slow)
+    assert torch.equal(deltas.view(_BITS[dtype]), before[0].view(_BITS[dtype]))
+    assert torch.equal(locations.view(_BITS[dtype]), before[1].view(_BITS[dtype]))
 
 
 # ------------------------------------------------------------------------- error inputs
