@@ -1,4 +1,5 @@
-"""The CPU NMS ops, the focal loss and fcos_loss never fork torch's OpenMP threads.
+"""The CPU NMS ops, the focal loss, fcos_loss and the A4-size target and decoding ops never
+fork torch's OpenMP threads.
 
 On a loaded machine every fork/join of torch's intra-op threads can wait milliseconds for a
 thread the OS has descheduled; these ops are built to run serially in the calling thread
@@ -153,6 +154,15 @@ CHILD = textwrap.dedent(
         torch.autograd.grad(list(out.values()), leaves)
 
     counts["fcos_loss A4 forward and backward"] = forks(loss_step)
+    counts["fcos_get_deltas_from_locations A4"] = forks(
+        lambda: detops.fcos_get_deltas_from_locations(flat_locations, matched, flat_strides)
+    )
+    counts["fcos_apply_deltas_to_locations A4"] = forks(
+        lambda: detops.fcos_apply_deltas_to_locations(gt_deltas, flat_locations, flat_strides)
+    )
+    counts["fcos_make_centerness_targets A4"] = forks(
+        lambda: detops.fcos_make_centerness_targets(gt_deltas)
+    )
     print(json.dumps({"threads": torch.get_num_threads(), "forks": counts}))
     """
 )
