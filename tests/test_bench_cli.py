@@ -1000,3 +1000,19 @@ def test_bench_called_from_python_leaves_the_allocator_alone(tmp_path, capsys, m
     assert described == allocator.allocator_description()
     assert "defaults" in described and "fixed for this run" not in described
     assert f"allocator: {described}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("program", [True, False], ids=["program", "from Python"])
+def test_demo_bench_step_fixes_the_allocator_only_as_a_program(
+    program, tmp_path, capsys, monkeypatch
+):
+    import detops._allocator as allocator
+
+    calls: list[None] = []
+    monkeypatch.setattr(allocator, "steady_allocator", lambda: calls.append(None) or "steady")
+    monkeypatch.setattr(detops.bench.cases, "BENCHMARKS", [_case()])
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--skip", "verify", "--skip", "torchvision"]
+    assert main([*argv, "--skip", "train"], program=program) == 0, capsys.readouterr().out
+    assert calls == ([None] if program else [])
+    assert "allocator: " in (out / "bench.txt").read_text()

@@ -87,14 +87,15 @@ class _Tee(io.TextIOBase):
         return "".join(self.parts)
 
 
-def _run_cli(argv: list[str]) -> tuple[int, str]:
-    """Run ``python -m detops ARGV`` in-process; returns (status, what it printed)."""
+def _run_cli(argv: list[str], program: bool = False) -> tuple[int, str]:
+    """Run ``python -m detops ARGV`` in-process (as the program, where the demo runs as
+    one: see :func:`detops.cli.main`); returns (status, what it printed)."""
     from detops.cli import main
 
     tee = _Tee(sys.stdout)
     with contextlib.redirect_stdout(tee):
         try:
-            code = main(argv)
+            code = main(argv, program=program)
         except SystemExit as exit_:  # argparse errors
             code = int(exit_.code or 0)
     if code == 130:  # the step was interrupted (Ctrl-C): stop the demo too
@@ -114,11 +115,12 @@ def _verify_step(out: Path, name: str, impl: str | None, examples: int) -> tuple
     return code, [text_path, json_path]
 
 
-def _bench_step(out: Path) -> tuple[int, list[Path]]:
+def _bench_step(out: Path, program: bool) -> tuple[int, list[Path]]:
     from detops._atomic import atomic_write_text
 
     paths = [out / "bench.txt", out / "bench.json", out / "bench.png"]
-    code, text = _run_cli(["bench", "--quick", "--json", str(paths[1]), "--plot", str(paths[2])])
+    argv = ["bench", "--quick", "--json", str(paths[1]), "--plot", str(paths[2])]
+    code, text = _run_cli(argv, program)
     atomic_write_text(paths[0], text)
     return code, paths
 
@@ -216,7 +218,10 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     if "bench" not in args.skip:
-        steps.append(("bench --quick", "speed-ups over the peers", lambda: _bench_step(out)))
+        program = getattr(args, "program", False)
+        steps.append(
+            ("bench --quick", "speed-ups over the peers", lambda: _bench_step(out, program))
+        )
     if "train" not in args.skip:
         steps.append(
             (
