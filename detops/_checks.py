@@ -12,6 +12,7 @@ a few declarative lines (in the style of kornia's ``KORNIA_CHECK_SHAPE``)::
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Literal, cast
@@ -188,6 +189,12 @@ def check_number(
         raise ValueError(
             f"{op}: {name} must be {expected}, got an int too large for a float"
         ) from None
+
+
+def is_finite(value: float) -> bool:
+    """``math.isfinite(value)`` written as comparisons: a float that torch.compile traces as
+    dynamic is a ``torch.SymFloat``, which supports comparisons but not ``math.isfinite``."""
+    return -math.inf < value < math.inf
 
 
 def check_bool(op: str, name: str, value: object) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import struct
 
 import numpy as np
@@ -16,6 +15,7 @@ from ._checks import (
     check_shape,
     check_tensor,
     is_dense_strided,
+    is_finite,
     shape_str,
 )
 from ._deltas_numpy import apply_numpy, centerness_numpy, deltas_numpy
@@ -212,7 +212,7 @@ def _signed_stride(op: str, stride: object, size: int, like: Tensor, dtype: torc
     stride = check_number(
         op, "stride", stride, expected="a positive number or a Tensor[L]", numpy_scalars=True
     )
-    if not stride > 0 or math.isinf(stride):
+    if not (stride > 0 and is_finite(stride)):
         raise ValueError(f"{op}: stride must be a positive finite number, got {stride!r}")
     finfo = torch.finfo(dtype)
     if not finfo.tiny <= stride <= finfo.max:  # it would round to 0 or inf

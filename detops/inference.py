@@ -18,6 +18,7 @@ from ._checks import (
     check_size_pair,
     check_tensor,
     check_unit_interval,
+    is_finite,
     shape_str,
 )
 from ._serial import under_function_transform
@@ -97,12 +98,17 @@ class _DetectionDict(dict):
         raise KeyError(key)
 
 
-def _threshold_below(threshold: float, dtype: torch.dtype) -> float:
+def _threshold_below(threshold: float, dtype: torch.dtype) -> float | Tensor:
     """The largest ``dtype`` value ``t <= threshold``, so that for ``x`` in ``dtype``
     ``x > t`` exactly when ``x > threshold`` (torch would round the threshold to nearest)."""
     if dtype == torch.float64:
         return float(threshold)
-    t = torch.tensor(threshold, dtype=torch.float64).to(dtype)
+    exact = torch.tensor(threshold, dtype=torch.float64)
+    t = exact.to(dtype)
+    if torch.compiler.is_compiling():
+        # A 0-d tensor, not a float: the threshold may be a dynamic torch.SymFloat, and
+        # reading a traced tensor back as a float is data-dependent.
+        return torch.where(t.double() > exact, torch.nextafter(t, t.new_tensor(-math.inf)), t)
     if float(t) > threshold:
         t = torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype))
     return float(t)
@@ -159,8 +165,7 @@ def _validate(locations, strides, cls, deltas, ctr) -> tuple[int, int]:
         if (
             isinstance(stride, bool)
             or not isinstance(stride, (int, float))
-            or not stride > 0
-            or math.isinf(stride)
+            or not (stride > 0 and is_finite(float(stride)))
         ):
             raise ValueError(
                 f"{_OP}: strides_per_fpn_level[{level!r}] must be a positive finite number, "

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_int, check_number
+from ._checks import check_int, check_number, is_finite
 from ._serial import plain_eager_mode
 
 __all__ = ["get_fpn_location_coords"]
@@ -102,14 +101,14 @@ def get_fpn_location_coords(
         raise TypeError(f"{_OP}: dtype must be a floating torch.dtype, got {got}")
 
     offset = check_number(_OP, "offset", offset, expected=_OFFSET, numpy_scalars=True)
-    if not math.isfinite(offset):
+    if not is_finite(offset):
         raise ValueError(f"{_OP}: offset must be {_OFFSET}, got {offset!r}")
     coords = {}
     for level, shape in shape_per_fpn_level.items():
         height, width = _level_hw(level, shape)
         name, value = f"strides_per_fpn_level[{level!r}]", strides_per_fpn_level[level]
         stride = check_number(_OP, name, value, expected=_STRIDE, numpy_scalars=True)
-        if not (stride > 0 and math.isfinite(stride)):  # a number: its repr is short
+        if not (stride > 0 and is_finite(stride)):  # a number: its repr is short
             raise ValueError(f"{_OP}: {name} must be {_STRIDE}, got {value!r}")
         coords[level] = _grid(height, width, stride, offset, dtype, device)
     return coords

@@ -21,7 +21,6 @@ where torchvision's autograd gradient is NaN.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +36,7 @@ from ._checks import (
     check_shape,
     check_tensor,
     check_unit_interval,
+    is_finite,
     shape_str,
 )
 from ._memory import populate_pages
@@ -82,7 +82,7 @@ def _check_alpha_gamma(op: str, alpha: object, gamma: object) -> tuple[float, fl
     )
     if not (0.0 <= alpha <= 1.0) and alpha != -1.0:
         raise ValueError(f"{op}: alpha must lie in [0, 1] or be -1 (no weighting), got {alpha}")
-    if not (gamma >= 0.0 and math.isfinite(gamma)):
+    if not (gamma >= 0.0 and is_finite(gamma)):
         raise ValueError(f"{op}: gamma must be a finite number >= 0, got {gamma}")
     return alpha, gamma
 
@@ -789,7 +789,7 @@ def _check_normalizer(op: str, normalizer: object) -> float | Tensor:
         check_floating(op, "normalizer", normalizer)
         return normalizer.detach()
     value = check_number(op, "normalizer", normalizer, expected="a float or a 0-d tensor")
-    if not (value > 0 and math.isfinite(value)):
+    if not (value > 0 and is_finite(value)):
         raise ValueError(f"{op}: normalizer must be a positive finite number, got {normalizer}")
     return value
 

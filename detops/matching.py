@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ._cache import cached_constant
-from ._checks import check_number, check_same_device, check_shape, is_dense_strided
+from ._checks import check_number, check_same_device, check_shape, is_dense_strided, is_finite
 from ._match_numpy import match_grid_levels
 from ._serial import plain_eager_mode, under_function_transform
 
@@ -153,7 +153,7 @@ def _validate(
         check_same_device(_OP, gt_boxes=gt_boxes, **{arg: loc})
         arg, value = f"strides_per_fpn_level[{name!r}]", strides[name]
         stride = check_number(_OP, arg, value, expected=_STRIDE, numpy_scalars=True)
-        if not (stride > 0 and math.isfinite(stride)):  # a number: its repr is short
+        if not (stride > 0 and is_finite(stride)):  # a number: its repr is short
             raise ValueError(f"{_OP}: {arg} must be {_STRIDE}, got {value!r}")
     if size_ranges is not None:
         if not isinstance(size_ranges, Mapping):
@@ -172,7 +172,7 @@ def _validate(
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise TypeError(f"{_OP}: {arg} must be {_PAIR}, got {type(pair).__name__}")
             low, high = (check_number(_OP, arg, v, expected=_PAIR) for v in pair)
-            if math.isnan(low) or math.isnan(high) or low > high:  # numbers: a short repr
+            if not low <= high:  # (NaN fails it too) numbers: a short repr
                 raise ValueError(f"{_OP}: {arg} must be (low, high) with low <= high, got {pair!r}")
     if radius is not None:
         value = check_number(

@@ -324,3 +324,86 @@ def test_focal_loss_grad_compiles_with_fullgraph_and_equals_eager(reduction):
 
     compiled = torch.compile(grad, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(), grad(), rtol=0, atol=0)
+
+
+def dynamic_float_calls():
+    """name -> (call taking one float argument, values to call it with). Compiled with
+    ``dynamic=True`` the float is a ``torch.SymFloat``, which the argument checks'
+    ``math.isfinite`` (and ``fcos_inference``'s threshold read back from a tensor) refused."""
+    generator = torch.Generator().manual_seed(12)
+    logits = torch.randn(6, 7, generator=generator) * 4
+    targets = (torch.rand(6, 7, generator=generator) < 0.3).float()
+    ids = torch.randint(-1, 7, (6,), generator=generator)
+    locations, gt, flat_locations, flat_strides = benchmark_inputs(
+        64, 64, A4_STRIDES, rows=10, real=(1, 4), device="cpu"
+    )
+    matched = concat_levels(detops.fcos_match_locations_to_gt(locations, A4_STRIDES, gt))
+    deltas = detops.fcos_get_deltas_from_locations(flat_locations, matched, flat_strides)
+    heads = random_head_outputs(locations, 16, 5, "cpu")
+    cls, box, ctr = (concat_levels(t) for t in heads)
+    shapes = {level: (1, 8, 64 // s, 64 // s) for level, s in A4_STRIDES.items()}
+    boxes, scores, _ = random_detections(60, seed=4)
+    gammas = (2.0, 1.5)
+    return {
+        "sigmoid_focal_loss gamma": (
+            lambda g: detops.sigmoid_focal_loss(logits, targets, gamma=g, reduction="sum"),
+            gammas,
+        ),
+        "sigmoid_focal_loss_from_class_ids gamma": (
+            lambda g: detops.sigmoid_focal_loss_from_class_ids(logits, ids, gamma=g),
+            gammas,
+        ),
+        "sigmoid_focal_loss_grad gamma": (
+            lambda g: detops.sigmoid_focal_loss_grad(logits, targets, gamma=g),
+            gammas,
+        ),
+        "fcos_loss normalizer": (
+            lambda n: detops.fcos_loss(cls, box, ctr, matched, deltas, n),
+            (150.0, 120.0),
+        ),
+        "fcos_inference score_thresh": (
+            lambda t: detops.fcos_inference(locations, A4_STRIDES, *heads, (64, 64), t, 0.5),
+            (0.3, 0.2),
+        ),
+        "get_fpn_location_coords offset": (
+            lambda o: detops.get_fpn_location_coords(shapes, A4_STRIDES, offset=o),
+            (0.5, 0.25),
+        ),
+        "fcos_match_locations_to_gt size_ranges": (
+            lambda high: detops.fcos_match_locations_to_gt(
+                locations, A4_STRIDES, gt, size_ranges={"p3": (0.0, high)}
+            ),
+            (64.0, 32.0),
+        ),
+        "fcos_get_deltas_from_locations stride": (
+            lambda s: detops.fcos_get_deltas_from_locations(flat_locations, matched, s),
+            (8.0, 16.0),
+        ),
+        "fcos_apply_deltas_to_locations stride": (
+            lambda s: detops.fcos_apply_deltas_to_locations(deltas, flat_locations, s),
+            (8.0, 16.0),
+        ),
+        "nms iou_threshold": (lambda t: detops.nms(boxes, scores, t), (0.5, 0.3)),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(dynamic_float_calls()))
+def test_a_dynamic_float_argument_compiles_with_fullgraph_and_equals_eager(name, monkeypatch):
+    call, values = dynamic_float_calls()[name]
+    compiled = torch.compile(call, fullgraph=True, backend="aot_eager", dynamic=True)
+    for value in values:
+        _assert_equals_eager(compiled(value), functools.partial(call, value), monkeypatch)
+
+
+@pytest.mark.slow
+def test_a_float_made_dynamic_by_its_second_value_compiles_and_still_refuses_a_bad_one():
+    # dynamic=None (the default) traces the first gamma as a constant and the second as a
+    # torch.SymFloat; the finite check becomes a guard, so inf is traced (and refused) anew.
+    call, _ = dynamic_float_calls()["sigmoid_focal_loss gamma"]
+    compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
+    for gamma in (2.0, 1.5, 1.0):
+        torch.testing.assert_close(compiled(gamma), call(gamma), rtol=0, atol=0)
+    with pytest.raises(torch._dynamo.exc.Unsupported) as raised:
+        compiled(float("inf"))
+    assert "gamma must be a finite number >= 0, got inf" in str(raised.value.__cause__)
