@@ -59,6 +59,7 @@ import functools
 import math
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -1521,3 +1522,32 @@ def _batched_nms_per_image_op(
 def _(boxes, scores, class_ids, iou_threshold, max_detections):
     kept = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((scores.shape[0], kept), dtype=torch.int64)
+
+
+# torch.func.vmap: with no batching rule, torch falls back to a loop over the batch that
+# warns of "a performance drop" at every call. The op's own loop is that fallback, silent:
+# each slice's NMS is as data-dependent as the op, so there is nothing to vectorize, and
+# slices that keep different counts fail to stack as under the fallback (and torchvision).
+def _vmap_as_a_loop(op: Callable[..., Tensor], name: str) -> Callable[..., tuple[Tensor, int]]:
+    def batching_rule(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[Tensor, int]:
+        if info.batch_size == 0:  # (no slice to tell the kept count: the fallback refused too)
+            raise RuntimeError(
+                f"{name} under vmap: the mapped dimension has size 0; the number of boxes "
+                "kept per slice, the result's last dimension, is only known from a slice"
+            )
+        kept = []
+        for i in range(info.batch_size):
+            sliced = (
+                a if d is None else a.select(d, i) for a, d in zip(args, in_dims, strict=True)
+            )
+            kept.append(op(*sliced))
+        return torch.stack(kept), 0
+
+    return batching_rule
+
+
+_nms_op.register_vmap(_vmap_as_a_loop(_nms_op, "nms"))
+_class_spec_nms_op.register_vmap(_vmap_as_a_loop(_class_spec_nms_op, "class_spec_nms"))
+_batched_nms_per_image_op.register_vmap(
+    _vmap_as_a_loop(_batched_nms_per_image_op, "batched_nms_per_image")
+)

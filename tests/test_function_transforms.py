@@ -337,6 +337,60 @@ def test_nms_family_under_grad_selects_the_reference_kept_scores():
     assert got[0].tolist() == indicator(expected)
 
 
+def _nms_slices(same_counts: bool):
+    """Three slices of 4 boxes; each keeps 2 boxes, else the last keeps all 4."""
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0.5, 0, 10, 10]])
+    stacked = torch.stack([boxes, boxes + 1, boxes * 2])
+    if not same_counts:
+        stacked[2] = torch.tensor(
+            [[0.0, 0, 10, 10], [100, 100, 110, 110], [20, 20, 30, 30], [50, 50, 60, 60]]
+        )
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6], [0.5, 0.8, 0.7, 0.6], [0.1, 0.2, 0.7, 0.6]])
+    return stacked, scores, torch.tensor([0, 0, 1, 1]).expand(3, 4)
+
+
+NMS_UNDER_VMAP = {
+    "nms": lambda b, s, c: detops.nms(b, s, 0.5),
+    "class_spec_nms": lambda b, s, c: detops.class_spec_nms(b, s, c, 0.3),
+    "batched_nms_per_image": lambda b, s, c: detops.batched_nms_per_image(
+        b[None], s[None], c[None], 0.5, max_detections=4
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(NMS_UNDER_VMAP))
+def test_nms_family_under_vmap_equals_a_loop_without_the_fallback_warning(name, recwarn, capfd):
+    # Without a batching rule torch looped itself, warning "There is a performance drop
+    # because we have not yet implemented the batching rule for detops::nms" at every call
+    # (a UserWarning or, outside Python's warning handler, a line on stderr).
+    op = NMS_UNDER_VMAP[name]
+    boxes, scores, classes = _nms_slices(same_counts=True)
+    looped = torch.stack([op(*slices) for slices in zip(boxes, scores, classes, strict=True)])
+    assert len({tuple(k.tolist()) for k in looped.flatten(1)}) == 3  # the slices differ
+    torch.testing.assert_close(vmap(op)(boxes, scores, classes), looped, rtol=0, atol=0)
+    # unbatched boxes, scores mapped over their last dimension, nested
+    unbatched = lambda s: op(boxes[0], s, classes[0])  # noqa: E731
+    looped = torch.stack([unbatched(s) for s in scores])
+    torch.testing.assert_close(vmap(unbatched, in_dims=1)(scores.T), looped, rtol=0, atol=0)
+    nested = vmap(vmap(unbatched))(torch.stack([scores, scores.flip(0)]))
+    torch.testing.assert_close(nested, torch.stack([looped, looped.flip(0)]), rtol=0, atol=0)
+    assert not [w for w in recwarn if "batching rule" in str(w.message)]
+    assert "batching rule" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(NMS_UNDER_VMAP))
+def test_nms_family_under_vmap_refuses_slices_that_keep_different_counts(name):
+    op = NMS_UNDER_VMAP[name]
+    boxes, scores, classes = _nms_slices(same_counts=False)
+    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+        vmap(op)(boxes, scores, classes)
+    if name == "nms":  # as torchvision's under vmap
+        with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+            vmap(lambda b, s: torchvision.ops.nms(b, s, 0.5))(boxes, scores)
+    with pytest.raises(RuntimeError, match=f"{name} under vmap: the mapped dimension has size 0"):
+        vmap(op)(boxes[:0], scores[:0], classes[:0])
+
+
 def test_fcos_inference_under_vmap_over_the_class_logits():
     strides = {"p3": 8}
     locations = detops.get_fpn_location_coords({"p3": (2, 2)}, strides, dtype=torch.float64)
