@@ -321,6 +321,34 @@ def test_gt_shape_and_missing_gt_errors(tiny_fcos):
         model(images, gt.long())
 
 
+SHAPE = r"images must have shape \[B, 3, H, W\]"
+FLOATING = r"images must be a floating tensor \[B, 3, H, W\]"
+BAD_IMAGES = [
+    (torch.zeros(2, 1, 64, 64), ValueError, SHAPE + r".*got \[2, 1, 64, 64\]"),
+    (torch.zeros(3, 64, 64), ValueError, SHAPE + r".*got \[3, 64, 64\]"),
+    (torch.zeros(2, 3, 64, 64, dtype=torch.uint8), TypeError, FLOATING + ".*got torch.uint8"),
+    (torch.zeros(2, 3, 64, 64, dtype=torch.int64), TypeError, FLOATING + ".*got torch.int64"),
+    ([[0.0]], TypeError, FLOATING + ", got list"),
+]
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize(("images", "error", "message"), BAD_IMAGES)
+def test_bad_images_name_fcos_the_argument_and_what_was_given(
+    tiny_fcos, training, images, error, message
+):
+    model = tiny_fcos.train(training)
+    _, gt = batch()
+    with pytest.raises(error, match=f"^FCOS: {message}"):
+        model(images, gt if training else None)
+
+
+@pytest.mark.parametrize(("images", "error", "message"), BAD_IMAGES)
+def test_bad_images_name_the_backbone(backbone, images, error, message):
+    with pytest.raises(error, match=f"^DetectorBackboneWithFPN: {message}"):
+        backbone(images)
+
+
 def test_empty_gt_gives_finite_losses(tiny_fcos):
     # FCOS issues #190/#312: the original crashed on images without boxes.
     model = tiny_fcos

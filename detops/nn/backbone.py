@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torchvision.models import RegNet_X_400MF_Weights, regnet_x_400mf
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from .._checks import check_int
+from .._checks import check_int, shape_str
 
 __all__ = ["DetectorBackboneWithFPN", "BackboneWeights"]
 
@@ -71,6 +71,25 @@ def _load_state_dict_file(path: str | os.PathLike) -> Mapping[str, Tensor]:
     return state
 
 
+def check_images(op: str, images: object) -> Tensor:
+    """``images`` as the trunk takes them, a floating ``[B, 3, H, W]`` tensor; otherwise an
+    error naming ``op`` (torch's convolution error does not say which module or input)."""
+    if not isinstance(images, Tensor):
+        raise TypeError(
+            f"{op}: images must be a floating tensor [B, 3, H, W], got {type(images).__name__}"
+        )
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"{op}: images must have shape [B, 3, H, W] (RGB), got {shape_str(images)}"
+        )
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{op}: images must be a floating tensor [B, 3, H, W] (normalized, e.g. "
+            f"images.float() / 255 then the mean/std normalization), got {images.dtype}"
+        )
+    return images
+
+
 class DetectorBackboneWithFPN(nn.Module):
     """RegNetX-400MF trunk (c3/c4/c5) with a top-down FPN giving p3/p4/p5.
 
@@ -89,7 +108,8 @@ class DetectorBackboneWithFPN(nn.Module):
 
     Shape:
         images ``[B, 3, H, W]`` -> ``{"p3": [B, out, ceil(H/8), ceil(W/8)], "p4": ..., "p5": ...}``
-        (sizes follow the trunk's strided convs).
+        (sizes follow the trunk's strided convs). Another shape raises ``ValueError``, an
+        integer dtype ``TypeError``.
     """
 
     fpn_strides: dict[str, int]
@@ -120,7 +140,7 @@ class DetectorBackboneWithFPN(nn.Module):
         )
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        feats = self.backbone(images)
+        feats = self.backbone(check_images(_NAME, images))
         merged: dict[str, Tensor] = {}
         coarser: Tensor | None = None
         for c, p in reversed(_LEVELS):

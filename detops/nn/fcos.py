@@ -14,7 +14,7 @@ from ..inference import FCOSDetections, fcos_inference
 from ..locations import get_fpn_location_coords
 from ..losses import fcos_loss
 from ..matching import fcos_match_locations_to_gt
-from .backbone import BackboneWeights, DetectorBackboneWithFPN
+from .backbone import BackboneWeights, DetectorBackboneWithFPN, check_images
 from .head import FCOSPredictionNetwork
 
 __all__ = ["FCOS"]
@@ -83,9 +83,7 @@ class FCOS(nn.Module):
 
     def _check_inputs(self, images: Tensor, gt_boxes: Tensor | None) -> Tensor | None:
         """The checked ``gt_boxes`` in training mode (required there), None in eval mode."""
-        if not isinstance(images, Tensor) or images.dim() != 4:
-            got = shape_str(images) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"{_NAME}: images must have shape [B, 3, H, W], got {got}")
+        check_images(_NAME, images)
         if not self.training:
             return None
         if gt_boxes is None:
@@ -134,7 +132,8 @@ class FCOS(nn.Module):
         """Losses in training mode, detections in eval mode.
 
         Args:
-            images (Tensor[B, 3, H, W]): normalized images.
+            images (Tensor[B, 3, H, W]): normalized floating images; another shape
+                raises ``ValueError``, an integer dtype (e.g. uint8 pixels) ``TypeError``.
             gt_boxes (Tensor[B, N, 5]): training only; ``(x1, y1, x2, y2, class)`` rows in
                 absolute pixels of ``images``, padding rows all -1. NaN or inf, an inverted box
                 (``x2 < x1`` or ``y2 < y1``) or a class outside ``[0, num_classes)`` raises
