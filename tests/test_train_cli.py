@@ -311,6 +311,37 @@ def test_an_image_damaged_past_its_header_is_an_input_error_naming_it(tmp_path, 
     assert "val_00001.png" in message
 
 
+def _damage_train_images(data_root):
+    """Every train image cut past its header: the first training batch fails to decode."""
+    for image in sorted((data_root / "images").glob("train_*.png")):
+        image.write_bytes(image.read_bytes()[:-300])
+
+
+def test_a_failed_run_removes_the_empty_output_folders_it_created(tmp_path, capsys):
+    data = _voc_folder(tmp_path / "voc")
+    _damage_train_images(tmp_path / "voc")
+    output = tmp_path / "runs" / "new" / "run"
+    assert main(["train", *data, "--output-dir", str(output), *_voc_tiny()]) == 2
+    assert "cannot decode image" in one_line_error(capsys, "train")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["voc"]  # runs/new/run all gone
+
+
+def test_a_failed_run_keeps_an_output_folder_that_existed(tmp_path, capsys):
+    data = _voc_folder(tmp_path / "voc")
+    _damage_train_images(tmp_path / "voc")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert main(["train", *data, "--output-dir", str(existing), *_voc_tiny()]) == 2
+    capsys.readouterr()
+    assert existing.is_dir() and list(existing.iterdir()) == []
+    # A new folder inside one that holds a file: the new one goes, the other stays.
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    output = tmp_path / "kept" / "run"
+    assert main(["train", *data, "--output-dir", str(output), *_voc_tiny()]) == 2
+    assert not output.exists() and (tmp_path / "kept" / "notes.txt").read_text() == "mine"
+
+
 def test_a_moved_data_folder_resumes_and_other_data_is_refused(tmp_path, capsys):
     """A run is tied to its data's voc07_*.json, not to the folder's spelling or place."""
     data = _voc_folder(tmp_path / "voc")
@@ -428,6 +459,21 @@ def test_ctrl_c_before_training_and_a_second_ctrl_c_still_give_the_resume_line(
         assert main([*args, "--iterations", "4", "--no-resume"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "interrupted; checkpoint at iteration 2 of 4" in err[0], err
+
+
+def test_ctrl_c_before_anything_is_written_leaves_no_output_folder(
+    trained, tmp_path, capsys, monkeypatch
+):
+    args = _copy_run(trained, tmp_path)
+
+    def interrupted(*a, **kw):  # before the first iteration: no checkpoint yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detops.training, "train_detector", interrupted)
+    assert main([*args, "--no-resume"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted; no checkpoint written yet" in err[0], err
+    assert not (tmp_path / "run").exists()
 
 
 def test_ctrl_c_while_a_checkpoint_is_written_exits_130_with_the_resume_hint(

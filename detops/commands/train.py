@@ -460,10 +460,12 @@ def _silent(*args, **kwargs) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     _check_args(args)  # usage errors first: nothing is imported or written before them
+    main = int(os.environ.get("RANK", "0")) == 0  # (under torchrun, rank 0 speaks and writes)
+    created = _missing_folders(Path(args.output_dir)) if main else []
     try:
         return _run_train(args)
     except KeyboardInterrupt:  # before or after the training loop (whose handler says more)
-        if int(os.environ.get("RANK", "0")) == 0:  # (under torchrun, rank 0 speaks)
+        if main:
             with interrupts_ignored():
                 print(
                     f"\ndetops train: interrupted; resume with: {resume_command(_argv(args))}",
@@ -471,6 +473,30 @@ def run_train(args: argparse.Namespace) -> int:
                     flush=True,
                 )
         return 130
+    finally:
+        _remove_if_left_empty(created)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: the
+    folders this run creates."""
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    return missing
+
+
+def _remove_if_left_empty(created: Sequence[Path]) -> None:
+    """Remove the folders of ``created`` (deepest first) that a failed or interrupted run
+    left empty; rmdir refuses a folder with anything in it, which stops the walk."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or never created
+            if folder.exists():
+                break
 
 
 def _argv(args: argparse.Namespace) -> Sequence[str]:
