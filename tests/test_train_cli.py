@@ -476,6 +476,59 @@ def test_ctrl_c_before_anything_is_written_leaves_no_output_folder(
     assert not (tmp_path / "run").exists()
 
 
+def test_ctrl_c_after_training_says_which_outputs_are_complete(
+    trained, tmp_path, capsys, monkeypatch
+):
+    args = _copy_run(trained, tmp_path)
+
+    def interrupted(*a, **kw):  # while the trained model is evaluated
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(detops.training, "evaluate_detector", interrupted)
+        assert main([*args, "--no-resume"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(
+        f"detops train: interrupted after training finished; complete in {tmp_path / 'run'}: "
+        "checkpoint.pt (iteration 2 of 2), loss_curve.png; not written: val_grid.png, "
+        "metrics.json; the same command evaluates the trained model and writes them: "
+    ), err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "checkpoint.pt",
+        "loss_curve.png",
+    ]
+    # The command it names does what it says.
+    assert main(shlex.split(err[0].split("writes them: ", 1)[1])[3:]) == 0
+    assert "resuming from iteration 2 of 2" in capsys.readouterr().out
+    assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_ctrl_c_during_the_final_summary_says_nothing_was_lost(
+    trained, tmp_path, capsys, monkeypatch
+):
+    import builtins
+
+    import detops.commands.train as train_command
+
+    args = _copy_run(trained, tmp_path)
+
+    def summary_interrupted(*a, **kw):
+        if str(a[0]).startswith("final losses"):
+            raise KeyboardInterrupt
+        builtins.print(*a, **kw)
+
+    monkeypatch.setattr(train_command, "print", summary_interrupted, raising=False)
+    assert main([*args, "--no-resume"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "detops train: Ctrl-C after the run finished; nothing was lost: checkpoint.pt "
+        "(iteration 2 of 2), loss_curve.png, val_grid.png, metrics.json in "
+        f"{tmp_path / 'run'} are complete"
+    ]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["iterations"] == 2
+
+
 def test_ctrl_c_while_a_checkpoint_is_written_exits_130_with_the_resume_hint(
     trained, tmp_path, capsys, monkeypatch
 ):

@@ -12,6 +12,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -458,23 +459,42 @@ def _silent(*args, **kwargs) -> None:
     """print for ranks other than 0."""
 
 
+@dataclass
+class _Written:
+    """The outputs a run has completed, for the line a Ctrl-C prints once training is done."""
+
+    complete: list[str] = field(default_factory=list)  # e.g. "checkpoint.pt (iteration 2 of 2)"
+    missing: list[str] = field(default_factory=list)
+
+
 def run_train(args: argparse.Namespace) -> int:
     _check_args(args)  # usage errors first: nothing is imported or written before them
     main = int(os.environ.get("RANK", "0")) == 0  # (under torchrun, rank 0 speaks and writes)
     created = _missing_folders(Path(args.output_dir)) if main else []
+    written = _Written()
     try:
-        return _run_train(args)
+        return _run_train(args, written)
     except KeyboardInterrupt:  # before or after the training loop (whose handler says more)
         if main:
             with interrupts_ignored():
-                print(
-                    f"\ndetops train: interrupted; resume with: {resume_command(_argv(args))}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                print("\n" + _interrupted_line(args, written), file=sys.stderr, flush=True)
         return 130
     finally:
         _remove_if_left_empty(created)
+
+
+def _interrupted_line(args: argparse.Namespace, written: _Written) -> str:
+    """What a Ctrl-C outside the training loop prints: before it, how to resume; after it,
+    which outputs are complete (each written atomically: whole or not at all)."""
+    if getattr(args, "finished_line", None):
+        return args.finished_line
+    if not written.complete:
+        return f"detops train: interrupted; resume with: {resume_command(_argv(args))}"
+    return (
+        f"detops train: interrupted after training finished; complete in {args.output_dir}: "
+        f"{', '.join(written.complete)}; not written: {', '.join(written.missing)}; the same "
+        f"command evaluates the trained model and writes them: {resume_command(_argv(args))}"
+    )
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -504,10 +524,10 @@ def _argv(args: argparse.Namespace) -> Sequence[str]:
     return getattr(args, "argv", None) or ["train"]
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _run_train(args: argparse.Namespace, written: _Written) -> int:
     # Under torchrun (WORLD_SIZE > 1): one process per rank, DistributedDataParallel.
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _train(args, rank=0, world=1)
+        return _train(args, written, rank=0, world=1)
     import torch
     import torch.distributed as dist
 
@@ -516,14 +536,15 @@ def _run_train(args: argparse.Namespace) -> int:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
-        return _train(args, rank=dist.get_rank(), world=dist.get_world_size())
+        return _train(args, written, rank=dist.get_rank(), world=dist.get_world_size())
     finally:
         dist.destroy_process_group()
 
 
-def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
+def _train(args: argparse.Namespace, written: _Written, *, rank: int, world: int) -> int:
     """Train, evaluate and report; with ``world > 1`` in an initialized process group,
-    where only rank 0 prints and writes files."""
+    where only rank 0 prints and writes files. ``written`` follows the outputs completed
+    after training; ``args.finished_line`` is set once all are."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -665,6 +686,9 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
             )
         return 130
     trained = time.perf_counter()
+    written.complete = [f"{checkpoint.name} (iteration {result.iterations} of {args.iterations})"]
+    written.complete += [result.loss_curve_path.name] if result.loss_curve_path else []
+    written.missing = ["val_grid.png", "metrics.json"]
     val_loader = DataLoader(
         val_set, batch_size=args.batch_size, sampler=val_sampler, num_workers=args.workers
     )
@@ -688,6 +712,7 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
         nms_thresh=args.nms_thresh,
         device=device,
     )
+    written.complete.append(written.missing.pop(0))
     finished = time.perf_counter()
     # NaN (a class, or every class, without GT in the val split) is written as null.
     ap = [None if math.isnan(a) else a for a in metrics["ap_per_class"].tolist()]
@@ -717,6 +742,11 @@ def _train(args: argparse.Namespace, *, rank: int, world: int) -> int:
         "val_grid": str(grid),
     }
     atomic_write_text(output / "metrics.json", json.dumps(report, indent=1) + "\n")
+    written.complete.append(written.missing.pop(0))
+    args.finished_line = (
+        f"detops train: Ctrl-C after the run finished; nothing was lost: "
+        f"{', '.join(written.complete)} in {output} are complete"
+    )
 
     def fmt(value: float | None, digits: int) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
