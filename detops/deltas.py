@@ -76,87 +76,67 @@ def _as_numpy(t: Tensor) -> np.ndarray:
     return (t.detach() if t.requires_grad else t).numpy()
 
 
-def _deltas_on_numpy(locations: object, gt_boxes: object, stride: object) -> Tensor | None:
-    """The NumPy path of :func:`fcos_get_deltas_from_locations`, or None where it does not
-    apply. It takes only valid arguments: the torch path raises every error."""
-    if type(gt_boxes) is not Tensor or type(locations) is not Tensor:
+def _numpy_operands(
+    rows: object, locations: object, stride: object, widths: tuple[int, ...], max_elements: int
+) -> tuple[np.ndarray, np.ndarray, float | np.ndarray] | None:
+    """``rows [..., L, width]`` and ``locations [L, 2] or [..., L, 2]`` as arrays and the
+    stride as a float or an array, where the NumPy path takes them (``width`` in
+    ``widths``, at most ``max_elements`` output elements, see ``_numpy_takes``); else
+    None. It takes only valid arguments: the torch path raises every error."""
+    if type(rows) is not Tensor or type(locations) is not Tensor:
         return None
-    if not (is_dense_strided(gt_boxes) and is_dense_strided(locations)):  # (shapes next)
+    if not (is_dense_strided(rows) and is_dense_strided(locations)):  # (shapes next)
         return None
-    shape, loc_shape = gt_boxes.shape, locations.shape
+    shape, loc_shape = rows.shape, locations.shape
     if (
         len(shape) < 2
-        or shape[-1] not in (4, 5)
+        or shape[-1] not in widths
         or len(loc_shape) < 2
         or loc_shape[-1] != 2
         or loc_shape[-2] != shape[-2]
         or (len(loc_shape) > 2 and loc_shape[:-2] != shape[:-2])
     ):
         return None
-    elements = gt_boxes.numel() // shape[-1] * 4
-    if elements == 0 or elements > _NUMPY_MAX_DELTAS:
+    elements = rows.numel() // shape[-1] * 4
+    if elements == 0 or elements > max_elements:
         return None
     step: float | np.ndarray
     if type(stride) is int or type(stride) is float:
         if not _NUMPY_STRIDES[0] <= stride <= _NUMPY_STRIDES[1]:
             return None
-        if not _numpy_takes(gt_boxes, locations):
+        if not _numpy_takes(rows, locations):
             return None
         step = float(stride)
     elif type(stride) is Tensor:
-        if stride.shape != (shape[-2],) or not _numpy_takes(gt_boxes, locations, stride):
+        if stride.shape != (shape[-2],) or not _numpy_takes(rows, locations, stride):
             return None
         step = _as_numpy(stride)
     else:
         return None
     try:
-        arrays = _as_numpy(locations), _as_numpy(gt_boxes)
+        return _as_numpy(rows), _as_numpy(locations), step
     except RuntimeError:  # e.g. a tensor with its negative bit set
         return None
-    return torch.from_numpy(deltas_numpy(*arrays, step))
+
+
+def _deltas_on_numpy(locations: object, gt_boxes: object, stride: object) -> Tensor | None:
+    """The NumPy path of :func:`fcos_get_deltas_from_locations`, or None where it does not
+    apply."""
+    operands = _numpy_operands(gt_boxes, locations, stride, (4, 5), _NUMPY_MAX_DELTAS)
+    if operands is None:
+        return None
+    boxes, centers, step = operands
+    return torch.from_numpy(deltas_numpy(centers, boxes, step))
 
 
 def _apply_on_numpy(deltas: object, locations: object, stride: object) -> Tensor | None:
     """The NumPy path of :func:`fcos_apply_deltas_to_locations`, or None where it does not
-    apply (the torch path raises every error), including where a location coordinate is
-    0 (see :func:`detops._deltas_numpy.apply_numpy`)."""
-    if type(deltas) is not Tensor or type(locations) is not Tensor:
+    apply, including where a location coordinate is 0 (see
+    :func:`detops._deltas_numpy.apply_numpy`)."""
+    operands = _numpy_operands(deltas, locations, stride, (4,), _NUMPY_MAX_APPLY)
+    if operands is None or not operands[1].all():  # (pixel centres are never 0)
         return None
-    if not (is_dense_strided(deltas) and is_dense_strided(locations)):  # (shapes next)
-        return None
-    shape, loc_shape = deltas.shape, locations.shape
-    if (
-        len(shape) < 2
-        or shape[-1] != 4
-        or len(loc_shape) < 2
-        or loc_shape[-1] != 2
-        or loc_shape[-2] != shape[-2]
-        or (len(loc_shape) > 2 and loc_shape[:-2] != shape[:-2])
-    ):
-        return None
-    elements = deltas.numel()
-    if elements == 0 or elements > _NUMPY_MAX_APPLY:
-        return None
-    step: float | np.ndarray
-    if type(stride) is int or type(stride) is float:
-        if not _NUMPY_STRIDES[0] <= stride <= _NUMPY_STRIDES[1]:
-            return None
-        if not _numpy_takes(deltas, locations):
-            return None
-        step = float(stride)
-    elif type(stride) is Tensor:
-        if stride.shape != (shape[-2],) or not _numpy_takes(deltas, locations, stride):
-            return None
-        step = _as_numpy(stride)
-    else:
-        return None
-    try:
-        arrays = _as_numpy(deltas), _as_numpy(locations)
-    except RuntimeError:  # e.g. a tensor with its negative bit set
-        return None
-    if not arrays[1].all():  # a coordinate of 0 (rare: pixel centres are not)
-        return None
-    return torch.from_numpy(apply_numpy(*arrays, step))
+    return torch.from_numpy(apply_numpy(*operands))
 
 
 def _centerness_on_numpy(deltas: object) -> Tensor | None:
