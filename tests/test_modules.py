@@ -323,12 +323,15 @@ def test_gt_shape_and_missing_gt_errors(tiny_fcos):
 
 SHAPE = r"images must have shape \[B, 3, H, W\]"
 FLOATING = r"images must be a floating tensor \[B, 3, H, W\]"
+DTYPE = r"images must have the model's dtype torch.float32 \(images.to\(torch.float32\), or run"
 BAD_IMAGES = [
     (torch.zeros(2, 1, 64, 64), ValueError, SHAPE + r".*got \[2, 1, 64, 64\]"),
     (torch.zeros(3, 64, 64), ValueError, SHAPE + r".*got \[3, 64, 64\]"),
     (torch.zeros(2, 3, 64, 64, dtype=torch.uint8), TypeError, FLOATING + ".*got torch.uint8"),
     (torch.zeros(2, 3, 64, 64, dtype=torch.int64), TypeError, FLOATING + ".*got torch.int64"),
     ([[0.0]], TypeError, FLOATING + ", got list"),
+    (torch.zeros(2, 3, 64, 64, dtype=torch.float16), TypeError, DTYPE + ".*got torch.float16"),
+    (torch.zeros(2, 3, 64, 64, dtype=torch.float64), TypeError, DTYPE + ".*got torch.float64"),
 ]
 
 
@@ -347,6 +350,22 @@ def test_bad_images_name_fcos_the_argument_and_what_was_given(
 def test_bad_images_name_the_backbone(backbone, images, error, message):
     with pytest.raises(error, match=f"^DetectorBackboneWithFPN: {message}"):
         backbone(images)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_an_empty_batch_is_refused_by_name(tiny_fcos, training):
+    model = tiny_fcos.train(training)
+    with pytest.raises(ValueError, match=r"^FCOS: images must hold at least one image"):
+        model(torch.zeros(0, 3, 64, 64), torch.zeros(0, 3, 5) if training else None)
+
+
+def test_other_floating_images_run_under_autocast(tiny_fcos):
+    # Autocast casts for the convolutions: its images need not have the model's dtype.
+    model = tiny_fcos.eval()
+    images, _ = batch()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images.bfloat16())
+    assert out.boxes.shape[0] == 2
 
 
 def test_empty_gt_gives_finite_losses(tiny_fcos):

@@ -71,9 +71,16 @@ def _load_state_dict_file(path: str | os.PathLike) -> Mapping[str, Tensor]:
     return state
 
 
-def check_images(op: str, images: object) -> Tensor:
-    """``images`` as the trunk takes them, a floating ``[B, 3, H, W]`` tensor; otherwise an
-    error naming ``op`` (torch's convolution error does not say which module or input)."""
+def parameter_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of the module's (first) parameter: the dtype its convolutions take."""
+    return next(module.parameters()).dtype
+
+
+def check_images(op: str, images: object, dtype: torch.dtype) -> Tensor:
+    """``images`` as the trunk takes them, a floating ``[B, 3, H, W]`` tensor of the model's
+    ``dtype`` (any floating dtype under ``torch.autocast``, which casts for the convolutions);
+    otherwise an error naming ``op`` (torch's convolution error does not say which module or
+    input)."""
     if not isinstance(images, Tensor):
         raise TypeError(
             f"{op}: images must be a floating tensor [B, 3, H, W], got {type(images).__name__}"
@@ -86,6 +93,11 @@ def check_images(op: str, images: object) -> Tensor:
         raise TypeError(
             f"{op}: images must be a floating tensor [B, 3, H, W] (normalized, e.g. "
             f"images.float() / 255 then the mean/std normalization), got {images.dtype}"
+        )
+    if images.dtype != dtype and not torch.is_autocast_enabled(images.device.type):
+        raise TypeError(
+            f"{op}: images must have the model's dtype {dtype} (images.to({dtype}), or run "
+            f"under torch.autocast), got {images.dtype}"
         )
     return images
 
@@ -140,7 +152,7 @@ class DetectorBackboneWithFPN(nn.Module):
         )
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        feats = self.backbone(check_images(_NAME, images))
+        feats = self.backbone(check_images(_NAME, images, parameter_dtype(self)))
         merged: dict[str, Tensor] = {}
         coarser: Tensor | None = None
         for c, p in reversed(_LEVELS):

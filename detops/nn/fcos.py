@@ -14,7 +14,7 @@ from ..inference import FCOSDetections, fcos_inference
 from ..locations import get_fpn_location_coords
 from ..losses import fcos_loss
 from ..matching import fcos_match_locations_to_gt
-from .backbone import BackboneWeights, DetectorBackboneWithFPN, check_images
+from .backbone import BackboneWeights, DetectorBackboneWithFPN, check_images, parameter_dtype
 from .head import FCOSPredictionNetwork
 
 __all__ = ["FCOS"]
@@ -83,7 +83,9 @@ class FCOS(nn.Module):
 
     def _check_inputs(self, images: Tensor, gt_boxes: Tensor | None) -> Tensor | None:
         """The checked ``gt_boxes`` in training mode (required there), None in eval mode."""
-        check_images(_NAME, images)
+        check_images(_NAME, images, parameter_dtype(self))
+        if images.shape[0] == 0:  # (the backbone takes it; the head's outputs would not)
+            raise ValueError(f"{_NAME}: images must hold at least one image, got [0, 3, H, W]")
         if not self.training:
             return None
         if gt_boxes is None:
