@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -161,8 +162,16 @@ def _interrupted(prefix: str, debug: bool) -> int:
 
 
 def entry() -> NoReturn:
-    """The ``detops`` script and ``python -m detops``: :func:`main` as a program."""
-    sys.exit(main(program=True))
+    """The ``detops`` script and ``python -m detops``: :func:`main` as a program.
+
+    Once the command has returned, its work is done and its exit status decided: a Ctrl-C
+    in the second or so that Python then spends shutting torch down is ignored. (It used
+    to land in one of torch's or tqdm's exit handlers, which printed "Exception ignored in
+    atexit callback" with a KeyboardInterrupt traceback and still exited 0, or to end the
+    process by the signal, status 130 with nothing said.)"""
+    status = main(program=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

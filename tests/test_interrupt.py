@@ -103,3 +103,38 @@ def test_bench_stops_after_a_dropped_ctrl_c(dropped):
     with _interrupt.catching():
         report = run_benchmarks(cases, "cpu", settings=TINY)
     assert report.interrupted and len(report.results) < 2
+
+
+_CTRL_C_WHILE_EXITING = """
+import atexit, os, signal, sys, time
+
+def ctrl_c_while_exiting():  # runs after the exit handlers of torch and co., as the shell's
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+    print("exit handlers done", flush=True)
+
+atexit.register(ctrl_c_while_exiting)
+sys.argv = ["detops", *sys.argv[1:]]
+from detops.cli import entry
+entry()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to itself")
+@pytest.mark.usefixtures("python_sigint_handler")  # the child must not inherit SIGINT ignored
+def test_a_ctrl_c_after_the_command_returned_is_ignored_and_the_status_stands():
+    import subprocess
+
+    from sigint_helpers import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_WHILE_EXITING, "bench", "--op", "no_such_op"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 2, (done.returncode, done.stderr)  # the command's own status
+    assert "--op: no benchmark for op no_such_op" in done.stderr
+    assert "KeyboardInterrupt" not in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout.splitlines() == ["exit handlers done"]
