@@ -42,6 +42,16 @@ def _glibc() -> str | None:
     return version if name == "glibc" and version else None
 
 
+def _user_settings() -> list[str]:
+    """The environment variables through which the user set malloc's thresholds: a
+    non-empty ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_THRESHOLD_``, or a
+    ``glibc.malloc.`` tunable in ``GLIBC_TUNABLES`` (other tunables leave malloc alone)."""
+    named = [name for name in _USER_SETTINGS[:2] if os.environ.get(name)]
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        named.append("GLIBC_TUNABLES")
+    return named
+
+
 def steady_allocator() -> str:
     """Fix glibc malloc's trim and mmap thresholds for the rest of the process (see the
     module docstring); returns :func:`allocator_description`. For a benchmark program
@@ -51,7 +61,7 @@ def steady_allocator() -> str:
     if _done is not None:
         return allocator_description()
     version = _glibc()
-    user = [name for name in _USER_SETTINGS if name in os.environ]
+    user = _user_settings()
     if version is None:
         _done = "not glibc: the C allocator's defaults"
     elif user:

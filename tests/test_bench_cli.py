@@ -986,6 +986,26 @@ def test_bench_as_a_program_fixes_the_allocator_and_says_so(tmp_path):
     assert environment["allocator"].endswith("as set in the environment (MALLOC_TRIM_THRESHOLD_)")
 
 
+@pytest.mark.parametrize(
+    ("environment", "named"),
+    [
+        ({"MALLOC_MMAP_THRESHOLD_": "65536"}, ["MALLOC_MMAP_THRESHOLD_"]),
+        ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}, ["GLIBC_TUNABLES"]),
+        # Not malloc's: an empty value, or another tunable, leaves the thresholds to detops.
+        ({"MALLOC_MMAP_THRESHOLD_": ""}, []),
+        ({"GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=4096"}, []),
+    ],
+)
+def test_only_the_users_malloc_settings_count_as_theirs(environment, named, monkeypatch):
+    import detops._allocator as allocator
+
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert allocator._user_settings() == named
+
+
 def test_bench_called_from_python_leaves_the_allocator_alone(tmp_path, capsys, monkeypatch):
     import detops._allocator as allocator
 
