@@ -78,7 +78,7 @@ class BenchSettings:
 
     @classmethod
     def quick(cls) -> BenchSettings:
-        # ``--quick`` took 10-13 s on a 2-core CPU; the budget bounds a slow or busy machine.
+        # ``--quick`` took 14-31 s on a 2-core CPU; the budget bounds a slow or busy machine.
         return cls(
             warmup=1,
             repeats=10,

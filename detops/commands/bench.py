@@ -51,7 +51,7 @@ def add_parser(subparsers) -> None:
         "--quick",
         action="store_true",
         help="only the cases marked quick, fewer repeats and re-measures, a 75 s budget "
-        "(10-25 s on 2 CPUs)",
+        "(15-30 s on 2 CPUs)",
     )
     parser.add_argument(
         "--device", default="cpu", help="cpu or cuda (default cpu); cuda needs a GPU"
