@@ -1036,3 +1036,8 @@ def test_demo_bench_step_fixes_the_allocator_only_as_a_program(
     assert main([*argv, "--skip", "train"], program=program) == 0, capsys.readouterr().out
     assert calls == ([None] if program else [])
     assert "allocator: " in (out / "bench.txt").read_text()
+
+
+def test_every_case_says_what_it_times():
+    # The table's "what each row times:" and the JSON's workload come from these notes.
+    assert [(c.op, c.size) for c in BENCHMARKS if not c.notes.strip()] == []

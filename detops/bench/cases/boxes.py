@@ -106,22 +106,44 @@ def _pad_setup(device):
     )
 
 
+_IOU = "IoU matrix of two sets of random float32 XYXY boxes, forward only"
+_CLIP = "random float32 boxes, some beyond the image, clamped to 480x640; forward only"
+
 BENCHMARKS = (
-    BenchCase("box_iou", "10x10", "torchvision.ops.box_iou", _iou_setup(None, 10, True)),
-    BenchCase("box_iou", "100x100", "torchvision.ops.box_iou", _iou_setup(None, 100, True)),
-    BenchCase("box_iou", "1000x1000", "torchvision.ops.box_iou", _iou_setup(None, 1000, False)),
+    BenchCase(
+        "box_iou", "10x10", "torchvision.ops.box_iou", _iou_setup(None, 10, True), notes=_IOU
+    ),
+    BenchCase(
+        "box_iou", "100x100", "torchvision.ops.box_iou", _iou_setup(None, 100, True), notes=_IOU
+    ),
+    BenchCase(
+        "box_iou",
+        "1000x1000",
+        "torchvision.ops.box_iou",
+        _iou_setup(None, 1000, False),
+        notes=_IOU,
+    ),
     BenchCase(
         "box_iou",
         "16x1000x1000",
         "loop of torchvision.ops.box_iou per image",
         _iou_setup(16, 1000, False),
         quick=False,
+        notes="a batch of 16 IoU matrices in one call, " + _IOU,
     ),
     BenchCase(
-        "clip_boxes_to_image", "1000", "torchvision.ops.clip_boxes_to_image", _clip_setup(1000)
+        "clip_boxes_to_image",
+        "1000",
+        "torchvision.ops.clip_boxes_to_image",
+        _clip_setup(1000),
+        notes=_CLIP,
     ),
     BenchCase(
-        "clip_boxes_to_image", "100000", "torchvision.ops.clip_boxes_to_image", _clip_setup(100000)
+        "clip_boxes_to_image",
+        "100000",
+        "torchvision.ops.clip_boxes_to_image",
+        _clip_setup(100000),
+        notes=_CLIP,
     ),
     BenchCase(
         "resize_and_center_crop_boxes",
@@ -129,8 +151,15 @@ BENCHMARKS = (
         "course-style dataset transform",
         _resize_setup,
         devices=("cpu",),
+        notes="40 GT rows (XYXY + class) of a 375x500 image mapped to its 224 center crop; "
+        "forward only",
     ),
     BenchCase(
-        "pad_gt_boxes", "16 images to 40", "course-style cat + stack", _pad_setup, devices=("cpu",)
+        "pad_gt_boxes",
+        "16 images to 40",
+        "course-style cat + stack",
+        _pad_setup,
+        devices=("cpu",),
+        notes="a list of 16 images' [0-8, 5] GT rows padded with -1 rows to one [16, 40, 5]",
     ),
 )

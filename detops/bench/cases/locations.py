@@ -41,12 +41,15 @@ def _bench_setup(height, width, strides, with_reference):
     return setup
 
 
+_NOTES = "the (xc, yc) of every location of the three FPN levels (p3-p5) of the image size"
+
 BENCHMARKS = (
     BenchCase(
         "get_fpn_location_coords",
         "A4 224x224",
         "course-style meshgrid",
         _bench_setup(224, 224, A4_STRIDES, with_reference=True),
+        notes=_NOTES,
     ),
     BenchCase(
         "get_fpn_location_coords",
@@ -54,5 +57,6 @@ BENCHMARKS = (
         "course-style meshgrid",
         _bench_setup(800, 1344, COCO_STRIDES, with_reference=False),
         quick=False,
+        notes=_NOTES,
     ),
 )

@@ -240,6 +240,17 @@ _SIZES = (
     ("A4 224x224 B16 N40(~8 real)", (224, 224, A4_STRIDES, 40, (4, 12)), True),
     ("COCO 800x1344 B16 N100", (800, 1344, COCO_STRIDES, 100, (100, 100)), False),
 )
+_NOTES = {
+    "match": "one batched call: every location of the three levels against each image's "
+    "GT rows (real boxes first, then -1 padding); forward only",
+    "targets": "the target path as a user writes it: one batched fcos_match_locations_to_gt, "
+    "then per level fcos_get_deltas_from_locations and fcos_make_centerness_targets",
+    "deltas": "one call on the 16 images' matched GT rows of all levels ([16, L, 5]) with the "
+    "stride per location; forward only",
+    "apply": "one call decoding those deltas ([16, L, 4]) at their locations with the stride "
+    "per location; forward only",
+    "centerness": "one call on those deltas ([16, L, 4]); forward only",
+}
 _OPS = (
     ("fcos_match_locations_to_gt", "match", "course-style per-image loop"),
     ("fcos_targets", "targets", "course-style per-image loop (match, deltas, centerness)"),
@@ -255,11 +266,7 @@ BENCHMARKS = tuple(
         peer,
         _bench(kind, *spec, with_reference=small),
         quick=small,
-        notes="the target path as a user writes it: one batched "
-        "fcos_match_locations_to_gt, then per level fcos_get_deltas_from_locations and "
-        "fcos_make_centerness_targets"
-        if kind == "targets"
-        else "",
+        notes=_NOTES[kind],
     )
     for op, kind, peer in _OPS
     for size, spec, small in _SIZES
