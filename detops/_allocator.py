@@ -4,12 +4,12 @@ glibc's malloc gives memory back to the system when the free space at the top of
 passes a trim threshold, and it moves that threshold and its mmap threshold as a program
 runs (each freed mmap chunk raises them). Which of a call's buffers come back as fresh
 pages, each first touch a page fault, then depends on the history of the whole process:
-two runs of the same ``detops bench --quick`` read torchvision's ``box_iou`` at 1000 x
-1000 at 5.4 ms with no fault a call, then at 15 and 61 ms with 9,262-9,734 (2 CPUs, AMD
-EPYC, idle). With both thresholds fixed (:func:`steady_allocator`), freed memory stays in
-the process and buffers up to 32 MiB come from the heap, so a call's cost no longer
-depends on what ran before it; larger buffers are mapped, and faulted, at every call, as
-they are in any process.
+three runs of the same ``detops bench --quick --op box_iou`` read torchvision's
+``box_iou`` at 1000 x 1000 at 61.3, 15.3 and 5.4 ms, with 9,262, 9,734 and 0 faults a
+call (2 CPUs, AMD EPYC, idle). With both thresholds fixed (:func:`steady_allocator`),
+freed memory stays in the process and buffers up to 32 MiB come from the heap, so a
+call's cost no longer depends on what ran before it; larger buffers are mapped, and
+faulted, at every call, as they are in any process.
 
 Only a program may do this (it changes the process's allocator for the rest of its life):
 ``detops bench`` run as a program (``python -m detops bench`` or the ``detops`` script)

@@ -121,7 +121,8 @@ class DetectorBackboneWithFPN(nn.Module):
     Shape:
         images ``[B, 3, H, W]`` -> ``{"p3": [B, out, ceil(H/8), ceil(W/8)], "p4": ..., "p5": ...}``
         (sizes follow the trunk's strided convs). Another shape raises ``ValueError``, an
-        integer dtype ``TypeError``.
+        integer dtype or a floating dtype other than the parameters' (outside
+        ``torch.autocast``) ``TypeError``.
     """
 
     fpn_strides: dict[str, int]

@@ -134,8 +134,10 @@ class FCOS(nn.Module):
         """Losses in training mode, detections in eval mode.
 
         Args:
-            images (Tensor[B, 3, H, W]): normalized floating images; another shape
-                raises ``ValueError``, an integer dtype (e.g. uint8 pixels) ``TypeError``.
+            images (Tensor[B, 3, H, W]): normalized floating images of the model's dtype
+                (any floating dtype under ``torch.autocast``); another shape or an empty
+                batch raises ``ValueError``, an integer dtype (e.g. uint8 pixels) or
+                another floating dtype ``TypeError``.
             gt_boxes (Tensor[B, N, 5]): training only; ``(x1, y1, x2, y2, class)`` rows in
                 absolute pixels of ``images``, padding rows all -1. NaN or inf, an inverted box
                 (``x2 < x1`` or ``y2 < y1``) or a class outside ``[0, num_classes)`` raises
