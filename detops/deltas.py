@@ -45,10 +45,11 @@ _NUMPY_ON_CPU = True
 _NUMPY_MAX_DELTAS = 16 * 3072 * 4  # output elements
 _NUMPY_MAX_CENTERNESS = 16 * 3072  # output elements (rows)
 _NUMPY_MAX_APPLY = 16 * 3072 * 4  # output elements
-# (Decoding, at A4 size, 16 x 1029 rows, float32, stride per location: NumPy 43-47 us,
-# torch 57-61 us idle; in some processes torch's second thread shares the first one's
-# core and the torch path takes 124-137 us, and with another process busy, 82 us to
-# 21.5 ms, the NumPy path 43-47 us. At 16 x 4200 rows the two tie.)
+# (Decoding, at A4 size, 16 x 1029 rows, float32, stride per location, in the bench,
+# idle, 6 processes each: NumPy 46.7-50.1 us, torch 57.5-63.0 us; in some processes
+# torch's second thread shares the first one's core and the torch path takes 124-137 us,
+# and with another process busy 82 us to 21.5 ms, the NumPy path 43-47 us. At 16 x 4200
+# rows the two tie.)
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 # Number strides the NumPy path takes: normal float32 numbers, with normal reciprocals.
 _NUMPY_STRIDES = (2.0**-100, 2.0**100)
