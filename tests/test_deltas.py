@@ -339,6 +339,31 @@ def _layout(t, kind):
 LAYOUTS = ["contiguous", "columns apart", "every other row", "odd offset"]
 
 
+def _as_tensors(data, dtype, rows_layout, location_layout, columns=None):
+    """A ``delta_inputs()`` draw as ``dtype`` tensors in the given layouts: locations, the
+    rows (their first ``columns`` columns when given) and the stride (a tensor when drawn
+    as an array)."""
+    locations, rows, stride = data
+    locations = _layout(torch.tensor(locations).to(dtype), location_layout)
+    rows = _layout(torch.tensor(rows[..., :columns]).to(dtype), rows_layout)
+    if isinstance(stride, np.ndarray):
+        stride = torch.tensor(stride).to(dtype)
+    return locations, rows, stride
+
+
+def _assert_same_bits(fast, slow, where):
+    """NaN in the same places, and the same bits (signed zeros included) at ``where``."""
+    assert torch.equal(fast.isnan(), slow.isnan())
+    bits = fast.view(_BITS[fast.dtype]), slow.view(_BITS[slow.dtype])
+    assert torch.equal(bits[0][where], bits[1][where]), (fast, slow)
+
+
+def _assert_bits_unchanged(*pairs):
+    """Each ``(tensor, copy taken before the call)`` holds the same bits: inputs are only read."""
+    for tensor, before in pairs:
+        assert torch.equal(tensor.view(_BITS[tensor.dtype]), before.view(_BITS[before.dtype]))
+
+
 @given(
     data=delta_inputs(),
     dtype=st.sampled_from([torch.float32, torch.float64]),
@@ -346,11 +371,7 @@ LAYOUTS = ["contiguous", "columns apart", "every other row", "odd offset"]
     location_layout=st.sampled_from(LAYOUTS),
 )
 def test_numpy_deltas_are_bitwise_the_torch_deltas(data, dtype, gt_layout, location_layout):
-    locations, rows, stride = data
-    locations = _layout(torch.tensor(locations).to(dtype), location_layout)
-    gt = _layout(torch.tensor(rows).to(dtype), gt_layout)
-    if isinstance(stride, np.ndarray):
-        stride = torch.tensor(stride).to(dtype)
+    locations, gt, stride = _as_tensors(data, dtype, gt_layout, location_layout)
     before = gt.clone(), locations.clone()
     with pytest.MonkeyPatch.context() as monkeypatch:
         calls = _count_kernel_calls(monkeypatch)
@@ -363,11 +384,8 @@ def test_numpy_deltas_are_bitwise_the_torch_deltas(data, dtype, gt_layout, locat
     # location's, NumPy's the coordinate's.
     centers = torch.cat((locations, locations), dim=-1)
     decided = ~(gt[..., :4].isnan() & centers.isnan()).expand_as(fast)
-    assert torch.equal(fast.isnan(), slow.isnan())
-    bits = fast.view(_BITS[dtype]), slow.view(_BITS[dtype])
-    assert torch.equal(bits[0][decided], bits[1][decided]), (fast, slow)
-    assert torch.equal(gt.view(_BITS[dtype]), before[0].view(_BITS[dtype]))
-    assert torch.equal(locations.view(_BITS[dtype]), before[1].view(_BITS[dtype]))
+    _assert_same_bits(fast, slow, decided)
+    _assert_bits_unchanged((gt, before[0]), (locations, before[1]))
 
     # Centerness of these deltas (in odd layouts too): within 1 ulp (the square roots).
     deltas = _layout(slow, gt_layout)
@@ -521,11 +539,7 @@ def test_numpy_apply_is_bitwise_the_torch_apply(data, dtype, delta_layout, locat
     # Deltas at the edges (signed zeros, -1, infinities, NaN, subnormals, huge values)
     # decoded by both paths: the same bits but for NaN payloads (which NaN comes out of
     # NaN + NaN is IEEE's choice), and the torch path wherever a coordinate is 0.
-    locations, rows, stride = data
-    locations = _layout(torch.tensor(locations).to(dtype), location_layout)
-    deltas = _layout(torch.tensor(rows[..., :4]).to(dtype), delta_layout)
-    if isinstance(stride, np.ndarray):
-        stride = torch.tensor(stride).to(dtype)
+    locations, deltas, stride = _as_tensors(data, dtype, delta_layout, location_layout, 4)
     before = deltas.clone(), locations.clone()
     with pytest.MonkeyPatch.context() as monkeypatch:
         calls = _count_kernel_calls(monkeypatch)
@@ -536,11 +550,8 @@ def test_numpy_apply_is_bitwise_the_torch_apply(data, dtype, delta_layout, locat
         assert numpy_ran == bool(locations.ne(0).all())
     assert fast.dtype == slow.dtype == dtype and fast.shape == slow.shape
     assert fast.is_contiguous() or not numpy_ran
-    assert torch.equal(fast.isnan(), slow.isnan())
-    bits = fast.view(_BITS[dtype]), slow.view(_BITS[dtype])
-    assert torch.equal(bits[0][~slow.isnan()], bits[1][~slow.isnan()]), (fast, slow)
-    assert torch.equal(deltas.view(_BITS[dtype]), before[0].view(_BITS[dtype]))
-    assert torch.equal(locations.view(_BITS[dtype]), before[1].view(_BITS[dtype]))
+    _assert_same_bits(fast, slow, ~slow.isnan())
+    _assert_bits_unchanged((deltas, before[0]), (locations, before[1]))
 
 
 # ------------------------------------------------------------------------- error inputs
