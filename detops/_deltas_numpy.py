@@ -56,15 +56,30 @@ def signed_stride_pattern(stride: float, size: int, dtype: np.dtype) -> tuple[np
     for NaN, infinities, signed zeros and subnormal results), and a multiplication is
     twice as fast as a division.
     """
-    signed = np.array([-stride, -stride, stride, stride], dtype=dtype)
-    mantissa = np.frexp(signed[2])[0]
+    value = dtype.type(stride)
+    mantissa = np.frexp(value)[0]
     info = np.finfo(dtype)
-    reciprocal = bool(mantissa == 0.5) and info.tiny <= 1 / float(signed[2]) <= info.max
-    if reciprocal:
-        signed = np.array([-1, -1, 1, 1], dtype=dtype) / signed[2]
-    pattern = np.tile(signed, size)
+    if not (bool(mantissa == 0.5) and info.tiny <= 1 / float(value) <= info.max):
+        return _number_strides(stride, size, dtype), False
+    pattern = np.tile(np.array([-1, -1, 1, 1], dtype=dtype) / value, size)
     pattern.flags.writeable = False
-    return pattern, reciprocal
+    return pattern, True
+
+
+@functools.lru_cache(maxsize=64)
+def _number_strides(stride: float, size: int, dtype: np.dtype) -> np.ndarray:
+    """``[-s, -s, s, s] * size`` flat (read-only), ``s`` rounded to ``dtype``."""
+    pattern = _sign_pattern(size, dtype) * dtype.type(stride)
+    pattern.flags.writeable = False
+    return pattern
+
+
+def _signed_strides(stride: float | np.ndarray, size: int, dtype: np.dtype) -> np.ndarray:
+    """``[-s, -s, s, s]`` per location, flat ``[4 * size]``: of one number, or of the
+    ``[size]`` strides of an array."""
+    if isinstance(stride, np.ndarray):
+        return np.repeat(stride, 4) * _sign_pattern(size, dtype)
+    return _number_strides(stride, size, dtype)
 
 
 @functools.lru_cache(maxsize=16)
@@ -113,7 +128,7 @@ def deltas_numpy(
     centers = _centers(locations, size)
     flat = out.reshape(lead[:-1] + (4 * size,))
     if isinstance(stride, np.ndarray):  # [-s, -s, s, s] per location
-        pattern, reciprocal = np.repeat(stride, 4) * _sign_pattern(size, dtype), False
+        pattern, reciprocal = _signed_strides(stride, size, dtype), False
     else:
         pattern, reciprocal = signed_stride_pattern(stride, size, dtype)
     # (x1 - xc) / -s, as the torch path: one subtraction and one division (or the same
@@ -150,12 +165,8 @@ def apply_numpy(
     out = np.empty(flat_shape, dtype=dtype)
     # (against an array of zeros: twice as fast as against a scalar 0 in NumPy 2.4)
     np.maximum(deltas.reshape(flat_shape), _zeros(4 * size, dtype), out=out)  # NaN stays
-    if isinstance(stride, np.ndarray):
-        pattern = np.repeat(stride, 4) * _sign_pattern(size, dtype)
-    else:
-        pattern = _sign_pattern(size, dtype) * dtype.type(stride)
     with np.errstate(over="ignore", invalid="ignore"):  # inf * 0 (a zero stride): NaN
-        np.multiply(out, pattern, out=out)
+        np.multiply(out, _signed_strides(stride, size, dtype), out=out)
         np.add(out, _centers(locations, size), out=out)
     return out.reshape(deltas.shape)
 
