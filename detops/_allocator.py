@@ -20,6 +20,7 @@ from Python does not, and its report says so.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
@@ -30,14 +31,17 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 TRIM_THRESHOLD = 1 << 30
 MMAP_THRESHOLD = 32 << 20  # glibc's largest mmap threshold on 64-bit systems
-# Where a user sets glibc's malloc tunables themselves (their choice is kept).
-_USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
+# Where a user sets the thresholds themselves (their choice is kept): these variables, or
+# a glibc.malloc. tunable in GLIBC_TUNABLES.
+_THRESHOLD_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
 
 _done: str | None = None  # what steady_allocator did, once it ran
 
 
+@functools.cache
 def _glibc() -> str | None:
-    """glibc's version, or None where the C library is another."""
+    """glibc's version, or None where the C library is another (platform reads it from the
+    interpreter's binary: once)."""
     name, version = platform.libc_ver()
     return version if name == "glibc" and version else None
 
@@ -46,7 +50,7 @@ def _user_settings() -> list[str]:
     """The environment variables through which the user set malloc's thresholds: a
     non-empty ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_THRESHOLD_``, or a
     ``glibc.malloc.`` tunable in ``GLIBC_TUNABLES`` (other tunables leave malloc alone)."""
-    named = [name for name in _USER_SETTINGS[:2] if os.environ.get(name)]
+    named = [name for name in _THRESHOLD_VARIABLES if os.environ.get(name)]
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         named.append("GLIBC_TUNABLES")
     return named
