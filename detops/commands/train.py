@@ -486,10 +486,13 @@ def run_train(args: argparse.Namespace) -> int:
 def _interrupted_line(args: argparse.Namespace, written: _Written) -> str:
     """What a Ctrl-C outside the training loop prints: before it, how to resume; after it,
     which outputs are complete (each written atomically: whole or not at all)."""
-    if getattr(args, "finished_line", None):
-        return args.finished_line
     if not written.complete:
         return f"detops train: interrupted; resume with: {resume_command(_argv(args))}"
+    if not written.missing:
+        return (
+            f"detops train: Ctrl-C after the run finished; nothing was lost: "
+            f"{', '.join(written.complete)} in {Path(args.output_dir)} are complete"
+        )
     return (
         f"detops train: interrupted after training finished; complete in {args.output_dir}: "
         f"{', '.join(written.complete)}; not written: {', '.join(written.missing)}; the same "
@@ -544,7 +547,7 @@ def _run_train(args: argparse.Namespace, written: _Written) -> int:
 def _train(args: argparse.Namespace, written: _Written, *, rank: int, world: int) -> int:
     """Train, evaluate and report; with ``world > 1`` in an initialized process group,
     where only rank 0 prints and writes files. ``written`` follows the outputs completed
-    after training; ``args.finished_line`` is set once all are."""
+    after training."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -743,10 +746,6 @@ def _train(args: argparse.Namespace, written: _Written, *, rank: int, world: int
     }
     atomic_write_text(output / "metrics.json", json.dumps(report, indent=1) + "\n")
     written.complete.append(written.missing.pop(0))
-    args.finished_line = (
-        f"detops train: Ctrl-C after the run finished; nothing was lost: "
-        f"{', '.join(written.complete)} in {output} are complete"
-    )
 
     def fmt(value: float | None, digits: int) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
