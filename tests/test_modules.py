@@ -329,7 +329,7 @@ BAD_IMAGES = [
     (torch.zeros(3, 64, 64), ValueError, SHAPE + r".*got \[3, 64, 64\]"),
     (torch.zeros(2, 3, 64, 64, dtype=torch.uint8), TypeError, FLOATING + ".*got torch.uint8"),
     (torch.zeros(2, 3, 64, 64, dtype=torch.int64), TypeError, FLOATING + ".*got torch.int64"),
-    ([[0.0]], TypeError, FLOATING + ", got list"),
+    ([[0.0]], TypeError, r"images must be a torch.Tensor, got list"),
     (torch.zeros(2, 3, 64, 64, dtype=torch.float16), TypeError, DTYPE + ".*got torch.float16"),
     (torch.zeros(2, 3, 64, 64, dtype=torch.float64), TypeError, DTYPE + ".*got torch.float64"),
 ]

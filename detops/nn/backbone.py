@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torchvision.models import RegNet_X_400MF_Weights, regnet_x_400mf
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from .._checks import check_int, shape_str
+from .._checks import check_int, check_shape
 
 __all__ = ["DetectorBackboneWithFPN", "BackboneWeights"]
 
@@ -81,15 +81,8 @@ def check_images(op: str, images: object, dtype: torch.dtype) -> Tensor:
     ``dtype`` (any floating dtype under ``torch.autocast``, which casts for the convolutions);
     otherwise an error naming ``op`` (torch's convolution error does not say which module or
     input)."""
-    if not isinstance(images, Tensor):
-        raise TypeError(
-            f"{op}: images must be a floating tensor [B, 3, H, W], got {type(images).__name__}"
-        )
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"{op}: images must have shape [B, 3, H, W] (RGB), got {shape_str(images)}"
-        )
-    if not images.is_floating_point():
+    images = check_shape(op, "images", images, "[B, 3, H, W]")
+    if not images.is_floating_point():  # (check_floating's message, with the usual cause)
         raise TypeError(
             f"{op}: images must be a floating tensor [B, 3, H, W] (normalized, e.g. "
             f"images.float() / 255 then the mean/std normalization), got {images.dtype}"
